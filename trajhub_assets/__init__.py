@@ -1,0 +1,1 @@
+"""trajhub: turn coding-agent runs into training data, as Dagster assets."""

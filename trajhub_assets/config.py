@@ -1,0 +1,189 @@
+"""The project config file: models, task sources, sandbox, proxy, judge, rewards, release.
+
+One YAML file, validated here with pydantic so that every error names its field.
+Secrets never live in it: a model or judge names the environment variable that
+holds its key (`api_key_env`), and the key is read from the environment only when
+a call is made.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from trajhub_assets.errors import ConfigError
+from trajhub_assets.partitions import model_key
+
+DEFAULT_CONFIG = Path(__file__).with_name("project.yaml")
+SCAFFOLDS = ("claudecode", "kilo-dev", "droid", "mini-swe-agent", "builtin")
+
+
+class _Strict(BaseModel):
+    # Unknown keys are errors: a typo must not silently fall back to a default,
+    # and a pasted `api_key:` must not be accepted.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Sampling(_Strict):
+    temperature: float | None = Field(None, ge=0)
+    top_p: float | None = Field(None, gt=0, le=1)
+    max_tokens: int | None = Field(None, gt=0)
+    extra: dict[str, object] = {}
+
+
+class ModelConfig(_Strict):
+    name: str = Field(description="Label of the model; its partition key is derived from it.")
+    route: str = Field(description="LiteLLM model string, e.g. anthropic/claude-sonnet-4-5.")
+    api_base: str | None = None
+    api_key_env: str | None = Field(None, description="Environment variable holding the API key.")
+    scaffold: Literal["claudecode", "kilo-dev", "droid", "mini-swe-agent", "builtin"]
+    samples: int = Field(1, ge=1, description="Attempts per (model, instance).")
+    sampling: Sampling = Sampling()
+
+    @field_validator("name")
+    @classmethod
+    def _name_has_a_key(cls, name: str) -> str:
+        model_key(name)  # raises ValueError with the rule spelled out
+        return name
+
+    @property
+    def key(self) -> str:
+        return model_key(self.name)
+
+    def api_key(self) -> str | None:
+        return os.environ.get(self.api_key_env) if self.api_key_env else None
+
+
+class TaskSource(_Strict):
+    path: str | None = Field(None, description="Local JSONL file, relative to the config file.")
+    hf_dataset: str | None = Field(None, description="Hugging Face dataset id, loaded with `datasets`.")
+    split: str = "train"
+    revision: str | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> TaskSource:
+        if (self.path is None) == (self.hf_dataset is None):
+            raise ValueError("give exactly one of `path` or `hf_dataset`")
+        return self
+
+
+class SandboxConfig(_Strict):
+    backend: Literal["docker", "local"] = "docker"
+    docker_host: str | None = Field(None, description="Remote engine URL; default: the local socket.")
+    cpus: float = Field(2.0, gt=0)
+    memory: str = "4g"
+    pids: int = Field(512, gt=0)
+    timeout_s: float = Field(1800, gt=0, description="Wall-clock limit of one run.")
+    max_concurrent: int = Field(2, ge=1)
+
+
+class ProxyConfig(_Strict):
+    url: str | None = Field(None, description="External proxy; default: start one on loopback.")
+    master_key_env: str | None = Field(None, description="Variable holding the external proxy's key.")
+
+
+class JudgeConfig(_Strict):
+    model: str = "baseline/judge"
+    base_url: str | None = Field(None, description="OpenAI-compatible endpoint; default: our proxy.")
+    api_key_env: str | None = None
+    prompt_version: str = "v1"
+    max_concurrent: int = Field(4, ge=1)
+    max_retries: int = Field(3, ge=0)
+    timeout_s: float = Field(120, gt=0)
+    rubric_weights: dict[str, float] = {
+        "goal_progress": 0.3, "tool_choice": 0.2, "argument_correctness": 0.2,
+        "use_of_information": 0.15, "non_redundancy": 0.15,
+    }
+
+    @field_validator("rubric_weights")
+    @classmethod
+    def _check_weights(cls, weights: dict) -> dict:
+        return _weights(weights)
+
+
+class RewardConfig(_Strict):
+    trajectory_weights: dict[Literal["outcome", "step", "checklist"], float] = {
+        "outcome": 0.5, "step": 0.25, "checklist": 0.25,
+    }
+    forbidden_commands: list[str] = ["rm -rf /", "git push --force", "git reset --hard"]
+
+    @field_validator("trajectory_weights")
+    @classmethod
+    def _check_weights(cls, weights: dict) -> dict:
+        return _weights(weights)
+
+
+class ReleaseConfig(_Strict):
+    name: str = "trajhub-demo"
+    license: str = "mit"
+    hf_repo: str | None = Field(None, description="Push target; pushing also needs the token variable.")
+    hf_token_env: str = "HF_TOKEN"
+    max_pairs_per_instance: int = Field(16, ge=1)
+    min_margin: float = Field(0.05, ge=0)
+
+
+class ProjectConfig(_Strict):
+    tasks: list[TaskSource] = Field(min_length=1)
+    models: list[ModelConfig] = []
+    sandbox: SandboxConfig = SandboxConfig()
+    proxy: ProxyConfig = ProxyConfig()
+    judge: JudgeConfig = JudgeConfig()
+    rewards: RewardConfig = RewardConfig()
+    release: ReleaseConfig = ReleaseConfig()
+    base_dir: Path = Field(Path("."), exclude=True, description="Directory of the config file.")
+
+    @field_validator("models")
+    @classmethod
+    def _unique_models(cls, models: list[ModelConfig]) -> list[ModelConfig]:
+        seen: set[str] = set()
+        for model in models:
+            if model.name in seen:
+                raise ValueError(f"model {model.name!r} is listed twice")
+            seen.add(model.name)
+        return models
+
+    def model(self, name_or_key: str) -> ModelConfig:
+        for model in self.models:
+            if name_or_key in (model.name, model.key):
+                return model
+        raise ConfigError(f"no model {name_or_key!r} in the config; known: {[m.name for m in self.models]}")
+
+    def resolve(self, path: str) -> Path:
+        return (self.base_dir / path).resolve()
+
+
+def _weights(weights: dict) -> dict:
+    if any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
+        raise ValueError(f"weights must be non-negative with a positive sum, got {weights}")
+    return weights
+
+
+def config_path() -> Path:
+    return Path(os.environ.get("TRAJHUB_CONFIG", DEFAULT_CONFIG))
+
+
+def load_config(path: str | os.PathLike | None = None) -> ProjectConfig:
+    """Read and validate the project file ($TRAJHUB_CONFIG, else the bundled demo)."""
+    path = Path(path) if path is not None else config_path()
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read the config file: {error}") from error
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from error
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the config must be a mapping, got {type(raw).__name__}")
+    try:
+        return ProjectConfig.model_validate({**raw, "base_dir": path.resolve().parent})
+    except ValidationError as error:
+        problems = "; ".join(f"{_location(e['loc'])}: {e['msg']}" for e in error.errors())
+        raise ConfigError(f"{path}: {problems}") from None
+
+
+def _location(loc: tuple) -> str:
+    return "".join(f"[{p}]" if isinstance(p, int) else (f".{p}" if i else str(p))
+                   for i, p in enumerate(loc))

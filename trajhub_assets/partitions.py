@@ -1,0 +1,52 @@
+"""Partitions: dynamic `models` and `instances`, and their cross product.
+
+Model names become partition keys by one reversible rule: every "/" becomes "__".
+So `anthropic/claude-sonnet-4-5` is the key `anthropic__claude-sonnet-4-5`, and the
+key maps back to the name by turning every "__" into "/". For the rule to be
+reversible (and for keys to be safe as directory names and as parts of Dagster's
+multi-partition keys, which are joined by "|"), a model name may hold only letters,
+digits and `. _ : @ + -` between single slashes, and never "__".
+Instance ids are used as keys unchanged and follow the same rule without slashes.
+"""
+
+from __future__ import annotations
+
+import re
+
+from dagster import DynamicPartitionsDefinition, MultiPartitionsDefinition
+
+_SEGMENT = r"[A-Za-z0-9._:@+-]+"
+_MODEL_NAME = re.compile(rf"^{_SEGMENT}(/{_SEGMENT})*$")
+_INSTANCE_ID = re.compile(rf"^{_SEGMENT}$")
+
+models_partitions = DynamicPartitionsDefinition(name="models")
+instances_partitions = DynamicPartitionsDefinition(name="instances")
+# Dagster orders dimensions by name: a key reads "<instance>|<model>".
+run_partitions = MultiPartitionsDefinition({"model": models_partitions,
+                                            "instance": instances_partitions})
+
+
+def model_key(name: str) -> str:
+    if not _MODEL_NAME.match(name) or "__" in name:
+        raise ValueError(
+            f"model name {name!r} cannot be a partition key: use letters, digits and "
+            ". _ : @ + - between single '/', and never '__'")
+    return name.replace("/", "__")
+
+
+def model_name(key: str) -> str:
+    return key.replace("__", "/")
+
+
+def check_instance_id(instance_id: str) -> str:
+    if not _INSTANCE_ID.match(instance_id):
+        raise ValueError(f"instance_id {instance_id!r} cannot be a partition key: "
+                         "use letters, digits and . _ : @ + - only")
+    return instance_id
+
+
+def missing_keys(wanted: list[str], existing: list[str]) -> list[str]:
+    """Keys to add, in the order wanted; partitions are never removed automatically,
+    since their stored data would disappear from the UI."""
+    have = set(existing)
+    return [key for key in dict.fromkeys(wanted) if key not in have]

@@ -1,0 +1,59 @@
+"""The `tasks` asset and the sensor that keeps the partitions in step with it."""
+
+
+from collections import Counter
+
+from dagster import (AssetExecutionContext, MaterializeResult, MetadataValue, SensorEvaluationContext,
+                     SensorResult, SkipReason, asset, sensor)
+
+from trajhub_assets.errors import StoreError
+from trajhub_assets.partitions import instances_partitions, missing_keys, models_partitions
+from trajhub_assets.resources import ProjectResource, StoreResource
+from trajhub_assets.tasks.catalog import TASKS, load_catalog, tasks_to_table
+
+
+@asset(group_name="tasks", kinds={"parquet"},
+       description="The task catalog: every task record of the config's sources, validated.")
+def tasks(context: AssetExecutionContext, store: StoreResource,
+          project: ProjectResource) -> MaterializeResult:
+    # Loading raises before anything is written, so a broken file leaves the old table.
+    table = tasks_to_table(load_catalog(project.load()))
+    path = store.get().write(TASKS, table)
+    categories = Counter(table.column("category").to_pylist())
+    context.log.info("stored %d tasks at %s", table.num_rows, path)
+    return MaterializeResult(metadata={
+        "rows": table.num_rows,
+        "runnable": sum(c is not None for c in table.column("test_command").to_pylist()),
+        "path": MetadataValue.path(str(path)),
+        "categories": MetadataValue.md(
+            "| category | tasks |\n|---|---|\n"
+            + "\n".join(f"| {name} | {n} |" for name, n in categories.most_common())),
+    })
+
+
+def partition_requests(instance, store, config) -> list:
+    """Add requests for the models in the config and instances in the stored catalog."""
+    requests = []
+    new_models = missing_keys([m.key for m in config.models],
+                              instance.get_dynamic_partitions(models_partitions.name))
+    if new_models:
+        requests.append(models_partitions.build_add_request(new_models))
+    try:
+        instance_ids = store.read(TASKS).column("instance_id").to_pylist()
+    except StoreError:
+        instance_ids = []  # the catalog is not materialized yet
+    new_instances = missing_keys(instance_ids,
+                                 instance.get_dynamic_partitions(instances_partitions.name))
+    if new_instances:
+        requests.append(instances_partitions.build_add_request(new_instances))
+    return requests
+
+
+@sensor(minimum_interval_seconds=60,
+        description="Registers `models` partitions from the config and `instances` from the catalog.")
+def partitions_sensor(context: SensorEvaluationContext, store: StoreResource,
+                      project: ProjectResource) -> SensorResult | SkipReason:
+    requests = partition_requests(context.instance, store.get(), project.load())
+    if not requests:
+        return SkipReason("models and instances are up to date")
+    return SensorResult(dynamic_partitions_requests=requests)

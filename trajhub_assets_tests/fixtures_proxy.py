@@ -1,0 +1,1 @@
+"""Fixtures that start the scripted upstream LLM server and the real LiteLLM proxy."""
