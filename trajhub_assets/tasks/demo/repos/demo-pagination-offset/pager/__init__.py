@@ -1,0 +1,5 @@
+"""Split a list into numbered pages."""
+
+from pager.paginate import Page, paginate
+
+__all__ = ["Page", "paginate"]
