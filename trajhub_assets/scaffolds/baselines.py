@@ -1,0 +1,96 @@
+"""Baseline policies: scripted stand-ins for a model, so the demo runs with no API key.
+
+They are not language models. The scripted upstream server answers chat requests for
+`trajhub-baseline/<name>` by asking a policy for the next assistant message, given the
+conversation so far. A policy recognizes the task by its first user query and acts with
+the builtin agent's tools:
+
+- careful: looks around, reads every file it will change, runs the tests, writes the
+  reference fix, runs the tests again, and finishes with a summary.
+- hasty: lists the directory twice, overwrites one file it never read with part of the
+  fix, skips the tests, and finishes without a summary.
+
+The difference is deliberate: rewards and preference pairs need something real to separate.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+import shutil
+import subprocess
+import tempfile
+import uuid
+from pathlib import Path
+
+POLICIES = ("careful", "hasty")
+
+
+@functools.lru_cache(maxsize=64)
+def reference_fix(workspace_source: str, reference_patch: str) -> tuple[tuple[str, str], ...]:
+    """(path, new content) of every file the reference patch creates or changes."""
+    patch = Path(reference_patch).read_text()
+    paths = list(dict.fromkeys(re.findall(r"^\+\+\+ b/(.+)$", patch, flags=re.M)))
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copytree(workspace_source, tmp, dirs_exist_ok=True)
+        subprocess.run(["git", "apply", reference_patch], cwd=tmp, check=True, capture_output=True)
+        return tuple((path, (Path(tmp) / path).read_text()) for path in paths)
+
+
+def _text(content) -> str:
+    if isinstance(content, list):  # content parts
+        return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+    return content or ""
+
+
+def _call(name: str, **arguments) -> dict:
+    return {"id": f"call_{uuid.uuid4().hex[:12]}", "type": "function",
+            "function": {"name": name, "arguments": json.dumps(arguments)}}
+
+
+class BaselinePolicies:
+    def __init__(self, tasks: list[dict]):
+        self.tasks = {task["user_query"][0]: task for task in tasks}
+
+    def respond(self, policy: str, request: dict) -> dict:
+        """The next assistant message (OpenAI chat shape) for an OpenAI chat request."""
+        if policy not in POLICIES:
+            raise ValueError(f"unknown baseline policy {policy!r}; known: {POLICIES}")
+        messages = request.get("messages", [])
+        users = [i for i, m in enumerate(messages) if m.get("role") == "user"]
+        task = self.tasks.get(_text(messages[users[0]]["content"])) if users else None
+        if task is None:
+            return {"role": "assistant", "content": "baseline: this is not a known task."}
+        turn = len(users) - 1
+        step = sum(m.get("role") == "assistant" for m in messages[users[-1]:])
+        plan = getattr(self, f"_{policy}")(task, turn)
+        if step >= len(plan):
+            return {"role": "assistant", "content": "Done."}
+        return {"role": "assistant", "content": None, "tool_calls": [plan[step]]}
+
+    def _careful(self, task: dict, turn: int) -> list[dict]:
+        tests = task.get("test_command") or "ls"
+        if turn > 0:  # later queries: the fix already covers them; check and report
+            return [_call("shell", command=tests),
+                    _call("finish", summary="Checked the request against the change; tests pass.")]
+        fix = reference_fix(task["workspace_source"], task["reference_patch"])
+        source = Path(task["workspace_source"])
+        return ([_call("shell", command="ls -R")]
+                + [_call("read_file", path=path) for path, _ in fix if (source / path).exists()]
+                + [_call("shell", command=tests)]
+                + [_call("write_file", path=path, content=content) for path, content in fix]
+                + [_call("shell", command=tests),
+                   _call("finish", summary=f"Fixed the issue in {', '.join(p for p, _ in fix)}; "
+                                           "the test suite passes.")])
+
+    def _hasty(self, task: dict, turn: int) -> list[dict]:
+        if turn > 0:
+            return [_call("finish", summary="")]
+        fix = reference_fix(task["workspace_source"], task["reference_patch"])
+        # the first source file of the fix: often enough to pass, never checked
+        path, content = next(((p, c) for p, c in fix
+                              if p.endswith(".py") and not p.startswith("tests")), fix[0])
+        return [_call("shell", command="ls"), _call("shell", command="ls"),
+                _call("write_file", path=path, content=content),
+                _call("finish", summary="")]
