@@ -12,7 +12,7 @@ from trajhub_assets.resources import ProjectResource, StoreResource
 from trajhub_assets.tasks.assets import partitions_sensor, tasks
 
 REPO = Path(__file__).resolve().parents[1]
-REAL_TASKS = REPO.parent / "shared/data/octocodingbench/tasks_checklist_72.jsonl"
+from trajhub_assets_tests.shared_data import OCTOCODINGBENCH_TASKS as REAL_TASKS
 
 
 def asset_graph() -> dict:

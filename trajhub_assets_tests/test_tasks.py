@@ -11,7 +11,7 @@ from trajhub_assets.tasks.assets import tasks
 from trajhub_assets.tasks.catalog import (TASKS, check_unique, read_hf_dataset, read_jsonl,
                                           table_to_records, tasks_to_table)
 
-REAL_TASKS = Path(__file__).resolve().parents[2] / "shared/data/octocodingbench/tasks_checklist_72.jsonl"
+from trajhub_assets_tests.shared_data import OCTOCODINGBENCH_TASKS as REAL_TASKS
 
 
 def real_records() -> list[dict]:

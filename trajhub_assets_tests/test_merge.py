@@ -1,0 +1,322 @@
+"""merge_calls: conversations from per-call records, their kinds and edge cases, and the table schema."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pyarrow as pa
+import pytest
+
+from trajhub_assets.errors import RecordError, StoreError
+from trajhub_assets.merge import (CONVERSATION_SCHEMA, conversations_to_table, merge, merge_calls,
+                                  table_to_conversations)
+
+TOOLS = [{"name": "Bash", "description": "Run a command.",
+          "input_schema": {"type": "object", "properties": {"cmd": {"type": "string"}}}},
+         {"name": "Task", "description": "Start a subagent.",
+          "input_schema": {"type": "object", "properties": {"prompt": {"type": "string"}}}}]
+SYSTEM = "You are a coding agent."
+
+
+def call(call_id, seq, messages, response=None, *, system=SYSTEM, tools=TOOLS, **fields):
+    request = {"model": "m", "tools": tools, "messages": messages, "max_tokens": 100}
+    if system:
+        request["system"] = [{"type": "text", "text": system, "cache_control": {"type": "ephemeral"}}]
+    return {"run_id": "run-1", "call_id": call_id, "seq": seq, "started_at": 100.0 + seq,
+            "ended_at": 100.5 + seq, "wire_format": "anthropic_messages", "call_kind": "agent",
+            "request": request, "response": None if response is None else {"content": response},
+            "status": "ok" if response is not None else "error",
+            "error": None if response is not None else {"status_code": 529, "message": "overloaded"},
+            **fields}
+
+
+def user(text):
+    return {"role": "user", "content": text}
+
+
+def text(t):
+    return {"type": "text", "text": t}
+
+
+def thinking(t):
+    return {"type": "thinking", "thinking": t, "signature": "c2ln"}
+
+
+def tool_use(id, name, input):
+    return {"type": "tool_use", "id": id, "name": name, "input": input}
+
+
+def tool_result(id, content, is_error=False):
+    return {"role": "user", "content": [{"type": "tool_result", "tool_use_id": id, "content": content,
+                                         "is_error": is_error}]}
+
+
+FIRST = [thinking("Look around first."), text("Let me look."), tool_use("t1", "Bash", {"cmd": "ls"})]
+# The client sends the first response back without its thinking, as Claude Code does.
+HISTORY = [user("Fix the bug."), {"role": "assistant", "content": FIRST[1:]}, tool_result("t1", "a.py")]
+
+
+def session():
+    return [call("c1", 0, [user("Fix the bug.")], FIRST), call("c2", 1, HISTORY, [text("Fixed it.")])]
+
+
+def merged(records, **kw):
+    return merge_calls(records, model="m", instance="i", attempt=0, **kw)
+
+
+def roles(conversation):
+    return [m["role"] for m in conversation["messages"]]
+
+
+# -- one conversation -----------------------------------------------------------------------
+def test_empty_run():
+    assert merged([]) == []
+    assert merged([{**call("c0", 0, [user("hi")]), "call_kind": "count_tokens"}]) == []
+
+
+def test_one_call():
+    [conversation] = merged([call("c1", 0, [user("hi")], [text("hello")])])
+    assert roles(conversation) == ["system", "user", "assistant"]
+    assert conversation["messages"][2] == {
+        "role": "assistant", "content": "hello", "reasoning_content": None, "tool_calls": None,
+        "tool_call_id": None, "name": None, "is_error": None, "generation": True, "generated_by": "c1"}
+    meta = conversation["meta"]
+    assert (meta["kind"], meta["call_ids"], meta["n_generations"], meta["parent_conversation_id"]) == (
+        "main", ["c1"], 1, None)
+    assert (meta["run_id"], meta["model"], meta["instance"], meta["attempt"]) == ("run-1", "m", "i", 0)
+    assert conversation["tools"][0] == {"type": "function", "function": {
+        "name": "Bash", "description": "Run a command.", "parameters": TOOLS[0]["input_schema"]}}
+
+
+def test_prefix_calls_are_absorbed_and_dropped_thinking_restored():
+    [conversation] = merged(session())
+    assert roles(conversation) == ["system", "user", "assistant", "tool", "assistant"]
+    first, result, last = conversation["messages"][2:]
+    assert first["reasoning_content"] == "Look around first."
+    assert (first["content"], first["generation"], first["generated_by"]) == ("Let me look.", True, "c1")
+    assert first["tool_calls"] == [{"id": "t1", "type": "function",
+                                    "function": {"name": "Bash", "arguments": '{"cmd": "ls"}'}}]
+    assert (result["tool_call_id"], result["name"], result["content"]) == ("t1", "Bash", "a.py")
+    assert result["is_error"] is False
+    assert (last["content"], last["generated_by"]) == ("Fixed it.", "c2")
+    assert conversation["meta"]["call_ids"] == ["c1", "c2"]
+
+
+def test_echo_that_no_recorded_call_produced_is_not_a_generation():
+    [conversation] = merged([session()[1]])  # c1 was not recorded
+    assistant = conversation["messages"][2]
+    assert assistant["generation"] is False
+    assert assistant["generated_by"] is None and assistant["reasoning_content"] is None
+
+
+def test_a_call_logged_twice_counts_once():
+    records = session()
+    later_copy = {**copy.deepcopy(records[1]), "seq": 7, "started_at": 300.0}
+    twice = records + [copy.deepcopy(records[0]), later_copy]
+    assert merged(twice) == merged(records)
+
+
+def test_records_in_any_order():
+    assert merged(session()[::-1]) == merged(session())
+
+
+def test_content_blocks_in_order_and_markers_for_non_text():
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAAA"}}
+    response = [thinking("one"), text("A"), tool_use("t1", "Bash", {"cmd": "ls"}), thinking("two"),
+                text("B"), tool_use("t2", "Bash", {"cmd": "pwd"})]
+    [conversation] = merged([call("c1", 0, [{"role": "user", "content": [text("see "), image]}], response)])
+    user_message, assistant = conversation["messages"][1:]
+    assert user_message["content"] == "see [image]"
+    assert (assistant["content"], assistant["reasoning_content"]) == ("AB", "one\n\ntwo")
+    assert [c["id"] for c in assistant["tool_calls"]] == ["t1", "t2"]
+
+
+# -- failures and edits -------------------------------------------------------------------
+def test_failed_call_that_was_retried_is_absorbed():
+    records = session()
+    failed = {**call("c2-failed", 1, HISTORY), "seq": 1}
+    records[1]["seq"] = 2
+    [conversation] = merged(records + [failed])
+    assert conversation["meta"]["failed_call_ids"] == ["c2-failed"]
+    assert conversation["meta"]["call_ids"] == ["c1", "c2-failed", "c2"]
+    assert conversation["meta"]["error"] is None
+
+
+def test_failed_last_call_ends_the_conversation_without_a_reply():
+    records = session()[:1] + [call("c2", 1, HISTORY)]
+    [conversation] = merged(records)
+    assert roles(conversation) == ["system", "user", "assistant", "tool"]
+    assert conversation["meta"]["failed_call_ids"] == ["c2"]
+    assert json.loads(conversation["meta"]["error"]) == {"status_code": 529, "message": "overloaded"}
+
+
+def test_history_edit_becomes_its_own_conversation():
+    edited = [user("Fix the bug."), {"role": "assistant", "content": [text("Let me look, differently.")]},
+              user("Go on.")]
+    main, edit = merged(session() + [call("c3", 2, edited, [text("OK.")])])
+    assert main["meta"]["kind"] == "main" and main["meta"]["call_ids"] == ["c1", "c2"]
+    assert (edit["meta"]["kind"], edit["meta"]["parent_conversation_id"], edit["meta"]["parent_link"],
+            edit["meta"]["branch_index"]) == ("edit", main["meta"]["conversation_id"], "shared_prefix", 2)
+    assert edit["messages"][2]["generation"] is False  # the rewritten message, never generated
+    assert edit["messages"][-1]["generated_by"] == "c3"
+
+
+# -- several conversations in a run ---------------------------------------------------------
+PROMPT = "Find every TODO comment under src/ and list file and line."
+
+
+def test_kinds_of_a_claude_code_like_run():
+    warmup = call("w1", 0, [user("Warmup")], [text("Ready.")], system="You are a search subagent.", tools=[])
+    title = {**call("t1", 1, [user("Fix the bug.")], [text("Bug fix")], system="Write a title."),
+             "call_kind": "title"}
+    spawn = [user("Fix the bug.")]
+    main = [call("c1", 2, spawn, [text("Searching."), tool_use("task1", "Task", {"prompt": PROMPT})])]
+    sub = call("s1", 3, [user("<system-reminder>Be brief.</system-reminder>\n" + PROMPT)],
+               [text("src/a.py:3")], system="You are a search subagent.", tools=TOOLS[:1])
+    loose = call("s2", 4, [user("Something else entirely, not from a tool call.")], [text("ok")],
+                 system="You are a search subagent.", tools=TOOLS[:1])
+    back = spawn + [{"role": "assistant", "content": main[0]["response"]["content"]},
+                    tool_result("task1", "src/a.py:3")]
+    summary = "The bug is in src/a.py line 3: the loop stops one element early."
+    main.append(call("c2", 5, back, [text(f"Summary of the work so far:\n{summary}")]))
+    compacted = call("c3", 6, [user(f"This session continues an earlier one. Summary:\n{summary}\nGo on.")],
+                     [text("Continuing.")])
+    later = call("c4", 7, [user("Now also add a test.")], [text("Added.")])
+    conversations = merged([warmup, title, *main, sub, loose, compacted, later])
+    kinds = [(c["meta"]["kind"], c["meta"]["parent_link"]) for c in conversations]
+    assert kinds == [("warmup", None), ("title", None), ("main", None), ("subagent", "tool_call"),
+                     ("subagent", "time"), ("compaction", "previous"), ("continuation", "previous")]
+    ids = [c["meta"]["conversation_id"] for c in conversations]
+    assert ids == [f"run-1-c{i}" for i in range(7)]
+    parents = [c["meta"]["parent_conversation_id"] for c in conversations]
+    assert parents == [None, None, None, ids[2], ids[2], ids[2], ids[5]]
+
+
+# -- other wire formats ---------------------------------------------------------------------
+def chat_call(call_id, seq, messages, message, tools=()):
+    return {"run_id": "r", "call_id": call_id, "seq": seq, "wire_format": "openai_chat",
+            "request": {"messages": messages, "tools": list(tools)},
+            "response": {"choices": [{"index": 0, "message": message}]}, "status": "ok"}
+
+
+def bash(arguments):
+    return [{"id": "x1", "type": "function", "function": {"name": "Bash", "arguments": arguments}}]
+
+
+def test_openai_chat():
+    tools = [{"type": "function", "function": {"name": "Bash", "parameters": {"type": "object"}}}]
+    first = {"role": "assistant", "content": None, "reasoning_content": "think",
+             "tool_calls": bash('{"cmd": "ls", "n": 1}')}
+    # The client drops reasoning_content and re-serialises the arguments (spacing, key order).
+    echo = {"role": "assistant", "content": "", "tool_calls": bash('{"n":1,"cmd":"ls"}')}
+    history = [{"role": "system", "content": "sys"},
+               {"role": "user", "content": [{"type": "text", "text": "go"}]}]
+    result = {"role": "tool", "tool_call_id": "x1", "content": "a.py"}
+    [conversation] = merged([chat_call("a", 0, history, first, tools),
+                             chat_call("b", 1, history + [echo, result], {"content": "done"}, tools)])
+    assert roles(conversation) == ["system", "user", "assistant", "tool", "assistant"]
+    assistant, tool = conversation["messages"][2:4]
+    assert (assistant["content"], assistant["reasoning_content"], assistant["generated_by"]) == ("", "think", "a")
+    assert assistant["tool_calls"][0]["function"]["arguments"] == '{"cmd": "ls", "n": 1}'  # as generated
+    assert (tool["name"], tool["is_error"]) == ("Bash", None)
+    assert conversation["tools"] == [{"type": "function", "function": {
+        "name": "Bash", "description": "", "parameters": {"type": "object"}}}]
+
+
+def responses_call(call_id, seq, input, output, **request):
+    return {"run_id": "r", "call_id": call_id, "seq": seq, "wire_format": "openai_responses",
+            "request": {"instructions": "sys", "input": input, **request},
+            "response": {"id": f"resp_{call_id}", "output": output}, "status": "ok"}
+
+
+def test_openai_responses_with_and_without_previous_response_id():
+    out1 = [{"type": "reasoning", "summary": [{"type": "summary_text", "text": "plan"}]},
+            {"type": "function_call", "call_id": "f1", "name": "Bash", "arguments": "{}"}]
+    result = {"type": "function_call_output", "call_id": "f1", "output": "a.py"}
+    out2 = [{"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "done"}]}]
+    stateless = merged([responses_call("a", 0, "go", out1),
+                        responses_call("b", 1, [{"role": "user", "content": "go"}, out1[1], result], out2)])
+    stateful = merged([responses_call("a", 0, "go", out1),
+                       responses_call("b", 1, [result], out2, previous_response_id="resp_a")])
+    for [conversation] in (stateless, stateful):
+        assert roles(conversation) == ["system", "user", "assistant", "tool", "assistant"]
+        assistant, tool = conversation["messages"][2:4]
+        assert (assistant["reasoning_content"], assistant["generated_by"]) == ("plan", "a")
+        assert (tool["name"], tool["content"]) == ("Bash", "a.py")
+    assert stateless[0]["messages"] == stateful[0]["messages"]
+    with pytest.raises(RecordError, match=r"record 'b', field 'request.previous_response_id'"):
+        merged([responses_call("b", 1, [result], out2, previous_response_id="resp_missing")])
+
+
+def test_several_choices_are_several_conversations():
+    choices = [{"index": i, "message": {"role": "assistant", "content": c}} for i, c in enumerate(["x", "y"])]
+    record = {"run_id": "r", "call_id": "a", "seq": 0, "wire_format": "openai_chat",
+              "request": {"messages": [{"role": "user", "content": "go"}]}, "response": {"choices": choices}}
+    first, second = merged([record])
+    assert [first["messages"][-1]["content"], second["messages"][-1]["content"]] == ["x", "y"]
+    assert (second["meta"]["kind"], second["meta"]["branch_index"]) == ("edit", 1)
+
+
+# -- bad input ------------------------------------------------------------------------------
+@pytest.mark.parametrize("change, where", [
+    (lambda r: r.pop("call_id"), "field 'call_id'"),
+    (lambda r: r.update(wire_format="gemini"), "record 'c1', field 'wire_format'"),
+    (lambda r: r["request"].update(messages="hi"), "record 'c1', field 'request.messages'"),
+    (lambda r: r["request"]["messages"].append({"role": "robot", "content": "x"}),
+     "field 'request.messages[1].role'"),
+    (lambda r: r.update(response={"content": None}), "record 'c1', field 'response.content'"),
+    (lambda r: r.update(run_id="other"), "record 'c1', field 'run_id'"),
+    (lambda r: r.update(seq="first"), "record 'c1', field 'seq'"),
+    (lambda r: r["request"]["tools"].append("Bash"), "record 'c1', field 'request.tools[2]'"),
+])
+def test_bad_records_name_the_call_and_the_field(change, where):
+    record = call("c1", 0, [user("hi")], [text("hello")], tools=list(TOOLS))
+    change(record)
+    with pytest.raises(RecordError, match=where.replace("[", r"\[").replace("]", r"\]")):
+        merged([record], run_id="run-1")
+    with pytest.raises(RecordError, match="record '#0'"):
+        merged(["not a record"])
+
+
+# -- linear time ----------------------------------------------------------------------------
+def test_each_message_of_each_call_is_keyed_once(monkeypatch):
+    """The merge never compares calls with each other: it keys every message of every call once
+    and follows prefixes by key, so its work is proportional to the size of the calls."""
+    keyed = []
+    original = merge.message_key
+    monkeypatch.setattr(merge, "message_key", lambda m, canonical: keyed.append(m) or original(m, canonical))
+    history, records = [user("start")], []
+    for step in range(40):
+        response = [text(f"step {step}"), tool_use(f"t{step}", "Bash", {"cmd": f"echo {step}"})]
+        records.append(call(f"c{step}", step, list(history), response))
+        history = history + [{"role": "assistant", "content": response}, tool_result(f"t{step}", "x" * 100)]
+    [conversation] = merged(records)
+    # Here each Anthropic message is one unified message: system + history + response per call.
+    assert len(keyed) == sum(1 + len(r["request"]["messages"]) + 1 for r in records)
+    assert len(conversation["messages"]) == 1 + 1 + 2 * 40 - 1
+
+
+# -- table ----------------------------------------------------------------------------------
+def test_schema_leaves_partition_columns_to_the_store():
+    assert "model" not in CONVERSATION_SCHEMA.names and "instance" not in CONVERSATION_SCHEMA.names
+    tool_call = CONVERSATION_SCHEMA.field("messages").type.value_type.field("tool_calls").type.value_type
+    assert [f.name for f in tool_call] == ["id", "type", "name", "arguments"]
+
+
+def test_table_round_trip():
+    conversations = merged(session() + [call("c3", 2, [user("again")])])
+    table = conversations_to_table(conversations)
+    assert table.schema == CONVERSATION_SCHEMA and table.num_rows == 2
+    assert table_to_conversations(table, model="m", instance="i") == conversations
+    with_partitions = (table.append_column("model", pa.array(["m"] * 2))
+                       .append_column("instance", pa.array(["i"] * 2)))
+    assert table_to_conversations(with_partitions) == conversations
+    assert table_to_conversations(conversations_to_table([])) == []
+
+
+def test_table_refuses_unknown_meta():
+    [conversation] = merged(session())
+    conversation["meta"]["colour"] = "blue"
+    with pytest.raises(StoreError, match="colour"):
+        conversations_to_table([conversation])
