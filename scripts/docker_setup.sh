@@ -32,7 +32,8 @@ else
     if ! engine_answers; then
         [ "$(id -u)" = 0 ] || fail "need root to start dockerd"
         echo "docker_setup.sh: starting /usr/sbin/dockerd (log: $LOG)"
-        nohup /usr/sbin/dockerd >>"$LOG" 2>&1 </dev/null &
+        # Its own session: the engine outlives this script and the job that ran it.
+        setsid nohup /usr/sbin/dockerd >>"$LOG" 2>&1 </dev/null &
         for _ in $(seq "$WAIT_SECONDS"); do
             engine_answers && break
             sleep 1
