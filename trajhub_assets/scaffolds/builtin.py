@@ -18,6 +18,9 @@ from openai import OpenAI
 
 log = logging.getLogger(__name__)
 VERSION = "1"
+# The OpenAI chat format has no error flag on tool results: a failed call's result
+# starts with this, and the tool_error rule reads it.
+ERROR_PREFIX = "ERROR: "
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are a software engineer working in the repository at {workspace}. Use the tools to "
@@ -180,10 +183,10 @@ def run_agent(sandbox, task: dict, client: OpenAI, model: str, *,
                 try:
                     output = toolbox.call(call.function.name, call.function.arguments)
                 except ToolError as error:
-                    output = f"ERROR: {error}"
+                    output = f"{ERROR_PREFIX}{error}"
                 messages.append({"role": "tool", "tool_call_id": call.id,
                                  "content": truncate(output, limits.output_chars)})
-                if call.function.name == "finish" and not output.startswith("ERROR"):
+                if call.function.name == "finish" and not output.startswith(ERROR_PREFIX):
                     finished, result.final_answer = True, output
             if finished:
                 result.stop_reason = "finished"
