@@ -74,6 +74,8 @@ class TaskSource(_Strict):
 class SandboxConfig(_Strict):
     backend: Literal["docker", "local"] = "docker"
     docker_host: str | None = Field(None, description="Remote engine URL; default: the local socket.")
+    network: Literal["internal", "bridge", "none"] = Field(
+        "internal", description="internal: the host (and so the proxy) only; see sandbox/docker.py")
     cpus: float = Field(2.0, gt=0)
     memory: str = "4g"
     pids: int = Field(512, gt=0)

@@ -1,0 +1,434 @@
+"""hf_dataset_release: a versioned, reproducible Hugging Face dataset from the store.
+
+Configs (each one split, `train`, in Parquet shards written by `datasets`):
+- trajectories: one row per run, its main conversation as `messages` (SFT, TRL's conversational
+  language-modeling format), `tools_json`, the indices of the messages the model generated, and
+  its reward with the components;
+- preferences: PREFERENCE_PAIRS rows of every instance (DPO, TRL's conversational preference format);
+- step_rewards: one row per (run, step) of the main conversation;
+- tasks: the task records, without local paths.
+
+Layout: <root>/releases/<name>/<version>/{README.md, manifest.json, calibration.md?,
+data/<config>/train-0000k-of-0000n.parquet}. Reproducible: rows are sorted, shards cut at fixed
+row counts, writer options are those of `datasets` (recorded in the manifest with the library
+versions), and nothing in the files depends on the clock; the default version is a hash of the
+data, so the same store gives the same directory, byte for byte. Every text field and the card
+pass the secret scan before anything is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+
+from trajhub_assets.errors import TrajhubError
+from trajhub_assets.pairs.pairs import CHAT_MESSAGES, PREFERENCE_PAIRS, chat_message, reward_version, tools_json
+from trajhub_assets.release.calibration import CalibrationReport
+from trajhub_assets.release.secrets import check_no_secrets
+from trajhub_assets.tasks.catalog import CHECKLIST_TYPE
+
+log = logging.getLogger(__name__)
+
+ROWS_PER_SHARD = 2000
+ROW_GROUP_ROWS = 500
+SPLIT = "train"
+_VERSION = re.compile(r"^[A-Za-z0-9._+-]+$")
+
+TRAJECTORY_SCHEMA = pa.schema([
+    pa.field("run_id", pa.string()), pa.field("model", pa.string()), pa.field("instance_id", pa.string()),
+    pa.field("category", pa.string()), pa.field("attempt", pa.int64()), pa.field("conversation_id", pa.string()),
+    pa.field("messages", CHAT_MESSAGES), pa.field("tools_json", pa.string()),
+    pa.field("generated_indices", pa.list_(pa.int64())), pa.field("n_steps", pa.int64()),
+    pa.field("reward", pa.float64()), pa.field("outcome", pa.float64()),
+    pa.field("mean_step_reward", pa.float64()), pa.field("checklist_pass_rate", pa.float64()),
+    pa.field("reward_version", pa.string()),
+])
+STEP_REWARD_SCHEMA = pa.schema([
+    pa.field("run_id", pa.string()), pa.field("model", pa.string()), pa.field("instance_id", pa.string()),
+    pa.field("attempt", pa.int64()), pa.field("step_index", pa.int64()), pa.field("message_index", pa.int64()),
+    pa.field("step_reward", pa.float64()), pa.field("reward_version", pa.string()),
+])
+TASK_SCHEMA = pa.schema([
+    pa.field("instance_id", pa.string()), pa.field("category", pa.string()),
+    pa.field("user_query", pa.list_(pa.string())), pa.field("system_prompt", pa.string()),
+    pa.field("image", pa.string()), pa.field("workspace_abs_path", pa.string()),
+    pa.field("scaffold_name", pa.string()), pa.field("scaffold_version", pa.string()),
+    pa.field("checklist", CHECKLIST_TYPE), pa.field("expected_skill", pa.string()),
+    pa.field("test_command", pa.string()), pa.field("record_sha256", pa.string()),
+])
+CONFIGS = {
+    "trajectories": "one row per run: the main conversation as `messages` (SFT) with its reward",
+    "preferences": "DPO pairs: `prompt`, `chosen`, `rejected` message lists with the rewards behind them",
+    "step_rewards": "one row per step of a run's main conversation: the step reward",
+    "tasks": "the task records the runs were made from",
+}
+
+
+class ReleaseError(TrajhubError):
+    """A release cannot be built, stored or pushed as asked."""
+
+
+@dataclass(frozen=True)
+class ReleaseInputs:
+    """Everything a release is made of, read from the store by the asset.
+
+    trajectories: each run's main conversation ({"meta", "tools", "messages"}, as merge returns
+    it, model = the model's name); trajectory_rewards: TRAJECTORY_REWARDS-like rows (run_id,
+    reward, outcome, mean_step_reward or step_mean, checklist_pass_rate, reward_version or the
+    weight_* columns); step_rewards: rows with run_id, step_index, step_reward (conversation_id
+    optional); pairs: PREFERENCE_PAIRS of every instance; tasks: the TASKS table.
+    """
+
+    tasks: pa.Table
+    trajectories: list[dict]
+    trajectory_rewards: list[Mapping]
+    step_rewards: list[Mapping]
+    pairs: pa.Table
+    calibration: CalibrationReport | None = None
+    models: list[Mapping] = field(default_factory=list)  # {name, scaffold, samples}: for the card
+    reward_weights: Mapping[str, float] | None = None
+    pair_policy: Mapping[str, object] | None = None  # min_margin, max_pairs, ties: for the card
+
+
+@dataclass
+class Release:
+    path: Path
+    version: str
+    rows: dict[str, int]
+    files: dict[str, dict]
+    card: str
+    reused: bool = False
+
+    def metadata(self) -> dict:
+        """Plain values for the asset's metadata."""
+        return {"path": str(self.path), "version": self.version, "reused": self.reused,
+                **{f"rows_{name}": n for name, n in self.rows.items()}}
+
+
+# -- tables ----------------------------------------------------------------------------------
+def _step_positions(messages: list[Mapping]) -> list[int]:
+    return [i for i, m in enumerate(messages) if m["role"] == "assistant" and m.get("generation")]
+
+
+def release_tables(inputs: ReleaseInputs) -> dict[str, pa.Table]:
+    """The four configs as Arrow tables with fixed schemas, in a fixed row order."""
+    category = {r["instance_id"]: r["category"] for r in inputs.tasks.select(["instance_id", "category"]).to_pylist()}
+    rewards = {r["run_id"]: r for r in inputs.trajectory_rewards}
+    runs: dict[str, dict] = {}
+    trajectories = []
+    for t in inputs.trajectories:
+        meta = t["meta"]
+        if meta["run_id"] in runs:
+            raise ReleaseError(f"run {meta['run_id']!r} has two trajectories: pass only its main conversation")
+        positions = _step_positions(t["messages"])
+        runs[meta["run_id"]] = {"meta": meta, "positions": positions}
+        row = rewards.get(meta["run_id"], {})
+        trajectories.append({
+            "run_id": meta["run_id"], "model": meta["model"], "instance_id": meta["instance"],
+            "category": category.get(meta["instance"]), "attempt": meta.get("attempt"),
+            "conversation_id": meta.get("conversation_id"),
+            "messages": [chat_message(m) for m in t["messages"]], "tools_json": tools_json(t.get("tools") or []),
+            "generated_indices": positions, "n_steps": len(positions), "reward": row.get("reward"),
+            "outcome": row.get("outcome"), "mean_step_reward": row.get("mean_step_reward", row.get("step_mean")),
+            "checklist_pass_rate": row.get("checklist_pass_rate"),
+            "reward_version": reward_version(row) if row else None,
+        })
+    trajectories.sort(key=lambda r: (r["model"], r["instance_id"], r["attempt"] or 0, r["run_id"]))
+
+    steps = []
+    for s in inputs.step_rewards:
+        run = runs.get(s["run_id"])
+        if run is None or (s.get("conversation_id") and s["conversation_id"] != run["meta"].get("conversation_id")):
+            continue  # a step of a run or conversation that is not released
+        k, meta = int(s["step_index"]), run["meta"]
+        steps.append({"run_id": s["run_id"], "model": meta["model"], "instance_id": meta["instance"],
+                      "attempt": meta.get("attempt"), "step_index": k,
+                      "message_index": run["positions"][k] if k < len(run["positions"]) else None,
+                      "step_reward": s.get("step_reward"),
+                      "reward_version": reward_version(rewards[s["run_id"]]) if s["run_id"] in rewards else None})
+    steps.sort(key=lambda r: (r["model"], r["instance_id"], r["attempt"] or 0, r["run_id"], r["step_index"]))
+
+    pairs = inputs.pairs.select(PREFERENCE_PAIRS.schema.names).cast(PREFERENCE_PAIRS.schema)
+    tasks = inputs.tasks.select(TASK_SCHEMA.names).cast(TASK_SCHEMA)
+    return {
+        "trajectories": pa.Table.from_pylist(trajectories, schema=TRAJECTORY_SCHEMA),
+        "preferences": pairs.sort_by([("instance_id", "ascending"), ("kind", "ascending"),
+                                      ("pair_id", "ascending")]),
+        "step_rewards": pa.Table.from_pylist(steps, schema=STEP_REWARD_SCHEMA),
+        "tasks": tasks.sort_by("instance_id"),
+    }
+
+
+# -- card ------------------------------------------------------------------------------------
+def size_category(n: int) -> str:
+    for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"),
+                        (1_000_000, "100K<n<1M"), (10_000_000, "1M<n<10M")):
+        if n < limit:
+            return name
+    return "n>10M"
+
+
+def _markdown_table(header: list[str], rows: Iterable[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join("—" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
+                                for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _mean(values: list) -> float | None:
+    known = [v for v in values if v is not None]
+    return sum(known) / len(known) if known else None
+
+
+def dataset_card(tables: Mapping[str, pa.Table], config, version: str, inputs: ReleaseInputs) -> str:
+    """README.md: YAML header (configs, license, task categories, size) and the story of the data."""
+    from huggingface_hub import DatasetCardData
+
+    rows = {name: t.num_rows for name, t in tables.items()}
+    header = DatasetCardData(
+        license=config.license, pretty_name=config.name, task_categories=["text-generation"],
+        tags=["code", "agents", "tool-use", "trajectories", "dpo", "trajhub"],
+        size_categories=[size_category(max(rows.values(), default=0))],
+        configs=[{"config_name": name, "data_files": [{"split": SPLIT, "path": f"data/{name}/{SPLIT}-*"}]}
+                 for name in CONFIGS],
+    ).to_yaml()
+
+    traj = tables["trajectories"].to_pylist()
+    pairs = tables["preferences"].select(["kind", "instance_id", "chosen_model", "rejected_model"]).to_pylist()
+    steps = Counter(tables["step_rewards"].column("model").to_pylist())
+    per_model = defaultdict(list)
+    for t in traj:
+        per_model[t["model"]].append(t)
+    as_chosen = Counter(p["chosen_model"] for p in pairs)
+    as_rejected = Counter(p["rejected_model"] for p in pairs)
+    models = sorted(set(per_model) | set(as_chosen) | set(as_rejected))
+    model_rows = [[m, len(per_model[m]), _mean([t["reward"] for t in per_model[m]]), as_chosen[m], as_rejected[m],
+                   steps[m]] for m in models]
+    task_category = dict(zip(tables["tasks"].column("instance_id").to_pylist(),
+                             tables["tasks"].column("category").to_pylist(), strict=True))
+    categories = sorted(set(task_category.values()) | {t["category"] for t in traj if t["category"]})
+    traj_by_cat = Counter(t["category"] for t in traj)
+    pairs_by_cat = Counter(task_category.get(p["instance_id"]) for p in pairs)
+    tasks_by_cat = Counter(task_category.values())
+    category_rows = [[c, tasks_by_cat[c], traj_by_cat[c], pairs_by_cat[c]] for c in categories]
+    kinds = Counter(p["kind"] for p in pairs)
+    versions = sorted({t["reward_version"] for t in traj if t["reward_version"]}
+                      | {v for v in tables["preferences"].column("reward_version").to_pylist() if v})
+    weights = ", ".join(f"{k} {v:g}" for k, v in (inputs.reward_weights or {}).items()) or "as configured"
+    policy = inputs.pair_policy or {"min_margin": config.min_margin, "max_pairs": config.max_pairs_per_instance}
+    calibration = (inputs.calibration.markdown().replace("## Reward calibration\n\n", "")
+                   if inputs.calibration else "No human labels yet: the rewards have not been checked against people.")
+    made_with = "\n".join(f"- `{m['name']}` with the `{m.get('scaffold', '?')}` scaffold, "
+                          f"{m.get('samples', 1)} attempt(s) per task" for m in inputs.models) or "- (not recorded)"
+
+    body = f"""
+# {config.name}
+
+Coding-agent trajectories, step rewards and DPO preference pairs, release `{version}`,
+made with trajhub from the recorded LLM calls of agents solving coding tasks.
+
+## Configs
+
+{_markdown_table(["config", "rows", "what"], [[n, rows[n], CONFIGS[n]] for n in CONFIGS])}
+
+```python
+from datasets import load_dataset
+pairs = load_dataset("{config.hf_repo or config.name}", "preferences", split="{SPLIT}")
+```
+
+`preferences` is TRL's conversational preference format (`prompt`, `chosen`, `rejected`: lists of
+messages with `role`, `content`, `reasoning_content`, OpenAI-form `tool_calls`, `tool_call_id`,
+`name`); `trajectories.messages` is TRL's conversational language-modeling format. Tools are
+stored as JSON in `tools_json` (their schemas differ too much for one Arrow type): pass
+`json.loads(row["tools_json"])` as `tools` to the chat template. `generated_indices` lists the
+messages the model itself produced (others were sent by the scaffold), for loss masking.
+
+Pairs: {kinds.get("trajectory", 0)} trajectory-level, {kinds.get("step", 0)} step-level.
+
+## Counts per model
+
+{_markdown_table(["model", "trajectories", "mean reward", "pairs as chosen", "pairs as rejected", "steps"],
+                 model_rows)}
+
+## Counts per category
+
+{_markdown_table(["category", "tasks", "trajectories", "pairs"], category_rows)}
+
+## Rewards
+
+- **Trajectory reward**: weighted mean of the known components ({weights}): `outcome` (1 when
+  the task's tests all pass after the run, else 0), the mean step reward, and the checklist pass
+  rate judged check by check; unknown components are left out and the weights renormalized.
+- **Step reward**: an LLM judge's rubric per assistant step (goal progress, tool choice, argument
+  correctness, use of earlier information, non-redundancy), `Σ w_i · r_i`, each score with the
+  judge's reason; deterministic rule hits (repeated calls, tool errors, invalid arguments,
+  forbidden commands) are kept with their evidence in the store.
+- **Pairs**: trajectory pairs rank two runs of one task by trajectory reward, step pairs rank
+  the next assistant step after a shared prefix by step reward; margin at least
+  {policy.get("min_margin")}, at most {policy.get("max_pairs")} pairs per task and kind,
+  spread evenly over models. `prompt_shared` is false where the two runs' first context differed
+  (dates, paths): the chosen run's context is then the prompt.
+- Reward versions in this release: {", ".join(f"`{v}`" for v in versions) or "none"}.
+
+## Calibration
+
+{calibration}
+
+## How it was made
+
+Each task ran in a fresh Docker sandbox; the agent's LLM calls went through a LiteLLM proxy that
+recorded them, credentials removed; conversations were rebuilt from the calls, scored by rules
+and an LLM judge, paired, and released by trajhub's Dagster assets. Models:
+
+{made_with}
+
+Every text field passed a secret scan (API keys, tokens, `Authorization` headers) before release.
+Same store, same library versions (see `manifest.json`) → the same files, byte for byte.
+"""
+    return f"---\n{header.strip()}\n---\n{body}"
+
+
+# -- writing ---------------------------------------------------------------------------------
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_shards(directory: Path, name: str, table: pa.Table, rows_per_shard: int) -> list[Path]:
+    import datasets
+    from datasets.table import InMemoryTable
+
+    n = max(1, math.ceil(table.num_rows / rows_per_shard))  # an empty config still gets a file
+    paths = []
+    for i in range(n):
+        path = directory / "data" / name / f"{SPLIT}-{i:05d}-of-{n:05d}.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shard = table.slice(i * rows_per_shard, rows_per_shard)
+        datasets.Dataset(InMemoryTable(shard)).to_parquet(str(path), batch_size=ROW_GROUP_ROWS)
+        paths.append(path)
+    return paths
+
+
+def _manifest(directory: Path, name: str, version: str, rows: Mapping[str, int]) -> dict:
+    import datasets
+
+    files = {str(p.relative_to(directory)): {"sha256": _sha256(p), "bytes": p.stat().st_size}
+             for p in sorted(directory.rglob("*")) if p.is_file() and p.name != "manifest.json"}
+    return {"name": name, "version": version, "rows": dict(rows), "files": files,
+            "writers": {"datasets": datasets.__version__, "pyarrow": pa.__version__}}
+
+
+def data_version(directory: Path) -> str:
+    """The default version: a hash of the data shards, so equal data gets one directory."""
+    digest = hashlib.sha256()
+    for path in sorted((directory / "data").rglob("*.parquet")):
+        digest.update(f"{path.relative_to(directory)}\0{_sha256(path)}\n".encode())
+    return f"sha-{digest.hexdigest()[:12]}"
+
+
+def verify_release(directory: str | Path) -> dict:
+    """The manifest, after checking every file against it (before a push, after a copy)."""
+    directory = Path(directory)
+    try:
+        manifest = json.loads((directory / "manifest.json").read_text())
+    except (OSError, ValueError) as error:
+        raise ReleaseError(f"{directory}: no readable manifest.json: {error}") from error
+    for name, entry in manifest["files"].items():
+        path = directory / name
+        if not path.is_file() or _sha256(path) != entry["sha256"]:
+            raise ReleaseError(f"{path}: missing or changed since the release was built")
+    return manifest
+
+
+def build_release(inputs: ReleaseInputs, config, root: str | Path, version: str | None = None,
+                  rows_per_shard: int = ROWS_PER_SHARD) -> Release:
+    """Build, scan and store a release under <root>/releases/<name>/<version>/.
+
+    `config` is the ReleaseConfig. With no version, the data's hash is the version. An existing
+    version directory with the same manifest is reused; with a different one it is an error.
+    """
+    import datasets
+
+    if version is not None and not _VERSION.match(version):
+        raise ReleaseError(f"release version {version!r}: use letters, digits and . _ + - only")
+    if not _VERSION.match(config.name):
+        raise ReleaseError(f"release name {config.name!r}: use letters, digits and . _ + - only")
+    tables = release_tables(inputs)
+    calibration = inputs.calibration.markdown() if inputs.calibration else None
+    # Scan first: nothing is written when a field holds a key. The card is scanned once built.
+    check_no_secrets(tables, {"calibration.md": calibration} if calibration else None)
+
+    releases = Path(root) / "releases" / config.name
+    releases.mkdir(parents=True, exist_ok=True)
+    staging = releases / f".staging-{uuid.uuid4().hex}"
+    progress = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        for name, table in tables.items():
+            _write_shards(staging, name, table, rows_per_shard)
+        version = version or data_version(staging)
+        card = dataset_card(tables, config, version, inputs)
+        check_no_secrets({}, {"README.md": card})
+        (staging / "README.md").write_text(card, encoding="utf-8")
+        if calibration:
+            (staging / "calibration.md").write_text(calibration, encoding="utf-8")
+        rows = {name: t.num_rows for name, t in tables.items()}
+        manifest = _manifest(staging, config.name, version, rows)
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        target = releases / version
+        if target.exists():
+            existing = verify_release(target)
+            if existing["files"] != manifest["files"]:
+                raise ReleaseError(f"{target} already holds a different release {version!r}; "
+                                   "choose another version or leave it unset (the data hash)")
+            log.info("release %s %s unchanged: reusing %s", config.name, version, target)
+            return Release(target, version, rows, manifest["files"], card, reused=True)
+        try:
+            os.replace(staging, target)  # a reader sees no release or a whole one
+        except OSError as error:  # another build got there first
+            raise ReleaseError(f"{target}: cannot store the release: {error}") from error
+        log.info("release %s %s written to %s (%s)", config.name, version, target, rows)
+        return Release(target, version, rows, manifest["files"], card)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        if progress:
+            datasets.enable_progress_bars()
+
+
+def push_release(release: Release, config, environ: Mapping[str, str] | None = None, api=None) -> str | None:
+    """Upload the release directory as it is (byte-identical files) to `config.hf_repo`.
+
+    Only when both the repo and the token (in the variable `config.hf_token_env`) are set; returns
+    the commit URL, or None when skipped. `api` is an HfApi (a fake in tests).
+    """
+    token = (os.environ if environ is None else environ).get(config.hf_token_env)
+    if not config.hf_repo or not token:
+        missing = "release.hf_repo" if not config.hf_repo else f"${config.hf_token_env}"
+        log.info("release %s %s not pushed: %s is not set", config.name, release.version, missing)
+        return None
+    verify_release(release.path)
+    if api is None:
+        from huggingface_hub import HfApi
+        api = HfApi()
+    api.create_repo(config.hf_repo, repo_type="dataset", exist_ok=True, token=token)
+    # Shard names change with row counts: remove the previous release's shards in the same commit.
+    commit = api.upload_folder(repo_id=config.hf_repo, repo_type="dataset", folder_path=str(release.path),
+                               commit_message=f"{config.name} {release.version}", token=token,
+                               delete_patterns=["data/**"])
+    log.info("release %s %s pushed to %s", config.name, release.version, config.hf_repo)
+    return getattr(commit, "commit_url", None) or str(commit)

@@ -1,0 +1,205 @@
+"""preference_pairs: ranking, margins, ties, fair selection, step pairs and TRL's format."""
+
+import json
+from collections import Counter
+
+import pytest
+
+from trajhub_assets.errors import RecordError
+from trajhub_assets.pairs import PREFERENCE_PAIRS, PairPolicy, preference_pairs
+
+TOOLS = [{"type": "function", "function": {"name": "shell", "description": "run a command",
+                                           "parameters": {"type": "object", "properties": {"cmd": {"type": "string"}}}}}]
+
+
+def msg(role, content="", **extra):
+    base = {"role": role, "content": content, "reasoning_content": None, "tool_calls": None,
+            "tool_call_id": None, "name": None, "is_error": None, "generation": role == "assistant"}
+    return base | extra
+
+
+def call(cmd, call_id):
+    return {"id": call_id, "type": "function", "function": {"name": "shell", "arguments": json.dumps({"cmd": cmd})}}
+
+
+def trajectory(run_id, model, attempt, commands, system="You are a coding agent.", final="done", id_prefix=None):
+    """system, user, then one (assistant tool call, tool result) step per command, then a final answer."""
+    messages = [msg("system", system), msg("user", "fix the bug")]
+    for k, cmd in enumerate(commands):
+        call_id = f"{id_prefix or run_id}-{k}"
+        messages.append(msg("assistant", "", tool_calls=[call(cmd, call_id)]))
+        messages.append(msg("tool", f"output of {cmd}", tool_call_id=call_id, name="shell", is_error=False,
+                            generation=False))
+    messages.append(msg("assistant", final))
+    return {"meta": {"run_id": run_id, "model": model, "instance": "inst-1", "attempt": attempt,
+                     "conversation_id": f"{run_id}-c0", "kind": "main"},
+            "tools": TOOLS, "messages": messages}
+
+
+def reward(run_id, value, version="v1"):
+    return {"run_id": run_id, "reward": value, "outcome": 1.0, "step_mean": 0.5, "checklist_pass_rate": 1.0,
+            "reward_version": version}
+
+
+def assert_trl_preference(row: dict) -> None:
+    """TRL's conversational preference format, checked as documented (trl is not installed here:
+    it pulls torch). Uses trl's own helpers when it is."""
+    assert {"prompt", "chosen", "rejected"} <= set(row)
+    for column in ("prompt", "chosen", "rejected"):
+        assert isinstance(row[column], list) and row[column], column
+        for m in row[column]:
+            assert isinstance(m, dict) and isinstance(m["role"], str) and isinstance(m["content"], str)
+            assert "generation" not in m and "is_error" not in m
+            for c in m.get("tool_calls") or []:
+                assert c["type"] == "function" and isinstance(c["function"]["name"], str)
+                json.loads(c["function"]["arguments"])
+    # apply_chat_template adds the generation prompt after a user or tool turn
+    assert row["prompt"][-1]["role"] in ("user", "tool")
+    assert row["chosen"][0]["role"] == "assistant" and row["rejected"][0]["role"] == "assistant"
+    try:
+        from trl import is_conversational, maybe_extract_prompt
+    except ImportError:
+        return
+    assert is_conversational(row)
+    assert maybe_extract_prompt(row) is row or maybe_extract_prompt(row) == row
+
+
+def test_trajectory_pairs_rank_by_reward_with_a_margin():
+    runs = [trajectory("r1", "m-a", 0, ["ls"]), trajectory("r2", "m-b", 0, ["cat x"]),
+            trajectory("r3", "m-c", 0, ["pwd"])]
+    result = preference_pairs(runs, [reward("r1", 0.9), reward("r2", 0.5), reward("r3", 0.48)], [],
+                              PairPolicy(min_margin=0.05, step_pairs=False))
+    rows = result.table.to_pylist()
+    assert {(r["chosen_run_id"], r["rejected_run_id"]) for r in rows} == {("r1", "r2"), ("r1", "r3")}
+    assert result.stats["skipped_below_margin"] == 1
+    for r in rows:
+        assert r["chosen_reward"] > r["rejected_reward"] and r["margin"] == pytest.approx(
+            r["chosen_reward"] - r["rejected_reward"])
+        assert r["kind"] == "trajectory" and r["instance_id"] == "inst-1" and r["reward_version"] == "v1"
+        assert r["prompt_shared"] and [m["role"] for m in r["prompt"]] == ["system", "user"]
+        assert r["chosen"][0]["tool_calls"][0]["function"]["name"] == "shell"
+        assert json.loads(r["tools_json"]) == TOOLS
+        assert_trl_preference(r)
+    assert result.table.schema == PREFERENCE_PAIRS.schema
+
+
+def test_ties_are_skipped_or_go_to_the_shorter_run():
+    runs = [trajectory("r1", "m-a", 0, ["ls", "ls -la"]), trajectory("r2", "m-a", 1, ["ls"])]
+    rewards = [reward("r1", 0.7), reward("r2", 0.7)]
+    skipped = preference_pairs(runs, rewards, [], PairPolicy(min_margin=0.0, step_pairs=False))
+    assert skipped.table.num_rows == 0 and skipped.stats["skipped_tie"] == 1
+    shorter = preference_pairs(runs, rewards, [], PairPolicy(min_margin=0.05, ties="shorter", step_pairs=False))
+    [row] = shorter.table.to_pylist()
+    assert (row["chosen_run_id"], row["basis"], row["margin"]) == ("r2", "tie:shorter", 0.0)
+
+
+def test_at_most_n_pairs_cover_models_evenly():
+    runs, rewards = [], []
+    for m, model in enumerate(["m-a", "m-b", "m-c"]):
+        for attempt in range(2):
+            run_id = f"{model}-{attempt}"
+            runs.append(trajectory(run_id, model, attempt, [f"cmd {run_id}"]))
+            rewards.append(reward(run_id, 0.1 + 0.3 * m + 0.1 * attempt))  # m-c always best
+    result = preference_pairs(runs, rewards, [], PairPolicy(max_pairs=3, min_margin=0.05, step_pairs=False))
+    assert result.table.num_rows == 3
+    coverage = result.stats["model_coverage"]
+    assert coverage == {"m-a": 2, "m-b": 2, "m-c": 2}, coverage
+    # same inputs, same pairs in the same order
+    again = preference_pairs(list(reversed(runs)), rewards, [], PairPolicy(max_pairs=3, step_pairs=False))
+    assert again.table.equals(result.table)
+
+
+def test_step_pairs_at_the_divergence_of_a_shared_prefix():
+    # Same first step (tool-call ids differ: clients make them up), different second step.
+    a = trajectory("r1", "m-a", 0, ["ls", "pytest"], id_prefix="toolu_x")
+    b = trajectory("r2", "m-a", 1, ["ls", "rm -rf build"], id_prefix="toolu_y")
+    steps = [{"run_id": "r1", "step_index": 0, "step_reward": 0.5}, {"run_id": "r1", "step_index": 1, "step_reward": 0.9},
+             {"run_id": "r2", "step_index": 0, "step_reward": 0.5}, {"run_id": "r2", "step_index": 1, "step_reward": 0.2}]
+    result = preference_pairs([a, b], [reward("r1", 0.8), reward("r2", 0.3)], steps, PairPolicy(min_margin=0.1))
+    [step] = [r for r in result.table.to_pylist() if r["kind"] == "step"]
+    assert (step["chosen_run_id"], step["chosen_step_index"], step["rejected_step_index"]) == ("r1", 1, 1)
+    assert (step["chosen_reward"], step["rejected_reward"]) == (0.9, 0.2)
+    assert step["chosen_trajectory_reward"] == 0.8
+    assert [m["role"] for m in step["prompt"]] == ["system", "user", "assistant", "tool"]
+    assert step["prompt"][2]["tool_calls"][0]["id"] == "toolu_x-0"  # the chosen run's own ids
+    assert len(step["chosen"]) == len(step["rejected"]) == 1
+    assert json.loads(step["chosen"][0]["tool_calls"][0]["function"]["arguments"]) == {"cmd": "pytest"}
+    assert_trl_preference(step)
+    # the trajectory pair starts where the runs part too, so its prompt is the same shared prefix
+    [whole] = [r for r in result.table.to_pylist() if r["kind"] == "trajectory"]
+    assert whole["prompt"] == step["prompt"] and whole["prompt_shared"]
+    assert [m["role"] for m in whole["chosen"]] == ["assistant", "tool", "assistant"]
+    assert_trl_preference(whole)
+
+
+def test_step_pairs_skip_steps_without_reward_or_margin():
+    a = trajectory("r1", "m-a", 0, ["ls"])
+    b = trajectory("r2", "m-b", 0, ["pwd"])
+    close = [{"run_id": "r1", "step_index": 0, "step_reward": 0.50}, {"run_id": "r2", "step_index": 0, "step_reward": 0.52}]
+    result = preference_pairs([a, b], [reward("r1", 0.5), reward("r2", 0.5)], close, PairPolicy(min_margin=0.05))
+    assert result.table.num_rows == 0
+    missing = preference_pairs([a, b], [], close[:1], PairPolicy())
+    assert missing.stats["skipped_step_unrewarded"] == 1 and missing.stats["skipped_unrewarded"] == 2
+
+
+def test_differing_system_prompts_pair_with_the_chosen_context_marked_unshared():
+    a = trajectory("r1", "m-a", 0, ["ls"], system="Today is Monday.")
+    b = trajectory("r2", "m-b", 0, ["pwd"], system="Today is Tuesday.")
+    result = preference_pairs([a, b], [reward("r1", 0.2), reward("r2", 0.9)], [], PairPolicy())
+    [row] = result.table.to_pylist()
+    assert row["chosen_run_id"] == "r2" and not row["prompt_shared"]
+    assert row["prompt"][0]["content"] == "Today is Tuesday."
+    assert_trl_preference(row)
+
+
+def test_runs_with_other_tools_or_no_step_are_not_paired():
+    a = trajectory("r1", "m-a", 0, ["ls"])
+    b = trajectory("r2", "m-b", 0, ["ls"]) | {"tools": []}
+    c = trajectory("r3", "m-c", 0, []) | {"messages": [msg("system", "s"), msg("user", "u")]}
+    result = preference_pairs([a, b, c], [reward("r1", 0.9), reward("r2", 0.1), reward("r3", 0.0)], [], PairPolicy())
+    assert result.table.num_rows == 0
+    assert result.stats["skipped_tools_differ"] == 1 and result.stats["skipped_no_step"] == 1
+
+
+def test_mixed_reward_versions_are_an_error():
+    runs = [trajectory("r1", "m-a", 0, ["ls"]), trajectory("r2", "m-b", 0, ["pwd"])]
+    with pytest.raises(RecordError, match="reward versions 'v1' and 'v2'"):
+        preference_pairs(runs, [reward("r1", 0.9), reward("r2", 0.1, version="v2")], [], PairPolicy())
+
+
+def test_trajectory_rewards_table_rows_name_their_version_by_weights():
+    runs = [trajectory("r1", "m-a", 0, ["ls"]), trajectory("r2", "m-b", 0, ["pwd"])]
+    rows = [{"run_id": r, "reward": v, "weight_outcome": 0.5, "weight_step": 0.25, "weight_checklist": 0.25}
+            for r, v in (("r1", 0.9), ("r2", 0.2))]
+    [row] = preference_pairs(runs, rows, [], PairPolicy(step_pairs=False)).table.to_pylist()
+    assert row["reward_version"] == "weights:outcome=0.5,step=0.25,checklist=0.25"
+
+
+def test_bad_trajectory_names_the_field():
+    bad = trajectory("r1", "m-a", 0, ["ls"])
+    del bad["meta"]["model"]
+    with pytest.raises(RecordError, match="meta.model"):
+        preference_pairs([bad], [], [], PairPolicy())
+
+
+def test_pairs_fit_the_store(store):
+    runs = [trajectory("r1", "m-a", 0, ["ls"]), trajectory("r2", "m-b", 0, ["pwd"])]
+    table = preference_pairs(runs, [reward("r1", 0.9), reward("r2", 0.1)], [], PairPolicy()).table
+    store.write(PREFERENCE_PAIRS, table, {"instance": "inst-1"})
+    back = store.read(PREFERENCE_PAIRS, {"instance": "inst-1"})
+    assert back.to_pylist() == table.to_pylist()
+    assert Counter(store.sql("SELECT instance FROM preference_pairs").column(0).to_pylist()) == {"inst-1": 1}
+
+
+def test_policy_from_release_config():
+    from trajhub_assets.config import ReleaseConfig
+
+    policy = PairPolicy.from_config(ReleaseConfig(max_pairs_per_instance=4, min_margin=0.2), ties="shorter")
+    assert (policy.max_pairs, policy.min_margin, policy.ties, policy.step_pairs) == (4, 0.2, "shorter", True)
+
+
+def test_runs_that_act_alike_are_not_a_pair():
+    # Same actions, different rewards (a flaky test): nothing to prefer.
+    runs = [trajectory("r1", "m-a", 0, ["ls"], id_prefix="x"), trajectory("r2", "m-a", 1, ["ls"], id_prefix="y")]
+    result = preference_pairs(runs, [reward("r1", 1.0), reward("r2", 0.0)], [], PairPolicy())
+    assert result.table.num_rows == 0 and result.stats["skipped_same_actions"] == 1
