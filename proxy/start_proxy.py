@@ -1,0 +1,77 @@
+"""Start trajhub's LiteLLM proxy: litellm's own server, plus the recorder's middleware.
+
+    python proxy/start_proxy.py --config proxy/litellm_config.yaml --host 127.0.0.1 --port 4000
+
+Takes every `litellm` CLI option. Environment: LITELLM_MASTER_KEY (clients authenticate
+with it), TRAJHUB_RECORDINGS_DIR (or TRAJHUB_HOME) for the recordings, provider keys
+(see env.sh.example).
+
+Why a launcher and not plain `litellm --config`: count_tokens calls reach no litellm hook,
+and litellm edits its copy of the request body before any hook sees it. The middleware
+added here hands each HTTP exchange to the trajectory logger, which keeps the exact body
+and records what no hook saw. Plain `litellm --config` still records every LLM call, with
+litellm's copy of the body (marked `request_exact: false`).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from starlette.middleware import Middleware
+
+HERE = Path(__file__).resolve().parent
+
+
+class RecordingMiddleware:
+    """Passes each HTTP exchange to the trajhub logger that litellm loaded from the config.
+
+    The logger is looked up at request time: litellm loads callbacks only at startup, and
+    loads its own copy of trajectory_logger.py, so importing it here would make a second,
+    separate recorder.
+    """
+
+    def __init__(self, app):
+        self.app = app
+        self.recorder = None
+
+    async def __call__(self, scope, receive, send):
+        recorder = self.recorder or self._find_recorder()
+        if recorder is None:
+            return await self.app(scope, receive, send)
+        await recorder.handle_http(self.app, scope, receive, send)
+
+    def _find_recorder(self):
+        import litellm
+
+        self.recorder = next((c for c in litellm.callbacks if getattr(c, "trajhub_recorder", False)), None)
+        return self.recorder
+
+
+def _reject_multiple_workers(argv: list[str]) -> None:
+    # Each worker would be its own recorder with its own per-run sequence numbers.
+    for index, arg in enumerate(argv):
+        value = arg.split("=", 1)[1] if arg.startswith("--num_workers=") else (
+            argv[index + 1] if arg == "--num_workers" and index + 1 < len(argv) else None)
+        if value is not None and value != "1":
+            sys.exit("start_proxy.py: the trajhub recorder needs one worker (--num_workers 1)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    _reject_multiple_workers(argv)
+    # `callbacks: trajectory_logger.instance` resolves from here when the config lives elsewhere.
+    sys.path.insert(0, str(HERE))
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # never fetch prices at startup
+
+    from litellm.proxy.proxy_cli import run_server
+    from litellm.proxy.proxy_server import app
+
+    # Innermost (after litellm's gzip middleware): the recorder sees plain response bodies.
+    app.user_middleware.append(Middleware(RecordingMiddleware))
+    run_server.main(args=argv, prog_name="litellm")
+
+
+if __name__ == "__main__":
+    main()
