@@ -1,0 +1,124 @@
+"""ProxyResource: the LiteLLM proxy every scaffold and the judge talk to.
+
+With no external URL (`url`, or the project's `proxy.url`) it starts the real proxy on
+first use in a run (random master key, offline cost map) and stops it when the run ends;
+with one it uses that proxy, whose recordings directory must be shared with this process.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from urllib.parse import urlparse
+
+from dagster import ConfigurableResource, InitResourceContext
+from pydantic import PrivateAttr
+
+from trajhub_assets.recording.proxy_process import (
+    DEFAULT_CONFIG,
+    ProxyError,
+    ProxyProcess,
+    scripted_upstream_env,
+)
+from trajhub_assets.recording.scripted_upstream import ScriptedUpstream
+from trajhub_assets.resources import ProjectResource
+from trajhub_assets.store import home
+
+
+class ProxyResource(ConfigurableResource):
+    url: str | None = None  # an external proxy; default: the project's, else start one per run
+    master_key: str | None = None  # the external proxy's key (e.g. EnvVar("LITELLM_MASTER_KEY"))
+    project: ProjectResource | None = None  # its `proxy:` section supplies url / master_key_env
+    config_path: str = str(DEFAULT_CONFIG)
+    recordings_dir: str | None = None  # default: $TRAJHUB_RECORDINGS_DIR or $TRAJHUB_HOME/recordings
+    startup_timeout: float = 120.0
+    # A scripted upstream already running for the config's local routes (tests, demos).
+    scripted_upstream_url: str | None = None
+
+    _process: ProxyProcess | None = PrivateAttr(default=None)
+    _upstream: ScriptedUpstream | None = PrivateAttr(default=None)
+    _host: str = PrivateAttr(default="127.0.0.1")
+
+    def recordings(self) -> Path:
+        if self.recordings_dir:
+            return Path(self.recordings_dir)
+        explicit = os.environ.get("TRAJHUB_RECORDINGS_DIR")
+        return Path(explicit) if explicit else home() / "recordings"
+
+    def _external(self) -> tuple[str | None, str | None]:
+        """(url, key) of an external proxy, or (None, None) to start our own."""
+        if self.url:
+            return self.url, self.master_key
+        settings = self.project.load().proxy if self.project is not None else None
+        if settings is not None and settings.url:
+            key = os.environ.get(settings.master_key_env) if settings.master_key_env else None
+            return settings.url, self.master_key or key
+        return None, None
+
+    def _started(self) -> ProxyProcess | None:
+        if self._external()[0]:
+            return None
+        if self._process is None:
+            upstream = self.scripted_upstream_url or (self._upstream.url if self._upstream else None)
+            env = scripted_upstream_env(upstream, f"scripted-{secrets.token_hex(8)}") if upstream else {}
+            self._process = ProxyProcess(self.recordings(), config=self.config_path, env=env,
+                                         host=self._host, startup_timeout=self.startup_timeout).start()
+        return self._process
+
+    def listen_on(self, host: str) -> None:
+        """Have the proxy this resource starts listen on `host` (e.g. Docker's bridge gateway,
+        so sandboxes reach it), restarting it if it already runs elsewhere. An external proxy
+        is left as it is."""
+        if self._process is not None and self._process.host != host:
+            self._process.stop()
+            self._process = None
+        self._host = host
+
+    def serve_baselines(self, tasks: list[dict]) -> None:
+        """Serve the demo's `trajhub-baseline/*` (and `baseline/*`) routes from a scripted
+        upstream running the baseline policies for `tasks` and the baseline judge. Call it
+        before the proxy's first use in the run."""
+        from trajhub_assets.scaffolds.baselines import BaselinePolicies, upstream_policy
+
+        if self._upstream is None:
+            self._upstream = ScriptedUpstream(upstream_policy(BaselinePolicies(tasks))).start()
+        if self._process is not None and not self.scripted_upstream_url:
+            self._process.stop()  # started without the routes: start again with them
+            self._process = None
+
+    @property
+    def base_url(self) -> str:
+        """Root URL: Anthropic clients (ANTHROPIC_BASE_URL) append /v1/messages themselves."""
+        process = self._started()
+        return (process.url if process else self._external()[0]).rstrip("/")
+
+    @property
+    def openai_base_url(self) -> str:
+        """For OpenAI-style clients (OPENAI_BASE_URL), which append /chat/completions."""
+        return f"{self.base_url}/v1"
+
+    @property
+    def port(self) -> int:
+        parsed = urlparse(self.base_url)
+        return parsed.port or (443 if parsed.scheme == "https" else 80)
+
+    @property
+    def key(self) -> str:
+        """The key clients send (Authorization: Bearer / x-api-key)."""
+        process = self._started()
+        if process:
+            return process.master_key
+        url, key = self._external()
+        if not key:
+            raise ProxyError(f"ProxyResource: the external proxy {url} needs master_key "
+                             "(or the project's proxy.master_key_env)")
+        return key
+
+    def teardown_after_execution(self, context: InitResourceContext) -> None:
+        if self._process is not None:
+            self._process.stop()
+            self._process = None
+        if self._upstream is not None:
+            self._upstream.stop()
+            self._upstream = None
