@@ -2,6 +2,7 @@
 
 import argparse
 import os
+import warnings
 import sys
 from pathlib import Path
 
@@ -18,29 +19,59 @@ def _dagster_instance(store: Store):
     return DagsterInstance.get()
 
 
+RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
+QUIET = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}  # Dagster's steps log at DEBUG
+PER_RUN = ["raw_trajectories", "merged_trajectories", "rule_rewards", "judge_rewards"]
+RELEASE = ["reward_calibration", "leaderboard", "hf_dataset_release"]
+
+
 def cmd_run(args) -> None:
-    """Materialize the asset graph, stage by stage, as far as it reaches."""
+    """Materialize the whole asset graph, stage by stage, each stage one Dagster run over
+    all its partitions (as a backfill with BackfillPolicy.multi_run would batch them)."""
     from dagster import materialize
 
     from trajhub_assets.definitions import defs
-    from trajhub_assets.tasks.assets import partition_requests, tasks
+    from trajhub_assets.partitions import instances_partitions, run_partitions
+    from trajhub_assets.tasks.assets import partition_requests
 
     store = Store()
     instance = _dagster_instance(store)
-    resources = defs.resources
-    result = materialize([tasks], instance=instance, resources=resources, raise_on_error=False)
-    if not result.success:
-        raise SystemExit(f"trajhub: materializing `tasks` failed: {_first_failure(result)}")
+    assets, resources = list(defs.assets), defs.resources
+
+    def stage(selection: list[str], keys: list[str] | None = None) -> None:
+        tags = {RANGE_START: str(keys[0]), RANGE_END: str(keys[-1])} if keys else None
+        print(f"trajhub: materializing {', '.join(selection)}"
+              + (f" over {len(keys)} partitions" if keys else ""), flush=True)
+        result = materialize(assets, instance=instance, resources=resources, selection=selection,
+                             tags=tags, raise_on_error=False, run_config=QUIET)
+        if not result.success:
+            raise SystemExit(f"trajhub: {selection} failed: {_first_failure(result)}")
+
+    stage(["tasks"])
     for request in partition_requests(instance, store, resources["project"].load()):
         instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+    run_keys = run_partitions.get_partition_keys(dynamic_partitions_store=instance)
+    if not args.catalog_only and run_keys:
+        stage(PER_RUN, run_keys)
+        stage(["preference_pairs"], instances_partitions.get_partition_keys(dynamic_partitions_store=instance))
+        stage(RELEASE)
     catalog = store.write_catalog()
-    con = store.connect()
-    print(f"store: {store.root}\ncatalog for notebooks: {catalog}")
-    print(f"dagster instance: {os.environ['DAGSTER_HOME']} (open the UI: dagster dev -w workspace.yaml)")
-    con.sql("SELECT category, count(*) AS tasks, count(test_command) AS runnable "
-            "FROM tasks GROUP BY category ORDER BY category").show()
-    print("partitions: models =", instance.get_dynamic_partitions("models"),
-          "| instances =", len(instance.get_dynamic_partitions("instances")))
+    print(f"store: {store.root}\ncatalog for notebooks: {catalog}\n"
+          f"dagster instance: {os.environ['DAGSTER_HOME']} (UI: dagster dev -w workspace.yaml)")
+    with store.connect() as con:
+        for table, query in SUMMARIES:
+            if table in store.table_names():
+                con.sql(query).show(max_width=160)
+
+
+SUMMARIES = [
+    ("tasks", "SELECT category, count(*) AS tasks, count(test_command) AS runnable "
+              "FROM tasks GROUP BY category ORDER BY category"),
+    ("leaderboard", "SELECT model, runs, round(test_pass_rate, 3) AS pass_rate, round(isr, 3) AS isr, "
+                    "round(csr, 3) AS csr, round(mean_reward, 3) AS reward, mean_steps FROM leaderboard"),
+    ("preference_pairs", "SELECT kind, count(*) AS pairs, round(avg(margin), 3) AS mean_margin "
+                         "FROM preference_pairs GROUP BY kind"),
+]
 
 
 def _first_failure(result) -> str:
@@ -78,6 +109,8 @@ def main(argv: list[str] | None = None) -> None:
 
     run = commands.add_parser("run", help="materialize the pipeline (config: $TRAJHUB_CONFIG, "
                                           "default the bundled demo)")
+    run.add_argument("--catalog-only", action="store_true",
+                     help="only load the task catalog and register partitions")
     run.set_defaults(func=cmd_run)
 
     sql = commands.add_parser("sql", help="query the store with DuckDB; tables are views")
@@ -95,6 +128,8 @@ def main(argv: list[str] | None = None) -> None:
     check.set_defaults(func=cmd_check_tasks)
 
     args = parser.parse_args(argv)
+    import dagster  # backfill policies and pools are beta in Dagster; we use them knowingly
+    warnings.filterwarnings("ignore", category=dagster.BetaWarning)
     try:
         args.func(args)
     except TrajhubError as error:

@@ -2,11 +2,20 @@
 
 from dagster import Definitions
 
+from trajhub_assets.merge.assets import merged_trajectories
+from trajhub_assets.pairs.assets import preference_pairs_asset
+from trajhub_assets.recording.assets import raw_trajectories
+from trajhub_assets.recording.resources import ProxyResource
+from trajhub_assets.release.assets import hf_dataset_release, leaderboard_asset, reward_calibration
 from trajhub_assets.resources import ProjectResource, StoreResource
+from trajhub_assets.rewards.assets import judge_rewards, rule_rewards
 from trajhub_assets.tasks.assets import partitions_sensor, tasks
 
+project = ProjectResource()
+
 defs = Definitions(
-    assets=[tasks],
+    assets=[tasks, raw_trajectories, merged_trajectories, rule_rewards, judge_rewards,
+            preference_pairs_asset, reward_calibration, leaderboard_asset, hf_dataset_release],
     sensors=[partitions_sensor],
-    resources={"store": StoreResource(), "project": ProjectResource()},
+    resources={"store": StoreResource(), "project": project, "proxy": ProxyResource(project=project)},
 )

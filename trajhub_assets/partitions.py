@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 
-from dagster import DynamicPartitionsDefinition, MultiPartitionsDefinition
+from dagster import BackfillPolicy, DynamicPartitionsDefinition, MultiPartitionsDefinition
 
 _SEGMENT = r"[A-Za-z0-9._:@+-]+"
 _MODEL_NAME = re.compile(rf"^{_SEGMENT}(/{_SEGMENT})*$")
@@ -24,6 +24,15 @@ instances_partitions = DynamicPartitionsDefinition(name="instances")
 # Dagster orders dimensions by name: a key reads "<instance>|<model>".
 run_partitions = MultiPartitionsDefinition({"model": models_partitions,
                                             "instance": instances_partitions})
+# Per-run overhead in Dagster is seconds: a backfill hands each run a batch of keys.
+BATCHED = BackfillPolicy.multi_run(max_partitions_per_run=200)
+
+
+def run_partitions_of(context) -> list[dict[str, str]]:
+    """The store partitions ({"model", "instance"}) of a run's partition keys, one or a batch."""
+    keys = [run_partitions.get_partition_key_from_str(str(key)) for key in context.partition_keys]
+    return [{"model": key.keys_by_dimension["model"], "instance": key.keys_by_dimension["instance"]}
+            for key in keys]
 
 
 def model_key(name: str) -> str:

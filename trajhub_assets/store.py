@@ -114,9 +114,9 @@ class Store:
             con.execute(statement)
         return con
 
-    def sql(self, query: str) -> pa.Table:
+    def sql(self, query: str, params: list | None = None) -> pa.Table:
         with self.connect() as con:
-            return con.sql(query).to_arrow_table()
+            return con.sql(query, params=params).to_arrow_table()
 
     def write_catalog(self, path: str | os.PathLike | None = None) -> Path:
         """A DuckDB file of views over the tables, for notebooks.

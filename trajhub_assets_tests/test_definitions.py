@@ -29,8 +29,18 @@ def asset_graph() -> dict:
 
 
 def test_asset_graph_snapshot():
+    runs, instances = "MultiPartitionsDefinition", "DynamicPartitionsDefinition"
     assert asset_graph() == {
         "tasks": {"deps": [], "group": "tasks", "partitions": None},
+        "raw_trajectories": {"deps": ["tasks"], "group": "recording", "partitions": runs},
+        "merged_trajectories": {"deps": ["raw_trajectories"], "group": "merge", "partitions": runs},
+        "rule_rewards": {"deps": ["merged_trajectories"], "group": "rewards", "partitions": runs},
+        "judge_rewards": {"deps": ["merged_trajectories"], "group": "rewards", "partitions": runs},
+        "preference_pairs": {"deps": ["judge_rewards"], "group": "pairs", "partitions": instances},
+        "reward_calibration": {"deps": ["preference_pairs"], "group": "release", "partitions": None},
+        "leaderboard": {"deps": ["judge_rewards"], "group": "release", "partitions": None},
+        "hf_dataset_release": {"deps": ["leaderboard", "preference_pairs", "reward_calibration", "tasks"],
+                               "group": "release", "partitions": None},
     }
 
 

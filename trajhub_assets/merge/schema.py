@@ -13,6 +13,7 @@ import json
 import pyarrow as pa
 
 from trajhub_assets.errors import StoreError
+from trajhub_assets.store import Table
 
 PARTITION_FIELDS = ("model", "instance")
 
@@ -38,6 +39,11 @@ META = [
 CONVERSATION_SCHEMA = pa.schema(META + [pa.field("tools", pa.list_(TOOL)),
                                         pa.field("messages", pa.list_(MESSAGE))])
 META_FIELDS = tuple(f.name for f in META)
+
+
+MERGED_TRAJECTORIES = Table(
+    "merged_trajectories", CONVERSATION_SCHEMA, partitioned_by=PARTITION_FIELDS,
+    description="One row per conversation a run held (main agent, subagents, restarts).")
 
 
 def _row(conversation: dict) -> dict:

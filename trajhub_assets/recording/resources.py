@@ -83,9 +83,9 @@ class ProxyResource(ConfigurableResource):
 
         if self._upstream is None:
             self._upstream = ScriptedUpstream(upstream_policy(BaselinePolicies(tasks))).start()
-        if self._process is not None and not self.scripted_upstream_url:
-            self._process.stop()  # started without the routes: start again with them
-            self._process = None
+            if self._process is not None and not self.scripted_upstream_url:
+                self._process.stop()  # started without the routes: start again with them
+                self._process = None
 
     @property
     def base_url(self) -> str:

@@ -317,6 +317,9 @@ class JudgeUsage:
     def metadata(self) -> dict:
         return {f"judge_{k}": v for k, v in asdict(self).items()}
 
+    def __add__(self, other: JudgeUsage) -> JudgeUsage:  # totals over a batch of partitions
+        return JudgeUsage(**{k: v + getattr(other, k) for k, v in asdict(self).items()})
+
 
 class Judge:
     """A judge model behind an OpenAI-compatible endpoint, with a cache and a thread pool."""

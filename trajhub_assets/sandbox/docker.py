@@ -333,3 +333,13 @@ def _pid_alive(pid: str | None) -> bool:
     except PermissionError:
         return True  # someone else's process
     return True
+
+
+def bridge_gateway(docker_host: str | None = None) -> str:
+    """The host's address on Docker's default bridge: where `host.docker.internal`
+    (host-gateway) points, and so where a service for the sandboxes must listen."""
+    client = connect(docker_host)
+    try:
+        return client.networks.get("bridge").attrs["IPAM"]["Config"][0]["Gateway"]
+    finally:
+        client.close()

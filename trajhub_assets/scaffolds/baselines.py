@@ -11,6 +11,11 @@ the builtin agent's tools:
   fix, skips the tests, and finishes without a summary.
 
 The difference is deliberate: rewards and preference pairs need something real to separate.
+
+`judge` is a baseline judge for the demo, equally scripted: it reads the judge's prompt
+and answers from surface evidence (a tool call repeated verbatim, a tool error, a write to
+a file never mentioned before, tests never run, an empty summary). Its verdicts are
+placeholders that exercise the judge pipeline end to end, not judgements.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ import uuid
 from pathlib import Path
 
 POLICIES = ("careful", "hasty")
+JUDGE = "judge"
+ROUTE_PREFIX = "trajhub-baseline/"  # the proxy's route to the scripted upstream
 
 
 @functools.lru_cache(maxsize=64)
@@ -94,3 +101,61 @@ class BaselinePolicies:
         return [_call("shell", command="ls"), _call("shell", command="ls"),
                 _call("write_file", path=path, content=content),
                 _call("finish", summary="")]
+
+
+def _section(prompt: str, title: str) -> str:
+    """The text of a `## title` section of a judge prompt."""
+    start = prompt.find(f"## {title}")
+    if start < 0:
+        return ""
+    end = prompt.find("\n## ", start + 3)
+    return prompt[start:end if end >= 0 else None]
+
+
+def judge_answer(request: dict) -> dict:
+    """A schema-valid answer to a checklist or step-rubric request of the judge."""
+    schema = request["response_format"]["json_schema"]["schema"]
+    prompt = _text(request["messages"][-1]["content"])
+    if "checks" in schema["properties"]:
+        trajectory = _section(prompt, "Trajectory")
+        tests_run = "unittest" in trajectory or "pytest" in trajectory
+        ids = schema["properties"]["checks"]["items"]["properties"]["check_id"]["enum"]
+        types = dict(re.findall(r"^- (\S+) \[(\w+)\]", prompt, flags=re.M))
+        checks = [{"check_id": i, "result": "fail" if types.get(i) == "testing" and not tests_run
+                   else "success",
+                   "reason": "baseline judge: " + ("no test run in the trajectory"
+                                                   if types.get(i) == "testing" and not tests_run
+                                                   else "no evidence against it")}
+                  for i in ids]
+        return {"checks": checks}
+    step, before = _section(prompt, "The step to grade"), _section(prompt, "Trajectory before")
+    calls = re.findall(r"^-> call (\w+) \(id [^)]*\): (.*)$", step, flags=re.M)
+    repeated = any(f"-> call {name} " in before and arguments in before for name, arguments in calls)
+    errored = "ERROR" in step
+    blind_write = any(name in ("write_file", "edit_file") and
+                      json.loads(arguments).get("path", "") not in before
+                      for name, arguments in calls if arguments.startswith("{"))
+    empty_finish = any(name == "finish" and not json.loads(arguments).get("summary")
+                       for name, arguments in calls if arguments.startswith("{"))
+    scores = {"goal_progress": 1 if empty_finish else 4,
+              "tool_choice": 2 if blind_write else 4,
+              "argument_correctness": 2 if errored else 4,
+              "use_of_information": 2 if blind_write or repeated else 4,
+              "non_redundancy": 1 if repeated else 5}
+    return {name: {"score": scores.get(name, 3), "reason": "baseline judge: surface evidence only"}
+            for name in schema["properties"]}
+
+
+def upstream_policy(policies: BaselinePolicies):
+    """The scripted upstream's policy for every `trajhub-baseline/<name>` route."""
+    from trajhub_assets.recording.scripted_upstream import Fail, reply_from_openai, say
+
+    def respond(request):
+        name = str(request.body.get("model", "")).removeprefix(ROUTE_PREFIX)
+        if name == JUDGE:
+            return say(json.dumps(judge_answer(request.body)))
+        if name not in POLICIES:
+            return Fail(404, f"no baseline named {name!r}; known: {POLICIES + (JUDGE,)}")
+        return reply_from_openai(policies.respond(name, request.body))
+
+    return respond

@@ -218,3 +218,8 @@ def load_catalog(config) -> list[TaskRecord]:
         else:
             items.extend(read_hf_dataset(source.hf_dataset, source.split, source.revision))
     return check_unique(items)
+
+
+def stored_tasks(store) -> dict[str, dict]:
+    """The stored catalog's task records by instance_id."""
+    return {record["instance_id"]: record for record in table_to_records(store.read(TASKS))}

@@ -1,0 +1,43 @@
+"""The merged_trajectories asset: a run's recorded calls → the conversations that happened."""
+
+from collections import Counter, defaultdict
+
+from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+
+from trajhub_assets.merge.merge import merge_calls
+from trajhub_assets.merge.schema import MERGED_TRAJECTORIES, conversations_to_table
+from trajhub_assets.partitions import BATCHED, run_partitions, run_partitions_of
+from trajhub_assets.recording.raw_calls import MESSAGE_BLOBS, RAW_CALLS, rebuild_records
+from trajhub_assets.recording.run_id import parse_run_id
+from trajhub_assets.resources import StoreResource
+
+
+def merge_partition(records: list[dict], model: str, instance: str) -> list[dict]:
+    """The conversations of every run in one (model, instance) partition, run by run."""
+    by_run: dict[str, list[dict]] = defaultdict(list)
+    for record in records:
+        by_run[record["run_id"]].append(record)
+    return [conversation
+            for run_id, calls in sorted(by_run.items())
+            for conversation in merge_calls(calls, run_id=run_id, model=model, instance=instance,
+                                            attempt=parse_run_id(run_id).attempt)]
+
+
+@asset(partitions_def=run_partitions, backfill_policy=BATCHED, group_name="merge",
+       deps=["raw_trajectories"], kinds={"parquet"}, code_version="merge-1",
+       description="Whole conversations rebuilt from each run's calls, with generation flags.")
+def merged_trajectories(context: AssetExecutionContext, store: StoreResource) -> MaterializeResult:
+    store = store.get()
+    kinds, messages = Counter(), 0
+    for partition in run_partitions_of(context):
+        records = rebuild_records(store.read(RAW_CALLS, partition), store.read(MESSAGE_BLOBS, partition))
+        conversations = merge_partition(records, partition["model"], partition["instance"])
+        store.write(MERGED_TRAJECTORIES, conversations_to_table(conversations), partition)
+        kinds.update(c["meta"]["kind"] for c in conversations)
+        messages += sum(len(c["messages"]) for c in conversations)
+        context.log.info("%s: %d calls -> %d conversations", partition, len(records), len(conversations))
+    return MaterializeResult(metadata={
+        "conversations": sum(kinds.values()), "messages": messages,
+        "kinds": MetadataValue.md("| kind | conversations |\n|---|---|\n"
+                                  + "\n".join(f"| {k} | {n} |" for k, n in kinds.most_common())),
+    })

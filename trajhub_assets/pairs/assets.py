@@ -1,0 +1,50 @@
+"""The preference_pairs asset: one instance, every model's trajectories of it."""
+
+from collections import Counter
+
+from dagster import (AssetDep, AssetExecutionContext, MaterializeResult, MetadataValue,
+                     MultiToSingleDimensionPartitionMapping, asset)
+
+from trajhub_assets.merge.schema import table_to_conversations
+from trajhub_assets.pairs.pairs import PREFERENCE_PAIRS, PairPolicy, preference_pairs, preview_markdown
+from trajhub_assets.partitions import BATCHED, instances_partitions, model_name
+from trajhub_assets.resources import ProjectResource, StoreResource
+from trajhub_assets.store import Store
+
+_EVERY_MODEL = MultiToSingleDimensionPartitionMapping(partition_dimension_name="instance")
+
+
+def main_trajectories(store: Store, where: str = "TRUE", params: list | None = None) -> list[dict]:
+    """Each run's main conversation, with meta.model the model's name (not its key)."""
+    table = store.sql(f"SELECT * FROM merged_trajectories WHERE kind = 'main' AND {where} "
+                      "ORDER BY model, instance, run_id", params)
+    conversations = table_to_conversations(table)
+    for conversation in conversations:
+        conversation["meta"]["model"] = model_name(conversation["meta"]["model"])
+    return conversations
+
+
+def rows(store: Store, table: str, where: str, params: list) -> list[dict]:
+    return store.sql(f"SELECT * FROM {table} WHERE {where}", params).to_pylist()
+
+
+@asset(name="preference_pairs", partitions_def=instances_partitions, backfill_policy=BATCHED,
+       group_name="pairs", kinds={"parquet"},
+       deps=[AssetDep("judge_rewards", partition_mapping=_EVERY_MODEL)],
+       description="DPO pairs (TRL conversational format) among all runs of one instance.")
+def preference_pairs_asset(context: AssetExecutionContext, store: StoreResource,
+                           project: ProjectResource) -> MaterializeResult:
+    store, config = store.get(), project.load()
+    policy = PairPolicy.from_config(config.release)
+    stats, previews = Counter(), []
+    for instance in context.partition_keys:
+        result = preference_pairs(
+            main_trajectories(store, "instance = ?", [instance]),
+            rows(store, "trajectory_rewards", "instance = ?", [instance]),
+            rows(store, "judge_steps", "instance = ?", [instance]),
+            policy)
+        store.write(PREFERENCE_PAIRS, result.table, {"instance": instance})
+        stats.update({k: v for k, v in result.stats.items() if isinstance(v, int)})
+        stats.update(result.stats["model_coverage"])
+        previews.append(f"### {instance}\n{preview_markdown(result.table)}")
+    return MaterializeResult(metadata=dict(stats) | {"preview": MetadataValue.md("\n\n".join(previews[:5]))})

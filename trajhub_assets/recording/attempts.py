@@ -1,0 +1,115 @@
+"""One attempt of one (model, instance): a sandbox, a scaffold, the outcome.
+
+The agent's calls go through the proxy, which records them under the attempt's run id;
+this module only starts the run and describes how it ended. A run that fails (the
+agent crashed, the sandbox would not start, the clock ran out) is a row with its error,
+not an exception: the other attempts of the batch go on, and the calls recorded so far
+are kept.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from trajhub_assets.config import ModelConfig, SandboxConfig
+from trajhub_assets.errors import TrajhubError
+from trajhub_assets.recording.run_id import make_run_id
+from trajhub_assets.sandbox import Limits, collect_outcome, make_sandbox
+from trajhub_assets.scaffolds import Endpoint, make_scaffold
+from trajhub_assets.store import Table
+
+log = logging.getLogger(__name__)
+
+# The agent gets the run's budget less what the tests may need afterwards.
+TEST_BUDGET_SHARE = 0.25
+
+RUNS = Table(
+    "runs", partitioned_by=("model", "instance"),
+    description="One row per attempt: how the agent stopped, the test outcome, the diff.",
+    schema=pa.schema([
+        pa.field("run_id", pa.string(), nullable=False),
+        ("attempt", pa.int64()),
+        ("model_name", pa.string()),
+        ("route", pa.string()),
+        ("scaffold", pa.string()),
+        ("scaffold_version", pa.string()),
+        ("backend", pa.string()),
+        ("started_at", pa.float64()),
+        ("run_seconds", pa.float64()),
+        ("stop_reason", pa.string()),
+        ("agent_exit_code", pa.int64()),
+        ("agent_stderr_tail", pa.string()),
+        ("final_answer", pa.string()),
+        ("timed_out", pa.bool_()),
+        ("test_command", pa.string()),
+        ("test_exit_code", pa.int64()),
+        ("tests_passed", pa.int64()),
+        ("tests_failed", pa.int64()),
+        ("tests_total", pa.int64()),
+        ("test_output_tail", pa.string()),
+        ("resolved", pa.bool_()),
+        ("diff", pa.string()),
+        pa.field("error", pa.string(), metadata={"doc": "why the run failed, if it did"}),
+    ]),
+)
+
+
+@dataclass(frozen=True)
+class Proxy:
+    """Where the agent's client sends its calls."""
+
+    url_from_host: str
+    url_from_sandbox: str
+    key: str
+
+
+def run_attempt(task: dict, model: ModelConfig, attempt: int, proxy: Proxy,
+                sandbox: SandboxConfig) -> dict:
+    """Run `task` once with `model`'s scaffold; return its `runs` row."""
+    run_id = make_run_id(model.key, task["instance_id"], attempt)
+    row = {field: None for field in RUNS.schema.names} | {
+        "run_id": run_id, "attempt": attempt, "model_name": model.name, "route": model.route,
+        "scaffold": model.scaffold, "backend": sandbox.backend, "started_at": time.time(),
+        "test_command": task.get("test_command"), "timed_out": False, "resolved": False,
+    }
+    started = time.monotonic()
+    try:
+        scaffold = make_scaffold(model.scaffold)
+        row["scaffold_version"] = scaffold.version()
+        limits = Limits(cpus=sandbox.cpus, memory=sandbox.memory, pids=sandbox.pids,
+                        run_timeout=sandbox.timeout_s)
+        with make_sandbox(task, backend=sandbox.backend, run_id=run_id, limits=limits,
+                          network=sandbox.network, docker_host=sandbox.docker_host) as box:
+            endpoint = Endpoint(base_url_host=proxy.url_from_host,
+                                base_url_sandbox=proxy.url_from_sandbox
+                                if sandbox.backend == "docker" else proxy.url_from_host,
+                                api_key=proxy.key, run_id=run_id)
+            agent = scaffold.run(box, task, endpoint, model.route, _sampling(model),
+                                 timeout=sandbox.timeout_s * (1 - TEST_BUDGET_SHARE))
+            row |= {"stop_reason": agent.stop_reason, "agent_exit_code": agent.exit_code,
+                    "agent_stderr_tail": agent.stderr_tail, "final_answer": agent.final_answer,
+                    "scaffold_version": agent.version, "timed_out": agent.timed_out}
+            outcome = collect_outcome(box, task)
+            row |= {key: getattr(outcome, key) for key in (
+                "test_exit_code", "tests_passed", "tests_failed", "tests_total",
+                "test_output_tail", "diff")}
+            row |= {"resolved": outcome.resolved, "timed_out": row["timed_out"] or outcome.timed_out,
+                    "error": outcome.error}
+    except TrajhubError as error:
+        log.error("run %s failed: %s", run_id, error)
+        row["error"] = f"{type(error).__name__}: {error}"
+    except Exception as error:  # a bug or a client crash: still a row, with where it happened
+        log.exception("run %s failed", run_id)
+        row["error"] = "".join(traceback.format_exception_only(error)).strip()
+    row["run_seconds"] = time.monotonic() - started
+    return row
+
+
+def _sampling(model: ModelConfig) -> dict:
+    params = {k: v for k, v in model.sampling.model_dump(exclude={"extra"}).items() if v is not None}
+    return params | model.sampling.extra

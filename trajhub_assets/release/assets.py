@@ -1,0 +1,77 @@
+"""Release-side assets: reward calibration against human labels, the leaderboard, and the
+Hugging Face dataset release. All unpartitioned: they read every partition."""
+
+from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+
+from trajhub_assets.pairs.assets import main_trajectories
+from trajhub_assets.pairs.pairs import PREFERENCE_PAIRS, PairPolicy
+from trajhub_assets.partitions import model_name
+from trajhub_assets.release.calibration import HUMAN_LABELS, REWARD_CALIBRATION, calibrate
+from trajhub_assets.release.leaderboard import LEADERBOARD, leaderboard, run_summary_sql
+from trajhub_assets.release.release import ReleaseInputs, build_release, push_release
+from trajhub_assets.resources import ProjectResource, StoreResource
+from trajhub_assets.store import Store
+from trajhub_assets.tasks.catalog import TASKS
+
+
+def _all(store: Store, table: str):
+    return store.sql(f"SELECT * FROM {table}")
+
+
+def _calibration(store: Store):
+    if HUMAN_LABELS.name not in store.table_names():
+        return None
+    return calibrate(_all(store, PREFERENCE_PAIRS.name), store.read(HUMAN_LABELS))
+
+
+@asset(group_name="release", kinds={"parquet"}, deps=["preference_pairs"],
+       description="Agreement of the rewards with human preference labels (`trajhub label import`), "
+                   "and of the annotators with each other.")
+def reward_calibration(context: AssetExecutionContext, store: StoreResource) -> MaterializeResult:
+    store = store.get()
+    report = _calibration(store)
+    if report is None:
+        context.log.warning("no human labels yet: export a sheet with `trajhub label export`, "
+                            "label it, and load it with `trajhub label import`")
+        store.write(REWARD_CALIBRATION, REWARD_CALIBRATION.schema.empty_table())
+        return MaterializeResult(metadata={"labels": 0})
+    store.write(REWARD_CALIBRATION, report.table())
+    return MaterializeResult(metadata={"report": MetadataValue.md(report.markdown())})
+
+
+@asset(name="leaderboard", group_name="release", kinds={"parquet", "html"}, deps=["judge_rewards"],
+       description="Per model: test pass rate, ISR, CSR, reward, steps, tokens and cost, with plots.")
+def leaderboard_asset(context: AssetExecutionContext, store: StoreResource) -> MaterializeResult:
+    store = store.get()
+    runs = store.sql(run_summary_sql()).to_pylist()
+    for run in runs:
+        run["model"] = model_name(run["model"])
+    board = leaderboard(runs)
+    store.write(LEADERBOARD, board.table)
+    html = board.write(store.root / "reports" / "leaderboard")
+    return MaterializeResult(metadata={"leaderboard": MetadataValue.md(board.markdown()),
+                                       "report": MetadataValue.path(str(html))})
+
+
+@asset(group_name="release", kinds={"huggingface"},
+       deps=["preference_pairs", "reward_calibration", "leaderboard", "tasks"],
+       description="A versioned Hugging Face dataset (trajectories, preferences, step_rewards, tasks), "
+                   "byte-identical when rebuilt from the same store; refused if a secret is found.")
+def hf_dataset_release(context: AssetExecutionContext, store: StoreResource,
+                       project: ProjectResource) -> MaterializeResult:
+    store, config = store.get(), project.load()
+    inputs = ReleaseInputs(
+        tasks=store.read(TASKS),
+        trajectories=main_trajectories(store),
+        trajectory_rewards=_all(store, "trajectory_rewards").to_pylist(),
+        step_rewards=_all(store, "judge_steps").to_pylist(),
+        pairs=_all(store, PREFERENCE_PAIRS.name).drop_columns(["instance"]),
+        calibration=_calibration(store),
+        models=[{"name": m.name, "scaffold": m.scaffold, "samples": m.samples} for m in config.models],
+        reward_weights=config.rewards.trajectory_weights,
+        pair_policy=vars(PairPolicy.from_config(config.release)))
+    release = build_release(inputs, config.release, store.root)
+    url = push_release(release, config.release)
+    context.log.info("release %s at %s%s", release.version, release.path,
+                     f", pushed: {url}" if url else " (not pushed: no hf_repo or token)")
+    return MaterializeResult(metadata=release.metadata() | {"pushed": url or "no"})

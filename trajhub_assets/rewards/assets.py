@@ -1,0 +1,83 @@
+"""The reward assets: rule_rewards (free, deterministic) and judge_rewards (LLM judge)."""
+
+from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+
+from trajhub_assets.merge.schema import MERGED_TRAJECTORIES, table_to_conversations
+from trajhub_assets.partitions import BATCHED, model_key, run_partitions, run_partitions_of
+from trajhub_assets.recording.attempts import RUNS
+from trajhub_assets.recording.resources import ProxyResource
+from trajhub_assets.recording.run_id import make_run_id, run_headers
+from trajhub_assets.resources import ProjectResource, StoreResource
+from trajhub_assets.rewards.judge import (JUDGE_CHECKS, JUDGE_STEPS, JUDGE_SUMMARY, Judge, JudgeUsage,
+                                          default_cache, judge_partition)
+from trajhub_assets.rewards.rules import (RULE_STEPS, RULE_SUMMARY, RULESET_VERSION, RuleContext,
+                                          median_steps, rule_tables, trajectory_lengths)
+from trajhub_assets.rewards.trajectory import TRAJECTORY_REWARDS, trajectory_rewards
+from trajhub_assets.scaffolds.baselines import ROUTE_PREFIX
+from trajhub_assets.store import Store
+from trajhub_assets.tasks.catalog import stored_tasks
+
+
+def partition_inputs(store: Store, partition: dict) -> tuple[list[dict], dict[str, dict]]:
+    """(conversations, outcomes by run_id) of one (model, instance) partition."""
+    conversations = table_to_conversations(store.read(MERGED_TRAJECTORIES, partition), **partition)
+    outcomes = {row["run_id"]: row for row in store.read(RUNS, partition).to_pylist()}
+    return conversations, outcomes
+
+
+def instance_median_steps(store: Store, instance: str) -> float | None:
+    """The median trajectory length of an instance across every model stored so far."""
+    if "merged_trajectories" not in store.table_names():
+        return None
+    table = store.sql("SELECT * EXCLUDE (model, instance) FROM merged_trajectories "
+                      "WHERE instance = ?", [instance])
+    return median_steps(trajectory_lengths(table_to_conversations(table)).values())
+
+
+@asset(partitions_def=run_partitions, backfill_policy=BATCHED, group_name="rewards",
+       deps=["merged_trajectories"], kinds={"parquet"}, code_version=RULESET_VERSION,
+       description="Deterministic rules per step with their evidence, and a summary per run.")
+def rule_rewards(context: AssetExecutionContext, store: StoreResource,
+                 project: ProjectResource) -> MaterializeResult:
+    store, config = store.get(), project.load()
+    tasks = stored_tasks(store)
+    hits = 0
+    for partition in run_partitions_of(context):
+        conversations, outcomes = partition_inputs(store, partition)
+        rule_context = RuleContext.from_config(
+            config.rewards, median_steps=instance_median_steps(store, partition["instance"]))
+        steps, summary = rule_tables(conversations, outcomes, tasks[partition["instance"]], rule_context)
+        store.write(RULE_STEPS, steps, partition)
+        store.write(RULE_SUMMARY, summary, partition)
+        hits += steps.num_rows
+    return MaterializeResult(metadata={"rule_hits": hits, "ruleset_version": RULESET_VERSION})
+
+
+@asset(partitions_def=run_partitions, backfill_policy=BATCHED, group_name="rewards",
+       deps=["merged_trajectories"], kinds={"parquet"}, pool="judge",
+       description="Checklist verdicts and per-step rubric scores from the judge, and each "
+                   "run's trajectory reward.")
+def judge_rewards(context: AssetExecutionContext, store: StoreResource, project: ProjectResource,
+                  proxy: ProxyResource) -> MaterializeResult:
+    store, config = store.get(), project.load()
+    tasks = stored_tasks(store)
+    usage, rewards = JudgeUsage(), []
+    if config.judge.model.startswith(("baseline/", ROUTE_PREFIX)):
+        proxy.serve_baselines([])  # the demo's scripted judge
+    for partition in run_partitions_of(context):
+        conversations, outcomes = partition_inputs(store, partition)
+        # The judge's own calls are recorded too, under a run of their own.
+        judge_run = make_run_id(model_key(f"judge/{config.judge.model}"), partition["instance"], 0)
+        with Judge(config.judge, default_cache(store.root), base_url=proxy.openai_base_url,
+                   api_key=proxy.key, extra_headers=run_headers(judge_run)) as judge:
+            out = judge_partition(conversations, tasks[partition["instance"]], outcomes, judge)
+        store.write(JUDGE_CHECKS, out.checks, partition)
+        store.write(JUDGE_STEPS, out.steps, partition)
+        store.write(JUDGE_SUMMARY, out.summary, partition)
+        reward_table = trajectory_rewards(out.summary, outcomes, config.rewards)
+        store.write(TRAJECTORY_REWARDS, reward_table, partition)
+        usage = usage + out.usage
+        rewards += [(partition["model"], r["reward"]) for r in reward_table.to_pylist()]
+    return MaterializeResult(metadata=usage.metadata() | {
+        "rewards": MetadataValue.md("| model | reward |\n|---|---|\n" + "\n".join(
+            f"| {m} | {'—' if r is None else f'{r:.3f}'} |" for m, r in rewards))})

@@ -1,0 +1,203 @@
+"""The agent clients trajhub runs: pinned versions, host-side install, placement in a sandbox.
+
+Every client is pinned here and nowhere else (scripts/install_clients.sh reads this file).
+`install()` is idempotent and safe to call from concurrent runs (a file lock per client):
+
+- npm clients are the platform packages of the CLIs, which hold the native executable
+  (a single-file build that needs no node): `npm install --prefix <cache>/<package>@<version>`.
+  `@anthropic-ai/claude-code` itself is only a wrapper whose postinstall links the
+  executable of `@anthropic-ai/claude-code-linux-<arch>`; we install that one directly.
+- pip clients get a virtualenv of their own, so they never share dependencies with trajhub.
+
+The cache is `$TRAJHUB_CLIENTS_DIR`, default `~/.cache/trajhub/clients`. With the local
+sandbox backend a CLI runs from the cache; otherwise `place()` copies its executable into
+the sandbox (the executables are glibc builds: the task image must be glibc-based).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import functools
+import logging
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from trajhub_assets.errors import TrajhubError
+
+log = logging.getLogger(__name__)
+
+_ARCH = {"x86_64": "x64", "amd64": "x64", "aarch64": "arm64", "arm64": "arm64"}.get(
+    platform.machine().lower(), platform.machine().lower())
+
+
+class ClientError(TrajhubError):
+    """An agent client could not be installed, found or placed in a sandbox."""
+
+
+@dataclass(frozen=True)
+class Client:
+    name: str
+    kind: str  # "npm" | "pip"
+    package: str
+    version: str
+    executable: str  # relative to the installed package (npm) or to the venv (pip)
+    also: tuple[str, ...] = ()  # further pinned requirements installed with it (pip)
+
+    @property
+    def spec(self) -> str:
+        return f"{self.package}@{self.version}" if self.kind == "npm" else f"{self.package}=={self.version}"
+
+    @property
+    def directory(self) -> Path:
+        return cache_dir() / f"{self.package.replace('/', '__')}@{self.version}"
+
+    @property
+    def path(self) -> Path:
+        """The executable on the host (valid once installed)."""
+        if self.kind == "npm":
+            return self.directory / "node_modules" / self.package / self.executable
+        return self.directory / self.executable
+
+
+CLAUDE_CODE = Client("claude-code", "npm", f"@anthropic-ai/claude-code-linux-{_ARCH}", "2.1.330", "claude")
+KILO = Client("kilo", "npm", f"@kilocode/cli-linux-{_ARCH}", "7.7.9", "bin/kilo")
+DROID = Client("droid", "npm", f"@factory/cli-linux-{_ARCH}", "0.225.2", "bin/droid")
+# mini-swe-agent leaves litellm unpinned; pin it, with the `mcp` extra: litellm 1.106 imports
+# mcp on every completion that has tools.
+MINI_SWE_AGENT = Client("mini-swe-agent", "pip", "mini-swe-agent", "2.4.6", "bin/python",
+                        also=("litellm[mcp]==1.106.2",))
+CLIENTS = {client.name: client for client in (CLAUDE_CODE, KILO, DROID, MINI_SWE_AGENT)}
+
+_INSTALLED = ".trajhub-installed"  # written last: a directory without it is a failed install
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("TRAJHUB_CLIENTS_DIR") or Path.home() / ".cache" / "trajhub" / "clients")
+
+
+def install(client: Client) -> Path:
+    """Install `client` into the cache unless it is there; return its executable."""
+    if _installed(client):
+        return client.path
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    with open(cache_dir() / f"{client.directory.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a concurrent run may be installing it right now
+        if _installed(client):
+            return client.path
+        shutil.rmtree(client.directory, ignore_errors=True)  # what a failed attempt left
+        log.info("installing %s into %s", client.spec, client.directory)
+        try:
+            if client.kind == "npm":
+                _run(["npm", "install", "--prefix", str(client.directory), "--no-save",
+                      "--no-package-lock", "--ignore-scripts", "--no-audit", "--no-fund",
+                      "--loglevel=error", client.spec], client)
+            else:
+                _run([sys.executable, "-m", "venv", str(client.directory)], client)
+                _run([str(client.directory / "bin" / "pip"), "install", "--quiet",
+                      "--disable-pip-version-check", client.spec, *client.also], client)
+            if not os.access(client.path, os.X_OK):
+                raise ClientError(f"{client.spec} installed, but {client.path} is not an executable")
+        except BaseException:
+            shutil.rmtree(client.directory, ignore_errors=True)
+            raise
+        (client.directory / _INSTALLED).write_text(_requirements(client))
+    return client.path
+
+
+def _requirements(client: Client) -> str:
+    return "\n".join((client.spec, *client.also)) + "\n"
+
+
+def _installed(client: Client) -> bool:
+    marker = client.directory / _INSTALLED
+    return marker.exists() and marker.read_text() == _requirements(client)
+
+
+def _run(argv: list[str], client: Client) -> None:
+    try:
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=1200)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        raise ClientError(f"installing {client.spec}: {argv[0]} failed: {error}") from error
+    if result.returncode != 0:
+        raise ClientError(f"installing {client.spec}: `{' '.join(argv[:3])} ...` exited with "
+                          f"{result.returncode}:\n{tail(result.stderr or result.stdout, 2000)}")
+
+
+@functools.cache
+def version(client: Client) -> str:
+    """What the installed client says its version is (`--version`, or the package metadata)."""
+    path = install(client)
+    if client.kind == "npm":
+        argv = [str(path), "--version"]
+    else:
+        argv = [str(path), "-c", f"import importlib.metadata as m; print(m.version({client.package!r}))"]
+    # An empty HOME: a CLI must not read or write the user's own settings to say its version.
+    home = cache_dir() / ".version-home"
+    home.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=120,
+                            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home)})
+    if result.returncode != 0 or not result.stdout.strip():
+        raise ClientError(f"{client.spec}: `{path.name} --version` exited with {result.returncode}: "
+                          f"{tail(result.stderr or result.stdout, 1000)}")
+    said = result.stdout.strip().splitlines()[-1].strip()
+    if client.version not in said:
+        raise ClientError(f"{client.spec}: the installed client says it is {said!r}; "
+                          f"remove {client.directory} and install again")
+    return said
+
+
+def place(sandbox, client: Client) -> str:
+    """The client's executable as the sandbox sees it, copied in when the sandbox is not local."""
+    host_path = install(client)
+    if sandbox.backend == "local":  # same file system: run it from the cache
+        return str(host_path)
+    target = f"/opt/trajhub/{client.name}-{client.version}/{host_path.name}"
+    if sandbox.exec(["test", "-x", target], timeout=60).success:
+        return target  # the image already has it
+    sandbox.write_file(target, host_path.read_bytes())
+    result = sandbox.exec(["chmod", "755", target], timeout=60)
+    if not result.success:
+        raise ClientError(f"{client.spec}: chmod of {target} in the sandbox failed: {result.stderr}")
+    return target
+
+
+def agent_home(sandbox, name: str) -> str:
+    """A HOME of the run's own, next to (never inside) the workspace: it stays out of the diff,
+    keeps a CLI away from the host user's settings and sessions, and goes with the sandbox."""
+    home = str(PurePosixPath(sandbox.workspace).parent / f".trajhub-{name}-home")
+    result = sandbox.exec(["mkdir", "-p", home], timeout=60)
+    if not result.success:
+        raise ClientError(f"cannot create {home} in the sandbox: {result.stderr}")
+    return home
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def tail(text: str, chars: int = 4000) -> str:
+    """The end of a client's output, without terminal colour codes."""
+    text = _ANSI.sub("", text).strip()
+    return text if len(text) <= chars else "[...]\n" + text[-chars:]
+
+
+def redact(text: str, *secrets: str) -> str:
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "[redacted]")
+    return text
+
+
+def main(names: list[str]) -> None:
+    """Install the named clients (default: all) and print their versions: install_clients.sh."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for name in names or CLIENTS:
+        if name not in CLIENTS:
+            raise SystemExit(f"unknown client {name!r}; known: {', '.join(CLIENTS)}")
+        install(CLIENTS[name])
+        print(f"{name}: {version(CLIENTS[name])} ({CLIENTS[name].path})")

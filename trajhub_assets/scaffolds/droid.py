@@ -1,0 +1,81 @@
+"""Factory's Droid CLI in exec mode, one invocation per user query; no Factory login.
+
+    droid exec --settings <home>/trajhub-settings.json -o stream-json --skip-permissions-unsafe
+               -m custom:trajhub-0 [--append-system-prompt <task's>] [--fork <session id>] -- <query>
+
+The settings file holds one customModel: provider `generic-chat-completion-api` (OpenAI
+chat completions) at the proxy's /v1, the route as its model, the run id in its
+`extraHeaders`, sampling in its `extraArgs` (merged into every request body). Droid names
+custom models `custom:<displayName>-<index>`. The API key is not in the file: the
+settings file reads it from the environment (`${TRAJHUB_PROXY_KEY}`). A task's system
+prompt is appended (Droid has no flag that replaces its prompt).
+
+Later queries continue the conversation with `--fork <previous turn's session id>`: the
+fork copies the local transcript into a new session and goes on from it. (`-s <id>` would
+resume in place, but it first fetches the session from Factory's servers and fails
+offline; `--input-format stream-json` needs a live stdin, which a sandbox exec has not.)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from trajhub_assets.scaffolds import RUN_HEADER, CliScaffold, Endpoint, Turn, clients, json_lines
+
+log = logging.getLogger(__name__)
+
+MODEL_ID = "custom:trajhub-0"
+QUIET_ENV = {
+    "FACTORY_DROID_AUTO_UPDATE_ENABLED": "false",
+    "FACTORY_DISABLE_KEYRING": "1",
+}
+
+
+class Droid(CliScaffold):
+    name = "droid"
+    client = clients.DROID
+
+    def prepare(self, sandbox, task: dict, endpoint: Endpoint, model_route: str,
+                sampling: dict) -> tuple[list[str], dict[str, str]]:
+        droid = clients.place(sandbox, self.client)
+        home = clients.agent_home(sandbox, self.name)
+        model = {
+            "model": model_route,
+            "displayName": "trajhub",
+            "baseUrl": endpoint.base_url_sandbox + "/v1",
+            "apiKey": "${TRAJHUB_PROXY_KEY}",
+            "provider": "generic-chat-completion-api",
+            "extraHeaders": {RUN_HEADER: endpoint.run_id},
+        }
+        if sampling.get("max_tokens"):
+            model["maxOutputTokens"] = int(sampling["max_tokens"])
+        extra = {k: v for k, v in sampling.items() if v is not None and k != "max_tokens"}
+        if extra:
+            model["extraArgs"] = extra
+        settings = f"{home}/trajhub-settings.json"
+        sandbox.write_file(settings, json.dumps({"customModels": [model]}, indent=2))
+        argv = [droid, "exec", "--settings", settings, "-o", "stream-json",
+                "--skip-permissions-unsafe", "-m", MODEL_ID]
+        if task.get("system_prompt"):
+            argv += ["--append-system-prompt", task["system_prompt"]]
+        return argv, {"HOME": home, "TRAJHUB_PROXY_KEY": endpoint.api_key, **QUIET_ENV}
+
+    def turn_argv(self, task: dict, model_route: str, query: str, index: int,
+                  session_id: str | None) -> list[str]:
+        return (["--fork", session_id] if index and session_id else []) + ["--", query]
+
+    def parse(self, stdout: str) -> Turn:
+        turn = Turn()
+        for event in json_lines(stdout):
+            turn.session_id = event.get("session_id") or turn.session_id
+            kind = event.get("type")
+            if kind == "completion":
+                turn.final_answer = event.get("finalText") or ""
+                turn.stop_reason = "completed"
+            elif kind == "error":
+                turn.error = str(event.get("message") or event.get("error") or event)[:4000]
+                turn.stop_reason = "error"
+        if not turn.stop_reason:
+            turn.error = turn.error or "no completion event in droid's output"
+        return turn
