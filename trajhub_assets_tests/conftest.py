@@ -4,7 +4,7 @@ import pytest
 
 from trajhub_assets.store import Store
 
-pytest_plugins = ["trajhub_assets_tests.fixtures_proxy"]
+pytest_plugins = ["trajhub_assets_tests.fixtures_proxy", "trajhub_assets_tests.fixtures_docker"]
 
 
 @pytest.fixture

@@ -115,6 +115,17 @@ def test_identical_calls_in_one_step_repeat():
     assert (row["step_index"], row["tool_call_id"]) == (0, "b")
 
 
+def test_repeated_call_quiet_when_the_workspace_changed_in_between():
+    # running the tests again after a fix is checking, not repeating
+    conv = conversation(*steps_of(
+        (assistant("", call("a", "shell", command="python3 -m unittest")), [result("a")]),
+        (assistant("", call("b", "write_file", path="calc.py", content="x")), [result("b")]),
+        (assistant("", call("c", "shell", command="python3 -m unittest")), [result("c")]),
+        (assistant("", call("d", "shell", command="python3 -m unittest")), [result("d")]), FINAL))
+    rows = hits([conv], "repeated_tool_call")
+    assert [(r["step_index"], r["tool_call_id"]) for r in rows] == [(3, "d")]
+
+
 # -- tool_error -------------------------------------------------------------------------------
 def test_tool_error_fires_on_is_error_and_nonzero_exit():
     conv = conversation(*steps_of(
@@ -195,6 +206,21 @@ def test_claude_code_tool_names_map_to_the_same_kinds():
         FINAL), tools=tools)
     assert [r["tool_call_id"] for r in hits([conv], "edit_unread_file")] == ["a"]
     assert [r["tool_call_id"] for r in hits([conv], "forbidden_operation")] == ["d"]
+
+
+OVERWRITE_DIFF = ("diff --git a/calc.py b/calc.py\nindex 1..2 100644\n--- a/calc.py\n+++ b/calc.py\n"
+                  "diff --git a/notes.md b/notes.md\nnew file mode 100644\n")
+
+
+def test_edit_unread_fires_on_a_blind_overwrite_of_an_existing_file():
+    conv = conversation(*steps_of(
+        (assistant("", call("a", "write_file", path="calc.py", content="x")), [result("a")]),
+        (assistant("", call("b", "write_file", path="notes.md", content="y")), [result("b")]), FINAL))
+    rows = hits([conv], "edit_unread_file", outcome={"diff": OVERWRITE_DIFF})
+    assert [(r["step_index"], r["tool_call_id"]) for r in rows] == [(0, "a")]  # notes.md is new
+    points_at(rows[0], [conv])
+    # without an outcome nobody knows which files existed: writes are given the benefit of the doubt
+    assert hits([conv], "edit_unread_file") == []
 
 
 # -- steps_over_median ----------------------------------------------------------------------

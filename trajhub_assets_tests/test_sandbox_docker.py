@@ -32,26 +32,8 @@ SETUP = ROOT / "scripts" / "docker_setup.sh"
 
 
 @pytest.fixture(scope="module")
-def client():
-    why = None
-    if not docker_backend.docker_available():
-        if os.geteuid() == 0:
-            setup = subprocess.run(["bash", str(SETUP)], capture_output=True, text=True, timeout=900)
-            if setup.returncode != 0:
-                why = f"scripts/docker_setup.sh failed:\n{setup.stdout[-1500:]}{setup.stderr[-1500:]}"
-        else:
-            why = "no engine answers and starting one (scripts/docker_setup.sh) needs root"
-    if why is None and not docker_backend.docker_available():
-        why = "scripts/docker_setup.sh ran but `docker info` still fails"
-    if why is not None:
-        message = f"DOCKER CANNOT RUN HERE: {why}"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    client = docker_backend.connect()
-    ensure_demo_image(client)  # about a minute the first time, cached afterwards
-    yield client
-    client.close()
+def client(docker_engine):
+    return docker_engine
 
 
 @pytest.fixture

@@ -264,8 +264,9 @@ def _by_conversation(steps: list[Step]) -> dict[str, list[Step]]:
     return grouped
 
 
-@rule("repeated_tool_call", "1", "A tool call identical (same tool, same arguments) to one in the "
-      "same step or the previous `repeat_window` steps of the conversation.")
+@rule("repeated_tool_call", "2", "A tool call identical (same tool, same arguments) to one in the "
+      "same step or the previous `repeat_window` steps of the conversation, with no write or edit "
+      "in between (re-running the tests after a change is not redundant).")
 def repeated_tool_call(run: Run, task: dict, outcome: dict | None, context: RuleContext) -> list[Hit]:
     hits = []
     for steps in _by_conversation(run.steps).values():
@@ -277,6 +278,8 @@ def repeated_tool_call(run: Run, task: dict, outcome: dict | None, context: Rule
                     hits.append(Hit(step, -1.0, f"identical to a {call.name} call in step {before}",
                                     call, call.arguments))
                 last_seen[call.identity] = step.index
+            if any(call.kind in ("write", "edit") for call in step.calls):
+                last_seen.clear()  # the workspace changed: the same call may now answer differently
     return hits
 
 
@@ -350,9 +353,14 @@ def _same_file(a: str, b: str) -> bool:
     return False
 
 
-@rule("edit_unread_file", "1", "An edit of a file that no earlier step of the conversation read, wrote, "
-      "edited or named in a shell command (agents often read with cat).")
+_NEW_FILE = re.compile(r"^diff --git a/(.+?) b/\1\nnew file mode", re.M)
+
+
+@rule("edit_unread_file", "2", "An edit of a file, or a write over a file that existed before the run, "
+      "that no earlier step of the conversation read, wrote, edited or named in a shell command "
+      "(agents often read with cat). Files the run created (new in its diff) may be written unread.")
 def edit_unread_file(run: Run, task: dict, outcome: dict | None, context: RuleContext) -> list[Hit]:
+    created = set(_NEW_FILE.findall((outcome or {}).get("diff") or ""))
     hits = []
     for steps in _by_conversation(run.steps).values():
         known: list[str] = []
@@ -360,7 +368,9 @@ def edit_unread_file(run: Run, task: dict, outcome: dict | None, context: RuleCo
         for step in steps:
             for call in step.calls:
                 path = call.argument(PATH_ARGUMENTS)
-                if call.kind != "edit" or path is None:
+                overwrite = call.kind == "write" and outcome is not None and not any(
+                    _same_file(path or "", c) for c in created)
+                if path is None or not (call.kind == "edit" or overwrite):
                     continue
                 seen = (any(_same_file(path, k) for k in known)
                         or any(os.path.basename(path) in c for c in commands))
