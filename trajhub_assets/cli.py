@@ -103,6 +103,27 @@ def cmd_check_tasks(args) -> None:
     print(f"{len(items)} task records OK")
 
 
+def cmd_label_export(args) -> None:
+    from trajhub_assets.release.calibration import export_label_sheet
+
+    pairs = Store().sql("SELECT * FROM preference_pairs")
+    count = export_label_sheet(pairs, args.out, limit=args.limit, kinds=args.kind)
+    print(f"wrote {count} pairs to label to {args.out}")
+
+
+def cmd_label_import(args) -> None:
+    from trajhub_assets.release.calibration import HUMAN_LABELS, merge_labels, read_labels
+
+    store = Store()
+    pair_ids = store.sql("SELECT pair_id FROM preference_pairs").column("pair_id").to_pylist()
+    labels = read_labels(args.files, pair_ids=pair_ids)  # all-or-nothing: a bad file stores nothing
+    existing = store.read(HUMAN_LABELS) if store.exists(HUMAN_LABELS) else None
+    merged = merge_labels(existing, labels)
+    store.write(HUMAN_LABELS, merged)
+    print(f"imported {labels.num_rows} labels; {merged.num_rows} stored. "
+          "Materialize reward_calibration to see the agreement figures.")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="trajhub", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -126,6 +147,17 @@ def main(argv: list[str] | None = None) -> None:
     check = commands.add_parser("check-tasks", help="validate task JSONL files")
     check.add_argument("files", nargs="+")
     check.set_defaults(func=cmd_check_tasks)
+
+    label = commands.add_parser("label", help="human preference labels for reward calibration")
+    label_commands = label.add_subparsers(dest="label_command", required=True)
+    export = label_commands.add_parser("export", help="write a blind labelling sheet of stored pairs")
+    export.add_argument("--out", required=True, help="sheet path: .csv, or .jsonl")
+    export.add_argument("--limit", type=int, default=None)
+    export.add_argument("--kind", action="append", choices=["trajectory", "step"], default=None)
+    export.set_defaults(func=cmd_label_export)
+    load = label_commands.add_parser("import", help="load labelled sheets (CSV or JSONL) into the store")
+    load.add_argument("files", nargs="+")
+    load.set_defaults(func=cmd_label_import)
 
     args = parser.parse_args(argv)
     import dagster  # backfill policies and pools are beta in Dagster; we use them knowingly
