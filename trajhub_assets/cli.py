@@ -96,6 +96,12 @@ def cmd_catalog(args) -> None:
     print(Store().write_catalog(args.path))
 
 
+def cmd_tables(args) -> None:
+    from trajhub_assets.tables import reference_markdown
+
+    print(reference_markdown(), end="")
+
+
 def cmd_check_tasks(args) -> None:
     from trajhub_assets.tasks.catalog import check_unique, read_jsonl
 
@@ -143,6 +149,9 @@ def main(argv: list[str] | None = None) -> None:
     catalog = commands.add_parser("catalog", help="write a DuckDB file of views for notebooks")
     catalog.add_argument("--path", default=None)
     catalog.set_defaults(func=cmd_catalog)
+
+    tables = commands.add_parser("tables", help="print the reference of every table (markdown)")
+    tables.set_defaults(func=cmd_tables)
 
     check = commands.add_parser("check-tasks", help="validate task JSONL files")
     check.add_argument("files", nargs="+")

@@ -1,0 +1,37 @@
+"""Every table the store holds, in pipeline order. `trajhub tables` prints their reference,
+which is what README.md's table section is (a test keeps the two in step)."""
+
+import pyarrow as pa
+
+from trajhub_assets.merge.schema import MERGED_TRAJECTORIES
+from trajhub_assets.pairs.pairs import PREFERENCE_PAIRS
+from trajhub_assets.recording.attempts import RUNS
+from trajhub_assets.recording.raw_calls import MESSAGE_BLOBS, RAW_CALLS
+from trajhub_assets.release.calibration import HUMAN_LABELS, REWARD_CALIBRATION
+from trajhub_assets.release.leaderboard import LEADERBOARD
+from trajhub_assets.rewards.judge import JUDGE_CHECKS, JUDGE_STEPS, JUDGE_SUMMARY
+from trajhub_assets.rewards.rules import RULE_STEPS, RULE_SUMMARY
+from trajhub_assets.rewards.trajectory import TRAJECTORY_REWARDS
+from trajhub_assets.tasks.catalog import TASKS
+
+ALL_TABLES = [TASKS, RUNS, RAW_CALLS, MESSAGE_BLOBS, MERGED_TRAJECTORIES, RULE_STEPS, RULE_SUMMARY,
+              JUDGE_CHECKS, JUDGE_STEPS, JUDGE_SUMMARY, TRAJECTORY_REWARDS, PREFERENCE_PAIRS,
+              HUMAN_LABELS, REWARD_CALIBRATION, LEADERBOARD]
+
+
+def _type(arrow_type: pa.DataType) -> str:
+    if pa.types.is_list(arrow_type):
+        return f"list<{_type(arrow_type.value_type)}>"
+    if pa.types.is_struct(arrow_type):  # field names only: the full type is `trajhub tables`' job
+        return "struct<" + ", ".join(f.name for f in arrow_type) + ">"
+    return str(arrow_type)
+
+
+def reference_markdown() -> str:
+    parts = []
+    for table in ALL_TABLES:
+        partitioning = (f"partitioned by {', '.join(table.partitioned_by)}"
+                        if table.partitioned_by else "unpartitioned")
+        parts.append(f"#### `{table.name}` ({partitioning})\n\n{table.description}\n\n"
+                     + ", ".join(f"`{f.name}` {_type(f.type)}" for f in table.schema))
+    return "\n\n".join(parts) + "\n"
