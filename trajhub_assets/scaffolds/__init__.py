@@ -190,10 +190,10 @@ class Builtin(Scaffold):
 
 
 # The scaffolds import the types above, so they are imported (and registered) last.
-from trajhub_assets.scaffolds.claudecode import ClaudeCode  # noqa: E402
-from trajhub_assets.scaffolds.droid import Droid  # noqa: E402
-from trajhub_assets.scaffolds.kilo import Kilo  # noqa: E402
-from trajhub_assets.scaffolds.mini_swe_agent import MiniSweAgent  # noqa: E402
+from trajhub_assets.scaffolds.claudecode import ClaudeCode
+from trajhub_assets.scaffolds.droid import Droid
+from trajhub_assets.scaffolds.kilo import Kilo
+from trajhub_assets.scaffolds.mini_swe_agent import MiniSweAgent
 
 SCAFFOLDS: dict[str, type[Scaffold]] = {
     scaffold.name: scaffold for scaffold in (ClaudeCode, Kilo, Droid, MiniSweAgent, Builtin)}
@@ -205,5 +205,16 @@ def make_scaffold(name: str) -> Scaffold:
     return SCAFFOLDS[name]()
 
 
-__all__ = ["SCAFFOLDS", "RUN_HEADER", "AgentRun", "Builtin", "CliScaffold", "Endpoint", "Scaffold",
-           "Turn", "json_lines", "make_scaffold", "user_queries"]
+__all__ = [
+    "RUN_HEADER",
+    "SCAFFOLDS",
+    "AgentRun",
+    "Builtin",
+    "CliScaffold",
+    "Endpoint",
+    "Scaffold",
+    "Turn",
+    "json_lines",
+    "make_scaffold",
+    "user_queries",
+]

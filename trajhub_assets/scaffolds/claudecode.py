@@ -17,7 +17,14 @@ from __future__ import annotations
 
 import logging
 
-from trajhub_assets.scaffolds import RUN_HEADER, CliScaffold, Endpoint, Turn, clients, json_lines
+from trajhub_assets.scaffolds import (
+    RUN_HEADER,
+    CliScaffold,
+    Endpoint,
+    Turn,
+    clients,
+    json_lines,
+)
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +45,10 @@ class ClaudeCode(CliScaffold):
 
     def prepare(self, sandbox, task: dict, endpoint: Endpoint, model_route: str,
                 sampling: dict) -> tuple[list[str], dict[str, str]]:
-        claude = clients.place(sandbox, self.client)
+        home = clients.agent_home(sandbox, self.name)
+        claude = clients.place(sandbox, self.client, home)
         env = {
-            "HOME": clients.agent_home(sandbox, self.name),
+            "HOME": home,
             "IS_SANDBOX": "1",
             "ANTHROPIC_BASE_URL": endpoint.base_url_sandbox,
             "ANTHROPIC_AUTH_TOKEN": endpoint.api_key,  # sent as `Authorization: Bearer`

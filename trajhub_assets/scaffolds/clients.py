@@ -1,6 +1,6 @@
 """The agent clients trajhub runs: pinned versions, host-side install, placement in a sandbox.
 
-Every client is pinned here and nowhere else (scripts/install_clients.sh reads this file).
+Every client is pinned here and nowhere else (scripts/install_clients.sh calls `main`).
 `install()` is idempotent and safe to call from concurrent runs (a file lock per client):
 
 - npm clients are the platform packages of the CLIs, which hold the native executable
@@ -11,7 +11,8 @@ Every client is pinned here and nowhere else (scripts/install_clients.sh reads t
 
 The cache is `$TRAJHUB_CLIENTS_DIR`, default `~/.cache/trajhub/clients`. With the local
 sandbox backend a CLI runs from the cache; otherwise `place()` copies its executable into
-the sandbox (the executables are glibc builds: the task image must be glibc-based).
+the run's HOME in the sandbox (sandbox.write_file; the executables are glibc builds, so the
+task image must be glibc-based, as Debian/Ubuntu images are).
 """
 
 from __future__ import annotations
@@ -121,7 +122,7 @@ def _installed(client: Client) -> bool:
 
 def _run(argv: list[str], client: Client) -> None:
     try:
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=1200)
+        result = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=1200)
     except (OSError, subprocess.TimeoutExpired) as error:
         raise ClientError(f"installing {client.spec}: {argv[0]} failed: {error}") from error
     if result.returncode != 0:
@@ -140,7 +141,7 @@ def version(client: Client) -> str:
     # An empty HOME: a CLI must not read or write the user's own settings to say its version.
     home = cache_dir() / ".version-home"
     home.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=120,
+    result = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=120,
                             env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home)})
     if result.returncode != 0 or not result.stdout.strip():
         raise ClientError(f"{client.spec}: `{path.name} --version` exited with {result.returncode}: "
@@ -152,29 +153,37 @@ def version(client: Client) -> str:
     return said
 
 
-def place(sandbox, client: Client) -> str:
-    """The client's executable as the sandbox sees it, copied in when the sandbox is not local."""
+def place(sandbox, client: Client, home: str) -> str:
+    """The client's executable as the sandbox sees it: the cached one when the sandbox is
+    local (same file system), else a copy in `home`/bin (see `agent_home`)."""
     host_path = install(client)
-    if sandbox.backend == "local":  # same file system: run it from the cache
+    if sandbox.backend == "local":
         return str(host_path)
-    target = f"/opt/trajhub/{client.name}-{client.version}/{host_path.name}"
-    if sandbox.exec(["test", "-x", target], timeout=60).success:
-        return target  # the image already has it
-    sandbox.write_file(target, host_path.read_bytes())
-    result = sandbox.exec(["chmod", "755", target], timeout=60)
+    target = f"{home}/bin/{host_path.name}"
+    upload = f"{target}.upload"
+    sandbox.write_file(upload, host_path.read_bytes())
+    # Uploaded files belong to root and are not executable; a copy made by the sandbox's own
+    # user is its own to chmod, whoever that user is.
+    result = sandbox.exec(["sh", "-c", 'cp "$0" "$1" && chmod 755 "$1" && rm -f "$0"', upload, target],
+                          timeout=300)
     if not result.success:
-        raise ClientError(f"{client.spec}: chmod of {target} in the sandbox failed: {result.stderr}")
+        raise ClientError(f"{client.spec}: installing {target} in the sandbox failed: "
+                          f"{tail(result.stderr, 1000)}")
     return target
 
 
 def agent_home(sandbox, name: str) -> str:
     """A HOME of the run's own, next to (never inside) the workspace: it stays out of the diff,
-    keeps a CLI away from the host user's settings and sessions, and goes with the sandbox."""
-    home = str(PurePosixPath(sandbox.workspace).parent / f".trajhub-{name}-home")
-    result = sandbox.exec(["mkdir", "-p", home], timeout=60)
+    keeps a CLI away from the host user's settings and sessions, and goes with the sandbox.
+    Where the workspace's parent is not writable (a non-root image user), under /tmp."""
+    parent = PurePosixPath(sandbox.workspace).parent / f".trajhub-{name}-home"
+    fallback = f"/tmp/trajhub-{name}-home-{sandbox.run_id[:12]}"
+    # bin/ made by the sandbox's user: place() has the user copy an executable into it.
+    script = 'mkdir -p "$0/bin" 2>/dev/null && echo "$0" || { mkdir -p "$1/bin" && echo "$1"; }'
+    result = sandbox.exec(["sh", "-c", script, str(parent), fallback], timeout=60)
     if not result.success:
-        raise ClientError(f"cannot create {home} in the sandbox: {result.stderr}")
-    return home
+        raise ClientError(f"cannot create a HOME for {name} in the sandbox: {result.stderr}")
+    return result.stdout.strip()
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")

@@ -14,6 +14,10 @@ Later queries continue the conversation with `--fork <previous turn's session id
 fork copies the local transcript into a new session and goes on from it. (`-s <id>` would
 resume in place, but it first fetches the session from Factory's servers and fails
 offline; `--input-format stream-json` needs a live stdin, which a sandbox exec has not.)
+
+Known issue: in a Docker container, Droid 0.225.2 reports about half of its Execute tool's
+commands as "terminated by signal: SIGKILL", often after they ran to the end (never with
+the local backend). The model sees that error; the run and its calls are recorded as usual.
 """
 
 from __future__ import annotations
@@ -21,12 +25,27 @@ from __future__ import annotations
 import json
 import logging
 
-from trajhub_assets.scaffolds import RUN_HEADER, CliScaffold, Endpoint, Turn, clients, json_lines
+from trajhub_assets.scaffolds import (
+    RUN_HEADER,
+    CliScaffold,
+    Endpoint,
+    Turn,
+    clients,
+    json_lines,
+)
 
 log = logging.getLogger(__name__)
 
 MODEL_ID = "custom:trajhub-0"
+# Factory's servers (telemetry, cloud session sync, feature flags, usage reports): the run
+# needs none of them (no login, local sessions). Pointed at a closed local port, each call
+# fails at once; left alone, each costs a DNS timeout where the resolver does not answer (a
+# sandbox's internal network): ~100 s a run.
+NOWHERE = "http://127.0.0.1:9"
 QUIET_ENV = {
+    **{name: NOWHERE for name in (
+        "FACTORY_API_BASE_URL", "FACTORY_API_BASE_URL_EU", "FACTORY_APP_BASE_URL",
+        "FACTORY_TELEMETRY_INGEST_BASE_URL", "FACTORY_RELAY_BASE_URL", "FACTORY_WORKOS_BASE_URL")},
     "FACTORY_DROID_AUTO_UPDATE_ENABLED": "false",
     "FACTORY_DISABLE_KEYRING": "1",
 }
@@ -38,8 +57,8 @@ class Droid(CliScaffold):
 
     def prepare(self, sandbox, task: dict, endpoint: Endpoint, model_route: str,
                 sampling: dict) -> tuple[list[str], dict[str, str]]:
-        droid = clients.place(sandbox, self.client)
         home = clients.agent_home(sandbox, self.name)
+        droid = clients.place(sandbox, self.client, home)
         model = {
             "model": model_route,
             "displayName": "trajhub",

@@ -7,9 +7,9 @@ Its whole configuration comes from KILO_CONFIG_CONTENT: one custom provider `tra
 whose baseURL is the proxy's /v1 and whose `headers` carry the run id; only that provider
 is enabled, and the main and small (title) model are both the route. A task's system
 prompt is appended to Kilo's own through `instructions` (a file in the run's HOME):
-Kilo has no flag that replaces its prompt. temperature/top_p go on the `code` agent;
-max_tokens has no setting in Kilo (set it on the proxy route). Later queries add `-c`
-(continue the last session; the run has a HOME of its own).
+Kilo has no flag that replaces its prompt. temperature/top_p go on the `code` agent,
+max_tokens on the model's output limit. Later queries add `-c` (continue the last
+session; the run has a HOME of its own). One turn costs Kilo ~15 s of start-up CPU.
 """
 
 from __future__ import annotations
@@ -17,13 +17,23 @@ from __future__ import annotations
 import json
 import logging
 
-from trajhub_assets.scaffolds import RUN_HEADER, CliScaffold, Endpoint, Turn, clients, json_lines
+from trajhub_assets.scaffolds import (
+    RUN_HEADER,
+    CliScaffold,
+    Endpoint,
+    Turn,
+    clients,
+    json_lines,
+)
 
 log = logging.getLogger(__name__)
 
 PROVIDER = "trajhub"
 AGENT = "code"  # Kilo's default primary agent
-QUIET_ENV = {
+FIXED_ENV = {
+    # Kilo retries a failing model call without end by default; the other clients stop after 10.
+    "KILO_SESSION_RETRY_LIMIT": "10",
+    # Traffic that is not the agent's own model calls: off.
     "KILO_DISABLE_AUTOUPDATE": "1",
     "KILO_DISABLE_MODELS_FETCH": "1",  # models.dev catalog: unreachable offline, and not needed
     "KILO_DISABLE_SHARE": "1",
@@ -41,8 +51,8 @@ class Kilo(CliScaffold):
 
     def prepare(self, sandbox, task: dict, endpoint: Endpoint, model_route: str,
                 sampling: dict) -> tuple[list[str], dict[str, str]]:
-        kilo = clients.place(sandbox, self.client)
         home = clients.agent_home(sandbox, self.name)
+        kilo = clients.place(sandbox, self.client, home)
         model = f"{PROVIDER}/{model_route}"
         config = {
             "$schema": "https://kilo.ai/config.json",
@@ -64,7 +74,7 @@ class Kilo(CliScaffold):
             config["agent"] = {AGENT: agent}
         if sampling.get("max_tokens"):
             config["provider"][PROVIDER]["models"][model_route]["limit"] = {
-                "context": 0, "output": int(sampling["max_tokens"])}  # context 0: unknown, as by default
+                "context": 0, "output": int(sampling["max_tokens"])}  # 0: Kilo's "unknown" default
         ignored = sorted(k for k, v in sampling.items()
                          if v is not None and k not in agent and k != "max_tokens")
         if ignored:
@@ -74,7 +84,7 @@ class Kilo(CliScaffold):
             path = f"{home}/trajhub-system-prompt.md"
             sandbox.write_file(path, task["system_prompt"])
             config["instructions"] = [path]
-        env = {"HOME": home, "KILO_CONFIG_CONTENT": json.dumps(config), **QUIET_ENV}
+        env = {"HOME": home, "KILO_CONFIG_CONTENT": json.dumps(config), **FIXED_ENV}
         return [kilo, "run", "--format", "json", "--auto", "--agent", AGENT, "-m", model], env
 
     def turn_argv(self, task: dict, model_route: str, query: str, index: int,
@@ -95,7 +105,8 @@ class Kilo(CliScaffold):
                 turn.stop_reason = part.get("reason") or turn.stop_reason
             elif kind == "error":
                 error = event.get("error") or {}
-                turn.error = json.dumps(error.get("data") or error)[:4000] or "kilo reported an error"
+                message = (error.get("data") or {}).get("message") if isinstance(error, dict) else None
+                turn.error = f"{error.get('name', 'error')}: {message}" if message else json.dumps(error)
                 turn.stop_reason = "error"
         turn.final_answer = "".join(texts).strip()
         if not turn.stop_reason:

@@ -26,7 +26,14 @@ import threading
 import time
 
 from trajhub_assets.sandbox.base import SandboxTimeout
-from trajhub_assets.scaffolds import RUN_HEADER, AgentRun, Endpoint, Scaffold, clients, user_queries
+from trajhub_assets.scaffolds import (
+    RUN_HEADER,
+    AgentRun,
+    Endpoint,
+    Scaffold,
+    clients,
+    user_queries,
+)
 
 log = logging.getLogger(__name__)
 

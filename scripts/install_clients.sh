@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Install the pinned agent clients (Claude Code, Kilo, Droid from npm; mini-swe-agent from PyPI)
+# into the client cache ($TRAJHUB_CLIENTS_DIR, default ~/.cache/trajhub/clients). Idempotent:
+# an installed client is left alone. The versions live in trajhub_assets/scaffolds/clients.py.
+# Usage: scripts/install_clients.sh [claude-code|kilo|droid|mini-swe-agent ...]   (default: all)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+command -v npm >/dev/null || { echo "install_clients.sh: npm is needed (apt-get install npm)" >&2; exit 1; }
+[ -x .venv/bin/python ] || scripts/setup_venv.sh
+exec .venv/bin/python -c 'import sys; from trajhub_assets.scaffolds.clients import main; main(sys.argv[1:])' "$@"
