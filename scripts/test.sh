@@ -10,4 +10,10 @@ if [ "$(id -u)" = 0 ]; then
 else
     echo "test.sh: not root, so the Docker engine is not installed or started here" >&2
 fi
+# The pinned agent CLIs (Claude Code, Kilo, Droid, mini-swe-agent) for the end-to-end tests.
+if command -v npm >/dev/null; then
+    bash scripts/install_clients.sh
+else
+    echo "test.sh: npm not found, so the agent CLIs are not installed; their tests will say so" >&2
+fi
 exec .venv/bin/python -m pytest "$@"
