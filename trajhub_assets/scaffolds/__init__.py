@@ -25,12 +25,11 @@ from dataclasses import dataclass, field
 import openai
 
 from trajhub_assets.errors import RecordError
+from trajhub_assets.recording.run_id import RUN_HEADER
 from trajhub_assets.sandbox.base import SandboxTimeout
 from trajhub_assets.scaffolds import builtin, clients
 
 log = logging.getLogger(__name__)
-
-RUN_HEADER = "x-trajhub-run"
 
 
 @dataclass(frozen=True)
