@@ -17,7 +17,6 @@ import asyncio
 import io
 import json
 import os
-import subprocess
 import threading
 from pathlib import Path
 from typing import Self
@@ -35,7 +34,6 @@ from trajhub_assets.recording.scripted_upstream import (
     tool_use_block,
 )
 from trajhub_assets.sandbox import Limits, make_sandbox
-from trajhub_assets.sandbox import docker as docker_backend
 from trajhub_assets.scaffolds import (
     SCAFFOLDS,
     AgentRun,
@@ -348,31 +346,6 @@ class Relay:
         self.loop.call_soon_threadsafe(self.server.close)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
-
-
-@pytest.fixture(scope="module")
-def docker_engine():
-    why = None
-    if not docker_backend.docker_available():
-        if os.geteuid() == 0:
-            setup = subprocess.run(["bash", str(ROOT / "scripts" / "docker_setup.sh")],
-                                   check=False, capture_output=True, text=True, timeout=900)
-            if setup.returncode != 0:
-                why = f"scripts/docker_setup.sh failed:\n{setup.stdout[-1500:]}{setup.stderr[-1500:]}"
-        else:
-            why = "no engine answers and starting one (scripts/docker_setup.sh) needs root"
-    if why is None and not docker_backend.docker_available():
-        why = "scripts/docker_setup.sh ran but `docker info` still fails"
-    if why is not None:
-        message = f"DOCKER CANNOT RUN HERE: {why}"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    from trajhub_assets.sandbox.images import ensure_demo_image
-    client = docker_backend.connect()
-    ensure_demo_image(client)
-    yield client
-    client.close()
 
 
 @pytest.fixture
