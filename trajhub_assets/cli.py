@@ -25,31 +25,38 @@ PER_RUN = ["raw_trajectories", "merged_trajectories", "rule_rewards", "judge_rew
 RELEASE = ["reward_calibration", "leaderboard", "hf_dataset_release"]
 
 
-def cmd_run(args) -> None:
-    """Materialize the whole asset graph, stage by stage, each stage one Dagster run over
-    all its partitions (as a backfill with BackfillPolicy.multi_run would batch them)."""
+def materialize_stage(instance, resources, selection: list[str], keys: list[str] | None = None,
+                      run_config=None):
+    """One Dagster run of `selection`, over all of `keys` (a partition range) when given."""
     from dagster import materialize
 
     from trajhub_assets.definitions import defs
+
+    tags = {RANGE_START: str(keys[0]), RANGE_END: str(keys[-1])} if keys else None
+    return materialize(list(defs.assets), instance=instance, resources=resources, selection=selection,
+                       tags=tags, raise_on_error=False, run_config=run_config)
+
+
+def cmd_run(args) -> None:
+    """Materialize the whole asset graph, stage by stage, each stage one Dagster run over
+    all its partitions (as a backfill with BackfillPolicy.multi_run would batch them)."""
+    from trajhub_assets.definitions import defs
     from trajhub_assets.partitions import instances_partitions, run_partitions
-    from trajhub_assets.tasks.assets import partition_requests
+    from trajhub_assets.tasks.assets import register_partitions
 
     store = Store()
     instance = _dagster_instance(store)
-    assets, resources = list(defs.assets), defs.resources
+    resources = defs.resources
 
     def stage(selection: list[str], keys: list[str] | None = None) -> None:
-        tags = {RANGE_START: str(keys[0]), RANGE_END: str(keys[-1])} if keys else None
         print(f"trajhub: materializing {', '.join(selection)}"
               + (f" over {len(keys)} partitions" if keys else ""), flush=True)
-        result = materialize(assets, instance=instance, resources=resources, selection=selection,
-                             tags=tags, raise_on_error=False, run_config=QUIET)
+        result = materialize_stage(instance, resources, selection, keys, run_config=QUIET)
         if not result.success:
             raise SystemExit(f"trajhub: {selection} failed: {_first_failure(result)}")
 
     stage(["tasks"])
-    for request in partition_requests(instance, store, resources["project"].load()):
-        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+    register_partitions(instance, store, resources["project"].load())
     run_keys = run_partitions.get_partition_keys(dynamic_partitions_store=instance)
     if not args.catalog_only and run_keys:
         stage(PER_RUN, run_keys)

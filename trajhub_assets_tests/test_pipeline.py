@@ -9,16 +9,15 @@ import textwrap
 
 import pytest
 import yaml
-from dagster import DagsterInstance, materialize
+from dagster import DagsterInstance
 
-from trajhub_assets.cli import PER_RUN, RANGE_END, RANGE_START, RELEASE
+from trajhub_assets.cli import PER_RUN, RELEASE, materialize_stage
 from trajhub_assets.config import load_config
-from trajhub_assets.definitions import defs
 from trajhub_assets.partitions import instances_partitions, run_partitions
 from trajhub_assets.recording.resources import ProxyResource
 from trajhub_assets.resources import ProjectResource, StoreResource
 from trajhub_assets.store import Store
-from trajhub_assets.tasks.assets import partition_requests
+from trajhub_assets.tasks.assets import register_partitions
 from trajhub_assets.tasks.catalog import load_catalog
 
 TASKS = ("demo-lru-eviction", "demo-semver-prerelease")
@@ -46,9 +45,7 @@ def resources(tmp_path, config: str) -> dict:
 
 
 def stage(instance, res, selection, keys=None):
-    tags = {RANGE_START: str(keys[0]), RANGE_END: str(keys[-1])} if keys else None
-    result = materialize(list(defs.assets), instance=instance, resources=res, selection=selection,
-                         tags=tags)
+    result = materialize_stage(instance, res, selection, keys)
     assert result.success
     return result
 
@@ -59,8 +56,7 @@ def pipeline(tmp_path_factory, docker_engine):
     res = resources(tmp_path, write_project(tmp_path))
     instance = DagsterInstance.ephemeral()
     stage(instance, res, ["tasks"])
-    for request in partition_requests(instance, res["store"].get(), res["project"].load()):
-        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+    register_partitions(instance, res["store"].get(), res["project"].load())
     keys = run_partitions.get_partition_keys(dynamic_partitions_store=instance)
     per_run = stage(instance, res, PER_RUN, keys)
     stage(instance, res, ["preference_pairs"],
@@ -162,8 +158,7 @@ def test_two_partitions_materialize_concurrently_without_mixing_calls(tmp_path, 
     (tmp_path / "dagster").mkdir()
     instance = DagsterInstance.get()
     stage(instance, res, ["tasks"])
-    for request in partition_requests(instance, res["store"].get(), res["project"].load()):
-        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+    register_partitions(instance, res["store"].get(), res["project"].load())
     processes = [subprocess.Popen([sys.executable, "-c", CONCURRENT, str(tmp_path), config, model])
                  for model in ("baseline__careful", "baseline__hasty")]
     assert [p.wait(timeout=600) for p in processes] == [0, 0]

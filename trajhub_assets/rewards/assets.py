@@ -41,11 +41,13 @@ def rule_rewards(context: AssetExecutionContext, store: StoreResource,
                  project: ProjectResource) -> MaterializeResult:
     store, config = store.get(), project.load()
     tasks = stored_tasks(store)
-    hits = 0
+    hits, medians = 0, {}
     for partition in run_partitions_of(context):
         conversations, outcomes = partition_inputs(store, partition)
-        rule_context = RuleContext.from_config(
-            config.rewards, median_steps=instance_median_steps(store, partition["instance"]))
+        instance = partition["instance"]
+        if instance not in medians:  # every model's runs of it: read once per batch
+            medians[instance] = instance_median_steps(store, instance)
+        rule_context = RuleContext.from_config(config.rewards, median_steps=medians[instance])
         steps, summary = rule_tables(conversations, outcomes, tasks[partition["instance"]], rule_context)
         store.write(RULE_STEPS, steps, partition)
         store.write(RULE_SUMMARY, summary, partition)

@@ -49,6 +49,12 @@ def partition_requests(instance, store, config) -> list:
     return requests
 
 
+def register_partitions(instance, store, config) -> None:
+    """Apply the sensor's requests directly (the CLI and tests, where no daemon runs sensors)."""
+    for request in partition_requests(instance, store, config):
+        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+
+
 @sensor(minimum_interval_seconds=60,
         description="Registers `models` partitions from the config and `instances` from the catalog.")
 def partitions_sensor(context: SensorEvaluationContext, store: StoreResource,
