@@ -98,7 +98,7 @@ def test_limits_labels_and_host_entry_are_applied(client, run_id):
         assert host["PidsLimit"] == 128
         assert host["Init"] is True
         assert "host.docker.internal:host-gateway" in host["ExtraHosts"]
-        assert host["NetworkMode"] == docker_backend.INTERNAL_NETWORK
+        assert client.networks.get(host["NetworkMode"]).name == docker_backend.INTERNAL_NETWORK
         labels = sandbox.container.labels
         assert labels["trajhub.run_id"] == run_id
         assert labels["trajhub.created_by"] == "trajhub-sandbox"
@@ -285,3 +285,64 @@ def test_image_that_carries_its_workspace_and_a_non_root_user(client, run_id):
             assert "+# edited" in collect_outcome(sandbox, copied).diff
     finally:
         client.images.remove("trajhub-test-user:1", force=True)
+
+
+# -- The internal network and the host address, as engines really vary ----------------------
+
+def _remove_internal_networks(client) -> None:
+    for network in client.networks.list(names=[docker_backend.INTERNAL_NETWORK]):
+        network.remove()
+
+
+def test_two_batches_started_together_with_the_network_absent_share_one_network(client, tmp_path):
+    _remove_internal_networks(client)
+    # Two processes, as two `trajhub run`s: each readies the engine, then runs a sandbox on it.
+    script = textwrap.dedent(f"""
+        import sys, uuid
+        from trajhub_assets.sandbox import make_sandbox
+        from trajhub_assets.sandbox.images import prepare_engine
+        from trajhub_assets.tasks.catalog import read_jsonl
+        task = next(i.record for i in read_jsonl({str(DEMO_TASKS)!r}) if i.record["instance_id"] == "demo-csv-quoting")
+        open(sys.argv[1], "w").close()
+        while not all(__import__("os").path.exists(p) for p in sys.argv[1:]):
+            pass  # both started: now race
+        prepare_engine(None, {{task["image"]}})
+        with make_sandbox(task, backend="docker", run_id="race-" + uuid.uuid4().hex[:8]) as box:
+            print(box.exec("echo ok").stdout.strip())
+    """)
+    ready = [str(tmp_path / "a"), str(tmp_path / "b")]
+    batches = [subprocess.Popen([sys.executable, "-c", script, *(ready if i == 0 else ready[::-1])],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+               for i in range(2)]
+    outputs = [batch.communicate(timeout=300) for batch in batches]
+    for batch, (out, err) in zip(batches, outputs):
+        assert batch.returncode == 0 and out.strip() == "ok", err[-2000:]
+    assert len(client.networks.list(names=[docker_backend.INTERNAL_NETWORK])) == 1
+
+
+def test_duplicate_networks_trajhub_made_are_healed_and_runs_go_on(client, run_id):
+    _remove_internal_networks(client)
+    # Docker 20.10 accepts a second network of one name (as two hosts racing would make).
+    made = [client.networks.create(docker_backend.INTERNAL_NETWORK, driver="bridge", internal=True,
+                                   labels={docker_backend.LABEL_CREATED_BY: docker_backend.CREATED_BY})
+            for _ in range(2)]
+    assert len(client.networks.list(names=[docker_backend.INTERNAL_NETWORK])) == 2
+    with make_sandbox(demo_task(), backend="docker", run_id=run_id) as sandbox:
+        assert sandbox.exec("echo ok").stdout == "ok\n"
+        sandbox.container.reload()
+        attached = set(sandbox.container.attrs["NetworkSettings"]["Networks"])
+    left = client.networks.list(names=[docker_backend.INTERNAL_NETWORK])
+    assert [n.id for n in left] == [min(made, key=lambda n: (n.attrs["Created"], n.id)).id]
+    assert attached == {docker_backend.INTERNAL_NETWORK}
+
+
+def test_the_host_address_is_found_on_the_real_engine(client):
+    bridge = client.networks.get("bridge").attrs
+    address = docker_backend.bridge_gateway()
+    # What the engine gives host-gateway, seen from inside a container.
+    hosts = client.containers.run("trajhub-demo:py311", ["cat", "/etc/hosts"], remove=True,
+                                  extra_hosts={"host.docker.internal": "host-gateway"}).decode()
+    assert f"{address}\thost.docker.internal" in hosts
+    without_gateway = {**bridge, "IPAM": {"Config": [{"Subnet": c.get("Subnet")}
+                                                     for c in bridge["IPAM"]["Config"]]}}
+    assert docker_backend.gateway_of(without_gateway, local_engine=True) == address

@@ -189,3 +189,31 @@ def test_task_without_test_command_still_gets_its_diff(task):
 ])
 def test_parse_test_counts(output, counts):
     assert parse_test_counts(output) == counts
+
+
+# -- The host address on Docker's bridge, from both shapes of its attributes ----------------
+
+def test_the_bridge_gateway_is_read_from_ipam_when_given_else_from_its_interface(monkeypatch):
+    from trajhub_assets.sandbox import docker as docker_backend
+
+    with_gateway = {"IPAM": {"Config": [{"Subnet": "172.17.0.0/16", "Gateway": "172.17.0.1"}]}}
+    assert docker_backend.gateway_of(with_gateway, local_engine=False) == "172.17.0.1"
+    # As `docker network inspect bridge` gives it when the engine adopts existing bridge state.
+    without = {"IPAM": {"Config": [{"Subnet": "172.17.0.0/16"}]},
+               "Options": {"com.docker.network.bridge.name": "br-test0"}}
+    asked = []
+    monkeypatch.setattr(docker_backend, "interface_address", lambda name: asked.append(name) or "10.9.8.1")
+    assert docker_backend.gateway_of(without, local_engine=True) == "10.9.8.1"
+    assert asked == ["br-test0"]
+    monkeypatch.setattr(docker_backend, "interface_address", lambda name: None)
+    with pytest.raises(SandboxError, match=r"no IPv4 Gateway; interface br-test0 has no IPv4 address"):
+        docker_backend.gateway_of(without, local_engine=True)
+    with pytest.raises(SandboxError, match="the engine is remote"):
+        docker_backend.gateway_of(without, local_engine=False)
+
+
+def test_interface_address_reads_a_real_interface():
+    from trajhub_assets.sandbox.docker import interface_address
+
+    assert interface_address("lo") == "127.0.0.1"
+    assert interface_address("no-such-if0") is None

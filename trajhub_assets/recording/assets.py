@@ -33,7 +33,7 @@ def prepare_sandboxes(config: ProjectConfig, images: set[str], proxy: ProxyResou
         raise ConfigError("sandbox.docker_host: sandboxes on another machine cannot reach a proxy "
                           "started here; set proxy.url (README: From one machine to a cluster)")
     # Containers reach the host at its docker bridge address, so the proxy listens there.
-    proxy.listen_on(prepare_engine(host, images))
+    proxy.listen_on(prepare_engine(host, images, config.sandbox.network))
     return Proxy(proxy.base_url, f"http://host.docker.internal:{proxy.port}", proxy.key)
 
 

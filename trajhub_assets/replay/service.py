@@ -163,7 +163,8 @@ class ReplayService:
         if self._docker:
             from trajhub_assets.sandbox.images import prepare_engine
 
-            host = prepare_engine(self.sandbox.docker_host, {run.task.get("image") for run in self.runs})
+            host = prepare_engine(self.sandbox.docker_host, {run.task.get("image") for run in self.runs},
+                                  self.sandbox.network)
         self._tmp = tempfile.TemporaryDirectory(prefix="trajhub-replay-")
         config = Path(self._tmp.name) / "litellm_replay.yaml"
         config.write_text(yaml.safe_dump(self._config, sort_keys=False))

@@ -23,18 +23,20 @@ What it enforces:
 
 from __future__ import annotations
 
+import fcntl
 import io
 import logging
 import math
 import os
 import re
 import socket
+import struct
 import tarfile
 import tempfile
 import threading
 import time
 import uuid
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 import docker
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
@@ -138,7 +140,7 @@ class DockerSandbox(Sandbox):
             pids_limit=limits.pids,
             extra_hosts={"host.docker.internal": "host-gateway"},
             network=ensure_internal_network(self._client) if self.network == "internal"
-            else self.network,
+            else self.network,  # by id: a duplicate name can never make it ambiguous
             detach=True,
         )
         source = self.task.get("workspace_source")
@@ -279,20 +281,44 @@ def _safe_name(text: str) -> str:
 
 
 def ensure_internal_network(client: docker.DockerClient) -> str:
-    """The shared internal network of all sandboxes (created once, never removed by us)."""
-    def existing():
-        return [n for n in client.networks.list(names=[INTERNAL_NETWORK]) if n.name == INTERNAL_NETWORK]
+    """The id of the shared internal network of all sandboxes (created once, never removed by us).
 
-    if not existing():
+    Docker allows two networks of one name, and `check_duplicate` does not stop two creators
+    racing, so: one creator at a time on this host (a file lock), and duplicates that trajhub
+    made, by another host or before this fix, are healed by keeping the oldest, which every
+    process picks alike. Sandboxes attach by id, so a duplicate never makes the name ambiguous.
+    """
+    lock_dir = Path(os.environ.get("TRAJHUB_CACHE") or Path.home() / ".cache" / "trajhub")
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    with open(lock_dir / "docker-network.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not _internal_networks(client):
+            try:
+                client.networks.create(
+                    INTERNAL_NETWORK, driver="bridge", internal=True, check_duplicate=True,
+                    labels={LABEL_CREATED_BY: CREATED_BY},
+                    options={"com.docker.network.bridge.enable_icc": "false"})
+            except APIError as error:
+                if not _internal_networks(client):  # lost a race with another host: fine
+                    raise SandboxError(f"cannot create Docker network {INTERNAL_NETWORK}: {error}") from error
+    keep, *duplicates = _internal_networks(client)
+    for network in duplicates:
+        if network.attrs.get("Labels", {}).get(LABEL_CREATED_BY) != CREATED_BY:
+            continue  # not ours to remove
         try:
-            client.networks.create(
-                INTERNAL_NETWORK, driver="bridge", internal=True, check_duplicate=True,
-                labels={LABEL_CREATED_BY: CREATED_BY},
-                options={"com.docker.network.bridge.enable_icc": "false"})
-        except APIError as error:
-            if not existing():  # lost a race with another process: fine; anything else is not
-                raise SandboxError(f"cannot create Docker network {INTERNAL_NETWORK}: {error}") from error
-    return INTERNAL_NETWORK
+            network.remove()
+            log.warning("removed duplicate Docker network %s (%s); kept %s", INTERNAL_NETWORK,
+                        network.id[:12], keep.id[:12])
+        except APIError as error:  # in use, or already gone: the next batch tries again
+            log.warning("duplicate Docker network %s (%s) not removed yet: %s", INTERNAL_NETWORK,
+                        network.id[:12], error)
+    return keep.id
+
+
+def _internal_networks(client: docker.DockerClient) -> list:
+    """Networks named INTERNAL_NETWORK, oldest first (ties by id): the same order for everyone."""
+    found = [n for n in client.networks.list(names=[INTERNAL_NETWORK]) if n.name == INTERNAL_NETWORK]
+    return sorted(found, key=lambda n: (n.attrs.get("Created", ""), n.id))
 
 
 def remove_orphans(client: docker.DockerClient | None = None, *, mine: bool = False,
@@ -344,6 +370,42 @@ def bridge_gateway(docker_host: str | None = None) -> str:
     (host-gateway) points, and so where a service for the sandboxes must listen."""
     client = connect(docker_host)
     try:
-        return client.networks.get("bridge").attrs["IPAM"]["Config"][0]["Gateway"]
+        bridge = client.networks.get("bridge").attrs
+    except APIError as error:
+        raise SandboxError(f"cannot inspect Docker's default network `bridge`: {error}") from error
     finally:
         client.close()
+    return gateway_of(bridge, local_engine=not docker_host or docker_host.startswith("unix://"))
+
+
+def gateway_of(bridge: dict, *, local_engine: bool) -> str:
+    """The gateway of a `docker network inspect bridge` result: IPAM's Gateway when given.
+    It is optional in Docker's API, and absent when the engine adopts an existing bridge,
+    so then the address of the bridge's own interface (docker0, which is what the engine
+    gives `host-gateway`), readable only when the engine runs on this host."""
+    configs = (bridge.get("IPAM") or {}).get("Config") or []
+    for config in configs:
+        if config.get("Gateway") and ":" not in config["Gateway"]:
+            return config["Gateway"].split("/")[0]
+    interface = (bridge.get("Options") or {}).get("com.docker.network.bridge.name", "docker0")
+    looked_at = f"IPAM.Config {configs} has no IPv4 Gateway"
+    if local_engine:
+        address = interface_address(interface)
+        if address:
+            return address
+        looked_at += f"; interface {interface} has no IPv4 address on this host"
+    else:
+        looked_at += f"; the engine is remote, so its interface {interface} cannot be read here"
+    raise SandboxError(f"cannot tell the host's address on Docker's bridge network ({looked_at}); "
+                       "sandboxes could not reach the proxy. Set proxy.url to an address they reach")
+
+
+def interface_address(name: str) -> str | None:
+    """The IPv4 address of network interface `name` on this host, or None."""
+    SIOCGIFADDR = 0x8915
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            packed = fcntl.ioctl(sock.fileno(), SIOCGIFADDR, struct.pack("256s", name[:15].encode()))
+        except OSError:
+            return None
+    return socket.inet_ntoa(packed[20:24])

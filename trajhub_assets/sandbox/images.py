@@ -18,7 +18,7 @@ from pathlib import Path
 from docker.errors import APIError, BuildError, ImageNotFound
 
 from trajhub_assets.sandbox.base import SandboxError
-from trajhub_assets.sandbox.docker import bridge_gateway, connect, remove_orphans
+from trajhub_assets.sandbox.docker import bridge_gateway, connect, ensure_internal_network, remove_orphans
 
 log = logging.getLogger(__name__)
 
@@ -126,15 +126,18 @@ def _image_exists(client, tag: str) -> bool:
     return True
 
 
-def prepare_engine(docker_host: str | None, images: set[str]) -> str:
-    """Ready an engine for a batch of runs: clear sandboxes orphaned by crashed runs and build the
-    demo image if a task needs it. Returns this host's address on the engine's bridge, where
-    containers reach a service of this host (host.docker.internal)."""
+def prepare_engine(docker_host: str | None, images: set[str], network: str = "internal") -> str:
+    """Ready an engine for a batch of runs: clear sandboxes orphaned by crashed runs, build the
+    demo image if a task needs it, and create the internal network before any run needs it.
+    Returns this host's address on the engine's bridge, where containers reach a service of
+    this host (host.docker.internal)."""
     client = connect(docker_host)
     try:
         remove_orphans(client)
         if DEMO_IMAGE in images:
             ensure_demo_image(client)
+        if network == "internal":
+            ensure_internal_network(client)
     finally:
         client.close()
     return bridge_gateway(docker_host)
