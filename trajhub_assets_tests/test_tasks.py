@@ -27,6 +27,23 @@ def test_the_72_real_records_load_unchanged():
     assert table_to_records(table) == real_records()
 
 
+def test_a_file_with_a_byte_order_mark_and_crlf_line_ends_is_valid(tmp_path):
+    """What editors on Windows write; the 72 real records, re-saved that way, read the same."""
+    path = tmp_path / "windows.jsonl"
+    lines = [json.dumps(r, ensure_ascii=False) for r in real_records()]
+    path.write_bytes("\ufeff".encode() + "\r\n".join(lines).encode() + b"\r\n")
+    assert table_to_records(tasks_to_table(check_unique(read_jsonl(path)))) == real_records()
+    from trajhub_assets.cli import main
+    main(["check-tasks", str(path)])  # as `trajhub check-tasks` would, which said "Unexpected UTF-8 BOM"
+
+
+def test_a_line_separator_inside_a_json_string_is_not_a_line_end(tmp_path):
+    record = {**real_records()[0], "note": "one\u2028two\x0cthree"}
+    path = tmp_path / "t.jsonl"
+    path.write_text(json.dumps(record, ensure_ascii=False) + "\n", encoding="utf-8")
+    assert [item.record["note"] for item in read_jsonl(path)] == ["one\u2028two\x0cthree"]
+
+
 def test_unknown_fields_are_kept(tmp_path):
     record = {**real_records()[0], "difficulty": "hard"}
     path = tmp_path / "t.jsonl"

@@ -110,7 +110,11 @@ def read_jsonl(path: str | Path) -> Iterator[TaskRecord]:
     path = Path(path)
     source = str(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        # utf-8-sig: editors on Windows start the file with a byte-order mark and end lines
+        # with CRLF. Split on "\n" only: JSON strings may hold U+2028 and other characters
+        # that str.splitlines() would also break at.
+        lines = [line.removesuffix("\r") for line in
+                 path.read_text(encoding="utf-8-sig").removesuffix("\n").split("\n")]
     except (OSError, UnicodeDecodeError) as error:
         raise RecordError(f"cannot read task file: {error}", source=source) from error
     for number, text in enumerate(lines, start=1):
