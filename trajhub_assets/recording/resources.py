@@ -21,6 +21,7 @@ from trajhub_assets.recording.proxy_process import (
     ProxyProcess,
     scripted_upstream_env,
 )
+from trajhub_assets.recording.routes import write_proxy_config
 from trajhub_assets.recording.scripted_upstream import ScriptedUpstream
 from trajhub_assets.resources import ProjectResource
 from trajhub_assets.store import home
@@ -62,9 +63,17 @@ class ProxyResource(ConfigurableResource):
         if self._process is None:
             upstream = self.scripted_upstream_url or (self._upstream.url if self._upstream else None)
             env = scripted_upstream_env(upstream, f"scripted-{secrets.token_hex(8)}") if upstream else {}
-            self._process = ProxyProcess(self.recordings(), config=self.config_path, env=env,
+            self._process = ProxyProcess(self.recordings(), config=self._config_file(), env=env,
                                          host=self._host, startup_timeout=self.startup_timeout).start()
         return self._process
+
+    def _config_file(self) -> str:
+        """The proxy config: the bundled routes, plus one per project model that names its
+        own endpoint or key (trajhub_assets/recording/routes.py)."""
+        if self.project is None:
+            return self.config_path
+        path = self.recordings().parent / "proxy" / f"litellm_config.{os.getpid()}.yaml"
+        return str(write_proxy_config(self.project.load().models, path, base=self.config_path))
 
     def listen_on(self, host: str) -> None:
         """Have the proxy this resource starts listen on `host` (e.g. Docker's bridge gateway,

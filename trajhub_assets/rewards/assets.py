@@ -4,11 +4,12 @@ import duckdb
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
 from trajhub_assets.automation import FOLLOW_INPUTS, JUDGE_POOL
+from trajhub_assets.config import JudgeConfig
 from trajhub_assets.checks import (JUDGE_CHECK_SPECS, RULE_CHECK_SPECS, every_rule_hit_has_evidence,
                                    read_batch, reward_values_in_range, rule_values_in_range)
 from trajhub_assets.merge.schema import MERGED_TRAJECTORIES, table_to_conversations
 from trajhub_assets.partitions import BATCHED, model_key, run_partitions, run_partitions_of
-from trajhub_assets.progress import Progress
+from trajhub_assets.progress import Progress, fail_if_all_failed
 from trajhub_assets.recording.attempts import RUNS
 from trajhub_assets.recording.resources import ProxyResource
 from trajhub_assets.recording.run_id import make_run_id, run_headers
@@ -72,6 +73,16 @@ def rule_rewards(context: AssetExecutionContext, store: StoreResource,
         metadata={"rule_hits": hits, "ruleset_version": RULESET_VERSION})
 
 
+def judge_endpoint(judge: JudgeConfig, proxy: ProxyResource, instance: str) -> dict:
+    """Judge arguments: nothing for a judge with its own endpoint (it takes its own key from
+    the config), else our proxy, its key, and a run id under which the proxy records the
+    judge's calls."""
+    if judge.base_url:
+        return {}
+    judge_run = make_run_id(model_key(f"judge/{judge.model}"), instance, 0)
+    return {"proxy_url": proxy.openai_base_url, "proxy_key": proxy.key, "extra_headers": run_headers(judge_run)}
+
+
 @asset(partitions_def=run_partitions, backfill_policy=BATCHED, group_name="rewards",
        deps=["merged_trajectories"], kinds={"parquet"}, pool=JUDGE_POOL, check_specs=JUDGE_CHECK_SPECS,
        automation_condition=FOLLOW_INPUTS,
@@ -81,17 +92,15 @@ def judge_rewards(context: AssetExecutionContext, store: StoreResource, project:
                   proxy: ProxyResource) -> MaterializeResult:
     store, config = store.get(), project.load()
     tasks = stored_tasks(store)
-    usage, rewards = JudgeUsage(), []
+    usage, rewards, first_error = JudgeUsage(), [], None
     if config.judge.model.startswith(("baseline/", ROUTE_PREFIX)):
         proxy.serve_baselines([])  # the demo's scripted judge
     partitions = run_partitions_of(context)
     progress = Progress(context.log, len(partitions), "partitions judged")
     for partition in partitions:
         conversations, outcomes = partition_inputs(store, partition)
-        # The judge's own calls are recorded too, under a run of their own.
-        judge_run = make_run_id(model_key(f"judge/{config.judge.model}"), partition["instance"], 0)
-        with Judge(config.judge, default_cache(store.root), base_url=proxy.openai_base_url,
-                   api_key=proxy.key, extra_headers=run_headers(judge_run)) as judge:
+        with Judge(config.judge, default_cache(store.root),
+                   **judge_endpoint(config.judge, proxy, partition["instance"])) as judge:
             out = judge_partition(conversations, tasks[partition["instance"]], outcomes, judge)
         store.write(JUDGE_CHECKS, out.checks, partition)
         store.write(JUDGE_STEPS, out.steps, partition)
@@ -99,10 +108,13 @@ def judge_rewards(context: AssetExecutionContext, store: StoreResource, project:
         reward_table = trajectory_rewards(out.summary, outcomes, config.rewards)
         store.write(TRAJECTORY_REWARDS, reward_table, partition)
         usage = usage + out.usage
+        first_error = first_error or next((f"{row['run_id']}: {row['error']}" for table in (out.steps, out.checks)
+                                           for row in table.to_pylist() if row.get("error")), None)
         progress.advance(f"{partition['model']} on {partition['instance']}", tokens_in=out.usage.prompt_tokens,
                          tokens_out=out.usage.completion_tokens, cost_usd=out.usage.cost_usd,
                          judge_calls=out.usage.requests, cache_hits=out.usage.cache_hits)
         rewards += [(partition["model"], r["reward"]) for r in reward_table.to_pylist()]
+    fail_if_all_failed("judge requests of this batch", usage.items, usage.errors, first_error)
     check = reward_values_in_range(read_batch(store, JUDGE_STEPS, partitions),
                                    read_batch(store, JUDGE_SUMMARY, partitions),
                                    read_batch(store, TRAJECTORY_REWARDS, partitions))

@@ -324,19 +324,24 @@ class JudgeUsage:
 class Judge:
     """A judge model behind an OpenAI-compatible endpoint, with a cache and a thread pool."""
 
-    def __init__(self, config: JudgeConfig, cache: JudgeCache, *, base_url: str | None = None,
-                 api_key: str | None = None, extra_headers: dict[str, str] | None = None,
+    def __init__(self, config: JudgeConfig, cache: JudgeCache, *, proxy_url: str | None = None,
+                 proxy_key: str | None = None, extra_headers: dict[str, str] | None = None,
                  retry_errors: bool = False):
+        """The judge calls `config.base_url` with the key in `config.api_key_env`, else our
+        proxy at `proxy_url` with `proxy_key`: the proxy's key never goes anywhere else."""
         unknown = set(config.rubric_weights) - set(RUBRIC)
         if unknown:
             raise ConfigError(f"judge.rubric_weights: unknown criteria {sorted(unknown)}; known: {list(RUBRIC)}")
-        url = config.base_url or base_url
-        if not url:
+        if config.base_url:
+            url, api_key = config.base_url, None
+            if config.api_key_env:
+                api_key = os.environ.get(config.api_key_env)
+                if not api_key:
+                    raise ConfigError(f"judge.api_key_env: environment variable {config.api_key_env!r} is not set")
+        elif proxy_url:
+            url, api_key = proxy_url, proxy_key
+        else:
             raise ConfigError("judge.base_url is not set and no proxy URL was given to route the judge through")
-        if api_key is None and config.api_key_env:
-            api_key = os.environ.get(config.api_key_env)
-            if not api_key:
-                raise ConfigError(f"judge.api_key_env: environment variable {config.api_key_env!r} is not set")
         self.config, self.cache = config, cache
         self.extra_headers = dict(extra_headers or {})
         self.retry_errors = retry_errors
