@@ -17,6 +17,10 @@ def _dagster_instance(store: Store):
 
     home = Path(os.environ.setdefault("DAGSTER_HOME", str(store.root / "dagster")))
     home.mkdir(parents=True, exist_ok=True)
+    settings = home / "dagster.yaml"
+    if home == store.root / "dagster" and not settings.exists():
+        # Ours: SQLite under it, as Dagster's default; no telemetry (and no banner about it).
+        settings.write_text("telemetry:\n  enabled: false\n")
     return DagsterInstance.get()
 
 
@@ -95,6 +99,8 @@ def cmd_run(args) -> None:
 SUMMARIES = [
     ("tasks", "SELECT category, count(*) AS tasks, count(test_command) AS runnable "
               "FROM tasks GROUP BY category ORDER BY category"),
+    ("runs", "SELECT model, count(*) AS runs, count(*) FILTER (WHERE resolved) AS resolved, "
+             "count(error) AS failed, any_value(error) AS an_error FROM runs GROUP BY model ORDER BY model"),
     ("leaderboard", "SELECT model, runs, round(test_pass_rate, 3) AS pass_rate, round(isr, 3) AS isr, "
                     "round(csr, 3) AS csr, round(mean_reward, 3) AS reward, mean_steps FROM leaderboard"),
     ("preference_pairs", "SELECT kind, count(*) AS pairs, round(avg(margin), 3) AS mean_margin "
@@ -105,6 +111,9 @@ SUMMARIES = [
 def _first_failure(result) -> str:
     for event in result.all_events:
         if event.is_step_failure:
+            failure = event.step_failure_data.user_failure_data  # a dagster.Failure says it plainly
+            if failure is not None and failure.description:
+                return f"{event.step_key}: {failure.description}"
             error = event.step_failure_data.error
             while error.cause is not None:  # Dagster wraps the asset's own exception
                 error = error.cause
@@ -216,8 +225,13 @@ def cmd_sql(args) -> None:
     if not store.table_names():
         where = store.objects.uri() if store.objects else store.root / "tables"
         raise TrajhubError(f"no tables under {where} yet: run `trajhub run` first")
+    import duckdb
+
     with store.connect() as con:
-        con.sql(args.query).show(max_rows=args.max_rows, max_width=args.max_width)
+        try:
+            con.sql(args.query).show(max_rows=args.max_rows, max_width=args.max_width)
+        except duckdb.Error as error:  # the user's SQL: their error, not a traceback
+            raise TrajhubError(f"sql: {error}") from None
 
 
 def cmd_catalog(args) -> None:
@@ -228,6 +242,16 @@ def cmd_tables(args) -> None:
     from trajhub_assets.tables import reference_markdown
 
     print(reference_markdown(), end="")
+
+
+def cmd_proxy_config(args) -> None:
+    from trajhub_assets.config import load_config
+    from trajhub_assets.recording.routes import write_proxy_config
+
+    path = write_proxy_config(load_config().models, args.out)
+    print(f"wrote {path}: the bundled routes and one per model with its own api_base/api_key_env.\n"
+          f"Start the proxy with: LITELLM_MASTER_KEY=... python proxy/start_proxy.py --config {path} "
+          "--host 0.0.0.0 --port 4000 (the models' key variables set in its environment)")
 
 
 def cmd_check_tasks(args) -> None:
@@ -259,6 +283,9 @@ def cmd_label_import(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    import dagster  # backfill policies and pools are beta in Dagster; we use them knowingly
+    warnings.filterwarnings("ignore", category=dagster.BetaWarning)
+    warnings.filterwarnings("ignore", category=dagster.PreviewWarning)
     parser = argparse.ArgumentParser(prog="trajhub", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -299,6 +326,11 @@ def main(argv: list[str] | None = None) -> None:
     tables = commands.add_parser("tables", help="print the reference of every table (markdown)")
     tables.set_defaults(func=cmd_tables)
 
+    proxy_config = commands.add_parser(
+        "proxy-config", help="write the LiteLLM config for an external proxy serving this project's models")
+    proxy_config.add_argument("--out", required=True, help="where to write it (YAML)")
+    proxy_config.set_defaults(func=cmd_proxy_config)
+
     check = commands.add_parser("check-tasks", help="validate task JSONL files")
     check.add_argument("files", nargs="+")
     check.set_defaults(func=cmd_check_tasks)
@@ -321,8 +353,6 @@ def main(argv: list[str] | None = None) -> None:
     register_replay(commands)
 
     args = parser.parse_args(argv)
-    import dagster  # backfill policies and pools are beta in Dagster; we use them knowingly
-    warnings.filterwarnings("ignore", category=dagster.BetaWarning)
     try:
         args.func(args)
     except TrajhubError as error:

@@ -49,3 +49,17 @@ def recording_usage(path: Path) -> dict[str, float]:
                          tokens_out=tokens.get("output_tokens") or 0,
                          cost_usd=record.get("cost_usd") or 0.0, calls=1)
     return dict(usage)
+
+
+def fail_if_all_failed(what: str, total: int, failed: int, first: str) -> None:
+    """Fail the step when every one of its `total` items failed (`first`: the first failure).
+
+    A partial failure is data, counted in the metadata; a stage where nothing worked is not
+    a success, and the stages that follow would only cut an empty release.
+    """
+    from dagster import Failure, MetadataValue
+
+    if total and failed == total:
+        raise Failure(description=f"all {total} {what} failed; the first: {first}",
+                      metadata={"failed": total, "first_failure": MetadataValue.text(first)},
+                      allow_retries=False)

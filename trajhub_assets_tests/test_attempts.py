@@ -45,7 +45,8 @@ def test_a_crashing_agent_is_recorded_as_failed(docker_engine, proxy, upstream):
     row = attempt(proxy)
     assert row["stop_reason"] == "error" and row["agent_exit_code"] == 1
     assert "InternalServerError" in row["agent_stderr_tail"]
-    assert not row["timed_out"] and row["error"] is None
+    assert not row["timed_out"]
+    assert row["error"].startswith("the agent (builtin) exited with 1: InternalServerError")  # a failed run
     assert row["tests_total"] and not row["resolved"]  # the tests still ran after the crash
     assert containers_of(docker_engine, row["run_id"]) == []
     recorded = read_run(proxy.recording(row["run_id"])).records

@@ -8,7 +8,8 @@ from trajhub_assets.automation import FOLLOW_INPUTS
 from trajhub_assets.checks import MERGED_CHECK_SPECS, generation_flags_consistent, no_orphan_tool_results
 from trajhub_assets.merge.merge import merge_calls
 from trajhub_assets.merge.schema import MERGED_TRAJECTORIES, conversations_to_table
-from trajhub_assets.partitions import BATCHED, run_partitions, run_partitions_of
+from trajhub_assets.partitions import BATCHED, run_key, run_partitions, run_partitions_of
+from trajhub_assets.progress import fail_if_all_failed
 from trajhub_assets.recording.raw_calls import MESSAGE_BLOBS, RAW_CALLS, rebuild_records
 from trajhub_assets.recording.run_id import parse_run_id
 from trajhub_assets.resources import StoreResource
@@ -31,15 +32,20 @@ def merge_partition(records: list[dict], model: str, instance: str) -> list[dict
        description="Whole conversations rebuilt from each run's calls, with generation flags.")
 def merged_trajectories(context: AssetExecutionContext, store: StoreResource) -> MaterializeResult:
     store = store.get()
-    kinds, messages, written = Counter(), 0, []
-    for partition in run_partitions_of(context):
+    kinds, messages, written, per_partition = Counter(), 0, [], []
+    partitions = run_partitions_of(context)
+    for partition in partitions:
         records = rebuild_records(store.read(RAW_CALLS, partition), store.read(MESSAGE_BLOBS, partition))
         conversations = merge_partition(records, partition["model"], partition["instance"])
         store.write(MERGED_TRAJECTORIES, conversations_to_table(conversations), partition)
         kinds.update(c["meta"]["kind"] for c in conversations)
         written += conversations
+        per_partition.append((partition, len(conversations)))
         messages += sum(len(c["messages"]) for c in conversations)
         context.log.info("%s: %d calls -> %d conversations", partition, len(records), len(conversations))
+    empty = [run_key(p["model"], p["instance"]) for p, n in per_partition if not n]
+    fail_if_all_failed("partitions of this batch", len(partitions), len(empty),
+                       empty and f"{empty[0]}: no recorded call of its runs made a conversation")
     checks = [generation_flags_consistent(written), no_orphan_tool_results(written)]
     return MaterializeResult(check_results=checks, metadata={
         "conversations": sum(kinds.values()), "messages": messages,

@@ -12,10 +12,11 @@ from trajhub_assets.checks import RAW_CHECK_SPECS, every_run_has_calls, no_crede
 from trajhub_assets.config import ProjectConfig
 from trajhub_assets.errors import ConfigError
 from trajhub_assets.partitions import BATCHED, run_partitions, run_partitions_of
-from trajhub_assets.progress import Progress, recording_usage
+from trajhub_assets.progress import Progress, fail_if_all_failed, recording_usage
 from trajhub_assets.recording.attempts import RUNS, Proxy, run_attempt
 from trajhub_assets.recording.raw_calls import MESSAGE_BLOBS, RAW_CALLS, load_runs
 from trajhub_assets.recording.resources import ProxyResource
+from trajhub_assets.recording.routes import missing_keys
 from trajhub_assets.resources import ProjectResource, StoreResource
 from trajhub_assets.sandbox import remove_orphans
 from trajhub_assets.sandbox.images import prepare_engine
@@ -49,6 +50,9 @@ def raw_trajectories(context: AssetExecutionContext, store: StoreResource, proje
     partitions = run_partitions_of(context)
     jobs = [(partition, attempt) for partition in partitions
             for attempt in range(config.model(partition["model"]).samples)]
+    models = {p["model"]: config.model(p["model"]) for p in partitions}
+    if missing := missing_keys(list(models.values())):
+        raise ConfigError(f"models[].api_key_env: not set in this environment: {', '.join(missing)}")
     if any(config.model(p["model"]).route.startswith(ROUTE_PREFIX) for p in partitions):
         proxy.serve_baselines(list(tasks.values()))
     endpoint = prepare_sandboxes(config, {tasks[p["instance"]]["image"] for p in partitions}, proxy)
@@ -87,6 +91,10 @@ def raw_trajectories(context: AssetExecutionContext, store: StoreResource, proje
         totals.update(runs=len(rows), calls=loaded.calls, failed=sum(r["error"] is not None for r in rows),
                       resolved=sum(r["resolved"] for r in rows),
                       raw_bytes=loaded.raw_bytes, stored_bytes=loaded.stored_bytes)
+    # After the store has every row and call: a failed run is data, even when all failed.
+    failed = [row for _, row in results if row["error"] is not None]
+    fail_if_all_failed("runs of this batch", len(results), len(failed),
+                       failed and f"{failed[0]['run_id']}: {failed[0]['error']}")
     runs, calls = read_batch(store, RUNS, partitions), read_batch(store, RAW_CALLS, partitions)
     checks = [every_run_has_calls(runs, calls),
               no_credentials({"runs": runs, "raw_calls": calls,

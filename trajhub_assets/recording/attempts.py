@@ -100,7 +100,7 @@ def run_attempt(task: dict, model: ModelConfig, attempt: int, proxy: Proxy,
                 "test_exit_code", "tests_passed", "tests_failed", "tests_total",
                 "test_output_tail", "diff")}
             row |= {"resolved": outcome.resolved, "timed_out": row["timed_out"] or outcome.timed_out,
-                    "error": outcome.error}
+                    "error": _crash(model.scaffold, agent) or outcome.error}
     except TrajhubError as error:
         log.error("run %s failed: %s", run_id, error)
         row["error"] = f"{type(error).__name__}: {error}"
@@ -109,6 +109,15 @@ def run_attempt(task: dict, model: ModelConfig, attempt: int, proxy: Proxy,
         row["error"] = "".join(traceback.format_exception_only(error)).strip()
     row["run_seconds"] = time.monotonic() - started
     return row
+
+
+def _crash(scaffold: str, agent) -> str | None:
+    """Why the agent crashed (it exited non-zero), or None. Its calls and the tests that ran
+    afterwards are still kept; a timeout is an outcome (`timed_out`), not a crash."""
+    if agent.exit_code in (0, None):
+        return None
+    last = (agent.stderr_tail or "").strip().splitlines()[-1:] or ["no output on stderr"]
+    return f"the agent ({scaffold}) exited with {agent.exit_code}: {last[0][:500]}"
 
 
 def _sampling(model: ModelConfig) -> dict:

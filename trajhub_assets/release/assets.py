@@ -1,7 +1,7 @@
 """Release-side assets: reward calibration against human labels, the leaderboard, and the
 Hugging Face dataset release. All unpartitioned: they read every partition."""
 
-from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataValue, asset
 
 from trajhub_assets.pairs.assets import main_trajectories
 from trajhub_assets.pairs.pairs import PREFERENCE_PAIRS, PairPolicy
@@ -60,9 +60,13 @@ def leaderboard_asset(context: AssetExecutionContext, store: StoreResource) -> M
 def hf_dataset_release(context: AssetExecutionContext, store: StoreResource,
                        project: ProjectResource) -> MaterializeResult:
     store, config = store.get(), project.load()
+    trajectories = main_trajectories(store) if "merged_trajectories" in store.table_names() else []
+    if not trajectories:
+        raise Failure(description=f"no release cut: there is no trajectory to release ({_why_empty(store)})",
+                      allow_retries=False)
     inputs = ReleaseInputs(
         tasks=store.read(TASKS),
-        trajectories=main_trajectories(store),
+        trajectories=trajectories,
         trajectory_rewards=_all(store, "trajectory_rewards").to_pylist(),
         step_rewards=_all(store, "judge_steps").to_pylist(),
         pairs=_all(store, PREFERENCE_PAIRS.name).drop_columns(["instance"]),
@@ -75,3 +79,13 @@ def hf_dataset_release(context: AssetExecutionContext, store: StoreResource,
     context.log.info("release %s at %s%s", release.version, release.path,
                      f", pushed: {url}" if url else " (not pushed: no hf_repo or token)")
     return MaterializeResult(metadata=release.metadata() | {"pushed": url or "no"})
+
+
+def _why_empty(store: Store) -> str:
+    if "runs" not in store.table_names():
+        return "no run has been recorded yet: materialize raw_trajectories first"
+    runs, failed, first = store.sql(
+        "SELECT count(*), count(error), min(run_id || ': ' || error) FILTER (WHERE error IS NOT NULL) "
+        "FROM runs").to_pylist()[0].values()
+    return (f"{runs} runs recorded, {failed} failed" + (f"; e.g. {first}" if first else "")
+            + "; merged_trajectories holds no main conversation")
