@@ -323,9 +323,9 @@ def test_two_batches_started_together_with_the_network_absent_share_one_network(
 def test_duplicate_networks_trajhub_made_are_healed_and_runs_go_on(client, run_id):
     _remove_internal_networks(client)
     # Docker 20.10 accepts a second network of one name (as two hosts racing would make).
-    made = [client.networks.create(docker_backend.INTERNAL_NETWORK, driver="bridge", internal=True,
-                                   labels={docker_backend.LABEL_CREATED_BY: docker_backend.CREATED_BY})
-            for _ in range(2)]
+    made = [docker_backend.create_internal_network(client, check_duplicate=False) for _ in range(2)]
+    for network in made:
+        network.reload()
     assert len(client.networks.list(names=[docker_backend.INTERNAL_NETWORK])) == 2
     with make_sandbox(demo_task(), backend="docker", run_id=run_id) as sandbox:
         assert sandbox.exec("echo ok").stdout == "ok\n"
@@ -334,6 +334,17 @@ def test_duplicate_networks_trajhub_made_are_healed_and_runs_go_on(client, run_i
     left = client.networks.list(names=[docker_backend.INTERNAL_NETWORK])
     assert [n.id for n in left] == [min(made, key=lambda n: (n.attrs["Created"], n.id)).id]
     assert attached == {docker_backend.INTERNAL_NETWORK}
+
+
+def test_a_network_of_that_name_that_does_not_isolate_is_refused(client, run_id):
+    _remove_internal_networks(client)
+    open_one = client.networks.create(docker_backend.INTERNAL_NETWORK, driver="bridge")
+    try:
+        with pytest.raises(docker_backend.SandboxError, match="exists but does not isolate"):
+            with make_sandbox(demo_task(), backend="docker", run_id=run_id):
+                pass
+    finally:
+        open_one.remove()
 
 
 def test_the_host_address_is_found_on_the_real_engine(client):

@@ -56,6 +56,7 @@ LABEL_HOST = "trajhub.host"
 LABEL_PID = "trajhub.pid"
 LABEL_EXPIRES_AT = "trajhub.expires_at"  # unix time after which the container is dead weight
 INTERNAL_NETWORK = "trajhub-sandbox-internal"
+ICC_OPTION = "com.docker.network.bridge.enable_icc"
 NETWORKS = ("internal", "bridge", "none")
 EXEC_GRACE_SECONDS = 15  # past its timeout, an exec that has not returned costs the container
 SETUP_SECONDS = 120  # allowance in expires_at for the time between create and start
@@ -294,10 +295,7 @@ def ensure_internal_network(client: docker.DockerClient) -> str:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not _internal_networks(client):
             try:
-                client.networks.create(
-                    INTERNAL_NETWORK, driver="bridge", internal=True, check_duplicate=True,
-                    labels={LABEL_CREATED_BY: CREATED_BY},
-                    options={"com.docker.network.bridge.enable_icc": "false"})
+                create_internal_network(client)
             except APIError as error:
                 if not _internal_networks(client):  # lost a race with another host: fine
                     raise SandboxError(f"cannot create Docker network {INTERNAL_NETWORK}: {error}") from error
@@ -312,7 +310,19 @@ def ensure_internal_network(client: docker.DockerClient) -> str:
         except APIError as error:  # in use, or already gone: the next batch tries again
             log.warning("duplicate Docker network %s (%s) not removed yet: %s", INTERNAL_NETWORK,
                         network.id[:12], error)
+    if not keep.attrs.get("Internal") or keep.attrs.get("Options", {}).get(ICC_OPTION) != "false":
+        raise SandboxError(f"Docker network {INTERNAL_NETWORK} ({keep.id[:12]}) exists but does not isolate "
+                           f"(Internal={keep.attrs.get('Internal')}, {ICC_OPTION}="
+                           f"{keep.attrs.get('Options', {}).get(ICC_OPTION)}); remove it "
+                           f"(docker network rm {keep.id[:12]}) and trajhub makes it anew")
     return keep.id
+
+
+def create_internal_network(client: docker.DockerClient, *, check_duplicate: bool = True):
+    """No route out (internal) and no traffic between sandboxes (icc off). Without
+    `check_duplicate` the engine makes a second one of the name, as two hosts racing do."""
+    return client.networks.create(INTERNAL_NETWORK, driver="bridge", internal=True, check_duplicate=check_duplicate,
+                                  labels={LABEL_CREATED_BY: CREATED_BY}, options={ICC_OPTION: "false"})
 
 
 def _internal_networks(client: docker.DockerClient) -> list:
