@@ -1,7 +1,8 @@
 """Property tests: conversations → per-call records (any order, duplicates) → merge → the same.
 
 A generated run holds one to three conversations, each in one wire format. Each assistant
-message is the response of one call whose request is everything before it. The client
+message is the response of one call whose request is everything before it; system
+messages may also come in the middle of a conversation (Claude Code's environment block). The client
 may drop reasoning from the history it sends back (restored from the response) and may
 re-serialise tool arguments; some calls are logged twice, some failed first and were
 retried, some are count_tokens calls; the records arrive shuffled.
@@ -16,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trajhub_assets.merge import conversations_to_table, merge_calls, table_to_conversations
-from trajhub_assets.merge.normalize import message, tool_call
+from trajhub_assets.merge.normalize import message, thinking_block, tool_call
 
 FORMATS = ("anthropic_messages", "openai_chat", "openai_responses")
 text = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=30)
@@ -45,6 +46,8 @@ def conversations(draw, k: int, wire_format: str):
                                     is_error=is_error))
         if not calls or draw(st.booleans()):
             messages.append(message("user", draw(text)))
+        if draw(st.integers(0, 4)) == 0:
+            messages.append(message("system", draw(words)))
     return messages
 
 
@@ -62,6 +65,8 @@ def anthropic_request(messages, echo):
                 out[-1]["content"].append(block)
             else:
                 out.append({"role": "user", "content": [block]})
+        elif m["role"] == "system":
+            out.append({"role": "system", "content": m["content"]})
         elif out and out[-1]["role"] == "user":  # text after tool results: same user turn
             out[-1]["content"].append({"type": "text", "text": m["content"]})
         else:
@@ -100,8 +105,8 @@ def chat_message(m, echo):
 
 
 def response_items(m, echo):
-    if m["role"] == "user":
-        return [{"role": "user", "content": m["content"]}]
+    if m["role"] in ("user", "system"):
+        return [{"role": m["role"], "content": m["content"]}]
     if m["role"] == "tool":
         return [{"type": "function_call_output", "call_id": m["tool_call_id"], "output": m["content"]}]
     items = []
@@ -181,13 +186,24 @@ def runs(draw):
             record = {**base, "call_id": call_id, "call_kind": "agent", "status": "ok",
                       "response": response_for(wire_format, m, call_id), "error": None}
             records.extend([record, dict(record)] if rng.random() < 0.3 else [record])
-            want.append({**m, "generation": True, "generated_by": call_id})
+            want.append({**m, "generation": True, "generated_by": call_id,
+                         **kept_from_wire(wire_format, m, record["response"])})
             previous = (i, call_id)
         expected.append(want)
     for seq, record in enumerate(records):
         record["seq"], record["started_at"], record["ended_at"] = seq, 1000.0 + seq, 1000.5 + seq
     rng.shuffle(records)
     return records, expected
+
+
+def kept_from_wire(wire_format, m, response):
+    """What the merge keeps of a response beyond the unified fields: Anthropic's thinking with
+    its signature, and OpenAI chat's null content."""
+    if wire_format == "anthropic_messages" and m["reasoning_content"] is not None:
+        return {"thinking_blocks": [thinking_block("thinking", m["reasoning_content"], "sig")]}
+    if wire_format == "openai_chat" and response["choices"][0]["message"]["content"] is None:
+        return {"content": None}
+    return {}
 
 
 def canonical(conversations_messages):
