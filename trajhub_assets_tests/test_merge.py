@@ -148,6 +148,10 @@ def test_content_blocks_in_order_and_markers_for_non_text():
 def test_flat_blocks_leave_content_parts_empty():
     [conversation] = merged(session())
     assert all(m["content_parts"] is None for m in conversation["messages"][1:])  # thinking, text, tool_use
+    unsigned = {"type": "thinking", "thinking": "Hm."}  # as mini-vela logs it: reasoning_content says it all
+    [conversation] = merged([call("c1", 0, [user("hi")], [unsigned, text("hello")])])
+    assert (conversation["messages"][-1]["reasoning_content"], conversation["messages"][-1]["thinking_blocks"]) == (
+        "Hm.", None)
 
 
 def test_same_caption_different_image_is_a_different_message():
@@ -223,15 +227,26 @@ def test_failed_last_call_ends_the_conversation_without_a_reply():
     assert json.loads(conversation["meta"]["error"]) == {"status_code": 529, "message": "overloaded"}
 
 
-def test_history_edit_becomes_its_own_conversation():
+def test_history_edit_the_client_went_on_with_is_main():
     edited = [user("Fix the bug."), {"role": "assistant", "content": [text("Let me look, differently.")]},
               user("Go on.")]
-    main, edit = merged(session() + [call("c3", 2, edited, [text("OK.")])])
-    assert main["meta"]["kind"] == "main" and main["meta"]["call_ids"] == ["c1", "c2"]
-    assert (edit["meta"]["kind"], edit["meta"]["parent_conversation_id"], edit["meta"]["parent_link"],
-            edit["meta"]["branch_index"]) == ("edit", main["meta"]["conversation_id"], "shared_prefix", 2)
-    assert edit["messages"][2]["generation"] is False  # the rewritten message, never generated
-    assert edit["messages"][-1]["generated_by"] == "c3"
+    left, rewritten = merged(session() + [call("c3", 2, edited, [text("OK.")])])
+    assert (rewritten["meta"]["kind"], rewritten["meta"]["call_ids"]) == ("main", ["c3"])
+    assert rewritten["messages"][2]["generation"] is False  # the rewritten message, never generated
+    assert rewritten["messages"][-1]["generated_by"] == "c3"
+    assert (left["meta"]["kind"], left["meta"]["parent_conversation_id"], left["meta"]["parent_link"],
+            left["meta"]["branch_index"]) == ("edit", rewritten["meta"]["conversation_id"], "shared_prefix", 2)
+    assert left["meta"]["call_ids"] == ["c1", "c2"]
+
+
+def test_a_branch_the_client_left_is_an_edit():
+    resampled = call("c1b", 1, [user("Fix the bug.")], [text("Another first reply.")])
+    records = session()
+    records[1]["seq"] = 2
+    main, edit = merged(records + [resampled])
+    assert (main["meta"]["kind"], main["meta"]["call_ids"]) == ("main", ["c1", "c2"])
+    assert (edit["meta"]["kind"], edit["meta"]["parent_conversation_id"], edit["meta"]["branch_index"]) == (
+        "edit", main["meta"]["conversation_id"], 2)
 
 
 # -- several conversations in a run ---------------------------------------------------------
@@ -305,6 +320,10 @@ def test_openai_chat_null_content_and_provider_fields_are_kept():
     [conversation] = merged([chat_call("a", 0, history, reply)])
     system, _, assistant = conversation["messages"]
     assert (system["role"], json.loads(system["extra"])) == ("system", {"role": "developer"})
+    legacy = {"role": "function", "name": "Bash", "content": "a.py"}
+    [conversation] = merged([chat_call("b", 0, history + [legacy], {"content": "ok"})])
+    assert (conversation["messages"][2]["role"], json.loads(conversation["messages"][2]["extra"])) == (
+        "tool", {"role": "function"})
     assert assistant["content"] is None
     assert json.loads(assistant["extra"]) == {"provider_specific_fields": {"refusal": None, "citations": ["c"]}}
 
@@ -342,6 +361,10 @@ def test_openai_responses_with_and_without_previous_response_id():
         assert (assistant["reasoning_content"], assistant["generated_by"]) == ("plan", "a")
         assert (tool["name"], tool["content"]) == ("Bash", "a.py")
     assert stateless[0]["messages"] == stateful[0]["messages"]
+    encrypted = [{"type": "reasoning", "id": "rs_1", "summary": [], "encrypted_content": "ZW5j"}, *out2]
+    [conversation] = merged([responses_call("c", 0, "go", encrypted)])
+    assert json.loads(conversation["messages"][-1]["extra"]) == {"items[0].id": "rs_1",
+                                                                 "items[0].encrypted_content": "ZW5j"}
     with pytest.raises(RecordError, match=r"record 'b', field 'request.previous_response_id'"):
         merged([responses_call("b", 1, [result], out2, previous_response_id="resp_missing")])
 
