@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -247,6 +248,34 @@ def test_a_branch_the_client_left_is_an_edit():
     assert (main["meta"]["kind"], main["meta"]["call_ids"]) == ("main", ["c1", "c2"])
     assert (edit["meta"]["kind"], edit["meta"]["parent_conversation_id"], edit["meta"]["branch_index"]) == (
         "edit", main["meta"]["conversation_id"], 2)
+
+
+MINI_SWE_AGENT_RUN = Path(__file__).parent / "data" / "mini_swe_agent" / "text_only_replies.jsonl"
+
+
+def test_mini_swe_agent_dropped_replies_are_edits_of_the_whole_trajectory():
+    """A real mini-swe-agent 2.4.6 recording: the client drops every text-only reply from its
+    history and sends a format error instead, so each such reply is a branch of its own."""
+    records = [json.loads(line) for line in MINI_SWE_AGENT_RUN.read_text().splitlines()]
+    dropped = [r for r in records if not r["response"]["choices"][0]["message"].get("tool_calls")]
+    last = max(records, key=lambda r: r["seq"])
+    conversations = merge_calls(records)
+    assert len(conversations) == 1 + len(dropped) == 5
+    [main] = [c for c in conversations if c["meta"]["kind"] == "main"]
+    assert main["meta"]["call_ids"][-1] == last["call_id"]
+    assert len(main["messages"]) == len(last["request"]["messages"]) + 1  # all the client kept, and the reply
+    edits = [c for c in conversations if c is not main]
+    for edit, record in zip(edits, dropped, strict=True):
+        meta = edit["meta"]
+        assert (meta["kind"], meta["parent_conversation_id"], meta["parent_link"], meta["branch_index"]) == (
+            "edit", main["meta"]["conversation_id"], "shared_prefix", len(record["request"]["messages"]))
+        reply = edit["messages"][-1]
+        assert (reply["generated_by"], reply["content"]) == (
+            record["call_id"], record["response"]["choices"][0]["message"]["content"])
+    # LiteLLM's provider fields on each reply are kept, as the client sent them back.
+    assert json.loads(main["messages"][-1]["extra"]) == {"provider_specific_fields": {"refusal": None}}
+    table = conversations_to_table(conversations)
+    assert table_to_conversations(table, model=main["meta"]["model"], instance=main["meta"]["instance"]) == conversations
 
 
 # -- several conversations in a run ---------------------------------------------------------
