@@ -147,8 +147,9 @@ def test_atif_export_uses_atif_fields_for_what_atif_can_say(minivela_conversatio
     recorded = [conversation_to_atif(c) for c in recorded_conversations]
     results = [r for d in recorded for s in d["steps"] for r in (s.get("observation") or {}).get("results", [])]
     assert {"tool_result_is_error": True} in [r.get("extra") for r in results]
-    edit = next(d for d, c in zip(recorded, recorded_conversations) if c["meta"]["kind"] == "edit")
-    assert [s.get("is_copied_context") for s in edit["steps"] if s["source"] == "agent"] == [True, None]
+    rewritten = next(d for d, c in zip(recorded, recorded_conversations, strict=True)
+                     if any(m["role"] == "assistant" and m["generation"] is False for m in c["messages"]))
+    assert [s.get("is_copied_context") for s in rewritten["steps"] if s["source"] == "agent"] == [True, None]
 
 
 def test_the_spec_example_imports(store):

@@ -1,6 +1,8 @@
 """The merged_trajectories asset: a run's recorded calls → the conversations that happened."""
 
+import hashlib
 from collections import Counter, defaultdict
+from pathlib import Path
 
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
@@ -12,6 +14,18 @@ from trajhub_assets.partitions import BATCHED, run_partitions, run_partitions_of
 from trajhub_assets.recording.raw_calls import MESSAGE_BLOBS, RAW_CALLS, rebuild_records
 from trajhub_assets.recording.run_id import parse_run_id
 from trajhub_assets.resources import StoreResource
+
+
+MERGE_SOURCES = tuple(Path(__file__).with_name(name) for name in ("merge.py", "normalize.py", "schema.py"))
+
+
+def merge_version(sources=MERGE_SOURCES) -> str:
+    """A short hash of the merge's code: what decides merged_trajectories, so a change to it
+    marks every partition stale."""
+    digest = hashlib.sha256()
+    for path in sources:
+        digest.update(Path(path).read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def merge_partition(records: list[dict], model: str, instance: str) -> list[dict]:
@@ -26,7 +40,7 @@ def merge_partition(records: list[dict], model: str, instance: str) -> list[dict
 
 
 @asset(partitions_def=run_partitions, backfill_policy=BATCHED, group_name="merge",
-       deps=["raw_trajectories"], kinds={"parquet"}, code_version="merge-1",
+       deps=["raw_trajectories"], kinds={"parquet"}, code_version=merge_version(),
        check_specs=MERGED_CHECK_SPECS, automation_condition=FOLLOW_INPUTS,
        description="Whole conversations rebuilt from each run's calls, with generation flags.")
 def merged_trajectories(context: AssetExecutionContext, store: StoreResource) -> MaterializeResult:
