@@ -111,8 +111,32 @@ def recorded_conversations():
 
 
 @pytest.fixture(scope="module")
-def real_conversations(minivela_conversations, recorded_conversations):
-    return minivela_conversations + recorded_conversations
+def wire_conversations():
+    """What only the wire formats carry: a system message inside Anthropic messages, signed and
+    redacted thinking, an image by reference, interleaved blocks, a null content, provider fields."""
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAAA"}}
+    anthropic = {"run_id": "wire", "call_id": "a1", "seq": 0, "wire_format": "anthropic_messages", "request": {
+        "system": "sys", "messages": [{"role": "user", "content": [{"type": "text", "text": "see "}, image]},
+                                      {"role": "system", "content": "# Environment\nlinux"}]},
+        "response": {"content": [{"type": "thinking", "thinking": "hm", "signature": "c2ln"},
+                                 {"type": "redacted_thinking", "data": "ZGF0YQ=="},
+                                 {"type": "text", "text": "A cat."},
+                                 {"type": "thinking", "thinking": "and?", "signature": "c2lnMg=="},
+                                 {"type": "text", "text": "Done."}]}, "status": "ok"}
+    chat = {"run_id": "wire", "call_id": "o1", "seq": 1, "wire_format": "openai_chat", "request": {
+        "messages": [{"role": "user", "content": "go"}]}, "status": "ok", "response": {"choices": [{"message": {
+            "role": "assistant", "content": None, "provider_specific_fields": {"refusal": None},
+            "tool_calls": [{"id": "x", "type": "function", "function": {"name": "bash", "arguments": "{}"}}]}}]}}
+    conversations = merge_calls([anthropic, chat], model="demo-model", instance="demo-task", attempt=0)
+    messages = [m for c in conversations for m in c["messages"]]
+    assert all(any(m[f] is not None for m in messages) for f in ("content_parts", "thinking_blocks", "extra"))
+    assert any(m["content"] is None for m in messages)
+    return conversations
+
+
+@pytest.fixture(scope="module")
+def real_conversations(minivela_conversations, recorded_conversations, wire_conversations):
+    return minivela_conversations + recorded_conversations + wire_conversations
 
 
 # -- ATIF -----------------------------------------------------------------------------------
