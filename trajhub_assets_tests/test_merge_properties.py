@@ -238,3 +238,46 @@ def test_table_round_trip(run):
     records, _ = run
     merged = merge_calls(records, model="m", instance="i", attempt=0)
     assert table_to_conversations(conversations_to_table(merged), model="m", instance="i") == merged
+
+
+@st.composite
+def runs_with_dropped_replies(draw):
+    """One conversation whose client dropped some replies from its history (mini-swe-agent drops
+    text-only ones and sends a user message instead): each dropped reply's call has the prompt
+    up to a later user message. Returns (records, the conversation, the dropped positions)."""
+    wire_format = draw(st.sampled_from(FORMATS))
+    messages = draw(conversations(0, wire_format))
+    users = [i for i, m in enumerate(messages) if m["role"] == "user" and i > 1]
+    dropped = sorted(draw(st.sets(st.sampled_from(users), max_size=len(users))) if users else [])
+    echo = Echo(random.Random(draw(st.integers(0, 2**32))), drop_reasoning=draw(st.booleans()), reserialise=False)
+    records, want = [], []
+    for i, m in enumerate(messages):
+        if i in dropped:
+            reply = message("assistant", f"dropped reply {i}")
+            records.append({"call_id": f"drop-{i}", "request": request_for(wire_format, messages[:i], echo),
+                            "response": response_for(wire_format, reply, f"drop-{i}")})
+        if m["role"] == "assistant":
+            records.append({"call_id": f"c-{i}", "request": request_for(wire_format, messages[:i], echo),
+                            "response": response_for(wire_format, m, f"c-{i}")})
+            want.append({**m, "generation": True, "generated_by": f"c-{i}",
+                         **kept_from_wire(wire_format, m, records[-1]["response"])})
+        else:
+            want.append(dict(m))
+    for seq, record in enumerate(records):
+        record |= {"run_id": "run-1", "wire_format": wire_format, "call_kind": "agent", "status": "ok",
+                   "error": None, "seq": seq, "started_at": 1000.0 + seq, "ended_at": 1000.5 + seq}
+    return records, want, dropped
+
+
+@settings(max_examples=200, deadline=None)
+@given(runs_with_dropped_replies())
+def test_main_is_the_whole_trajectory_and_dropped_replies_are_its_edits(run):
+    records, want, dropped = run
+    merged = merge_calls(records, model="m", instance="i", attempt=0)
+    [main] = [c for c in merged if c["meta"]["kind"] == "main"]
+    assert main["messages"] == want
+    edits = sorted((c for c in merged if c is not main), key=lambda c: c["meta"]["branch_index"])
+    assert [c["meta"]["branch_index"] for c in edits] == dropped
+    for edit in edits:
+        assert (edit["meta"]["kind"], edit["meta"]["parent_conversation_id"]) == ("edit", main["meta"]["conversation_id"])
+        assert edit["messages"][-1]["content"] == f"dropped reply {edit['meta']['branch_index']}"
