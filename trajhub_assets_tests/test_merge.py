@@ -137,7 +137,8 @@ def test_content_blocks_in_order_and_markers_for_non_text():
     assert [(p["type"], p["text"], p["ref"]) for p in assistant["content_parts"]] == [
         ("thinking", None, None), ("text", "A", None), ("tool_use", None, "t1"), ("thinking", None, None),
         ("text", "B", None), ("tool_use", None, "t2")]
-    assert [(b["thinking"], b["signature"]) for b in assistant["thinking_blocks"]] == [("one", "c2ln"), ("two", "c2ln")]
+    assert [(b["thinking"], b["signature"]) for b in assistant["thinking_blocks"]] == [
+        ("one", "c2ln"), ("two", "c2ln")]
     # The image is a reference: the hash of its base64 text, never the payload itself.
     assert user_message["content_parts"] == [
         {"type": "text", "text": "see ", "media_type": None, "ref": None},
@@ -275,7 +276,8 @@ def test_mini_swe_agent_dropped_replies_are_edits_of_the_whole_trajectory():
     # LiteLLM's provider fields on each reply are kept, as the client sent them back.
     assert json.loads(main["messages"][-1]["extra"]) == {"provider_specific_fields": {"refusal": None}}
     table = conversations_to_table(conversations)
-    assert table_to_conversations(table, model=main["meta"]["model"], instance=main["meta"]["instance"]) == conversations
+    meta = main["meta"]
+    assert table_to_conversations(table, model=meta["model"], instance=meta["instance"]) == conversations
 
 
 # -- several conversations in a run ---------------------------------------------------------

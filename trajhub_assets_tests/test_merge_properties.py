@@ -279,5 +279,6 @@ def test_main_is_the_whole_trajectory_and_dropped_replies_are_its_edits(run):
     edits = sorted((c for c in merged if c is not main), key=lambda c: c["meta"]["branch_index"])
     assert [c["meta"]["branch_index"] for c in edits] == dropped
     for edit in edits:
-        assert (edit["meta"]["kind"], edit["meta"]["parent_conversation_id"]) == ("edit", main["meta"]["conversation_id"])
+        meta = edit["meta"]
+        assert (meta["kind"], meta["parent_conversation_id"]) == ("edit", main["meta"]["conversation_id"])
         assert edit["messages"][-1]["content"] == f"dropped reply {edit['meta']['branch_index']}"

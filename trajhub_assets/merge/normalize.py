@@ -32,8 +32,8 @@ from trajhub_assets.errors import RecordError
 WIRE_FORMATS = ("anthropic_messages", "openai_chat", "openai_responses")
 TEXT_TYPES = {"text", "input_text", "output_text", "summary_text", "reasoning_text", "refusal"}
 MEDIA_TYPES = {"image", "document", "image_url", "input_image", "input_audio", "input_file", "file"}
-MARKERS = {"image": "[image]", "document": "[document]", "image_url": "[image]", "input_image": "[image]", "input_audio": "[audio]",
-           "input_file": "[file]", "file": "[file]"}
+MARKERS = {"image": "[image]", "document": "[document]", "image_url": "[image]", "input_image": "[image]",
+           "input_audio": "[audio]", "input_file": "[file]", "file": "[file]"}
 # System prompt blocks and thinking blocks are separate sections; other text blocks
 # are concatenated as sent.
 SECTION_SEPARATOR = "\n\n"
@@ -71,7 +71,8 @@ def message(role: str, content: str | None = "", *, reasoning_content: str | Non
             "tool_calls": tool_calls or None, "tool_call_id": tool_call_id, "name": name,
             "is_error": is_error, "generation": False if role == "assistant" else None,
             "generated_by": None, "content_parts": content_parts,
-            "thinking_blocks": None if not thinking_blocks or _said_by_reasoning(thinking_blocks) else thinking_blocks,
+            "thinking_blocks": None if not thinking_blocks or _said_by_reasoning(thinking_blocks)
+            else thinking_blocks,
             "extra": extra or None}  # a dict while reading; read_call encodes it as JSON
 
 
