@@ -235,10 +235,10 @@ class _Reader:
             return [message("user", self.expect(content, (str, type(None)), field))]
         out, pending = [], []  # pending: the text-side blocks since the last tool result
 
-        def flush():
+        def flush(end: int):
             if pending:
                 extra = {}
-                text, parts = self.content(pending, field, extra, start=i - len(pending))
+                text, parts = self.content(pending, field, extra, start=end - len(pending))
                 out.append(message("user", text, content_parts=parts, extra=extra))
                 pending.clear()
 
@@ -246,14 +246,13 @@ class _Reader:
             if self.expect(block, dict, f"{field}[{i}]").get("type") != "tool_result":
                 pending.append(block)
                 continue
-            flush()
+            flush(i)
             extra, call_id = {}, block.get("tool_use_id")
             self.leftovers(block, {"type", "tool_use_id", "content", "is_error"}, "", extra)
             text, parts = self.content(block.get("content"), f"{field}[{i}].content", extra)
             out.append(message("tool", text, tool_call_id=call_id, name=names.get(call_id),
                                is_error=bool(block.get("is_error", False)), content_parts=parts, extra=extra))
-        i = len(content)
-        flush()
+        flush(len(content))
         return out or [message("user", "")]
 
     def anthropic_prompt(self, request: dict) -> list[dict]:
