@@ -47,6 +47,7 @@ FIRST, SECOND = "FIRST QUERY", "SECOND QUERY"
 SYSTEM_PROMPT = "SYSTEM PROMPT MARKER: reply in English, concisely."
 ANSWER_ONE, ANSWER_TWO = "Answer one: created.txt is there.", "Answer two: nothing else to do."
 SUBMIT = "echo COMPLETE_TASK_AND_SUBMIT_FINAL_OUTPUT"
+CREATE = "echo made-by-agent > created.txt"
 
 # The tool each client runs shell commands with.
 SHELL_TOOL = {"claudecode": "Bash", "kilo-dev": "bash", "droid": "Execute", "mini-swe-agent": "bash",
@@ -85,8 +86,9 @@ def _tool_args(request, name: str, command: str) -> dict:
                          f"{[(t.get('function') or t).get('name') for t in request.body.get('tools') or []]}")
 
 
-def agent_policy(scaffold: str):
-    """A model that, on FIRST, runs `echo ... > created.txt` and then answers; on SECOND answers."""
+def agent_policy(scaffold: str, commands: tuple[str, ...] = (CREATE,)):
+    """A model that, on FIRST, runs `commands` one by one (by default `echo ... > created.txt`)
+    and then answers; on SECOND answers."""
     shell = SHELL_TOOL[scaffold]
 
     def policy(request):
@@ -96,10 +98,11 @@ def agent_policy(scaffold: str):
         users = [i for i, m in enumerate(messages) if m["role"] == "user" and not _is_tool_result(m)]
         query = _text(messages[users[-1]]["content"]) if users else ""
         results = [m for m in messages[users[-1] + 1:] if _is_tool_result(m)] if users else []
-        if FIRST in query and not results:
-            return Reply([text_block("Creating the file."),
-                          tool_use_block("call_shell_1", shell,
-                                         _tool_args(request, shell, "echo made-by-agent > created.txt"))])
+        if FIRST in query and len(results) < len(commands):
+            step = len(results)
+            return Reply([text_block(f"Running command {step + 1}."),
+                          tool_use_block(f"call_shell_{step + 1}", shell,
+                                         _tool_args(request, shell, commands[step]))])
         answer = ANSWER_ONE if FIRST in query else ANSWER_TWO if SECOND in query else "Unexpected."
         if scaffold == "mini-swe-agent":  # every turn is a tool call; submitting ends one
             return Reply([text_block(answer), tool_use_block("call_submit", "bash", {"command": SUBMIT})])
@@ -354,8 +357,6 @@ def sandbox_proxy_url(docker_engine, proxy):
         yield f"http://host.docker.internal:{relay.port}"
 
 
-# Not droid: in a container, Droid 0.225.2 reports about half of its Execute tool's commands as
-# "terminated by signal: SIGKILL", often after they ran to the end; never with the local backend.
 @pytest.mark.parametrize("name", ["builtin", "claudecode", "mini-swe-agent", "kilo-dev"])
 def test_scaffold_in_docker(installed, proxy, upstream, tmp_path, sandbox_proxy_url, name):
     if name != "builtin":
@@ -366,6 +367,25 @@ def test_scaffold_in_docker(installed, proxy, upstream, tmp_path, sandbox_proxy_
     assert_two_turns(agent_run, created, upstream, proxy, run_id,
                      expect_version=make_scaffold(name).version())
     assert "created.txt" in diff and ".trajhub" not in diff
+
+
+def test_droid_in_docker_no_command_is_killed(installed, proxy, upstream, tmp_path, sandbox_proxy_url):
+    """Droid's command supervisor SIGKILLs a command whenever `ps` fails, and the demo image has
+    no `ps`: every command must run to its end on the scaffold's stand-in (scaffolds/droid.py)."""
+    need(installed, "droid")
+    commands = (CREATE, *(f"sleep 0.5; echo step-{i} >> steps.txt" for i in range(4)), "command -v ps")
+    upstream.set_script(agent_policy("droid", commands))
+    agent_run, run_id, created, diff = run_scaffold("droid", proxy, make_task(tmp_path, "docker-droid"),
+                                                    backend="docker", sandbox_url=sandbox_proxy_url)
+    assert_two_turns(agent_run, created, upstream, proxy, run_id, expect_version="0.225.2")
+    assert "steps.txt" in diff
+    last_of_first = [s.request.body for s in upstream.served if s.request.body.get("tools")
+                     and FIRST in json.dumps(s.request.body) and SECOND not in json.dumps(s.request.body)][-1]
+    results = [_text(m["content"]) for m in last_of_first["messages"] if _is_tool_result(m)]
+    assert len(results) == len(commands)
+    killed = [r for r in results if "[Process exited with code 0]" not in r or "SIGKILL" in r]
+    assert not killed, killed
+    assert ".factory/bin/ps" in results[-1]  # the stand-in; with the image's own ps this tests nothing
 
 
 def test_claudecode_in_docker_as_a_non_root_user_with_the_workspace_in_the_image(

@@ -15,9 +15,12 @@ fork copies the local transcript into a new session and goes on from it. (`-s <i
 resume in place, but it first fetches the session from Factory's servers and fails
 offline; `--input-format stream-json` needs a live stdin, which a sandbox exec has not.)
 
-Known issue: in a Docker container, Droid 0.225.2 reports about half of its Execute tool's
-commands as "terminated by signal: SIGKILL", often after they ran to the end (never with
-the local backend). The model sees that error; the run and its calls are recorded as usual.
+Droid runs each shell command under a supervisor script (`factory-execute-supervisor`, in
+the binary) whose watcher checks every 2 s that Droid still owns it with `ps -o ppid= -p $$`,
+and SIGKILLs the command's process group as soon as that fails. Where the image has no `ps`
+(no procps: the demo image, many slim images) it fails at once, and most commands came back
+"terminated by signal: SIGKILL". Droid puts `$HOME/.factory/bin` first on its commands' PATH,
+so when the sandbox has no `ps`, a stand-in there answers that one question from /proc.
 """
 
 from __future__ import annotations
@@ -50,6 +53,20 @@ QUIET_ENV = {
     "FACTORY_DISABLE_KEYRING": "1",
 }
 
+# Only what Droid's supervisor asks; anything else fails as a missing `ps` would.
+PS_STAND_IN = r"""#!/bin/sh
+# trajhub: this image has no ps; Droid's command supervisor asks it `ps -o ppid= -p PID`.
+if [ "$1 $2 $3" = "-o ppid= -p" ] && [ -r "/proc/$4/stat" ]; then
+  stat=$(cat "/proc/$4/stat")
+  set -- ${stat##*") "}
+  echo "$2"
+  exit 0
+fi
+echo "ps: command not found" >&2
+exit 127
+"""
+INSTALL_PS = 'command -v ps >/dev/null || { mkdir -p "$0" && printf %s "$1" > "$0/ps" && chmod 755 "$0/ps"; }'
+
 
 class Droid(CliScaffold):
     name = "droid"
@@ -59,6 +76,10 @@ class Droid(CliScaffold):
                 sampling: dict) -> tuple[list[str], dict[str, str]]:
         home = clients.agent_home(sandbox, self.name)
         droid = clients.place(sandbox, self.client, home)
+        result = sandbox.exec(["sh", "-c", INSTALL_PS, f"{home}/.factory/bin", PS_STAND_IN], timeout=60)
+        if not result.success:
+            raise clients.ClientError(f"droid: cannot place a `ps` stand-in in {home}/.factory/bin: "
+                                      f"{clients.tail(result.stderr, 1000)}")
         model = {
             "model": model_route,
             "displayName": "trajhub",
