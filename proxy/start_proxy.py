@@ -68,6 +68,9 @@ def main(argv: list[str] | None = None) -> None:
     from litellm.proxy.proxy_cli import run_server
     from litellm.proxy.proxy_server import app
 
+    import forwarding
+
+    forwarding.install(app)  # same wire format: the client's body goes upstream unchanged
     # Innermost (after litellm's gzip middleware): the recorder sees plain response bodies.
     app.user_middleware.append(Middleware(RecordingMiddleware))
     run_server.main(args=argv, prog_name="litellm")

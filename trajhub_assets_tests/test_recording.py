@@ -144,7 +144,8 @@ def test_failed_calls_are_recorded_with_their_error(proxy, upstream):
     run_id = make_run_id("scripted-model", "failures", 0)
     assert post(proxy, "/v1/messages", anthropic_body("a"), run_id).status_code == 429
     assert post(proxy, "/v1/chat/completions", chat_body("b"), run_id).status_code == 500
-    post(proxy, "/v1/messages", anthropic_body("c", stream=True), run_id)  # breaks after 4 events
+    with pytest.raises(httpx.RemoteProtocolError):  # forwarded as is: the client sees the upstream drop
+        post(proxy, "/v1/messages", anthropic_body("c", stream=True), run_id)  # breaks after 4 events
     assert post(proxy, "/v1/messages", dict(anthropic_body("d"), model="no-such-model"), run_id).status_code >= 400
 
     rate_limited, exploded, broken, unknown = records(proxy, run_id)

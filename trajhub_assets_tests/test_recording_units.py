@@ -326,3 +326,36 @@ def test_sixty_call_session_is_stored_in_a_fraction_of_its_jsonl(tmp_path, store
     partition = {"model": "m", "instance": "i"}
     rebuilt = rebuild_records(store.read(RAW_CALLS, partition), store.read(MESSAGE_BLOBS, partition))
     assert [json.dumps(r) for r in rebuilt] == [json.dumps(r) for r in records]
+
+
+def test_a_translated_session_stores_what_went_upstream_by_reference_too(tmp_path, store):
+    run_id = make_run_id("m", "i", 0)
+    records = _session(run_id, 40)
+    for record in records:  # as a translating route sends it: other keys, the same messages
+        request = record["request"]
+        record["upstream_request"] = {"model": "upstream-m", "messages": request["messages"],
+                                      "tools": [{"name": "dummy_tool"}], "max_tokens": 4096}
+    path = tmp_path / f"{run_id}.jsonl"
+    _write_jsonl(path, records)
+    result = load_runs(store, [path], "m", "i")
+    assert result.stored_bytes < 0.15 * result.raw_bytes  # not stored once more per call
+    partition = {"model": "m", "instance": "i"}
+    rebuilt = rebuild_records(store.read(RAW_CALLS, partition), store.read(MESSAGE_BLOBS, partition))
+    assert [json.dumps(r) for r in rebuilt] == [json.dumps(r) for r in records]
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    (b"[1,2,3]", {"_unparsed": "[1,2,3]"}),
+    (b"", {"_unparsed": ""}),
+    (b"\xff\xfe\x00binary", {"_unparsed_base64": "//4AYmluYXJ5"}),
+    (b"x" * (tl.RAW_BODY_CAP + 5),
+     {"_unparsed": "x" * tl.RAW_BODY_CAP, "_truncated": f"the first {tl.RAW_BODY_CAP} of {tl.RAW_BODY_CAP + 5} bytes"}),
+])
+def test_a_body_that_is_not_json_is_kept_as_text_or_base64_and_capped(raw, expected):
+    assert tl.unparsed_body(raw) == expected
+
+
+@pytest.mark.parametrize("run_id", ["../../etc", "..", ".hidden", "a/b", "a" * 201, "run\x00id", "run\nid", ""])
+def test_an_unsafe_run_id_is_not_a_file_name(run_id):
+    assert tl.find_run_id({tl.RUN_HEADER: run_id}, {}) is None
+    assert tl.find_run_id({}, {"metadata": {"trajhub_run": run_id}}) is None
