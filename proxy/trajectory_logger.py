@@ -77,6 +77,8 @@ _RUN_ID = re.compile(r"^(?!\.)[A-Za-z0-9._:@+~-]{1,200}$")
 _KEPT_HEADERS = ("user-agent", "anthropic-version", "anthropic-beta", "openai-beta",
                  RUN_HEADER, CALL_KIND_HEADER, "x-litellm-tags", "x-stainless-lang",
                  "x-stainless-package-version", "x-app")
+# Where litellm looks for the client's key; a request with none is refused here, clearly.
+_KEY_HEADERS = ("authorization", "x-api-key", "api-key", "x-goog-api-key", "x-litellm-api-key")
 _CREDENTIAL_KEY = re.compile(
     r"^(api[_-]?key|x-api-key|authorization|proxy-authorization|access[_-]?token|"
     r"refresh[_-]?token|id[_-]?token|session[_-]?token|client[_-]?secret|password|"
@@ -255,7 +257,7 @@ class _Exchange:
         self.closed = False  # a record for this exchange was written
         self.pending: list[Future] = []  # its record's write, not yet confirmed
         self.forwarded_to: str | None = None  # forwarding.py sent the body as is to this model
-        self.refusal: str | None = None  # why the body is refused before litellm sees it
+        self.refusal: tuple[int, str, str] | None = None  # refused before litellm sees it
 
 
 class _ClientLeft(Exception):
@@ -735,9 +737,9 @@ class TrajectoryLogger(CustomLogger):
             exchange.chunks = []
             self._received(exchange, raw)
             if exchange.refusal is not None:
-                # litellm answers some of these with a bare 500 (a JSON array) and no record.
-                return await _send_json(send_recorded, 400, {"error": {
-                    "type": "invalid_request_error", "message": exchange.refusal}})
+                # litellm answers some of these with a bare 500 (its auth error handler raises).
+                status, kind, why = exchange.refusal
+                return await _send_json(send_recorded, status, {"error": {"type": kind, "message": why}})
             replayed = False
 
             async def receive_replayed():
@@ -748,10 +750,18 @@ class TrajectoryLogger(CustomLogger):
                 return {"type": "http.request", "body": raw, "more_body": False}
 
             await app(scope, receive_replayed, send_recorded)
-        except BaseException as error:
+        except Exception as error:
             failure = error
+            if response.status is not None:
+                raise  # the client has its status already: the connection drops
             if not isinstance(error, _ClientLeft):
-                raise
+                log.error("%s failed: %r", scope["path"], error, exc_info=error)
+                self._close_unfinished(exchange, response, error)  # recorded before the client hears
+                await _send_json(send_recorded, 500, {"error": {"type": "proxy_error", "message": (
+                    f"the proxy failed on this request: {type(error).__name__}: {error}")}})
+        except BaseException as error:  # cancelled: the client left
+            failure = error
+            raise
         finally:
             _exchange.reset(token)
             self._close_unfinished(exchange, response, failure)
@@ -768,12 +778,13 @@ class TrajectoryLogger(CustomLogger):
             request = _loads(raw) if raw else None
         except ValueError:
             request = None
-        if isinstance(request, dict):
-            exchange.request = request
-        else:
-            exchange.request = unparsed_body(raw)
-            exchange.refusal = ("the request body is empty" if not raw else
-                                "the request body must be a JSON object")
+        exchange.request = request if isinstance(request, dict) else unparsed_body(raw)
+        if not any(h in exchange.headers for h in _KEY_HEADERS):
+            exchange.refusal = (401, "authentication_error", "no API key: send the proxy's key as "
+                                "`Authorization: Bearer <key>` or `x-api-key: <key>`")
+        elif not isinstance(request, dict):
+            exchange.refusal = (400, "invalid_request_error", "the request body is empty" if not raw
+                                else "the request body must be a JSON object")
         exchange.run_id = find_run_id(exchange.headers, exchange.request)
         exchange.seq = self.next_seq(exchange.run_id)
 
@@ -781,19 +792,18 @@ class TrajectoryLogger(CustomLogger):
                           failure: BaseException | None) -> None:
         """Record a request that ended without a recorded response: the client left, or the
         handler raised (the server then answers 500)."""
+        left = failure is None or isinstance(failure, (_ClientLeft, asyncio.CancelledError))
+        status, error = (499, {"type": "client_disconnected", "message": "the request ended before a response"}
+                         ) if left else (500, error_of(failure))
         dangling = self._take({"litellm_call_id": exchange.call_id}) if exchange.call_id else None
-        if dangling is not None:  # the request ended with no closing hook: the client left
-            dangling.record.update(status="error", http_status=499, ended_at=time.time(), error={
-                "type": "client_disconnected", "message": "the request ended before a response"})
+        if dangling is not None:  # the request ended with no closing hook
+            dangling.record.update(status="error", http_status=status, ended_at=time.time(), error=error)
+            exchange.closed = True
             self.writer.submit(dangling.record)
         elif exchange.call_id is None and not exchange.closed:
             if exchange.seq is None:  # the client left before its body was complete
                 self._received(exchange, b"".join(exchange.chunks))
-            if failure is None or isinstance(failure, (_ClientLeft, asyncio.CancelledError)):
-                response.failed(499, {"type": "client_disconnected",
-                                      "message": "the request ended before a response"})
-            else:
-                response.failed(500, error_of(failure))
+            response.failed(status, error)
             self._close_http(exchange, response)
 
     def _close_http(self, exchange: _Exchange, response: _HttpResponse) -> None:
