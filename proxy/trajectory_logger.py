@@ -14,8 +14,15 @@ A call is closed once: closing pops it from the open calls, so a hook that fires
 one call (or a failure hook after a broken stream already closed it) writes nothing.
 
 start_proxy.py adds an ASGI middleware that passes each HTTP exchange to `handle_http`:
-it keeps the exact request body (litellm mutates its own copy), records count_tokens calls
-(which reach no hook) and requests refused before the hooks ran (bad key, unknown model).
+it keeps the exact request body (litellm mutates its own copy) and records what no hook
+sees: calls forwarded as is (forwarding.py; their streams assembled here), count_tokens
+calls, requests refused before the hooks ran (bad key, unknown model), and requests whose
+handler raised or whose client left. It refuses, itself and with a clear 4xx, a request
+with no key or a body that is not a JSON object (litellm answers some with a bare 500);
+such a body is recorded as text, or base64, capped at RAW_BODY_CAP.
+
+`request` is what the client sent; `upstream_request` is what litellm sent upstream when it
+translated the call (null when the upstream got `request` as is, model aside).
 
 Durability: one writer thread serializes every record and writes it with one os.write on
 an O_APPEND file, so lines never interleave and the event loop never does file I/O. The
