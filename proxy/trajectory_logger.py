@@ -326,14 +326,16 @@ async def _send_json(send, status: int, body: dict) -> None:
 
 
 def unparsed_body(raw: bytes) -> dict:
-    """A body that is not a JSON object, as text (base64 when not UTF-8), the first
-    RAW_BODY_CAP bytes of it, with a note when it was longer."""
+    """A body that is not a JSON object, as text (base64 when not UTF-8), cut at
+    RAW_BODY_CAP characters (bytes) with a note."""
     try:
-        body = {"_unparsed": raw[:RAW_BODY_CAP].decode("utf-8")}
+        value, unit = raw.decode("utf-8"), "characters"  # decoded whole: the cut splits no character
     except UnicodeDecodeError:
-        body = {"_unparsed_base64": base64.b64encode(raw[:RAW_BODY_CAP]).decode("ascii")}
-    if len(raw) > RAW_BODY_CAP:
-        body["_truncated"] = f"the first {RAW_BODY_CAP} of {len(raw)} bytes"
+        value, unit = raw, "bytes"
+    body = ({"_unparsed": value[:RAW_BODY_CAP]} if unit == "characters"
+            else {"_unparsed_base64": base64.b64encode(value[:RAW_BODY_CAP]).decode("ascii")})
+    if len(value) > RAW_BODY_CAP:
+        body["_truncated"] = f"kept the first {RAW_BODY_CAP} of {len(value)} {unit}"
     return body
 
 

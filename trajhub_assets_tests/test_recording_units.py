@@ -4,6 +4,7 @@ call kinds, hook de-duplication, and the JSONL <-> store round trip."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import importlib.util
 import itertools
 import json
@@ -351,8 +352,13 @@ def test_a_translated_session_stores_what_went_upstream_by_reference_too(tmp_pat
     (b"[1,2,3]", {"_unparsed": "[1,2,3]"}),
     (b"", {"_unparsed": ""}),
     (b"\xff\xfe\x00binary", {"_unparsed_base64": "//4AYmluYXJ5"}),
-    (b"x" * (tl.RAW_BODY_CAP + 5),
-     {"_unparsed": "x" * tl.RAW_BODY_CAP, "_truncated": f"the first {tl.RAW_BODY_CAP} of {tl.RAW_BODY_CAP + 5} bytes"}),
+    ("é".encode() * tl.RAW_BODY_CAP, {"_unparsed": "é" * tl.RAW_BODY_CAP}),  # 2 bytes each, none cut
+    ("é".encode() * (tl.RAW_BODY_CAP + 1),
+     {"_unparsed": "é" * tl.RAW_BODY_CAP,
+      "_truncated": f"kept the first {tl.RAW_BODY_CAP} of {tl.RAW_BODY_CAP + 1} characters"}),
+    (b"\xff" * (tl.RAW_BODY_CAP + 2),
+     {"_unparsed_base64": base64.b64encode(b"\xff" * tl.RAW_BODY_CAP).decode(),
+      "_truncated": f"kept the first {tl.RAW_BODY_CAP} of {tl.RAW_BODY_CAP + 2} bytes"}),
 ])
 def test_a_body_that_is_not_json_is_kept_as_text_or_base64_and_capped(raw, expected):
     assert tl.unparsed_body(raw) == expected
