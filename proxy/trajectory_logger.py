@@ -46,6 +46,7 @@ import logging
 import os
 import queue
 import re
+import sys
 import threading
 import time
 import uuid
@@ -788,7 +789,7 @@ class TrajectoryLogger(CustomLogger):
         except ValueError:
             request = None
         exchange.request = request if isinstance(request, dict) else unparsed_body(raw)
-        if not any(h in exchange.headers for h in _KEY_HEADERS):
+        if _keys_required() and not any(h in exchange.headers for h in _KEY_HEADERS):
             exchange.refusal = (401, "authentication_error", "no API key: send the proxy's key as "
                                 "`Authorization: Bearer <key>` or `x-api-key: <key>`")
         elif not isinstance(request, dict):
@@ -992,6 +993,11 @@ class TrajectoryLogger(CustomLogger):
             # to the writer before any await, so a cancelled task still gets it written.
             if self._take(request_data) is not None:
                 await self._close(call, request_data, assembler.result(), status, error)
+
+
+def _keys_required() -> bool:
+    """Whether litellm authenticates clients: it does once it has a master key."""
+    return getattr(sys.modules.get("litellm.proxy.proxy_server"), "master_key", None) is not None
 
 
 def _forwarded() -> bool:

@@ -368,3 +368,47 @@ def test_a_body_that_is_not_json_is_kept_as_text_or_base64_and_capped(raw, expec
 def test_an_unsafe_run_id_is_not_a_file_name(run_id):
     assert tl.find_run_id({tl.RUN_HEADER: run_id}, {}) is None
     assert tl.find_run_id({}, {"metadata": {"trajhub_run": run_id}}) is None
+
+
+def _exchange(logger, body: bytes, headers: dict, app) -> list[dict]:
+    """One POST /v1/messages through the recorder's middleware; the messages sent back."""
+    sent, received = [], [{"type": "http.request", "body": body[:3], "more_body": True},
+                          {"type": "http.request", "body": body[3:], "more_body": False}]
+
+    async def receive():
+        return received.pop(0) if received else {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    headers = dict(headers, **{tl.RUN_HEADER: "m~i~0~0000abcd"})
+    scope = {"type": "http", "method": "POST", "path": "/v1/messages",
+             "headers": [(k.encode(), v.encode()) for k, v in headers.items()]}
+    asyncio.run(logger.handle_http(app, scope, receive, send))
+    return sent
+
+
+def test_the_middleware_refuses_or_records_what_litellm_would_fumble(tmp_path, monkeypatch):
+    logger = tl.TrajectoryLogger(tmp_path)
+    seen = []
+
+    async def app(scope, receive, send):  # litellm, reading the body it was replayed
+        seen.append((await receive())["body"])
+        raise RuntimeError("an error handler that raises")
+
+    server = type("ProxyServer", (), {"master_key": "sk-master-" + "0" * 20})
+    monkeypatch.setitem(__import__("sys").modules, "litellm.proxy.proxy_server", server)
+    body = json.dumps({"model": "m", "messages": []}).encode()
+    statuses = [_exchange(logger, b, h, app)[0]["status"] for b, h in (
+        (body, {}),  # no key
+        (b"[1,2,3]", {"x-api-key": "k"}),
+        (body, {"x-api-key": "k"}))]  # reaches the app, which raises
+    assert statuses == [401, 400, 500] and seen == [body]
+    monkeypatch.setattr(server, "master_key", None)  # litellm without a master key lets anyone in
+    assert _exchange(logger, body, {}, app)[0]["status"] == 500 and seen == [body, body]
+
+    records = _lines(tmp_path)
+    assert [(r["http_status"], r["status"]) for r in records] == [(401, "error"), (400, "error"),
+                                                                   (500, "error"), (500, "error")]
+    assert records[1]["request"] == {"_unparsed": "[1,2,3]"} and records[2]["request"] == json.loads(body)
+    assert "an error handler that raises" in records[2]["error"]["message"]
