@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from dagster import asset, materialize
 
-from trajhub_assets.recording.proxy_process import ProxyError
+from trajhub_assets.recording.proxy_process import ProxyError, ProxyProcess
 from trajhub_assets.recording.raw_calls import (
     MESSAGE_BLOBS,
     RAW_CALLS,
@@ -286,6 +286,36 @@ def test_same_format_calls_reach_the_upstream_as_the_client_sent_them(proxy, ups
     [record] = records(proxy, run_id)
     assert record["request"] == body and record["upstream_request"] is None
     assert (record["status"], record["litellm_model"], record["stream"]) == ("ok", route_model, stream)
+
+
+def test_each_route_is_forwarded_with_its_own_base_key_and_model(upstream, tmp_path):
+    """Routes of the form the project config generates, one per model: each call goes to its
+    route's api_base with its route's key, under its route's model name."""
+    upstream.set_script(lambda request: say("ok"))
+    config = tmp_path / "routes.yaml"
+    config.write_text(
+        "model_list:\n"
+        "  - {model_name: team/claude-a, litellm_params: {model: anthropic/upstream-claude-a,\n"
+        "      api_base: os.environ/ROUTE_A_BASE, api_key: os.environ/ROUTE_A_KEY}}\n"
+        "  - {model_name: team/gpt-b, litellm_params: {model: openai/upstream-gpt-b,\n"
+        "      api_base: os.environ/ROUTE_B_BASE, api_key: os.environ/ROUTE_B_KEY}}\n"
+        "litellm_settings: {callbacks: trajectory_logger.instance, num_retries: 0}\n")
+    keys = {"ROUTE_A_KEY": f"sk-route-a-{secrets.token_hex(12)}", "ROUTE_B_KEY": f"sk-route-b-{secrets.token_hex(12)}"}
+    env = dict(keys, ROUTE_A_BASE=upstream.url, ROUTE_B_BASE=f"{upstream.url}/v1")
+    run_id = make_run_id("team__claude-a", "routes", 0)
+    with ProxyProcess(tmp_path / "recordings", config=config, env=env, log_path=tmp_path / "proxy.log") as running:
+        for path, body in (("/v1/messages", dict(claude_code_body(True), model="team/claude-a")),
+                           ("/v1/chat/completions", dict(openai_agent_body(False), model="team/gpt-b"))):
+            assert post(running, path, body, run_id).status_code == 200
+
+    claude, gpt = (served.request for served in upstream.served)
+    assert (claude.path, claude.body["model"], claude.headers["x-api-key"]) == (
+        "/v1/messages", "upstream-claude-a", keys["ROUTE_A_KEY"])
+    assert (gpt.path, gpt.body["model"], gpt.headers["authorization"]) == (
+        "/v1/chat/completions", "upstream-gpt-b", f"Bearer {keys['ROUTE_B_KEY']}")
+    assert claude.body["thinking"] == {"type": "adaptive"} and gpt.body["messages"][2]["content"] is None
+    recorded = read_run(tmp_path / "recordings" / f"{run_id}.jsonl").records
+    assert [r["litellm_model"] for r in recorded] == ["anthropic/upstream-claude-a", "openai/upstream-gpt-b"]
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
