@@ -9,8 +9,10 @@ with it), TRAJHUB_RECORDINGS_DIR (or TRAJHUB_HOME) for the recordings, provider 
 Why a launcher and not plain `litellm --config`: count_tokens calls reach no litellm hook,
 and litellm edits its copy of the request body before any hook sees it. The middleware
 added here hands each HTTP exchange to the trajectory logger, which keeps the exact body
-and records what no hook saw. Plain `litellm --config` still records every LLM call, with
-litellm's copy of the body (marked `request_exact: false`).
+and records what no hook saw. The routes of forwarding.py send a call whose client speaks
+its route's wire format upstream unchanged (litellm's own handlers rewrite it). Plain
+`litellm --config` still records every LLM call, with litellm's copy of the body (marked
+`request_exact: false`), and forwards nothing as is.
 """
 
 from __future__ import annotations
@@ -68,6 +70,9 @@ def main(argv: list[str] | None = None) -> None:
     from litellm.proxy.proxy_cli import run_server
     from litellm.proxy.proxy_server import app
 
+    import forwarding
+
+    forwarding.install(app)  # same wire format: the client's body goes upstream unchanged
     # Innermost (after litellm's gzip middleware): the recorder sees plain response bodies.
     app.user_middleware.append(Middleware(RecordingMiddleware))
     run_server.main(args=argv, prog_name="litellm")

@@ -14,8 +14,15 @@ A call is closed once: closing pops it from the open calls, so a hook that fires
 one call (or a failure hook after a broken stream already closed it) writes nothing.
 
 start_proxy.py adds an ASGI middleware that passes each HTTP exchange to `handle_http`:
-it keeps the exact request body (litellm mutates its own copy), records count_tokens calls
-(which reach no hook) and requests refused before the hooks ran (bad key, unknown model).
+it keeps the exact request body (litellm mutates its own copy) and records what no hook
+sees: calls forwarded as is (forwarding.py; their streams assembled here), count_tokens
+calls, requests refused before the hooks ran (bad key, unknown model), and requests whose
+handler raised or whose client left. It refuses, itself and with a clear 4xx, a request
+with no key or a body that is not a JSON object (litellm answers some with a bare 500);
+such a body is recorded as text, or base64, capped at RAW_BODY_CAP.
+
+`request` is what the client sent; `upstream_request` is what litellm sent upstream when it
+translated the call (null when the upstream got `request` as is, model aside).
 
 Durability: one writer thread serializes every record and writes it with one os.write on
 an O_APPEND file, so lines never interleave and the event loop never does file I/O. The
@@ -32,12 +39,14 @@ environment) and anything shaped like an API key, wherever it appears in the lin
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextvars
 import json
 import logging
 import os
 import queue
 import re
+import sys
 import threading
 import time
 import uuid
@@ -71,10 +80,13 @@ RUN_TAG_PREFIX = "trajhub_run="
 UNATTRIBUTED = "_unattributed"  # file for calls that carried no (valid) run id
 REDACTED = "[REDACTED]"
 # A run id becomes a file name: model key, instance id, attempt and nonce joined by "~".
-_RUN_ID = re.compile(r"^[A-Za-z0-9._:@+~-]{1,200}$")
+# No leading dot: never ".", ".." or a hidden file.
+_RUN_ID = re.compile(r"^(?!\.)[A-Za-z0-9._:@+~-]{1,200}$")
 _KEPT_HEADERS = ("user-agent", "anthropic-version", "anthropic-beta", "openai-beta",
                  RUN_HEADER, CALL_KIND_HEADER, "x-litellm-tags", "x-stainless-lang",
                  "x-stainless-package-version", "x-app")
+# Where litellm looks for the client's key; a request with none is refused here, clearly.
+_KEY_HEADERS = ("authorization", "x-api-key", "api-key", "x-goog-api-key", "x-litellm-api-key")
 _CREDENTIAL_KEY = re.compile(
     r"^(api[_-]?key|x-api-key|authorization|proxy-authorization|access[_-]?token|"
     r"refresh[_-]?token|id[_-]?token|session[_-]?token|client[_-]?secret|password|"
@@ -98,6 +110,7 @@ _BACKGROUND_PROMPT = re.compile(
     r"process Bash commands|command prefix|Extract any file paths|summar(y|ize) (of )?(this|the) conversation",
     re.IGNORECASE)
 
+RAW_BODY_CAP = 64 * 1024  # of a body that is not JSON: enough to see what it was
 _SEQ = re.compile(rb'"seq":(\d+)')
 _BLOCKING_WAIT_S = 0.005  # see _written
 _REMEMBER_CLOSED = 10_000  # enough to outlast any late second firing of a hook
@@ -251,6 +264,80 @@ class _Exchange:
         self.call_id: str | None = None  # set when a hook opened a call for it
         self.closed = False  # a record for this exchange was written
         self.pending: list[Future] = []  # its record's write, not yet confirmed
+        self.forwarded_to: str | None = None  # forwarding.py sent the body as is to this model
+        self.refusal: tuple[int, str, str] | None = None  # refused before litellm sees it
+
+
+class _ClientLeft(Exception):
+    """The client disconnected before its request body was complete."""
+
+
+class _HttpResponse:
+    """What the client got of a call no hook saw: the status and the body, or a stream's
+    events assembled as they pass."""
+
+    def __init__(self) -> None:
+        self.status: int | None = None
+        self.chunks: list[bytes] = []
+        self.sse: tuple[SseParser, Any] | None = None
+        self.first_token_at: float | None = None
+        self.error: dict | None = None
+        self.timed = False  # a forwarded call: its output time is noted
+
+    def start(self, message: dict, exchange: _Exchange, wire_format: str) -> None:
+        self.status = message["status"]
+        content_type = dict(message.get("headers") or []).get(b"content-type", b"")
+        if b"text/event-stream" in content_type:
+            self.sse = (SseParser(), _ASSEMBLERS[wire_format]())
+        self.timed = exchange.forwarded_to is not None and 200 <= self.status < 300
+
+    def add(self, chunk: bytes) -> None:
+        if self.sse is None:
+            self.chunks.append(chunk)
+            if self.timed and self.first_token_at is None:
+                self.first_token_at = time.time()  # non-stream: all at once
+            return
+        parser, assembler = self.sse
+        for event in parser.feed(chunk):
+            if assembler.add(event) and self.first_token_at is None:
+                self.first_token_at = time.time()
+
+    def failed(self, status: int, error: dict) -> None:
+        # Once the response started the client had its status; the error says what broke.
+        self.status = self.status or status
+        self.error = error
+
+    def result(self) -> tuple[Any, dict | None]:
+        """The response body (a stream's assembled) and its error, if any."""
+        if self.sse is not None:
+            assembler = self.sse[1]
+            return assembler.result(), self.error or assembler.error
+        body = b"".join(self.chunks)
+        try:
+            return (_loads(body) if body else None), self.error
+        except ValueError:
+            return unparsed_body(body), self.error
+
+
+async def _send_json(send, status: int, body: dict) -> None:
+    data = _dumps(body)
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
+    await send({"type": "http.response.body", "body": data})
+
+
+def unparsed_body(raw: bytes) -> dict:
+    """A body that is not a JSON object, as text (base64 when not UTF-8), cut at
+    RAW_BODY_CAP characters (bytes) with a note."""
+    try:
+        value, unit = raw.decode("utf-8"), "characters"  # decoded whole: the cut splits no character
+    except UnicodeDecodeError:
+        value, unit = raw, "bytes"
+    body = ({"_unparsed": value[:RAW_BODY_CAP]} if unit == "characters"
+            else {"_unparsed_base64": base64.b64encode(value[:RAW_BODY_CAP]).decode("ascii")})
+    if len(value) > RAW_BODY_CAP:
+        body["_truncated"] = f"kept the first {RAW_BODY_CAP} of {len(value)} {unit}"
+    return body
 
 
 class _Call:
@@ -629,74 +716,124 @@ class TrajectoryLogger(CustomLogger):
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         exchange = _Exchange(scope["path"], headers)
         token = _exchange.set(exchange)
-        response: dict = {"status": 500, "chunks": []}
-
-        async def receive_recorded():
-            message = await receive()
-            if message["type"] == "http.request":
-                exchange.chunks.append(message.get("body", b""))
-                if not message.get("more_body"):
-                    self._received(exchange)
-            return message
+        response = _HttpResponse()
 
         async def send_recorded(message):
             if message["type"] == "http.response.start":
-                response["status"] = message["status"]
+                response.start(message, exchange, _wire_format(exchange.path))
             elif message["type"] == "http.response.body":
                 last = not message.get("more_body")
                 if exchange.call_id is None:
-                    response["chunks"].append(message.get("body", b""))
+                    response.add(message.get("body", b""))
                     if last and not exchange.closed:
-                        # No hook saw this call (count_tokens, refused early): record it here.
-                        self._close_http(exchange, response["status"], b"".join(response["chunks"]))
+                        # No hook saw this call (forwarded, count_tokens, refused early): record it here.
+                        self._close_http(exchange, response)
                 if last:
                     # Durability: the client sees the end of a call only once its line is written.
                     await _written(exchange.pending)
             await send(message)
 
+        failure: BaseException | None = None
         try:
-            await app(scope, receive_recorded, send_recorded)
+            # The whole body first: the record keeps it, and litellm reads it all anyway.
+            while True:
+                message = await receive()
+                if message["type"] != "http.request":
+                    raise _ClientLeft()
+                exchange.chunks.append(message.get("body", b""))
+                if not message.get("more_body"):
+                    break
+            raw = b"".join(exchange.chunks)
+            exchange.chunks = []
+            self._received(exchange, raw)
+            if exchange.refusal is not None:
+                # litellm answers some of these with a bare 500 (its auth error handler raises).
+                status, kind, why = exchange.refusal
+                return await _send_json(send_recorded, status, {"error": {"type": kind, "message": why}})
+            replayed = False
+
+            async def receive_replayed():
+                nonlocal replayed
+                if replayed:
+                    return await receive()  # the client's disconnect, when it comes
+                replayed = True
+                return {"type": "http.request", "body": raw, "more_body": False}
+
+            await app(scope, receive_replayed, send_recorded)
+        except Exception as error:
+            failure = error
+            if response.status is not None:
+                raise  # the client has its status already: the connection drops
+            if not isinstance(error, _ClientLeft):
+                log.error("%s failed: %r", scope["path"], error, exc_info=error)
+                self._close_unfinished(exchange, response, error)  # recorded before the client hears
+                await _send_json(send_recorded, 500, {"error": {"type": "proxy_error", "message": (
+                    f"the proxy failed on this request: {type(error).__name__}: {error}")}})
+        except BaseException as error:  # cancelled: the client left
+            failure = error
+            raise
         finally:
             _exchange.reset(token)
-            dangling = self._take({"litellm_call_id": exchange.call_id}) if exchange.call_id else None
-            if dangling is not None:  # the request ended with no closing hook: the client left
-                dangling.record.update(status="error", http_status=499, ended_at=time.time(), error={
-                    "type": "client_disconnected", "message": "the request ended before a response"})
-                self.writer.submit(dangling.record)
+            self._close_unfinished(exchange, response, failure)
 
-    def _received(self, exchange: _Exchange) -> None:
-        raw = b"".join(exchange.chunks)
-        exchange.chunks = []
+    def forwarded(self, litellm_model: str) -> None:
+        """forwarding.py sends this exchange's body upstream as is: no hook sees it, the
+        middleware records it."""
+        exchange = _exchange.get()
+        if exchange is not None:
+            exchange.forwarded_to = litellm_model
+
+    def _received(self, exchange: _Exchange, raw: bytes) -> None:
         try:
-            request = _loads(raw) if raw else {}
+            request = _loads(raw) if raw else None
         except ValueError:
             request = None
-        exchange.request = request if isinstance(request, dict) else {"_unparsed": raw.decode("utf-8", "replace")}
+        exchange.request = request if isinstance(request, dict) else unparsed_body(raw)
+        if _keys_required() and not any(h in exchange.headers for h in _KEY_HEADERS):
+            exchange.refusal = (401, "authentication_error", "no API key: send the proxy's key as "
+                                "`Authorization: Bearer <key>` or `x-api-key: <key>`")
+        elif not isinstance(request, dict):
+            exchange.refusal = (400, "invalid_request_error", "the request body is empty" if not raw
+                                else "the request body must be a JSON object")
         exchange.run_id = find_run_id(exchange.headers, exchange.request)
         exchange.seq = self.next_seq(exchange.run_id)
 
-    def _close_http(self, exchange: _Exchange, status: int, body: bytes) -> None:
-        if exchange.request is None:
-            self._received(exchange)
-        try:
-            response = _loads(body) if body else None
-        except ValueError:
-            response = {"_unparsed": body.decode("utf-8", "replace")}
+    def _close_unfinished(self, exchange: _Exchange, response: _HttpResponse,
+                          failure: BaseException | None) -> None:
+        """Record a request that ended without a recorded response: the client left, or the
+        handler raised (the server then answers 500)."""
+        left = failure is None or isinstance(failure, (_ClientLeft, asyncio.CancelledError))
+        status, error = (499, {"type": "client_disconnected", "message": "the request ended before a response"}
+                         ) if left else (500, error_of(failure))
+        dangling = self._take({"litellm_call_id": exchange.call_id}) if exchange.call_id else None
+        if dangling is not None:  # the request ended with no closing hook
+            dangling.record.update(status="error", http_status=status, ended_at=time.time(), error=error)
+            exchange.closed = True
+            self.writer.submit(dangling.record)
+        elif exchange.call_id is None and not exchange.closed:
+            if exchange.seq is None:  # the client left before its body was complete
+                self._received(exchange, b"".join(exchange.chunks))
+            response.failed(status, error)
+            self._close_http(exchange, response)
+
+    def _close_http(self, exchange: _Exchange, response: _HttpResponse) -> None:
+        status = response.status
         ok = 200 <= status < 300
         wire_format = _wire_format(exchange.path)
         record = self._new_record(exchange, exchange.request, wire_format, exchange.received_at,
                                   call_id=exchange.headers.get("x-litellm-call-id") or str(uuid.uuid4()))
-        error = None
-        if not ok:
-            detail = response.get("error") if isinstance(response, dict) else None
+        body, error = response.result()
+        if not ok and error is None:
+            detail = body.get("error") if isinstance(body, dict) else None
             detail = detail if isinstance(detail, dict) else {"message": detail} if detail else {}
             error = {"type": detail.get("type") or f"http_{status}",
-                     "message": str(detail.get("message") or response)}
-        record.update(response=response if ok else None, status="ok" if ok else "error",
-                      http_status=status, error=error,
-                      usage=usage_of(wire_format, response if ok and record["call_kind"] != "count_tokens" else None))
-        if ok and record["call_kind"] == "count_tokens" and isinstance(response, dict):
-            record["usage"]["input_tokens"] = _int(response.get("input_tokens"))
+                     "message": str(detail.get("message") or body)}
+        kept = body if ok or response.sse is not None else None  # a stream keeps what arrived
+        record.update(response=kept, status="error" if error else "ok", http_status=status, error=error,
+                      first_token_at=response.first_token_at, litellm_model=exchange.forwarded_to,
+                      usage=usage_of(wire_format, kept if record["call_kind"] != "count_tokens" else None))
+        if ok and record["call_kind"] == "count_tokens" and isinstance(body, dict):
+            record["usage"]["input_tokens"] = _int(body.get("input_tokens"))
         exchange.closed = True
         self._submit(record)
 
@@ -715,6 +852,9 @@ class TrajectoryLogger(CustomLogger):
             "call_kind": call_kind(path, request, headers), "stream": bool(request.get("stream")),
             "model": request.get("model"), "request": request, "request_exact": exact,
             "request_headers": {k: headers[k] for k in _KEPT_HEADERS if k in headers},
+            # What litellm sent upstream when it translated the request; null when the
+            # upstream got `request` as is (model aside) or nothing was sent.
+            "upstream_request": None,
             "response": None, "usage": usage_of(wire_format, None), "status": None,
             "http_status": None, "error": None, "litellm_model": None, "cost_usd": None,
         }
@@ -767,13 +907,24 @@ class TrajectoryLogger(CustomLogger):
         model, provider = details.get("model"), details.get("custom_llm_provider")
         return f"{provider}/{model}" if model and provider else model
 
+    @staticmethod
+    def _upstream_request(data: dict) -> dict | None:
+        details = getattr(data.get("litellm_logging_obj"), "model_call_details", None) or {}
+        sent = (details.get("additional_args") or {}).get("complete_input_dict")
+        if isinstance(sent, (str, bytes)):  # a stream's request: the JSON text that was sent
+            try:
+                sent = _loads(sent)
+            except ValueError:
+                return unparsed_body(sent.encode() if isinstance(sent, str) else sent)
+        return dict(sent) if isinstance(sent, dict) else None
+
     async def _close(self, call: _Call, data: dict, response: dict | None, http_status: int,
                      error: dict | None) -> None:
         record = call.record
         record.update(response=response, first_token_at=call.first_token_at,
                       usage=usage_of(record["wire_format"], response),
                       status="error" if error else "ok", http_status=http_status, error=error,
-                      litellm_model=self._litellm_model(data))
+                      litellm_model=self._litellm_model(data), upstream_request=self._upstream_request(data))
         exchange = _exchange.get()
         if exchange is not None and exchange.call_id == record["call_id"]:
             exchange.closed = True
@@ -783,7 +934,8 @@ class TrajectoryLogger(CustomLogger):
 
     # -- litellm hooks (each returns None: the request and response go on unchanged) ------
     async def async_pre_call_hook(self, user_api_key_dict, cache, data, call_type):
-        self._open_call(data, call_type)
+        if not _forwarded():  # a forwarded call is the middleware's to record
+            self._open_call(data, call_type)
 
     async def async_post_call_success_hook(self, data, user_api_key_dict, response):
         call = self._take(data)
@@ -794,6 +946,8 @@ class TrajectoryLogger(CustomLogger):
 
     async def async_post_call_failure_hook(self, request_data, original_exception, user_api_key_dict,
                                            traceback_str=None):
+        if _forwarded():
+            return
         if request_data.get("litellm_call_id") not in self._open:
             # Failed before the pre-call hook ran (unknown model, a rejected param): open it now.
             self._open_call(request_data, None)
@@ -839,6 +993,16 @@ class TrajectoryLogger(CustomLogger):
             # to the writer before any await, so a cancelled task still gets it written.
             if self._take(request_data) is not None:
                 await self._close(call, request_data, assembler.result(), status, error)
+
+
+def _keys_required() -> bool:
+    """Whether litellm authenticates clients: it does once it has a master key."""
+    return getattr(sys.modules.get("litellm.proxy.proxy_server"), "master_key", None) is not None
+
+
+def _forwarded() -> bool:
+    exchange = _exchange.get()
+    return exchange is not None and exchange.forwarded_to is not None
 
 
 def _url_path(url: str) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import time
 
 import httpx
@@ -15,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from dagster import asset, materialize
 
-from trajhub_assets.recording.proxy_process import ProxyError
+from trajhub_assets.recording.proxy_process import ProxyError, ProxyProcess
 from trajhub_assets.recording.raw_calls import (
     MESSAGE_BLOBS,
     RAW_CALLS,
@@ -144,7 +145,8 @@ def test_failed_calls_are_recorded_with_their_error(proxy, upstream):
     run_id = make_run_id("scripted-model", "failures", 0)
     assert post(proxy, "/v1/messages", anthropic_body("a"), run_id).status_code == 429
     assert post(proxy, "/v1/chat/completions", chat_body("b"), run_id).status_code == 500
-    post(proxy, "/v1/messages", anthropic_body("c", stream=True), run_id)  # breaks after 4 events
+    with pytest.raises(httpx.RemoteProtocolError):  # forwarded as is: the client sees the upstream drop
+        post(proxy, "/v1/messages", anthropic_body("c", stream=True), run_id)  # breaks after 4 events
     assert post(proxy, "/v1/messages", dict(anthropic_body("d"), model="no-such-model"), run_id).status_code >= 400
 
     rate_limited, exploded, broken, unknown = records(proxy, run_id)
@@ -222,6 +224,165 @@ def test_run_id_travels_in_header_tag_or_body_metadata(proxy, upstream):
     last = json.loads(unattributed.read_text().splitlines()[-1])  # recorded, not dropped
     assert unattributed.read_text().count("\n") == before + 1
     assert (last["run_id"], last["request"]["messages"][-1]["content"]) == (None, "nobody")
+
+
+# -- what reaches the upstream ----------------------------------------------------------------
+def claude_code_body(stream: bool) -> dict:
+    """Shaped like Claude Code 2.1's agent calls: system turns inside messages, adaptive
+    thinking with an effort, cache breakpoints, a user id in metadata."""
+    return {"model": "scripted-anthropic", "max_tokens": 32000, "stream": stream,
+            "system": [{"type": "text", "text": "You are Claude Code.", "cache_control": {"type": "ephemeral"}}],
+            "messages": [
+                {"role": "system", "content": "A system turn first."},
+                {"role": "user", "content": [{"type": "text", "text": "Fix the pagination bug.",
+                                              "cache_control": {"type": "ephemeral"}}]},
+                {"role": "assistant", "content": [
+                    {"type": "thinking", "thinking": "Look at the pager.", "signature": "c2lnbmF0dXJl"},
+                    {"type": "tool_use", "id": "toolu_1", "name": "bash", "input": {"cmd": "ls"}}]},
+                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "pager/"}]},
+                {"role": "system", "content": "<system-reminder>Stay on the task.</system-reminder>"}],
+            "tools": [dict(BASH_TOOL, cache_control={"type": "ephemeral"})],
+            "thinking": {"type": "adaptive"}, "output_config": {"effort": "high"},
+            "metadata": {"user_id": "user_0f1e_account_session_7"}}
+
+
+def openai_agent_body(stream: bool) -> dict:
+    """An OpenAI chat agent mid-loop: an assistant turn with tool calls and no content."""
+    return {"model": "scripted-openai", "stream": stream, "tools": [CHAT_BASH_TOOL],
+            "messages": [
+                {"role": "system", "content": "You are a coding agent."},
+                {"role": "user", "content": "Fix the pagination bug."},
+                {"role": "assistant", "content": None,
+                 "tool_calls": [{"id": "call_1", "type": "function",
+                                 "function": {"name": "bash", "arguments": "{\"cmd\": \"ls\"}"}}],
+                 "provider_specific_fields": {"reasoning_details": [{"type": "reasoning.text", "text": "ls"}]}},
+                {"role": "tool", "tool_call_id": "call_1", "content": "pager/"}],
+            "parallel_tool_calls": False, "user": "agent-7"}
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+@pytest.mark.parametrize(("path", "make_body", "route_model", "key_header"), [
+    ("/v1/messages", claude_code_body, "anthropic/scripted-claude", "x-api-key"),
+    ("/v1/chat/completions", openai_agent_body, "openai/scripted-gpt", "authorization"),
+], ids=["anthropic", "openai"])
+def test_same_format_calls_reach_the_upstream_as_the_client_sent_them(proxy, upstream, path, make_body,
+                                                                      route_model, key_header, stream):
+    upstream.set_script([AGENT_REPLY])
+    run_id = make_run_id("scripted-model", "as-sent", 0)
+    body = make_body(stream)
+    beta = "interleaved-thinking-2025-05-14,context-management-2025-06-27"
+    response = post(proxy, path, body, run_id, **{"x-api-key": proxy.master_key, "anthropic-beta": beta})
+    assert response.status_code == 200, response.text
+
+    [served] = upstream.served
+    sent = dict(body, model=route_model.split("/", 1)[1])  # the route's model, nothing else changed
+    assert json.dumps(served.request.body) == json.dumps(sent)  # key order included
+    headers = served.request.headers
+    assert headers[key_header] in (proxy.upstream_key, f"Bearer {proxy.upstream_key}")
+    assert proxy.master_key not in json.dumps(headers)
+    if key_header == "x-api-key":
+        assert headers["anthropic-beta"] == beta
+
+    [record] = records(proxy, run_id)
+    assert record["request"] == body and record["upstream_request"] is None
+    assert (record["status"], record["litellm_model"], record["stream"]) == ("ok", route_model, stream)
+
+
+def test_each_route_is_forwarded_with_its_own_base_key_and_model(upstream, tmp_path):
+    """Routes of the form the project config generates, one per model: each call goes to its
+    route's api_base with its route's key, under its route's model name."""
+    upstream.set_script(lambda request: say("ok"))
+    config = tmp_path / "routes.yaml"
+    config.write_text(
+        "model_list:\n"
+        "  - {model_name: team/claude-a, litellm_params: {model: anthropic/upstream-claude-a,\n"
+        "      api_base: os.environ/ROUTE_A_BASE, api_key: os.environ/ROUTE_A_KEY}}\n"
+        "  - {model_name: team/gpt-b, litellm_params: {model: openai/upstream-gpt-b,\n"
+        "      api_base: os.environ/ROUTE_B_BASE, api_key: os.environ/ROUTE_B_KEY}}\n"
+        "litellm_settings: {callbacks: trajectory_logger.instance, num_retries: 0}\n")
+    keys = {"ROUTE_A_KEY": f"sk-route-a-{secrets.token_hex(12)}", "ROUTE_B_KEY": f"sk-route-b-{secrets.token_hex(12)}"}
+    env = dict(keys, ROUTE_A_BASE=upstream.url, ROUTE_B_BASE=f"{upstream.url}/v1")
+    run_id = make_run_id("team__claude-a", "routes", 0)
+    with ProxyProcess(tmp_path / "recordings", config=config, env=env, log_path=tmp_path / "proxy.log") as running:
+        for path, body in (("/v1/messages", dict(claude_code_body(True), model="team/claude-a")),
+                           ("/v1/chat/completions", dict(openai_agent_body(False), model="team/gpt-b"))):
+            assert post(running, path, body, run_id).status_code == 200
+
+    claude, gpt = (served.request for served in upstream.served)
+    assert (claude.path, claude.body["model"], claude.headers["x-api-key"]) == (
+        "/v1/messages", "upstream-claude-a", keys["ROUTE_A_KEY"])
+    assert (gpt.path, gpt.body["model"], gpt.headers["authorization"]) == (
+        "/v1/chat/completions", "upstream-gpt-b", f"Bearer {keys['ROUTE_B_KEY']}")
+    assert claude.body["thinking"] == {"type": "adaptive"} and gpt.body["messages"][2]["content"] is None
+    recorded = read_run(tmp_path / "recordings" / f"{run_id}.jsonl").records
+    assert [r["litellm_model"] for r in recorded] == ["anthropic/upstream-claude-a", "openai/upstream-gpt-b"]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+def test_a_translated_call_records_what_went_upstream(proxy, upstream, tmp_path, stream):
+    upstream.set_script([AGENT_REPLY])
+    run_id = make_run_id("scripted-model", "translated", 0)
+    body = dict(openai_agent_body(stream), model="scripted-anthropic")  # chat client, Anthropic route
+    assert post(proxy, "/v1/chat/completions", body, run_id).status_code == 200
+
+    [served] = upstream.served
+    [record] = records(proxy, run_id)
+    assert record["request"] == body
+    assert record["upstream_request"] == served.request.body  # what the model saw
+    assert served.request.body["messages"] != body["messages"]
+    [rebuilt] = stored_roundtrip(proxy, run_id, tmp_path)
+    assert json.dumps(rebuilt) == json.dumps(record)
+
+
+def test_every_request_to_an_llm_route_is_recorded_whatever_it_is(start_proxy, upstream):
+    running = start_proxy()
+    upstream.set_script(lambda request: say("ok"))
+    run_id = make_run_id("scripted-model", "bad-requests", 0)
+    wrong_key = f"wrong-{secrets.token_hex(16)}"
+    key, run = {"authorization": f"Bearer {running.master_key}"}, run_headers(run_id)
+    good = json.dumps(anthropic_body("hi")).encode()
+
+    def claiming(claimed: str) -> bytes:
+        return json.dumps(anthropic_body("hi", metadata={"trajhub_run": claimed})).encode()
+
+    cases = [  # body, headers, status, the file its record belongs in
+        (b"not json {", key | run, 400, run_id),
+        (b"[1,2,3]", key | run, 400, run_id),
+        (b"", key | run, 400, run_id),
+        (b"\xff" + b"x" * (10 << 20), key | run, 400, run_id),  # 10 MB, not even UTF-8
+        # litellm without a database: "No connected db." (400) for a key that is not the master key
+        (good, {"authorization": f"Bearer {wrong_key}"} | run, 400, run_id),
+        (good, run, 401, run_id),
+        (good, key | {"x-trajhub-run": "../../etc"}, 200, "_unattributed"),
+        (good, key | {"x-trajhub-run": "r" * 5000}, 200, "_unattributed"),
+        (claiming("../../etc/passwd"), key, 200, "_unattributed"),
+        (claiming("run\x00\x1b[31m\n"), key, 200, "_unattributed"),
+    ]
+    for body, headers, status, name in cases:
+        path = running.recording(name)
+        before = path.read_bytes().count(b"\n") if path.exists() else 0
+        response = httpx.post(f"{running.url}/v1/messages", content=body, timeout=60,
+                              headers={"content-type": "application/json", **headers})
+        assert response.status_code == status, (body[:30], response.text[:300])
+        if status >= 400:
+            assert response.json()["error"]["message"]
+        assert path.read_bytes().count(b"\n") == before + 1, (body[:30], name)
+        record = json.loads(path.read_bytes().splitlines()[-1])
+        assert (record["http_status"], record["status"]) == (status, "ok" if status == 200 else "error")
+
+    recorded = {p.relative_to(running.home).as_posix() for p in running.home.rglob("*") if p.is_file()}
+    assert recorded == {f"recordings/{run_id}.jsonl", "recordings/_unattributed.jsonl", "logs/proxy.log"}
+    bad = records(running, run_id)
+    assert [r["request"] for r in bad[:3]] == [{"_unparsed": "not json {"}, {"_unparsed": "[1,2,3]"},
+                                               {"_unparsed": ""}]
+    assert "of 10485761 bytes" in bad[3]["request"]["_truncated"] and "_unparsed_base64" in bad[3]["request"]
+    assert len(json.dumps(bad[3])) < 200_000
+    assert httpx.get(f"{running.url}/health/liveliness").status_code == 200  # still healthy
+    assert post(running, "/v1/messages", anthropic_body("after"), run_id).status_code == 200
+    for path in running.recordings.iterdir():
+        text = path.read_text()
+        for secret in (running.master_key, running.upstream_key, wrong_key):
+            assert secret not in text, f"{secret[:10]}... in {path}"
 
 
 # -- concurrency and durability ---------------------------------------------------------------

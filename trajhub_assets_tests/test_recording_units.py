@@ -4,6 +4,7 @@ call kinds, hook de-duplication, and the JSONL <-> store round trip."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import importlib.util
 import itertools
 import json
@@ -326,3 +327,88 @@ def test_sixty_call_session_is_stored_in_a_fraction_of_its_jsonl(tmp_path, store
     partition = {"model": "m", "instance": "i"}
     rebuilt = rebuild_records(store.read(RAW_CALLS, partition), store.read(MESSAGE_BLOBS, partition))
     assert [json.dumps(r) for r in rebuilt] == [json.dumps(r) for r in records]
+
+
+def test_a_translated_session_stores_what_went_upstream_by_reference_too(tmp_path, store):
+    run_id = make_run_id("m", "i", 0)
+    records = _session(run_id, 40)
+    for record in records:  # as a translating route sends it: other keys, the same messages
+        request = record["request"]
+        record["upstream_request"] = {"model": "upstream-m", "messages": request["messages"],
+                                      "tools": [{"name": "dummy_tool"}], "max_tokens": 4096}
+    path = tmp_path / f"{run_id}.jsonl"
+    _write_jsonl(path, records)
+    load_runs(store, [path], "m", "i")
+    partition = {"model": "m", "instance": "i"}
+    calls, blobs = store.read(RAW_CALLS, partition), store.read(MESSAGE_BLOBS, partition)
+    # Each message once, shared with the client's request; no call carries a copy of its own.
+    assert blobs.column("kind").to_pylist().count("message") == 2 * 40 - 1
+    assert max(len(envelope) for envelope in calls.column("envelope").to_pylist()) < 10_000  # refs, not text
+    rebuilt = rebuild_records(calls, blobs)
+    assert [json.dumps(r) for r in rebuilt] == [json.dumps(r) for r in records]
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    (b"[1,2,3]", {"_unparsed": "[1,2,3]"}),
+    (b"", {"_unparsed": ""}),
+    (b"\xff\xfe\x00binary", {"_unparsed_base64": "//4AYmluYXJ5"}),
+    ("é".encode() * tl.RAW_BODY_CAP, {"_unparsed": "é" * tl.RAW_BODY_CAP}),  # 2 bytes each, none cut
+    ("é".encode() * (tl.RAW_BODY_CAP + 1),
+     {"_unparsed": "é" * tl.RAW_BODY_CAP,
+      "_truncated": f"kept the first {tl.RAW_BODY_CAP} of {tl.RAW_BODY_CAP + 1} characters"}),
+    (b"\xff" * (tl.RAW_BODY_CAP + 2),
+     {"_unparsed_base64": base64.b64encode(b"\xff" * tl.RAW_BODY_CAP).decode(),
+      "_truncated": f"kept the first {tl.RAW_BODY_CAP} of {tl.RAW_BODY_CAP + 2} bytes"}),
+])
+def test_a_body_that_is_not_json_is_kept_as_text_or_base64_and_capped(raw, expected):
+    assert tl.unparsed_body(raw) == expected
+
+
+@pytest.mark.parametrize("run_id", ["../../etc", "..", ".hidden", "a/b", "a" * 201, "run\x00id", "run\nid", ""])
+def test_an_unsafe_run_id_is_not_a_file_name(run_id):
+    assert tl.find_run_id({tl.RUN_HEADER: run_id}, {}) is None
+    assert tl.find_run_id({}, {"metadata": {"trajhub_run": run_id}}) is None
+
+
+def _exchange(logger, body: bytes, headers: dict, app) -> list[dict]:
+    """One POST /v1/messages through the recorder's middleware; the messages sent back."""
+    sent, received = [], [{"type": "http.request", "body": body[:3], "more_body": True},
+                          {"type": "http.request", "body": body[3:], "more_body": False}]
+
+    async def receive():
+        return received.pop(0) if received else {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    headers = dict(headers, **{tl.RUN_HEADER: "m~i~0~0000abcd"})
+    scope = {"type": "http", "method": "POST", "path": "/v1/messages",
+             "headers": [(k.encode(), v.encode()) for k, v in headers.items()]}
+    asyncio.run(logger.handle_http(app, scope, receive, send))
+    return sent
+
+
+def test_the_middleware_refuses_or_records_what_litellm_would_fumble(tmp_path, monkeypatch):
+    logger = tl.TrajectoryLogger(tmp_path)
+    seen = []
+
+    async def app(scope, receive, send):  # litellm, reading the body it was replayed
+        seen.append((await receive())["body"])
+        raise RuntimeError("an error handler that raises")
+
+    server = type("ProxyServer", (), {"master_key": "sk-master-" + "0" * 20})
+    monkeypatch.setitem(__import__("sys").modules, "litellm.proxy.proxy_server", server)
+    body = json.dumps({"model": "m", "messages": []}).encode()
+    statuses = [_exchange(logger, b, h, app)[0]["status"] for b, h in (
+        (body, {}),  # no key
+        (b"[1,2,3]", {"x-api-key": "k"}),
+        (body, {"x-api-key": "k"}))]  # reaches the app, which raises
+    assert statuses == [401, 400, 500] and seen == [body]
+    monkeypatch.setattr(server, "master_key", None)  # litellm without a master key lets anyone in
+    assert _exchange(logger, body, {}, app)[0]["status"] == 500 and seen == [body, body]
+
+    records = _lines(tmp_path)
+    assert [(r["http_status"], r["status"]) for r in records] == [(401, "error"), (400, "error"),
+                                                                   (500, "error"), (500, "error")]
+    assert records[1]["request"] == {"_unparsed": "[1,2,3]"} and records[2]["request"] == json.loads(body)
+    assert "an error handler that raises" in records[2]["error"]["message"]

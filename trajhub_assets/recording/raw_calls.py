@@ -178,16 +178,32 @@ class _Blobs:
                          "json": [self.rows[k][1] for k in keys]}, schema=MESSAGE_BLOBS.schema)
 
 
-def _row(record: dict, blobs: _Blobs) -> dict:
-    request, response = record["request"], record.get("response")
-    run = parse_run_id(record["run_id"])
+def _request_parts(request: dict, blobs: _Blobs) -> dict:
+    """A request as references into blobs: its messages, system prompt and tools one blob each."""
     conversation = next((k for k in _CONVERSATION_FIELDS if isinstance(request.get(k), list)), None)
     system = next((k for k in _SYSTEM_FIELDS if k in request), None)
     params = {k: v for k, v in request.items() if k not in (conversation, system, _TOOLS_FIELD)}
+    return {
+        "request_keys": list(request),
+        "params_ref": blobs.add("params", params),
+        "system_ref": blobs.add("system", request[system]) if system else None,
+        "tools_ref": blobs.add("tools", request[_TOOLS_FIELD]) if _TOOLS_FIELD in request else None,
+        "conversation_field": conversation,
+        "message_refs": [blobs.add("message", m) for m in request[conversation]] if conversation else None,
+    }
+
+
+def _row(record: dict, blobs: _Blobs) -> dict:
+    request, response = record["request"], record.get("response")
+    run = parse_run_id(record["run_id"])
     usage = record.get("usage") if isinstance(record.get("usage"), dict) else {}
     error = record.get("error") if isinstance(record.get("error"), dict) else {}
     # The envelope keeps every other field, with request and response left in place as null.
     envelope = {k: (None if k in ("request", "response") else v) for k, v in record.items()}
+    if isinstance(record.get("upstream_request"), dict):
+        # What a translating route sent upstream: as references too, or it alone would grow
+        # with the square of the conversation.
+        envelope["upstream_request"] = _request_parts(record["upstream_request"], blobs)
     return {
         "run_id": record["run_id"], "attempt": run.attempt, "nonce": run.nonce,
         "call_id": record["call_id"], "seq": record["seq"],
@@ -202,12 +218,7 @@ def _row(record: dict, blobs: _Blobs) -> dict:
         "cache_read_tokens": usage.get("cache_read_tokens"),
         "cache_creation_tokens": usage.get("cache_creation_tokens"),
         "cost_usd": record.get("cost_usd"),
-        "request_keys": list(request),
-        "params_ref": blobs.add("params", params),
-        "system_ref": blobs.add("system", request[system]) if system else None,
-        "tools_ref": blobs.add("tools", request[_TOOLS_FIELD]) if _TOOLS_FIELD in request else None,
-        "conversation_field": conversation,
-        "message_refs": [blobs.add("message", m) for m in request[conversation]] if conversation else None,
+        **_request_parts(request, blobs),
         "response_ref": blobs.add("response", response) if response is not None else None,
         "envelope": encode(envelope),
     }
@@ -241,22 +252,26 @@ def rebuild_records(calls: pa.Table, blobs: pa.Table) -> list[dict]:
                               source="raw_calls", record_id=call_id)
         return json.loads(texts[ref])
 
+    def request(refs: dict, call_id: str) -> dict:
+        params = blob(refs["params_ref"], call_id)
+        parts = {}
+        if refs["conversation_field"]:
+            parts[refs["conversation_field"]] = [blob(ref, call_id) for ref in refs["message_refs"]]
+        if refs["tools_ref"] is not None:
+            parts[_TOOLS_FIELD] = blob(refs["tools_ref"], call_id)
+        system = next((k for k in refs["request_keys"] if k in _SYSTEM_FIELDS and k not in params), None)
+        if system:
+            parts[system] = blob(refs["system_ref"], call_id)
+        return {k: parts[k] if k in parts else params[k] for k in refs["request_keys"]}
+
     records = []
     for row in sorted(calls.to_pylist(), key=lambda r: (r["run_id"], r["seq"])):
         call_id = row["call_id"]
-        params = blob(row["params_ref"], call_id)
-        parts = {}
-        if row["conversation_field"]:
-            parts[row["conversation_field"]] = [blob(ref, call_id) for ref in row["message_refs"]]
-        if row["tools_ref"] is not None:
-            parts[_TOOLS_FIELD] = blob(row["tools_ref"], call_id)
-        system = next((k for k in row["request_keys"] if k in _SYSTEM_FIELDS and k not in params), None)
-        if system:
-            parts[system] = blob(row["system_ref"], call_id)
-        request = {k: parts[k] if k in parts else params[k] for k in row["request_keys"]}
         record = json.loads(row["envelope"])
-        record["request"] = request
+        record["request"] = request(row, call_id)
         record["response"] = blob(row["response_ref"], call_id)
+        if isinstance(record.get("upstream_request"), dict):
+            record["upstream_request"] = request(record["upstream_request"], call_id)
         records.append(record)
     return records
 
