@@ -111,8 +111,32 @@ def recorded_conversations():
 
 
 @pytest.fixture(scope="module")
-def real_conversations(minivela_conversations, recorded_conversations):
-    return minivela_conversations + recorded_conversations
+def wire_conversations():
+    """What only the wire formats carry: a system message inside Anthropic messages, signed and
+    redacted thinking, an image by reference, interleaved blocks, a null content, provider fields."""
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAAA"}}
+    anthropic = {"run_id": "wire", "call_id": "a1", "seq": 0, "wire_format": "anthropic_messages", "request": {
+        "system": "sys", "messages": [{"role": "user", "content": [{"type": "text", "text": "see "}, image]},
+                                      {"role": "system", "content": "# Environment\nlinux"}]},
+        "response": {"content": [{"type": "thinking", "thinking": "hm", "signature": "c2ln"},
+                                 {"type": "redacted_thinking", "data": "ZGF0YQ=="},
+                                 {"type": "text", "text": "A cat."},
+                                 {"type": "thinking", "thinking": "and?", "signature": "c2lnMg=="},
+                                 {"type": "text", "text": "Done."}]}, "status": "ok"}
+    chat = {"run_id": "wire", "call_id": "o1", "seq": 1, "wire_format": "openai_chat", "request": {
+        "messages": [{"role": "user", "content": "go"}]}, "status": "ok", "response": {"choices": [{"message": {
+            "role": "assistant", "content": None, "provider_specific_fields": {"refusal": None},
+            "tool_calls": [{"id": "x", "type": "function", "function": {"name": "bash", "arguments": "{}"}}]}}]}}
+    conversations = merge_calls([anthropic, chat], model="demo-model", instance="demo-task", attempt=0)
+    messages = [m for c in conversations for m in c["messages"]]
+    assert all(any(m[f] is not None for m in messages) for f in ("content_parts", "thinking_blocks", "extra"))
+    assert any(m["content"] is None for m in messages)
+    return conversations
+
+
+@pytest.fixture(scope="module")
+def real_conversations(minivela_conversations, recorded_conversations, wire_conversations):
+    return minivela_conversations + recorded_conversations + wire_conversations
 
 
 # -- ATIF -----------------------------------------------------------------------------------
@@ -147,8 +171,9 @@ def test_atif_export_uses_atif_fields_for_what_atif_can_say(minivela_conversatio
     recorded = [conversation_to_atif(c) for c in recorded_conversations]
     results = [r for d in recorded for s in d["steps"] for r in (s.get("observation") or {}).get("results", [])]
     assert {"tool_result_is_error": True} in [r.get("extra") for r in results]
-    edit = next(d for d, c in zip(recorded, recorded_conversations) if c["meta"]["kind"] == "edit")
-    assert [s.get("is_copied_context") for s in edit["steps"] if s["source"] == "agent"] == [True, None]
+    rewritten = next(d for d, c in zip(recorded, recorded_conversations, strict=True)
+                     if any(m["role"] == "assistant" and m["generation"] is False for m in c["messages"]))
+    assert [s.get("is_copied_context") for s in rewritten["steps"] if s["source"] == "agent"] == [True, None]
 
 
 def test_the_spec_example_imports(store):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -80,7 +82,8 @@ def test_one_call():
     assert roles(conversation) == ["system", "user", "assistant"]
     assert conversation["messages"][2] == {
         "role": "assistant", "content": "hello", "reasoning_content": None, "tool_calls": None,
-        "tool_call_id": None, "name": None, "is_error": None, "generation": True, "generated_by": "c1"}
+        "tool_call_id": None, "name": None, "is_error": None, "generation": True, "generated_by": "c1",
+        "content_parts": None, "thinking_blocks": None, "extra": None}
     meta = conversation["meta"]
     assert (meta["kind"], meta["call_ids"], meta["n_generations"], meta["parent_conversation_id"]) == (
         "main", ["c1"], 1, None)
@@ -130,6 +133,81 @@ def test_content_blocks_in_order_and_markers_for_non_text():
     assert user_message["content"] == "see [image]"
     assert (assistant["content"], assistant["reasoning_content"]) == ("AB", "one\n\ntwo")
     assert [c["id"] for c in assistant["tool_calls"]] == ["t1", "t2"]
+    # Interleaved blocks keep their order in content_parts; the k-th thinking part is thinking_blocks[k].
+    assert [(p["type"], p["text"], p["ref"]) for p in assistant["content_parts"]] == [
+        ("thinking", None, None), ("text", "A", None), ("tool_use", None, "t1"), ("thinking", None, None),
+        ("text", "B", None), ("tool_use", None, "t2")]
+    assert [(b["thinking"], b["signature"]) for b in assistant["thinking_blocks"]] == [
+        ("one", "c2ln"), ("two", "c2ln")]
+    # The image is a reference: the hash of its base64 text, never the payload itself.
+    assert user_message["content_parts"] == [
+        {"type": "text", "text": "see ", "media_type": None, "ref": None},
+        {"type": "image", "text": None, "media_type": "image/png",
+         "ref": "sha256:" + hashlib.sha256(b"AAAA").hexdigest()}]
+    assert "AAAA" not in json.dumps(conversation)
+
+
+def test_flat_blocks_leave_content_parts_empty():
+    [conversation] = merged(session())
+    assert all(m["content_parts"] is None for m in conversation["messages"][1:])  # thinking, text, tool_use
+    unsigned = {"type": "thinking", "thinking": "Hm."}  # as mini-vela logs it: reasoning_content says it all
+    [conversation] = merged([call("c1", 0, [user("hi")], [unsigned, text("hello")])])
+    assert (conversation["messages"][-1]["reasoning_content"], conversation["messages"][-1]["thinking_blocks"]) == (
+        "Hm.", None)
+
+
+def test_same_caption_different_image_is_a_different_message():
+    def image(data):
+        return {"role": "user", "content": [text("what is this?"), {
+            "type": "image", "source": {"type": "base64", "media_type": "image/png", "data": data}}]}
+    first, second = merged([call("c1", 0, [image("AAAA")], [text("a cat")]),
+                            call("c2", 1, [image("BBBB")], [text("a dog")])])
+    assert first["messages"][1]["content_parts"][1]["ref"] != second["messages"][1]["content_parts"][1]["ref"]
+    assert second["meta"]["kind"] != "edit"
+
+
+def test_fields_without_a_column_are_kept_in_extra():
+    block = {"type": "text", "text": "See the docs.", "citations": [{"cited_text": "x"}],
+             "cache_control": {"type": "ephemeral"}}
+    server_tool = {"type": "server_tool_use", "id": "s1", "name": "web_search", "input": {"query": "q"}}
+    [conversation] = merged([call("c1", 0, [{"role": "user", "content": [block]}], [server_tool, text("Found.")])])
+    user_message, assistant = conversation["messages"][1:]
+    assert json.loads(user_message["extra"]) == {"content[0].citations": [{"cited_text": "x"}]}  # cache hints dropped
+    assert json.loads(assistant["extra"]) == {"content[0]": server_tool}  # a block we cannot read, whole
+    assert assistant["content"] == "[server_tool_use]Found."
+
+
+# -- Claude Code 2.1.330 --------------------------------------------------------------------
+ENVIRONMENT = "# Environment\nWorking directory: /workspace\nPlatform: linux\nToday's date: 2026-11-30"
+
+
+def claude_code_call(call_id, seq, messages, response):
+    """The request shape of Claude Code 2.1.330: adaptive thinking, effort, and its environment
+    block as a `system` message at messages[1] of every request."""
+    record = call(call_id, seq, [messages[0], {"role": "system", "content": ENVIRONMENT}, *messages[1:]], response)
+    record["request"] |= {"thinking": {"type": "adaptive"}, "output_config": {"effort": "high"}}
+    return record
+
+
+def test_claude_code_system_message_in_messages_stays_in_place():
+    redacted = {"type": "redacted_thinking", "data": "RVhBTVBMRQ=="}
+    signed = {"type": "thinking", "thinking": "Check the tests.", "signature": "c2lnLTE="}
+    first = [signed, redacted, text("Running the tests."), tool_use("t1", "Bash", {"cmd": "pytest"})]
+    # Later requests send the response back without its thinking, as Claude Code does.
+    history = [user("Fix the bug."), {"role": "assistant", "content": first[2:]}, tool_result("t1", "1 failed")]
+    [conversation] = merged([claude_code_call("c1", 0, [user("Fix the bug.")], first),
+                             claude_code_call("c2", 1, history, [text("Fixed.")])])
+    assert roles(conversation) == ["system", "user", "system", "assistant", "tool", "assistant"]
+    assert conversation["messages"][2]["content"] == ENVIRONMENT
+    assistant = conversation["messages"][3]
+    assert assistant["thinking_blocks"] == [
+        {"type": "thinking", "thinking": "Check the tests.", "signature": "c2lnLTE=", "data": None},
+        {"type": "redacted_thinking", "thinking": None, "signature": None, "data": "RVhBTVBMRQ=="}]
+    assert assistant["reasoning_content"] == "Check the tests.\n\n[redacted_thinking]"
+    assert (assistant["generated_by"], assistant["content_parts"]) == ("c1", None)
+    assert conversation["meta"]["call_ids"] == ["c1", "c2"] and conversation["meta"]["kind"] == "main"
+    table = conversations_to_table([conversation])
+    assert table_to_conversations(table, model="m", instance="i") == [conversation]
 
 
 # -- failures and edits -------------------------------------------------------------------
@@ -151,15 +229,55 @@ def test_failed_last_call_ends_the_conversation_without_a_reply():
     assert json.loads(conversation["meta"]["error"]) == {"status_code": 529, "message": "overloaded"}
 
 
-def test_history_edit_becomes_its_own_conversation():
+def test_history_edit_the_client_went_on_with_is_main():
     edited = [user("Fix the bug."), {"role": "assistant", "content": [text("Let me look, differently.")]},
               user("Go on.")]
-    main, edit = merged(session() + [call("c3", 2, edited, [text("OK.")])])
-    assert main["meta"]["kind"] == "main" and main["meta"]["call_ids"] == ["c1", "c2"]
-    assert (edit["meta"]["kind"], edit["meta"]["parent_conversation_id"], edit["meta"]["parent_link"],
-            edit["meta"]["branch_index"]) == ("edit", main["meta"]["conversation_id"], "shared_prefix", 2)
-    assert edit["messages"][2]["generation"] is False  # the rewritten message, never generated
-    assert edit["messages"][-1]["generated_by"] == "c3"
+    left, rewritten = merged(session() + [call("c3", 2, edited, [text("OK.")])])
+    assert (rewritten["meta"]["kind"], rewritten["meta"]["call_ids"]) == ("main", ["c3"])
+    assert rewritten["messages"][2]["generation"] is False  # the rewritten message, never generated
+    assert rewritten["messages"][-1]["generated_by"] == "c3"
+    assert (left["meta"]["kind"], left["meta"]["parent_conversation_id"], left["meta"]["parent_link"],
+            left["meta"]["branch_index"]) == ("edit", rewritten["meta"]["conversation_id"], "shared_prefix", 2)
+    assert left["meta"]["call_ids"] == ["c1", "c2"]
+
+
+def test_a_branch_the_client_left_is_an_edit():
+    resampled = call("c1b", 1, [user("Fix the bug.")], [text("Another first reply.")])
+    records = session()
+    records[1]["seq"] = 2
+    main, edit = merged(records + [resampled])
+    assert (main["meta"]["kind"], main["meta"]["call_ids"]) == ("main", ["c1", "c2"])
+    assert (edit["meta"]["kind"], edit["meta"]["parent_conversation_id"], edit["meta"]["branch_index"]) == (
+        "edit", main["meta"]["conversation_id"], 2)
+
+
+MINI_SWE_AGENT_RUN = Path(__file__).parent / "data" / "mini_swe_agent" / "text_only_replies.jsonl"
+
+
+def test_mini_swe_agent_dropped_replies_are_edits_of_the_whole_trajectory():
+    """A real mini-swe-agent 2.4.6 recording: the client drops every text-only reply from its
+    history and sends a format error instead, so each such reply is a branch of its own."""
+    records = [json.loads(line) for line in MINI_SWE_AGENT_RUN.read_text().splitlines()]
+    dropped = [r for r in records if not r["response"]["choices"][0]["message"].get("tool_calls")]
+    last = max(records, key=lambda r: r["seq"])
+    conversations = merge_calls(records)
+    assert len(conversations) == 1 + len(dropped) == 5
+    [main] = [c for c in conversations if c["meta"]["kind"] == "main"]
+    assert main["meta"]["call_ids"][-1] == last["call_id"]
+    assert len(main["messages"]) == len(last["request"]["messages"]) + 1  # all the client kept, and the reply
+    edits = [c for c in conversations if c is not main]
+    for edit, record in zip(edits, dropped, strict=True):
+        meta = edit["meta"]
+        assert (meta["kind"], meta["parent_conversation_id"], meta["parent_link"], meta["branch_index"]) == (
+            "edit", main["meta"]["conversation_id"], "shared_prefix", len(record["request"]["messages"]))
+        reply = edit["messages"][-1]
+        assert (reply["generated_by"], reply["content"]) == (
+            record["call_id"], record["response"]["choices"][0]["message"]["content"])
+    # LiteLLM's provider fields on each reply are kept, as the client sent them back.
+    assert json.loads(main["messages"][-1]["extra"]) == {"provider_specific_fields": {"refusal": None}}
+    table = conversations_to_table(conversations)
+    meta = main["meta"]
+    assert table_to_conversations(table, model=meta["model"], instance=meta["instance"]) == conversations
 
 
 # -- several conversations in a run ---------------------------------------------------------
@@ -217,11 +335,40 @@ def test_openai_chat():
                              chat_call("b", 1, history + [echo, result], {"content": "done"}, tools)])
     assert roles(conversation) == ["system", "user", "assistant", "tool", "assistant"]
     assistant, tool = conversation["messages"][2:4]
-    assert (assistant["content"], assistant["reasoning_content"], assistant["generated_by"]) == ("", "think", "a")
+    # The response's null content is kept; the client's "" echo of it still matches.
+    assert (assistant["content"], assistant["reasoning_content"], assistant["generated_by"]) == (None, "think", "a")
     assert assistant["tool_calls"][0]["function"]["arguments"] == '{"cmd": "ls", "n": 1}'  # as generated
     assert (tool["name"], tool["is_error"]) == ("Bash", None)
     assert conversation["tools"] == [{"type": "function", "function": {
         "name": "Bash", "description": "", "parameters": {"type": "object"}}}]
+
+
+def test_openai_chat_null_content_and_provider_fields_are_kept():
+    # As LiteLLM returns it (kilo, droid, mini-swe-agent): null content, provider fields, null leftovers.
+    reply = {"role": "assistant", "content": None, "tool_calls": bash('{"cmd": "ls"}'), "function_call": None,
+             "provider_specific_fields": {"refusal": None, "citations": ["c"]}, "annotations": []}
+    history = [{"role": "developer", "content": "sys"}, {"role": "user", "content": "go"}]
+    [conversation] = merged([chat_call("a", 0, history, reply)])
+    system, _, assistant = conversation["messages"]
+    assert (system["role"], json.loads(system["extra"])) == ("system", {"role": "developer"})
+    legacy = {"role": "function", "name": "Bash", "content": "a.py"}
+    [conversation] = merged([chat_call("b", 0, history + [legacy], {"content": "ok"})])
+    assert (conversation["messages"][2]["role"], json.loads(conversation["messages"][2]["extra"])) == (
+        "tool", {"role": "function"})
+    assert assistant["content"] is None
+    assert json.loads(assistant["extra"]) == {"provider_specific_fields": {"refusal": None, "citations": ["c"]}}
+
+
+def test_openai_chat_thinking_blocks_and_image_url():
+    blocks = [{"type": "thinking", "thinking": "hm", "signature": "c2ln"}]
+    reply = {"role": "assistant", "content": "a cat", "reasoning_content": "hm", "thinking_blocks": blocks}
+    picture = {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,QUJD", "detail": "low"}}
+    [conversation] = merged([chat_call("a", 0, [{"role": "user", "content": [picture]}], reply)])
+    user_message, assistant = conversation["messages"]
+    assert user_message["content_parts"] == [{"type": "image_url", "text": None, "media_type": "image/jpeg",
+                                              "ref": "sha256:" + hashlib.sha256(b"QUJD").hexdigest()}]
+    assert json.loads(user_message["extra"]) == {"content[0].detail": "low"}
+    assert assistant["thinking_blocks"] == [{**blocks[0], "data": None}]
 
 
 def responses_call(call_id, seq, input, output, **request):
@@ -245,6 +392,10 @@ def test_openai_responses_with_and_without_previous_response_id():
         assert (assistant["reasoning_content"], assistant["generated_by"]) == ("plan", "a")
         assert (tool["name"], tool["content"]) == ("Bash", "a.py")
     assert stateless[0]["messages"] == stateful[0]["messages"]
+    encrypted = [{"type": "reasoning", "id": "rs_1", "summary": [], "encrypted_content": "ZW5j"}, *out2]
+    [conversation] = merged([responses_call("c", 0, "go", encrypted)])
+    assert json.loads(conversation["messages"][-1]["extra"]) == {"items[0].id": "rs_1",
+                                                                 "items[0].encrypted_content": "ZW5j"}
     with pytest.raises(RecordError, match=r"record 'b', field 'request.previous_response_id'"):
         merged([responses_call("b", 1, [result], out2, previous_response_id="resp_missing")])
 
@@ -313,6 +464,17 @@ def test_table_round_trip():
                        .append_column("instance", pa.array(["i"] * 2)))
     assert table_to_conversations(with_partitions) == conversations
     assert table_to_conversations(conversations_to_table([])) == []
+
+
+def test_code_version_is_a_hash_of_the_merge_code(tmp_path):
+    from trajhub_assets.merge.assets import MERGE_SOURCES, merge_version, merged_trajectories
+    assert merged_trajectories.code_versions_by_key[merged_trajectories.key] == merge_version()
+    changed = [tmp_path / path.name for path in MERGE_SOURCES]
+    for path, copy_ in zip(MERGE_SOURCES, changed, strict=True):
+        copy_.write_bytes(path.read_bytes())
+    assert merge_version(changed) == merge_version()
+    changed[1].write_text(changed[1].read_text() + "\n# a change\n")
+    assert merge_version(changed) != merge_version()
 
 
 def test_table_refuses_unknown_meta():

@@ -1,7 +1,8 @@
 """Property tests: conversations → per-call records (any order, duplicates) → merge → the same.
 
 A generated run holds one to three conversations, each in one wire format. Each assistant
-message is the response of one call whose request is everything before it. The client
+message is the response of one call whose request is everything before it; system
+messages may also come in the middle of a conversation (Claude Code's environment block). The client
 may drop reasoning from the history it sends back (restored from the response) and may
 re-serialise tool arguments; some calls are logged twice, some failed first and were
 retried, some are count_tokens calls; the records arrive shuffled.
@@ -16,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trajhub_assets.merge import conversations_to_table, merge_calls, table_to_conversations
-from trajhub_assets.merge.normalize import message, tool_call
+from trajhub_assets.merge.normalize import message, thinking_block, tool_call
 
 FORMATS = ("anthropic_messages", "openai_chat", "openai_responses")
 text = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=30)
@@ -45,6 +46,8 @@ def conversations(draw, k: int, wire_format: str):
                                     is_error=is_error))
         if not calls or draw(st.booleans()):
             messages.append(message("user", draw(text)))
+        if draw(st.integers(0, 4)) == 0:
+            messages.append(message("system", draw(words)))
     return messages
 
 
@@ -62,6 +65,8 @@ def anthropic_request(messages, echo):
                 out[-1]["content"].append(block)
             else:
                 out.append({"role": "user", "content": [block]})
+        elif m["role"] == "system":
+            out.append({"role": "system", "content": m["content"]})
         elif out and out[-1]["role"] == "user":  # text after tool results: same user turn
             out[-1]["content"].append({"type": "text", "text": m["content"]})
         else:
@@ -100,8 +105,8 @@ def chat_message(m, echo):
 
 
 def response_items(m, echo):
-    if m["role"] == "user":
-        return [{"role": "user", "content": m["content"]}]
+    if m["role"] in ("user", "system"):
+        return [{"role": m["role"], "content": m["content"]}]
     if m["role"] == "tool":
         return [{"type": "function_call_output", "call_id": m["tool_call_id"], "output": m["content"]}]
     items = []
@@ -181,13 +186,24 @@ def runs(draw):
             record = {**base, "call_id": call_id, "call_kind": "agent", "status": "ok",
                       "response": response_for(wire_format, m, call_id), "error": None}
             records.extend([record, dict(record)] if rng.random() < 0.3 else [record])
-            want.append({**m, "generation": True, "generated_by": call_id})
+            want.append({**m, "generation": True, "generated_by": call_id,
+                         **kept_from_wire(wire_format, m, record["response"])})
             previous = (i, call_id)
         expected.append(want)
     for seq, record in enumerate(records):
         record["seq"], record["started_at"], record["ended_at"] = seq, 1000.0 + seq, 1000.5 + seq
     rng.shuffle(records)
     return records, expected
+
+
+def kept_from_wire(wire_format, m, response):
+    """What the merge keeps of a response beyond the unified fields: Anthropic's thinking with
+    its signature, and OpenAI chat's null content."""
+    if wire_format == "anthropic_messages" and m["reasoning_content"] is not None:
+        return {"thinking_blocks": [thinking_block("thinking", m["reasoning_content"], "sig")]}
+    if wire_format == "openai_chat" and response["choices"][0]["message"]["content"] is None:
+        return {"content": None}
+    return {}
 
 
 def canonical(conversations_messages):
@@ -222,3 +238,47 @@ def test_table_round_trip(run):
     records, _ = run
     merged = merge_calls(records, model="m", instance="i", attempt=0)
     assert table_to_conversations(conversations_to_table(merged), model="m", instance="i") == merged
+
+
+@st.composite
+def runs_with_dropped_replies(draw):
+    """One conversation whose client dropped some replies from its history (mini-swe-agent drops
+    text-only ones and sends a user message instead): each dropped reply's call has the prompt
+    up to a later user message. Returns (records, the conversation, the dropped positions)."""
+    wire_format = draw(st.sampled_from(FORMATS))
+    messages = draw(conversations(0, wire_format))
+    users = [i for i, m in enumerate(messages) if m["role"] == "user" and i > 1]
+    dropped = sorted(draw(st.sets(st.sampled_from(users), max_size=len(users))) if users else [])
+    echo = Echo(random.Random(draw(st.integers(0, 2**32))), drop_reasoning=draw(st.booleans()), reserialise=False)
+    records, want = [], []
+    for i, m in enumerate(messages):
+        if i in dropped:
+            reply = message("assistant", f"dropped reply {i}")
+            records.append({"call_id": f"drop-{i}", "request": request_for(wire_format, messages[:i], echo),
+                            "response": response_for(wire_format, reply, f"drop-{i}")})
+        if m["role"] == "assistant":
+            records.append({"call_id": f"c-{i}", "request": request_for(wire_format, messages[:i], echo),
+                            "response": response_for(wire_format, m, f"c-{i}")})
+            want.append({**m, "generation": True, "generated_by": f"c-{i}",
+                         **kept_from_wire(wire_format, m, records[-1]["response"])})
+        else:
+            want.append(dict(m))
+    for seq, record in enumerate(records):
+        record |= {"run_id": "run-1", "wire_format": wire_format, "call_kind": "agent", "status": "ok",
+                   "error": None, "seq": seq, "started_at": 1000.0 + seq, "ended_at": 1000.5 + seq}
+    return records, want, dropped
+
+
+@settings(max_examples=200, deadline=None)
+@given(runs_with_dropped_replies())
+def test_main_is_the_whole_trajectory_and_dropped_replies_are_its_edits(run):
+    records, want, dropped = run
+    merged = merge_calls(records, model="m", instance="i", attempt=0)
+    [main] = [c for c in merged if c["meta"]["kind"] == "main"]
+    assert main["messages"] == want
+    edits = sorted((c for c in merged if c is not main), key=lambda c: c["meta"]["branch_index"])
+    assert [c["meta"]["branch_index"] for c in edits] == dropped
+    for edit in edits:
+        meta = edit["meta"]
+        assert (meta["kind"], meta["parent_conversation_id"]) == ("edit", main["meta"]["conversation_id"])
+        assert edit["messages"][-1]["content"] == f"dropped reply {edit['meta']['branch_index']}"

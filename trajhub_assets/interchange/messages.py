@@ -6,8 +6,9 @@ with messages exactly as `preference_pairs` writes them (`pairs.chat_message`: c
 string, tool calls in OpenAI form with arguments as the JSON string the model generated) and
 tools in OpenAI function form. Beside them, `trajhub` holds what the format cannot say: the
 meta, and per message only the fields an importer would rebuild wrongly (`generation` of an
-assistant message that was not generated, `generated_by`, `is_error`, a null content), so
-export → import gives back the same conversation.
+assistant message that was not generated, `generated_by`, `is_error`, a null content,
+`thinking_blocks`, `content_parts`, `extra`), so export → import gives back the same
+conversation.
 
 Lines from elsewhere import with defaults: content may also be a list of parts (text joined,
 other parts as markers), tool arguments an object, role `developer` is a system message, an

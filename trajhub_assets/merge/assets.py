@@ -1,6 +1,8 @@
 """The merged_trajectories asset: a run's recorded calls → the conversations that happened."""
 
+import hashlib
 from collections import Counter, defaultdict
+from pathlib import Path
 
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
@@ -15,6 +17,18 @@ from trajhub_assets.recording.run_id import parse_run_id
 from trajhub_assets.resources import StoreResource
 
 
+MERGE_SOURCES = tuple(Path(__file__).with_name(name) for name in ("merge.py", "normalize.py", "schema.py"))
+
+
+def merge_version(sources=MERGE_SOURCES) -> str:
+    """A short hash of the merge's code: what decides merged_trajectories, so a change to it
+    marks every partition stale."""
+    digest = hashlib.sha256()
+    for path in sources:
+        digest.update(Path(path).read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def merge_partition(records: list[dict], model: str, instance: str) -> list[dict]:
     """The conversations of every run in one (model, instance) partition, run by run."""
     by_run: dict[str, list[dict]] = defaultdict(list)
@@ -27,7 +41,7 @@ def merge_partition(records: list[dict], model: str, instance: str) -> list[dict
 
 
 @asset(partitions_def=run_partitions, backfill_policy=BATCHED, group_name="merge",
-       deps=["raw_trajectories"], kinds={"parquet"}, code_version="merge-1",
+       deps=["raw_trajectories"], kinds={"parquet"}, code_version=merge_version(),
        check_specs=MERGED_CHECK_SPECS, automation_condition=FOLLOW_INPUTS,
        description="Whole conversations rebuilt from each run's calls, with generation flags.")
 def merged_trajectories(context: AssetExecutionContext, store: StoreResource) -> MaterializeResult:

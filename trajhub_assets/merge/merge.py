@@ -12,14 +12,18 @@ Input record (one per call, written by the proxy's logger):
     run_id, call_id, seq, started_at, ended_at, wire_format, call_kind, request,
     response, status, error; optional model, instance, attempt, source.
 
-Conversation kinds (meta.kind), decided in this order:
+Conversation kinds (meta.kind), decided in this order (ties between branches of one call,
+such as several choices: the first choice goes on):
     title / background  every call of it has that call_kind (count_tokens calls are skipped:
                         they ask for a token count, nobody generates anything)
-    main                the first conversation of the main agent; the main agent is the
-                        (system prompt, tool names) identity with the most generated messages
-    edit                shares history beyond the system prompt with an earlier
-                        conversation and then differs: the client rewrote history or resampled
-                        (parent: that conversation, meta.branch_index: messages shared)
+    edit                shares history beyond the system prompt with a conversation whose
+                        last call came later, and then differs: the client rewrote history,
+                        resampled or dropped a reply (parent: the later conversation it shares
+                        most with, meta.branch_index: messages shared). So of branching
+                        conversations the one the client went on with is never an edit.
+    main                the first other conversation of the main agent: the whole lineage
+                        that reached its last call; the main agent is the (system prompt,
+                        tool names) identity with the most distinct generated messages
     compaction          a later main-agent conversation whose first user message carries
                         lines of the previous one's last assistant message (its summary)
     continuation        any other later main-agent conversation (a new invocation, a new query)
@@ -115,6 +119,11 @@ def _identity(conversation: dict) -> tuple:
     return system, tuple(t["function"]["name"] for t in conversation["tools"])
 
 
+def _system_length(conversation: dict) -> int:
+    messages = conversation["messages"]
+    return 1 if messages and messages[0]["role"] == "system" else 0
+
+
 def _first_user(conversation: dict) -> str | None:
     return next((m["content"] for m in conversation["messages"] if m["role"] == "user"), None)
 
@@ -155,12 +164,13 @@ def _classify(conversations: list[dict], shared: list[tuple[int, int] | None]) -
     """Set kind, parent_conversation_id, parent_link and branch_index in each meta."""
     metas = [c["meta"] for c in conversations]
     agents = {i for i, meta in enumerate(metas) if not meta["call_kinds"] <= SIDE_CALL_KINDS}
+    edits = {i for i in agents if shared[i] is not None and shared[i][1] > _system_length(conversations[i])}
     identities = [_identity(c) for c in conversations]
-    generations: dict[tuple, int] = defaultdict(int)
+    generations: dict[tuple, set] = defaultdict(set)  # distinct: branches repeat their shared history
     for i in sorted(agents):
-        generations[identities[i]] += metas[i]["n_generations"]
-    main_identity = max(generations, key=lambda k: generations[k], default=None)  # ties: earliest
-    main_line = [i for i in sorted(agents) if identities[i] == main_identity]
+        generations[identities[i]] |= {m["generated_by"] for m in conversations[i]["messages"] if m["generation"]}
+    main_identity = max(generations, key=lambda k: len(generations[k]), default=None)  # ties: earliest
+    main_line = [i for i in sorted(agents - edits) if identities[i] == main_identity]
     main_start = metas[main_line[0]]["started_at"] if main_line else None
     main_starts = [metas[j]["started_at"] or 0 for j in main_line]  # ordered: conversations are
     index = _tool_call_index(conversations)
@@ -173,10 +183,9 @@ def _classify(conversations: list[dict], shared: list[tuple[int, int] | None]) -
 
     for i, conversation in enumerate(conversations):
         meta, messages = metas[i], conversation["messages"]
-        system = 1 if messages and messages[0]["role"] == "system" else 0
         if i not in agents:
             link(i, sorted(meta["call_kinds"])[0])
-        elif shared[i] is not None and shared[i][1] > system:
+        elif i in edits:
             link(i, "edit", shared[i][0], "shared_prefix", shared[i][1])
         elif identities[i] == main_identity and previous_main is None:
             link(i, "main")
@@ -196,7 +205,7 @@ def _classify(conversations: list[dict], shared: list[tuple[int, int] | None]) -
                 k = bisect.bisect_right(main_starts, start) - 1
                 running = main_line[k] if k >= 0 and start <= (metas[main_line[k]]["ended_at"] or 0) else None
                 link(i, "subagent", running, "time")
-        if i in agents and identities[i] == main_identity:
+        if i in agents and i not in edits and identities[i] == main_identity:
             previous_main = i
 
 
@@ -261,18 +270,20 @@ def merge_calls(calls: list[dict], *, run_id: str | None = None, model: str | No
         paths.append((_order(members[0]), _order(last), path))
 
     order = sorted(range(len(conversations)), key=lambda i: paths[i][:2])
-    conversations = [conversations[i] for i in order]
+    conversations, paths = [conversations[i] for i in order], [paths[i] for i in order]
+    for i, conversation in enumerate(conversations):
+        conversation["meta"]["conversation_id"] = f"{run_id}-c{i}"
+    # Shared history belongs to the branch the client went on with: the one whose last call
+    # came latest. A client that drops replies from its history (mini-swe-agent drops every
+    # text-only reply) leaves short branches; they are its edits, not the other way round.
     owner: dict[int, int] = {}
-    shared: list[tuple[int, int] | None] = []
-    for i, j in enumerate(order):
-        conversations[i]["meta"]["conversation_id"] = f"{run_id}-c{i}"
-        deepest = None
-        for depth, node in enumerate(paths[j][2]):
+    shared: list[tuple[int, int] | None] = [None] * len(conversations)
+    for i in sorted(range(len(conversations)), key=lambda i: paths[i][1], reverse=True):  # ties: first
+        for depth, node in enumerate(paths[i][2]):
             if node in owner:
-                deepest = (owner[node], depth + 1)
+                shared[i] = (owner[node], depth + 1)
             else:
                 owner[node] = i
-        shared.append(deepest)
     _classify(conversations, shared)
     for conversation in conversations:
         conversation["meta"]["call_kinds"] = sorted(conversation["meta"]["call_kinds"])

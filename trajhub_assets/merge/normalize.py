@@ -6,18 +6,23 @@ its tools in OpenAI function form. Three wire formats: Anthropic messages, OpenA
 completions and OpenAI responses.
 
 Unified message: role (system | user | assistant | tool), content (str: text blocks
-concatenated, other blocks kept as a visible marker such as "[image]"),
-reasoning_content (str or None), tool_calls (None or [{id, type, function: {name,
-arguments (JSON string)}}]), tool_call_id, name, is_error (tool results), generation
-(assistant only) and generated_by (the call that produced an assistant message).
+concatenated, other blocks kept as a visible marker such as "[image]"; None where the
+wire sent null), reasoning_content (str or None), tool_calls (None or [{id, type,
+function: {name, arguments (JSON string)}}]), tool_call_id, name, is_error (tool
+results), generation (assistant only), generated_by (the call that produced an
+assistant message), content_parts (the blocks in order, when content and the other
+fields cannot say it: [{type, text, media_type, ref}], a media payload by reference),
+thinking_blocks ([{type, thinking, signature, data}] as the model sent them) and extra
+(a JSON object of every other non-null field, keyed by its path in the message).
 
 `message_key` is what the merge compares: everything a client sends back when it
-repeats a message, so not the reasoning (clients drop it) and with tool arguments in
-canonical JSON (clients re-serialise them).
+repeats a message, so not the reasoning (clients drop it), null content as "" and
+with tool arguments in canonical JSON (clients re-serialise them).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,11 +31,16 @@ from trajhub_assets.errors import RecordError
 
 WIRE_FORMATS = ("anthropic_messages", "openai_chat", "openai_responses")
 TEXT_TYPES = {"text", "input_text", "output_text", "summary_text", "reasoning_text", "refusal"}
-MARKERS = {"image_url": "[image]", "input_image": "[image]", "input_audio": "[audio]",
-           "input_file": "[file]", "file": "[file]"}
+MEDIA_TYPES = {"image", "document", "image_url", "input_image", "input_audio", "input_file", "file"}
+MARKERS = {"image": "[image]", "document": "[document]", "image_url": "[image]", "input_image": "[image]",
+           "input_audio": "[audio]", "input_file": "[file]", "file": "[file]"}
 # System prompt blocks and thinking blocks are separate sections; other text blocks
 # are concatenated as sent.
 SECTION_SEPARATOR = "\n\n"
+TRANSPORT_FIELDS = {"cache_control"}  # prompt-cache hints: how a block was sent, not what it says
+# A block list in this order (thinking, at most one text, tool calls) is said by the flat
+# fields; any other list is also kept as content_parts.
+FLAT_ORDER = {"thinking": 0, "redacted_thinking": 0, "reasoning": 0, "text": 1, "tool_use": 2}
 
 
 @dataclass
@@ -53,13 +63,36 @@ class Call:
     response_id: str | None = None
 
 
-def message(role: str, content: str = "", *, reasoning_content: str | None = None,
+def message(role: str, content: str | None = "", *, reasoning_content: str | None = None,
             tool_calls: list[dict] | None = None, tool_call_id: str | None = None,
-            name: str | None = None, is_error: bool | None = None) -> dict:
+            name: str | None = None, is_error: bool | None = None, content_parts: list[dict] | None = None,
+            thinking_blocks: list[dict] | None = None, extra: dict | None = None) -> dict:
     return {"role": role, "content": content, "reasoning_content": reasoning_content,
             "tool_calls": tool_calls or None, "tool_call_id": tool_call_id, "name": name,
             "is_error": is_error, "generation": False if role == "assistant" else None,
-            "generated_by": None}
+            "generated_by": None, "content_parts": content_parts,
+            "thinking_blocks": None if not thinking_blocks or _said_by_reasoning(thinking_blocks)
+            else thinking_blocks,
+            "extra": extra or None}  # a dict while reading; read_call encodes it as JSON
+
+
+def part(type: str, text: str | None = None, media_type: str | None = None, ref: str | None = None) -> dict:
+    return {"type": type, "text": text, "media_type": media_type, "ref": ref}
+
+
+def thinking_block(type: str, thinking: str | None = None, signature: str | None = None,
+                   data: str | None = None) -> dict:
+    return {"type": type, "thinking": thinking, "signature": signature, "data": data}
+
+
+def _said_by_reasoning(blocks: list[dict]) -> bool:
+    """One thinking block without a signature: reasoning_content holds all of it."""
+    return len(blocks) == 1 and blocks[0]["type"] == "thinking" and blocks[0]["signature"] is None
+
+
+def _flat(parts: list[dict]) -> bool:
+    ranks = [FLAT_ORDER.get("text" if p["type"] in TEXT_TYPES else p["type"], -1) for p in parts]
+    return -1 not in ranks and ranks == sorted(ranks) and ranks.count(1) <= 1
 
 
 def tool_call(id: str | None, name: str, arguments: str) -> dict:
@@ -81,7 +114,35 @@ def message_key(m: dict, canonical=canonical_arguments) -> tuple:
     calls = m["tool_calls"]
     if calls:
         calls = tuple((c["id"], c["function"]["name"], canonical(c["function"]["arguments"])) for c in calls)
-    return (m["role"], m["content"], calls, m["tool_call_id"], m["name"], m["is_error"])
+    # Two images with the same caption are different messages; their refs tell them apart.
+    media = tuple(p["ref"] for p in m.get("content_parts") or () if p["ref"] is not None and p["type"] != "tool_use")
+    return (m["role"], m["content"] or "", calls, m["tool_call_id"], m["name"], m["is_error"], media)
+
+
+def media_reference(block: dict, kind: str) -> tuple[dict, str | None, str | None]:
+    """A media block's (other fields, media type, ref): a URL or file id as sent, a base64
+    payload as "sha256:<hex of its text>" (the payload stays in the recorded call)."""
+    nested = block.get(kind)
+    if isinstance(block.get("source"), dict):  # Anthropic: {"type": "image", "source": {...}}
+        fields = {k: v for k, v in block.items() if k not in ("type", "source")} | block["source"]
+    elif isinstance(nested, dict):  # OpenAI chat: {"type": "image_url", "image_url": {"url": ...}}
+        fields = {k: v for k, v in block.items() if k not in ("type", kind)} | nested
+    else:  # OpenAI responses, or a bare URL string
+        fields = {("url" if k == kind else k): v for k, v in block.items() if k != "type"}
+    fields.pop("type", None)
+    media_type = fields.pop("media_type", None) or fields.pop("mime_type", None) or fields.pop("format", None)
+    data = fields.pop("data", None) or fields.pop("file_data", None)
+    url = fields.pop("url", None) or fields.pop("image_url", None) or fields.pop("file_url", None)
+    file_id = fields.pop("file_id", None)
+    if isinstance(url, str) and url.startswith("data:"):
+        header, _, data = url.partition(",")
+        media_type = media_type or header[5:].split(";")[0] or None
+        url = None
+    if isinstance(data, str):
+        ref = "sha256:" + hashlib.sha256(data.encode()).hexdigest()
+    else:
+        ref = url if isinstance(url, str) else f"file:{file_id}" if file_id else None
+    return fields, media_type, ref
 
 
 class _Reader:
@@ -100,82 +161,124 @@ class _Reader:
             self.fail(field, f"expected {names}, got {type(value).__name__}")
         return value
 
-    def text(self, content, field: str, separator: str = "") -> str:
-        """Flatten a str or a list of content blocks to text, keeping markers for the rest."""
-        if content is None:
-            return ""
-        if isinstance(content, str):
-            return content
-        parts = []
-        for i, block in enumerate(self.expect(content, list, field)):
+    @staticmethod
+    def leftovers(item: dict, known, prefix: str, extra: dict) -> None:
+        """Fields the unified message has no place for go to extra, under their path."""
+        for key, value in item.items():
+            if key not in known and key not in TRANSPORT_FIELDS and value not in (None, [], {}):
+                extra[prefix + key] = value
+
+    def block_part(self, block: dict, kind: str, prefix: str, extra: dict) -> dict:
+        if kind in TEXT_TYPES:
+            self.leftovers(block, {"type", "text", "refusal"}, prefix, extra)
+            return part(kind, block.get("text") or block.get("refusal") or "")
+        if kind in MEDIA_TYPES:
+            fields, media_type, ref = media_reference(block, kind)
+            self.leftovers(fields, (), prefix, extra)
+            return part(kind, media_type=media_type, ref=ref)
+        extra[prefix.rstrip(".")] = block  # a block we cannot read is kept whole
+        return part(kind)
+
+    def content(self, content, field: str, extra: dict, separator: str = "", path: str = "content",
+                start: int = 0) -> tuple[str | None, list[dict] | None]:
+        """A str, null or list of blocks → (text, content_parts). The text keeps a marker for
+        each non-text block; parts are None when the text says it all."""
+        if content is None or isinstance(content, str):
+            return content, None
+        texts, parts = [], []
+        for i, block in enumerate(self.expect(content, list, field), start):
             if isinstance(block, str):
-                parts.append(block)
+                texts.append(block)
+                parts.append(part("text", block))
                 continue
             kind = self.expect(block, dict, f"{field}[{i}]").get("type")
-            if kind in TEXT_TYPES:
-                parts.append(block.get("text") or block.get("refusal") or "")
-            else:
-                parts.append(MARKERS.get(kind, f"[{kind}]"))
-        return separator.join(parts)
+            parts.append(self.block_part(block, kind, f"{path}[{i}].", extra))
+            texts.append(parts[-1]["text"] if kind in TEXT_TYPES else MARKERS.get(kind, f"[{kind}]"))
+        return separator.join(texts), None if _flat(parts) else parts
 
     def arguments(self, value) -> str:
         return value if isinstance(value, str) else _ENCODE(value)
 
     # -- Anthropic messages -----------------------------------------------------------
     def anthropic_assistant(self, content, field: str, names: dict) -> dict:
-        if isinstance(content, str):
-            return message("assistant", content)
-        text, thinking, calls = [], [], []
-        for i, block in enumerate(self.expect(content, list, field)):
+        if not isinstance(content, list):
+            return message("assistant", self.expect(content, (str, type(None)), field))
+        extra, text, thinking, blocks, calls, parts = {}, [], [], [], [], []
+        for i, block in enumerate(content):
             kind = self.expect(block, dict, f"{field}[{i}]").get("type")
-            if kind == "text":
-                text.append(block.get("text") or "")
-            elif kind == "thinking":
+            prefix = f"content[{i}]."
+            if kind == "thinking":
                 thinking.append(block.get("thinking") or "")
+                blocks.append(thinking_block(kind, block.get("thinking"), block.get("signature")))
+                self.leftovers(block, {"type", "thinking", "signature"}, prefix, extra)
+                parts.append(part(kind))
             elif kind == "redacted_thinking":
                 thinking.append("[redacted_thinking]")
+                blocks.append(thinking_block(kind, data=block.get("data")))
+                self.leftovers(block, {"type", "data"}, prefix, extra)
+                parts.append(part(kind))
             elif kind == "tool_use":
                 names[block.get("id")] = block.get("name")
                 calls.append(tool_call(block.get("id"), block.get("name"),
                                        self.arguments(block.get("input", {}))))
+                self.leftovers(block, {"type", "id", "name", "input"}, prefix, extra)
+                parts.append(part(kind, ref=block.get("id")))
             else:
-                text.append(MARKERS.get(kind, f"[{kind}]"))
+                parts.append(self.block_part(block, kind, prefix, extra))
+                text.append(parts[-1]["text"] if kind in TEXT_TYPES else MARKERS.get(kind, f"[{kind}]"))
         return message("assistant", "".join(text), tool_calls=calls,
-                       reasoning_content=SECTION_SEPARATOR.join(thinking) if thinking else None)
+                       reasoning_content=SECTION_SEPARATOR.join(thinking) if thinking else None,
+                       content_parts=None if _flat(parts) else parts, thinking_blocks=blocks, extra=extra)
 
     def anthropic_user(self, content, field: str, names: dict) -> list[dict]:
-        if isinstance(content, str):
-            return [message("user", content)]
-        out, text = [], []
-        for i, block in enumerate(self.expect(content, list, field)):
-            kind = self.expect(block, dict, f"{field}[{i}]").get("type")
-            if kind == "tool_result":
-                if text:
-                    out.append(message("user", "".join(text)))
-                    text = []
-                call_id = block.get("tool_use_id")
-                out.append(message("tool", self.text(block.get("content"), f"{field}[{i}].content"),
-                                   tool_call_id=call_id, name=names.get(call_id),
-                                   is_error=bool(block.get("is_error", False))))
-            else:
-                text.append(self.text([block], f"{field}[{i}]"))
-        if text or not out:
-            out.append(message("user", "".join(text)))
-        return out
+        if not isinstance(content, list):
+            return [message("user", self.expect(content, (str, type(None)), field))]
+        out, pending = [], []  # pending: the text-side blocks since the last tool result
+
+        def flush(end: int):
+            if pending:
+                extra = {}
+                text, parts = self.content(pending, field, extra, start=end - len(pending))
+                out.append(message("user", text, content_parts=parts, extra=extra))
+                pending.clear()
+
+        for i, block in enumerate(content):
+            if self.expect(block, dict, f"{field}[{i}]").get("type") != "tool_result":
+                pending.append(block)
+                continue
+            flush(i)
+            extra, call_id = {}, block.get("tool_use_id")
+            self.leftovers(block, {"type", "tool_use_id", "content", "is_error"}, "", extra)
+            text, parts = self.content(block.get("content"), f"{field}[{i}].content", extra)
+            out.append(message("tool", text, tool_call_id=call_id, name=names.get(call_id),
+                               is_error=bool(block.get("is_error", False)), content_parts=parts, extra=extra))
+        flush(len(content))
+        return out or [message("user", "")]
 
     def anthropic_prompt(self, request: dict) -> list[dict]:
         out, names = [], {}
         if request.get("system"):
-            out.append(message("system", self.text(request["system"], "request.system", SECTION_SEPARATOR)))
+            extra = {}
+            text, parts = self.content(request["system"], "request.system", extra, SECTION_SEPARATOR, "system")
+            out.append(message("system", text, content_parts=parts, extra=extra))
         for i, m in enumerate(self.expect(request.get("messages", []), list, "request.messages")):
             field = f"request.messages[{i}]"
             role = self.expect(m, dict, field).get("role")
             if role == "assistant":
-                out.append(self.anthropic_assistant(m.get("content"), f"{field}.content", names))
+                read = [self.anthropic_assistant(m.get("content"), f"{field}.content", names)]
             elif role == "user":
-                out.extend(self.anthropic_user(m.get("content"), f"{field}.content", names))
+                read = self.anthropic_user(m.get("content"), f"{field}.content", names)
+            elif role == "system":  # Claude Code sends its environment block in place, as a message
+                extra = {}
+                text, parts = self.content(m.get("content"), f"{field}.content", extra, SECTION_SEPARATOR)
+                read = [message("system", text, content_parts=parts, extra=extra)]
             else:
                 self.fail(f"{field}.role", f"unknown role {role!r} for anthropic_messages")
+            level = {}
+            self.leftovers(m, {"role", "content"}, "", level)
+            if level:
+                read[0]["extra"] = (read[0]["extra"] or {}) | level
+            out.extend(read)
         return out
 
     def anthropic_responses(self, response: dict) -> list[dict]:
@@ -189,26 +292,44 @@ class _Reader:
     # -- OpenAI chat completions --------------------------------------------------------
     def chat_message(self, m: dict, field: str, names: dict) -> dict:
         role = self.expect(m, dict, field).get("role")
-        if role in ("system", "developer"):
-            return message("system", self.text(m.get("content"), f"{field}.content", SECTION_SEPARATOR))
-        if role == "user":
-            return message("user", self.text(m.get("content"), f"{field}.content"), name=m.get("name"))
-        if role == "assistant":
-            calls = []
-            for j, c in enumerate(m.get("tool_calls") or []):
-                function = self.expect(self.expect(c, dict, f"{field}.tool_calls[{j}]").get("function"),
-                                       dict, f"{field}.tool_calls[{j}].function")
-                names[c.get("id")] = function.get("name")
-                calls.append(tool_call(c.get("id"), function.get("name"),
-                                       self.arguments(function.get("arguments", "{}"))))
-            reasoning = m.get("reasoning_content", m.get("reasoning"))
-            return message("assistant", self.text(m.get("content"), f"{field}.content"), tool_calls=calls,
-                           reasoning_content=reasoning if isinstance(reasoning, str) else None)
+        if role not in ("system", "developer", "user", "assistant", "tool", "function"):
+            self.fail(f"{field}.role", f"unknown role {role!r} for openai_chat")
+        extra = {"role": role} if role in ("developer", "function") else {}  # read as system / tool
+        system = role in ("system", "developer")
+        text, parts = self.content(m.get("content"), f"{field}.content", extra,
+                                   SECTION_SEPARATOR if system else "")
+        known = {"role", "content", "name"}
+        if system or role == "user":
+            self.leftovers(m, known, "", extra)
+            return message("system" if system else "user", text, name=m.get("name"), content_parts=parts,
+                           extra=extra)
         if role in ("tool", "function"):
             call_id = m.get("tool_call_id")
-            return message("tool", self.text(m.get("content"), f"{field}.content"), tool_call_id=call_id,
-                           name=m.get("name") or names.get(call_id))
-        self.fail(f"{field}.role", f"unknown role {role!r} for openai_chat")
+            self.leftovers(m, known | {"tool_call_id"}, "", extra)
+            return message("tool", text, tool_call_id=call_id, name=m.get("name") or names.get(call_id),
+                           content_parts=parts, extra=extra)
+        calls = []
+        for j, c in enumerate(m.get("tool_calls") or []):
+            where = f"{field}.tool_calls[{j}]"
+            function = self.expect(self.expect(c, dict, where).get("function"), dict, f"{where}.function")
+            names[c.get("id")] = function.get("name")
+            calls.append(tool_call(c.get("id"), function.get("name"),
+                                   self.arguments(function.get("arguments", "{}"))))
+            self.leftovers(c, {"id", "function"} | ({"type"} if c.get("type") in (None, "function") else set()),
+                           f"tool_calls[{j}].", extra)
+            self.leftovers(function, {"name", "arguments"}, f"tool_calls[{j}].function.", extra)
+        reasoning_field = "reasoning_content" if m.get("reasoning_content") is not None else "reasoning"
+        reasoning = m.get(reasoning_field)
+        blocks = []
+        for k, b in enumerate(m.get("thinking_blocks") or []):  # LiteLLM's form of Anthropic thinking
+            b = self.expect(b, dict, f"{field}.thinking_blocks[{k}]")
+            blocks.append(thinking_block(b.get("type"), b.get("thinking"), b.get("signature"), b.get("data")))
+            self.leftovers(b, {"type", "thinking", "signature", "data"}, f"thinking_blocks[{k}].", extra)
+        known |= {"tool_calls", "thinking_blocks"} | ({reasoning_field} if isinstance(reasoning, str) else set())
+        self.leftovers(m, known, "", extra)
+        return message("assistant", text, tool_calls=calls, name=m.get("name"),
+                       reasoning_content=reasoning if isinstance(reasoning, str) else None,
+                       content_parts=parts, thinking_blocks=blocks, extra=extra)
 
     def chat_prompt(self, request: dict) -> list[dict]:
         names = {}
@@ -232,53 +353,73 @@ class _Reader:
 
     # -- OpenAI responses ---------------------------------------------------------------
     def response_items(self, items: list, field: str) -> list[dict]:
-        """Input or output items; consecutive assistant-side items make one assistant message."""
-        out, names, turn = [], {}, None
+        """Input or output items; consecutive assistant-side items make one assistant message
+        (their fields in extra under items[k], k counted within the message)."""
+        out, names, turn, k = [], {}, None, 0
         for i, item in enumerate(items):
             where = f"{field}[{i}]"
             kind = self.expect(item, dict, where).get("type") or "message"
             role = item.get("role")
             if kind == "message" and role != "assistant":
-                turn = None
-                content = self.text(item.get("content"), f"{where}.content",
-                                    SECTION_SEPARATOR if role in ("system", "developer") else "")
-                if role in ("system", "developer"):
-                    out.append(message("system", content))
-                elif role == "user":
-                    out.append(message("user", content))
-                else:
+                turn, extra = None, {"role": role} if role == "developer" else {}
+                system = role in ("system", "developer")
+                text, parts = self.content(item.get("content"), f"{where}.content", extra,
+                                           SECTION_SEPARATOR if system else "")
+                if not system and role != "user":
                     self.fail(f"{where}.role", f"unknown role {role!r} for openai_responses")
+                self.leftovers(item, {"type", "role", "content"}, "", extra)
+                out.append(message("system" if system else "user", text, content_parts=parts, extra=extra))
             elif kind in ("function_call_output", "custom_tool_call_output"):
-                turn = None
+                turn, extra = None, {}
                 call_id = item.get("call_id")
-                out.append(message("tool", self.text(item.get("output"), f"{where}.output"),
-                                   tool_call_id=call_id, name=names.get(call_id)))
+                text, parts = self.content(item.get("output"), f"{where}.output", extra, path="output")
+                self.leftovers(item, {"type", "call_id", "output"}, "", extra)
+                out.append(message("tool", text, tool_call_id=call_id, name=names.get(call_id),
+                                   content_parts=parts, extra=extra))
             else:
                 if turn is None:
-                    turn = message("assistant")
+                    turn, k = message("assistant", extra={}), 0
+                    turn["extra"] = {}  # filled by the items that follow
                     out.append(turn)
+                prefix, k = f"items[{k}].", k + 1
                 if kind == "message":
-                    turn["content"] += self.text(item.get("content"), f"{where}.content")
+                    text, parts = self.content(item.get("content"), f"{where}.content", turn["extra"],
+                                               path=prefix + "content")
+                    turn["content"] += text or ""
+                    turn["content_parts"] = (turn["content_parts"] or []) + parts if parts else turn["content_parts"]
+                    self.leftovers(item, {"type", "role", "content"}, prefix, turn["extra"])
                 elif kind == "reasoning":
                     parts = item.get("content") or item.get("summary") or []
                     sections = [turn["reasoning_content"]] if turn["reasoning_content"] is not None else []
-                    sections.append(self.text(parts, f"{where}.summary", SECTION_SEPARATOR))
+                    sections.append(self.text(parts, f"{where}.summary"))
                     turn["reasoning_content"] = SECTION_SEPARATOR.join(sections)
+                    used = "content" if item.get("content") else "summary"
+                    self.leftovers(item, {"type", used}, prefix, turn["extra"])
                 elif kind in ("function_call", "custom_tool_call"):
                     names[item.get("call_id")] = item.get("name")
                     arguments = item.get("arguments") if kind == "function_call" else item.get("input")
                     turn["tool_calls"] = (turn["tool_calls"] or []) + [
                         tool_call(item.get("call_id"), item.get("name"), self.arguments(arguments or ""))]
+                    self.leftovers(item, {"call_id", "name", "arguments" if kind == "function_call" else "input"}
+                                   | ({"type"} if kind == "function_call" else set()), prefix, turn["extra"])
                 else:
                     turn["content"] += MARKERS.get(kind, f"[{kind}]")
+                    turn["extra"][prefix.rstrip(".")] = item
         return out
+
+    def text(self, parts, field: str) -> str:
+        """Reasoning summary or content parts as sections of text."""
+        text, _ = self.content(parts, field, {}, SECTION_SEPARATOR)
+        return text or ""
 
     def responses_prompt(self, request: dict) -> list[dict]:
         out = []
         # A call chained by previous_response_id repeats the instructions, not the history.
         if request.get("instructions") and not request.get("previous_response_id"):
-            out.append(message("system", self.text(request["instructions"], "request.instructions",
-                                                   SECTION_SEPARATOR)))
+            extra = {}
+            text, parts = self.content(request["instructions"], "request.instructions", extra,
+                                       SECTION_SEPARATOR, "instructions")
+            out.append(message("system", text, content_parts=parts, extra=extra))
         items = request.get("input", [])
         if isinstance(items, str):
             return out + [message("user", items)]
@@ -322,11 +463,14 @@ def read_call(record: dict, source: str = "calls") -> Call:
     tools = reader.expect(request.get("tools") or [], list, "request.tools")
     for i, t in enumerate(tools):
         reader.expect(t, dict, f"request.tools[{i}]")
+    prompt = read_prompt(reader, request)
+    for m in prompt + responses:
+        m["extra"] = _ENCODE(m["extra"]) if m["extra"] else None
     return Call(
         call_id=call_id, seq=record.get("seq"), started_at=record.get("started_at"),
         ended_at=record.get("ended_at"), wire_format=wire_format,
         call_kind=record.get("call_kind") or "agent", status=status, error=record.get("error"),
-        prompt=read_prompt(reader, request), responses=responses, tools=read_tools(reader, tools),
+        prompt=prompt, responses=responses, tools=read_tools(reader, tools),
         record=record, previous_response_id=request.get("previous_response_id"),
         response_id=response.get("id") if isinstance(response, dict) else None,
     )

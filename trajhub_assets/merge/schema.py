@@ -1,7 +1,7 @@
 """The merged_trajectories table: one row per conversation.
 
-Meta fields are columns; tools and messages are lists of structs (a tool's parameters
-and a tool call's arguments are JSON strings). `model` and `instance` are not columns:
+Meta fields are columns; tools and messages are lists of structs (a tool's parameters,
+a tool call's arguments and a message's extra are JSON strings). `model` and `instance` are not columns:
 the store adds them from the hive partition path, and `table_to_conversations` puts
 them back into meta.
 """
@@ -21,10 +21,17 @@ TOOL = pa.struct([("type", pa.string()), ("name", pa.string()), ("description", 
                   ("parameters", pa.string())])
 TOOL_CALL = pa.struct([("id", pa.string()), ("type", pa.string()), ("name", pa.string()),
                        ("arguments", pa.string())])
+# A media part's ref is its URL or file id, or "sha256:<hex>" of a base64 payload.
+CONTENT_PART = pa.struct([("type", pa.string()), ("text", pa.string()), ("media_type", pa.string()),
+                          ("ref", pa.string())])
+THINKING_BLOCK = pa.struct([("type", pa.string()), ("thinking", pa.string()), ("signature", pa.string()),
+                            ("data", pa.string())])
 MESSAGE = pa.struct([
     ("role", pa.string()), ("content", pa.string()), ("reasoning_content", pa.string()),
     ("tool_calls", pa.list_(TOOL_CALL)), ("tool_call_id", pa.string()), ("name", pa.string()),
     ("is_error", pa.bool_()), ("generation", pa.bool_()), ("generated_by", pa.string()),
+    ("content_parts", pa.list_(CONTENT_PART)), ("thinking_blocks", pa.list_(THINKING_BLOCK)),
+    ("extra", pa.string()),  # JSON object: the wire fields no column holds, by their path
 ])
 META = [
     pa.field("conversation_id", pa.string(), nullable=False), pa.field("run_id", pa.string()),
