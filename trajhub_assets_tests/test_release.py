@@ -1,21 +1,26 @@
 """hf_dataset_release: datasets round trip, TRL format, reproducibility, the secret scan, the push."""
 
+import base64
 import json
+import os
 import random
+import time
 
 import datasets
 import pyarrow as pa
 import pytest
 from huggingface_hub import DatasetCard
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from trajhub_assets.config import ReleaseConfig
 from trajhub_assets.pairs import PairPolicy, preference_pairs
 from trajhub_assets.release import (
     ReleaseError, ReleaseInputs, SecretLeakError, build_release, calibrate, push_release, verify_release,
 )
-from trajhub_assets.release.secrets import PATTERNS, mask, scan_rows, scan_text
+from trajhub_assets.release.secrets import _SECRET, PATTERNS, mask, scan_rows, scan_text
 from trajhub_assets.tasks.catalog import TaskRecord, tasks_to_table
-from trajhub_assets_tests.test_pairs import assert_trl_preference, reward, trajectory
+from trajhub_assets_tests.test_pairs import assert_trl_preference, opaque, reward, trajectory
 
 # Built from parts so no scanner (ours or a forge's) mistakes this file for a leak.
 FAKE_KEYS = {
@@ -181,3 +186,42 @@ def test_push_only_with_repo_and_token(release):
     assert url == "https://hub.example/commit/1"
     assert api.calls == [("create_repo", "org/trajhub-test", "dataset"),
                          ("upload_folder", "org/trajhub-test", str(release.path))]
+
+
+# -- thinking blocks and the scan ---------------------------------------------------------------
+# A signature that holds a Google-key-shaped run by chance, as random base64 now and then does.
+LUCKY_SIGNATURE = opaque("lucky") + "+AIza" + "Sy" + "A1b2" * 8 + "c" + "=="
+
+
+def test_signatures_and_redacted_data_are_not_keys_but_thinking_text_is_scanned():
+    key = FAKE_KEYS["anthropic"]
+    blocks = [{"type": "thinking", "thinking": "hm", "signature": LUCKY_SIGNATURE, "data": None},
+              {"type": "redacted_thinking", "thinking": None, "signature": None, "data": LUCKY_SIGNATURE}]
+    assert scan_rows("t", [{"messages": [{"content": None, "thinking_blocks": blocks}]}]) == []
+    leaky = [{"type": "thinking", "thinking": f"the key is {key}", "signature": f"not base64: {key}", "data": None}]
+    hits = scan_rows("t", [{"messages": [{"content": LUCKY_SIGNATURE, "thinking_blocks": leaky}]}])
+    assert sorted((h.field, h.kind) for h in hits) == [
+        ("messages[0].content", "google_api_key"), ("messages[0].thinking_blocks[0].signature", "anthropic"),
+        ("messages[0].thinking_blocks[0].thinking", "anthropic")]
+
+
+fragments = st.sampled_from(sorted(FAKE_KEYS.values()) + [
+    "sk-", "sk-ant-", "hf_", "AKIA", "ASIA", "AIza", "ghp_", "github_pat_", "xoxb-", "-----BEGIN ", "PRIVATE KEY-----",
+    "Authorization: ", "AUTHORIZATION=", "bearer ", "task-", "A", "x", "1", "_", "-", "+", "/", " ", "\n", "é"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(fragments, max_size=30).map("".join))
+def test_scan_text_finds_what_the_full_pattern_finds_everywhere(text):
+    assert list(scan_text(text)) == [(m.lastgroup, mask(m.group())) for m in _SECRET.finditer(text)]
+
+
+def test_long_thinking_data_and_text_scan_fast():
+    blob = base64.b64encode(os.urandom(3_000_000)).decode()  # 4M characters
+    row = {"messages": [{"content": blob[:1_000_000],
+                         "thinking_blocks": [{"type": "redacted_thinking", "thinking": None, "signature": None,
+                                              "data": blob}]}]}
+    started = time.perf_counter()
+    scan_rows("t", [row])
+    # every pattern tried at every position took ~2 s here; candidates first and the skip ~0.05 s
+    assert time.perf_counter() - started < 0.5
