@@ -245,7 +245,7 @@ def claude_trajectory(run_id, model, attempt, commands):
 
 
 def kept_fields(message):
-    return {k: message[k] for k in ("content", "thinking_blocks", "content_parts", "extra")}
+    return {k: message.get(k) for k in ("content", "thinking_blocks", "content_parts", "extra")}
 
 
 def test_thinking_signatures_parts_and_extra_survive_into_pairs(store):

@@ -68,7 +68,8 @@ CHAT_MESSAGE_DOCS = {
     "role": "`system`, `user`, `assistant` or `tool`",
     "content": "the message's text; null where the model (or client) sent null, e.g. an assistant "
                "turn of tool calls only",
-    "reasoning_content": "the model's reasoning as plain text, when the provider returned it",
+    "reasoning_content": "the model's reasoning as plain text, when it gave any (of thinking blocks: their "
+                         "text joined, `[redacted_thinking]` for a redacted one)",
     "tool_calls": "OpenAI form: `id`, `type`, `function` {`name`, `arguments`: the JSON string as generated}",
     "tool_call_id": "the tool call a `tool` message answers",
     "name": "the tool's name in a `tool` message, else the sender's name if the client gave one",
