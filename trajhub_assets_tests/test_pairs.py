@@ -1,11 +1,15 @@
 """preference_pairs: ranking, margins, ties, fair selection, step pairs and TRL's format."""
 
+import base64
+import hashlib
 import json
 from collections import Counter
 
 import pytest
 
 from trajhub_assets.errors import RecordError
+from trajhub_assets.merge.merge import merge_calls
+from trajhub_assets.merge.schema import conversations_to_table, table_to_conversations
 from trajhub_assets.pairs import PREFERENCE_PAIRS, PairPolicy, preference_pairs
 
 TOOLS = [{"type": "function", "function": {"name": "shell", "description": "run a command",
@@ -22,12 +26,13 @@ def call(cmd, call_id):
     return {"id": call_id, "type": "function", "function": {"name": "shell", "arguments": json.dumps({"cmd": cmd})}}
 
 
-def trajectory(run_id, model, attempt, commands, system="You are a coding agent.", final="done", id_prefix=None):
+def trajectory(run_id, model, attempt, commands, system="You are a coding agent.", final="done", id_prefix=None,
+               act_content=""):
     """system, user, then one (assistant tool call, tool result) step per command, then a final answer."""
     messages = [msg("system", system), msg("user", "fix the bug")]
     for k, cmd in enumerate(commands):
         call_id = f"{id_prefix or run_id}-{k}"
-        messages.append(msg("assistant", "", tool_calls=[call(cmd, call_id)]))
+        messages.append(msg("assistant", act_content, tool_calls=[call(cmd, call_id)]))
         messages.append(msg("tool", f"output of {cmd}", tool_call_id=call_id, name="shell", is_error=False,
                             generation=False))
     messages.append(msg("assistant", final))
@@ -48,7 +53,9 @@ def assert_trl_preference(row: dict) -> None:
     for column in ("prompt", "chosen", "rejected"):
         assert isinstance(row[column], list) and row[column], column
         for m in row[column]:
-            assert isinstance(m, dict) and isinstance(m["role"], str) and isinstance(m["content"], str)
+            assert isinstance(m, dict) and isinstance(m["role"], str)
+            # null only where the model sent null (OpenAI-style tool-call turns); TRL templates take both
+            assert isinstance(m["content"], str) or (m["content"] is None and m["role"] == "assistant")
             assert "generation" not in m and "is_error" not in m
             for c in m.get("tool_calls") or []:
                 assert c["type"] == "function" and isinstance(c["function"]["name"], str)
@@ -203,3 +210,78 @@ def test_runs_that_act_alike_are_not_a_pair():
     runs = [trajectory("r1", "m-a", 0, ["ls"], id_prefix="x"), trajectory("r2", "m-a", 1, ["ls"], id_prefix="y")]
     result = preference_pairs(runs, [reward("r1", 1.0), reward("r2", 0.0)], [], PairPolicy())
     assert result.table.num_rows == 0 and result.stats["skipped_same_actions"] == 1
+
+
+# -- what the merge keeps beyond OpenAI's fields ----------------------------------------------
+def opaque(seed: str, repeat: int = 4) -> str:
+    """Base64 like a signature or redacted thinking: long, with + / and = in it."""
+    return base64.b64encode(hashlib.sha512(seed.encode()).digest() * repeat + b"\xfb\xff").decode()
+
+
+def claude_trajectory(run_id, model, attempt, commands):
+    """One recorded Anthropic run, merged: each step is signed thinking, a text block with a citation
+    (kept in extra), redacted thinking and a tool call (the order kept in content_parts)."""
+    tools = [{"name": "shell", "description": "run a command",
+              "input_schema": {"type": "object", "properties": {"cmd": {"type": "string"}}}}]
+    history, calls = [{"role": "user", "content": "fix the bug"}], []
+    replies = [[{"type": "thinking", "thinking": f"Try {cmd}.", "signature": opaque(f"sig {cmd}")},
+                {"type": "text", "text": f"Running {cmd}.", "citations": [{"type": "char_location", "cited_text": cmd}]},
+                {"type": "redacted_thinking", "data": opaque(f"data {cmd}", repeat=40)},
+                {"type": "tool_use", "id": f"toolu_{run_id}_{k}", "name": "shell", "input": {"cmd": cmd}}]
+               for k, cmd in enumerate(commands)] + [[{"type": "text", "text": "done"}]]
+    for seq, reply in enumerate(replies):
+        calls.append({"run_id": run_id, "call_id": f"{run_id}-c{seq}", "seq": seq, "started_at": 1.0 + seq,
+                      "ended_at": 1.5 + seq, "wire_format": "anthropic_messages", "call_kind": "agent",
+                      "status": "ok", "response": {"content": reply},
+                      "request": {"model": model, "system": "You are a coding agent.", "tools": tools,
+                                  "messages": list(history), "max_tokens": 100}})
+        if seq < len(commands):
+            history += [{"role": "assistant", "content": reply}, {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": reply[-1]["id"], "content": f"output of {commands[seq]}"}]}]
+    [conversation] = merge_calls(calls, model=model, instance="inst-1", attempt=attempt)
+    # as the pairs and release assets read it: through the merged_trajectories table
+    [conversation] = table_to_conversations(conversations_to_table([conversation]), model=model, instance="inst-1")
+    return conversation
+
+
+def kept_fields(message):
+    return {k: message.get(k) for k in ("content", "thinking_blocks", "content_parts", "extra")}
+
+
+def test_thinking_signatures_parts_and_extra_survive_into_pairs(store):
+    a = claude_trajectory("r1", "claude-a", 0, ["ls", "pytest"])
+    b = claude_trajectory("r2", "claude-b", 0, ["ls", "rm -rf build"])
+    act = a["messages"][2]
+    assert [t["type"] for t in act["thinking_blocks"]] == ["thinking", "redacted_thinking"]
+    assert act["thinking_blocks"][0]["signature"] == opaque("sig ls")  # what the wire sent
+    assert act["thinking_blocks"][1]["data"] == opaque("data ls", repeat=40)
+    assert act["content_parts"] and json.loads(act["extra"])["content[1].citations"]
+    steps = [{"run_id": r, "step_index": k, "step_reward": v}
+             for r, k, v in [("r1", 0, 0.5), ("r1", 1, 0.9), ("r2", 0, 0.5), ("r2", 1, 0.2)]]
+    table = preference_pairs([a, b], [reward("r1", 0.8), reward("r2", 0.3)], steps, PairPolicy(min_margin=0.1)).table
+    store.write(PREFERENCE_PAIRS, table, {"instance": "inst-1"})
+    rows = store.read(PREFERENCE_PAIRS, {"instance": "inst-1"}).to_pylist()
+    assert rows == table.to_pylist()  # through Parquet unchanged
+    assert sorted(r["kind"] for r in rows) == ["step", "trajectory"]
+    for row in rows:
+        assert_trl_preference(row)
+        chosen_run, rejected_run = (a, b) if row["chosen_run_id"] == "r1" else (b, a)
+        shown = row["prompt"] + row["chosen"]
+        assert [kept_fields(m) for m in shown] == [kept_fields(m) for m in chosen_run["messages"][:len(shown)]]
+        start = len(row["prompt"])
+        assert [kept_fields(m) for m in row["rejected"]] == [
+            kept_fields(m) for m in rejected_run["messages"][start:start + len(row["rejected"])]]
+    [step] = [r for r in rows if r["kind"] == "step"]
+    assert step["chosen"][0]["thinking_blocks"][0]["signature"] == opaque("sig pytest")
+    assert step["rejected"][0]["thinking_blocks"][1]["data"] == opaque("data rm -rf build", repeat=40)
+    assert step["prompt"][2]["thinking_blocks"][0]["signature"] == opaque("sig ls")
+
+
+def test_null_content_stays_null_in_pairs(store):
+    runs = [trajectory("r1", "m-a", 0, ["ls"], act_content=None), trajectory("r2", "m-b", 0, ["pwd"], act_content=None)]
+    table = preference_pairs(runs, [reward("r1", 0.9), reward("r2", 0.1)], [], PairPolicy()).table
+    store.write(PREFERENCE_PAIRS, table, {"instance": "inst-1"})
+    [row] = store.read(PREFERENCE_PAIRS, {"instance": "inst-1"}).to_pylist()
+    assert row["chosen"][0]["content"] is None and row["rejected"][0]["content"] is None
+    assert row["chosen"][-1]["content"] == "done" and row["prompt"][0]["content"] == "You are a coding agent."
+    assert_trl_preference(row)

@@ -1,21 +1,29 @@
 """hf_dataset_release: datasets round trip, TRL format, reproducibility, the secret scan, the push."""
 
+import base64
 import json
+import os
 import random
+import time
 
 import datasets
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from huggingface_hub import DatasetCard
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from trajhub_assets.config import ReleaseConfig
 from trajhub_assets.pairs import PairPolicy, preference_pairs
 from trajhub_assets.release import (
     ReleaseError, ReleaseInputs, SecretLeakError, build_release, calibrate, push_release, verify_release,
 )
-from trajhub_assets.release.secrets import PATTERNS, mask, scan_rows, scan_text
+from trajhub_assets.release.secrets import _SECRET, PATTERNS, mask, scan_rows, scan_text
 from trajhub_assets.tasks.catalog import TaskRecord, tasks_to_table
-from trajhub_assets_tests.test_pairs import assert_trl_preference, reward, trajectory
+from trajhub_assets_tests.test_pairs import (
+    assert_trl_preference, claude_trajectory, kept_fields, opaque, reward, trajectory,
+)
 
 # Built from parts so no scanner (ours or a forge's) mistakes this file for a leak.
 FAKE_KEYS = {
@@ -181,3 +189,105 @@ def test_push_only_with_repo_and_token(release):
     assert url == "https://hub.example/commit/1"
     assert api.calls == [("create_repo", "org/trajhub-test", "dataset"),
                          ("upload_folder", "org/trajhub-test", str(release.path))]
+
+
+# -- thinking, content parts, extra and null content in the release ---------------------------
+# A signature that holds a Google-key-shaped run by chance, as random base64 now and then does.
+LUCKY_SIGNATURE = opaque("lucky") + "+AIza" + "Sy" + "A1b2" * 8 + "c" + "=="
+
+
+def thinking_inputs():
+    """inst-1: two merged Anthropic runs (signed and redacted thinking, parts, extra; one signature
+    lucky); inst-2: two runs whose tool-call turns have a null content."""
+    claude = [claude_trajectory("r1", "claude-a", 0, ["ls", "pytest"]),
+              claude_trajectory("r2", "claude-b", 0, ["ls", "rm -rf build"])]
+    claude[1]["messages"][4]["thinking_blocks"][0]["signature"] = LUCKY_SIGNATURE
+    null = [trajectory("r3", "m-a", 0, ["make"], act_content=None), trajectory("r4", "m-b", 0, ["make test"],
+                                                                              act_content=None)]
+    for t in null:
+        t["meta"]["instance"] = "inst-2"
+    rewards = [reward("r1", 0.8), reward("r2", 0.3), reward("r3", 0.9), reward("r4", 0.1)]
+    steps = [{"run_id": r, "step_index": k, "step_reward": v}
+             for r, k, v in [("r1", 0, 0.5), ("r1", 1, 0.9), ("r2", 0, 0.5), ("r2", 1, 0.2)]]
+    pairs = pa.concat_tables([preference_pairs(ts, rewards, steps, PairPolicy(min_margin=0.1)).table
+                              for ts in (claude, null)])
+    return ReleaseInputs(tasks=tasks_to_table([task("inst-1", "SP"), task("inst-2", "Memory")]),
+                         trajectories=claude + null, trajectory_rewards=rewards, step_rewards=steps, pairs=pairs)
+
+
+def test_thinking_parts_extra_and_null_content_survive_into_the_release(tmp_path):
+    inputs = thinking_inputs()
+    assert any(kind == "google_api_key" for kind, _ in scan_text(LUCKY_SIGNATURE))  # as plain text it would be
+    release = build_release(inputs, CONFIG, tmp_path / "root", rows_per_shard=4)
+    cache = str(tmp_path / "hf-cache")
+    runs = {t["meta"]["run_id"]: t for t in inputs.trajectories}
+
+    sft = datasets.load_dataset(str(release.path), "trajectories", split="train", cache_dir=cache)
+    assert sorted(sft["run_id"]) == sorted(runs)
+    for row in sft:
+        assert [kept_fields(m) for m in row["messages"]] == [kept_fields(m) for m in runs[row["run_id"]]["messages"]]
+    by_run = {row["run_id"]: row["messages"] for row in sft}
+    assert by_run["r1"][2]["thinking_blocks"] == runs["r1"]["messages"][2]["thinking_blocks"]
+    assert by_run["r2"][4]["thinking_blocks"][0]["signature"] == LUCKY_SIGNATURE
+    assert by_run["r1"][2]["thinking_blocks"][1] == {"type": "redacted_thinking", "thinking": None,
+                                                     "signature": None, "data": opaque("data ls", repeat=40)}
+    assert by_run["r3"][2]["content"] is None and by_run["r3"][0]["content"] == "You are a coding agent."
+
+    prefs = datasets.load_dataset(str(release.path), "preferences", split="train", cache_dir=cache)
+    assert prefs.num_rows == inputs.pairs.num_rows
+    stored = {r["pair_id"]: r for r in inputs.pairs.to_pylist()}
+    for row in prefs:
+        assert_trl_preference(row)
+        for side in ("prompt", "chosen", "rejected"):
+            assert row[side] == stored[row["pair_id"]][side]
+    [step] = [r for r in prefs if r["kind"] == "step"]
+    assert step["rejected"][0]["thinking_blocks"][0]["signature"] == LUCKY_SIGNATURE
+    assert any(m["content"] is None for r in prefs if r["instance_id"] == "inst-2" for m in r["chosen"])
+
+    # the shards themselves, read without `datasets`, hold the same rows
+    for name in ("trajectories", "preferences"):
+        read = pa.concat_tables([pq.read_table(p) for p in sorted((release.path / "data" / name).glob("*.parquet"))])
+        assert read.to_pylist() == datasets.load_dataset(str(release.path), name, split="train",
+                                                         cache_dir=cache).to_list()
+    card = (release.path / "README.md").read_text()
+    for key in ("thinking_blocks", "content_parts", "extra", "reasoning_content"):
+        assert f"| `{key}` |" in card
+
+    again = build_release(thinking_inputs(), CONFIG, tmp_path / "other-root", rows_per_shard=4)
+    assert again.version == release.version
+    for name in release.files:
+        assert (again.path / name).read_bytes() == (release.path / name).read_bytes()
+
+
+def test_signatures_and_redacted_data_are_not_keys_but_thinking_text_is_scanned():
+    key = FAKE_KEYS["anthropic"]
+    blocks = [{"type": "thinking", "thinking": "hm", "signature": LUCKY_SIGNATURE, "data": None},
+              {"type": "redacted_thinking", "thinking": None, "signature": None, "data": LUCKY_SIGNATURE}]
+    assert scan_rows("t", [{"messages": [{"content": None, "thinking_blocks": blocks}]}]) == []
+    leaky = [{"type": "thinking", "thinking": f"the key is {key}", "signature": f"not base64: {key}", "data": None}]
+    hits = scan_rows("t", [{"messages": [{"content": LUCKY_SIGNATURE, "thinking_blocks": leaky}]}])
+    assert sorted((h.field, h.kind) for h in hits) == [
+        ("messages[0].content", "google_api_key"), ("messages[0].thinking_blocks[0].signature", "anthropic"),
+        ("messages[0].thinking_blocks[0].thinking", "anthropic")]
+
+
+fragments = st.sampled_from(sorted(FAKE_KEYS.values()) + [
+    "sk-", "sk-ant-", "hf_", "AKIA", "ASIA", "AIza", "ghp_", "github_pat_", "xoxb-", "-----BEGIN ", "PRIVATE KEY-----",
+    "Authorization: ", "AUTHORIZATION=", "bearer ", "task-", "A", "x", "1", "_", "-", "+", "/", " ", "\n", "é"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(fragments, max_size=30).map("".join))
+def test_scan_text_finds_what_the_full_pattern_finds_everywhere(text):
+    assert list(scan_text(text)) == [(m.lastgroup, mask(m.group())) for m in _SECRET.finditer(text)]
+
+
+def test_long_thinking_data_and_text_scan_fast():
+    blob = base64.b64encode(os.urandom(3_000_000)).decode()  # 4M characters
+    row = {"messages": [{"content": blob[:1_000_000],
+                         "thinking_blocks": [{"type": "redacted_thinking", "thinking": None, "signature": None,
+                                              "data": blob}]}]}
+    started = time.perf_counter()
+    scan_rows("t", [row])
+    # every pattern tried at every position took ~2 s here; candidates first and the skip ~0.05 s
+    assert time.perf_counter() - started < 0.5

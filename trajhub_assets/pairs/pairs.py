@@ -23,10 +23,12 @@ Two kinds of pair:
 Each kind keeps at most `max_pairs` pairs, picked greedily so that every model appears about as
 often as the others (then every run, then the larger margin first).
 
-Messages leave in TRL's conversational form: role, content (a string), reasoning_content,
-tool_calls in OpenAI form, tool_call_id, name. The internal flags (generation, is_error) are
-dropped; message keys compare content and tool calls, not tool-call ids or reasoning, which
-clients regenerate or drop.
+Messages leave in TRL's conversational form: role, content (null where the wire sent null),
+reasoning_content, tool_calls in OpenAI form, tool_call_id, name, and the merge's
+thinking_blocks (signatures and redacted data byte for byte), content_parts and extra
+(CHAT_MESSAGE_DOCS says what each holds). The internal flags (generation, is_error,
+generated_by) are dropped; message keys compare content and tool calls, not tool-call ids,
+reasoning or thinking, which clients regenerate or drop.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from typing import Literal
 import pyarrow as pa
 
 from trajhub_assets.errors import RecordError
+from trajhub_assets.merge.schema import CONTENT_PART, THINKING_BLOCK
 from trajhub_assets.store import Table
 
 log = logging.getLogger(__name__)
@@ -57,7 +60,29 @@ CHAT_TOOL_CALL = pa.struct([
 CHAT_MESSAGE = pa.struct([
     ("role", pa.string()), ("content", pa.string()), ("reasoning_content", pa.string()),
     ("tool_calls", pa.list_(CHAT_TOOL_CALL)), ("tool_call_id", pa.string()), ("name", pa.string()),
+    ("thinking_blocks", pa.list_(THINKING_BLOCK)), ("content_parts", pa.list_(CONTENT_PART)),
+    ("extra", pa.string()),
 ])
+# What a training user reads in each message field; the release's card prints it.
+CHAT_MESSAGE_DOCS = {
+    "role": "`system`, `user`, `assistant` or `tool`",
+    "content": "the message's text; null where the model (or client) sent null, e.g. an assistant "
+               "turn of tool calls only",
+    "reasoning_content": "the model's reasoning as plain text, when it gave any (of thinking blocks: their "
+                         "text joined, `[redacted_thinking]` for a redacted one)",
+    "tool_calls": "OpenAI form: `id`, `type`, `function` {`name`, `arguments`: the JSON string as generated}",
+    "tool_call_id": "the tool call a `tool` message answers",
+    "name": "the tool's name in a `tool` message, else the sender's name if the client gave one",
+    "thinking_blocks": "the model's thinking as sent, `{type, thinking, signature, data}`: `thinking` "
+                       "with its `signature`, `redacted_thinking` with its encrypted `data`, unchanged; "
+                       "Anthropic wants them back exactly so in later turns",
+    "content_parts": "the blocks in order, `{type, text, media_type, ref}`, where `content` alone cannot "
+                     "say them: a `thinking`/`redacted_thinking` part stands for the next thinking block, "
+                     "a `tool_use` part's `ref` is its call id, media is a reference (URL, `file:<id>` or "
+                     "`sha256:<hex>` of the payload), never the payload",
+    "extra": "a JSON object (as a string) of the wire fields no other key holds, keyed by their path "
+             "in the wire message (`provider_specific_fields`, `content[2].citations`, ...)",
+}
 CHAT_MESSAGES = pa.list_(CHAT_MESSAGE)
 
 PREFERENCE_PAIRS = Table(
@@ -116,13 +141,23 @@ def chat_tool_call(call: Mapping) -> dict:
             "function": {"name": function.get("name"), "arguments": function.get("arguments")}}
 
 
+def _structs(items: list | None, struct: pa.StructType) -> list[dict] | None:
+    """Each item with exactly the struct's keys, so rows read back equal to rows written."""
+    names = [f.name for f in struct]
+    return None if items is None else [{name: item.get(name) for name in names} for item in items]
+
+
 def chat_message(message: Mapping) -> dict:
-    """A merged message as TRL expects it: internal flags dropped, content always a string."""
+    """A merged message as TRL expects it, internal flags dropped; content, thinking, parts and
+    extra are the merge's, unchanged (a null content stays null)."""
     calls = message.get("tool_calls")
-    return {"role": message["role"], "content": message.get("content") or "",
+    return {"role": message["role"], "content": message.get("content"),
             "reasoning_content": message.get("reasoning_content"),
             "tool_calls": [chat_tool_call(c) for c in calls] if calls else None,
-            "tool_call_id": message.get("tool_call_id"), "name": message.get("name")}
+            "tool_call_id": message.get("tool_call_id"), "name": message.get("name"),
+            "thinking_blocks": _structs(message.get("thinking_blocks"), THINKING_BLOCK),
+            "content_parts": _structs(message.get("content_parts"), CONTENT_PART),
+            "extra": message.get("extra")}
 
 
 def _canonical_arguments(arguments: str | None) -> str | None:

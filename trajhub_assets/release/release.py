@@ -5,6 +5,8 @@ Configs (each one split, `train`, in Parquet shards written by `datasets`):
   language-modeling format), `tools_json`, the indices of the messages the model generated, and
   its reward with the components;
 - preferences: PREFERENCE_PAIRS rows of every instance (DPO, TRL's conversational preference format);
+  messages in both are pairs.chat_message's (thinking blocks with their signatures, content parts,
+  extra, a null content kept), and the card documents each key (CHAT_MESSAGE_DOCS);
 - step_rewards: one row per (run, step) of the main conversation;
 - tasks: the task records, without local paths.
 
@@ -34,7 +36,9 @@ from pathlib import Path
 import pyarrow as pa
 
 from trajhub_assets.errors import TrajhubError
-from trajhub_assets.pairs.pairs import CHAT_MESSAGES, PREFERENCE_PAIRS, chat_message, reward_version, tools_json
+from trajhub_assets.pairs.pairs import (
+    CHAT_MESSAGE, CHAT_MESSAGE_DOCS, CHAT_MESSAGES, PREFERENCE_PAIRS, chat_message, reward_version, tools_json,
+)
 from trajhub_assets.release.calibration import CalibrationReport
 from trajhub_assets.release.secrets import check_no_secrets
 from trajhub_assets.tasks.catalog import CHECKLIST_TYPE
@@ -230,6 +234,7 @@ def dataset_card(tables: Mapping[str, pa.Table], config, version: str, inputs: R
     policy = inputs.pair_policy or {"min_margin": config.min_margin, "max_pairs": config.max_pairs_per_instance}
     calibration = (inputs.calibration.markdown().replace("## Reward calibration\n\n", "")
                    if inputs.calibration else "No human labels yet: the rewards have not been checked against people.")
+    message_keys = [[f"`{f.name}`", CHAT_MESSAGE_DOCS[f.name]] for f in CHAT_MESSAGE]
     made_with = "\n".join(f"- `{m['name']}` with the `{m.get('scaffold', '?')}` scaffold, "
                           f"{m.get('samples', 1)} attempt(s) per task" for m in inputs.models) or "- (not recorded)"
 
@@ -249,11 +254,14 @@ pairs = load_dataset("{config.hf_repo or config.name}", "preferences", split="{S
 ```
 
 `preferences` is TRL's conversational preference format (`prompt`, `chosen`, `rejected`: lists of
-messages with `role`, `content`, `reasoning_content`, OpenAI-form `tool_calls`, `tool_call_id`,
-`name`); `trajectories.messages` is TRL's conversational language-modeling format. Tools are
+messages); `trajectories.messages` is TRL's conversational language-modeling format. Tools are
 stored as JSON in `tools_json` (their schemas differ too much for one Arrow type): pass
 `json.loads(row["tools_json"])` as `tools` to the chat template. `generated_indices` lists the
 messages the model itself produced (others were sent by the scaffold), for loss masking.
+
+Every message, in both configs, has these keys (unset ones are null):
+
+{_markdown_table(["key", "what"], message_keys)}
 
 Pairs: {kinds.get("trajectory", 0)} trajectory-level, {kinds.get("step", 0)} step-level.
 
@@ -294,7 +302,8 @@ and an LLM judge, paired, and released by trajhub's Dagster assets. Models:
 
 {made_with}
 
-Every text field passed a secret scan (API keys, tokens, `Authorization` headers) before release.
+Every text field passed a secret scan (API keys, tokens, `Authorization` headers) before release;
+thinking signatures and redacted thinking data, opaque base64, are not scanned.
 Same store, same library versions (see `manifest.json`) → the same files, byte for byte.
 """
     return f"---\n{header.strip()}\n---\n{body}"

@@ -1,5 +1,9 @@
 """The secret scan: every text field of a release is searched for API keys before anything is written.
 
+Thinking signatures and redacted thinking data (`thinking_blocks[i].signature` / `.data`) are
+skipped while they are plain base64: provider-encrypted, they hold no readable text and would
+match a key format by chance now and then.
+
 A hit names the table, the row and the field path (`messages[5].tool_calls[0].function.arguments`)
 and shows the key masked (its kind, first characters and length), so the error itself never
 leaks what it found. Patterns follow the providers' published key formats; a generic
@@ -33,6 +37,15 @@ PATTERNS: dict[str, str] = {
 }
 # A key starts at a word boundary: "task-ant..." or "mask_hf_..." are not keys.
 _SECRET = re.compile("|".join(f"(?P<{kind}>(?<![A-Za-z0-9_\\-]){pattern})" for kind, pattern in PATTERNS.items()))
+# Where a key can start: each pattern begins with one of these. Finding them first and trying
+# _SECRET only there is ~10x faster than _SECRET at every position (the lookahead finds
+# overlapping starts; the leading class lets the regex engine skip other characters quickly).
+_START = re.compile(r"(?=[aAghsx-])(?=sk-|hf_|AKIA|ASIA|gh[pousr]_|github_pat_|AIza|xox[abposr]-|-----BEGIN"
+                    r"|(?i:authorization))")
+# Thinking signatures and redacted thinking are provider-encrypted base64 blobs: no text anyone
+# wrote, and long enough that "+AIza..." turns up in them by chance. Skipped when they are base64.
+_OPAQUE_FIELD = re.compile(r"thinking_blocks\[\d+\]\.(?:signature|data)$")
+_BASE64 = re.compile(r"[A-Za-z0-9+/_\-]*={0,2}")
 MAX_REPORTED = 20
 
 
@@ -67,9 +80,20 @@ def mask(secret: str) -> str:
 
 
 def scan_text(text: str) -> Iterator[tuple[str, str]]:
-    """(kind, masked) for every key-like match in the text."""
-    for match in _SECRET.finditer(text):
-        yield match.lastgroup, mask(match.group())
+    """(kind, masked) for every key-like match in the text, as _SECRET.finditer would give them."""
+    end = 0
+    for start in _START.finditer(text):
+        if start.start() < end:
+            continue  # inside the key just found
+        match = _SECRET.match(text, start.start())  # the lookbehind still sees the text before
+        if match:
+            end = match.end()
+            yield match.lastgroup, mask(match.group())
+
+
+def is_opaque(path: str, text: str) -> bool:
+    """A thinking block's signature or redacted data that is base64 only."""
+    return _OPAQUE_FIELD.search(path) is not None and _BASE64.fullmatch(text) is not None
 
 
 def _walk(value, path: str) -> Iterator[tuple[str, str]]:
@@ -87,7 +111,8 @@ def scan_rows(name: str, rows: Iterable[Mapping], start: int = 0) -> list[Hit]:
     hits = []
     for row_number, row in enumerate(rows, start=start):
         for path, text in _walk(row, ""):
-            hits.extend(Hit(name, row_number, path, kind, masked) for kind, masked in scan_text(text))
+            if not is_opaque(path, text):
+                hits.extend(Hit(name, row_number, path, kind, masked) for kind, masked in scan_text(text))
     return hits
 
 
