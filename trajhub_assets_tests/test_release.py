@@ -1,10 +1,7 @@
 """hf_dataset_release: datasets round trip, TRL format, reproducibility, the secret scan, the push."""
 
-import base64
 import json
-import os
 import random
-import time
 
 import datasets
 import pyarrow as pa
@@ -280,14 +277,3 @@ fragments = st.sampled_from(sorted(FAKE_KEYS.values()) + [
 @given(st.lists(fragments, max_size=30).map("".join))
 def test_scan_text_finds_what_the_full_pattern_finds_everywhere(text):
     assert list(scan_text(text)) == [(m.lastgroup, mask(m.group())) for m in _SECRET.finditer(text)]
-
-
-def test_long_thinking_data_and_text_scan_fast():
-    blob = base64.b64encode(os.urandom(3_000_000)).decode()  # 4M characters
-    row = {"messages": [{"content": blob[:1_000_000],
-                         "thinking_blocks": [{"type": "redacted_thinking", "thinking": None, "signature": None,
-                                              "data": blob}]}]}
-    started = time.perf_counter()
-    scan_rows("t", [row])
-    # every pattern tried at every position took ~2 s here; candidates first and the skip ~0.05 s
-    assert time.perf_counter() - started < 0.5
