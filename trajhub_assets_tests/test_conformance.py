@@ -14,6 +14,10 @@ continues the same conversation. Claude Code's side calls (title, quota, count_t
 would be answered too. Claude Code streams every call; the scripted upstream serves each request in the
 mode it asked for.
 
+The builtin agent is the second scaffold, on the same route: it speaks OpenAI chat, which
+the proxy translates to Anthropic messages (not streamed), so its requests are compared with
+the upstream's as conversations (role, text, tool calls and results) rather than as bodies.
+
 Known open: the proxy rewrites Claude Code's `thinking` and drops its `output_config` on the
 way upstream, so the request-body assertion fails until the forwarding fix lands.
 """
@@ -86,7 +90,7 @@ SUBAGENT_REPORT = "SUBAGENT REPORT: pager/ holds __init__.py and paginate.py."
 EXPLORE = {"description": "List pager files", "prompt": SUBAGENT_TASK, "subagent_type": "Explore",
            "run_in_background": False}
 # Each conversation's turns, in order: the nth reply after its user message.
-TURNS = {
+CLAUDE_CODE_TURNS = {
     "query 1": [Reply([signed("q1"), text_block("Let me look at paginate()."),
                        bash("toolu_cat_1", "cat pager/paginate.py")]),
                 Reply([tool_use_block("toolu_read_1", "Read", READ)]),
@@ -102,34 +106,61 @@ TURNS = {
 }
 
 
+def relative(arguments: dict) -> dict:
+    """The builtin agent's form of a Claude Code tool's arguments: a path in the workspace."""
+    renamed = {"file_path": "path", "old_string": "old", "new_string": "new"}
+    return {renamed[k]: v.removeprefix(f"{WORKSPACE}/") if k == "file_path" else v
+            for k, v in arguments.items()}
+
+
+def shell(block_id: str, command: str) -> dict:
+    return tool_use_block(block_id, "shell", {"command": command})
+
+
+def finish(block_id: str, summary: str) -> dict:
+    return tool_use_block(block_id, "finish", {"summary": summary})
+
+
+BUILTIN_TURNS = {
+    "query 1": [Reply([signed("q1"), text_block("Let me look at paginate()."),
+                       shell("toolu_cat_1", "cat pager/paginate.py")]),
+                Reply([tool_use_block("toolu_read_1", "read_file", relative(READ))]),
+                Reply([signed("fix"), tool_use_block("toolu_edit_1", "edit_file", relative(FIX))]),
+                Reply([shell("toolu_test_1", TESTS)]),
+                Reply([finish("toolu_finish_1", ANSWER_ONE)])],
+    "query 2": [Reply([signed("q2"), tool_use_block("toolu_read_2", "read_file", relative(READ))]),
+                Reply([tool_use_block("toolu_edit_2", "edit_file", relative(NAVIGATION))]),
+                Reply([shell("toolu_test_2", TESTS)]),
+                Reply([finish("toolu_finish_2", ANSWER_TWO)])],
+}
+QUERY_ONE, QUERY_TWO = "/orders endpoint", "Thanks. The frontend"
+
+
 def _text(content) -> str:
     if isinstance(content, str):
         return content
     return "\n".join(b.get("text", "") for b in content or [] if b.get("type") == "text")
 
 
-def _is_tool_result(message: dict) -> bool:
-    content = message.get("content")
-    return isinstance(content, list) and any(b.get("type") == "tool_result" for b in content)
-
-
-def claude_policy(request):
-    if request.wire_format == "count_tokens":
-        return Reply([], input_tokens=321)
-    if not request.body.get("tools"):  # a title, quota or summary call, not the agent's turn
-        return say(TITLE)
-    messages = request.body["messages"]
-    queries = [i for i, m in enumerate(messages) if m["role"] == "user" and not _is_tool_result(m)]
-    if SUBAGENT_TASK in _text(messages[0]["content"]):
-        lane = "subagent"
-    else:
-        lane = "query 2" if "has_next" in _text(messages[queries[-1]]["content"]) else "query 1"
-    step = sum(m["role"] == "assistant" for m in messages[queries[-1]:])
-    return copy.deepcopy(TURNS[lane][min(step, len(TURNS[lane]) - 1)])
+def scripted_model(turns: dict):
+    """The upstream's policy: each conversation (found by its user message) gets its next turn."""
+    def policy(request):
+        if request.wire_format == "count_tokens":
+            return Reply([], input_tokens=321)
+        if not request.body.get("tools"):  # a title, quota or summary call, not the agent's turn
+            return say(TITLE)
+        messages = request.body["messages"]
+        markers = {QUERY_ONE: "query 1", QUERY_TWO: "query 2", SUBAGENT_TASK: "subagent"}
+        # A user turn may hold tool results and the next query (the builtin agent's, translated).
+        index, lane = max((i, lane) for i, m in enumerate(messages) if m["role"] == "user"
+                          for marker, lane in markers.items() if marker in _text(m["content"]))
+        step = sum(m["role"] == "assistant" for m in messages[index:])
+        return copy.deepcopy(turns[lane][min(step, len(turns[lane]) - 1)])
+    return policy
 
 
 # -- the project, as a user writes it --------------------------------------------------------
-def write_project(tmp_path: Path, upstream_url: str, judge_url: str) -> str:
+def write_project(tmp_path: Path, scaffold: str, upstream_url: str, judge_url: str) -> str:
     demo = {item.record["instance_id"]: item.record for item in load_catalog(load_config())}
     tasks = tmp_path / "tasks.jsonl"
     tasks.write_text(json.dumps(demo[TASK]) + "\n")
@@ -137,7 +168,7 @@ def write_project(tmp_path: Path, upstream_url: str, judge_url: str) -> str:
     config.write_text(yaml.safe_dump({
         "tasks": [{"path": str(tasks)}],
         "models": [{"name": MODEL_NAME, "route": ROUTE, "api_base": upstream_url,
-                    "api_key_env": MODEL_KEY_ENV, "scaffold": "claudecode"}],
+                    "api_key_env": MODEL_KEY_ENV, "scaffold": scaffold}],
         "sandbox": {"backend": "docker", "timeout_s": 600, "max_concurrent": 1, "cpus": 1, "memory": "2g"},
         "judge": {"model": "judge", "base_url": judge_url, "api_key_env": JUDGE_KEY_ENV},
         "release": {"min_margin": 0.0, "replay_sample": 1}}))
@@ -150,20 +181,25 @@ def stage(instance, res, selection, keys=None):
     return result
 
 
-@pytest.fixture(scope="module")
-def conformance(tmp_path_factory, docker_engine):
-    try:
-        make_scaffold("claudecode").install()
-    except clients.ClientError as error:
-        pytest.fail(f"Claude Code is not installed (scripts/install_clients.sh claude-code): {error}")
-    tmp_path = tmp_path_factory.mktemp("conformance")
+SCAFFOLDS = {"claudecode": CLAUDE_CODE_TURNS, "builtin": BUILTIN_TURNS}
+
+
+@pytest.fixture(scope="module", params=list(SCAFFOLDS))
+def conformance(request, tmp_path_factory, docker_engine):
+    scaffold = request.param
+    if scaffold == "claudecode":
+        try:
+            make_scaffold(scaffold).install()
+        except clients.ClientError as error:
+            pytest.fail(f"Claude Code is not installed (scripts/install_clients.sh claude-code): {error}")
+    tmp_path = tmp_path_factory.mktemp(f"conformance-{scaffold}")
     home = tmp_path / "home"
-    with ScriptedUpstream(claude_policy) as upstream, \
+    with ScriptedUpstream(scripted_model(SCAFFOLDS[scaffold])) as upstream, \
             ScriptedUpstream(upstream_policy(BaselinePolicies([]))) as judge, \
             pytest.MonkeyPatch.context() as env:
         env.setenv(MODEL_KEY_ENV, MODEL_KEY)
         env.setenv(JUDGE_KEY_ENV, JUDGE_KEY)
-        config = write_project(tmp_path, upstream.url, f"{judge.url}/v1")
+        config = write_project(tmp_path, scaffold, upstream.url, f"{judge.url}/v1")
         project = ProjectResource(path=config)
         res = {"store": StoreResource(root=str(home)), "project": project,
                "proxy": ProxyResource(project=project, recordings_dir=str(home / "recordings"))}
@@ -179,7 +215,8 @@ def conformance(tmp_path_factory, docker_engine):
         release = stage(instance, res, RELEASE)
         store = Store(home)
         served = list(upstream.served)
-        data = {"served": served[:recorded], "replayed": served[recorded:], "judge": list(judge.served),
+        data = {"scaffold": scaffold, "served": served[:recorded], "replayed": served[recorded:],
+                "judge": list(judge.served),
                 "store": store, "home": home, "release": release, "seconds": time.monotonic() - started}
     # What the upstream received, for reading when an assertion fails.
     (tmp_path / "served.json").write_text(json.dumps(
@@ -312,6 +349,48 @@ def merged_view(message: dict) -> dict:
     return view
 
 
+def openai_messages(messages: list[dict]) -> list[dict]:
+    """OpenAI chat messages read the same way (the builtin agent's requests as recorded),
+    reasoning from LiteLLM's `thinking_blocks`."""
+    out = []
+    for m in messages:
+        calls = [{"id": c["id"], "type": "function", "name": c["function"]["name"],
+                  "arguments": json.loads(c["function"]["arguments"])} for c in m.get("tool_calls") or []]
+        thinking = [{"type": b["type"], "thinking": b.get("thinking"), "signature": b.get("signature"),
+                     "data": b.get("data")} for b in m.get("thinking_blocks") or []]
+        out.append(_message(m["role"], m.get("content"), tool_calls=calls or None,
+                            tool_call_id=m.get("tool_call_id"), thinking_blocks=thinking or None))
+    return out
+
+
+def core(message: dict) -> tuple:
+    """What a conversation says, in any wire format: role, text, tool calls, tool results."""
+    return (message["role"], message["content"] or "",
+            [(c["id"], c["name"], c["arguments"]) for c in message["tool_calls"] or []],
+            message["tool_call_id"])
+
+
+# What the Anthropic API requires and an OpenAI chat request may leave out.
+REQUIRED_BY_ANTHROPIC = {"max_tokens"}
+
+
+def translation_differences(record: dict, received: dict) -> list[str]:
+    """An OpenAI chat request the proxy sent on as Anthropic messages: the conversation the
+    upstream received is the recorded one, message by message, and no parameter was added
+    but what the Anthropic API requires."""
+    seq, sent = record["seq"], record["request"]
+    sent_messages = [core(m) for m in openai_messages(sent["messages"])]
+    got_messages = [core(m) for m in wire_messages(received)]
+    differences = [f"seq {seq} messages[{i}]: recorded {a} != upstream {b}"
+                   for i, (a, b) in enumerate(zip(sent_messages, got_messages)) if a != b]
+    if len(sent_messages) != len(got_messages):
+        differences.append(f"seq {seq}: {len(sent_messages)} messages recorded, {len(got_messages)} received")
+    added = set(received) - set(sent) - {"system"} - REQUIRED_BY_ANTHROPIC
+    differences += [f"seq {seq} {key}: not in the recorded request, upstream got {json.dumps(received[key])}"
+                    for key in sorted(added)]
+    return differences
+
+
 # -- the run, through Dagster ------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def run(conformance) -> dict:
@@ -333,7 +412,11 @@ def _content_of(body: dict) -> str:
 
 def pair(records: list[dict], served: list) -> list[tuple[dict, object]]:
     """Each recorded call with the upstream request saying the same, in recorded order; every
-    upstream request used once."""
+    upstream request used once. A client speaking OpenAI chat (the builtin agent) calls one at
+    a time, and the proxy translates: its calls pair in order."""
+    if {r["wire_format"] for r in records} == {"openai_chat"}:
+        assert len(records) == len(served)
+        return list(zip(records, served, strict=True))
     left = list(served)
     pairs = []
     for record in records:
@@ -360,7 +443,8 @@ def main_requests(served: list) -> list:
 def test_the_run_completed_both_queries(conformance, run):
     row = run["row"]
     assert row["error"] is None and row["agent_exit_code"] == 0, row
-    assert row["scaffold_version"].startswith(clients.CLAUDE_CODE.version) and row["backend"] == "docker"
+    assert row["scaffold_version"] == make_scaffold(conformance["scaffold"]).version()
+    assert row["backend"] == "docker"
     assert row["final_answer"] == ANSWER_TWO and row["resolved"], row["test_output_tail"]
     assert "has_next" in row["diff"] and "(page - 1) * per_page" in row["diff"]
 
@@ -376,7 +460,12 @@ def test_every_upstream_request_is_a_recorded_call_of_the_run(conformance, run):
     # The stored answer is the one the upstream sent (streamed: reassembled by the proxy).
     for record, upstream in pairs:
         assert record["stream"] == upstream.stream
-        assert record["response"]["content"] == upstream.body["content"], record["seq"]
+        if record["wire_format"] == "anthropic_messages":
+            assert record["response"]["content"] == upstream.body["content"], record["seq"]
+        else:  # translated to OpenAI chat by the proxy: the same turn, thinking included
+            (answer,) = openai_messages([record["response"]["choices"][0]["message"]])
+            assert core(answer) == core(wire_assistant(upstream.body["content"])), record["seq"]
+            assert answer["thinking_blocks"] == wire_assistant(upstream.body["content"])["thinking_blocks"]
 
 
 def test_the_upstream_received_each_recorded_request_body_except_the_model(conformance, run):
@@ -386,6 +475,9 @@ def test_the_upstream_received_each_recorded_request_body_except_the_model(confo
     for record, upstream in pair(run["records"], conformance["served"]):
         sent, received = record["request"], upstream.request.body
         assert (sent["model"], received["model"]) == (ROUTE, ROUTE.split("/", 1)[1])
+        if record["wire_format"] == "openai_chat":
+            differences += translation_differences(record, received)
+            continue
         for key in sorted((set(sent) | set(received)) - {"model"}):
             recorded, got = (json.dumps(body.get(key, "(absent)")) for body in (sent, received))
             if recorded != got:
@@ -406,7 +498,9 @@ def test_every_upstream_request_carried_the_configured_key_and_never_the_master_
 def test_main_is_the_last_main_request_plus_its_response(conformance, run):
     """Message by message and field by field; an assistant message the upstream generated is
     its response as sent (thinking and signature included), an echo the client altered is kept
-    as sent and not marked generated."""
+    as sent and not marked generated. Through a translating route (the builtin agent's OpenAI
+    chat to Anthropic) what a message says is compared: role, text, tool calls and results,
+    thinking blocks; the other fields are OpenAI chat's, as the client got them."""
     (main,) = run["main"]
     call_of = call_ids(conformance, run)
     requests = main_requests(conformance["served"])
@@ -425,7 +519,11 @@ def test_main_is_the_last_main_request_plus_its_response(conformance, run):
     final = wire_assistant(last.body["content"])
     expected.append(final | {"generation": True, "generated_by": call_of[id(last)]})
     actual = [merged_view(m) for m in main["messages"]]
-    assert len(actual) == len(expected), [(m["role"], (m["content"] or "")[:40]) for m in actual]
+    if conformance["scaffold"] == "builtin":
+        def said(m):
+            return core(m), m["thinking_blocks"], m["generation"], m["generated_by"]
+        actual, expected = [said(m) for m in actual], [said(m) for m in expected]
+    assert len(actual) == len(expected), actual
     for index, (got, want) in enumerate(zip(actual, expected, strict=True)):
         assert got == want, f"messages[{index}]"
     assert main["call_ids"] == [m["generated_by"] for m in main["messages"] if m["generation"]]
@@ -438,7 +536,9 @@ def test_every_generated_reply_is_in_main_unless_the_client_altered_its_echo(con
     (main,) = run["main"]
     call_of = call_ids(conformance, run)
     requests = main_requests(conformance["served"])
-    echoes = [m for m in wire_messages(requests[-1].request.body) if m["role"] == "assistant"]
+    last = next(r["request"] for r in run["records"] if r["call_id"] == call_of[id(requests[-1])])
+    client_sent = wire_messages(last) if "system" in last else openai_messages(last["messages"])
+    echoes = [m for m in client_sent if m["role"] == "assistant"]
     generated_in = {}
     for conversation in run["conversations"]:
         for m in conversation["messages"]:
@@ -447,7 +547,7 @@ def test_every_generated_reply_is_in_main_unless_the_client_altered_its_echo(con
     altered = []
     for upstream, echo in zip(requests, echoes + [None], strict=True):
         call = call_of[id(upstream)]
-        if echo is None or _same_turn(echo, wire_assistant(upstream.body["content"])):
+        if echo is None or core(echo) == core(wire_assistant(upstream.body["content"])):
             assert "main" in generated_in.get(call, set()), call
         else:
             assert "edit" in generated_in.get(call, set()) and "main" not in generated_in[call], call
@@ -466,14 +566,19 @@ def test_signed_thinking_reaches_main_as_generated(run):
     assert signed_turns[0]["reasoning_content"].startswith("Thinking about q1")
 
 
-def test_two_queries_stay_one_conversation_in_order(run):
+def test_two_queries_stay_one_conversation_in_order(conformance, run):
     (main,) = run["main"]
     users = [m["content"] for m in main["messages"] if m["role"] == "user"]
     first = next(i for i, u in enumerate(users) if "/orders endpoint" in u)
     second = next(i for i, u in enumerate(users) if u.startswith("Thanks. The frontend"))
     assert first < second
-    answers = [m["content"] for m in main["messages"] if m["role"] == "assistant" and m["content"]]
+    # Claude Code answers in text, the builtin agent with its `finish` tool.
+    answers = [m["content"] or json.loads(m["tool_calls"][-1]["arguments"])["summary"]
+               for m in main["messages"] if m["role"] == "assistant"
+               and (m["content"] or (m["tool_calls"] or [{}])[-1].get("name") == "finish")]
     assert answers[-1] == ANSWER_TWO and ANSWER_ONE in answers
+    if conformance["scaffold"] != "claudecode":
+        return
     roles = [m["role"] for m in main["messages"]]
     assert roles[0] == "system" and roles[2] == "system"  # the `# Environment` block stays at its place
     assert main["messages"][2]["content"].startswith("# Environment")
@@ -497,6 +602,9 @@ def test_side_calls_and_the_subagent_are_conversations_of_their_own(conformance,
     assert side - {c for c in side if kinds[c] == "count_tokens"} == in_conversations
     # The subagent's requests (its own system prompt and first message) are its conversation,
     # linked to main by the Agent tool call that started it.
+    if conformance["scaffold"] != "claudecode":
+        assert [c["kind"] for c in conversations] == ["main"]  # the builtin agent has no side calls
+        return
     call_of = call_ids(conformance, run)
     subagent_calls = [call_of[id(s)] for s in conformance["served"]
                       if SUBAGENT_TASK in _text(s.request.body["messages"][0]["content"])]
@@ -522,8 +630,9 @@ def test_rewards_and_the_release_hold_the_run(conformance, run):
     released = pq.read_table(next(manifest.parent.glob("data/trajectories/*.parquet"))).to_pylist()
     (main,) = run["main"]
     assert [(r["run_id"], r["conversation_id"]) for r in released] == [(run_id, main["conversation_id"])]
+    # TRL's format: content is always a string
     assert [(m["role"], m["content"]) for m in released[0]["messages"]] == [
-        (m["role"], m["content"]) for m in main["messages"]]
+        (m["role"], m["content"] or "") for m in main["messages"]]
 
 
 def test_no_key_anywhere_in_the_store_or_the_release(conformance):
@@ -537,10 +646,12 @@ def test_no_key_anywhere_in_the_store_or_the_release(conformance):
 
 
 def test_the_release_replays_the_run_with_fidelity_one(conformance, run):
+    (replay,) = conformance["store"].sql("SELECT * FROM replays").to_pylist()
+    assert (replay["run_id"], replay["fidelity"], replay["reproduced"]) == (run["row"]["run_id"], 1.0, True), (
+        f"first divergence: call {replay['divergence_call_index']} at {replay['divergence_path']}: "
+        f"expected {replay['divergence_expected']!r}, replayed {replay['divergence_actual']!r}")
     [check] = conformance["release"].get_asset_check_evaluations()
     assert check.check_name == "sampled_runs_reproduce" and check.passed
-    (replay,) = conformance["store"].sql("SELECT * FROM replays").to_pylist()
-    assert (replay["run_id"], replay["fidelity"], replay["reproduced"]) == (run["row"]["run_id"], 1.0, True)
     agent_calls = [r for r in run["records"] if r["call_kind"] != "count_tokens"]
     assert replay["recorded_calls"] == replay["matched_calls"] == len(agent_calls)
     assert replay["outcome_differences"] == [] and replay["divergence_path"] is None
