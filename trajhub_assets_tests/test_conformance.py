@@ -647,7 +647,8 @@ def test_no_key_anywhere_in_the_store_or_the_release(conformance):
 
 def test_the_release_replays_the_run_with_fidelity_one(conformance, run):
     (replay,) = conformance["store"].sql("SELECT * FROM replays").to_pylist()
-    assert (replay["run_id"], replay["fidelity"], replay["reproduced"]) == (run["row"]["run_id"], 1.0, True), (
+    outcome = (replay["run_id"], replay["fidelity"], replay["reproduced"])
+    assert outcome == (run["row"]["run_id"], 1.0, True), (
         f"first divergence: call {replay['divergence_call_index']} at {replay['divergence_path']}: "
         f"expected {replay['divergence_expected']!r}, replayed {replay['divergence_actual']!r}")
     [check] = conformance["release"].get_asset_check_evaluations()
