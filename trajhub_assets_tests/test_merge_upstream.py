@@ -180,3 +180,23 @@ def test_errors_name_the_body_they_were_read_from():
     bad = translated(upstream={**UPSTREAM_REQUEST, "messages": [{"role": "robot", "content": "x"}]})
     with pytest.raises(RecordError, match=r"record 'c1', field 'upstream_request\.messages\[0\]\.role'"):
         merged([bad])
+
+
+def test_a_chained_responses_call_sent_upstream_whole_starts_from_its_history():
+    def responses_call(call_id, seq, request, upstream, output):
+        return {"run_id": "r", "call_id": call_id, "seq": seq, "wire_format": "openai_responses",
+                "litellm_model": "anthropic/scripted-claude", "request": request, "upstream_request": upstream,
+                "response": {"id": f"resp_{call_id}", "output": output}, "status": "ok"}
+
+    call = {"type": "function_call", "call_id": "toolu_1", "name": "bash", "arguments": "{\"cmd\": \"ls\"}"}
+    done = [{"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Done."}]}]
+    first = responses_call("a", 0, {"instructions": SYSTEM["content"], "input": ASK["content"]},
+                           upstream_of(ANTHROPIC_ASK), [call])
+    # The client names its history by id; litellm sent the upstream all of it.
+    second = responses_call("b", 1, {"previous_response_id": "resp_a", "input": [
+        {"type": "function_call_output", "call_id": "toolu_1", "output": "pager/"}]},
+        upstream_of(ANTHROPIC_ASK, {"role": "assistant", "content": [ANTHROPIC_LOOK["content"][1]]}, ANTHROPIC_RESULT),
+        done)
+    [conversation] = merged([first, second])
+    assert [m["role"] for m in conversation["messages"]] == ["system", "user", "assistant", "tool", "assistant"]
+    assert [m["generated_by"] for m in conversation["messages"] if m["generation"]] == ["a", "b"]

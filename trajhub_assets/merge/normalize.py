@@ -485,21 +485,22 @@ def read_call(record: dict, source: str = "calls") -> Call:
     if record.get("seq") is not None:
         reader.expect(record["seq"], int, "seq")
     request = reader.expect(record.get("request"), dict, "request")
-    body, prompt_format = request, wire_format
     upstream = record.get("upstream_request")
     if upstream is not None:
         reader.expect(upstream, dict, "upstream_request")
-        prompt_format = upstream_format(record)
-        if prompt_format is not None:
-            body, reader.body = upstream, "upstream_request"
-        else:  # the model saw a body we cannot read: say so (Call.upstream_unread), use the request
-            prompt_format = wire_format
-    read_prompt, _, read_tools = _FORMATS[prompt_format]
+    prompt_format = upstream_format(record)
+    body = request
+    if prompt_format is not None:
+        body, reader.body = upstream, "upstream_request"
+    # An upstream body of a format we cannot tell is not guessed at: the request is read, and
+    # the call says so (upstream_unread).
+    read_prompt, _, read_tools = _FORMATS[prompt_format or wire_format]
+    _, read_responses, _ = _FORMATS[wire_format]  # the response as the client received it
     status = record.get("status") or ("error" if record.get("error") else "ok")
     response = record.get("response")
     responses = []
     if status == "ok" and response is not None:
-        responses = _FORMATS[wire_format][1](reader, reader.expect(response, dict, "response"))
+        responses = read_responses(reader, reader.expect(response, dict, "response"))
     tools = reader.expect(body.get("tools") or [], list, f"{reader.body}.tools")
     for i, t in enumerate(tools):
         reader.expect(t, dict, f"{reader.body}.tools[{i}]")
@@ -511,7 +512,7 @@ def read_call(record: dict, source: str = "calls") -> Call:
         ended_at=record.get("ended_at"), wire_format=wire_format,
         call_kind=record.get("call_kind") or "agent", status=status, error=record.get("error"),
         prompt=prompt, responses=responses, tools=read_tools(reader, tools),
-        record=record, prompt_from=reader.body, upstream_unread=upstream is not None and reader.body == "request",
-        previous_response_id=body.get("previous_response_id") if prompt_format == "openai_responses" else None,
+        record=record, prompt_from=reader.body, upstream_unread=upstream is not None and prompt_format is None,
+        previous_response_id=body.get("previous_response_id"),  # a translated body sends all its history
         response_id=response.get("id") if isinstance(response, dict) else None,
     )
