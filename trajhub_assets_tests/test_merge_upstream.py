@@ -5,10 +5,13 @@ from __future__ import annotations
 import copy
 import json
 
+import pyarrow.parquet as pq
 import pytest
 
 from trajhub_assets.errors import RecordError
 from trajhub_assets.merge import conversations_to_table, merge_calls, table_to_conversations
+from trajhub_assets.merge.schema import MERGED_TRAJECTORIES
+from trajhub_assets.store import Store
 
 # Recorded by the real proxy (scripted upstream): an OpenAI chat client on the `scripted-anthropic`
 # route. litellm moved the mid-conversation system message into the user turn behind a note,
@@ -168,12 +171,19 @@ def test_calls_with_and_without_upstream_request_make_one_conversation():
     assert (meta["prompt_from"], meta["prompt_fallback_call_ids"], meta["tools_changed"]) == ("mixed", [], False)
 
 
-def test_conversations_from_elsewhere_without_the_new_fields_still_fit_the_table():
+def test_conversations_without_the_new_fields_still_fit_the_table(tmp_path):
     [conversation] = merged([translated()])
     for name in ("prompt_from", "prompt_fallback_call_ids"):
-        del conversation["meta"][name]
-    [back] = table_to_conversations(conversations_to_table([conversation]), model="m", instance="i")
+        del conversation["meta"][name]  # as an import builds them
+    table = conversations_to_table([conversation])
+    [back] = table_to_conversations(table, model="m", instance="i")
     assert (back["meta"]["prompt_from"], back["meta"]["prompt_fallback_call_ids"]) == (None, None)
+    # A partition written before the columns existed reads with them null.
+    store, partition = Store(tmp_path), {"model": "m", "instance": "i"}
+    path = store.partition_file(MERGED_TRAJECTORIES, partition)
+    path.parent.mkdir(parents=True)
+    pq.write_table(table.drop_columns(["prompt_from", "prompt_fallback_call_ids"]), path)
+    assert table_to_conversations(store.read(MERGED_TRAJECTORIES, partition), **partition) == [back]
 
 
 def test_errors_name_the_body_they_were_read_from():
