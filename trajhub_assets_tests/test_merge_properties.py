@@ -5,7 +5,8 @@ message is the response of one call whose request is everything before it; syste
 messages may also come in the middle of a conversation (Claude Code's environment block). The client
 may drop reasoning from the history it sends back (restored from the response) and may
 re-serialise tool arguments; some calls are logged twice, some failed first and were
-retried, some are count_tokens calls; the records arrive shuffled.
+retried, some are count_tokens calls; the records arrive shuffled. OpenAI clients' calls may
+also have gone to an Anthropic route (their prompt read from an upstream_request) or not.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trajhub_assets.merge import conversations_to_table, merge_calls, table_to_conversations
-from trajhub_assets.merge.normalize import message, thinking_block, tool_call
+from trajhub_assets.merge.normalize import message, message_key, read_call, thinking_block, tool_call
 
 FORMATS = ("anthropic_messages", "openai_chat", "openai_responses")
 text = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=30)
@@ -282,3 +283,39 @@ def test_main_is_the_whole_trajectory_and_dropped_replies_are_its_edits(run):
         meta = edit["meta"]
         assert (meta["kind"], meta["parent_conversation_id"]) == ("edit", main["meta"]["conversation_id"])
         assert edit["messages"][-1]["content"] == f"dropped reply {edit['meta']['branch_index']}"
+
+
+# -- translated calls -----------------------------------------------------------------------
+@st.composite
+def translated_runs(draw):
+    """Runs whose OpenAI clients' calls went to an Anthropic route: a call's upstream_request
+    says its prompt in Anthropic form, or is null (sent as is, or failed before it was sent)."""
+    records, expected = draw(runs())
+    rng = random.Random(draw(st.integers(0, 2**32)))
+    echo = Echo(rng, drop_reasoning=draw(st.booleans()), reserialise=False)
+    translated = {}  # by call: both copies of a call logged twice are the same call
+    for i, record in enumerate(records):
+        # A call chained by previous_response_id only names its history: kept as sent.
+        if (record["wire_format"] != "anthropic_messages" and "previous_response_id" not in record["request"]
+                and record["call_kind"] != "count_tokens"
+                and translated.setdefault(record["call_id"], rng.random() < 0.7)):
+            records[i] = {**record, "litellm_model": "anthropic/m",
+                          "upstream_request": anthropic_request(read_call(record).prompt, echo)}
+    return records, expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(translated_runs())
+def test_calls_read_from_either_body_merge_into_the_same_conversations(run):
+    records, expected = run
+    merged = merge_calls(records, model="m", instance="i", attempt=0)
+
+    def keyed(messages):
+        return json.dumps([(message_key(m), m["generation"], m["generated_by"]) for m in messages])
+
+    assert sorted(keyed(c["messages"]) for c in merged) == sorted(keyed(messages) for messages in expected)
+    for conversation in merged:
+        ids = set(conversation["meta"]["call_ids"])
+        sources = {"upstream_request" if r.get("upstream_request") else "request" for r in records
+                   if r["call_id"] in ids}
+        assert conversation["meta"]["prompt_from"] == (sources.pop() if len(sources) == 1 else "mixed")

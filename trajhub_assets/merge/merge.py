@@ -10,7 +10,9 @@ the tree is a conversation; a call whose path is a prefix of a longer one is abs
 
 Input record (one per call, written by the proxy's logger):
     run_id, call_id, seq, started_at, ended_at, wire_format, call_kind, request,
-    response, status, error; optional model, instance, attempt, source.
+    response, status, error; optional model, instance, attempt, source, litellm_model and
+    upstream_request (what the proxy sent upstream when it translated the call: the prompt
+    is read from it, in the format of litellm_model's provider; meta.prompt_from says which).
 
 Conversation kinds (meta.kind), decided in this order (ties between branches of one call,
 such as several choices: the first choice goes on):
@@ -260,8 +262,10 @@ def merge_calls(calls: list[dict], *, run_id: str | None = None, model: str | No
             "started_at": min((c.started_at for c in members if c.started_at is not None), default=None),
             "ended_at": max((c.ended_at for c in members if c.ended_at is not None), default=None),
             "wire_format": last.wire_format,
-            "tools_changed": any(c.record["request"].get("tools") != last.record["request"].get("tools")
-                                 for c in members),
+            # Compared as read: a run's bodies may be in two formats (request, upstream_request).
+            "tools_changed": any(c.tools != last.tools for c in members),
+            "prompt_from": _prompt_from(members),
+            "prompt_fallback_call_ids": [c.call_id for c in members if c.upstream_unread],
             "error": None if last.status == "ok" else json.dumps(last.error, ensure_ascii=False, default=str),
             "source": last.record.get("source") or "proxy",
             "call_kinds": {c.call_kind for c in members},
@@ -288,6 +292,13 @@ def merge_calls(calls: list[dict], *, run_id: str | None = None, model: str | No
     for conversation in conversations:
         conversation["meta"]["call_kinds"] = sorted(conversation["meta"]["call_kinds"])
     return conversations
+
+
+def _prompt_from(calls: list[Call]) -> str:
+    """The body the conversation's prompt messages and tools were read from: "request",
+    "upstream_request", or "mixed" when its calls differ (one failed before it was sent upstream)."""
+    sources = {c.prompt_from for c in calls}
+    return sources.pop() if len(sources) == 1 else "mixed"
 
 
 def _fill_tool_names(messages: list[dict]) -> None:

@@ -16,8 +16,8 @@ thinking_blocks ([{type, thinking, signature, data}] as the model sent them) and
 (a JSON object of every other non-null field, keyed by its path in the message).
 
 `message_key` is what the merge compares: everything a client sends back when it
-repeats a message, so not the reasoning (clients drop it), null content as "" and
-with tool arguments in canonical JSON (clients re-serialise them).
+repeats a message, so not the reasoning (clients drop it), null content as "", no error
+flag as false and with tool arguments in canonical JSON (clients re-serialise them).
 """
 
 from __future__ import annotations
@@ -41,6 +41,12 @@ TRANSPORT_FIELDS = {"cache_control"}  # prompt-cache hints: how a block was sent
 # A block list in this order (thinking, at most one text, tool calls) is said by the flat
 # fields; any other list is also kept as content_parts.
 FLAT_ORDER = {"thinking": 0, "redacted_thinking": 0, "reasoning": 0, "text": 1, "tool_use": 2}
+# Providers (litellm_model "<provider>/...") by the body litellm sends them. Any other provider
+# (gemini, bedrock, minimax: native or ambiguous bodies) is not read: its calls fall back to
+# `request`, marked.
+ANTHROPIC_PROVIDERS = {"anthropic"}
+OPENAI_COMPATIBLE_PROVIDERS = {"openai", "azure", "hosted_vllm", "openrouter", "deepseek", "groq", "together_ai",
+                               "fireworks_ai", "xai", "deepinfra", "lm_studio", "litellm_proxy"}
 
 
 @dataclass
@@ -59,6 +65,8 @@ class Call:
     responses: list[dict]
     tools: list[dict]
     record: dict = field(repr=False)
+    prompt_from: str = "request"  # the record field prompt and tools were read from
+    upstream_unread: bool = False  # it has an upstream_request in a format we cannot tell
     previous_response_id: str | None = None
     response_id: str | None = None
 
@@ -116,7 +124,9 @@ def message_key(m: dict, canonical=canonical_arguments) -> tuple:
         calls = tuple((c["id"], c["function"]["name"], canonical(c["function"]["arguments"])) for c in calls)
     # Two images with the same caption are different messages; their refs tell them apart.
     media = tuple(p["ref"] for p in m.get("content_parts") or () if p["ref"] is not None and p["type"] != "tool_use")
-    return (m["role"], m["content"] or "", calls, m["tool_call_id"], m["name"], m["is_error"], media)
+    # OpenAI chat has no error flag (None), Anthropic always sends one: a tool result read from
+    # either body of one run is the same message.
+    return (m["role"], m["content"] or "", calls, m["tool_call_id"], m["name"], bool(m["is_error"]), media)
 
 
 def media_reference(block: dict, kind: str) -> tuple[dict, str | None, str | None]:
@@ -150,6 +160,7 @@ class _Reader:
 
     def __init__(self, record: dict, source: str):
         self.record, self.source = record, source
+        self.body = "request"  # the record field the prompt is read from
         self.call_id = record.get("call_id") if isinstance(record, dict) else None
 
     def fail(self, field: str, problem: str):
@@ -259,10 +270,10 @@ class _Reader:
         out, names = [], {}
         if request.get("system"):
             extra = {}
-            text, parts = self.content(request["system"], "request.system", extra, SECTION_SEPARATOR, "system")
+            text, parts = self.content(request["system"], f"{self.body}.system", extra, SECTION_SEPARATOR, "system")
             out.append(message("system", text, content_parts=parts, extra=extra))
-        for i, m in enumerate(self.expect(request.get("messages", []), list, "request.messages")):
-            field = f"request.messages[{i}]"
+        for i, m in enumerate(self.expect(request.get("messages", []), list, f"{self.body}.messages")):
+            field = f"{self.body}.messages[{i}]"
             role = self.expect(m, dict, field).get("role")
             if role == "assistant":
                 read = [self.anthropic_assistant(m.get("content"), f"{field}.content", names)]
@@ -333,8 +344,8 @@ class _Reader:
 
     def chat_prompt(self, request: dict) -> list[dict]:
         names = {}
-        return [self.chat_message(m, f"request.messages[{i}]", names)
-                for i, m in enumerate(self.expect(request.get("messages", []), list, "request.messages"))]
+        return [self.chat_message(m, f"{self.body}.messages[{i}]", names)
+                for i, m in enumerate(self.expect(request.get("messages", []), list, f"{self.body}.messages"))]
 
     def chat_responses(self, response: dict) -> list[dict]:
         choices = self.expect(response.get("choices"), list, "response.choices")
@@ -417,13 +428,13 @@ class _Reader:
         # A call chained by previous_response_id repeats the instructions, not the history.
         if request.get("instructions") and not request.get("previous_response_id"):
             extra = {}
-            text, parts = self.content(request["instructions"], "request.instructions", extra,
+            text, parts = self.content(request["instructions"], f"{self.body}.instructions", extra,
                                        SECTION_SEPARATOR, "instructions")
             out.append(message("system", text, content_parts=parts, extra=extra))
         items = request.get("input", [])
         if isinstance(items, str):
             return out + [message("user", items)]
-        return out + self.response_items(self.expect(items, list, "request.input"), "request.input")
+        return out + self.response_items(self.expect(items, list, f"{self.body}.input"), f"{self.body}.input")
 
     def responses_responses(self, response: dict) -> list[dict]:
         output = self.expect(response.get("output"), list, "response.output")
@@ -443,27 +454,57 @@ _FORMATS = {
 }
 
 
+def upstream_format(record: dict) -> str | None:
+    """The wire format of the record's upstream_request, from the route's provider
+    (litellm_model "<provider>/<model>"); None when it cannot be told."""
+    body = record.get("upstream_request")
+    provider, slash, _ = (record.get("litellm_model") or "").partition("/")
+    if not isinstance(body, dict) or not slash:
+        return None
+    if provider in ANTHROPIC_PROVIDERS and isinstance(body.get("messages"), list):
+        return "anthropic_messages"
+    if provider in OPENAI_COMPATIBLE_PROVIDERS:
+        # litellm passes a Responses API call through to OpenAI as one; anything else is chat.
+        if isinstance(body.get("messages"), list):
+            return "openai_chat"
+        if "input" in body:
+            return "openai_responses"
+    return None
+
+
 def read_call(record: dict, source: str = "calls") -> Call:
-    """Normalize one call record; raises RecordError naming the call and the field."""
+    """Normalize one call record; raises RecordError naming the call and the field. The prompt
+    and tools come from what the model saw: upstream_request when the proxy translated the
+    call, read in the upstream's format; the response is read as the client got it."""
     reader = _Reader(record, source)
     reader.expect(record, dict, "record")
     call_id = reader.expect(record.get("call_id"), str, "call_id")
     wire_format = record.get("wire_format")
     if wire_format not in _FORMATS:
         reader.fail("wire_format", f"expected one of {list(WIRE_FORMATS)}, got {wire_format!r}")
-    read_prompt, read_responses, read_tools = _FORMATS[wire_format]
     if record.get("seq") is not None:
         reader.expect(record["seq"], int, "seq")
     request = reader.expect(record.get("request"), dict, "request")
+    upstream = record.get("upstream_request")
+    if upstream is not None:
+        reader.expect(upstream, dict, "upstream_request")
+    prompt_format = upstream_format(record)
+    body = request
+    if prompt_format is not None:
+        body, reader.body = upstream, "upstream_request"
+    # An upstream body of a format we cannot tell is not guessed at: the request is read, and
+    # the call says so (upstream_unread).
+    read_prompt, _, read_tools = _FORMATS[prompt_format or wire_format]
+    _, read_responses, _ = _FORMATS[wire_format]  # the response as the client received it
     status = record.get("status") or ("error" if record.get("error") else "ok")
     response = record.get("response")
     responses = []
     if status == "ok" and response is not None:
         responses = read_responses(reader, reader.expect(response, dict, "response"))
-    tools = reader.expect(request.get("tools") or [], list, "request.tools")
+    tools = reader.expect(body.get("tools") or [], list, f"{reader.body}.tools")
     for i, t in enumerate(tools):
-        reader.expect(t, dict, f"request.tools[{i}]")
-    prompt = read_prompt(reader, request)
+        reader.expect(t, dict, f"{reader.body}.tools[{i}]")
+    prompt = read_prompt(reader, body)
     for m in prompt + responses:
         m["extra"] = _ENCODE(m["extra"]) if m["extra"] else None
     return Call(
@@ -471,6 +512,7 @@ def read_call(record: dict, source: str = "calls") -> Call:
         ended_at=record.get("ended_at"), wire_format=wire_format,
         call_kind=record.get("call_kind") or "agent", status=status, error=record.get("error"),
         prompt=prompt, responses=responses, tools=read_tools(reader, tools),
-        record=record, previous_response_id=request.get("previous_response_id"),
+        record=record, prompt_from=reader.body, upstream_unread=upstream is not None and prompt_format is None,
+        previous_response_id=body.get("previous_response_id"),  # a translated body sends all its history
         response_id=response.get("id") if isinstance(response, dict) else None,
     )

@@ -42,7 +42,13 @@ META = [
     pa.field("n_generations", pa.int64()), pa.field("started_at", pa.float64()),
     pa.field("ended_at", pa.float64()), pa.field("wire_format", pa.string()),
     pa.field("tools_changed", pa.bool_()), pa.field("error", pa.string()), pa.field("source", pa.string()),
+    # request | upstream_request | mixed: the body the prompt was read from (merge/README.md)
+    pa.field("prompt_from", pa.string()),
+    # calls whose upstream_request is in a format the merge cannot tell: read from request
+    pa.field("prompt_fallback_call_ids", pa.list_(pa.string())),
 ]
+# Added later: conversations from elsewhere (imports) may lack them, and store them as null.
+OPTIONAL_META_FIELDS = ("prompt_from", "prompt_fallback_call_ids")
 CONVERSATION_SCHEMA = pa.schema(META + [pa.field("tools", pa.list_(TOOL)),
                                         pa.field("messages", pa.list_(MESSAGE))])
 META_FIELDS = tuple(f.name for f in META)
@@ -56,11 +62,11 @@ MERGED_TRAJECTORIES = Table(
 def _row(conversation: dict) -> dict:
     meta = conversation["meta"]
     unknown = set(meta) - set(META_FIELDS) - set(PARTITION_FIELDS)
-    missing = set(META_FIELDS) - set(meta)
+    missing = set(META_FIELDS) - set(meta) - set(OPTIONAL_META_FIELDS)
     if unknown or missing:
         raise StoreError(f"conversation {meta.get('conversation_id')!r}: meta has fields {sorted(unknown)} "
                          f"the merged_trajectories schema lacks, and lacks {sorted(missing)}")
-    row = {name: meta[name] for name in META_FIELDS}
+    row = {name: meta.get(name) for name in META_FIELDS}
     row["tools"] = [{"type": t["type"], "name": t["function"]["name"],
                      "description": t["function"]["description"],
                      "parameters": json.dumps(t["function"]["parameters"], ensure_ascii=False)}
