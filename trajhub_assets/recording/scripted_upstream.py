@@ -39,7 +39,7 @@ class Reply:
     {"type": "thinking", "thinking", "signature"}, {"type": "redacted_thinking", "data"},
     {"type": "text", "text"}, {"type": "tool_use", "id", "name", "input"}. On the OpenAI wire a
     tool_use `input` given as a string is sent verbatim as the call's `arguments` (a replay
-    serves a model's exact argument text, spacing and all)."""
+    serves a model's exact argument text, spacing and all), and a tool_use `index` as the call's."""
 
     blocks: list[dict]
     stop_reason: str | None = None  # default: "tool_use" if a tool is called, else "end_turn"
@@ -315,7 +315,7 @@ def anthropic_events(message: dict) -> list[str]:
 def openai_completion(reply: Reply, model: str, completion_id: str) -> dict:
     texts = [b["text"] for b in reply.blocks if b["type"] == "text"]
     thoughts = [b["thinking"] for b in reply.blocks if b["type"] == "thinking"]
-    calls = [{"id": b["id"], "type": "function",
+    calls = [({"index": b["index"]} if "index" in b else {}) | {"id": b["id"], "type": "function",
               "function": {"name": b["name"], "arguments": b["input"] if isinstance(b["input"], str)
                            else json.dumps(b["input"])}}
              for b in reply.blocks if b["type"] == "tool_use"]

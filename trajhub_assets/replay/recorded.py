@@ -176,8 +176,10 @@ def reply_for(record: dict) -> Reply | Fail:
     if message.get("content"):
         blocks.append({"type": "text", "text": message["content"]})
     # The model's own argument text, served verbatim: the client echoes it in later requests.
+    # `index` too where the recording has it (litellm adds it when it translates): the client
+    # echoes it back.
     blocks += [{"type": "tool_use", "id": call["id"], "name": call["function"]["name"],
-                "input": call["function"].get("arguments") or ""}
+                "input": call["function"].get("arguments") or ""} | ({"index": call["index"]} if "index" in call else {})
                for call in message.get("tool_calls") or []]
     return Reply(blocks, **_usage(response))
 

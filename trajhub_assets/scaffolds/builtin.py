@@ -173,7 +173,9 @@ def run_agent(sandbox, task: dict, client: OpenAI, model: str, *,
             result.tokens += response.usage.total_tokens if response.usage else 0
             message = response.choices[0].message
             tool_calls = message.tool_calls or []
-            messages.append({"role": "assistant", "content": message.content or ""}
+            # content as the model gave it (None beside tool calls): an invented "" reaches an
+            # Anthropic route as placeholder text the model never wrote.
+            messages.append({"role": "assistant", "content": message.content}
                             | ({"tool_calls": [c.model_dump() for c in tool_calls]} if tool_calls else {}))
             if not tool_calls:
                 result.stop_reason, result.final_answer = "no_tool_call", message.content or ""
