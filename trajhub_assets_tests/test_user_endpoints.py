@@ -116,7 +116,7 @@ def test_when_every_run_fails_the_command_fails_and_no_release_is_cut(tmp_path):
     # Nothing recorded is lost: the failed run is a row with its error, its calls are stored.
     store = Store(tmp_path / "home")
     runs = store.sql("SELECT run_id, error FROM runs").to_pylist()
-    assert len(runs) == 1 and "Connection" in runs[0]["error"]
+    assert len(runs) == 1 and "connect" in runs[0]["error"].lower()  # the model's endpoint, not ours
     assert store.sql("SELECT count(*) AS n FROM raw_calls").to_pylist()[0]["n"] >= 1
 
 
