@@ -526,32 +526,26 @@ def test_main_is_the_last_main_request_plus_its_response(conformance, run):
     assert main["call_ids"] == [m["generated_by"] for m in main["messages"] if m["generation"]]
 
 
-def test_every_generated_reply_is_in_main_unless_the_client_altered_its_echo(conformance, run):
-    """A reply the client sent back as generated is main's; one it re-sent altered (Claude Code
-    2.1.330 adds Edit's default `"replace_all": false` to the input) is not marked generated in
-    main, and lives as generated in an `edit` conversation instead: none is lost."""
+def test_every_generated_reply_is_in_main_also_when_its_echo_fills_in_a_default(conformance, run):
+    """Every reply of the main agent is main's, generated. Claude Code 2.1.330 sends its Edit
+    calls back with the schema's default `"replace_all": false` added: the merge compares tool
+    arguments without those at their default, so such an echo is still the model's reply."""
     (main,) = run["main"]
     call_of = call_ids(conformance, run)
     requests = main_requests(conformance["served"])
     last = next(r["request"] for r in run["records"] if r["call_id"] == call_of[id(requests[-1])])
     client_sent = wire_messages(last) if "system" in last else openai_messages(last["messages"])
     echoes = [m for m in client_sent if m["role"] == "assistant"]
-    generated_in = {}
-    for conversation in run["conversations"]:
-        for m in conversation["messages"]:
-            if m["generation"]:
-                generated_in.setdefault(m["generated_by"], set()).add(conversation["kind"])
+    in_main = {m["generated_by"] for m in main["messages"] if m["generation"]}
     altered = []
     for upstream, echo in zip(requests, echoes + [None], strict=True):
-        call = call_of[id(upstream)]
-        if echo is None or core(echo) == core(wire_assistant(upstream.body["content"])):
-            assert "main" in generated_in.get(call, set()), call
-        else:
-            assert "edit" in generated_in.get(call, set()) and "main" not in generated_in[call], call
+        assert call_of[id(upstream)] in in_main, call_of[id(upstream)]
+        if echo is not None and core(echo) != core(wire_assistant(upstream.body["content"])):
             sent = {c["id"]: c["arguments"] for c in wire_assistant(upstream.body["content"])["tool_calls"]}
             altered += [(c["name"], sorted(set(c["arguments"].items()) - set(sent[c["id"]].items())))
                         for c in echo["tool_calls"] or []]
     assert altered in ([], [("Edit", [("replace_all", False)])] * 2), altered
+    assert not [c for c in run["conversations"] if c["kind"] == "edit"]
 
 
 def test_signed_thinking_reaches_main_as_generated(run):

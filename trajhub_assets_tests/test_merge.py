@@ -211,6 +211,28 @@ def test_claude_code_system_message_in_messages_stays_in_place():
 
 
 # -- failures and edits -------------------------------------------------------------------
+def test_a_tool_call_echoed_with_an_argument_at_its_schema_default_is_the_generated_one():
+    """Claude Code 2.1.330 sends its Edit calls back with `"replace_all": false` (the schema's
+    default) added: still the model's own message, not an edit of the history."""
+    edit_tool = {"name": "Edit", "description": "Edit a file.", "input_schema": {"type": "object", "properties": {
+        "file_path": {"type": "string"}, "old_string": {"type": "string"}, "new_string": {"type": "string"},
+        "replace_all": {"type": "boolean", "default": False}}}}
+    generated = tool_use("e1", "Edit", {"file_path": "a.py", "old_string": "x", "new_string": "y"})
+    echoed = tool_use("e1", "Edit", {"file_path": "a.py", "old_string": "x", "new_string": "y", "replace_all": False})
+    history = [user("Fix it."), {"role": "assistant", "content": [echoed]}, tool_result("e1", "edited")]
+    records = [call("c1", 0, [user("Fix it.")], [generated], tools=[edit_tool]),
+               call("c2", 1, history, [text("Done.")], tools=[edit_tool])]
+    [conversation] = merged(records)
+    edit = conversation["messages"][2]
+    assert (edit["generation"], edit["generated_by"]) == (True, "c1")
+    assert json.loads(edit["tool_calls"][0]["function"]["arguments"]) == generated["input"]  # as generated
+    assert conversation["meta"]["call_ids"] == ["c1", "c2"]
+    # A value other than the default is a real change of the history: an edit.
+    changed = copy.deepcopy(records)
+    changed[1]["request"]["messages"][1]["content"][0]["input"]["replace_all"] = True
+    assert sorted(c["meta"]["kind"] for c in merged(changed)) == ["edit", "main"]
+
+
 def test_failed_call_that_was_retried_is_absorbed():
     records = session()
     failed = {**call("c2-failed", 1, HISTORY), "seq": 1}

@@ -44,7 +44,7 @@ import json
 from collections import defaultdict
 
 from trajhub_assets.errors import RecordError
-from trajhub_assets.merge.normalize import Call, canonical_arguments, message_key, read_call
+from trajhub_assets.merge.normalize import Call, argument_defaults, canonical_arguments, message_key, read_call
 
 SKIPPED_CALL_KINDS = {"count_tokens"}
 SIDE_CALL_KINDS = {"title", "background"}
@@ -58,12 +58,19 @@ class _Trie:
         self.message: list[dict] = []
         self.edges: dict[tuple, int] = {}
         self.has_child: list[bool] = []
-        self.arguments: dict[str, str] = {}  # a call's tool arguments recur in every later call
+        self.arguments: dict[tuple, str] = {}  # a call's tool arguments recur in every later call
+        self.defaults: dict[str, dict] = {}  # tool name -> its arguments' schema defaults
 
-    def canonical(self, arguments: str) -> str:
-        found = self.arguments.get(arguments)
+    def know_tools(self, tools: list[dict]) -> None:
+        defaults = argument_defaults(tools)
+        if any(self.defaults.get(name) != d for name, d in defaults.items()):
+            self.defaults |= defaults
+            self.arguments.clear()  # keyed under other defaults
+
+    def canonical(self, name: str, arguments: str) -> str:
+        found = self.arguments.get((name, arguments))
         if found is None:
-            found = self.arguments[arguments] = canonical_arguments(arguments)
+            found = self.arguments[(name, arguments)] = canonical_arguments(arguments, self.defaults.get(name))
         return found
 
     def step(self, node: int, m: dict, generated_by: str | None = None) -> int:
@@ -233,6 +240,7 @@ def merge_calls(calls: list[dict], *, run_id: str | None = None, model: str | No
                                   f"of an earlier recorded call", source=f"run {run_id}",
                                   record_id=call.call_id, field="request.previous_response_id")
             node = response_node[call.previous_response_id]
+        trie.know_tools(call.tools)
         for m in call.prompt:
             node = trie.step(node, m)
         if not call.responses:

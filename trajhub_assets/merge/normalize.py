@@ -111,17 +111,35 @@ _ENCODE = json.JSONEncoder(ensure_ascii=False).encode
 _ENCODE_SORTED = json.JSONEncoder(ensure_ascii=False, sort_keys=True).encode
 
 
-def canonical_arguments(arguments: str) -> str:
+def canonical_arguments(arguments: str, defaults: dict | None = None) -> str:
+    """Tool arguments as sorted JSON, without those at their schema `default`: a client that
+    re-serialises a call it generated may fill them in (Claude Code's Edit `replace_all`)."""
     try:
-        return _ENCODE_SORTED(json.loads(arguments))
+        value = json.loads(arguments)
     except ValueError:
         return arguments
+    if defaults and isinstance(value, dict):
+        value = {k: v for k, v in value.items() if k not in defaults or defaults[k] != v}
+    return _ENCODE_SORTED(value)
 
 
-def message_key(m: dict, canonical=canonical_arguments) -> tuple:
+def argument_defaults(tools: list[dict]) -> dict[str, dict]:
+    """Tool name -> {argument: the default its JSON schema declares}, for OpenAI-form tools."""
+    found = {}
+    for tool in tools:
+        function = tool.get("function") or {}
+        properties = (function.get("parameters") or {}).get("properties") or {}
+        defaults = {k: p["default"] for k, p in properties.items() if isinstance(p, dict) and "default" in p}
+        if defaults:
+            found[function.get("name")] = defaults
+    return found
+
+
+def message_key(m: dict, canonical=lambda name, arguments: canonical_arguments(arguments)) -> tuple:
     calls = m["tool_calls"]
     if calls:
-        calls = tuple((c["id"], c["function"]["name"], canonical(c["function"]["arguments"])) for c in calls)
+        calls = tuple((c["id"], c["function"]["name"], canonical(c["function"]["name"], c["function"]["arguments"]))
+                      for c in calls)
     # Two images with the same caption are different messages; their refs tell them apart.
     media = tuple(p["ref"] for p in m.get("content_parts") or () if p["ref"] is not None and p["type"] != "tool_use")
     # OpenAI chat has no error flag (None), Anthropic always sends one: a tool result read from
