@@ -326,11 +326,21 @@ def wire_messages(body: dict) -> list[dict]:
     return out
 
 
-def _same_turn(a: dict, b: dict) -> bool:
-    """Equal as the merge compares an echo with a response: text and tool calls, not thinking."""
+def _same_turn(a: dict, b: dict, defaults: dict) -> bool:
+    """Equal as the merge compares an echo with a response: text and tool calls, not thinking,
+    and tool arguments without those at their schema default (`defaults`: tool -> {arg: value})."""
+    def arguments(call):
+        at_default = defaults.get(call["name"], {})
+        return {k: v for k, v in call["arguments"].items() if k not in at_default or at_default[k] != v}
+
     def key(m):
-        return (m["content"] or "", [(c["id"], c["name"], c["arguments"]) for c in m["tool_calls"] or []])
+        return (m["content"] or "", [(c["id"], c["name"], arguments(c)) for c in m["tool_calls"] or []])
     return key(a) == key(b)
+
+
+def schema_defaults(anthropic_tools: list[dict] | None) -> dict:
+    return {t["name"]: {k: p["default"] for k, p in (t.get("input_schema") or {}).get("properties", {}).items()
+                        if isinstance(p, dict) and "default" in p} for t in anthropic_tools or []}
 
 
 def merged_view(message: dict) -> dict:
@@ -494,8 +504,9 @@ def test_every_upstream_request_carried_the_configured_key_and_never_the_master_
 
 def test_main_is_the_last_main_request_plus_its_response(conformance, run):
     """Message by message and field by field; an assistant message the upstream generated is
-    its response as sent (thinking and signature included), an echo the client altered is kept
-    as sent and not marked generated. Through a translating route (the builtin agent's OpenAI
+    its response as sent (thinking and signature included), also when the client's echo filled
+    in an argument at its schema default; an echo the client altered otherwise is kept as sent
+    and not marked generated. Through a translating route (the builtin agent's OpenAI
     chat to Anthropic) what a message says is compared: role, text, tool calls and results,
     thinking blocks; the other fields are OpenAI chat's, as the client got them."""
     (main,) = run["main"]
@@ -510,7 +521,7 @@ def test_main_is_the_last_main_request_plus_its_response(conformance, run):
             continue
         for upstream in requests:
             response = wire_assistant(upstream.body["content"])
-            if _same_turn(message, response):
+            if _same_turn(message, response, schema_defaults(last.request.body.get("tools"))):
                 message |= response | {"generation": True, "generated_by": call_of[id(upstream)]}
                 break
     final = wire_assistant(last.body["content"])
