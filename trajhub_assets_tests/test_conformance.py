@@ -18,6 +18,12 @@ The builtin agent is the second scaffold, on the same route: it speaks OpenAI ch
 the proxy translates to Anthropic messages (not streamed), so its requests are compared with
 the upstream's as conversations (role, text, tool calls and results) rather than as bodies.
 
+Kilo (kilo-dev), Droid and mini-swe-agent are the OpenAI chat clients, on a model configured
+with `route: openai/<name>` and `api_base: <upstream>/v1`, in the local backend
+(conformance_chat.py holds their script and the reading of OpenAI chat messages). The proxy
+forwards their bodies as sent, so each is compared with the upstream's field by field;
+mini-swe-agent's script has a text-only reply, which mini drops from its history: an `edit`.
+
 Known open: the proxy rewrites Claude Code's `thinking` and drops its `output_config` on the
 way upstream, so the request-body assertion fails until the forwarding fix lands.
 """
@@ -764,7 +770,7 @@ def test_no_key_anywhere_in_the_store_or_the_release(conformance):
     for path in conformance["home"].rglob("*"):
         if path.is_file():
             data = path.read_bytes()
-            found += [f"{path}: {secret}" for secret in (MODEL_KEY, JUDGE_KEY, MASTER_KEY_PREFIX)
+            found += [f"{path}: {secret}" for secret in (conformance["case"].key, JUDGE_KEY, MASTER_KEY_PREFIX)
                       if secret.encode() in data]
     assert not found, "\n".join(found)
 
