@@ -98,7 +98,8 @@ def chat_turns(scaffold: str) -> dict[str, list]:
 def _text(content) -> str:
     if isinstance(content, str):
         return content
-    return "\n".join(b.get("text", "") for b in content or [] if isinstance(b, dict) and b.get("type") == "text")
+    return "\n".join(b.get("text", "") for b in content or []
+                     if isinstance(b, dict) and b.get("type") == "text")
 
 
 def _shell_arguments(request: dict, tool: str, command: str) -> dict:

@@ -203,7 +203,8 @@ def write_project(tmp_path: Path, scaffold: str, case: Case, upstream_url: str, 
         "tasks": [{"path": str(tasks)}],
         "models": [{"name": case.name, "route": case.route, "api_base": case.api_base(upstream_url),
                     "api_key_env": case.key_env, "scaffold": scaffold}],
-        "sandbox": {"backend": case.backend, "timeout_s": 600, "max_concurrent": 1, "cpus": 1, "memory": "2g"},
+        "sandbox": {"backend": case.backend, "timeout_s": 600, "max_concurrent": 1, "cpus": 1,
+                    "memory": "2g"},
         "judge": {"model": "judge", "base_url": judge_url, "api_key_env": JUDGE_KEY_ENV},
         "release": {"min_margin": 0.0, "replay_sample": 1}}))
     return str(config)
@@ -224,7 +225,8 @@ def chat_case(scaffold: str) -> Case:
     return Case(chat_model(scaffold), "local", CHAT_ROUTE, CHAT_MODEL_NAME, CHAT_KEY_ENV, CHAT_KEY)
 
 
-SCAFFOLDS = {"claudecode": Case(scripted_model(CLAUDE_CODE_TURNS)), "builtin": Case(scripted_model(BUILTIN_TURNS)),
+SCAFFOLDS = {"claudecode": Case(scripted_model(CLAUDE_CODE_TURNS)),
+             "builtin": Case(scripted_model(BUILTIN_TURNS)),
              **{name: chat_case(name) for name in SHELL_TOOL}}
 
 
@@ -260,7 +262,8 @@ def conformance(request, tmp_path_factory):
         release = stage(instance, res, RELEASE)
         store = Store(home)
         served = list(upstream.served)
-        data = {"scaffold": scaffold, "case": case, "served": served[:recorded], "replayed": served[recorded:],
+        data = {"scaffold": scaffold, "case": case, "served": served[:recorded],
+                "replayed": served[recorded:],
                 "judge": list(judge.served), "store": store, "home": home, "release": release}
     # What the upstream received, for reading when an assertion fails.
     (tmp_path / "served.json").write_text(json.dumps(
@@ -487,7 +490,8 @@ def chat_main_requests(served: list) -> list:
     """An OpenAI chat client's agent turns: a user message of the task's first query (Droid's
     comes after a reminder of its own), a reply that is not the one the client dropped."""
     return [s for s in served if s.request.body.get("tools") and s.request.path == "/v1/chat/completions"
-            and any(m["role"] == "user" and QUERY_ONE in _text(m["content"]) for m in s.request.body["messages"])]
+            and any(m["role"] == "user" and QUERY_ONE in _text(m["content"])
+                    for m in s.request.body["messages"])]
 
 
 def dropped_requests(served: list) -> list:
@@ -610,7 +614,8 @@ def chat_conversation(upstream, requests: list, call_of: dict) -> list[dict]:
             if _same_turn(message, response):
                 message |= response | {"generation": True, "generated_by": call_of[id(earlier)]}
                 break
-    return expected + [chat_answer(upstream.body) | {"generation": True, "generated_by": call_of[id(upstream)]}]
+    answer = chat_answer(upstream.body) | {"generation": True, "generated_by": call_of[id(upstream)]}
+    return expected + [answer]
 
 
 def assert_chat_main(conformance, run):
@@ -652,7 +657,8 @@ def test_a_reply_the_client_dropped_is_an_edit_and_main_the_whole_trajectory(con
         got = [merged_view(m) for m in edit["messages"]]
         assert len(got) == len(expected)
         differences = [f"messages[{index}].{key}: merged {a[key]!r} != wire {b[key]!r}"
-                       for index, (a, b) in enumerate(zip(got, expected, strict=True)) for key in b if a[key] != b[key]]
+                       for index, (a, b) in enumerate(zip(got, expected, strict=True))
+                       for key in b if a[key] != b[key]]
         assert not differences, "\n".join(differences)
         assert call_of[id(upstream)] not in main["call_ids"]
         assert edit["branch_index"] == len(expected) - 1  # all of its prompt is main's too
@@ -731,7 +737,7 @@ def test_side_calls_and_the_subagent_are_conversations_of_their_own(conformance,
     # The subagent's requests (its own system prompt and first message) are its conversation,
     # linked to main by the Agent tool call that started it.
     if conformance["scaffold"] != "claudecode":
-        # The builtin agent and the chat clients make no side calls; mini-swe-agent's dropped reply is an edit.
+        # The builtin agent and the chat clients make no side calls; mini's dropped reply is an edit.
         edits = len(dropped_requests(conformance["served"]))
         assert sorted(c["kind"] for c in conversations) == ["edit"] * edits + ["main"]
         return
@@ -770,7 +776,8 @@ def test_no_key_anywhere_in_the_store_or_the_release(conformance):
     for path in conformance["home"].rglob("*"):
         if path.is_file():
             data = path.read_bytes()
-            found += [f"{path}: {secret}" for secret in (conformance["case"].key, JUDGE_KEY, MASTER_KEY_PREFIX)
+            found += [f"{path}: {secret}"
+                      for secret in (conformance["case"].key, JUDGE_KEY, MASTER_KEY_PREFIX)
                       if secret.encode() in data]
     assert not found, "\n".join(found)
 
