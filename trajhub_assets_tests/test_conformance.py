@@ -18,6 +18,12 @@ The builtin agent is the second scaffold, on the same route: it speaks OpenAI ch
 the proxy translates to Anthropic messages (not streamed), so its requests are compared with
 the upstream's as conversations (role, text, tool calls and results) rather than as bodies.
 
+Kilo (kilo-dev), Droid and mini-swe-agent are the OpenAI chat clients, on a model configured
+with `route: openai/<name>` and `api_base: <upstream>/v1`, in the local backend
+(conformance_chat.py holds their script and the reading of OpenAI chat messages). The proxy
+forwards their bodies as sent, so each is compared with the upstream's field by field;
+mini-swe-agent's script has a text-only reply, which mini drops from its history: an `edit`.
+
 Known open: the proxy rewrites Claude Code's `thinking` and drops its `output_config` on the
 way upstream, so the request-body assertion fails until the forwarding fix lands.
 """
@@ -26,6 +32,8 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -52,6 +60,13 @@ from trajhub_assets.scaffolds.baselines import BaselinePolicies, upstream_policy
 from trajhub_assets.store import Store
 from trajhub_assets.tasks.assets import register_partitions
 from trajhub_assets.tasks.catalog import load_catalog
+from trajhub_assets_tests.conformance_chat import (
+    DROPPED_REPLY,
+    SHELL_TOOL,
+    chat_answer,
+    chat_messages,
+    chat_model,
+)
 
 TASK = "demo-pagination-offset"  # two user queries
 WORKSPACE = f"/workspace/{TASK}"
@@ -159,16 +174,37 @@ def scripted_model(turns: dict):
 
 
 # -- the project, as a user writes it --------------------------------------------------------
-def write_project(tmp_path: Path, scaffold: str, upstream_url: str, judge_url: str) -> str:
+@dataclass(frozen=True)
+class Case:
+    """A scaffold as the suite runs it: its script, its sandbox backend, the model's route and key."""
+
+    policy: Callable
+    backend: str = "docker"
+    route: str = ROUTE
+    name: str = MODEL_NAME
+    key_env: str = MODEL_KEY_ENV
+    key: str = MODEL_KEY
+
+    @property
+    def openai_route(self) -> bool:
+        """An OpenAI chat client on an `openai/` route: the proxy forwards bodies as sent."""
+        return self.route.startswith("openai/")
+
+    def api_base(self, upstream_url: str) -> str:
+        return f"{upstream_url}/v1" if self.openai_route else upstream_url
+
+
+def write_project(tmp_path: Path, scaffold: str, case: Case, upstream_url: str, judge_url: str) -> str:
     demo = {item.record["instance_id"]: item.record for item in load_catalog(load_config())}
     tasks = tmp_path / "tasks.jsonl"
     tasks.write_text(json.dumps(demo[TASK]) + "\n")
     config = tmp_path / "project.yaml"
     config.write_text(yaml.safe_dump({
         "tasks": [{"path": str(tasks)}],
-        "models": [{"name": MODEL_NAME, "route": ROUTE, "api_base": upstream_url,
-                    "api_key_env": MODEL_KEY_ENV, "scaffold": scaffold}],
-        "sandbox": {"backend": "docker", "timeout_s": 600, "max_concurrent": 1, "cpus": 1, "memory": "2g"},
+        "models": [{"name": case.name, "route": case.route, "api_base": case.api_base(upstream_url),
+                    "api_key_env": case.key_env, "scaffold": scaffold}],
+        "sandbox": {"backend": case.backend, "timeout_s": 600, "max_concurrent": 1, "cpus": 1,
+                    "memory": "2g"},
         "judge": {"model": "judge", "base_url": judge_url, "api_key_env": JUDGE_KEY_ENV},
         "release": {"min_margin": 0.0, "replay_sample": 1}}))
     return str(config)
@@ -180,25 +216,38 @@ def stage(instance, res, selection, keys=None):
     return result
 
 
-SCAFFOLDS = {"claudecode": CLAUDE_CODE_TURNS, "builtin": BUILTIN_TURNS}
+# The OpenAI chat clients, on a model configured with `route: openai/<name>`, on the local backend.
+CHAT_MODEL_NAME, CHAT_ROUTE = "acme/gpt-conf", "openai/gpt-conf-1"
+CHAT_KEY_ENV, CHAT_KEY = "CONF_OPENAI_KEY", "sk-conf-openai-user-5d21a8"
+
+
+def chat_case(scaffold: str) -> Case:
+    return Case(chat_model(scaffold), "local", CHAT_ROUTE, CHAT_MODEL_NAME, CHAT_KEY_ENV, CHAT_KEY)
+
+
+SCAFFOLDS = {"claudecode": Case(scripted_model(CLAUDE_CODE_TURNS)),
+             "builtin": Case(scripted_model(BUILTIN_TURNS)),
+             **{name: chat_case(name) for name in SHELL_TOOL}}
 
 
 @pytest.fixture(scope="module", params=list(SCAFFOLDS))
-def conformance(request, tmp_path_factory, docker_engine):
-    scaffold = request.param
-    if scaffold == "claudecode":
+def conformance(request, tmp_path_factory):
+    scaffold, case = request.param, SCAFFOLDS[request.param]
+    if case.backend == "docker":
+        request.getfixturevalue("docker_engine")
+    if scaffold != "builtin":
         try:
             make_scaffold(scaffold).install()
         except clients.ClientError as error:
-            pytest.fail(f"Claude Code is not installed (scripts/install_clients.sh claude-code): {error}")
+            pytest.fail(f"{scaffold} is not installed (scripts/install_clients.sh): {error}")
     tmp_path = tmp_path_factory.mktemp(f"conformance-{scaffold}")
     home = tmp_path / "home"
-    with ScriptedUpstream(scripted_model(SCAFFOLDS[scaffold])) as upstream, \
+    with ScriptedUpstream(case.policy) as upstream, \
             ScriptedUpstream(upstream_policy(BaselinePolicies([]))) as judge, \
             pytest.MonkeyPatch.context() as env:
-        env.setenv(MODEL_KEY_ENV, MODEL_KEY)
+        env.setenv(case.key_env, case.key)
         env.setenv(JUDGE_KEY_ENV, JUDGE_KEY)
-        config = write_project(tmp_path, scaffold, upstream.url, f"{judge.url}/v1")
+        config = write_project(tmp_path, scaffold, case, upstream.url, f"{judge.url}/v1")
         project = ProjectResource(path=config)
         res = {"store": StoreResource(root=str(home)), "project": project,
                "proxy": ProxyResource(project=project, recordings_dir=str(home / "recordings"))}
@@ -213,7 +262,8 @@ def conformance(request, tmp_path_factory, docker_engine):
         release = stage(instance, res, RELEASE)
         store = Store(home)
         served = list(upstream.served)
-        data = {"scaffold": scaffold, "served": served[:recorded], "replayed": served[recorded:],
+        data = {"scaffold": scaffold, "case": case, "served": served[:recorded],
+                "replayed": served[recorded:],
                 "judge": list(judge.served), "store": store, "home": home, "release": release}
     # What the upstream received, for reading when an assertion fails.
     (tmp_path / "served.json").write_text(json.dumps(
@@ -446,12 +496,26 @@ def main_requests(served: list) -> list:
             and "/orders endpoint" in _text(s.request.body["messages"][0]["content"])]
 
 
+def chat_main_requests(served: list) -> list:
+    """An OpenAI chat client's agent turns: a user message of the task's first query (Droid's
+    comes after a reminder of its own), a reply that is not the one the client dropped."""
+    return [s for s in served if s.request.body.get("tools") and s.request.path == "/v1/chat/completions"
+            and any(m["role"] == "user" and QUERY_ONE in _text(m["content"])
+                    for m in s.request.body["messages"])]
+
+
+def dropped_requests(served: list) -> list:
+    """The requests answered with the reply mini-swe-agent drops from its history."""
+    return [s for s in served if s.request.path == "/v1/chat/completions"
+            and s.body["choices"][0]["message"].get("content") == DROPPED_REPLY]
+
+
 # -- the assertions ----------------------------------------------------------------------------
 def test_the_run_completed_both_queries(conformance, run):
     row = run["row"]
     assert row["error"] is None and row["agent_exit_code"] == 0, row
     assert row["scaffold_version"] == make_scaffold(conformance["scaffold"]).version()
-    assert row["backend"] == "docker"
+    assert row["backend"] == conformance["case"].backend
     assert row["final_answer"] == ANSWER_TWO and row["resolved"], row["test_output_tail"]
     assert "has_next" in row["diff"] and "(page - 1) * per_page" in row["diff"]
 
@@ -467,7 +531,9 @@ def test_every_upstream_request_is_a_recorded_call_of_the_run(conformance, run):
     # The stored answer is the one the upstream sent (streamed: reassembled by the proxy).
     for record, upstream in pairs:
         assert record["stream"] == upstream.stream
-        if record["wire_format"] == "anthropic_messages":
+        if conformance["case"].openai_route:  # forwarded as it came: the same message, field by field
+            assert chat_answer(record["response"]) == chat_answer(upstream.body), record["seq"]
+        elif record["wire_format"] == "anthropic_messages":
             assert record["response"]["content"] == upstream.body["content"], record["seq"]
         else:  # translated to OpenAI chat by the proxy: the same turn, thinking included
             (answer,) = openai_messages([record["response"]["choices"][0]["message"]])
@@ -481,8 +547,9 @@ def test_the_upstream_received_each_recorded_request_body_except_the_model(confo
     differences = []
     for record, upstream in pair(run["records"], conformance["served"]):
         sent, received = record["request"], upstream.request.body
-        assert (sent["model"], received["model"]) == (ROUTE, ROUTE.split("/", 1)[1])
-        if record["wire_format"] == "openai_chat":
+        route = conformance["case"].route
+        assert (sent["model"], received["model"]) == (route, route.split("/", 1)[1])
+        if record["wire_format"] == "openai_chat" and not conformance["case"].openai_route:
             differences += translation_differences(record, received)
             continue
         for key in sorted((set(sent) | set(received)) - {"model"}):
@@ -493,9 +560,14 @@ def test_the_upstream_received_each_recorded_request_body_except_the_model(confo
 
 
 def test_every_upstream_request_carried_the_configured_key_and_never_the_master_key(conformance):
+    case = conformance["case"]
     for served in conformance["served"]:
-        assert served.request.headers.get("x-api-key") == MODEL_KEY
-        assert "authorization" not in served.request.headers
+        if case.openai_route:  # OpenAI's header
+            assert served.request.headers.get("authorization") == f"Bearer {case.key}"
+            assert "x-api-key" not in served.request.headers
+        else:
+            assert served.request.headers.get("x-api-key") == case.key
+            assert "authorization" not in served.request.headers
         assert MASTER_KEY_PREFIX not in json.dumps([served.request.headers, served.request.body])
     judged = conformance["judge"]
     assert judged and {s.request.headers.get("authorization") for s in judged} == {f"Bearer {JUDGE_KEY}"}
@@ -509,6 +581,8 @@ def test_main_is_the_last_main_request_plus_its_response(conformance, run):
     and not marked generated. Through a translating route (the builtin agent's OpenAI
     chat to Anthropic) what a message says is compared: role, text, tool calls and results,
     thinking blocks; the other fields are OpenAI chat's, as the client got them."""
+    if conformance["case"].openai_route:
+        return assert_chat_main(conformance, run)
     (main,) = run["main"]
     call_of = call_ids(conformance, run)
     requests = main_requests(conformance["served"])
@@ -537,10 +611,77 @@ def test_main_is_the_last_main_request_plus_its_response(conformance, run):
     assert main["call_ids"] == [m["generated_by"] for m in main["messages"] if m["generation"]]
 
 
+def chat_conversation(upstream, requests: list, call_of: dict) -> list[dict]:
+    """The conversation of one OpenAI chat request and its answer, as the merge should keep it:
+    the messages the upstream received read as the merge README says; one equal to an answer
+    of `requests` is that answer, generated by its call; the answer last."""
+    expected = chat_messages(upstream.request.body["messages"])
+    for message in expected:
+        message |= {"generation": False if message["role"] == "assistant" else None, "generated_by": None}
+        if message["role"] != "assistant":
+            continue
+        for earlier in requests:
+            response = chat_answer(earlier.body)
+            if _same_turn(message, response):
+                message |= response | {"generation": True, "generated_by": call_of[id(earlier)]}
+                break
+    answer = chat_answer(upstream.body) | {"generation": True, "generated_by": call_of[id(upstream)]}
+    return expected + [answer]
+
+
+def assert_chat_main(conformance, run):
+    """An OpenAI chat client on an `openai/` route: the upstream got the client's messages as
+    sent, so main is them, field by field, plus the last answer."""
+    (main,) = run["main"]
+    call_of = call_ids(conformance, run)
+    requests = chat_main_requests(conformance["served"])
+    dropped = {id(s) for s in dropped_requests(conformance["served"])}
+    last = max(requests, key=lambda s: len(s.request.body["messages"]))
+    assert last is requests[-1]
+    expected = chat_conversation(last, [s for s in requests if id(s) not in dropped], call_of)
+    actual = [merged_view(m) for m in main["messages"]]
+    assert len(actual) == len(expected), [(m["role"], m["content"]) for m in actual]
+    differences = [f"messages[{index}].{key}: merged {got[key]!r} != wire {want[key]!r}"
+                   for index, (got, want) in enumerate(zip(actual, expected, strict=True))
+                   for key in want if got[key] != want[key]]
+    assert not differences, "\n".join(differences)
+    assert main["call_ids"] == [m["generated_by"] for m in main["messages"] if m["generation"]]
+    # Every agent turn of the run is main's but the replies the client dropped.
+    assert set(main["call_ids"]) == {call_of[id(s)] for s in requests if id(s) not in dropped}
+
+
+def test_a_reply_the_client_dropped_is_an_edit_and_main_the_whole_trajectory(conformance, run):
+    """mini-swe-agent drops a reply without a tool call from its history and asks again with a
+    format error: that reply is an `edit` conversation (its prompt plus the reply, generated),
+    main goes on without it. The other clients keep every reply: no edit."""
+    if not conformance["case"].openai_route:
+        pytest.skip("the Anthropic route's scaffolds: test_every_generated_reply_is_in_main_...")
+    dropped = dropped_requests(conformance["served"])
+    assert bool(dropped) == (conformance["scaffold"] == "mini-swe-agent")
+    call_of = call_ids(conformance, run)
+    edits = [c for c in run["conversations"] if c["kind"] == "edit"]
+    assert len(edits) == len(dropped)
+    (main,) = run["main"]
+    for upstream in dropped:
+        (edit,) = [c for c in edits if c["call_ids"][-1] == call_of[id(upstream)]]
+        expected = chat_conversation(upstream, chat_main_requests(conformance["served"]), call_of)
+        got = [merged_view(m) for m in edit["messages"]]
+        assert len(got) == len(expected)
+        differences = [f"messages[{index}].{key}: merged {a[key]!r} != wire {b[key]!r}"
+                       for index, (a, b) in enumerate(zip(got, expected, strict=True))
+                       for key in b if a[key] != b[key]]
+        assert not differences, "\n".join(differences)
+        assert call_of[id(upstream)] not in main["call_ids"]
+        assert edit["branch_index"] == len(expected) - 1  # all of its prompt is main's too
+
+
 def test_every_generated_reply_is_in_main_also_when_its_echo_fills_in_a_default(conformance, run):
     """Every reply of the main agent is main's, generated. Claude Code 2.1.330 sends its Edit
     calls back with the schema's default `"replace_all": false` added: the merge compares tool
     arguments without those at their default, so such an echo is still the model's reply."""
+    if conformance["case"].openai_route:
+        pytest.skip("an OpenAI chat client: test_main_is_the_last_main_request_plus_its_response and "
+                    "test_a_reply_the_client_dropped_is_an_edit_... check this")
     (main,) = run["main"]
     call_of = call_ids(conformance, run)
     requests = main_requests(conformance["served"])
@@ -559,7 +700,9 @@ def test_every_generated_reply_is_in_main_also_when_its_echo_fills_in_a_default(
     assert not [c for c in run["conversations"] if c["kind"] == "edit"]
 
 
-def test_signed_thinking_reaches_main_as_generated(run):
+def test_signed_thinking_reaches_main_as_generated(conformance, run):
+    if conformance["case"].openai_route:
+        pytest.skip("an openai/ route carries no signed thinking; the chat clients' script has none")
     (main,) = run["main"]
     signed_turns = [m for m in main["messages"] if m["thinking_blocks"]]
     assert [b["signature"] for m in signed_turns for b in m["thinking_blocks"]] == [
@@ -605,7 +748,9 @@ def test_side_calls_and_the_subagent_are_conversations_of_their_own(conformance,
     # The subagent's requests (its own system prompt and first message) are its conversation,
     # linked to main by the Agent tool call that started it.
     if conformance["scaffold"] != "claudecode":
-        assert [c["kind"] for c in conversations] == ["main"]  # the builtin agent has no side calls
+        # The builtin agent and the chat clients make no side calls; mini's dropped reply is an edit.
+        edits = len(dropped_requests(conformance["served"]))
+        assert sorted(c["kind"] for c in conversations) == ["edit"] * edits + ["main"]
         return
     call_of = call_ids(conformance, run)
     subagent_calls = [call_of[id(s)] for s in conformance["served"]
@@ -642,7 +787,8 @@ def test_no_key_anywhere_in_the_store_or_the_release(conformance):
     for path in conformance["home"].rglob("*"):
         if path.is_file():
             data = path.read_bytes()
-            found += [f"{path}: {secret}" for secret in (MODEL_KEY, JUDGE_KEY, MASTER_KEY_PREFIX)
+            found += [f"{path}: {secret}"
+                      for secret in (conformance["case"].key, JUDGE_KEY, MASTER_KEY_PREFIX)
                       if secret.encode() in data]
     assert not found, "\n".join(found)
 
