@@ -216,13 +216,13 @@ def stage(instance, res, selection, keys=None):
     return result
 
 
-# The OpenAI chat clients, on a model configured with `route: openai/<name>`, on the local backend.
+# The OpenAI chat clients, on a model configured with `route: openai/<name>`, in Docker.
 CHAT_MODEL_NAME, CHAT_ROUTE = "acme/gpt-conf", "openai/gpt-conf-1"
 CHAT_KEY_ENV, CHAT_KEY = "CONF_OPENAI_KEY", "sk-conf-openai-user-5d21a8"
 
 
 def chat_case(scaffold: str) -> Case:
-    return Case(chat_model(scaffold), "local", CHAT_ROUTE, CHAT_MODEL_NAME, CHAT_KEY_ENV, CHAT_KEY)
+    return Case(chat_model(scaffold), "docker", CHAT_ROUTE, CHAT_MODEL_NAME, CHAT_KEY_ENV, CHAT_KEY)
 
 
 SCAFFOLDS = {"claudecode": Case(scripted_model(CLAUDE_CODE_TURNS)),
@@ -376,11 +376,11 @@ def wire_messages(body: dict) -> list[dict]:
     return out
 
 
-def _same_turn(a: dict, b: dict, defaults: dict) -> bool:
+def _same_turn(a: dict, b: dict, defaults: dict | None = None) -> bool:
     """Equal as the merge compares an echo with a response: text and tool calls, not thinking,
     and tool arguments without those at their schema default (`defaults`: tool -> {arg: value})."""
     def arguments(call):
-        at_default = defaults.get(call["name"], {})
+        at_default = (defaults or {}).get(call["name"], {})
         return {k: v for k, v in call["arguments"].items() if k not in at_default or at_default[k] != v}
 
     def key(m):
@@ -777,9 +777,11 @@ def test_rewards_and_the_release_hold_the_run(conformance, run):
     released = pq.read_table(next(manifest.parent.glob("data/trajectories/*.parquet"))).to_pylist()
     (main,) = run["main"]
     assert [(r["run_id"], r["conversation_id"]) for r in released] == [(run_id, main["conversation_id"])]
-    # Content as the model gave it: null beside tool calls stays null in the release.
-    assert [(m["role"], m["content"]) for m in released[0]["messages"]] == [
-        (m["role"], m["content"]) for m in main["messages"]]
+    # Content as the model gave it: null beside tool calls stays null in the release; signed
+    # and redacted thinking, content parts and extra reach it byte for byte.
+    def kept(m):
+        return m["role"], m["content"], m["thinking_blocks"], m["content_parts"], m["extra"]
+    assert [kept(m) for m in released[0]["messages"]] == [kept(m) for m in main["messages"]]
 
 
 def test_no_key_anywhere_in_the_store_or_the_release(conformance):
