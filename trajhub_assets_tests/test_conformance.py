@@ -62,7 +62,9 @@ from trajhub_assets.tasks.assets import register_partitions
 from trajhub_assets.tasks.catalog import load_catalog
 from trajhub_assets_tests.conformance_chat import (
     DROPPED_REPLY,
+    SECTION,
     SHELL_TOOL,
+    _leftovers,
     chat_answer,
     chat_messages,
     chat_model,
@@ -277,16 +279,6 @@ def conformance(request, tmp_path_factory):
 # text blocks concatenated (system blocks and thinking joined by a blank line), a tool_result
 # its own `tool` message, tool calls in OpenAI form, signed thinking in thinking_blocks,
 # `cache_control` dropped, any other field in `extra` under its path.
-SECTION = "\n\n"
-SKIPPED = {"cache_control"}
-
-
-def _leftovers(item: dict, known: set, prefix: str, extra: dict) -> None:
-    for key, value in item.items():
-        if key not in known and key not in SKIPPED and value not in (None, [], {}):
-            extra[prefix + key] = value
-
-
 def _part(block: dict) -> dict:
     return {"type": block["type"], "text": block.get("text") if block["type"] == "text" else None,
             "media_type": None, "ref": block.get("id") if block["type"] == "tool_use" else None}
