@@ -230,6 +230,9 @@ def chat_case(scaffold: str) -> Case:
 SCAFFOLDS = {"claudecode": Case(scripted_model(CLAUDE_CODE_TURNS)),
              "builtin": Case(scripted_model(BUILTIN_TURNS)),
              **{name: chat_case(name) for name in SHELL_TOOL}}
+# Tests that hold for one kind of route only run on its scaffolds (none is skipped).
+ANTHROPIC_ROUTE = [name for name, case in SCAFFOLDS.items() if not case.openai_route]
+CHAT_CLIENTS = [name for name, case in SCAFFOLDS.items() if case.openai_route]
 
 
 @pytest.fixture(scope="module", params=list(SCAFFOLDS))
@@ -642,12 +645,11 @@ def assert_chat_main(conformance, run):
     assert set(main["call_ids"]) == {call_of[id(s)] for s in requests if id(s) not in dropped}
 
 
+@pytest.mark.parametrize("conformance", CHAT_CLIENTS, indirect=True)
 def test_a_reply_the_client_dropped_is_an_edit_and_main_the_whole_trajectory(conformance, run):
     """mini-swe-agent drops a reply without a tool call from its history and asks again with a
     format error: that reply is an `edit` conversation (its prompt plus the reply, generated),
     main goes on without it. The other clients keep every reply: no edit."""
-    if not conformance["case"].openai_route:
-        pytest.skip("the Anthropic route's scaffolds: test_every_generated_reply_is_in_main_...")
     dropped = dropped_requests(conformance["served"])
     assert bool(dropped) == (conformance["scaffold"] == "mini-swe-agent")
     call_of = call_ids(conformance, run)
@@ -667,13 +669,11 @@ def test_a_reply_the_client_dropped_is_an_edit_and_main_the_whole_trajectory(con
         assert edit["branch_index"] == len(expected) - 1  # all of its prompt is main's too
 
 
+@pytest.mark.parametrize("conformance", ANTHROPIC_ROUTE, indirect=True)
 def test_every_generated_reply_is_in_main_also_when_its_echo_fills_in_a_default(conformance, run):
     """Every reply of the main agent is main's, generated. Claude Code 2.1.330 sends its Edit
     calls back with the schema's default `"replace_all": false` added: the merge compares tool
     arguments without those at their default, so such an echo is still the model's reply."""
-    if conformance["case"].openai_route:
-        pytest.skip("an OpenAI chat client: test_main_is_the_last_main_request_plus_its_response and "
-                    "test_a_reply_the_client_dropped_is_an_edit_... check this")
     (main,) = run["main"]
     call_of = call_ids(conformance, run)
     requests = main_requests(conformance["served"])
@@ -692,9 +692,8 @@ def test_every_generated_reply_is_in_main_also_when_its_echo_fills_in_a_default(
     assert not [c for c in run["conversations"] if c["kind"] == "edit"]
 
 
+@pytest.mark.parametrize("conformance", ANTHROPIC_ROUTE, indirect=True)  # the chat script has no thinking
 def test_signed_thinking_reaches_main_as_generated(conformance, run):
-    if conformance["case"].openai_route:
-        pytest.skip("an openai/ route carries no signed thinking; the chat clients' script has none")
     (main,) = run["main"]
     signed_turns = [m for m in main["messages"] if m["thinking_blocks"]]
     assert [b["signature"] for m in signed_turns for b in m["thinking_blocks"]] == [
