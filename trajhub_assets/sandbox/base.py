@@ -13,16 +13,22 @@ from __future__ import annotations
 
 import abc
 import logging
+import os
 import re
 import time
 import uuid
 from dataclasses import asdict, dataclass
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Self
 
 from trajhub_assets.errors import RecordError, TrajhubError
 
 log = logging.getLogger(__name__)
+
+
+def cache_dir() -> Path:
+    """trajhub's cache on this host ($TRAJHUB_CACHE): the demo image's root file system, locks."""
+    return Path(os.environ.get("TRAJHUB_CACHE") or Path.home() / ".cache" / "trajhub")
 
 
 class SandboxError(TrajhubError):

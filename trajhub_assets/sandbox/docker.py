@@ -36,14 +36,14 @@ import tempfile
 import threading
 import time
 import uuid
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 
 import docker
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 
 from trajhub_assets.errors import RecordError
 from trajhub_assets.sandbox.base import (
-    CappedBuffer, ExecResult, Sandbox, SandboxError, SandboxTimeout, task_field,
+    CappedBuffer, ExecResult, Sandbox, SandboxError, SandboxTimeout, cache_dir, task_field,
 )
 
 log = logging.getLogger(__name__)
@@ -289,9 +289,8 @@ def ensure_internal_network(client: docker.DockerClient) -> str:
     made, by another host or before this fix, are healed by keeping the oldest, which every
     process picks alike. Sandboxes attach by id, so a duplicate never makes the name ambiguous.
     """
-    lock_dir = Path(os.environ.get("TRAJHUB_CACHE") or Path.home() / ".cache" / "trajhub")
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    with open(lock_dir / "docker-network.lock", "w") as lock:
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    with open(cache_dir() / "docker-network.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not _internal_networks(client):
             try:

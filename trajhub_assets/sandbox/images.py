@@ -17,7 +17,7 @@ from pathlib import Path
 
 from docker.errors import APIError, BuildError, ImageNotFound
 
-from trajhub_assets.sandbox.base import SandboxError
+from trajhub_assets.sandbox.base import SandboxError, cache_dir
 from trajhub_assets.sandbox.docker import bridge_gateway, connect, ensure_internal_network, remove_orphans
 
 log = logging.getLogger(__name__)
@@ -29,10 +29,6 @@ PACKAGES = ("python3", "python-is-python3", "python3-pytest", "git")
 # `docker import` makes an image with an empty config; give it what a container expects.
 IMPORT_CHANGES = ["ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
                   "ENV LANG=C.UTF-8", 'CMD ["/bin/bash"]']
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("TRAJHUB_CACHE") or Path.home() / ".cache" / "trajhub")
 
 
 def ensure_demo_image(client=None, *, tag: str = DEMO_IMAGE) -> str:
