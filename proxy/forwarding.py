@@ -31,6 +31,14 @@ router = APIRouter()
 ANTHROPIC_VERSION = "2023-06-01"  # litellm's default when the client names none
 
 
+def recorder():
+    """The trajhub recorder litellm loaded from the config (its own copy of
+    trajectory_logger.py, so it is found among litellm's callbacks, not imported), or None."""
+    import litellm
+
+    return next((c for c in litellm.callbacks if getattr(c, "trajhub_recorder", False)), None)
+
+
 async def _route(body: dict, provider: str) -> dict | None:
     """The route (deployment) for the body's model if it is a `provider` route, else None."""
     import litellm
@@ -73,7 +81,6 @@ def _openai_upstream(route: dict, request: Request) -> tuple[str, dict]:
 async def _serve(request: Request, user: UserAPIKeyAuth, provider: str,
                  upstream: Callable[[dict, Request], tuple[str, dict]],
                  litellm_handler: Callable[[], Awaitable[Response]]) -> Response:
-    import litellm
     from litellm.proxy.common_utils.http_parsing_utils import read_request_body
     from litellm.proxy.pass_through_endpoints.pass_through_endpoints import pass_through_request
 
@@ -82,9 +89,8 @@ async def _serve(request: Request, user: UserAPIKeyAuth, provider: str,
     if route is None:
         return await litellm_handler()
     target, headers = upstream(route, request)
-    recorder = next((c for c in litellm.callbacks if getattr(c, "trajhub_recorder", False)), None)
-    if recorder is not None:
-        recorder.forwarded(f"{provider}/{route['model']}")
+    if (found := recorder()) is not None:
+        found.forwarded(f"{provider}/{route['model']}")
     # The client's body, key order kept; only the model is the route's. Sent as these bytes:
     # pass_through_request would otherwise send its parsed copy, from which it takes out
     # the keys litellm reads itself (`metadata`, `user`, ...).

@@ -45,9 +45,9 @@ class RecordingMiddleware:
         await recorder.handle_http(self.app, scope, receive, send)
 
     def _find_recorder(self):
-        import litellm
+        from forwarding import recorder  # beside this file, on sys.path since main()
 
-        self.recorder = next((c for c in litellm.callbacks if getattr(c, "trajhub_recorder", False)), None)
+        self.recorder = recorder()
         return self.recorder
 
 
