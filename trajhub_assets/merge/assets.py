@@ -46,7 +46,7 @@ def merge_partition(records: list[dict], model: str, instance: str) -> list[dict
        description="Whole conversations rebuilt from each run's calls, with generation flags.")
 def merged_trajectories(context: AssetExecutionContext, store: StoreResource) -> MaterializeResult:
     store = store.get()
-    kinds, messages, written, per_partition = Counter(), 0, [], []
+    kinds, messages, written, empty = Counter(), 0, [], []
     partitions = run_partitions_of(context)
     for partition in partitions:
         records = rebuild_records(store.read(RAW_CALLS, partition), store.read(MESSAGE_BLOBS, partition))
@@ -54,12 +54,12 @@ def merged_trajectories(context: AssetExecutionContext, store: StoreResource) ->
         store.write(MERGED_TRAJECTORIES, conversations_to_table(conversations), partition)
         kinds.update(c["meta"]["kind"] for c in conversations)
         written += conversations
-        per_partition.append((partition, len(conversations)))
+        if not conversations:
+            empty.append(run_key(partition["model"], partition["instance"]))
         messages += sum(len(c["messages"]) for c in conversations)
         context.log.info("%s: %d calls -> %d conversations", partition, len(records), len(conversations))
-    empty = [run_key(p["model"], p["instance"]) for p, n in per_partition if not n]
     fail_if_all_failed("partitions of this batch", len(partitions), len(empty),
-                       empty and f"{empty[0]}: no recorded call of its runs made a conversation")
+                       f"{empty[0]}: no recorded call of its runs made a conversation" if empty else "")
     checks = [generation_flags_consistent(written), no_orphan_tool_results(written)]
     return MaterializeResult(check_results=checks, metadata={
         "conversations": sum(kinds.values()), "messages": messages,

@@ -50,10 +50,10 @@ def raw_trajectories(context: AssetExecutionContext, store: StoreResource, proje
     partitions = run_partitions_of(context)
     jobs = [(partition, attempt) for partition in partitions
             for attempt in range(config.model(partition["model"]).samples)]
-    models = {p["model"]: config.model(p["model"]) for p in partitions}
-    if missing := missing_keys(list(models.values())):
+    models = {p["model"]: config.model(p["model"]) for p in partitions}.values()
+    if missing := missing_keys(models):
         raise ConfigError(f"models[].api_key_env: not set in this environment: {', '.join(missing)}")
-    if any(config.model(p["model"]).route.startswith(ROUTE_PREFIX) for p in partitions):
+    if any(model.route.startswith(ROUTE_PREFIX) for model in models):
         proxy.serve_baselines(list(tasks.values()))
     endpoint = prepare_sandboxes(config, {tasks[p["instance"]]["image"] for p in partitions}, proxy)
 
@@ -94,7 +94,7 @@ def raw_trajectories(context: AssetExecutionContext, store: StoreResource, proje
     # After the store has every row and call: a failed run is data, even when all failed.
     failed = [row for _, row in results if row["error"] is not None]
     fail_if_all_failed("runs of this batch", len(results), len(failed),
-                       failed and f"{failed[0]['run_id']}: {failed[0]['error']}")
+                       f"{failed[0]['run_id']}: {failed[0]['error']}" if failed else "")
     runs, calls = read_batch(store, RUNS, partitions), read_batch(store, RAW_CALLS, partitions)
     checks = [every_run_has_calls(runs, calls),
               no_credentials({"runs": runs, "raw_calls": calls,

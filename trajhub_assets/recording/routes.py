@@ -51,9 +51,9 @@ def project_proxy_config(models: list[ModelConfig], base: str | os.PathLike = DE
     return config
 
 
-def missing_keys(models: list[ModelConfig]) -> list[str]:
+def missing_keys(models) -> list[str]:
     """`model: VAR` for each model whose key variable is not set (checked before any run)."""
-    return [f"{m.name}: {m.api_key_env}" for m in models if m.api_key_env and not os.environ.get(m.api_key_env)]
+    return [f"{m.name}: {m.api_key_env}" for m in models if m.api_key_env and not m.api_key()]
 
 
 def write_proxy_config(models: list[ModelConfig], path: str | os.PathLike,

@@ -114,7 +114,7 @@ def judge_rewards(context: AssetExecutionContext, store: StoreResource, project:
                          tokens_out=out.usage.completion_tokens, cost_usd=out.usage.cost_usd,
                          judge_calls=out.usage.requests, cache_hits=out.usage.cache_hits)
         rewards += [(partition["model"], r["reward"]) for r in reward_table.to_pylist()]
-    fail_if_all_failed("judge requests of this batch", usage.items, usage.errors, first_error)
+    fail_if_all_failed("judge requests of this batch", usage.items, usage.errors, first_error or "")
     check = reward_values_in_range(read_batch(store, JUDGE_STEPS, partitions),
                                    read_batch(store, JUDGE_SUMMARY, partitions),
                                    read_batch(store, TRAJECTORY_REWARDS, partitions))
