@@ -225,6 +225,13 @@ class _Reader:
             texts.append(parts[-1]["text"] if kind in TEXT_TYPES else MARKERS.get(kind, f"[{kind}]"))
         return separator.join(texts), None if _flat(parts) else parts
 
+    def content_message(self, role: str, content, field: str, separator: str = "", path: str = "content",
+                        start: int = 0) -> dict:
+        """A message that is only its content (a system prompt, user text): text, parts, extra."""
+        extra = {}
+        text, parts = self.content(content, field, extra, separator, path, start)
+        return message(role, text, content_parts=parts, extra=extra)
+
     def arguments(self, value) -> str:
         return value if isinstance(value, str) else _ENCODE(value)
 
@@ -266,9 +273,7 @@ class _Reader:
 
         def flush(end: int):
             if pending:
-                extra = {}
-                text, parts = self.content(pending, field, extra, start=end - len(pending))
-                out.append(message("user", text, content_parts=parts, extra=extra))
+                out.append(self.content_message("user", pending, field, start=end - len(pending)))
                 pending.clear()
 
         for i, block in enumerate(content):
@@ -287,9 +292,8 @@ class _Reader:
     def anthropic_prompt(self, request: dict) -> list[dict]:
         out, names = [], {}
         if request.get("system"):
-            extra = {}
-            text, parts = self.content(request["system"], f"{self.body}.system", extra, SECTION_SEPARATOR, "system")
-            out.append(message("system", text, content_parts=parts, extra=extra))
+            out.append(self.content_message("system", request["system"], f"{self.body}.system",
+                                            SECTION_SEPARATOR, "system"))
         for i, m in enumerate(self.expect(request.get("messages", []), list, f"{self.body}.messages")):
             field = f"{self.body}.messages[{i}]"
             role = self.expect(m, dict, field).get("role")
@@ -298,9 +302,7 @@ class _Reader:
             elif role == "user":
                 read = self.anthropic_user(m.get("content"), f"{field}.content", names)
             elif role == "system":  # Claude Code sends its environment block in place, as a message
-                extra = {}
-                text, parts = self.content(m.get("content"), f"{field}.content", extra, SECTION_SEPARATOR)
-                read = [message("system", text, content_parts=parts, extra=extra)]
+                read = [self.content_message("system", m.get("content"), f"{field}.content", SECTION_SEPARATOR)]
             else:
                 self.fail(f"{field}.role", f"unknown role {role!r} for anthropic_messages")
             level = {}
@@ -445,10 +447,8 @@ class _Reader:
         out = []
         # A call chained by previous_response_id repeats the instructions, not the history.
         if request.get("instructions") and not request.get("previous_response_id"):
-            extra = {}
-            text, parts = self.content(request["instructions"], f"{self.body}.instructions", extra,
-                                       SECTION_SEPARATOR, "instructions")
-            out.append(message("system", text, content_parts=parts, extra=extra))
+            out.append(self.content_message("system", request["instructions"], f"{self.body}.instructions",
+                                            SECTION_SEPARATOR, "instructions"))
         items = request.get("input", [])
         if isinstance(items, str):
             return out + [message("user", items)]
