@@ -36,7 +36,7 @@ SANDBOX_POOL, JUDGE_POOL = "sandboxes", "judge"
 # A release, and the replay of a sample of it (the proof its runs are real).
 RELEASE_ASSETS = ["reward_calibration", "leaderboard", "hf_dataset_release", "release_replay"]
 # What a release is built from: when any of these has news, a release is due.
-RELEASE_INPUTS = ["preference_pairs", "judge_rewards", "tasks"]
+RELEASE_INPUTS = ["preference_pairs", "trajectory_rewards", "tasks"]
 
 # Agents cost money and time: a partition is run once, when it appears.
 RUN_NEW_PARTITIONS = AutomationCondition.on_missing()

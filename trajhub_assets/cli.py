@@ -26,7 +26,7 @@ def _dagster_instance(store: Store):
 
 RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
 QUIET = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}  # Dagster's steps log at DEBUG
-PER_RUN = ["raw_trajectories", "merged_trajectories", "rule_rewards", "judge_rewards"]
+PER_RUN = ["raw_trajectories", "merged_trajectories", "rule_rewards", "judge_rewards", "trajectory_rewards"]
 RELEASE = RELEASE_ASSETS
 
 

@@ -108,8 +108,8 @@ class JudgeConfig(_Strict):
 
 
 class RewardConfig(_Strict):
-    trajectory_weights: dict[Literal["outcome", "step", "checklist"], float] = {
-        "outcome": 0.5, "step": 0.25, "checklist": 0.25,
+    trajectory_weights: dict[Literal["outcome", "rules", "step", "checklist"], float] = {
+        "outcome": 0.4, "rules": 0.1, "step": 0.25, "checklist": 0.25,
     }
     forbidden_commands: list[str] = ["rm -rf /", "git push --force", "git reset --hard"]
 

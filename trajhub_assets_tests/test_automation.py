@@ -87,9 +87,14 @@ def test_new_partitions_run_once_and_derived_assets_follow_their_inputs():
     fourth = evaluate_automation_conditions(defs=defs, instance=instance, cursor=blocked.cursor)
     assert fourth.get_requested_partitions(MERGED) == {run_key("m2", "i2")}
 
-    # Pairs of i1 do not wait for m1, which never ran it.
+    # The reward follows both its rule and its judge inputs.
+    materialized(instance, "rule_rewards", run_key("m2", "i1"))
     materialized(instance, "judge_rewards", run_key("m2", "i1"))
-    fifth = evaluate_automation_conditions(defs=defs, instance=instance, cursor=fourth.cursor)
+    rewards = evaluate_automation_conditions(defs=defs, instance=instance, cursor=fourth.cursor)
+    assert rewards.get_requested_partitions(AssetKey("trajectory_rewards")) == {run_key("m2", "i1")}
+    # Pairs of i1 do not wait for m1, which never ran it.
+    materialized(instance, "trajectory_rewards", run_key("m2", "i1"))
+    fifth = evaluate_automation_conditions(defs=defs, instance=instance, cursor=rewards.cursor)
     assert fifth.get_requested_partitions(PAIRS) == {"i1"}
     # Agents are never re-run because something upstream changed.
     materialized(instance, "tasks")
@@ -117,7 +122,7 @@ def test_release_waits_for_news_and_quiet_then_releases_once():
     assert isinstance(done, SkipReason) and "nothing new" in done.skip_message
     # The sensor as Dagster evaluates it.
     sensor = make_release_sensor(RefreshConfig(release_quiet_minutes=0))
-    materialized(instance, "judge_rewards", None)
+    materialized(instance, "trajectory_rewards", None)
     requests = sensor.evaluate_tick(build_sensor_context(instance=instance)).run_requests
     assert len(requests) == 1 and requests[0].job_name in (None, "cut_release")
 
