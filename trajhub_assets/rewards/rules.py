@@ -41,23 +41,12 @@ from jsonschema.validators import validator_for
 
 from trajhub_assets.config import RewardConfig
 from trajhub_assets.errors import RecordError
-from trajhub_assets.scaffolds.builtin import ERROR_PREFIX as BUILTIN_ERROR_PREFIX
+from trajhub_assets.scaffolds import error_prefixes, tool_kinds
 from trajhub_assets.store import Table
 
 log = logging.getLogger(__name__)
 
-# -- tool names by scaffold, mapped once -----------------------------------------------
-TOOL_KINDS: dict[str, frozenset[str]] = {
-    # builtin, Claude Code / Factory Droid, Kilo Code / Cline and friends
-    "read": frozenset({"read_file", "Read", "NotebookRead", "view_file", "open_file"}),
-    "edit": frozenset({"edit_file", "Edit", "MultiEdit", "NotebookEdit", "apply_diff",
-                       "replace_in_file", "insert_content", "search_and_replace"}),
-    "write": frozenset({"write_file", "Write", "Create", "write_to_file", "create_file"}),
-    "shell": frozenset({"shell", "Bash", "Execute", "execute_command", "bash", "run_shell_command"}),
-    "search": frozenset({"search", "Grep", "Glob", "LS", "search_files", "list_files"}),
-    "finish": frozenset({"finish", "attempt_completion", "submit"}),
-}
-_KIND_OF = {name: kind for kind, names in TOOL_KINDS.items() for name in names}
+# -- what the rules read -------------------------------------------------------------
 PATH_ARGUMENTS = ("file_path", "path", "notebook_path", "filename", "file")
 COMMAND_ARGUMENTS = ("command", "cmd")
 
@@ -78,10 +67,6 @@ _SHELL_OPERATORS = {";", "&&", "||", "|", "&", ";;", "|&", "(", ")"}
 _COMMAND_PREFIXES = {"sudo", "env", "time", "nohup", "exec", "command", "xargs", "nice"}
 
 
-def tool_kind(name: str | None) -> str | None:
-    return _KIND_OF.get(name or "")
-
-
 def truncate(text: str | None, limit: int) -> str:
     """Keep the head and the tail of a long text with a visible marker in between."""
     text = text or ""
@@ -100,10 +85,7 @@ class ToolCall:
     arguments: str  # the raw JSON string, as recorded
     parsed: dict | None  # None when the arguments are not a JSON object
     parse_error: str | None
-
-    @property
-    def kind(self) -> str | None:
-        return tool_kind(self.name)
+    kind: str | None  # read, edit, ... from the scaffold registry; None for a tool it does not know
 
     @property
     def identity(self) -> tuple[str, str]:
@@ -139,20 +121,22 @@ class Run:
     main_steps: list[Step]  # the main agent's steps: the trajectory
 
 
-def _tool_call(raw: dict) -> ToolCall:
+def _tool_call(raw: dict, kinds: Mapping[str, str]) -> ToolCall:
     function = raw.get("function") or {}
     name = function.get("name") or raw.get("name") or ""
+    kind = kinds.get(name)
     arguments = function.get("arguments", raw.get("arguments"))
     if isinstance(arguments, dict):
-        return ToolCall(raw.get("id"), name, json.dumps(arguments, ensure_ascii=False), arguments, None)
+        return ToolCall(raw.get("id"), name, json.dumps(arguments, ensure_ascii=False), arguments, None, kind)
     arguments = arguments if isinstance(arguments, str) else ""
     try:
         parsed = json.loads(arguments) if arguments.strip() else {}
     except ValueError as error:
-        return ToolCall(raw.get("id"), name, arguments, None, f"not JSON: {error}")
+        return ToolCall(raw.get("id"), name, arguments, None, f"not JSON: {error}", kind)
     if not isinstance(parsed, dict):
-        return ToolCall(raw.get("id"), name, arguments, None, f"not a JSON object: {type(parsed).__name__}")
-    return ToolCall(raw.get("id"), name, arguments, parsed, None)
+        return ToolCall(raw.get("id"), name, arguments, None, f"not a JSON object: {type(parsed).__name__}",
+                        kind)
+    return ToolCall(raw.get("id"), name, arguments, parsed, None, kind)
 
 
 def conversation_steps(conversation: dict) -> list[Step]:
@@ -160,11 +144,12 @@ def conversation_steps(conversation: dict) -> list[Step]:
     meta, messages = conversation["meta"], conversation["messages"]
     tools = {t["function"]["name"]: t["function"].get("parameters") or {}
              for t in conversation.get("tools") or [] if t.get("function")}
+    kinds = tool_kinds()
     steps: list[Step] = []
     for position, message in enumerate(messages):
         if message.get("role") != "assistant" or not message.get("generation"):
             continue
-        calls = tuple(_tool_call(c) for c in message.get("tool_calls") or [])
+        calls = tuple(_tool_call(c, kinds) for c in message.get("tool_calls") or [])
         wanted = {c.id for c in calls}
         results: dict[str, dict] = {}
         for later in messages[position + 1:]:
@@ -251,8 +236,10 @@ def rule(rule_id: str, version: str, description: str) -> Callable[[RuleFn], Rul
 
 
 def ruleset_version(rules: Iterable[Rule] | None = None) -> str:
-    """A short hash of the registered (id, version) pairs: changes when a rule does."""
+    """A short hash of the registered (id, version) pairs and of the registry's tool kinds and
+    error markers (what a call is): changes when a rule does."""
     pairs = sorted(f"{r.id}@{r.version}" for r in (rules if rules is not None else RULES.values()))
+    pairs += [json.dumps(sorted(tool_kinds().items())), *error_prefixes()]
     return hashlib.sha256("\n".join(pairs).encode()).hexdigest()[:12]
 
 
@@ -299,7 +286,7 @@ def tool_error(run: Run, task: dict, outcome: dict | None, context: RuleContext)
                 continue
             content = result.get("content") or ""
             code = exit_code(content) if call.kind == "shell" else None
-            if result.get("is_error") or content.startswith(BUILTIN_ERROR_PREFIX):
+            if result.get("is_error") or content.startswith(error_prefixes()):
                 hits.append(Hit(step, -1.0, f"{call.name} returned an error", call, content))
             elif code not in (None, 0):
                 hits.append(Hit(step, -1.0, f"{call.name} exited with code {code}", call, content))
