@@ -17,13 +17,18 @@ Each rule returns hits; a hit becomes one row of RULE_STEPS with its value and e
 (step, tool call, snippet, detail). Penalties are -1.0 per event; `tests_passed` is a
 measurement in [0, 1] attached to no step. RULE_SUMMARY has one row per (run, rule),
 also for rules that did not fire, so a reader sees what was checked. Rules read only
-stored data: a new rule or rule version re-scores without re-running agents, and
-RULESET_VERSION changes with the registry (use it as the asset's code version).
+stored data: a new or changed rule re-scores without re-running agents.
+
+A rule is one function registered with `@rule(id, description)`. Its `rule_version` is a
+hash of its code; RULESET_VERSION, the asset's code version, is a hash of every registered
+rule and the code of the modules they live in (their helpers), plus the scaffold registry's
+tool kinds and error markers, which decide what a call is.
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -218,7 +223,7 @@ RuleFn = Callable[[Run, dict, "dict | None", RuleContext], list[Hit]]
 @dataclass(frozen=True)
 class Rule:
     id: str
-    version: str
+    version: str  # a hash of fn's code (see `rule`)
     description: str
     fn: RuleFn
 
@@ -226,21 +231,29 @@ class Rule:
 RULES: dict[str, Rule] = {}
 
 
-def rule(rule_id: str, version: str, description: str) -> Callable[[RuleFn], RuleFn]:
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:12]
+
+
+def rule(rule_id: str, description: str) -> Callable[[RuleFn], RuleFn]:
+    """Register `fn` as the rule `rule_id`; its version follows its code."""
     def register(fn: RuleFn) -> RuleFn:
         if rule_id in RULES:
             raise ValueError(f"rule {rule_id!r} is registered twice")
-        RULES[rule_id] = Rule(rule_id, version, description, fn)
+        RULES[rule_id] = Rule(rule_id, _digest(inspect.getsource(fn)), description, fn)
         return fn
     return register
 
 
 def ruleset_version(rules: Iterable[Rule] | None = None) -> str:
-    """A short hash of the registered (id, version) pairs and of the registry's tool kinds and
-    error markers (what a call is): changes when a rule does."""
-    pairs = sorted(f"{r.id}@{r.version}" for r in (rules if rules is not None else RULES.values()))
-    pairs += [json.dumps(sorted(tool_kinds().items())), *error_prefixes()]
-    return hashlib.sha256("\n".join(pairs).encode()).hexdigest()[:12]
+    """A short hash of what decides the rules' output: each rule (id, version, description),
+    the code of the modules the rules live in (the helpers they call), and the registry's tool
+    kinds and error markers."""
+    rules = list(rules if rules is not None else RULES.values())
+    modules = sorted({inspect.getmodule(r.fn) for r in rules}, key=lambda m: m.__name__)
+    return _digest(*sorted(f"{r.id}@{r.version}: {r.description}" for r in rules),
+                   *map(inspect.getsource, modules), json.dumps(sorted(tool_kinds().items())),
+                   *error_prefixes())
 
 
 # -- the rules -------------------------------------------------------------------------
@@ -251,7 +264,7 @@ def _by_conversation(steps: list[Step]) -> dict[str, list[Step]]:
     return grouped
 
 
-@rule("repeated_tool_call", "2", "A tool call identical (same tool, same arguments) to one in the "
+@rule("repeated_tool_call", "A tool call identical (same tool, same arguments) to one in the "
       "same step or the previous `repeat_window` steps of the conversation, with no write or edit "
       "in between (re-running the tests after a change is not redundant).")
 def repeated_tool_call(run: Run, task: dict, outcome: dict | None, context: RuleContext) -> list[Hit]:
@@ -276,7 +289,7 @@ def exit_code(text: str | None) -> int | None:
     return None if match is None else int(match.group(1) or match.group(2))
 
 
-@rule("tool_error", "1", "A tool result marked as an error, or a shell result reporting a non-zero exit code.")
+@rule("tool_error", "A tool result marked as an error, or a shell result reporting a non-zero exit code.")
 def tool_error(run: Run, task: dict, outcome: dict | None, context: RuleContext) -> list[Hit]:
     hits = []
     for step in run.steps:
@@ -306,7 +319,7 @@ def _validator(schema_json: str):
     return cls(schema)
 
 
-@rule("invalid_tool_arguments", "1", "Tool arguments that are not a JSON object or fail the tool's JSON "
+@rule("invalid_tool_arguments", "Tool arguments that are not a JSON object or fail the tool's JSON "
       "schema from the recorded request, or a call to a tool the request did not offer.")
 def invalid_tool_arguments(run: Run, task: dict, outcome: dict | None, context: RuleContext) -> list[Hit]:
     hits = []
@@ -343,7 +356,7 @@ def _same_file(a: str, b: str) -> bool:
 _NEW_FILE = re.compile(r"^diff --git a/(.+?) b/\1\nnew file mode", re.M)
 
 
-@rule("edit_unread_file", "2", "An edit of a file, or a write over a file that existed before the run, "
+@rule("edit_unread_file", "An edit of a file, or a write over a file that existed before the run, "
       "that no earlier step of the conversation read, wrote, edited or named in a shell command "
       "(agents often read with cat). Files the run created (new in its diff) may be written unread.")
 def edit_unread_file(run: Run, task: dict, outcome: dict | None, context: RuleContext) -> list[Hit]:
@@ -372,7 +385,7 @@ def edit_unread_file(run: Run, task: dict, outcome: dict | None, context: RuleCo
     return hits
 
 
-@rule("steps_over_median", "1", "Each step of the main agent beyond the task's median trajectory length "
+@rule("steps_over_median", "Each step of the main agent beyond the task's median trajectory length "
       "across models' runs.")
 def steps_over_median(run: Run, task: dict, outcome: dict | None, context: RuleContext) -> list[Hit]:
     if context.median_steps is None:
@@ -382,7 +395,7 @@ def steps_over_median(run: Run, task: dict, outcome: dict | None, context: RuleC
             for ordinal, step in enumerate(run.main_steps, start=1) if ordinal > context.median_steps]
 
 
-@rule("tests_passed", "1", "Share of the task's tests passing after the run (or 1/0 from the test "
+@rule("tests_passed", "Share of the task's tests passing after the run (or 1/0 from the test "
       "command's exit code when counts are unknown); no row when no tests ran.")
 def tests_passed(run: Run, task: dict, outcome: dict | None, context: RuleContext) -> list[Hit]:
     if not outcome:
@@ -407,7 +420,7 @@ def final_answer(step: Step) -> str:
     return "\n".join(t for t in texts if t.strip())
 
 
-@rule("final_answer_missing", "1", "The main agent ends without a final answer: no step at all, a last "
+@rule("final_answer_missing", "The main agent ends without a final answer: no step at all, a last "
       "step that still calls tools (other than a finish tool), or an empty last message.")
 def final_answer_missing(run: Run, task: dict, outcome: dict | None, context: RuleContext) -> list[Hit]:
     if not run.main_steps:
@@ -486,7 +499,7 @@ def _segment_matches(segment: list[str], wanted: list[str]) -> bool:
     return False
 
 
-@rule("forbidden_operation", "1", "A shell command matching a forbidden operation from the config "
+@rule("forbidden_operation", "A shell command matching a forbidden operation from the config "
       "(rewards.forbidden_commands) or named as forbidden in the task's checklist.")
 def forbidden_operation(run: Run, task: dict, outcome: dict | None, context: RuleContext) -> list[Hit]:
     patterns = forbidden_patterns(task, context)
