@@ -10,8 +10,9 @@ client pointed at the recording proxy and the run id attached to every request
 `clients.place()` skipping the copy for the local one.
 
 Each scaffold is one module plus one entry of SCAFFOLDS below: its name, the import path of
-its class, the client it pins and its tool names. This module imports no scaffold, so the
-config and the rules read the registry without loading any agent.
+its class, the client it pins, its tool names by kind and its tool-error marker. This module
+imports no scaffold (nor openai or the sandboxes), so the config and the rules read the
+registry without loading any agent.
 
 A failed agent is data: `AgentRun` with its exit code and the tail of its stderr (and
 the error the client printed), logged at ERROR. A scaffold that cannot start at all (a
@@ -61,7 +62,7 @@ def user_queries(task: dict) -> list[str]:
 
 
 class Scaffold(abc.ABC):
-    def __init__(self, entry: ScaffoldEntry):
+    def __init__(self, entry: ScaffoldEntry):  # made by make_scaffold: name and pin are the entry's
         self.name = entry.name
         self.client = entry.client
 
