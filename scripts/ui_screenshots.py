@@ -173,22 +173,37 @@ class Chromium:
                 return message["result"]
 
     def text(self) -> str:
-        result = self.call("Runtime.evaluate", expression="document.body ? document.body.innerText : ''",
-                           returnByValue=True)
-        return result["result"].get("value") or ""
+        return self.evaluate("document.body ? document.body.innerText : ''") or ""
 
-    def shoot(self, url: str, path: Path, expect: list[str], timeout: float = 60) -> list[str]:
+    def evaluate(self, expression: str):
+        return self.call("Runtime.evaluate", expression=expression, returnByValue=True)["result"].get("value")
+
+    def press_alt(self, key: str) -> None:
+        for kind in ("keyDown", "keyUp"):
+            self.call("Input.dispatchKeyEvent", type=kind, modifiers=1, key=key, code=f"Key{key.upper()}",
+                      windowsVirtualKeyCode=ord(key.upper()))
+
+    def shoot(self, url: str, path: Path, expect: list[str], expand_groups: bool = False,
+              timeout: float = 60) -> list[str]:
         """Screenshot `url` once every text in `expect` shows and no spinner does; returns the
-        texts that never showed."""
+        texts that never showed. `expand_groups`: press Alt+E (the asset graph's "Expand all
+        groups") once the graph is drawn."""
+        self.call("Emulation.setDeviceMetricsOverride", width=1600, height=1300, deviceScaleFactor=1, mobile=False)
         self.call("Page.navigate", url=url)
         deadline, missing = time.monotonic() + timeout, expect
         while time.monotonic() < deadline:
             time.sleep(1)
-            text = self.text()
-            missing = [e for e in expect if e not in text]
-            spinning = self.call("Runtime.evaluate", returnByValue=True, expression=(
-                "!!document.querySelector('[role=progressbar], [class*=Spinner], [class*=spinner]')"))
-            if not missing and text.strip() and not spinning["result"].get("value"):
+            # A first visit opens "Join the Dagster community" over the page.
+            self.evaluate("[...document.querySelectorAll('button')].find(b => b.innerText.trim() == 'Skip')?.click()")
+            if expand_groups and self.evaluate("!!document.querySelector('svg')"):
+                time.sleep(1)
+                self.press_alt("e")
+                expand_groups = False
+                continue
+            missing = [e for e in expect if e not in self.text()]
+            spinning = self.evaluate(
+                "!!document.querySelector('[role=progressbar], [class*=Spinner], [class*=spinner]')")
+            if not missing and not spinning:
                 break
         time.sleep(2)  # let the last render and any fade-in settle
         shot = self.call("Page.captureScreenshot", format="png")
@@ -212,7 +227,7 @@ def entry_text(entry: dict) -> str:
 
 
 def all_text(materialization: dict) -> str:
-    return "\n".join(entry_text(e) for e in materialization["metadataEntries"])
+    return "\n".join(f"{e['label']}: {entry_text(e)}" for e in materialization["metadataEntries"])
 
 
 def unescaped_run_ids(markdown: str) -> list[str]:
@@ -349,15 +364,15 @@ def main() -> int:
         tab = Chromium(chromium_port)
         stack.callback(tab.socket.close)
 
-        def shoot(name: str, path: str, expect: list[str]) -> None:
-            missing = tab.shoot(dagster.url + path, out / f"{name}.png", expect)
+        def shoot(name: str, path: str, expect: list[str], **options) -> None:
+            missing = tab.shoot(dagster.url + path, out / f"{name}.png", expect, **options)
             print(f"screenshot {out / f'{name}.png'}" + (f" (never showed: {missing})" if missing else ""))
             if missing:
                 failures.append(f"screenshot {name}: the page never showed {missing}")
 
         nodes = dagster.graphql(ASSETS)["assetNodes"]
         assets = [(n["assetKey"]["path"][-1], n["isPartitioned"]) for n in nodes]
-        shoot("asset_graph", "/asset-groups", ["raw_trajectories", "hf_dataset_release"])
+        shoot("asset_graph", "/asset-groups", ["raw_trajectories", "hf_dataset_release"], expand_groups=True)
         for asset, partitioned in assets:
             materializations = dagster.materializations(asset, limit=200)
             if not materializations:
