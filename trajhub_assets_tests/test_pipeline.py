@@ -72,6 +72,23 @@ def test_one_batched_run_covered_every_partition(pipeline):
     assert len(materialized) == 4  # one Dagster run, four partitions
 
 
+def test_each_partition_shows_its_own_counts_and_the_batch_its_totals(pipeline):
+    store, counts = pipeline["store"], {}
+    for m in pipeline["per_run"].asset_materializations_for_node("raw_trajectories"):
+        model, instance = m.partition.split("|")[1], m.partition.split("|")[0]  # keys are instance|model
+        where = [model, instance]
+        runs = store.sql("SELECT count(*) AS n FROM runs WHERE model = ? AND instance = ?", where).to_pylist()
+        calls = store.sql("SELECT count(*) AS n FROM raw_calls WHERE model = ? AND instance = ?", where).to_pylist()
+        counts[m.partition] = (m.metadata["runs"].value, m.metadata["calls"].value)
+        assert counts[m.partition] == (runs[0]["n"], calls[0]["n"])
+        assert sorted(r.data["run_id"] for r in m.metadata["runs_table"].records) == sorted(
+            r["run_id"] for r in store.sql("SELECT run_id FROM runs WHERE model = ? AND instance = ?", where).to_pylist())
+        assert m.metadata["batch_runs"].value == store.sql("SELECT count(*) AS n FROM runs").to_pylist()[0]["n"]
+    assert len(set(counts.values())) > 1  # careful and hasty make different numbers of calls
+    for m in pipeline["per_run"].asset_materializations_for_node("rule_rewards"):
+        assert sum(r.data["hits"] for r in m.metadata["hits_per_rule"].records) == m.metadata["rule_hits"].value
+
+
 def test_every_blocking_check_ran_and_passed(pipeline):
     evaluations = pipeline["per_run"].get_asset_check_evaluations()
     assert {(e.asset_key.to_user_string(), e.check_name) for e in evaluations} == {

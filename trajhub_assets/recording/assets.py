@@ -5,16 +5,17 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow as pa
-from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, MaterializeResult, asset
 
 from trajhub_assets.automation import RUN_NEW_PARTITIONS, SANDBOX_POOL
 from trajhub_assets.checks import RAW_CHECK_SPECS, every_run_has_calls, no_credentials, read_batch
 from trajhub_assets.config import ProjectConfig
 from trajhub_assets.errors import ConfigError
 from trajhub_assets.lineage import reading
-from trajhub_assets.partitions import BATCHED, run_partitions, run_partitions_of
+from trajhub_assets.metadata import batch_totals, table
+from trajhub_assets.partitions import BATCHED, run_key, run_partitions, run_partitions_of
 from trajhub_assets.progress import Progress, fail_if_all_failed, recording_usage
-from trajhub_assets.recording.attempts import RUNS, Proxy, run_attempt
+from trajhub_assets.recording.attempts import RUNS, Proxy, run_attempt, runs_preview, runs_summary
 from trajhub_assets.recording.raw_calls import MESSAGE_BLOBS, RAW_CALLS, load_runs
 from trajhub_assets.recording.resources import ProxyResource
 from trajhub_assets.recording.routes import missing_keys
@@ -61,11 +62,11 @@ def raw_trajectories(context: AssetExecutionContext, store: StoreResource, proje
         partition, attempt = job
         row = run_attempt(tasks[partition["instance"]], config.model(partition["model"]), attempt,
                           endpoint, config.sandbox)
+        usage = recording_usage(proxy.recordings() / f"{row['run_id']}.jsonl")
         progress.advance(f"{row['run_id']}: {row['stop_reason']}, {row['tests_passed']}/{row['tests_total']} "
                          f"tests passed" + (f", error: {row['error']}" if row["error"] else ""),
-                         failed=row["error"] is not None, resolved=row["resolved"],
-                         **recording_usage(proxy.recordings() / f"{row['run_id']}.jsonl"))
-        return partition, row
+                         failed=row["error"] is not None, resolved=row["resolved"], **usage)
+        return partition, row, usage
 
     context.log.info("%d attempts over %d partitions, %d at a time",
                      len(jobs), len(partitions), config.sandbox.max_concurrent)
@@ -82,24 +83,22 @@ def raw_trajectories(context: AssetExecutionContext, store: StoreResource, proje
 
     totals = Counter()
     for partition in partitions:
-        rows = [row for p, row in results if p == partition]
+        rows = [row for p, row, _ in results if p == partition]
         store.write(RUNS, pa.Table.from_pylist(rows, schema=RUNS.schema), partition)
         files = [proxy.recordings() / f"{row['run_id']}.jsonl" for row in rows]
         loaded = load_runs(store, [f for f in files if f.exists()], partition["model"], partition["instance"])
-        totals.update(runs=len(rows), calls=loaded.calls, failed=sum(r["error"] is not None for r in rows),
-                      resolved=sum(r["resolved"] for r in rows),
-                      raw_bytes=loaded.raw_bytes, stored_bytes=loaded.stored_bytes)
+        summary = runs_summary(rows, [usage for p, _, usage in results if p == partition]) | {
+            "calls": loaded.calls, "raw_bytes": loaded.raw_bytes, "stored_bytes": loaded.stored_bytes}
+        context.add_asset_metadata(summary | {"runs_table": table(runs_preview(rows))},
+                                   partition_key=run_key(partition["model"], partition["instance"]))
+        totals.update(summary)
     # After the store has every row and call: a failed run is data, even when all failed.
-    failed = [row for _, row in results if row["error"] is not None]
+    failed = [row for _, row, _ in results if row["error"] is not None]
     fail_if_all_failed("runs of this batch", len(results), len(failed),
                        f"{failed[0]['run_id']}: {failed[0]['error']}" if failed else "")
     runs, calls = read_batch(store, RUNS, partitions), read_batch(store, RAW_CALLS, partitions)
     checks = [every_run_has_calls(runs, calls),
               no_credentials({"runs": runs, "raw_calls": calls,
                               "message_blobs": read_batch(store, MESSAGE_BLOBS, partitions)})]
-    return MaterializeResult(check_results=checks, metadata=dict(totals) | {
-        "tokens_in": int(progress.totals["tokens_in"]), "tokens_out": int(progress.totals["tokens_out"]),
-        "cost_usd": round(progress.totals["cost_usd"], 6),
-        "runs_table": MetadataValue.md("| run | stop | tests | error |\n|---|---|---|---|\n" + "\n".join(
-            f"| {row['run_id']} | {row['stop_reason']} | {row['tests_passed']}/{row['tests_total']} "
-            f"| {row['error'] or ''} |" for _, row in results))})
+    totals["cost_usd"] = round(totals["cost_usd"], 6)
+    return MaterializeResult(check_results=checks, metadata=batch_totals(totals, len(partitions)))

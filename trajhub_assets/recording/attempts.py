@@ -123,3 +123,21 @@ def _crash(scaffold: str, agent) -> str | None:
 def _sampling(model: ModelConfig) -> dict:
     params = {k: v for k, v in model.sampling.model_dump(exclude={"extra"}).items() if v is not None}
     return params | model.sampling.extra
+
+
+RUNS_SHOWN = ("run_id", "attempt", "stop_reason", "resolved", "tests_passed", "tests_total", "error")
+
+
+def runs_summary(rows: list[dict], usages: list[dict]) -> dict:
+    """What one partition's runs came to: counts, and tokens and cost from each run's
+    recording_usage."""
+    return {"runs": len(rows), "failed": sum(r["error"] is not None for r in rows),
+            "resolved": sum(bool(r["resolved"]) for r in rows),
+            "tokens_in": int(sum(u.get("tokens_in", 0) for u in usages)),
+            "tokens_out": int(sum(u.get("tokens_out", 0) for u in usages)),
+            "cost_usd": round(sum(u.get("cost_usd", 0.0) for u in usages), 6)}
+
+
+def runs_preview(rows: list[dict]) -> list[dict]:
+    """One row per run for the UI: how it stopped, its tests, its error."""
+    return [{column: row[column] for column in RUNS_SHOWN} for row in rows]

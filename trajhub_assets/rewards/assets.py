@@ -2,7 +2,7 @@
 trajectory_rewards, the configured weighting of both with the run's outcome."""
 
 import duckdb
-from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, MaterializeResult, asset
 
 from trajhub_assets.automation import FOLLOW_INPUTS, JUDGE_POOL
 from trajhub_assets.lineage import reading
@@ -11,7 +11,8 @@ from trajhub_assets.checks import (JUDGE_CHECK_SPECS, RULE_CHECK_SPECS, TRAJECTO
                                    every_rule_hit_has_evidence, judge_values_in_range, read_batch,
                                    rule_values_in_range, trajectory_rewards_in_range)
 from trajhub_assets.merge.schema import MERGED_TRAJECTORIES, table_to_conversations
-from trajhub_assets.partitions import BATCHED, model_key, run_partitions, run_partitions_of
+from trajhub_assets.metadata import batch_totals, table
+from trajhub_assets.partitions import BATCHED, model_key, run_key, run_partitions, run_partitions_of
 from trajhub_assets.progress import Progress, fail_if_all_failed
 from trajhub_assets.recording.attempts import RUNS
 from trajhub_assets.recording.resources import ProxyResource
@@ -19,6 +20,7 @@ from trajhub_assets.recording.run_id import make_run_id, run_headers
 from trajhub_assets.resources import ProjectResource, StoreResource
 from trajhub_assets.rewards.judge import (JUDGE_CHECKS, JUDGE_STEPS, JUDGE_SUMMARY, Judge, JudgeUsage,
                                           default_cache, judge_partition)
+from trajhub_assets.rewards.preview import REWARDS_SHOWN, hits_per_rule, reward_stats, rewards_preview
 from trajhub_assets.rewards.rules import (RULE_STEPS, RULE_SUMMARY, RULESET_VERSION, RuleContext,
                                           median_steps, rule_tables, trajectory_lengths)
 from trajhub_assets.tasks.catalog import TASKS
@@ -71,11 +73,13 @@ def rule_rewards(context: AssetExecutionContext, store: StoreResource,
         steps, summary = rule_tables(conversations, outcomes, tasks[partition["instance"]], rule_context)
         store.write(RULE_STEPS, steps, partition)
         store.write(RULE_SUMMARY, summary, partition)
+        context.add_asset_metadata({"rule_hits": steps.num_rows, "hits_per_rule": table(hits_per_rule(summary))},
+                                   partition_key=run_key(partition["model"], partition["instance"]))
         hits += steps.num_rows
     steps, summary = read_batch(store, RULE_STEPS, partitions), read_batch(store, RULE_SUMMARY, partitions)
     return MaterializeResult(
         check_results=[rule_values_in_range(steps, summary), every_rule_hit_has_evidence(steps)],
-        metadata={"rule_hits": hits, "ruleset_version": RULESET_VERSION})
+        metadata=batch_totals({"rule_hits": hits}, len(partitions)) | {"ruleset_version": RULESET_VERSION})
 
 
 def judge_endpoint(judge: JudgeConfig, proxy: ProxyResource, instance: str) -> dict:
@@ -108,15 +112,16 @@ def judge_rewards(context: AssetExecutionContext, store: StoreResource, project:
         store.write(JUDGE_STEPS, out.steps, partition)
         store.write(JUDGE_SUMMARY, out.summary, partition)
         usage = usage + out.usage
-        first_error = first_error or next((f"{row['run_id']}: {row['error']}" for table in (out.steps, out.checks)
-                                           for row in table.to_pylist() if row.get("error")), None)
+        context.add_asset_metadata(out.usage.metadata(), partition_key=run_key(partition["model"], partition["instance"]))
+        first_error = first_error or next((f"{row['run_id']}: {row['error']}" for judged in (out.steps, out.checks)
+                                           for row in judged.to_pylist() if row.get("error")), None)
         progress.advance(f"{partition['model']} on {partition['instance']}", tokens_in=out.usage.prompt_tokens,
                          tokens_out=out.usage.completion_tokens, cost_usd=out.usage.cost_usd,
                          judge_calls=out.usage.requests, cache_hits=out.usage.cache_hits)
     fail_if_all_failed("judge requests of this batch", usage.items, usage.errors, first_error or "")
     check = judge_values_in_range(read_batch(store, JUDGE_STEPS, partitions),
                                   read_batch(store, JUDGE_SUMMARY, partitions))
-    return MaterializeResult(check_results=[check], metadata=usage.metadata())
+    return MaterializeResult(check_results=[check], metadata=batch_totals(usage.metadata(), len(partitions)))
 
 
 @asset(name="trajectory_rewards", partitions_def=run_partitions, backfill_policy=BATCHED, group_name="rewards",
@@ -127,12 +132,20 @@ def judge_rewards(context: AssetExecutionContext, store: StoreResource, project:
 def trajectory_rewards_asset(context: AssetExecutionContext, store: StoreResource,
                              project: ProjectResource) -> MaterializeResult:
     store, config = store.get(), project.load()
-    partitions = run_partitions_of(context)
+    partitions, rewards = run_partitions_of(context), []
     for partition in partitions:
         outcomes = {row["run_id"]: row for row in store.read(RUNS, partition).to_pylist()}
-        table = trajectory_rewards(store.read(JUDGE_SUMMARY, partition), store.read(RULE_SUMMARY, partition),
-                                   outcomes, config.rewards)
-        store.write(TRAJECTORY_REWARDS, table, partition)
+        rewarded = trajectory_rewards(store.read(JUDGE_SUMMARY, partition), store.read(RULE_SUMMARY, partition),
+                                      outcomes, config.rewards)
+        store.write(TRAJECTORY_REWARDS, rewarded, partition)
+        partition_rewards = [(partition["model"], r["reward"]) for r in rewarded.to_pylist()]
+        rewards += partition_rewards
+        # One model per partition: its stats are the partition's (none when it has no run).
+        stats = (reward_stats(partition_rewards) or [{"runs": 0}])[0]
+        context.add_asset_metadata({k: v for k, v in stats.items() if k != "model"}
+                                   | {"rewards": table(rewards_preview(rewarded), REWARDS_SHOWN)},
+                                   partition_key=run_key(partition["model"], partition["instance"]))
     written = read_batch(store, TRAJECTORY_REWARDS, partitions)
     return MaterializeResult(check_results=[trajectory_rewards_in_range(written)],
-                             metadata={"runs": written.num_rows})
+                             metadata=batch_totals({"runs": written.num_rows}, len(partitions))
+                             | {"batch_rewards_per_model": table(reward_stats(rewards))})

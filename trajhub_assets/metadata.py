@@ -1,0 +1,26 @@
+"""Dagster metadata from the plain rows and texts the domain functions return.
+
+Tables go to `MetadataValue.table`, whose cells the UI shows as text: in Markdown a run id
+(`model~instance~0~nonce`) renders struck through, and `|` in a cell breaks the table.
+"""
+
+from collections.abc import Mapping, Sequence
+
+from dagster import MetadataValue, TableColumn, TableRecord, TableSchema
+
+_TYPES = {bool: "bool", int: "int", float: "float"}
+
+
+def table(rows: Sequence[Mapping], columns: Sequence[str] | None = None):
+    """A table of `rows` (dicts of str, int, float, bool or None), columns in `columns`' order."""
+    columns = list(columns or (rows[0] if rows else []))
+    types = {c: next((_TYPES.get(type(r[c]), "string") for r in rows if r.get(c) is not None), "string")
+             for c in columns}
+    return MetadataValue.table([TableRecord({c: row.get(c) for c in columns}) for row in rows],
+                               schema=TableSchema([TableColumn(c, types[c]) for c in columns]))
+
+
+def batch_totals(totals: Mapping[str, float], partitions: int) -> dict:
+    """A batch's totals, named as such: the run's metadata goes to every partition it made,
+    next to each partition's own counts."""
+    return {"batch_partitions": partitions} | {f"batch_{name}": value for name, value in totals.items()}
