@@ -4,6 +4,7 @@ import pyarrow as pa
 import pytest
 
 from trajhub_assets.release.leaderboard import LEADERBOARD, leaderboard, run_summary_sql
+from trajhub_assets.release.preview import definitions_markdown, leaderboard_rows, plots_markdown
 from trajhub_assets.store import Table
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -45,6 +46,13 @@ def test_plots_report_and_metadata(tmp_path):
     markdown = board.markdown()
     assert "| m-a | 3 | 0.500 | 0.667 | 0.750 | 0.700 |" in markdown
     assert markdown.count("data:image/png;base64,") == 2
+    # the UI's entries: a table, what ISR and CSR mean, one entry per plot
+    rows = leaderboard_rows(board)
+    assert rows[0]["ISR"] == pytest.approx(0.6667) and rows[0]["model"] == "m-a"
+    assert "**ISR**: instance success rate" in definitions_markdown()
+    plots = plots_markdown(board)
+    assert set(plots) == {"reward_distribution", "pass_rate_by_category"}
+    assert all(p.count("data:image/png;base64,") == 1 for p in plots.values())
     index = board.write(tmp_path / "report")
     page = index.read_text()
     assert "<td>m-b</td>" in page and 'src="reward_distribution.png"' in page

@@ -333,7 +333,8 @@ def test_release_replay_samples_the_release_and_checks_it(recorded_builtin, tmp_
     assert check.check_name == CHECK and check.passed
     (materialization,) = result.asset_materializations_for_node("release_replay")
     assert materialization.metadata["replayed"].value == 1  # the release holds one run
-    assert f"| {run_id} | 1.000 | none | same |" in materialization.metadata["replays"].value
+    assert [r.data for r in materialization.metadata["replays"].records] == [
+        {"run": run_id, "fidelity": 1.0, "first_divergence": "none", "outcome_differs_in": "same"}]
     (row,) = store.sql("SELECT * FROM replays WHERE release_version = 'v-test'").to_pylist()
     assert (row["run_id"], row["fidelity"], row["reproduced"]) == (run_id, 1.0, True)
     assert row["recorded_calls"] >= 8 and row["matched_calls"] == row["recorded_calls"] == row["replayed_calls"]

@@ -9,7 +9,9 @@ from trajhub_assets.automation import FOLLOW_ANY_INPUTS
 from trajhub_assets.checks import PAIR_CHECK_SPECS, margin_respected, read_batch
 from trajhub_assets.lineage import reading
 from trajhub_assets.merge.schema import MERGED_TRAJECTORIES, table_to_conversations
-from trajhub_assets.pairs.pairs import PREFERENCE_PAIRS, PairPolicy, preference_pairs, preview_markdown
+from trajhub_assets.metadata import batch_totals, table
+from trajhub_assets.pairs.pairs import PREFERENCE_PAIRS, PairPolicy, preference_pairs
+from trajhub_assets.pairs.preview import no_pairs_reason, preview_rows
 from trajhub_assets.partitions import BATCHED, instances_partitions, model_name
 from trajhub_assets.resources import ProjectResource, StoreResource
 from trajhub_assets.rewards.judge import JUDGE_STEPS
@@ -42,7 +44,7 @@ def preference_pairs_asset(context: AssetExecutionContext, store: StoreResource,
                            project: ProjectResource) -> MaterializeResult:
     store, config = store.get(), project.load()
     policy = PairPolicy.from_config(config.release)
-    stats, previews = Counter(), []
+    stats, coverage = Counter(), Counter()
     for instance in context.partition_keys:
         result = preference_pairs(
             main_trajectories(store, "instance = ?", [instance]),
@@ -50,9 +52,14 @@ def preference_pairs_asset(context: AssetExecutionContext, store: StoreResource,
             rows(store, JUDGE_STEPS, "instance = ?", [instance]),
             policy)
         store.write(PREFERENCE_PAIRS, result.table, {"instance": instance})
-        stats.update({k: v for k, v in result.stats.items() if isinstance(v, int)})
-        stats.update(result.stats["model_coverage"])
-        previews.append(f"### {instance}\n{preview_markdown(result.table)}")
+        counts = {k: v for k, v in result.stats.items() if isinstance(v, int)} | {"pairs": result.table.num_rows}
+        preview = (table(preview_rows(result.table)) if result.table.num_rows
+                   else MetadataValue.text(no_pairs_reason(counts)))
+        context.add_asset_metadata(counts | {"preview": preview, "pairs_per_model": MetadataValue.json(
+            result.stats["model_coverage"])}, partition_key=instance)
+        stats.update(counts)
+        coverage.update(result.stats["model_coverage"])
     written = read_batch(store, PREFERENCE_PAIRS, [{"instance": i} for i in context.partition_keys])
     return MaterializeResult(check_results=[margin_respected(written, policy.min_margin)],
-                             metadata=dict(stats) | {"preview": MetadataValue.md("\n\n".join(previews[:5]))})
+                             metadata=batch_totals(stats, len(context.partition_keys))
+                             | {"batch_pairs_per_model": MetadataValue.json(dict(sorted(coverage.items())))})

@@ -5,6 +5,7 @@ from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataV
 
 from trajhub_assets.lineage import reading
 from trajhub_assets.merge.schema import MERGED_TRAJECTORIES
+from trajhub_assets.metadata import table
 from trajhub_assets.pairs.assets import main_trajectories
 from trajhub_assets.pairs.pairs import PREFERENCE_PAIRS, PairPolicy
 from trajhub_assets.partitions import model_name
@@ -12,6 +13,7 @@ from trajhub_assets.release.calibration import HUMAN_LABELS, REWARD_CALIBRATION,
 from trajhub_assets.recording.attempts import RUNS
 from trajhub_assets.recording.raw_calls import RAW_CALLS
 from trajhub_assets.release.leaderboard import LEADERBOARD, leaderboard, run_summary_sql
+from trajhub_assets.release.preview import card_body, definitions_markdown, leaderboard_rows, plots_markdown
 from trajhub_assets.release.release import ReleaseInputs, build_release, push_release
 from trajhub_assets.resources import ProjectResource, StoreResource
 from trajhub_assets.rewards.judge import JUDGE_STEPS, JUDGE_SUMMARY
@@ -56,8 +58,10 @@ def leaderboard_asset(context: AssetExecutionContext, store: StoreResource) -> M
     board = leaderboard(runs)
     store.write(LEADERBOARD, board.table)
     html = board.write(store.root / "reports" / "leaderboard")
-    return MaterializeResult(metadata={"leaderboard": MetadataValue.md(board.markdown()),
-                                       "report": MetadataValue.path(str(html))})
+    plots = {f"plot_{name}": MetadataValue.md(image) for name, image in plots_markdown(board).items()}
+    return MaterializeResult(metadata={"leaderboard": table(leaderboard_rows(board)),
+                                       "columns": MetadataValue.md(definitions_markdown()),
+                                       **plots, "report": MetadataValue.path(str(html))})
 
 
 @asset(group_name="release", kinds={"huggingface"},
@@ -86,7 +90,8 @@ def hf_dataset_release(context: AssetExecutionContext, store: StoreResource,
     url = push_release(release, config.release)
     context.log.info("release %s at %s%s", release.version, release.path,
                      f", pushed: {url}" if url else " (not pushed: no hf_repo or token)")
-    return MaterializeResult(metadata=release.metadata() | {"pushed": url or "no"})
+    return MaterializeResult(metadata=release.metadata() | {"pushed": url or "no",
+                                                            "card": MetadataValue.md(card_body(release.card))})
 
 
 def _why_empty(store: Store) -> str:

@@ -15,10 +15,11 @@ from dagster import (
 from trajhub_assets.automation import SANDBOX_POOL
 from trajhub_assets.errors import TrajhubError
 from trajhub_assets.lineage import reading
+from trajhub_assets.metadata import table
 from trajhub_assets.recording.attempts import RUNS
 from trajhub_assets.recording.raw_calls import MESSAGE_BLOBS, RAW_CALLS
 from trajhub_assets.tasks.catalog import TASKS
-from trajhub_assets.replay.compare import reports_markdown
+from trajhub_assets.replay.compare import reports_rows
 from trajhub_assets.replay.recorded import check_replayable, load_recorded_run
 from trajhub_assets.replay.service import (
     ReplayService,
@@ -72,7 +73,8 @@ def release_replay(context: AssetExecutionContext, store: StoreResource,
     return MaterializeResult(
         metadata={"release": release.name, "replayed": len(reports), "reproduced": len(reports) - len(diverged),
                   "mean_fidelity": sum(r.fidelity for r in reports) / len(reports) if reports else 1.0,
-                  "replays": MetadataValue.md(reports_markdown(reports))},
+                  "replays": table(reports_rows(reports), ["run", "fidelity", "first_divergence",
+                                                            "outcome_differs_in"])},
         check_results=[AssetCheckResult(
             check_name=CHECK, passed=not diverged and not unreplayable,
             metadata={"sampled": len(reports) + len(unreplayable), "diverged": ", ".join(diverged) or "none",

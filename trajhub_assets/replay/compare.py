@@ -243,14 +243,12 @@ def compare_run(recorded: RecordedRun, replayed: list[dict], replay_row: dict) -
         outcome_differences=compare_outcome(row, replay_row), error=replay_row.get("error"))
 
 
-def reports_markdown(reports: list[ReplayReport]) -> str:
-    """One line per replay: fidelity, first divergence, outcome."""
+def reports_rows(reports: list[ReplayReport]) -> list[dict]:
+    """One row per replay for the UI: fidelity, first divergence, outcome."""
     def divergence(r: ReplayReport) -> str:
         first = r.first_divergence
-        return f"call {first.call_index} at `{first.path or 'the request'}`" if first else "none"
+        return f"call {first.call_index} at {first.path or 'the request'}" if first else "none"
 
-    def outcome(r: ReplayReport) -> str:
-        return ", ".join(d.path for d in r.outcome_differences) or "same"
-
-    return "| run | fidelity | first divergence | outcome differs in |\n|---|---|---|---|\n" + "\n".join(
-        f"| {r.run_id} | {r.fidelity:.3f} | {divergence(r)} | {outcome(r)} |" for r in reports)
+    return [{"run": r.run_id, "fidelity": round(r.fidelity, 3), "first_divergence": divergence(r),
+             "outcome_differs_in": ", ".join(d.path for d in r.outcome_differences) or "same"}
+            for r in reports]
