@@ -11,7 +11,7 @@ those pages should show against the store:
 - each partition's materialization carries that partition's runs, calls, conversations, rule hits
   and pairs (batch totals are named `batch_*`), so partitions differ where the store does;
 - no run id sits unescaped in a Markdown entry (`a~b~0~c` renders as strikethrough);
-- rule_rewards names each rule it hit, judge_rewards gives reward mean/min/max, the pairs preview
+- rule_rewards names each rule it hit, trajectory_rewards gives reward mean/min/max, the pairs preview
   shows prompt, chosen and rejected text or says why an instance has none;
 - the leaderboard table defines ISR and CSR and each plot is its own entry;
 - hf_dataset_release carries the release card (its README.md).
@@ -76,6 +76,7 @@ PARTITION_COUNTS = [
     ("raw_trajectories", "calls", "SELECT count(*) FROM raw_calls WHERE {where}"),
     ("merged_trajectories", "conversations", "SELECT count(*) FROM merged_trajectories WHERE {where}"),
     ("rule_rewards", "rule_hits", "SELECT count(*) FROM rule_steps WHERE {where}"),
+    ("trajectory_rewards", "runs", "SELECT count(*) FROM trajectory_rewards WHERE {where}"),
     ("preference_pairs", "pairs", "SELECT count(*) FROM preference_pairs WHERE {where}"),
 ]
 
@@ -271,8 +272,8 @@ def check_partitions(dagster: Dagster, store, asset: str, partitions: list[str],
             missing = [r["rule_id"] for r in rules if r["rule_id"] not in all_text(materialization)]
             if missing:
                 failures.append(f"rule_rewards [{partition}]: hits per rule not shown for {missing}")
-        if asset == "judge_rewards" and not all(w in all_text(materialization) for w in ("mean", "min", "max")):
-            failures.append(f"judge_rewards [{partition}]: no reward mean/min/max")
+        if asset == "trajectory_rewards" and not all(f"reward_{w}" in found for w in ("mean", "min", "max")):
+            failures.append(f"trajectory_rewards [{partition}]: no reward mean/min/max")
         if asset == "preference_pairs":
             check_pairs_preview(store, partition, materialization, failures)
     unbatched = [{k: v for k, v in entries(m).items() if not k.startswith("batch_")} for m in latest.values()]
