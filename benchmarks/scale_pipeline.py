@@ -198,8 +198,8 @@ def timed_run(instance, launch, selection: list[str]) -> StageTiming:
     judged = result.asset_materializations_for_node("judge_rewards") if "judge_rewards" in selection else []
     return StageTiming(selection[0], runs=1, wall_s=wall, body_s=body,
                        before_s=first_start - clock, after_s=ended - last_end,
-                       # a batch's metadata is repeated on each partition's materialization: read one
-                       judge_requests=judged[0].metadata["judge_requests"].value if judged else 0,
+                       # the batch's totals (batch_*) are on each partition's materialization: read one
+                       judge_requests=judged[0].metadata["batch_judge_requests"].value if judged else 0,
                        materialized={a: len(result.asset_materializations_for_node(a)) for a in selection})
 
 
