@@ -70,6 +70,8 @@ RUNS = "{ runsOrError(limit: 30) { ... on Runs { results { runId jobName status 
 LOCATIONS = """{ workspaceOrError { ... on Workspace { locationEntries { name
   locationOrLoadError { __typename ... on PythonError { message } } } } } }"""
 
+# Markdown entries the UI hides behind "[Show Markdown]": opened for their own screenshots.
+OPENED_ENTRIES = {"hf_dataset_release": ("card",), "leaderboard": ("plot_reward_distribution",)}
 # Per-partition metadata that must equal the store: (asset, label, SQL over the partition).
 PARTITION_COUNTS = [
     ("raw_trajectories", "runs", "SELECT count(*) FROM runs WHERE {where}"),
@@ -185,10 +187,12 @@ class Chromium:
                       windowsVirtualKeyCode=ord(key.upper()))
 
     def shoot(self, url: str, path: Path, expect: list[str], expand_groups: bool = False,
-              timeout: float = 60) -> list[str]:
+              also_scrolled: bool = False, open_entries: tuple[str, ...] = (), timeout: float = 60) -> list[str]:
         """Screenshot `url` once every text in `expect` shows and no spinner does; returns the
         texts that never showed. `expand_groups`: press Alt+E (the asset graph's "Expand all
-        groups") once the graph is drawn."""
+        groups") once the graph is drawn. `also_scrolled`: a second screenshot, `<name>-end.png`,
+        with every scrolling panel at its end (the last metadata entries). `open_entries`: metadata
+        labels whose "[Show Markdown]" dialog to open, each its own `<name>-<label>.png`."""
         self.call("Emulation.setDeviceMetricsOverride", width=1600, height=1300, deviceScaleFactor=1, mobile=False)
         self.call("Page.navigate", url=url)
         deadline, missing = time.monotonic() + timeout, expect
@@ -207,9 +211,30 @@ class Chromium:
             if not missing and not spinning:
                 break
         time.sleep(2)  # let the last render and any fade-in settle
+        self.capture(path)
+        for label in open_entries:
+            opened = self.evaluate(  # the entry's row: its label cell, then the value cell's link
+                f"(() => {{ const row = [...document.querySelectorAll('tr')].find(r => r.cells[0]?.innerText.trim() == "
+                f"{json.dumps(label)}); const link = row && [...row.querySelectorAll('*')].find(e => "
+                f"e.children.length == 0 && e.innerText.trim() == '[Show Markdown]'); link?.click(); return !!link; }})()")
+            if not opened:
+                missing = [*missing, f"[Show Markdown] of {label}"]
+                continue
+            time.sleep(3)
+            self.capture(path.with_name(f"{path.stem}-{label}.png"))
+            for kind in ("keyDown", "keyUp"):  # Escape closes the dialog
+                self.call("Input.dispatchKeyEvent", type=kind, key="Escape", code="Escape", windowsVirtualKeyCode=27)
+            time.sleep(1)
+        if also_scrolled:
+            self.evaluate("document.querySelectorAll('*').forEach(e => "
+                          "{ if (e.scrollHeight > e.clientHeight + 20) e.scrollTop = e.scrollHeight; })")
+            time.sleep(1)
+            self.capture(path.with_name(f"{path.stem}-end.png"))
+        return missing
+
+    def capture(self, path: Path) -> None:
         shot = self.call("Page.captureScreenshot", format="png")
         path.write_bytes(base64.b64decode(shot["data"]))
-        return missing
 
 
 # -- what the pages should show --------------------------------------------------------------
@@ -384,12 +409,13 @@ def main() -> int:
                 latest = check_partitions(dagster, store, asset, partitions, failures)
                 for i, (partition, materialization) in enumerate(latest.items()):
                     labels = [e["label"] for e in materialization["metadataEntries"]][:3]
-                    shoot(f"{asset}-{i}", asset_url("", asset, partition), labels)
+                    shoot(f"{asset}-{i}", asset_url("", asset, partition), labels, also_scrolled=True)
                 checked = list(latest.values())
             else:
                 checked = materializations[:1]
                 labels = [e["label"] for e in checked[0]["metadataEntries"]][:3]
-                shoot(asset, asset_url("", asset, None), labels)
+                shoot(asset, asset_url("", asset, None), labels, also_scrolled=True,
+                      open_entries=OPENED_ENTRIES.get(asset, ()))
             check_markdown_ids(asset, checked, failures)
             if asset == "leaderboard":
                 check_leaderboard(checked[0], failures)
