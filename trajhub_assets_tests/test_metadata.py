@@ -50,10 +50,8 @@ def test_hits_per_rule_sums_the_runs_and_keeps_rules_that_never_fired():
     summary = pa.Table.from_pylist([row("a", "tool_error", 2, -0.2), row("b", "tool_error", 1, -0.1),
                                     row("a", "tests_passed", 0, 0.0), row("b", "tests_passed", 1, 1.0)],
                                    schema=RULE_SUMMARY.schema)
-    assert hits_per_rule(summary) == [
-        {"rule": "tool_error", "version": "1", "hits": 3, "runs_hit": 2, "value": -0.3, "description": "tool_error!"},
-        {"rule": "tests_passed", "version": "1", "hits": 1, "runs_hit": 1, "value": 1.0,
-         "description": "tests_passed!"}]
+    assert hits_per_rule(summary) == [{"rule": "tool_error", "hits": 3, "runs_hit": 2, "value": -0.3},
+                                      {"rule": "tests_passed", "hits": 1, "runs_hit": 1, "value": 1.0}]
 
 
 def test_reward_stats_per_model_leave_unknown_rewards_out():
@@ -81,8 +79,7 @@ def test_pairs_preview_shows_the_prompt_tail_and_both_texts():
     assert row["prompt_tail"].startswith("[...] ") and row["prompt_tail"].endswith("user: Fix the CSV quoting.")
     assert row["chosen_text"] == 'assistant: read_file({"path": "csv.py"})\nassistant: Done.'
     assert row["rejected_text"] == "assistant: I give up."
-    assert (row["chosen"], row["rejected"], row["rewards"]) == ("baseline/careful #0", "baseline/hasty #1",
-                                                                "0.900 / 0.500")
+    assert row["pair"] == "trajectory: baseline/careful #0 (0.900) over baseline/hasty #1 (0.500)"
     assert messages_text(None) == ""
 
 

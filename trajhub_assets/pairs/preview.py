@@ -10,7 +10,7 @@ from collections.abc import Mapping
 
 import pyarrow as pa
 
-PREVIEW_CHARS = 240
+PREVIEW_CHARS = 200
 # What each skip counter of preference_pairs' stats means, for an instance left without pairs.
 SKIP_REASONS = {
     "skipped_no_step": "runs without a step", "skipped_unrewarded": "runs without a reward",
@@ -34,9 +34,9 @@ def messages_text(messages: list[Mapping] | None) -> str:
 def preview_rows(table: pa.Table, limit: int = 5) -> list[dict]:
     """The first pairs of an instance: who was chosen over whom, by what margin, the end of
     the shared prompt and the start of the chosen and rejected text."""
-    return [{"kind": r["kind"], "chosen": f"{r['chosen_model']} #{r['chosen_attempt']}",
-             "rejected": f"{r['rejected_model']} #{r['rejected_attempt']}",
-             "rewards": f"{r['chosen_reward']:.3f} / {r['rejected_reward']:.3f}", "margin": round(r["margin"], 4),
+    return [{"pair": f"{r['kind']}: {r['chosen_model']} #{r['chosen_attempt']} ({r['chosen_reward']:.3f}) over "
+                     f"{r['rejected_model']} #{r['rejected_attempt']} ({r['rejected_reward']:.3f})",
+             "margin": round(r["margin"], 4),
              "prompt_tail": _tail(messages_text(r["prompt"]), PREVIEW_CHARS),
              "chosen_text": _head(messages_text(r["chosen"]), PREVIEW_CHARS),
              "rejected_text": _head(messages_text(r["rejected"]), PREVIEW_CHARS)}

@@ -18,9 +18,7 @@ def hits_per_rule(summary: pa.Table) -> list[dict]:
     fired too: that they did not is worth seeing)."""
     by_rule: dict[str, dict] = {}
     for row in summary.to_pylist():
-        rule = by_rule.setdefault(row["rule_id"], {"rule": row["rule_id"], "version": row["rule_version"],
-                                                   "hits": 0, "runs_hit": 0, "value": 0.0,
-                                                   "description": row["description"]})
+        rule = by_rule.setdefault(row["rule_id"], {"rule": row["rule_id"], "hits": 0, "runs_hit": 0, "value": 0.0})
         rule.update(hits=rule["hits"] + row["hits"], runs_hit=rule["runs_hit"] + (row["hits"] > 0),
                     value=round(rule["value"] + row["value"], 6))
     return sorted(by_rule.values(), key=lambda r: (-r["hits"], r["rule"]))
