@@ -216,7 +216,8 @@ class Chromium:
             opened = self.evaluate(  # the entry's row: its label cell, then the value cell's link
                 f"(() => {{ const row = [...document.querySelectorAll('tr')].find(r => r.cells[0]?.innerText.trim() == "
                 f"{json.dumps(label)}); const link = row && [...row.querySelectorAll('*')].find(e => "
-                f"e.children.length == 0 && e.innerText.trim() == '[Show Markdown]'); link?.click(); return !!link; }})()")
+                f"e.children.length == 0 && e.innerText.trim() == '[Show Markdown]'); link?.click(); "
+                "return !!link; })()")
             if not opened:
                 missing = [*missing, f"[Show Markdown] of {label}"]
                 continue

@@ -71,7 +71,8 @@ def message(role, content=None, calls=()):
 def test_pairs_preview_shows_the_prompt_tail_and_both_texts():
     pair = {"pair_id": "p", "kind": "trajectory", "instance_id": "i",
             "prompt": [message("system", "You are an agent. " * 40), message("user", "Fix the CSV quoting.")],
-            "chosen": [message("assistant", None, [("read_file", '{"path": "csv.py"}')]), message("assistant", "Done.")],
+            "chosen": [message("assistant", None, [("read_file", '{"path": "csv.py"}')]),
+                       message("assistant", "Done.")],
             "rejected": [message("assistant", "I give up.")],
             "chosen_model": "baseline/careful", "rejected_model": "baseline/hasty", "chosen_attempt": 0,
             "rejected_attempt": 1, "chosen_reward": 0.9, "rejected_reward": 0.5, "margin": 0.4}

@@ -12,7 +12,7 @@ from trajhub_assets.checks import (JUDGE_CHECK_SPECS, RULE_CHECK_SPECS, TRAJECTO
                                    rule_values_in_range, trajectory_rewards_in_range)
 from trajhub_assets.merge.schema import MERGED_TRAJECTORIES, table_to_conversations
 from trajhub_assets.metadata import batch_totals, table
-from trajhub_assets.partitions import BATCHED, model_key, run_key, run_partitions, run_partitions_of
+from trajhub_assets.partitions import BATCHED, model_key, model_name, run_key, run_partitions, run_partitions_of
 from trajhub_assets.progress import Progress, fail_if_all_failed
 from trajhub_assets.recording.attempts import RUNS
 from trajhub_assets.recording.resources import ProxyResource
@@ -112,7 +112,8 @@ def judge_rewards(context: AssetExecutionContext, store: StoreResource, project:
         store.write(JUDGE_STEPS, out.steps, partition)
         store.write(JUDGE_SUMMARY, out.summary, partition)
         usage = usage + out.usage
-        context.add_asset_metadata(out.usage.metadata(), partition_key=run_key(partition["model"], partition["instance"]))
+        context.add_asset_metadata(out.usage.metadata(),
+                                   partition_key=run_key(partition["model"], partition["instance"]))
         first_error = first_error or next((f"{row['run_id']}: {row['error']}" for judged in (out.steps, out.checks)
                                            for row in judged.to_pylist() if row.get("error")), None)
         progress.advance(f"{partition['model']} on {partition['instance']}", tokens_in=out.usage.prompt_tokens,
@@ -138,7 +139,7 @@ def trajectory_rewards_asset(context: AssetExecutionContext, store: StoreResourc
         rewarded = trajectory_rewards(store.read(JUDGE_SUMMARY, partition), store.read(RULE_SUMMARY, partition),
                                       outcomes, config.rewards)
         store.write(TRAJECTORY_REWARDS, rewarded, partition)
-        partition_rewards = [(partition["model"], r["reward"]) for r in rewarded.to_pylist()]
+        partition_rewards = [(model_name(partition["model"]), r["reward"]) for r in rewarded.to_pylist()]
         rewards += partition_rewards
         # One model per partition: its stats are the partition's (none when it has no run).
         stats = (reward_stats(partition_rewards) or [{"runs": 0}])[0]
