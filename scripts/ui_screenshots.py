@@ -311,10 +311,12 @@ def check_partitions(dagster: Dagster, store, asset: str, partitions: list[str],
 
 def check_pairs_preview(store, instance: str, materialization: dict, failures: list[str]) -> None:
     pairs = store.sql("SELECT count(*) AS n FROM preference_pairs WHERE instance = ?", [instance]).to_pylist()[0]["n"]
-    text = all_text(materialization).lower()
-    if pairs and not all(word in text for word in ("prompt", "chosen", "rejected")):
-        failures.append(f"preference_pairs [{instance}]: preview lacks the prompt and chosen/rejected text")
-    if not pairs and "no pair" not in text:
+    preview = entries(materialization).get("preview", {})
+    if pairs:
+        shown = [json.loads(r) for r in preview.get("table", {}).get("records", [])]
+        if not shown or not all(r.get(c) for r in shown for c in ("prompt_tail", "chosen_text", "rejected_text")):
+            failures.append(f"preference_pairs [{instance}]: preview lacks the prompt and chosen/rejected text")
+    elif not preview or "no pair" not in entry_text(preview):
         failures.append(f"preference_pairs [{instance}]: no pairs and no reason given")
 
 
