@@ -293,12 +293,8 @@ def _judge_inputs(store, partition: dict) -> tuple[list[dict], dict]:
         conversations_to_table,
         table_to_conversations,
     )
-    from trajhub_assets.recording.attempts import RUNS
-    from trajhub_assets.recording.raw_calls import (
-        MESSAGE_BLOBS,
-        RAW_CALLS,
-        rebuild_records,
-    )
+    from trajhub_assets.recording.raw_calls import rebuild_records
+    from trajhub_assets.recording.schema import MESSAGE_BLOBS, RAW_CALLS, RUNS
     from trajhub_assets.rewards.assets import partition_inputs
 
     if store.exists(MERGED_TRAJECTORIES, partition):

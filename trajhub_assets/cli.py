@@ -56,7 +56,7 @@ def _prepare(instance, store: Store, resources) -> None:
     """Load the catalog if it is not stored yet, register partitions, and set the pool limits."""
     from trajhub_assets.automation import apply_pool_limits
     from trajhub_assets.tasks.assets import register_partitions
-    from trajhub_assets.tasks.catalog import TASKS
+    from trajhub_assets.tasks.schema import TASKS
 
     config = resources["project"].load()
     if not store.exists(TASKS):
@@ -270,7 +270,8 @@ def cmd_label_export(args) -> None:
 
 
 def cmd_label_import(args) -> None:
-    from trajhub_assets.release.calibration import HUMAN_LABELS, merge_labels, read_labels
+    from trajhub_assets.release.calibration import merge_labels, read_labels
+    from trajhub_assets.release.schema import HUMAN_LABELS
 
     store = Store()
     pair_ids = store.sql("SELECT pair_id FROM preference_pairs").column("pair_id").to_pylist()

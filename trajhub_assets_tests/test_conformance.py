@@ -44,8 +44,9 @@ from dagster import DagsterInstance
 from trajhub_assets.cli import PER_RUN, RELEASE, materialize_stage
 from trajhub_assets.config import load_config
 from trajhub_assets.partitions import instances_partitions, run_partitions
-from trajhub_assets.recording.raw_calls import MESSAGE_BLOBS, RAW_CALLS, rebuild_records
+from trajhub_assets.recording.raw_calls import rebuild_records
 from trajhub_assets.recording.resources import ProxyResource
+from trajhub_assets.recording.schema import MESSAGE_BLOBS, RAW_CALLS
 from trajhub_assets.recording.scripted_upstream import (
     Reply,
     ScriptedUpstream,

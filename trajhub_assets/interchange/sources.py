@@ -38,36 +38,20 @@ from trajhub_assets.interchange.atif import atif_to_conversations, conversation_
 from trajhub_assets.interchange.formats import read_documents
 from trajhub_assets.interchange.messages import chat_to_conversation, conversation_to_chat
 from trajhub_assets.interchange.minivela import read_minivela
+from trajhub_assets.interchange.schema import IMPORTS
 from trajhub_assets.merge.assets import merge_partition
 from trajhub_assets.merge.schema import MERGED_TRAJECTORIES, conversations_to_table, table_to_conversations
 from trajhub_assets.partitions import (check_instance_id, instances_partitions, missing_keys, model_key,
                                       model_name, models_partitions)
-from trajhub_assets.recording.attempts import RUNS
-from trajhub_assets.recording.raw_calls import MESSAGE_BLOBS, RAW_CALLS, build_tables, rebuild_records
+from trajhub_assets.recording.raw_calls import build_tables, rebuild_records
 from trajhub_assets.recording.run_id import RunId, parse_run_id
+from trajhub_assets.recording.schema import MESSAGE_BLOBS, RAW_CALLS, RUNS
 from trajhub_assets.release.secrets import scan_rows
 from trajhub_assets.store import Store, Table
 
 IMPORT_FORMATS = ("mini-vela", "atif", "openai")
 EXPORT_FORMATS = ("atif", "openai")
 IMPORTED = "imported"  # runs.stop_reason of an imported run
-
-IMPORTS = Table(
-    "imports", partitioned_by=("model", "instance"),
-    description="Where each imported run came from: format, file and its sha256, when, and the "
-                "ids it had there.",
-    schema=pa.schema([
-        pa.field("run_id", pa.string(), nullable=False),
-        ("format", pa.string()), ("file", pa.string()), ("path", pa.string()), ("sha256", pa.string()),
-        ("imported_at", pa.float64()),
-        pa.field("lines", pa.list_(pa.int64()), metadata={"doc": "lines of the file the run came from"}),
-        ("original_run_id", pa.string()), ("original_conversation_ids", pa.list_(pa.string())),
-        ("conversation_ids", pa.list_(pa.string())),
-        pa.field("original_source", pa.string(), metadata={"doc": "meta.source in a trajhub export"}),
-        ("agent_name", pa.string()), ("agent_version", pa.string()),
-        pa.field("format_version", pa.string(), metadata={"doc": "e.g. ATIF-v1.7"}),
-    ]),
-)
 
 
 @dataclass

@@ -8,7 +8,8 @@ from dagster import (AssetDep, AssetExecutionContext, MaterializeResult, Metadat
 from trajhub_assets.automation import FOLLOW_ANY_INPUTS
 from trajhub_assets.checks import PAIR_CHECK_SPECS, margin_respected, read_batch
 from trajhub_assets.merge.schema import table_to_conversations
-from trajhub_assets.pairs.pairs import PREFERENCE_PAIRS, PairPolicy, preference_pairs, preview_markdown
+from trajhub_assets.pairs.pairs import PairPolicy, preference_pairs, preview_markdown
+from trajhub_assets.pairs.schema import PREFERENCE_PAIRS
 from trajhub_assets.partitions import BATCHED, instances_partitions, model_name
 from trajhub_assets.resources import ProjectResource, StoreResource
 from trajhub_assets.store import Store

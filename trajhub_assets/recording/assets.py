@@ -13,10 +13,11 @@ from trajhub_assets.config import ProjectConfig
 from trajhub_assets.errors import ConfigError
 from trajhub_assets.partitions import BATCHED, run_partitions, run_partitions_of
 from trajhub_assets.progress import Progress, fail_if_all_failed, recording_usage
-from trajhub_assets.recording.attempts import RUNS, Proxy, run_attempt
-from trajhub_assets.recording.raw_calls import MESSAGE_BLOBS, RAW_CALLS, load_runs
+from trajhub_assets.recording.attempts import Proxy, run_attempt
+from trajhub_assets.recording.raw_calls import load_runs
 from trajhub_assets.recording.resources import ProxyResource
 from trajhub_assets.recording.routes import missing_keys
+from trajhub_assets.recording.schema import MESSAGE_BLOBS, RAW_CALLS, RUNS
 from trajhub_assets.resources import ProjectResource, StoreResource
 from trajhub_assets.sandbox import remove_orphans
 from trajhub_assets.sandbox.images import prepare_engine

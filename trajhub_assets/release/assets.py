@@ -4,14 +4,16 @@ Hugging Face dataset release. All unpartitioned: they read every partition."""
 from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataValue, asset
 
 from trajhub_assets.pairs.assets import main_trajectories
-from trajhub_assets.pairs.pairs import PREFERENCE_PAIRS, PairPolicy
+from trajhub_assets.pairs.pairs import PairPolicy
+from trajhub_assets.pairs.schema import PREFERENCE_PAIRS
 from trajhub_assets.partitions import model_name
-from trajhub_assets.release.calibration import HUMAN_LABELS, REWARD_CALIBRATION, calibrate
-from trajhub_assets.release.leaderboard import LEADERBOARD, leaderboard, run_summary_sql
+from trajhub_assets.release.calibration import calibrate
+from trajhub_assets.release.leaderboard import leaderboard, run_summary_sql
 from trajhub_assets.release.release import ReleaseInputs, build_release, push_release
+from trajhub_assets.release.schema import HUMAN_LABELS, LEADERBOARD, REWARD_CALIBRATION
 from trajhub_assets.resources import ProjectResource, StoreResource
 from trajhub_assets.store import Store
-from trajhub_assets.tasks.catalog import TASKS
+from trajhub_assets.tasks.schema import TASKS
 
 
 def _all(store: Store, table: str):

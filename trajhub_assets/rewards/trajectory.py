@@ -20,26 +20,9 @@ from collections.abc import Iterable, Mapping
 import pyarrow as pa
 
 from trajhub_assets.config import RewardConfig
-from trajhub_assets.store import Table
+from trajhub_assets.rewards.schema import TRAJECTORY_REWARDS
 
 COMPONENTS = ("outcome", "step", "checklist")
-
-TRAJECTORY_REWARDS = Table(
-    name="trajectory_rewards",
-    schema=pa.schema([
-        pa.field("run_id", pa.string(), nullable=False), pa.field("attempt", pa.int64()),
-        pa.field("outcome", pa.float64()), pa.field("mean_step_reward", pa.float64()),
-        pa.field("checklist_pass_rate", pa.float64()),
-        pa.field("weight_outcome", pa.float64(), nullable=False),
-        pa.field("weight_step", pa.float64(), nullable=False),
-        pa.field("weight_checklist", pa.float64(), nullable=False),
-        pa.field("components", pa.list_(pa.string()), nullable=False),
-        pa.field("reward", pa.float64()),
-    ]),
-    partitioned_by=("model", "instance"),
-    description="One row per run: the reward, its components and the configured weights; "
-                "`components` lists those that were known and used.",
-)
 
 
 def outcome_score(outcome: Mapping | None) -> float | None:

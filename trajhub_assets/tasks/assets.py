@@ -10,7 +10,8 @@ from trajhub_assets.automation import apply_pool_limits
 from trajhub_assets.errors import StoreError
 from trajhub_assets.partitions import instances_partitions, missing_keys, models_partitions
 from trajhub_assets.resources import ProjectResource, StoreResource
-from trajhub_assets.tasks.catalog import TASKS, load_catalog, tasks_to_table
+from trajhub_assets.tasks.catalog import load_catalog, tasks_to_table
+from trajhub_assets.tasks.schema import TASKS
 
 
 @asset(group_name="tasks", kinds={"parquet"},
