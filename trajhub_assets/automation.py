@@ -27,14 +27,12 @@ import time
 
 from dagster import (AssetKey, AssetSelection, AutomationCondition, AutomationConditionSensorDefinition,
                      DefaultScheduleStatus, DefaultSensorStatus, RunRequest, RunsFilter, ScheduleDefinition,
-                     SensorEvaluationContext, SkipReason, define_asset_job, sensor)
-from dagster._core.storage.dagster_run import IN_PROGRESS_RUN_STATUSES
+                     SensorEvaluationContext, SkipReason, sensor)
 
 from trajhub_assets.config import PoolsConfig, RefreshConfig
+from trajhub_assets.jobs import IN_PROGRESS, release_job, reload_catalog_job
 
 SANDBOX_POOL, JUDGE_POOL = "sandboxes", "judge"
-# A release, and the replay of a sample of it (the proof its runs are real).
-RELEASE_ASSETS = ["reward_calibration", "leaderboard", "hf_dataset_release", "release_replay"]
 # What a release is built from: when any of these has news, a release is due.
 RELEASE_INPUTS = ["preference_pairs", "judge_rewards", "tasks"]
 
@@ -63,12 +61,6 @@ automation_sensor = AutomationConditionSensorDefinition(
     "automation_sensor", target=AssetSelection.all(), default_status=DefaultSensorStatus.RUNNING,
     description="Runs new partitions and what follows from them (trajhub_assets/automation.py).")
 
-reload_catalog_job = define_asset_job("reload_catalog", selection=["tasks"],
-                                      description="Reload the task catalog from the config's sources.")
-release_job = define_asset_job("cut_release", selection=RELEASE_ASSETS,
-                               description="Calibration, leaderboard and the Hugging Face dataset release.")
-
-
 def nightly_refresh(config: RefreshConfig) -> ScheduleDefinition:
     return ScheduleDefinition(
         name="nightly_refresh", job=reload_catalog_job, cron_schedule=config.cron,
@@ -84,7 +76,7 @@ def _latest_materialization(instance, asset: str):
 
 def release_due(instance, quiet_minutes: float, now: float | None = None) -> RunRequest | SkipReason:
     """A release run when something new has landed since the last release and all is quiet."""
-    busy = instance.get_runs_count(RunsFilter(statuses=IN_PROGRESS_RUN_STATUSES))
+    busy = instance.get_runs_count(RunsFilter(statuses=IN_PROGRESS))
     if busy:
         return SkipReason(f"{busy} run(s) in progress: waiting for the refresh to settle")
     inputs = [r for r in (_latest_materialization(instance, a) for a in RELEASE_INPUTS) if r]

@@ -2,9 +2,9 @@
 
 from dagster import Definitions
 
-from trajhub_assets.automation import (automation_sensor, make_release_sensor, nightly_refresh, release_job,
-                                       reload_catalog_job)
+from trajhub_assets.automation import automation_sensor, make_release_sensor, nightly_refresh
 from trajhub_assets.config import load_config
+from trajhub_assets.jobs import JOBS
 from trajhub_assets.merge.assets import merged_trajectories
 from trajhub_assets.pairs.assets import preference_pairs_asset
 from trajhub_assets.recording.assets import raw_trajectories
@@ -23,7 +23,7 @@ defs = Definitions(
     assets=[tasks, raw_trajectories, merged_trajectories, rule_rewards, judge_rewards,
             preference_pairs_asset, reward_calibration, leaderboard_asset, hf_dataset_release,
             release_replay],
-    jobs=[reload_catalog_job, release_job],
+    jobs=JOBS,
     schedules=[nightly_refresh(refresh)],
     sensors=[partitions_sensor, make_release_sensor(refresh), automation_sensor],
     resources={"store": StoreResource(), "project": project, "proxy": ProxyResource(project=project)},
