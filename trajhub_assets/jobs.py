@@ -13,19 +13,23 @@ RECORD_AND_SCORE_ASSETS = ["raw_trajectories", "merged_trajectories", "rule_rewa
 # A release, and the replay of a sample of it (the proof its runs are real).
 RELEASE_ASSETS = ["reward_calibration", "leaderboard", "hf_dataset_release", "release_replay"]
 
-reload_catalog_job = define_asset_job("reload_catalog", selection=["tasks"],
-                                      description="Reload the task catalog from the config's sources.")
-record_and_score_job = define_asset_job(
-    "record_and_score", selection=RECORD_AND_SCORE_ASSETS,
-    description="Run the agents on a batch of (model, instance) partitions, merge and score the runs.")
+STAGE_TAG, MODEL_TAG, BACKFILL_TAG = "trajhub/stage", "trajhub/model", "trajhub/backfill"
+
+
+def _stage(name: str, selection: list[str], description: str):
+    # The tag goes on every run of the job: from the CLI, the schedule, a sensor or the UI.
+    return define_asset_job(name, selection=selection, description=description, tags={STAGE_TAG: name})
+
+
+reload_catalog_job = _stage("reload_catalog", ["tasks"], "Reload the task catalog from the config's sources.")
+record_and_score_job = _stage(
+    "record_and_score", RECORD_AND_SCORE_ASSETS,
+    "Run the agents on a batch of (model, instance) partitions, merge and score the runs.")
 # Not "preference_pairs": a job may not share its name with an asset's op.
-build_pairs_job = define_asset_job("build_pairs", selection=["preference_pairs"],
-                                   description="The preference pairs of a batch of instances.")
-release_job = define_asset_job("cut_release", selection=RELEASE_ASSETS,
-                               description="Calibration, leaderboard and the Hugging Face dataset release.")
+build_pairs_job = _stage("build_pairs", ["preference_pairs"], "The preference pairs of a batch of instances.")
+release_job = _stage("cut_release", RELEASE_ASSETS, "Calibration, leaderboard and the Hugging Face dataset release.")
 JOBS = [reload_catalog_job, record_and_score_job, build_pairs_job, release_job]
 
-STAGE_TAG, MODEL_TAG, BACKFILL_TAG = "trajhub/stage", "trajhub/model", "trajhub/backfill"
 # Dagster reads a run's partition range from these tags; they have no public constant, and
 # execute_in_process takes a single partition key only.
 RANGE_START_TAG, RANGE_END_TAG = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"

@@ -71,8 +71,8 @@ def run_stage(instance: DagsterInstance, job, keys: list[str] | None = None, *, 
               run_config: Mapping = QUIET) -> ExecuteInProcessResult:
     """One run of `job`, one of jobs.py's (or of `selection`, some of its assets), over the partition
     range from keys[0] to keys[-1] when given, with the code location's resources unless `resources`
-    replace them; tagged with its stage, and its model and backfill when it has them."""
-    tags = {STAGE_TAG: job.name}
+    replace them; tagged with its model and backfill when it has them."""
+    tags = {}  # the job's own tags add trajhub/stage
     if model:
         tags[MODEL_TAG] = model
     if backfill:
