@@ -402,7 +402,7 @@ def stored_conversations(store: Store, *, models: Sequence[str] = (), instances:
     keys = [_model_key(m, source="--model", line=None, field="model") for m in models]
     where = [f"{column} IN ({', '.join('?' * len(values))})"
              for column, values in (("model", keys), ("instance", list(instances))) if values]
-    partitions = store.sql("SELECT DISTINCT model, instance FROM merged_trajectories"
+    partitions = store.sql(f"SELECT DISTINCT model, instance FROM {MERGED_TRAJECTORIES.name}"
                            + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY model, instance",
                            keys + list(instances)).to_pylist()
     conversations = []
@@ -416,7 +416,7 @@ def stored_conversations(store: Store, *, models: Sequence[str] = (), instances:
 def _scaffolds(store: Store) -> dict[str, tuple[str | None, str | None]]:
     if RUNS.name not in store.table_names():
         return {}
-    rows = store.sql("SELECT run_id, scaffold, scaffold_version FROM runs").to_pylist()
+    rows = store.sql(f"SELECT run_id, scaffold, scaffold_version FROM {RUNS.name}").to_pylist()
     return {row["run_id"]: (row["scaffold"], row["scaffold_version"]) for row in rows}
 
 
