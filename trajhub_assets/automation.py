@@ -26,11 +26,13 @@ a run whose worker died (deploy/dagster.yaml sets `free_slots_after_run_end_seco
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Collection
 
 from dagster import (AssetKey, AssetSelection, AutomationCondition, AutomationConditionSensorDefinition,
-                     AutomationContext, AutomationResult, DefaultScheduleStatus, DefaultSensorStatus, RunRequest,
-                     RunsFilter, ScheduleDefinition, SensorEvaluationContext, SkipReason, define_asset_job, sensor)
+                     AutomationContext, AutomationResult, BetaWarning, DefaultScheduleStatus, DefaultSensorStatus,
+                     RunRequest, RunsFilter, ScheduleDefinition, SensorEvaluationContext, SkipReason,
+                     define_asset_job, sensor)
 from dagster._core.storage.dagster_run import IN_PROGRESS_RUN_STATUSES
 
 from trajhub_assets.config import PoolsConfig, RefreshConfig
@@ -100,11 +102,14 @@ FOLLOW_INPUTS = _follow_inputs(wait_for_missing_inputs=True)
 FOLLOW_ANY_INPUTS = _follow_inputs(wait_for_missing_inputs=False)
 
 # Dagster's own sensor for the conditions above would start stopped; the refresh is meant to run.
-# ModelInConfig is our own Python, so the sensor runs in the code location, not in the daemon.
-automation_sensor = AutomationConditionSensorDefinition(
-    "automation_sensor", target=AssetSelection.all(), default_status=DefaultSensorStatus.RUNNING,
-    use_user_code_server=True,
-    description="Runs new partitions and what follows from them (trajhub_assets/automation.py).")
+# ModelInConfig is our own Python, so the sensor runs in the code location, not in the daemon
+# (a beta parameter, used knowingly: no warning on every import of this module).
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", BetaWarning)
+    automation_sensor = AutomationConditionSensorDefinition(
+        "automation_sensor", target=AssetSelection.all(), default_status=DefaultSensorStatus.RUNNING,
+        use_user_code_server=True,
+        description="Runs new partitions and what follows from them (trajhub_assets/automation.py).")
 
 reload_catalog_job = define_asset_job("reload_catalog", selection=["tasks"],
                                       description="Reload the task catalog from the config's sources.")

@@ -4,6 +4,7 @@ refresh to settle, and the pool limits come from the config."""
 
 import time
 
+import pyarrow as pa
 import pytest
 import yaml
 from dagster import (AssetCheckEvaluation, AssetKey, AssetMaterialization, DagsterInstance, RunRequest, SkipReason,
@@ -14,6 +15,7 @@ from trajhub_assets.automation import IN_CONFIG_LABEL, apply_pool_limits, make_r
 from trajhub_assets.config import PoolsConfig, RefreshConfig, load_config
 from trajhub_assets.definitions import defs
 from trajhub_assets.errors import ConfigError
+from trajhub_assets.interchange.sources import IMPORTS
 from trajhub_assets.partitions import instances_partitions, models_partitions, run_key
 from trajhub_assets.resources import ProjectResource, StoreResource
 from trajhub_assets.tasks.assets import partitions_sensor
@@ -159,3 +161,24 @@ def test_partitions_sensor_sets_pool_limits_from_the_config(tmp_path):
         assert storage.get_concurrency_info("judge").slot_count == 2
         assert apply_pool_limits(instance, PoolsConfig(sandboxes=1)) == {"sandboxes": 1, "judge": 1}
         assert storage.get_concurrency_info("sandboxes").slot_count == 1
+
+
+def test_partitions_sensor_names_a_models_partition_not_in_the_config(tmp_path, capfd):
+    config = tmp_path / "project.yaml"
+    config.write_text(yaml.safe_dump({"tasks": [{"path": str(OCTOCODINGBENCH_TASKS)}], "models": [
+        {"name": "acme/claude", "route": "anthropic/claude-sonnet-4-5", "scaffold": "claudecode"}]}))
+    store = StoreResource(root=str(tmp_path / "home"))
+    # A model imported from files (`trajhub import`) has rows but no agent: it is not a typo.
+    store.get().write(IMPORTS, pa.Table.from_pylist([{"run_id": "r1"}], schema=IMPORTS.schema),
+                      {"model": "other__agent", "instance": "i1"})
+    instance = DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(models_partitions.name, ["acme__claude", "acme__claud", "other__agent"])
+    context = build_sensor_context(instance=instance, resources={
+        "store": store, "project": ProjectResource(path=str(config))})
+    result = partitions_sensor(context)
+    warning = "models partition 'acme__claud' is not in the project config: automation will not run it"
+    assert isinstance(result, SkipReason) and warning in result.skip_message
+    assert "other__agent" not in result.skip_message
+    assert warning in capfd.readouterr().err  # the tick's log
+    # Nothing is deleted for the user: its stored data would vanish from the UI.
+    assert len(instance.get_dynamic_partitions(models_partitions.name)) == 3
