@@ -5,12 +5,12 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow as pa
-from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataValue, asset
 
 from trajhub_assets.automation import RUN_NEW_PARTITIONS, SANDBOX_POOL
 from trajhub_assets.checks import RAW_CHECK_SPECS, every_run_has_calls, no_credentials, read_batch
 from trajhub_assets.config import ProjectConfig
-from trajhub_assets.errors import ConfigError
+from trajhub_assets.errors import ConfigError, TrajhubError
 from trajhub_assets.lineage import reading
 from trajhub_assets.partitions import BATCHED, run_partitions, run_partitions_of
 from trajhub_assets.progress import Progress, fail_if_all_failed, recording_usage
@@ -53,7 +53,12 @@ def raw_trajectories(context: AssetExecutionContext, store: StoreResource, proje
     models = {p["model"]: config.model(p["model"]) for p in partitions}.values()
     if missing := missing_keys(models):
         raise ConfigError(f"models[].api_key_env: not set in this environment: {', '.join(missing)}")
-    endpoint = prepare_sandboxes(config, {tasks[p["instance"]]["image"] for p in partitions}, proxy)
+    try:
+        endpoint = prepare_sandboxes(config, {tasks[p["instance"]]["image"] for p in partitions}, proxy)
+    except TrajhubError as error:
+        # An engine down, an image or the network missing: one line that names the cause, without
+        # the chain of docker, requests and urllib3 exceptions behind it.
+        raise Failure(description=str(error)) from None
 
     progress = Progress(context.log, len(jobs), "runs")
 
