@@ -122,6 +122,18 @@ def test_automation_never_runs_a_partition_of_a_model_not_in_the_config():
     assert IN_CONFIG_LABEL in [child.get_label() for child in condition.children]
 
 
+def test_automation_sensor_evaluates_the_condition_in_the_code_location():
+    # ModelInConfig is Python of ours: the daemon could not evaluate it, the sensor's tick can.
+    instance = DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(instances_partitions.name, ["i1"])
+    materialized(instance, "tasks")
+    sensor = defs.get_sensor_def("automation_sensor")
+    first = sensor.evaluate_tick(build_sensor_context(instance=instance, definitions=defs))
+    instance.add_dynamic_partitions(models_partitions.name, [CAREFUL, "typo"])
+    second = sensor.evaluate_tick(build_sensor_context(instance=instance, definitions=defs, cursor=first.cursor))
+    assert [request.partition_key for request in second.run_requests] == [run_key(CAREFUL, "i1")]
+
+
 def test_release_waits_for_news_and_quiet_then_releases_once():
     instance = DagsterInstance.ephemeral()
     assert isinstance(release_due(instance, 10), SkipReason)

@@ -77,7 +77,8 @@ def register_partitions(instance, store, config) -> None:
 
 @sensor(minimum_interval_seconds=60, default_status=DefaultSensorStatus.RUNNING,
         description="Registers `models` partitions from the config and `instances` from the catalog, "
-                    "and sets the pool limits from the config.")
+                    "sets the pool limits from the config, and names models partitions automation "
+                    "will not run.")
 def partitions_sensor(context: SensorEvaluationContext, store: StoreResource,
                       project: ProjectResource) -> SensorResult | SkipReason:
     config, store = project.load(), store.get()
