@@ -82,7 +82,7 @@ class ModelInConfig(AutomationCondition):
 
 def run_new_partitions(model_keys: Callable[[], Collection[str]]) -> AutomationCondition:
     """RUN_NEW_PARTITIONS, for the partitions of the models `model_keys()` returns (the config's)."""
-    return ModelInConfig(model_keys) & RUN_NEW_PARTITIONS
+    return (ModelInConfig(model_keys) & RUN_NEW_PARTITIONS).with_label("new partition of a model in the config")
 
 
 def _follow_inputs(*, wait_for_missing_inputs: bool) -> AutomationCondition:
