@@ -80,7 +80,7 @@ from trajhub_assets.orchestration import run_stage
 from trajhub_assets.partitions import contiguous_ranges, run_key
 
 BATCH = 200  # BackfillPolicy.multi_run(max_partitions_per_run=200) in trajhub_assets.partitions
-PER_RUN_STAGES = ["merged_trajectories", "rule_rewards", "judge_rewards"]
+PER_RUN_STAGES = ["merged_trajectories", "rule_rewards", "judge_rewards", "trajectory_rewards"]
 RELEASE = ["reward_calibration", "leaderboard", "hf_dataset_release"]
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 # The named job each stage's assets belong to; a stage runs some of its assets.
@@ -471,7 +471,7 @@ def prepare(args, root: Path, memory: MemorySampler) -> Bench:
     from dagster import DagsterInstance
 
     from trajhub_assets.config import load_config
-    from trajhub_assets.recording.resources import ProxyResource
+    from trajhub_assets.definitions import environment, environment_resources
     from trajhub_assets.resources import ProjectResource, StoreResource
     from trajhub_assets.store import Store
     from trajhub_assets.tasks.assets import register_partitions
@@ -480,8 +480,8 @@ def prepare(args, root: Path, memory: MemorySampler) -> Bench:
     config_path = write_project(root, profiles, tasks)
     project = ProjectResource(path=str(config_path))
     bench = Bench(args, root, memory, config_path, load_config(config_path),
-                  {"store": StoreResource(root=str(root / "home")), "project": project,
-                   "proxy": ProxyResource(project=project, recordings_dir=str(root / "recordings"))},
+                  environment_resources(project, environment(project.load()), StoreResource(root=str(root / "home")),
+                                        recordings_dir=str(root / "recordings")),
                   Store(root / "home"), DagsterInstance.get(), profiles[:-1], profiles[-1], tasks)
     print(f"scale benchmark: {len(bench.known)} models x {len(tasks)} instances = {bench.trajectories} runs "
           f"(+1 model to backfill), batches of {args.batch}, work dir {root}", flush=True)
@@ -499,7 +499,7 @@ def prepare(args, root: Path, memory: MemorySampler) -> Bench:
 
 
 def pipeline(bench: Bench) -> tuple[list[StageTiming], StageTiming]:
-    """merge -> rules -> judge -> pairs -> release over the known models; (rows, judge total)."""
+    """merge -> rules -> judge -> rewards -> pairs -> release over the known models; (rows, judge total)."""
     args, ids = bench.args, bench.instance_ids
     batches = model_batches([p.key for p in bench.known], ids, args.batch)
     stages = [bench.stage(["merged_trajectories"], batches, bench.trajectories),
@@ -520,7 +520,8 @@ def pipeline(bench: Bench) -> tuple[list[StageTiming], StageTiming]:
         part.trajectories = part.partitions
         part.note += f", {part.judge_requests} judge requests"
         judge.add(part)
-    return stages + [judge_live, judge_cached, pairs_stage(bench),
+    rewards = bench.stage(["trajectory_rewards"], batches, bench.trajectories)
+    return stages + [judge_live, judge_cached, rewards, pairs_stage(bench),
                      bench.stage(RELEASE, [[]], 1, name="release (calibration, leaderboard, hf)")], judge
 
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install the pinned agent clients (Claude Code, Kilo, Droid from npm; mini-swe-agent from PyPI)
 # into the client cache ($TRAJHUB_CLIENTS_DIR, default ~/.cache/trajhub/clients). Idempotent:
-# an installed client is left alone. The versions live in trajhub_assets/scaffolds/clients.py.
+# an installed client is left alone. The versions live in the scaffold registry
+# (trajhub_assets/scaffolds/__init__.py).
 # Usage: scripts/install_clients.sh [claude-code|kilo|droid|mini-swe-agent ...]   (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/.."

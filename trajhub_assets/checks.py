@@ -115,7 +115,7 @@ RULE_CHECK_SPECS = specs("rule_rewards", {
     "every_rule_hit_has_evidence": "Every hit of a per-step rule points at its step and quotes it.",
 })
 JUDGE_CHECK_SPECS = specs("judge_rewards", {
-    "reward_values_in_range": "Step rewards, rubric scores, rates and trajectory rewards lie in [0, 1].",
+    "judge_values_in_range": "Step rewards, rubric scores and checklist rates lie in [0, 1].",
 })
 
 
@@ -146,7 +146,7 @@ def every_rule_hit_has_evidence(steps: pa.Table) -> AssetCheckResult:
     return result("every_rule_hit_has_evidence", problems)
 
 
-def reward_values_in_range(steps: pa.Table, summary: pa.Table, rewards: pa.Table) -> AssetCheckResult:
+def judge_values_in_range(steps: pa.Table, summary: pa.Table) -> AssetCheckResult:
     problems = _outside(steps, "step_reward", 0, 1)
     rubric = steps.column("rubric")
     if pc.sum(pc.list_value_length(rubric)).as_py():
@@ -155,7 +155,18 @@ def reward_values_in_range(steps: pa.Table, summary: pa.Table, rewards: pa.Table
         problems += _outside(flat, "rubric_reward", 0, 1)
     for column in ("csr", "isr", "mean_step_reward"):
         problems += _outside(summary, column, 0, 1)
-    problems += _outside(rewards, "reward", 0, 1)
+    return result("judge_values_in_range", problems, runs=summary.num_rows)
+
+
+# -- trajectory_rewards -------------------------------------------------------------------
+TRAJECTORY_CHECK_SPECS = specs("trajectory_rewards", {
+    "reward_values_in_range": "Every reward and each of its components is within [0, 1].",
+})
+
+
+def trajectory_rewards_in_range(rewards: pa.Table) -> AssetCheckResult:
+    problems = [p for column in ("reward", "outcome", "rule_score", "mean_step_reward", "checklist_pass_rate")
+                for p in _outside(rewards, column, 0, 1)]
     return result("reward_values_in_range", problems, runs=rewards.num_rows)
 
 

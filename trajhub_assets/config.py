@@ -17,9 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from trajhub_assets.errors import ConfigError
 from trajhub_assets.partitions import model_key
+from trajhub_assets.scaffolds import SCAFFOLDS
 
 DEFAULT_CONFIG = Path(__file__).with_name("project.yaml")
-SCAFFOLDS = ("claudecode", "kilo-dev", "droid", "mini-swe-agent", "builtin")
 
 
 class _Strict(BaseModel):
@@ -40,7 +40,7 @@ class ModelConfig(_Strict):
     route: str = Field(description="LiteLLM model string, e.g. anthropic/claude-sonnet-4-5.")
     api_base: str | None = None
     api_key_env: str | None = Field(None, description="Environment variable holding the API key.")
-    scaffold: Literal["claudecode", "kilo-dev", "droid", "mini-swe-agent", "builtin"]
+    scaffold: str = Field(description="A scaffold of the registry (trajhub_assets/scaffolds).")
     samples: int = Field(1, ge=1, description="Attempts per (model, instance).")
     sampling: Sampling = Sampling()
 
@@ -49,6 +49,13 @@ class ModelConfig(_Strict):
     def _name_has_a_key(cls, name: str) -> str:
         model_key(name)  # raises ValueError with the rule spelled out
         return name
+
+    @field_validator("scaffold")
+    @classmethod
+    def _scaffold_is_registered(cls, scaffold: str) -> str:
+        if scaffold not in SCAFFOLDS:
+            raise ValueError(f"unknown scaffold {scaffold!r}; known: {', '.join(SCAFFOLDS)}")
+        return scaffold
 
     @property
     def key(self) -> str:
@@ -108,8 +115,8 @@ class JudgeConfig(_Strict):
 
 
 class RewardConfig(_Strict):
-    trajectory_weights: dict[Literal["outcome", "step", "checklist"], float] = {
-        "outcome": 0.5, "step": 0.25, "checklist": 0.25,
+    trajectory_weights: dict[Literal["outcome", "rules", "step", "checklist"], float] = {
+        "outcome": 0.4, "rules": 0.1, "step": 0.25, "checklist": 0.25,
     }
     forbidden_commands: list[str] = ["rm -rf /", "git push --force", "git reset --hard"]
 

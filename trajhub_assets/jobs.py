@@ -9,7 +9,8 @@ the same jobs.
 from dagster import DagsterRunStatus, define_asset_job
 
 # One run's stages, upstream first: one job runs them over a batch of (model, instance) keys.
-RECORD_AND_SCORE_ASSETS = ["raw_trajectories", "merged_trajectories", "rule_rewards", "judge_rewards"]
+RECORD_AND_SCORE_ASSETS = ["raw_trajectories", "merged_trajectories", "rule_rewards", "judge_rewards",
+                           "trajectory_rewards"]
 # A release, and the replay of a sample of it (the proof its runs are real).
 RELEASE_ASSETS = ["reward_calibration", "leaderboard", "hf_dataset_release", "release_replay"]
 

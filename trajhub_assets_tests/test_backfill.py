@@ -82,7 +82,7 @@ def test_missing_only_finds_nothing_left_and_submit_hands_a_backfill_to_the_daem
     assert len(backfills) == 1
     subset = backfills[0].asset_backfill_data.target_subset
     assert {k.to_user_string() for k in subset.asset_keys} == {
-        "raw_trajectories", "merged_trajectories", "rule_rewards", "judge_rewards"}
+        "raw_trajectories", "merged_trajectories", "rule_rewards", "judge_rewards", "trajectory_rewards"}
     keys = subset.get_partitions_subset(AssetKey("raw_trajectories")).get_partition_keys()
     assert set(keys) == {run_key("baseline__hasty", i) for i in INSTANCES}
 

@@ -32,7 +32,8 @@ def test_every_check_is_blocking_and_attached_to_its_asset():
     wanted = {"raw_trajectories": {"every_run_has_calls", "no_credentials"},
               "merged_trajectories": {"generation_flags_consistent", "no_orphan_tool_results"},
               "rule_rewards": {"rule_values_in_range", "every_rule_hit_has_evidence"},
-              "judge_rewards": {"reward_values_in_range"},
+              "judge_rewards": {"judge_values_in_range"},
+              "trajectory_rewards": {"reward_values_in_range"},
               "preference_pairs": {"margin_respected"}}
     for asset, names in wanted.items():
         specs = [graph.get(key).check_spec if hasattr(graph.get(key), "check_spec") else None
@@ -101,18 +102,26 @@ def test_rule_values_and_evidence():
     assert not evidence.passed and "without its step or a quote" in evidence.metadata["first_problems"].value
 
 
-def test_reward_values_in_range():
+def test_judge_values_in_range():
     rubric = [{"criterion": "goal_progress", "score": 4, "reward": 0.75, "weight": 0.3, "reason": "ok"}]
     steps = table(JUDGE_STEPS, [{"run_id": "a", "conversation_id": "c", "step_index": 0, "message_index": 1,
                                  "rubric": rubric, "step_reward": 0.75}])
     summary = table(JUDGE_SUMMARY, [{"run_id": "a", "csr": 1.0, "isr": 0.0, "mean_step_reward": 0.75}])
-    rewards = table(TRAJECTORY_REWARDS, [{"run_id": "a", "weight_outcome": 0.5, "weight_step": 0.25,
-                                          "weight_checklist": 0.25, "components": ["step"], "reward": 0.8}])
-    assert checks.reward_values_in_range(steps, summary, rewards).passed
+    assert checks.judge_values_in_range(steps, summary).passed
     over = table(JUDGE_STEPS, [{"run_id": "a", "conversation_id": "c", "step_index": 0, "message_index": 1,
                                 "rubric": [rubric[0] | {"reward": 1.5}], "step_reward": 0.75}])
-    result = checks.reward_values_in_range(over, summary, rewards)
+    result = checks.judge_values_in_range(over, summary)
     assert not result.passed and "rubric_reward = 1.5" in result.metadata["first_problems"].value
+
+
+def test_trajectory_rewards_in_range():
+    weights = {"weight_outcome": 0.4, "weight_rules": 0.1, "weight_step": 0.25, "weight_checklist": 0.25}
+    rewards = table(TRAJECTORY_REWARDS, [{"run_id": "a", **weights, "components": ["step"], "reward": 0.8}])
+    assert checks.trajectory_rewards_in_range(rewards).passed
+    bad = table(TRAJECTORY_REWARDS, [{"run_id": "a", **weights, "components": ["rules"], "rule_score": -0.5,
+                                      "reward": 0.8}])
+    result = checks.trajectory_rewards_in_range(bad)
+    assert not result.passed and "rule_score = -0.5" in result.metadata["first_problems"].value
 
 
 def test_margin_respected():

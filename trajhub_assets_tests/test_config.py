@@ -36,7 +36,8 @@ def test_api_key_is_read_from_the_environment_only(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("change, message", [
-    (lambda c: c["models"][0].update(scaffold="cursor"), r"models\[0\]\.scaffold: Input should be"),
+    (lambda c: c["models"][0].update(scaffold="cursor"),
+     r"models\[0\]\.scaffold: .*unknown scaffold 'cursor'; known: claudecode, kilo-dev, droid, mini-swe-agent, builtin"),
     (lambda c: c["models"][0].update(api_key="sk-abc"), r"models\[0\]\.api_key: Extra inputs"),
     (lambda c: c["models"][0].update(samples=0), r"models\[0\]\.samples"),
     (lambda c: c["models"][0].update(name="a__b"), r"models\[0\]\.name: .*never '__'"),

@@ -15,36 +15,6 @@ REPO = Path(__file__).resolve().parents[1]
 from trajhub_assets_tests.shared_data import OCTOCODINGBENCH_TASKS as REAL_TASKS
 
 
-def asset_graph() -> dict:
-    """The asset specs in a form whose change is a readable diff."""
-    graph = {}
-    for spec in defs.resolve_asset_graph().asset_nodes:
-        partitions = spec.partitions_def
-        graph[spec.key.to_user_string()] = {
-            "deps": sorted(k.to_user_string() for k in spec.parent_keys),
-            "group": spec.group_name,
-            "partitions": None if partitions is None else type(partitions).__name__,
-        }
-    return graph
-
-
-def test_asset_graph_snapshot():
-    runs, instances = "MultiPartitionsDefinition", "DynamicPartitionsDefinition"
-    assert asset_graph() == {
-        "tasks": {"deps": [], "group": "tasks", "partitions": None},
-        "raw_trajectories": {"deps": ["tasks"], "group": "recording", "partitions": runs},
-        "merged_trajectories": {"deps": ["raw_trajectories"], "group": "merge", "partitions": runs},
-        "rule_rewards": {"deps": ["merged_trajectories"], "group": "rewards", "partitions": runs},
-        "judge_rewards": {"deps": ["merged_trajectories"], "group": "rewards", "partitions": runs},
-        "preference_pairs": {"deps": ["judge_rewards"], "group": "pairs", "partitions": instances},
-        "reward_calibration": {"deps": ["preference_pairs"], "group": "release", "partitions": None},
-        "leaderboard": {"deps": ["judge_rewards"], "group": "release", "partitions": None},
-        "hf_dataset_release": {"deps": ["leaderboard", "preference_pairs", "reward_calibration", "tasks"],
-                               "group": "release", "partitions": None},
-        "release_replay": {"deps": ["hf_dataset_release"], "group": "release", "partitions": None},
-    }
-
-
 def test_run_partitions_are_models_by_instances():
     dims = {d.name: d.partitions_def.name for d in run_partitions.partitions_defs}
     assert dims == {"model": "models", "instance": "instances"}

@@ -20,13 +20,14 @@ from dagster import AssetKey, DagsterInstance
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trajhub_assets.errors import RecordError, StoreError
+from trajhub_assets.errors import RecordError, StoreError, TrajhubError
 from trajhub_assets.interchange.atif import atif_to_conversations, conversation_to_atif, validate_atif
-from trajhub_assets.interchange.commands import register
 from trajhub_assets.interchange.messages import chat_to_conversation, conversation_to_chat
 from trajhub_assets.interchange.minivela import read_minivela
-from trajhub_assets.interchange.schema import IMPORTS
 from trajhub_assets.interchange.sources import export_files, import_files
+from trajhub_assets.interchange.commands import register
+from trajhub_assets.interchange.registry import FORMATS, Format
+from trajhub_assets.interchange.schema import IMPORTS
 from trajhub_assets.merge.merge import merge_calls
 from trajhub_assets.merge.normalize import message, tool_call
 from trajhub_assets.merge.schema import MERGED_TRAJECTORIES, conversations_to_table, table_to_conversations
@@ -457,3 +458,32 @@ def test_import_and_export_commands(tmp_path, store, monkeypatch, capsys):
     documents = [json.loads(line) for line in (tmp_path / "x.jsonl").read_text().splitlines()]
     assert [d["agent"]["model_name"] for d in documents] == ["anthropic/claude-sonnet-4-5"] * 2
     assert DagsterInstance.get().get_dynamic_partitions("models") == ["anthropic__claude-sonnet-4-5"]
+
+
+# -- a new format: one entry ------------------------------------------------------------------
+def _read_turns(document, *, source, line):
+    return [chat_to_conversation({"messages": document["turns"]}, source=source, line=line)], {}
+
+
+TURNS = Format("turns", "turns", read_document=_read_turns,
+               write=lambda conversation, scaffold: {"turns": conversation_to_chat(conversation)["messages"]})
+
+
+def test_a_new_format_is_one_entry(tmp_path, store, monkeypatch, capsys):
+    path = tmp_path / "run.jsonl"
+    path.write_text(json.dumps({"turns": [{"role": "user", "content": "hi"},
+                                          {"role": "assistant", "content": "hello"}]}) + "\n")
+    with pytest.raises(TrajhubError, match="unknown import format 'turns'"):
+        import_files(store, "turns", [path], model="m", instance="i")
+    monkeypatch.setitem(FORMATS, "turns", TURNS)
+    parser = argparse.ArgumentParser(prog="trajhub")
+    register(parser.add_subparsers(dest="command", required=True))  # the CLI's choices come from FORMATS
+    args = parser.parse_args(["export", "turns", "--out", str(tmp_path / "out.jsonl")])
+    [stored] = import_files(store, "turns", [path], model="m", instance="i")
+    assert (stored.runs, stored.sources) == (1, ["turns:run.jsonl"])
+    args.func(args)
+    assert "wrote 1 conversation(s)" in capsys.readouterr().out
+    [written] = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [m["content"] for m in written["turns"]] == ["hi", "hello"]
+    with pytest.raises(TrajhubError, match="the turns export is one JSONL file"):
+        export_files(store, "turns", tmp_path / "out-dir")

@@ -489,17 +489,6 @@ def test_table_round_trip():
     assert table_to_conversations(conversations_to_table([])) == []
 
 
-def test_code_version_is_a_hash_of_the_merge_code(tmp_path):
-    from trajhub_assets.merge.assets import MERGE_SOURCES, merge_version, merged_trajectories
-    assert merged_trajectories.code_versions_by_key[merged_trajectories.key] == merge_version()
-    changed = [tmp_path / path.name for path in MERGE_SOURCES]
-    for path, copy_ in zip(MERGE_SOURCES, changed, strict=True):
-        copy_.write_bytes(path.read_bytes())
-    assert merge_version(changed) == merge_version()
-    changed[1].write_text(changed[1].read_text() + "\n# a change\n")
-    assert merge_version(changed) != merge_version()
-
-
 def test_table_refuses_unknown_meta():
     [conversation] = merged(session())
     conversation["meta"]["colour"] = "blue"

@@ -180,7 +180,7 @@ def test_trajectory_rewards_table_rows_name_their_version_by_weights():
     rows = [{"run_id": r, "reward": v, "weight_outcome": 0.5, "weight_step": 0.25, "weight_checklist": 0.25}
             for r, v in (("r1", 0.9), ("r2", 0.2))]
     [row] = preference_pairs(runs, rows, [], PairPolicy(step_pairs=False)).table.to_pylist()
-    assert row["reward_version"] == "weights:outcome=0.5,step=0.25,checklist=0.25"
+    assert row["reward_version"] == "weights:checklist=0.25,outcome=0.5,step=0.25"
 
 
 def test_bad_trajectory_names_the_field():

@@ -15,7 +15,7 @@ from trajhub_assets.config import load_config
 from trajhub_assets.jobs import build_pairs_job, record_and_score_job, release_job
 from trajhub_assets.orchestration import prepare, run_stage
 from trajhub_assets.partitions import instances_partitions, run_partitions
-from trajhub_assets.recording.resources import ProxyResource
+from trajhub_assets.definitions import environment, environment_resources
 from trajhub_assets.resources import ProjectResource, StoreResource
 from trajhub_assets.store import Store
 from trajhub_assets.tasks.catalog import load_catalog
@@ -40,8 +40,8 @@ def write_project(tmp_path, backend: str = "docker", instances=TASKS) -> str:
 
 def resources(tmp_path, config: str) -> dict:
     project = ProjectResource(path=config)
-    return {"store": StoreResource(root=str(tmp_path / "home")), "project": project,
-            "proxy": ProxyResource(project=project, recordings_dir=str(tmp_path / "home/recordings"))}
+    return environment_resources(project, environment(project.load()), StoreResource(root=str(tmp_path / "home")),
+                                 recordings_dir=str(tmp_path / "home/recordings"))
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +72,7 @@ def test_every_blocking_check_ran_and_passed(pipeline):
         ("merged_trajectories", "generation_flags_consistent"),
         ("merged_trajectories", "no_orphan_tool_results"),
         ("rule_rewards", "rule_values_in_range"), ("rule_rewards", "every_rule_hit_has_evidence"),
-        ("judge_rewards", "reward_values_in_range")}
+        ("judge_rewards", "judge_values_in_range"), ("trajectory_rewards", "reward_values_in_range")}
     assert all(e.passed for e in evaluations)
 
 

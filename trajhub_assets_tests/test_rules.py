@@ -11,10 +11,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trajhub_assets.rewards.rules import (RULES, RuleContext, build_run, command_matches, forbidden_patterns,
-                                          median_steps, rule_tables, ruleset_version, score_rules,
-                                          summarize_rules, trajectory_lengths, truncate)
+from trajhub_assets.rewards import rules
+from trajhub_assets.rewards.rules import (RULES, RULESET_VERSION, Hit, RuleContext, build_run,
+                                          command_matches, forbidden_patterns, median_steps, rule,
+                                          rule_tables, ruleset_version, score_rules, summarize_rules,
+                                          trajectory_lengths, truncate)
 from trajhub_assets.rewards.schema import RULE_STEPS, RULE_SUMMARY
+from trajhub_assets.scaffolds import SCAFFOLDS, ScaffoldEntry
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -374,6 +377,46 @@ def test_a_new_rule_version_rescores_stored_conversations():
     rows = score_rules([conv], TASK, None, replace(CONTEXT, median_steps=2.0), rules)
     assert [(r["rule_version"], r["step_index"]) for r in rows if r["rule_id"] == old.id] == [("2", 1), ("2", 2)]
     assert summarize_rules(rows, [conv], rules)[0]["ruleset_version"] == ruleset_version(rules) != ruleset_version()
+
+
+# -- extension: one entry each --------------------------------------------------------------
+def test_a_new_scaffolds_tool_kinds_and_error_marker_reach_the_rules(monkeypatch):
+    conv = conversation(*steps_of(
+        (assistant("", call("a", "Shout", command="rm -rf /")), [result("a", "ECHO FAILED: too loud")]),
+        FINAL), tools=[])
+    assert hits([conv], "forbidden_operation") == hits([conv], "tool_error") == []  # an unknown tool
+    monkeypatch.setitem(SCAFFOLDS, "echo", ScaffoldEntry("echo", "echo:Echo", None, {"Shout": "shell"},
+                                                         error_prefix="ECHO FAILED: "))
+    assert [r["tool_call_id"] for r in hits([conv], "forbidden_operation")] == ["a"]
+    assert [r["detail"] for r in hits([conv], "tool_error")] == ["Shout returned an error"]
+    assert ruleset_version() != RULESET_VERSION  # what a call is decides the rules' output
+
+
+def test_a_new_rule_is_one_registered_function(monkeypatch):
+    monkeypatch.setattr(rules, "RULES", dict(RULES))
+
+    @rule("apology", "An assistant message that apologises.")
+    def apology(run, task, outcome, context):
+        return [Hit(s, -1.0, "apologises") for s in run.steps if "sorry" in s.message["content"].lower()]
+
+    conv = conversation(*steps_of((assistant("Sorry, again", call("a", "shell", command="ls")), [result("a")]),
+                                  FINAL))
+    steps, summary = rule_tables([conv], {}, TASK, CONTEXT)
+    [row] = [r for r in steps.to_pylist() if r["rule_id"] == "apology"]
+    assert (row["step_index"], row["value"], row["rule_version"]) == (0, -1.0, rules.RULES["apology"].version)
+    by_rule = {r["rule_id"]: r for r in summary.to_pylist()}
+    assert by_rule["apology"]["hits"] == 1 and len(by_rule) == len(RULES) + 1
+    assert by_rule["apology"]["ruleset_version"] == ruleset_version() != RULESET_VERSION
+    with pytest.raises(ValueError, match="registered twice"):
+        rule("apology", "again")(apology)
+
+
+def test_rule_versions_follow_the_code():
+    assert RULESET_VERSION == ruleset_version()
+    assert len({r.version for r in RULES.values()}) == len(RULES)  # each a hash of its own function
+    reworded = [replace(r, description=r.description + " (reworded)") if r.id == "tool_error" else r
+                for r in RULES.values()]
+    assert ruleset_version(reworded) != RULESET_VERSION
 
 
 def test_truncate_keeps_head_and_tail_with_a_marker():

@@ -23,7 +23,8 @@ from typing import Self
 
 import pytest
 
-from trajhub_assets.config import SCAFFOLDS as CONFIG_SCAFFOLDS
+from trajhub_assets.config import ModelConfig
+from trajhub_assets.errors import ConfigError
 from trajhub_assets.recording.raw_calls import read_run
 from trajhub_assets.recording.run_id import make_run_id
 from trajhub_assets.recording.scripted_upstream import (
@@ -38,8 +39,11 @@ from trajhub_assets.scaffolds import (
     SCAFFOLDS,
     AgentRun,
     Endpoint,
+    Scaffold,
+    ScaffoldEntry,
     clients,
     make_scaffold,
+    pinned_clients,
 )
 
 ROOT = Path(__file__).parents[1]
@@ -199,15 +203,55 @@ def assert_two_turns(agent_run: AgentRun, created, upstream, proxy, run_id, *, e
 
 
 # -- the registry ---------------------------------------------------------------------------
-def test_every_scaffold_of_the_config_is_registered():
-    assert set(SCAFFOLDS) == set(CONFIG_SCAFFOLDS)
-    for name, scaffold in SCAFFOLDS.items():
-        assert scaffold.name == name
+def test_every_entry_makes_its_scaffold_with_its_pin():
+    assert set(SCAFFOLDS) == {"claudecode", "kilo-dev", "droid", "mini-swe-agent", "builtin"}
+    for name, entry in SCAFFOLDS.items():
+        scaffold = make_scaffold(name)
+        assert isinstance(scaffold, Scaffold) and (scaffold.name, scaffold.client) == (name, entry.client)
+    assert set(pinned_clients()) == {"claude-code", "kilo", "droid", "mini-swe-agent"}
+    assert SCAFFOLDS["builtin"].client is None  # nothing to install
+    with pytest.raises(ConfigError, match="unknown scaffold 'cursor'; known: claudecode, kilo-dev"):
+        make_scaffold("cursor")
 
 
 def test_pinned_clients_are_exact_versions():
-    for client in clients.CLIENTS.values():
+    for client in pinned_clients().values():
         assert client.version.count(".") == 2 and client.version.replace(".", "").isdigit()
+
+
+class EchoScaffold(Scaffold):
+    """A scaffold that exists only in this test: the one-entry extension."""
+
+    def install(self) -> None:
+        pass
+
+    def version(self) -> str:
+        return f"echo {self.client.version}"
+
+    def run(self, sandbox, task, endpoint, model_route, sampling, timeout) -> AgentRun:
+        return AgentRun(0, "completed", "", "echo", self.version(), False)
+
+
+ECHO = ScaffoldEntry("echo", f"{__name__}:EchoScaffold",
+                     clients.Client("echo-cli", "pip", "echo-cli", "1.2.3", "bin/echo"),
+                     {"Shout": "shell"}, error_prefix="ECHO FAILED: ")
+
+
+def test_a_new_scaffold_is_one_entry(monkeypatch, capsys):
+    model = {"name": "m", "route": "openai/m", "scaffold": "echo"}
+    with pytest.raises(ValueError, match="unknown scaffold 'echo'"):
+        ModelConfig(**model)
+    monkeypatch.setitem(SCAFFOLDS, "echo", ECHO)
+    assert ModelConfig(**model).scaffold == "echo"
+    scaffold = make_scaffold("echo")
+    assert isinstance(scaffold, EchoScaffold) and scaffold.version() == "echo 1.2.3"
+    # scripts/install_clients.sh lists and installs it with the others
+    installed = []
+    monkeypatch.setattr(clients, "install", installed.append)
+    monkeypatch.setattr(clients, "version", lambda client: client.version)
+    clients.main([])
+    assert [c.name for c in installed] == ["claude-code", "kilo", "droid", "mini-swe-agent", "echo-cli"]
+    assert "echo-cli: 1.2.3" in capsys.readouterr().out
 
 
 def test_endpoint_repr_hides_the_key():

@@ -6,7 +6,8 @@ bad input, which cli.py prints as one line.
 
 from __future__ import annotations
 
-from trajhub_assets.interchange.sources import EXPORT_FORMATS, IMPORT_FORMATS, export_files, import_files
+from trajhub_assets.interchange.registry import export_formats, import_formats
+from trajhub_assets.interchange.sources import export_files, import_files
 from trajhub_assets.store import Store
 
 
@@ -36,7 +37,7 @@ def register(commands) -> None:
         "import", help="store mini-vela raw calls, ATIF trajectories or OpenAI/TRL JSONL as runs",
         description="Read every file first (nothing is stored if one is malformed), then store each run "
                     "in its (model, instance) partition with its provenance in the `imports` table.")
-    load.add_argument("format", choices=IMPORT_FORMATS)
+    load.add_argument("format", choices=import_formats())
     load.add_argument("files", nargs="+")
     load.add_argument("--model", help="model name (or partition key), when the file does not say it")
     load.add_argument("--instance", help="task instance id, when the file does not say it")
@@ -48,7 +49,7 @@ def register(commands) -> None:
         "export", help="write stored conversations as ATIF or OpenAI/TRL JSONL",
         description="atif: a .jsonl file (one trajectory a line) or a directory of <conversation_id>.json; "
                     "openai: a .jsonl file of {messages, tools, trajhub} records.")
-    dump.add_argument("format", choices=EXPORT_FORMATS)
+    dump.add_argument("format", choices=export_formats())
     dump.add_argument("--out", required=True)
     dump.add_argument("--model", action="append", help="only this model (repeatable)")
     dump.add_argument("--instance", action="append", help="only this instance (repeatable)")

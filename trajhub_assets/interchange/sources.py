@@ -1,7 +1,8 @@
 """Other tools' trajectories as sources of the store, and the store's conversations as files.
 
-`read_files` reads mini-vela raw calls, ATIF trajectories or OpenAI/TRL records into runs of
-(model, instance) partitions; `store_runs` writes them; `report_imports` tells Dagster.
+`read_files` reads mini-vela raw calls, ATIF trajectories or OpenAI/TRL records (the formats
+of registry.py) into runs of (model, instance) partitions; `store_runs` writes them;
+`report_imports` tells Dagster.
 
 - mini-vela → `raw_calls` + `message_blobs` (each call's file, lines and times in its
   envelope's `provenance`), then `merged_trajectories` by the normal merge.
@@ -34,10 +35,8 @@ import pyarrow as pa
 from dagster import AssetMaterialization, MetadataValue, MultiPartitionKey
 
 from trajhub_assets.errors import RecordError, StoreError, TrajhubError
-from trajhub_assets.interchange.atif import atif_to_conversations, conversation_to_atif, validate_atif
 from trajhub_assets.interchange.formats import read_documents
-from trajhub_assets.interchange.messages import chat_to_conversation, conversation_to_chat
-from trajhub_assets.interchange.minivela import read_minivela
+from trajhub_assets.interchange.registry import Format, export_format, import_format
 from trajhub_assets.interchange.schema import IMPORTS
 from trajhub_assets.merge.assets import merge_partition
 from trajhub_assets.merge.schema import MERGED_TRAJECTORIES, conversations_to_table, table_to_conversations
@@ -49,8 +48,6 @@ from trajhub_assets.recording.schema import MESSAGE_BLOBS, RAW_CALLS, RUNS
 from trajhub_assets.release.secrets import scan_rows
 from trajhub_assets.store import Store, Table
 
-IMPORT_FORMATS = ("mini-vela", "atif", "openai")
-EXPORT_FORMATS = ("atif", "openai")
 IMPORTED = "imported"  # runs.stop_reason of an imported run
 
 
@@ -130,9 +127,10 @@ def _provenance(file: _File, fmt: str, run_id: str, **fields) -> dict:
                   "sha256": file.sha256, "imported_at": time.time()} | fields
 
 
-def _read_minivela(file: _File, model: str | None, instance: str | None) -> list[ImportedRun]:
+def _call_runs(fmt: Format, file: _File, model: str | None, instance: str | None) -> list[ImportedRun]:
+    """A file of recorded calls: one run per session (the calls' run_id in the file)."""
     sessions: dict[str, list[dict]] = {}
-    for call in read_minivela(file.path):
+    for call in fmt.read_calls(file.path):
         _refuse_secrets(call, source=file.source, line=call["provenance"]["lines"][0])
         sessions.setdefault(call["run_id"], []).append(call)
     runs = []
@@ -142,10 +140,10 @@ def _read_minivela(file: _File, model: str | None, instance: str | None) -> list
         instance_id = _instance(instance or session, source=file.source, line=None, field="session_id")
         run_id, attempt = _run_id(key, instance_id, position, file, session)
         for call in calls:
-            call["run_id"], call["source"] = run_id, f"mini-vela:{file.path.name}"
+            call["run_id"], call["source"] = run_id, f"{fmt.name}:{file.path.name}"
         lines = sorted(n for call in calls for n in call["provenance"]["lines"])
         runs.append(ImportedRun({"model": key, "instance": instance_id}, run_id, attempt,
-                                [_provenance(file, "mini-vela", run_id, lines=lines, original_run_id=session)],
+                                [_provenance(file, fmt.name, run_id, lines=lines, original_run_id=session)],
                                 calls=calls))
     return runs
 
@@ -160,16 +158,10 @@ class _Item:
     details: dict  # ATIF: agent name and version, schema version
 
 
-def _read_conversations(fmt: str, file: _File) -> list[_Item]:
+def _read_conversations(fmt: Format, file: _File) -> list[_Item]:
     found = []
     for line, document in read_documents(file.path):
-        if fmt == "atif":
-            conversations = atif_to_conversations(document, source=file.source, line=line)
-            details = {"agent_name": document["agent"]["name"], "agent_version": document["agent"]["version"],
-                       "format_version": document["schema_version"]}
-        else:
-            conversations = [chat_to_conversation(document, source=file.source, line=line)]
-            details = {}
+        conversations, details = fmt.read_document(document, source=file.source, line=line)
         for conversation in conversations:
             try:  # every field must fit the table, or nothing is stored
                 conversations_to_table([conversation])
@@ -181,7 +173,7 @@ def _read_conversations(fmt: str, file: _File) -> list[_Item]:
     return found
 
 
-def _conversation_runs(fmt: str, files: list[_File], model: str | None, instance: str | None) -> list[ImportedRun]:
+def _conversation_runs(fmt: Format, files: list[_File], model: str | None, instance: str | None) -> list[ImportedRun]:
     """Conversations grouped into runs across all files (an export to a directory spreads a run
     over several): one ATIF session or one trajhub run is one run; a record without either is
     a run of its own."""
@@ -194,7 +186,8 @@ def _conversation_runs(fmt: str, files: list[_File], model: str | None, instance
             if group not in groups:
                 firsts[group] = (file, sum(f is file for f, _ in firsts.values()))
             groups.setdefault(group, []).append(item)
-    return [_conversation_run(fmt, items, *firsts[group], model, instance) for group, items in groups.items()]
+    return [_conversation_run(fmt.name, items, *firsts[group], model, instance)
+            for group, items in groups.items()]
 
 
 def _conversation_run(fmt: str, items: list[_Item], file: _File, position: int, model: str | None,
@@ -261,8 +254,7 @@ def _refuse_secrets(record: dict, *, source: str, line: int | None) -> None:
 def read_files(fmt: str, paths: Sequence[str | os.PathLike], *, model: str | None = None,
                instance: str | None = None) -> list[ImportedRun]:
     """Every run of every file, all read and checked before anything is stored."""
-    if fmt not in IMPORT_FORMATS:
-        raise TrajhubError(f"unknown import format {fmt!r}; one of {list(IMPORT_FORMATS)}")
+    entry = import_format(fmt)
     files = []
     for path in paths:
         try:
@@ -272,9 +264,9 @@ def read_files(fmt: str, paths: Sequence[str | os.PathLike], *, model: str | Non
     if len({f.sha256 for f in files}) < len(files):
         raise TrajhubError("the same file content is given twice: "
                            + ", ".join(str(f.path) for f in files if [g.sha256 for g in files].count(f.sha256) > 1))
-    if fmt == "mini-vela":
-        return [run for file in files for run in _read_minivela(file, model, instance)]
-    return _conversation_runs(fmt, files, model, instance)
+    if entry.read_calls:
+        return [run for file in files for run in _call_runs(entry, file, model, instance)]
+    return _conversation_runs(entry, files, model, instance)
 
 
 # -- storing --------------------------------------------------------------------------------
@@ -394,7 +386,7 @@ def stored_conversations(store: Store, *, models: Sequence[str] = (), instances:
     keys = [_model_key(m, source="--model", line=None, field="model") for m in models]
     where = [f"{column} IN ({', '.join('?' * len(values))})"
              for column, values in (("model", keys), ("instance", list(instances))) if values]
-    partitions = store.sql("SELECT DISTINCT model, instance FROM merged_trajectories"
+    partitions = store.sql(f"SELECT DISTINCT model, instance FROM {MERGED_TRAJECTORIES.name}"
                            + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY model, instance",
                            keys + list(instances)).to_pylist()
     conversations = []
@@ -408,7 +400,7 @@ def stored_conversations(store: Store, *, models: Sequence[str] = (), instances:
 def _scaffolds(store: Store) -> dict[str, tuple[str | None, str | None]]:
     if RUNS.name not in store.table_names():
         return {}
-    rows = store.sql("SELECT run_id, scaffold, scaffold_version FROM runs").to_pylist()
+    rows = store.sql(f"SELECT run_id, scaffold, scaffold_version FROM {RUNS.name}").to_pylist()
     return {row["run_id"]: (row["scaffold"], row["scaffold_version"]) for row in rows}
 
 
@@ -424,25 +416,15 @@ def _write_text(path: Path, text: str) -> None:
 
 
 def export_files(store: Store, fmt: str, out: str | os.PathLike, **filters) -> int:
-    """Write the stored conversations (filtered by models, instances, kinds) as ATIF (a .jsonl
-    file, or a directory of <conversation_id>.json) or OpenAI/TRL JSONL; returns how many."""
-    if fmt not in EXPORT_FORMATS:
-        raise TrajhubError(f"unknown export format {fmt!r}; one of {list(EXPORT_FORMATS)}")
-    out = Path(out)
+    """Write the stored conversations (filtered by models, instances, kinds) in an export format:
+    a .jsonl file, or (ATIF) a directory of <conversation_id>.json; returns how many."""
+    entry, out = export_format(fmt), Path(out)
+    if entry.one_file and out.suffix != ".jsonl":
+        raise TrajhubError(f"--out {out}: the {entry.title} export is one JSONL file; name it *.jsonl")
     conversations = stored_conversations(store, **filters)
-    if fmt == "openai":
-        if out.suffix != ".jsonl":
-            raise TrajhubError(f"--out {out}: the OpenAI/TRL export is one JSONL file; name it *.jsonl")
-        _write_text(out, "".join(json.dumps(conversation_to_chat(c), ensure_ascii=False) + "\n"
-                                 for c in conversations))
-        return len(conversations)
     scaffolds = _scaffolds(store)
-    documents = []
-    for c in conversations:
-        name, version = scaffolds.get(c["meta"]["run_id"], (None, None))
-        document = conversation_to_atif(c, agent_name=name or "trajhub", agent_version=version or "unknown")
-        validate_atif(document, source=f"export of {c['meta']['conversation_id']}")  # never write bad ATIF
-        documents.append((c["meta"]["conversation_id"], document))
+    documents = [(c["meta"]["conversation_id"], entry.write(c, scaffolds.get(c["meta"]["run_id"], (None, None))))
+                 for c in conversations]
     if out.suffix == ".jsonl":
         _write_text(out, "".join(json.dumps(d, ensure_ascii=False) + "\n" for _, d in documents))
     else:

@@ -1,13 +1,12 @@
 """The merged_trajectories asset: a run's recorded calls → the conversations that happened."""
 
-import hashlib
 from collections import Counter, defaultdict
-from pathlib import Path
 
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
 from trajhub_assets.automation import FOLLOW_INPUTS
 from trajhub_assets.checks import MERGED_CHECK_SPECS, generation_flags_consistent, no_orphan_tool_results
+from trajhub_assets.lineage import reading
 from trajhub_assets.merge.merge import merge_calls
 from trajhub_assets.merge.schema import MERGED_TRAJECTORIES, conversations_to_table
 from trajhub_assets.partitions import BATCHED, run_key, run_partitions, run_partitions_of
@@ -16,18 +15,6 @@ from trajhub_assets.recording.raw_calls import rebuild_records
 from trajhub_assets.recording.run_id import parse_run_id
 from trajhub_assets.recording.schema import MESSAGE_BLOBS, RAW_CALLS
 from trajhub_assets.resources import StoreResource
-
-
-MERGE_SOURCES = tuple(Path(__file__).with_name(name) for name in ("merge.py", "normalize.py", "schema.py"))
-
-
-def merge_version(sources=MERGE_SOURCES) -> str:
-    """A short hash of the merge's code: what decides merged_trajectories, so a change to it
-    marks every partition stale."""
-    digest = hashlib.sha256()
-    for path in sources:
-        digest.update(Path(path).read_bytes())
-    return digest.hexdigest()[:12]
 
 
 def merge_partition(records: list[dict], model: str, instance: str) -> list[dict]:
@@ -42,7 +29,7 @@ def merge_partition(records: list[dict], model: str, instance: str) -> list[dict
 
 
 @asset(partitions_def=run_partitions, backfill_policy=BATCHED, group_name="merge",
-       deps=["raw_trajectories"], kinds={"parquet"}, code_version=merge_version(),
+       **reading(RAW_CALLS, MESSAGE_BLOBS), kinds={"parquet"},
        check_specs=MERGED_CHECK_SPECS, automation_condition=FOLLOW_INPUTS,
        description="Whole conversations rebuilt from each run's calls, with generation flags.")
 def merged_trajectories(context: AssetExecutionContext, store: StoreResource) -> MaterializeResult:

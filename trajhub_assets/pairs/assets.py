@@ -2,24 +2,26 @@
 
 from collections import Counter
 
-from dagster import (AssetDep, AssetExecutionContext, MaterializeResult, MetadataValue,
+from dagster import (AssetExecutionContext, MaterializeResult, MetadataValue,
                      MultiToSingleDimensionPartitionMapping, asset)
 
 from trajhub_assets.automation import FOLLOW_ANY_INPUTS
 from trajhub_assets.checks import PAIR_CHECK_SPECS, margin_respected, read_batch
-from trajhub_assets.merge.schema import table_to_conversations
+from trajhub_assets.lineage import reading
+from trajhub_assets.merge.schema import MERGED_TRAJECTORIES, table_to_conversations
 from trajhub_assets.pairs.pairs import PairPolicy, preference_pairs, preview_markdown
 from trajhub_assets.pairs.schema import PREFERENCE_PAIRS
 from trajhub_assets.partitions import BATCHED, instances_partitions, model_name
 from trajhub_assets.resources import ProjectResource, StoreResource
-from trajhub_assets.store import Store
+from trajhub_assets.rewards.schema import JUDGE_STEPS, TRAJECTORY_REWARDS
+from trajhub_assets.store import Store, Table
 
 _EVERY_MODEL = MultiToSingleDimensionPartitionMapping(partition_dimension_name="instance")
 
 
 def main_trajectories(store: Store, where: str = "TRUE", params: list | None = None) -> list[dict]:
     """Each run's main conversation, with meta.model the model's name (not its key)."""
-    table = store.sql(f"SELECT * FROM merged_trajectories WHERE kind = 'main' AND {where} "
+    table = store.sql(f"SELECT * FROM {MERGED_TRAJECTORIES.name} WHERE kind = 'main' AND {where} "
                       "ORDER BY model, instance, run_id", params)
     conversations = table_to_conversations(table)
     for conversation in conversations:
@@ -27,14 +29,14 @@ def main_trajectories(store: Store, where: str = "TRUE", params: list | None = N
     return conversations
 
 
-def rows(store: Store, table: str, where: str, params: list) -> list[dict]:
-    return store.sql(f"SELECT * FROM {table} WHERE {where}", params).to_pylist()
+def rows(store: Store, table: Table, where: str, params: list) -> list[dict]:
+    return store.sql(f"SELECT * FROM {table.name} WHERE {where}", params).to_pylist()
 
 
 @asset(name="preference_pairs", partitions_def=instances_partitions, backfill_policy=BATCHED,
        group_name="pairs", kinds={"parquet"}, check_specs=PAIR_CHECK_SPECS,
        automation_condition=FOLLOW_ANY_INPUTS,
-       deps=[AssetDep("judge_rewards", partition_mapping=_EVERY_MODEL)],
+       **reading(MERGED_TRAJECTORIES, TRAJECTORY_REWARDS, JUDGE_STEPS, partition_mapping=_EVERY_MODEL),
        description="DPO pairs (TRL conversational format) among all runs of one instance.")
 def preference_pairs_asset(context: AssetExecutionContext, store: StoreResource,
                            project: ProjectResource) -> MaterializeResult:
@@ -44,8 +46,8 @@ def preference_pairs_asset(context: AssetExecutionContext, store: StoreResource,
     for instance in context.partition_keys:
         result = preference_pairs(
             main_trajectories(store, "instance = ?", [instance]),
-            rows(store, "trajectory_rewards", "instance = ?", [instance]),
-            rows(store, "judge_steps", "instance = ?", [instance]),
+            rows(store, TRAJECTORY_REWARDS, "instance = ?", [instance]),
+            rows(store, JUDGE_STEPS, "instance = ?", [instance]),
             policy)
         store.write(PREFERENCE_PAIRS, result.table, {"instance": instance})
         stats.update({k: v for k, v in result.stats.items() if isinstance(v, int)})

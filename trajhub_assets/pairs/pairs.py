@@ -147,11 +147,12 @@ class _Run:
 
 
 def reward_version(row: Mapping) -> str:
-    """The row's reward_version; TRAJECTORY_REWARDS has none yet, so its weights name it."""
+    """The row's reward_version (TRAJECTORY_REWARDS has one); rows from elsewhere without one
+    are named by their weights, if they carry any."""
     if row.get("reward_version"):
         return str(row["reward_version"])
-    weights = [f"{c}={row[f'weight_{c}']:g}" for c in ("outcome", "step", "checklist")
-               if row.get(f"weight_{c}") is not None]
+    weights = [f"{key.removeprefix('weight_')}={value:g}" for key, value in sorted(row.items())
+               if key.startswith("weight_") and value is not None]
     return "weights:" + ",".join(weights) if weights else "unversioned"
 
 

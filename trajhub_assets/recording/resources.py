@@ -23,7 +23,7 @@ from trajhub_assets.recording.proxy_process import (
 )
 from trajhub_assets.recording.routes import write_proxy_config
 from trajhub_assets.recording.scripted_upstream import ScriptedUpstream
-from trajhub_assets.resources import ProjectResource
+from trajhub_assets.resources import ProjectResource, StoreResource
 from trajhub_assets.store import home
 
 
@@ -34,8 +34,12 @@ class ProxyResource(ConfigurableResource):
     config_path: str = str(DEFAULT_CONFIG)
     recordings_dir: str | None = None  # default: $TRAJHUB_RECORDINGS_DIR or $TRAJHUB_HOME/recordings
     startup_timeout: float = 120.0
-    # A scripted upstream already running for the config's local routes (tests, demos).
+    # A scripted upstream already running for the config's local routes (tests).
     scripted_upstream_url: str | None = None
+    # The demo environment (definitions.py): serve the `trajhub-baseline/*` routes from the
+    # baseline policies for the stored tasks and the baseline judge, started with the proxy.
+    scripted_baselines: bool = False
+    store: StoreResource | None = None  # where the baseline policies find the tasks
 
     _process: ProxyProcess | None = PrivateAttr(default=None)
     _upstream: ScriptedUpstream | None = PrivateAttr(default=None)
@@ -61,6 +65,8 @@ class ProxyResource(ConfigurableResource):
         if self._external()[0]:
             return None
         if self._process is None:
+            if self.scripted_baselines and not self.scripted_upstream_url and self._upstream is None:
+                self._upstream = self._baselines().start()
             upstream = self.scripted_upstream_url or (self._upstream.url if self._upstream else None)
             env = scripted_upstream_env(upstream, f"scripted-{secrets.token_hex(8)}") if upstream else {}
             self._process = ProxyProcess(self.recordings(), config=self._config_file(), env=env,
@@ -84,17 +90,14 @@ class ProxyResource(ConfigurableResource):
             self._process = None
         self._host = host
 
-    def serve_baselines(self, tasks: list[dict]) -> None:
-        """Serve the demo's `trajhub-baseline/*` (and `baseline/*`) routes from a scripted
-        upstream running the baseline policies for `tasks` and the baseline judge. Call it
-        before the proxy's first use in the run."""
+    def _baselines(self) -> ScriptedUpstream:
         from trajhub_assets.scaffolds.baselines import BaselinePolicies, upstream_policy
+        from trajhub_assets.tasks.catalog import stored_tasks
+        from trajhub_assets.tasks.schema import TASKS
 
-        if self._upstream is None:
-            self._upstream = ScriptedUpstream(upstream_policy(BaselinePolicies(tasks))).start()
-            if self._process is not None and not self.scripted_upstream_url:
-                self._process.stop()  # started without the routes: start again with them
-                self._process = None
+        store = (self.store or StoreResource()).get()
+        tasks = list(stored_tasks(store).values()) if store.exists(TASKS) else []
+        return ScriptedUpstream(upstream_policy(BaselinePolicies(tasks)))
 
     @property
     def base_url(self) -> str:

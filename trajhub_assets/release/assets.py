@@ -3,30 +3,34 @@ Hugging Face dataset release. All unpartitioned: they read every partition."""
 
 from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataValue, asset
 
+from trajhub_assets.lineage import reading
+from trajhub_assets.merge.schema import MERGED_TRAJECTORIES
 from trajhub_assets.pairs.assets import main_trajectories
 from trajhub_assets.pairs.pairs import PairPolicy
 from trajhub_assets.pairs.schema import PREFERENCE_PAIRS
 from trajhub_assets.partitions import model_name
+from trajhub_assets.recording.schema import RAW_CALLS, RUNS
 from trajhub_assets.release.calibration import calibrate
 from trajhub_assets.release.leaderboard import leaderboard, run_summary_sql
 from trajhub_assets.release.release import ReleaseInputs, build_release, push_release
 from trajhub_assets.release.schema import HUMAN_LABELS, LEADERBOARD, REWARD_CALIBRATION
 from trajhub_assets.resources import ProjectResource, StoreResource
-from trajhub_assets.store import Store
+from trajhub_assets.rewards.schema import JUDGE_STEPS, JUDGE_SUMMARY, TRAJECTORY_REWARDS
+from trajhub_assets.store import Store, Table
 from trajhub_assets.tasks.schema import TASKS
 
 
-def _all(store: Store, table: str):
-    return store.sql(f"SELECT * FROM {table}")
+def _all(store: Store, table: Table):
+    return store.sql(f"SELECT * FROM {table.name}")
 
 
 def _calibration(store: Store):
     if HUMAN_LABELS.name not in store.table_names():
         return None
-    return calibrate(_all(store, PREFERENCE_PAIRS.name), store.read(HUMAN_LABELS))
+    return calibrate(_all(store, PREFERENCE_PAIRS), store.read(HUMAN_LABELS))
 
 
-@asset(group_name="release", kinds={"parquet"}, deps=["preference_pairs"],
+@asset(group_name="release", kinds={"parquet"}, **reading(PREFERENCE_PAIRS, HUMAN_LABELS),
        description="Agreement of the rewards with human preference labels (`trajhub label import`), "
                    "and of the annotators with each other.")
 def reward_calibration(context: AssetExecutionContext, store: StoreResource) -> MaterializeResult:
@@ -41,7 +45,8 @@ def reward_calibration(context: AssetExecutionContext, store: StoreResource) -> 
     return MaterializeResult(metadata={"report": MetadataValue.md(report.markdown())})
 
 
-@asset(name="leaderboard", group_name="release", kinds={"parquet", "html"}, deps=["judge_rewards"],
+@asset(name="leaderboard", group_name="release", kinds={"parquet", "html"},
+       **reading(TRAJECTORY_REWARDS, JUDGE_SUMMARY, RAW_CALLS, TASKS),
        description="Per model: test pass rate, ISR, CSR, reward, steps, tokens and cost, with plots.")
 def leaderboard_asset(context: AssetExecutionContext, store: StoreResource) -> MaterializeResult:
     store = store.get()
@@ -56,22 +61,23 @@ def leaderboard_asset(context: AssetExecutionContext, store: StoreResource) -> M
 
 
 @asset(group_name="release", kinds={"huggingface"},
-       deps=["preference_pairs", "reward_calibration", "leaderboard", "tasks"],
+       **reading(TASKS, MERGED_TRAJECTORIES, TRAJECTORY_REWARDS, JUDGE_STEPS, PREFERENCE_PAIRS, HUMAN_LABELS,
+                 RUNS),
        description="A versioned Hugging Face dataset (trajectories, preferences, step_rewards, tasks), "
                    "byte-identical when rebuilt from the same store; refused if a secret is found.")
 def hf_dataset_release(context: AssetExecutionContext, store: StoreResource,
                        project: ProjectResource) -> MaterializeResult:
     store, config = store.get(), project.load()
-    trajectories = main_trajectories(store) if "merged_trajectories" in store.table_names() else []
+    trajectories = main_trajectories(store) if MERGED_TRAJECTORIES.name in store.table_names() else []
     if not trajectories:
         raise Failure(description=f"no release cut: there is no trajectory to release ({_why_empty(store)})",
                       allow_retries=False)
     inputs = ReleaseInputs(
         tasks=store.read(TASKS),
         trajectories=trajectories,
-        trajectory_rewards=_all(store, "trajectory_rewards").to_pylist(),
-        step_rewards=_all(store, "judge_steps").to_pylist(),
-        pairs=_all(store, PREFERENCE_PAIRS.name).drop_columns(["instance"]),
+        trajectory_rewards=_all(store, TRAJECTORY_REWARDS).to_pylist(),
+        step_rewards=_all(store, JUDGE_STEPS).to_pylist(),
+        pairs=_all(store, PREFERENCE_PAIRS).drop_columns(["instance"]),
         calibration=_calibration(store),
         models=[{"name": m.name, "scaffold": m.scaffold, "samples": m.samples} for m in config.models],
         reward_weights=config.rewards.trajectory_weights,
@@ -84,10 +90,10 @@ def hf_dataset_release(context: AssetExecutionContext, store: StoreResource,
 
 
 def _why_empty(store: Store) -> str:
-    if "runs" not in store.table_names():
+    if RUNS.name not in store.table_names():
         return "no run has been recorded yet: materialize raw_trajectories first"
     runs, failed, first = store.sql(
         "SELECT count(*), count(error), min(run_id || ': ' || error) FILTER (WHERE error IS NOT NULL) "
-        "FROM runs").to_pylist()[0].values()
+        f"FROM {RUNS.name}").to_pylist()[0].values()
     return (f"{runs} runs recorded, {failed} failed" + (f"; e.g. {first}" if first else "")
             + "; merged_trajectories holds no main conversation")

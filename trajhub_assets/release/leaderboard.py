@@ -25,7 +25,10 @@ from statistics import fmean
 import pyarrow as pa
 
 from trajhub_assets.errors import RecordError
+from trajhub_assets.recording.schema import RAW_CALLS
 from trajhub_assets.release.schema import LEADERBOARD
+from trajhub_assets.rewards.schema import JUDGE_SUMMARY, TRAJECTORY_REWARDS
+from trajhub_assets.tasks.schema import TASKS
 
 log = logging.getLogger(__name__)
 
@@ -42,17 +45,17 @@ def run_summary_sql() -> str:
 
     `model` is the partition key; turn it into the name with partitions.model_name.
     """
-    return """
+    return f"""
         SELECT r.model, r.instance AS instance_id, t.category, r.run_id, r.attempt, r.outcome,
                j.isr, j.csr, r.reward, j.n_steps, c.tokens, c.cost_usd
-        FROM trajectory_rewards r
-        LEFT JOIN judge_summary j ON j.model = r.model AND j.instance = r.instance AND j.run_id = r.run_id
+        FROM {TRAJECTORY_REWARDS.name} r
+        LEFT JOIN {JUDGE_SUMMARY.name} j ON j.model = r.model AND j.instance = r.instance AND j.run_id = r.run_id
         LEFT JOIN (SELECT model, instance, run_id,
                           sum(coalesce(input_tokens, 0) + coalesce(output_tokens, 0)) AS tokens,
                           sum(cost_usd) AS cost_usd
-                   FROM raw_calls GROUP BY model, instance, run_id) c
+                   FROM {RAW_CALLS.name} GROUP BY model, instance, run_id) c
                ON c.model = r.model AND c.instance = r.instance AND c.run_id = r.run_id
-        LEFT JOIN tasks t ON t.instance_id = r.instance
+        LEFT JOIN {TASKS.name} t ON t.instance_id = r.instance
         ORDER BY r.model, r.instance, r.attempt, r.run_id
     """
 

@@ -14,6 +14,8 @@ from dagster import (
 
 from trajhub_assets.automation import SANDBOX_POOL
 from trajhub_assets.errors import TrajhubError
+from trajhub_assets.lineage import reading
+from trajhub_assets.recording.schema import MESSAGE_BLOBS, RAW_CALLS, RUNS
 from trajhub_assets.replay.compare import reports_markdown
 from trajhub_assets.replay.recorded import check_replayable, load_recorded_run
 from trajhub_assets.replay.service import (
@@ -25,6 +27,7 @@ from trajhub_assets.replay.service import (
     store_reports,
 )
 from trajhub_assets.resources import ProjectResource, StoreResource
+from trajhub_assets.tasks.schema import TASKS
 
 CHECK = "sampled_runs_reproduce"
 
@@ -36,7 +39,8 @@ def _release_dir(context: AssetExecutionContext, root: Path, name: str) -> Path:
     return Path(path.value) if path is not None else newest_release(root, name)
 
 
-@asset(group_name="release", kinds={"docker", "parquet"}, deps=["hf_dataset_release"], pool=SANDBOX_POOL,
+@asset(group_name="release", kinds={"docker", "parquet"}, pool=SANDBOX_POOL,
+       **reading(RUNS, RAW_CALLS, MESSAGE_BLOBS, TASKS, files_of=("hf_dataset_release",)),
        check_specs=[AssetCheckSpec(CHECK, asset="release_replay",
                                    description="Every sampled run replays with fidelity 1.0 and the "
                                                "same outcome.")],

@@ -1,12 +1,15 @@
-"""The reward assets: rule_rewards (free, deterministic) and judge_rewards (LLM judge)."""
+"""The reward assets: rule_rewards (free, deterministic), judge_rewards (LLM judge), and
+trajectory_rewards, the configured weighting of both with the run's outcome."""
 
 import duckdb
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
 from trajhub_assets.automation import FOLLOW_INPUTS, JUDGE_POOL
+from trajhub_assets.lineage import reading
 from trajhub_assets.config import JudgeConfig
-from trajhub_assets.checks import (JUDGE_CHECK_SPECS, RULE_CHECK_SPECS, every_rule_hit_has_evidence,
-                                   read_batch, reward_values_in_range, rule_values_in_range)
+from trajhub_assets.checks import (JUDGE_CHECK_SPECS, RULE_CHECK_SPECS, TRAJECTORY_CHECK_SPECS,
+                                   every_rule_hit_has_evidence, judge_values_in_range, read_batch,
+                                   rule_values_in_range, trajectory_rewards_in_range)
 from trajhub_assets.merge.schema import MERGED_TRAJECTORIES, table_to_conversations
 from trajhub_assets.partitions import BATCHED, model_key, run_partitions, run_partitions_of
 from trajhub_assets.progress import Progress, fail_if_all_failed
@@ -20,9 +23,9 @@ from trajhub_assets.rewards.rules import (RULESET_VERSION, RuleContext, median_s
 from trajhub_assets.rewards.schema import (JUDGE_CHECKS, JUDGE_STEPS, JUDGE_SUMMARY, RULE_STEPS, RULE_SUMMARY,
                                            TRAJECTORY_REWARDS)
 from trajhub_assets.rewards.trajectory import trajectory_rewards
-from trajhub_assets.scaffolds.baselines import ROUTE_PREFIX
 from trajhub_assets.store import Store
 from trajhub_assets.tasks.catalog import stored_tasks
+from trajhub_assets.tasks.schema import TASKS
 
 
 def partition_inputs(store: Store, partition: dict) -> tuple[list[dict], dict[str, dict]]:
@@ -48,8 +51,10 @@ def instance_median_steps(store: Store, instance: str) -> float | None:
     return median_steps(trajectory_lengths(table_to_conversations(table)).values())
 
 
+# Also reads every model's merged partitions of the instance, for its median trajectory length;
+# the dep stays on its own partition so a model that has not run yet holds nothing back.
 @asset(partitions_def=run_partitions, backfill_policy=BATCHED, group_name="rewards",
-       deps=["merged_trajectories"], kinds={"parquet"}, code_version=RULESET_VERSION,
+       **reading(MERGED_TRAJECTORIES, RUNS, TASKS), kinds={"parquet"},
        check_specs=RULE_CHECK_SPECS, automation_condition=FOLLOW_INPUTS,
        description="Deterministic rules per step with their evidence, and a summary per run.")
 def rule_rewards(context: AssetExecutionContext, store: StoreResource,
@@ -85,17 +90,14 @@ def judge_endpoint(judge: JudgeConfig, proxy: ProxyResource, instance: str) -> d
 
 
 @asset(partitions_def=run_partitions, backfill_policy=BATCHED, group_name="rewards",
-       deps=["merged_trajectories"], kinds={"parquet"}, pool=JUDGE_POOL, check_specs=JUDGE_CHECK_SPECS,
-       automation_condition=FOLLOW_INPUTS,
-       description="Checklist verdicts and per-step rubric scores from the judge, and each "
-                   "run's trajectory reward.")
+       **reading(MERGED_TRAJECTORIES, RUNS, TASKS), kinds={"parquet"}, pool=JUDGE_POOL,
+       check_specs=JUDGE_CHECK_SPECS, automation_condition=FOLLOW_INPUTS,
+       description="Checklist verdicts and per-step rubric scores from the judge, with reasons.")
 def judge_rewards(context: AssetExecutionContext, store: StoreResource, project: ProjectResource,
                   proxy: ProxyResource) -> MaterializeResult:
     store, config = store.get(), project.load()
     tasks = stored_tasks(store)
-    usage, rewards, first_error = JudgeUsage(), [], None
-    if config.judge.model.startswith(("baseline/", ROUTE_PREFIX)):
-        proxy.serve_baselines([])  # the demo's scripted judge
+    usage, first_error = JudgeUsage(), None
     partitions = run_partitions_of(context)
     progress = Progress(context.log, len(partitions), "partitions judged")
     for partition in partitions:
@@ -106,19 +108,32 @@ def judge_rewards(context: AssetExecutionContext, store: StoreResource, project:
         store.write(JUDGE_CHECKS, out.checks, partition)
         store.write(JUDGE_STEPS, out.steps, partition)
         store.write(JUDGE_SUMMARY, out.summary, partition)
-        reward_table = trajectory_rewards(out.summary, outcomes, config.rewards)
-        store.write(TRAJECTORY_REWARDS, reward_table, partition)
         usage = usage + out.usage
         first_error = first_error or next((f"{row['run_id']}: {row['error']}" for table in (out.steps, out.checks)
                                            for row in table.to_pylist() if row.get("error")), None)
         progress.advance(f"{partition['model']} on {partition['instance']}", tokens_in=out.usage.prompt_tokens,
                          tokens_out=out.usage.completion_tokens, cost_usd=out.usage.cost_usd,
                          judge_calls=out.usage.requests, cache_hits=out.usage.cache_hits)
-        rewards += [(partition["model"], r["reward"]) for r in reward_table.to_pylist()]
     fail_if_all_failed("judge requests of this batch", usage.items, usage.errors, first_error or "")
-    check = reward_values_in_range(read_batch(store, JUDGE_STEPS, partitions),
-                                   read_batch(store, JUDGE_SUMMARY, partitions),
-                                   read_batch(store, TRAJECTORY_REWARDS, partitions))
-    return MaterializeResult(check_results=[check], metadata=usage.metadata() | {
-        "rewards": MetadataValue.md("| model | reward |\n|---|---|\n" + "\n".join(
-            f"| {m} | {'—' if r is None else f'{r:.3f}'} |" for m, r in rewards))})
+    check = judge_values_in_range(read_batch(store, JUDGE_STEPS, partitions),
+                                  read_batch(store, JUDGE_SUMMARY, partitions))
+    return MaterializeResult(check_results=[check], metadata=usage.metadata())
+
+
+@asset(name="trajectory_rewards", partitions_def=run_partitions, backfill_policy=BATCHED, group_name="rewards",
+       **reading(RULE_SUMMARY, JUDGE_SUMMARY, RUNS), kinds={"parquet"},
+       check_specs=TRAJECTORY_CHECK_SPECS, automation_condition=FOLLOW_INPUTS,
+       description="Each run's reward: the config's weights (rewards.trajectory_weights) over its "
+                   "outcome, rule score, mean step reward and checklist pass rate.")
+def trajectory_rewards_asset(context: AssetExecutionContext, store: StoreResource,
+                             project: ProjectResource) -> MaterializeResult:
+    store, config = store.get(), project.load()
+    partitions = run_partitions_of(context)
+    for partition in partitions:
+        outcomes = {row["run_id"]: row for row in store.read(RUNS, partition).to_pylist()}
+        table = trajectory_rewards(store.read(JUDGE_SUMMARY, partition), store.read(RULE_SUMMARY, partition),
+                                   outcomes, config.rewards)
+        store.write(TRAJECTORY_REWARDS, table, partition)
+    written = read_batch(store, TRAJECTORY_REWARDS, partitions)
+    return MaterializeResult(check_results=[trajectory_rewards_in_range(written)],
+                             metadata={"runs": written.num_rows})

@@ -17,13 +17,18 @@ Each rule returns hits; a hit becomes one row of RULE_STEPS with its value and e
 (step, tool call, snippet, detail). Penalties are -1.0 per event; `tests_passed` is a
 measurement in [0, 1] attached to no step. RULE_SUMMARY has one row per (run, rule),
 also for rules that did not fire, so a reader sees what was checked. Rules read only
-stored data: a new rule or rule version re-scores without re-running agents, and
-RULESET_VERSION changes with the registry (use it as the asset's code version).
+stored data: a new or changed rule re-scores without re-running agents.
+
+A rule is one function registered with `@rule(id, description)`. Its `rule_version` is a
+hash of its code; RULESET_VERSION, the asset's code version, is a hash of every registered
+rule and the code of the modules they live in (their helpers), plus the scaffold registry's
+tool kinds and error markers, which decide what a call is.
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -42,22 +47,11 @@ from jsonschema.validators import validator_for
 from trajhub_assets.config import RewardConfig
 from trajhub_assets.errors import RecordError
 from trajhub_assets.rewards.schema import RULE_STEPS, RULE_SUMMARY
-from trajhub_assets.scaffolds.builtin import ERROR_PREFIX as BUILTIN_ERROR_PREFIX
+from trajhub_assets.scaffolds import error_prefixes, tool_kinds
 
 log = logging.getLogger(__name__)
 
-# -- tool names by scaffold, mapped once -----------------------------------------------
-TOOL_KINDS: dict[str, frozenset[str]] = {
-    # builtin, Claude Code / Factory Droid, Kilo Code / Cline and friends
-    "read": frozenset({"read_file", "Read", "NotebookRead", "view_file", "open_file"}),
-    "edit": frozenset({"edit_file", "Edit", "MultiEdit", "NotebookEdit", "apply_diff",
-                       "replace_in_file", "insert_content", "search_and_replace"}),
-    "write": frozenset({"write_file", "Write", "Create", "write_to_file", "create_file"}),
-    "shell": frozenset({"shell", "Bash", "Execute", "execute_command", "bash", "run_shell_command"}),
-    "search": frozenset({"search", "Grep", "Glob", "LS", "search_files", "list_files"}),
-    "finish": frozenset({"finish", "attempt_completion", "submit"}),
-}
-_KIND_OF = {name: kind for kind, names in TOOL_KINDS.items() for name in names}
+# -- what the rules read -------------------------------------------------------------
 PATH_ARGUMENTS = ("file_path", "path", "notebook_path", "filename", "file")
 COMMAND_ARGUMENTS = ("command", "cmd")
 
@@ -78,10 +72,6 @@ _SHELL_OPERATORS = {";", "&&", "||", "|", "&", ";;", "|&", "(", ")"}
 _COMMAND_PREFIXES = {"sudo", "env", "time", "nohup", "exec", "command", "xargs", "nice"}
 
 
-def tool_kind(name: str | None) -> str | None:
-    return _KIND_OF.get(name or "")
-
-
 def truncate(text: str | None, limit: int) -> str:
     """Keep the head and the tail of a long text with a visible marker in between."""
     text = text or ""
@@ -100,10 +90,7 @@ class ToolCall:
     arguments: str  # the raw JSON string, as recorded
     parsed: dict | None  # None when the arguments are not a JSON object
     parse_error: str | None
-
-    @property
-    def kind(self) -> str | None:
-        return tool_kind(self.name)
+    kind: str | None  # read, edit, ... from the scaffold registry; None for a tool it does not know
 
     @property
     def identity(self) -> tuple[str, str]:
@@ -139,20 +126,22 @@ class Run:
     main_steps: list[Step]  # the main agent's steps: the trajectory
 
 
-def _tool_call(raw: dict) -> ToolCall:
+def _tool_call(raw: dict, kinds: Mapping[str, str]) -> ToolCall:
     function = raw.get("function") or {}
     name = function.get("name") or raw.get("name") or ""
+    kind = kinds.get(name)
     arguments = function.get("arguments", raw.get("arguments"))
     if isinstance(arguments, dict):
-        return ToolCall(raw.get("id"), name, json.dumps(arguments, ensure_ascii=False), arguments, None)
+        return ToolCall(raw.get("id"), name, json.dumps(arguments, ensure_ascii=False), arguments, None, kind)
     arguments = arguments if isinstance(arguments, str) else ""
     try:
         parsed = json.loads(arguments) if arguments.strip() else {}
     except ValueError as error:
-        return ToolCall(raw.get("id"), name, arguments, None, f"not JSON: {error}")
+        return ToolCall(raw.get("id"), name, arguments, None, f"not JSON: {error}", kind)
     if not isinstance(parsed, dict):
-        return ToolCall(raw.get("id"), name, arguments, None, f"not a JSON object: {type(parsed).__name__}")
-    return ToolCall(raw.get("id"), name, arguments, parsed, None)
+        return ToolCall(raw.get("id"), name, arguments, None, f"not a JSON object: {type(parsed).__name__}",
+                        kind)
+    return ToolCall(raw.get("id"), name, arguments, parsed, None, kind)
 
 
 def conversation_steps(conversation: dict) -> list[Step]:
@@ -160,11 +149,12 @@ def conversation_steps(conversation: dict) -> list[Step]:
     meta, messages = conversation["meta"], conversation["messages"]
     tools = {t["function"]["name"]: t["function"].get("parameters") or {}
              for t in conversation.get("tools") or [] if t.get("function")}
+    kinds = tool_kinds()
     steps: list[Step] = []
     for position, message in enumerate(messages):
         if message.get("role") != "assistant" or not message.get("generation"):
             continue
-        calls = tuple(_tool_call(c) for c in message.get("tool_calls") or [])
+        calls = tuple(_tool_call(c, kinds) for c in message.get("tool_calls") or [])
         wanted = {c.id for c in calls}
         results: dict[str, dict] = {}
         for later in messages[position + 1:]:
@@ -233,7 +223,7 @@ RuleFn = Callable[[Run, dict, "dict | None", RuleContext], list[Hit]]
 @dataclass(frozen=True)
 class Rule:
     id: str
-    version: str
+    version: str  # a hash of fn's code (see `rule`)
     description: str
     fn: RuleFn
 
@@ -241,19 +231,29 @@ class Rule:
 RULES: dict[str, Rule] = {}
 
 
-def rule(rule_id: str, version: str, description: str) -> Callable[[RuleFn], RuleFn]:
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:12]
+
+
+def rule(rule_id: str, description: str) -> Callable[[RuleFn], RuleFn]:
+    """Register `fn` as the rule `rule_id`; its version follows its code."""
     def register(fn: RuleFn) -> RuleFn:
         if rule_id in RULES:
             raise ValueError(f"rule {rule_id!r} is registered twice")
-        RULES[rule_id] = Rule(rule_id, version, description, fn)
+        RULES[rule_id] = Rule(rule_id, _digest(inspect.getsource(fn)), description, fn)
         return fn
     return register
 
 
 def ruleset_version(rules: Iterable[Rule] | None = None) -> str:
-    """A short hash of the registered (id, version) pairs: changes when a rule does."""
-    pairs = sorted(f"{r.id}@{r.version}" for r in (rules if rules is not None else RULES.values()))
-    return hashlib.sha256("\n".join(pairs).encode()).hexdigest()[:12]
+    """A short hash of what decides the rules' output: each rule (id, version, description),
+    the code of the modules the rules live in (the helpers they call), and the registry's tool
+    kinds and error markers."""
+    rules = list(rules if rules is not None else RULES.values())
+    modules = sorted({inspect.getmodule(r.fn) for r in rules}, key=lambda m: m.__name__)
+    return _digest(*sorted(f"{r.id}@{r.version}: {r.description}" for r in rules),
+                   *map(inspect.getsource, modules), json.dumps(sorted(tool_kinds().items())),
+                   *error_prefixes())
 
 
 # -- the rules -------------------------------------------------------------------------
@@ -264,7 +264,7 @@ def _by_conversation(steps: list[Step]) -> dict[str, list[Step]]:
     return grouped
 
 
-@rule("repeated_tool_call", "2", "A tool call identical (same tool, same arguments) to one in the "
+@rule("repeated_tool_call", "A tool call identical (same tool, same arguments) to one in the "
       "same step or the previous `repeat_window` steps of the conversation, with no write or edit "
       "in between (re-running the tests after a change is not redundant).")
 def repeated_tool_call(run: Run, task: dict, outcome: dict | None, context: RuleContext) -> list[Hit]:
@@ -289,7 +289,7 @@ def exit_code(text: str | None) -> int | None:
     return None if match is None else int(match.group(1) or match.group(2))
 
 
-@rule("tool_error", "1", "A tool result marked as an error, or a shell result reporting a non-zero exit code.")
+@rule("tool_error", "A tool result marked as an error, or a shell result reporting a non-zero exit code.")
 def tool_error(run: Run, task: dict, outcome: dict | None, context: RuleContext) -> list[Hit]:
     hits = []
     for step in run.steps:
@@ -299,7 +299,7 @@ def tool_error(run: Run, task: dict, outcome: dict | None, context: RuleContext)
                 continue
             content = result.get("content") or ""
             code = exit_code(content) if call.kind == "shell" else None
-            if result.get("is_error") or content.startswith(BUILTIN_ERROR_PREFIX):
+            if result.get("is_error") or content.startswith(error_prefixes()):
                 hits.append(Hit(step, -1.0, f"{call.name} returned an error", call, content))
             elif code not in (None, 0):
                 hits.append(Hit(step, -1.0, f"{call.name} exited with code {code}", call, content))
@@ -319,7 +319,7 @@ def _validator(schema_json: str):
     return cls(schema)
 
 
-@rule("invalid_tool_arguments", "1", "Tool arguments that are not a JSON object or fail the tool's JSON "
+@rule("invalid_tool_arguments", "Tool arguments that are not a JSON object or fail the tool's JSON "
       "schema from the recorded request, or a call to a tool the request did not offer.")
 def invalid_tool_arguments(run: Run, task: dict, outcome: dict | None, context: RuleContext) -> list[Hit]:
     hits = []
@@ -356,7 +356,7 @@ def _same_file(a: str, b: str) -> bool:
 _NEW_FILE = re.compile(r"^diff --git a/(.+?) b/\1\nnew file mode", re.M)
 
 
-@rule("edit_unread_file", "2", "An edit of a file, or a write over a file that existed before the run, "
+@rule("edit_unread_file", "An edit of a file, or a write over a file that existed before the run, "
       "that no earlier step of the conversation read, wrote, edited or named in a shell command "
       "(agents often read with cat). Files the run created (new in its diff) may be written unread.")
 def edit_unread_file(run: Run, task: dict, outcome: dict | None, context: RuleContext) -> list[Hit]:
@@ -385,7 +385,7 @@ def edit_unread_file(run: Run, task: dict, outcome: dict | None, context: RuleCo
     return hits
 
 
-@rule("steps_over_median", "1", "Each step of the main agent beyond the task's median trajectory length "
+@rule("steps_over_median", "Each step of the main agent beyond the task's median trajectory length "
       "across models' runs.")
 def steps_over_median(run: Run, task: dict, outcome: dict | None, context: RuleContext) -> list[Hit]:
     if context.median_steps is None:
@@ -395,7 +395,7 @@ def steps_over_median(run: Run, task: dict, outcome: dict | None, context: RuleC
             for ordinal, step in enumerate(run.main_steps, start=1) if ordinal > context.median_steps]
 
 
-@rule("tests_passed", "1", "Share of the task's tests passing after the run (or 1/0 from the test "
+@rule("tests_passed", "Share of the task's tests passing after the run (or 1/0 from the test "
       "command's exit code when counts are unknown); no row when no tests ran.")
 def tests_passed(run: Run, task: dict, outcome: dict | None, context: RuleContext) -> list[Hit]:
     if not outcome:
@@ -420,7 +420,7 @@ def final_answer(step: Step) -> str:
     return "\n".join(t for t in texts if t.strip())
 
 
-@rule("final_answer_missing", "1", "The main agent ends without a final answer: no step at all, a last "
+@rule("final_answer_missing", "The main agent ends without a final answer: no step at all, a last "
       "step that still calls tools (other than a finish tool), or an empty last message.")
 def final_answer_missing(run: Run, task: dict, outcome: dict | None, context: RuleContext) -> list[Hit]:
     if not run.main_steps:
@@ -499,7 +499,7 @@ def _segment_matches(segment: list[str], wanted: list[str]) -> bool:
     return False
 
 
-@rule("forbidden_operation", "1", "A shell command matching a forbidden operation from the config "
+@rule("forbidden_operation", "A shell command matching a forbidden operation from the config "
       "(rewards.forbidden_commands) or named as forbidden in the task's checklist.")
 def forbidden_operation(run: Run, task: dict, outcome: dict | None, context: RuleContext) -> list[Hit]:
     patterns = forbidden_patterns(task, context)

@@ -81,19 +81,20 @@ JUDGE_SUMMARY = Table(
                 "errored) and the mean step reward over the steps judged without error.",
 )
 
+COMPONENTS = ("outcome", "rules", "step", "checklist")  # of the trajectory reward, in its weights' order
 TRAJECTORY_REWARDS = Table(
     name="trajectory_rewards",
     schema=pa.schema([
         pa.field("run_id", pa.string(), nullable=False), pa.field("attempt", pa.int64()),
-        pa.field("outcome", pa.float64()), pa.field("mean_step_reward", pa.float64()),
-        pa.field("checklist_pass_rate", pa.float64()),
-        pa.field("weight_outcome", pa.float64(), nullable=False),
-        pa.field("weight_step", pa.float64(), nullable=False),
-        pa.field("weight_checklist", pa.float64(), nullable=False),
+        pa.field("outcome", pa.float64()), pa.field("rule_score", pa.float64()),
+        pa.field("mean_step_reward", pa.float64()), pa.field("checklist_pass_rate", pa.float64()),
+        *(pa.field(f"weight_{c}", pa.float64(), nullable=False) for c in COMPONENTS),
         pa.field("components", pa.list_(pa.string()), nullable=False),
         pa.field("reward", pa.float64()),
+        pa.field("reward_version", pa.string(), nullable=False),
     ]),
     partitioned_by=("model", "instance"),
     description="One row per run: the reward, its components and the configured weights; "
-                "`components` lists those that were known and used.",
+                "`components` lists those that were known and used; `reward_version` is the "
+                "trajectory_rewards code version (this code and the weights).",
 )

@@ -9,6 +9,11 @@ client pointed at the recording proxy and the run id attached to every request
 (`x-trajhub-run: <run_id>`). It never knows which sandbox backend it runs in, beyond
 `clients.place()` skipping the copy for the local one.
 
+Each scaffold is one module plus one entry of SCAFFOLDS below: its name, the import path of
+its class, the client it pins, its tool names by kind and its tool-error marker. This module
+imports no scaffold (nor openai or the sandboxes), so the config and the rules read the
+registry without loading any agent.
+
 A failed agent is data: `AgentRun` with its exit code and the tail of its stderr (and
 the error the client printed), logged at ERROR. A scaffold that cannot start at all (a
 client that does not install, a task without queries) raises.
@@ -17,19 +22,14 @@ client that does not install, a task without queries) raises.
 from __future__ import annotations
 
 import abc
+import importlib
 import json
-import logging
-import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-import openai
-
-from trajhub_assets.errors import RecordError
+from trajhub_assets.errors import ConfigError, RecordError
 from trajhub_assets.recording.run_id import RUN_HEADER
-from trajhub_assets.sandbox.base import SandboxTimeout
-from trajhub_assets.scaffolds import builtin, clients
-
-log = logging.getLogger(__name__)
+from trajhub_assets.scaffolds import clients
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,9 @@ def user_queries(task: dict) -> list[str]:
 
 
 class Scaffold(abc.ABC):
-    name: str
+    def __init__(self, entry: ScaffoldEntry):  # made by make_scaffold: name and pin are the entry's
+        self.name = entry.name
+        self.client = entry.client
 
     @abc.abstractmethod
     def install(self) -> None:
@@ -99,121 +101,115 @@ def json_lines(stdout: str):
                 continue  # e.g. a line cut by the sandbox's output cap
 
 
-class CliScaffold(Scaffold):
-    """An agent CLI run once per user query inside the sandbox, continuing its session."""
-
-    client: clients.Client
-
-    def install(self) -> None:
-        clients.install(self.client)
-
-    def version(self) -> str:
-        return clients.version(self.client)
-
-    @abc.abstractmethod
-    def prepare(self, sandbox, task: dict, endpoint: Endpoint, model_route: str,
-                sampling: dict) -> tuple[list[str], dict[str, str]]:
-        """Place the client and its settings in the sandbox: (argv prefix, environment)."""
-
-    @abc.abstractmethod
-    def turn_argv(self, task: dict, model_route: str, query: str, index: int,
-                  session_id: str | None) -> list[str]:
-        """Arguments after the prefix for the `index`-th user query (0-based)."""
-
-    @abc.abstractmethod
-    def parse(self, stdout: str) -> Turn: ...
-
-    def run(self, sandbox, task, endpoint, model_route, sampling, timeout) -> AgentRun:
-        queries = user_queries(task)
-        version = self.version()
-        deadline = time.monotonic() + timeout
-        turn, stderr = Turn(stop_reason="no_turn"), ""
-        try:
-            prefix, env = self.prepare(sandbox, task, endpoint, model_route, dict(sampling or {}))
-            for index, query in enumerate(queries):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return self._stopped(sandbox, turn, stderr, version, "the agent's timeout ran out")
-                argv = prefix + self.turn_argv(task, model_route, query, index, turn.session_id)
-                result = sandbox.exec(argv, timeout=left, env=env)
-                previous, turn = turn, self.parse(result.stdout)
-                turn.session_id = turn.session_id or previous.session_id
-                stderr = clients.redact(result.stderr, endpoint.api_key)
-                if result.timed_out:
-                    return self._stopped(sandbox, turn, stderr, version,
-                                         f"turn {index + 1} of {len(queries)} timed out")
-                if result.returncode != 0 or turn.error:
-                    detail = clients.redact("\n".join(x for x in (stderr.strip(), turn.error) if x),
-                                            endpoint.api_key)
-                    log.error("run %s: %s exited with %s on turn %d of %d: %s", sandbox.run_id,
-                              self.name, result.returncode, index + 1, len(queries),
-                              clients.tail(detail, 1000))
-                    return AgentRun(result.returncode, turn.stop_reason or "error",
-                                    clients.tail(detail), turn.final_answer, version, False)
-        except SandboxTimeout as error:
-            return self._stopped(sandbox, turn, stderr, version, str(error))
-        return AgentRun(0, turn.stop_reason or "completed", clients.tail(stderr), turn.final_answer,
-                        version, False)
-
-    def _stopped(self, sandbox, turn: Turn, stderr: str, version: str, why: str) -> AgentRun:
-        log.error("run %s: %s stopped: %s", sandbox.run_id, self.name, why)
-        return AgentRun(None, "timeout", clients.tail(f"{stderr.strip()}\n[trajhub] {why}"),
-                        turn.final_answer, version, True)
+# -- the registry: one entry per scaffold ---------------------------------------------------
+TOOL_KINDS = ("read", "edit", "write", "shell", "search", "finish")  # what the rules tell apart
 
 
-class Builtin(Scaffold):
-    """The builtin agent (scaffolds/builtin.py): a loop on the host, acting through the sandbox."""
-
-    name = "builtin"
-
-    def install(self) -> None:
-        pass  # nothing outside this package
-
-    def version(self) -> str:
-        return builtin.VERSION
-
-    def run(self, sandbox, task, endpoint, model_route, sampling, timeout) -> AgentRun:
-        user_queries(task)
-        client = openai.OpenAI(base_url=endpoint.base_url_host + "/v1", api_key=endpoint.api_key,
-                               default_headers={RUN_HEADER: endpoint.run_id}, timeout=timeout)
-        try:
-            result = builtin.run_agent(sandbox, task, client, model_route, sampling=sampling or None)
-        except SandboxTimeout as error:
-            log.error("run %s: builtin agent stopped: %s", sandbox.run_id, error)
-            return AgentRun(None, "timeout", str(error), "", self.version(), True)
-        except openai.APIError as error:  # the model call failed: the agent's crash
-            log.error("run %s: builtin agent failed: %s", sandbox.run_id, error)
-            return AgentRun(1, "error", clients.tail(f"{type(error).__name__}: {error}"), "",
-                            self.version(), False)
-        return AgentRun(0, result.stop_reason, "", result.final_answer, self.version(), False)
+@dataclass(frozen=True)
+class ScaffoldEntry:
+    name: str
+    scaffold: str  # "module:Class", imported only by make_scaffold
+    client: clients.Client | None  # the pinned client it installs; None: nothing outside this package
+    tool_kinds: Mapping[str, str]  # its tool names -> one of TOOL_KINDS
+    error_prefix: str | None = None  # how its tool results say "failed" when the wire format cannot
 
 
-# The scaffolds import the types above, so they are imported (and registered) last.
-from trajhub_assets.scaffolds.claudecode import ClaudeCode
-from trajhub_assets.scaffolds.droid import Droid
-from trajhub_assets.scaffolds.kilo import Kilo
-from trajhub_assets.scaffolds.mini_swe_agent import MiniSweAgent
+def _kinds(**names: tuple[str, ...]) -> dict[str, str]:
+    return {tool: kind for kind, tools in names.items() for tool in tools}
 
-SCAFFOLDS: dict[str, type[Scaffold]] = {
-    scaffold.name: scaffold for scaffold in (ClaudeCode, Kilo, Droid, MiniSweAgent, Builtin)}
+
+BUILTIN_ERROR_PREFIX = "ERROR: "  # the OpenAI chat format has no error flag on a tool result
+
+SCAFFOLDS: dict[str, ScaffoldEntry] = {entry.name: entry for entry in (
+    ScaffoldEntry(
+        "claudecode", "trajhub_assets.scaffolds.claudecode:ClaudeCode",
+        clients.Client("claude-code", "npm", f"@anthropic-ai/claude-code-linux-{clients.ARCH}", "2.1.330",
+                       "claude"),
+        _kinds(read=("Read", "NotebookRead"), edit=("Edit", "MultiEdit", "NotebookEdit"), write=("Write",),
+               shell=("Bash",), search=("Grep", "Glob", "LS"))),
+    ScaffoldEntry(
+        "kilo-dev", "trajhub_assets.scaffolds.kilo:Kilo",
+        clients.Client("kilo", "npm", f"@kilocode/cli-linux-{clients.ARCH}", "7.7.9", "bin/kilo"),
+        _kinds(shell=("bash",))),
+    ScaffoldEntry(
+        "droid", "trajhub_assets.scaffolds.droid:Droid",
+        clients.Client("droid", "npm", f"@factory/cli-linux-{clients.ARCH}", "0.225.2", "bin/droid"),
+        _kinds(read=("Read",), edit=("Edit", "MultiEdit"), write=("Create",), shell=("Execute",),
+               search=("Grep", "Glob", "LS"))),
+    ScaffoldEntry(
+        "mini-swe-agent", "trajhub_assets.scaffolds.mini_swe_agent:MiniSweAgent",
+        # mini-swe-agent leaves litellm unpinned; pin it, with the `mcp` extra: litellm 1.106
+        # imports mcp on every completion that has tools.
+        clients.Client("mini-swe-agent", "pip", "mini-swe-agent", "2.4.6", "bin/python",
+                       also=("litellm[mcp]==1.106.2",)),
+        _kinds(shell=("bash",))),
+    ScaffoldEntry(
+        "builtin", "trajhub_assets.scaffolds.builtin:Builtin", None,
+        _kinds(read=("read_file",), edit=("edit_file",), write=("write_file",), shell=("shell",),
+               search=("search",), finish=("finish",)),
+        error_prefix=BUILTIN_ERROR_PREFIX),
+)}
+
+# Tool names of agents trajhub imports trajectories of but does not run (Kilo Code and Cline
+# in an editor, SWE-agent, Gemini CLI): the rules read imported runs too.
+IMPORTED_TOOL_KINDS = _kinds(
+    read=("view_file", "open_file"),
+    edit=("apply_diff", "replace_in_file", "insert_content", "search_and_replace"),
+    write=("write_to_file", "create_file"), shell=("execute_command", "run_shell_command"),
+    search=("search_files", "list_files"), finish=("attempt_completion", "submit"))
+
+
+def tool_kinds() -> dict[str, str]:
+    """Every known tool name -> its kind, from the entries and IMPORTED_TOOL_KINDS."""
+    kinds: dict[str, str] = {}
+    owners = [(e.name, e.tool_kinds) for e in SCAFFOLDS.values()] + [("imported agents", IMPORTED_TOOL_KINDS)]
+    for owner, names in owners:
+        for tool, kind in names.items():
+            if kind not in TOOL_KINDS:
+                raise ConfigError(f"scaffold {owner}: tool {tool!r} has kind {kind!r}; "
+                                  f"kinds: {', '.join(TOOL_KINDS)}")
+            if kinds.setdefault(tool, kind) != kind:  # the rules read calls by name, whoever made them
+                raise ConfigError(f"scaffold {owner}: tool {tool!r} is {kind!r} here but {kinds[tool]!r} "
+                                  "in another entry")
+    return kinds
+
+
+def error_prefixes() -> tuple[str, ...]:
+    return tuple(e.error_prefix for e in SCAFFOLDS.values() if e.error_prefix)
+
+
+def pinned_clients() -> dict[str, clients.Client]:
+    """The clients the scaffolds install, by client name (scripts/install_clients.sh)."""
+    return {e.client.name: e.client for e in SCAFFOLDS.values() if e.client is not None}
+
+
+def scaffold_entry(name: str) -> ScaffoldEntry:
+    if name not in SCAFFOLDS:
+        raise ConfigError(f"unknown scaffold {name!r}; known: {', '.join(SCAFFOLDS)}")
+    return SCAFFOLDS[name]
 
 
 def make_scaffold(name: str) -> Scaffold:
-    if name not in SCAFFOLDS:
-        raise KeyError(f"unknown scaffold {name!r}; known: {', '.join(SCAFFOLDS)}")
-    return SCAFFOLDS[name]()
+    entry = scaffold_entry(name)
+    module, _, cls = entry.scaffold.partition(":")
+    return getattr(importlib.import_module(module), cls)(entry)
 
 
 __all__ = [
+    "BUILTIN_ERROR_PREFIX",
     "RUN_HEADER",
     "SCAFFOLDS",
+    "TOOL_KINDS",
     "AgentRun",
-    "Builtin",
-    "CliScaffold",
     "Endpoint",
     "Scaffold",
+    "ScaffoldEntry",
     "Turn",
+    "error_prefixes",
     "json_lines",
     "make_scaffold",
+    "pinned_clients",
+    "scaffold_entry",
+    "tool_kinds",
     "user_queries",
 ]

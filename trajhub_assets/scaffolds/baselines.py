@@ -32,6 +32,14 @@ from pathlib import Path
 POLICIES = ("careful", "hasty")
 JUDGE = "judge"
 ROUTE_PREFIX = "trajhub-baseline/"  # the proxy's route to the scripted upstream
+ROUTES = (ROUTE_PREFIX, "baseline/")  # the bundled proxy config routes both to it
+
+
+def uses_baselines(config) -> bool:
+    """Whether a project (ProjectConfig) runs a baseline or judges with the baseline judge: the
+    demo environment, whose proxy serves them (definitions.py)."""
+    return (any(model.route.startswith(ROUTES) for model in config.models)
+            or config.judge.model.startswith(ROUTES))
 
 
 @functools.lru_cache(maxsize=64)

@@ -14,13 +14,16 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
-from openai import OpenAI
+from openai import APIError, OpenAI
+
+from trajhub_assets.recording.run_id import RUN_HEADER
+from trajhub_assets.sandbox.base import SandboxTimeout
+from trajhub_assets.scaffolds import BUILTIN_ERROR_PREFIX, AgentRun, Scaffold, clients, user_queries
 
 log = logging.getLogger(__name__)
 VERSION = "1"
-# The OpenAI chat format has no error flag on tool results: a failed call's result
-# starts with this, and the tool_error rule reads it.
-ERROR_PREFIX = "ERROR: "
+# A failed call's result starts with this; the registry declares it, so the tool_error rule reads it.
+ERROR_PREFIX = BUILTIN_ERROR_PREFIX
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are a software engineer working in the repository at {workspace}. Use the tools to "
@@ -194,3 +197,28 @@ def run_agent(sandbox, task: dict, client: OpenAI, model: str, *,
                 result.stop_reason = "finished"
                 break
     return result
+
+
+class Builtin(Scaffold):
+    """The builtin agent as a scaffold: `run_agent` on the host, acting through the sandbox."""
+
+    def install(self) -> None:
+        pass  # nothing outside this package
+
+    def version(self) -> str:
+        return VERSION
+
+    def run(self, sandbox, task, endpoint, model_route, sampling, timeout) -> AgentRun:
+        user_queries(task)
+        client = OpenAI(base_url=endpoint.base_url_host + "/v1", api_key=endpoint.api_key,
+                        default_headers={RUN_HEADER: endpoint.run_id}, timeout=timeout)
+        try:
+            result = run_agent(sandbox, task, client, model_route, sampling=sampling or None)
+        except SandboxTimeout as error:
+            log.error("run %s: builtin agent stopped: %s", sandbox.run_id, error)
+            return AgentRun(None, "timeout", str(error), "", self.version(), True)
+        except APIError as error:  # the model call failed: the agent's crash
+            log.error("run %s: builtin agent failed: %s", sandbox.run_id, error)
+            return AgentRun(1, "error", clients.tail(f"{type(error).__name__}: {error}"), "",
+                            self.version(), False)
+        return AgentRun(0, result.stop_reason, "", result.final_answer, self.version(), False)

@@ -19,12 +19,12 @@ import logging
 
 from trajhub_assets.scaffolds import (
     RUN_HEADER,
-    CliScaffold,
     Endpoint,
     Turn,
     clients,
     json_lines,
 )
+from trajhub_assets.scaffolds.cli_scaffold import CliScaffold
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +40,6 @@ QUIET_ENV = {
 
 
 class ClaudeCode(CliScaffold):
-    name = "claudecode"
-    client = clients.CLAUDE_CODE
 
     def prepare(self, sandbox, task: dict, endpoint: Endpoint, model_route: str,
                 sampling: dict) -> tuple[list[str], dict[str, str]]:

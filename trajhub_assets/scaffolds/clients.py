@@ -1,6 +1,7 @@
 """The agent clients trajhub runs: pinned versions, host-side install, placement in a sandbox.
 
-Every client is pinned here and nowhere else (scripts/install_clients.sh calls `main`).
+Every client is pinned in its scaffold's registry entry (scaffolds/__init__.py) and nowhere
+else; scripts/install_clients.sh calls `main`.
 `install()` is idempotent and safe to call from concurrent runs (a file lock per client):
 
 - npm clients are the platform packages of the CLIs, which hold the native executable
@@ -33,7 +34,8 @@ from trajhub_assets.errors import TrajhubError
 
 log = logging.getLogger(__name__)
 
-_ARCH = {"x86_64": "x64", "amd64": "x64", "aarch64": "arm64", "arm64": "arm64"}.get(
+# The npm CLIs ship one platform package per architecture, named with this.
+ARCH = {"x86_64": "x64", "amd64": "x64", "aarch64": "arm64", "arm64": "arm64"}.get(
     platform.machine().lower(), platform.machine().lower())
 
 
@@ -65,15 +67,6 @@ class Client:
             return self.directory / "node_modules" / self.package / self.executable
         return self.directory / self.executable
 
-
-CLAUDE_CODE = Client("claude-code", "npm", f"@anthropic-ai/claude-code-linux-{_ARCH}", "2.1.330", "claude")
-KILO = Client("kilo", "npm", f"@kilocode/cli-linux-{_ARCH}", "7.7.9", "bin/kilo")
-DROID = Client("droid", "npm", f"@factory/cli-linux-{_ARCH}", "0.225.2", "bin/droid")
-# mini-swe-agent leaves litellm unpinned; pin it, with the `mcp` extra: litellm 1.106 imports
-# mcp on every completion that has tools.
-MINI_SWE_AGENT = Client("mini-swe-agent", "pip", "mini-swe-agent", "2.4.6", "bin/python",
-                        also=("litellm[mcp]==1.106.2",))
-CLIENTS = {client.name: client for client in (CLAUDE_CODE, KILO, DROID, MINI_SWE_AGENT)}
 
 _INSTALLED = ".trajhub-installed"  # written last: a directory without it is a failed install
 
@@ -204,9 +197,12 @@ def redact(text: str, *secrets: str) -> str:
 
 def main(names: list[str]) -> None:
     """Install the named clients (default: all) and print their versions: install_clients.sh."""
+    from trajhub_assets.scaffolds import pinned_clients  # the registry imports this module
+
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for name in names or CLIENTS:
-        if name not in CLIENTS:
-            raise SystemExit(f"unknown client {name!r}; known: {', '.join(CLIENTS)}")
-        install(CLIENTS[name])
-        print(f"{name}: {version(CLIENTS[name])} ({CLIENTS[name].path})")
+    known = pinned_clients()
+    for name in names or known:
+        if name not in known:
+            raise SystemExit(f"unknown client {name!r}; known: {', '.join(known)}")
+        install(known[name])
+        print(f"{name}: {version(known[name])} ({known[name].path})")

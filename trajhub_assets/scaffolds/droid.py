@@ -30,12 +30,12 @@ import logging
 
 from trajhub_assets.scaffolds import (
     RUN_HEADER,
-    CliScaffold,
     Endpoint,
     Turn,
     clients,
     json_lines,
 )
+from trajhub_assets.scaffolds.cli_scaffold import CliScaffold
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +69,6 @@ INSTALL_PS = 'command -v ps >/dev/null || { mkdir -p "$0" && printf %s "$1" > "$
 
 
 class Droid(CliScaffold):
-    name = "droid"
-    client = clients.DROID
 
     def prepare(self, sandbox, task: dict, endpoint: Endpoint, model_route: str,
                 sampling: dict) -> tuple[list[str], dict[str, str]]:

@@ -19,12 +19,12 @@ import logging
 
 from trajhub_assets.scaffolds import (
     RUN_HEADER,
-    CliScaffold,
     Endpoint,
     Turn,
     clients,
     json_lines,
 )
+from trajhub_assets.scaffolds.cli_scaffold import CliScaffold
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +46,6 @@ FIXED_ENV = {
 
 
 class Kilo(CliScaffold):
-    name = "kilo-dev"
-    client = clients.KILO
 
     def prepare(self, sandbox, task: dict, endpoint: Endpoint, model_route: str,
                 sampling: dict) -> tuple[list[str], dict[str, str]]:

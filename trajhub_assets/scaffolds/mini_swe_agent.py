@@ -1,6 +1,6 @@
 """mini-swe-agent (PyPI `mini-swe-agent`): its own agent loop and `mini.yaml` config, our sandbox.
 
-The agent runs on the host in a virtualenv of its own (clients.MINI_SWE_AGENT), started as
+The agent runs on the host in a virtualenv of its own (the client of its registry entry), started as
 `python -c <_driver's source>`. It talks to the proxy through litellm as
 `openai/<route>` with `api_base=<proxy>/v1` and `extra_headers={"x-trajhub-run": <run id>}`
 (its model_kwargs), sampling merged into the same kwargs. Each bash action it takes is
@@ -109,8 +109,6 @@ def _driver() -> None:  # pragma: no cover - runs in the client's own interprete
 
 
 class MiniSweAgent(Scaffold):
-    name = "mini-swe-agent"
-    client = clients.MINI_SWE_AGENT
 
     def install(self) -> None:
         clients.install(self.client)
