@@ -5,8 +5,6 @@ table declarations live in low schema modules."""
 import ast
 from pathlib import Path
 
-import pytest
-
 import trajhub_assets
 
 PACKAGE = Path(trajhub_assets.__file__).parent
@@ -36,13 +34,6 @@ def imports_of(module: str) -> set[str]:
 
 
 GRAPH = {module: imports_of(module) for module in MODULES}
-# Known, to end: the scaffolds package's registry imports the scaffold modules, which import the
-# package's base types. Moving those types to a module of their own ends it (scaffolds/ is being
-# reworked in another change); until then the registry's edges are left out of the main test.
-KNOWN_CYCLE = "trajhub_assets.scaffolds"
-WITHOUT_KNOWN = {module: {m for m in imported if not (module == KNOWN_CYCLE and m.startswith(KNOWN_CYCLE + "."))}
-                 for module, imported in GRAPH.items()}
-
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     """One cycle as a path [a, b, ..., a], or None."""
@@ -73,12 +64,6 @@ def test_find_cycle_reports_the_path():
 
 
 def test_no_import_cycle_among_trajhub_modules():
-    cycle = find_cycle(WITHOUT_KNOWN)
-    assert cycle is None, "import cycle: " + " -> ".join(cycle)
-
-
-@pytest.mark.xfail(strict=True, reason="the scaffolds registry cycle (KNOWN_CYCLE); drop this mark when it ends")
-def test_no_import_cycle_at_all():
     cycle = find_cycle(GRAPH)
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
