@@ -10,7 +10,11 @@ import warnings
 import sys
 
 from trajhub_assets.errors import TrajhubError
+from trajhub_assets.pairs.schema import PREFERENCE_PAIRS
+from trajhub_assets.recording.schema import RAW_CALLS, RUNS
+from trajhub_assets.release.schema import LEADERBOARD
 from trajhub_assets.store import Store
+from trajhub_assets.tasks.schema import TASKS
 
 
 def cmd_run(args) -> None:
@@ -24,19 +28,19 @@ def cmd_run(args) -> None:
           f"dagster instance: {os.environ['DAGSTER_HOME']} (UI: dagster dev -w workspace.yaml)")
     with store.connect() as con:
         for table, query in SUMMARIES:
-            if table in store.table_names():
+            if table.name in store.table_names():
                 con.sql(query).show(max_width=160)
 
 
 SUMMARIES = [
-    ("tasks", "SELECT category, count(*) AS tasks, count(test_command) AS runnable "
-              "FROM tasks GROUP BY category ORDER BY category"),
-    ("runs", "SELECT model, count(*) AS runs, count(*) FILTER (WHERE resolved) AS resolved, "
-             "count(error) AS failed, any_value(error) AS an_error FROM runs GROUP BY model ORDER BY model"),
-    ("leaderboard", "SELECT model, runs, round(test_pass_rate, 3) AS pass_rate, round(isr, 3) AS isr, "
-                    "round(csr, 3) AS csr, round(mean_reward, 3) AS reward, mean_steps FROM leaderboard"),
-    ("preference_pairs", "SELECT kind, count(*) AS pairs, round(avg(margin), 3) AS mean_margin "
-                         "FROM preference_pairs GROUP BY kind"),
+    (TASKS, "SELECT category, count(*) AS tasks, count(test_command) AS runnable "
+            f"FROM {TASKS.name} GROUP BY category ORDER BY category"),
+    (RUNS, "SELECT model, count(*) AS runs, count(*) FILTER (WHERE resolved) AS resolved, "
+           f"count(error) AS failed, any_value(error) AS an_error FROM {RUNS.name} GROUP BY model ORDER BY model"),
+    (LEADERBOARD, "SELECT model, runs, round(test_pass_rate, 3) AS pass_rate, round(isr, 3) AS isr, "
+                  f"round(csr, 3) AS csr, round(mean_reward, 3) AS reward, mean_steps FROM {LEADERBOARD.name}"),
+    (PREFERENCE_PAIRS, "SELECT kind, count(*) AS pairs, round(avg(margin), 3) AS mean_margin "
+                       f"FROM {PREFERENCE_PAIRS.name} GROUP BY kind"),
 ]
 
 
@@ -85,19 +89,19 @@ def _print_status(store: Store, instance) -> None:
         print(f"{asset:>20}: {done}/{total} partitions materialized")
     busy = instance.get_runs_count(RunsFilter(statuses=IN_PROGRESS))
     print(f"{'dagster runs':>20}: {busy} in progress")
-    if {"runs", "raw_calls"} <= set(store.table_names()):
+    if {RUNS.name, RAW_CALLS.name} <= set(store.table_names()):
         with store.connect() as con:
             con.sql(STATUS_SQL).show(max_width=160)
 
 
-STATUS_SQL = """
+STATUS_SQL = f"""
 SELECT r.model, count(*) AS runs, count(*) FILTER (WHERE r.resolved) AS resolved,
        count(*) FILTER (WHERE r.error IS NOT NULL) AS failed,
        coalesce(sum(c.tokens_in), 0) AS tokens_in, coalesce(sum(c.tokens_out), 0) AS tokens_out,
        round(coalesce(sum(c.cost_usd), 0), 4) AS cost_usd
-FROM runs r LEFT JOIN (
+FROM {RUNS.name} r LEFT JOIN (
     SELECT run_id, sum(input_tokens) AS tokens_in, sum(output_tokens) AS tokens_out, sum(cost_usd) AS cost_usd
-    FROM raw_calls GROUP BY run_id) c USING (run_id)
+    FROM {RAW_CALLS.name} GROUP BY run_id) c USING (run_id)
 GROUP BY r.model ORDER BY r.model"""
 
 
@@ -125,6 +129,13 @@ def cmd_tables(args) -> None:
     print(reference_markdown(), end="")
 
 
+def cmd_graph(args) -> None:
+    from trajhub_assets.definitions import defs
+    from trajhub_assets.lineage import graph_mermaid
+
+    print(graph_mermaid(defs), end="")
+
+
 def cmd_proxy_config(args) -> None:
     from trajhub_assets.config import load_config
     from trajhub_assets.recording.routes import write_proxy_config
@@ -145,7 +156,7 @@ def cmd_check_tasks(args) -> None:
 def cmd_label_export(args) -> None:
     from trajhub_assets.release.calibration import export_label_sheet
 
-    pairs = Store().sql("SELECT * FROM preference_pairs")
+    pairs = Store().sql(f"SELECT * FROM {PREFERENCE_PAIRS.name}")
     count = export_label_sheet(pairs, args.out, limit=args.limit, kinds=args.kind)
     print(f"wrote {count} pairs to label to {args.out}")
 
@@ -155,7 +166,7 @@ def cmd_label_import(args) -> None:
     from trajhub_assets.release.schema import HUMAN_LABELS
 
     store = Store()
-    pair_ids = store.sql("SELECT pair_id FROM preference_pairs").column("pair_id").to_pylist()
+    pair_ids = store.sql(f"SELECT pair_id FROM {PREFERENCE_PAIRS.name}").column("pair_id").to_pylist()
     labels = read_labels(args.files, pair_ids=pair_ids)  # all-or-nothing: a bad file stores nothing
     existing = store.read(HUMAN_LABELS) if store.exists(HUMAN_LABELS) else None
     merged = merge_labels(existing, labels)
@@ -218,6 +229,8 @@ def main(argv: list[str] | None = None) -> None:
 
     tables = commands.add_parser("tables", help="print the reference of every table (markdown)")
     tables.set_defaults(func=cmd_tables)
+    graph = commands.add_parser("graph", help="print the asset graph as README.md shows it (Mermaid)")
+    graph.set_defaults(func=cmd_graph)
 
     proxy_config = commands.add_parser(
         "proxy-config", help="write the LiteLLM config for an external proxy serving this project's models")
