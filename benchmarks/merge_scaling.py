@@ -22,7 +22,7 @@ import json
 import random
 import time
 
-from trajhub_assets.merge import merge_calls
+from trajhub_assets.merge.merge import merge_calls
 
 WORDS = ("def return self value import from test error path file line data merge call run "
          "assert None True False for in if else while print list dict str int").split()

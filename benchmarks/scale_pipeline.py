@@ -9,7 +9,7 @@ merge -> rules -> judge -> pairs -> release, in Dagster, on this machine.
    (benchmarks/synthetic_runs.py: calls shaped as the proxy records them) written as JSONL
    and loaded with the real load code (load_runs), in --workers processes. No Docker and no
    agents: they are not what is measured.
-2. The stages, each through Dagster (materialize_stage, the SQLite instance), in runs of up
+2. The stages, each through Dagster (orchestration.run_stage, the SQLite instance), in runs of up
    to 200 partitions batched as BackfillPolicy.multi_run(200) batches a backfill (Dagster
    holds the dimension with fewer keys fixed: one model, 200 consecutive instances per run):
    merged_trajectories, rule_rewards, judge_rewards, preference_pairs (200 instances per run),
@@ -38,7 +38,7 @@ lookup Dagster does at step start and the body's own log writes: the share is a 
 resources) and after the last (materialization and check events, resource teardown; the
 proxy resource starts the LiteLLM proxy lazily, inside judge_rewards' body). Peak
 RSS of this process and of it plus its children (proxy, workers), sampled every 0.5 s.
-Dagster runs here execute in this process (`materialize`); a daemon-launched run also pays
+Dagster runs here execute in this process (`execute_in_process`); a daemon-launched run also pays
 process start-up and code loading, so per-run overhead in production is larger.
 
 The last line:
@@ -73,12 +73,20 @@ from pathlib import Path
 import yaml
 from synthetic_runs import ModelProfile, load_partition, model_profiles, task_records
 
+from trajhub_assets.errors import TrajhubError
+from trajhub_assets.jobs import (RECORD_AND_SCORE_ASSETS, RELEASE_ASSETS, build_pairs_job, record_and_score_job,
+                                 release_job, reload_catalog_job)
+from trajhub_assets.orchestration import run_stage
 from trajhub_assets.partitions import contiguous_ranges, run_key
 
 BATCH = 200  # BackfillPolicy.multi_run(max_partitions_per_run=200) in trajhub_assets.partitions
 PER_RUN_STAGES = ["merged_trajectories", "rule_rewards", "judge_rewards", "trajectory_rewards"]
 RELEASE = ["reward_calibration", "leaderboard", "hf_dataset_release"]
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+# The named job each stage's assets belong to; a stage runs some of its assets.
+JOB_OF = {"tasks": reload_catalog_job, "preference_pairs": build_pairs_job,
+          **{asset: record_and_score_job for asset in RECORD_AND_SCORE_ASSETS},
+          **{asset: release_job for asset in RELEASE_ASSETS}}
 
 
 # -- memory --------------------------------------------------------------------------------
@@ -187,13 +195,12 @@ def step_times(instance, run_id: str) -> tuple[float, float, float]:
 
 def timed_run(instance, launch, selection: list[str]) -> StageTiming:
     """One Dagster run: wall time, body time, materializations per asset; fails loudly."""
-    from trajhub_assets.cli import _first_failure
-
     started, clock = time.perf_counter(), time.time()
-    result = launch()
+    try:
+        result = launch()
+    except TrajhubError as error:  # the run failed
+        raise SystemExit(f"scale_pipeline: {error}") from None
     wall, ended = time.perf_counter() - started, time.time()
-    if not result.success:
-        raise SystemExit(f"scale_pipeline: {selection} failed: {_first_failure(result)}")
     body, first_start, last_end = step_times(instance, result.run_id)
     judged = result.asset_materializations_for_node("judge_rewards") if "judge_rewards" in selection else []
     return StageTiming(selection[0], runs=1, wall_s=wall, body_s=body,
@@ -205,12 +212,11 @@ def timed_run(instance, launch, selection: list[str]) -> StageTiming:
 
 def run_batches(instance, resources, selection: list[str], batches: list[list[str]]) -> StageTiming:
     """One Dagster run per batch of partition keys (a range, as a multi_run backfill makes)."""
-    from trajhub_assets.cli import materialize_stage
-
     total = StageTiming(selection[0])
     for keys in batches:
-        run = timed_run(instance, lambda keys=keys: materialize_stage(instance, resources, selection, keys,
-                                                                      run_config=QUIET), selection)
+        run = timed_run(instance, lambda keys=keys: run_stage(
+            instance, JOB_OF[selection[0]], keys, resources=resources, selection=selection, run_config=QUIET),
+            selection)
         if keys and any(count != len(keys) for count in run.materialized.values()):
             raise SystemExit(f"scale_pipeline: a run over {len(keys)} partitions materialized "
                              f"{run.materialized}: the batch is not the range it was meant to be")
@@ -220,15 +226,11 @@ def run_batches(instance, resources, selection: list[str], batches: list[list[st
 
 def run_per_partition(instance, resources, selection: list[str], keys: list[str]) -> StageTiming:
     """One Dagster run per partition key, as a backfill without a backfill policy makes."""
-    from dagster import materialize
-
-    from trajhub_assets.definitions import defs
-
     total = StageTiming(selection[0])
     for key in keys:
-        total.add(timed_run(instance, lambda key=key: materialize(
-            list(defs.assets), instance=instance, resources=resources, selection=selection,
-            partition_key=key, raise_on_error=False, run_config=QUIET), selection))
+        total.add(timed_run(instance, lambda key=key: run_stage(
+            instance, JOB_OF[selection[0]], [key], resources=resources, selection=selection, run_config=QUIET),
+            selection))
     return total
 
 
@@ -293,12 +295,8 @@ def _judge_inputs(store, partition: dict) -> tuple[list[dict], dict]:
         conversations_to_table,
         table_to_conversations,
     )
-    from trajhub_assets.recording.attempts import RUNS
-    from trajhub_assets.recording.raw_calls import (
-        MESSAGE_BLOBS,
-        RAW_CALLS,
-        rebuild_records,
-    )
+    from trajhub_assets.recording.raw_calls import rebuild_records
+    from trajhub_assets.recording.schema import MESSAGE_BLOBS, RAW_CALLS, RUNS
     from trajhub_assets.rewards.assets import partition_inputs
 
     if store.exists(MERGED_TRAJECTORIES, partition):
@@ -472,7 +470,6 @@ def prepare(args, root: Path, memory: MemorySampler) -> Bench:
     """Project, catalog (the `tasks` asset), partitions of the known models, their runs loaded."""
     from dagster import DagsterInstance
 
-    from trajhub_assets.cli import materialize_stage
     from trajhub_assets.config import load_config
     from trajhub_assets.definitions import environment, environment_resources
     from trajhub_assets.resources import ProjectResource, StoreResource
@@ -489,8 +486,8 @@ def prepare(args, root: Path, memory: MemorySampler) -> Bench:
     print(f"scale benchmark: {len(bench.known)} models x {len(tasks)} instances = {bench.trajectories} runs "
           f"(+1 model to backfill), batches of {args.batch}, work dir {root}", flush=True)
     memory.stage()
-    catalog = timed_run(bench.instance, lambda: materialize_stage(bench.instance, bench.resources, ["tasks"],
-                                                                  run_config=QUIET), ["tasks"])
+    catalog = timed_run(bench.instance, lambda: run_stage(bench.instance, reload_catalog_job,
+                                                          resources=bench.resources, run_config=QUIET), ["tasks"])
     catalog.partitions, catalog.peak_mb = len(tasks), memory.stage()
     bench.setup.append(catalog)
     register_partitions(bench.instance, bench.store, bench.config.model_copy(

@@ -29,8 +29,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from trajhub_assets.recording.attempts import RUNS
 from trajhub_assets.recording.raw_calls import load_runs
+from trajhub_assets.recording.schema import RUNS
 from trajhub_assets.scaffolds.builtin import ERROR_PREFIX
 from trajhub_assets.store import Store
 

@@ -8,4 +8,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v npm >/dev/null || { echo "install_clients.sh: npm is needed (apt-get install npm)" >&2; exit 1; }
 [ -x .venv/bin/python ] || scripts/setup_venv.sh
-exec .venv/bin/python -c 'import sys; from trajhub_assets.scaffolds.clients import main; main(sys.argv[1:])' "$@"
+exec .venv/bin/python -c '
+import logging, sys
+from trajhub_assets.errors import TrajhubError
+from trajhub_assets.scaffolds import install_clients
+logging.basicConfig(level=logging.INFO, format="%(message)s")
+try:
+    print("\n".join(install_clients(sys.argv[1:])))
+except TrajhubError as error:
+    sys.exit(f"install_clients.sh: {error}")
+' "$@"

@@ -5,8 +5,10 @@ The nightly refresh, as Dagster runs it (`dagster dev`, or a deployed daemon):
 1. `nightly_refresh` (a schedule on `refresh.cron`) reloads the task catalog.
 2. `partitions_sensor` (tasks/assets.py) registers new instances, and any model newly added to the
    config, as partitions, and sets the pool limits below on the instance.
-3. Automation conditions on the assets: a new (model, instance) partition is run once
-   (`RUN_NEW_PARTITIONS`), so adding a model starts its backfill; everything derived follows its
+3. Automation conditions on the assets: a new (model, instance) partition of a model in the
+   config is run once (`run_new_partitions`), so adding a model starts its backfill, while a
+   partition of any other model (a typo in "Add a partition", a model imported from files) is
+   never run; everything derived follows its
    inputs and recomputes when its code version changes (`FOLLOW_INPUTS`). Dagster's automation
    sensor requests these as backfills, batched by each asset's BackfillPolicy.
 4. `release_sensor` cuts a release once the refresh has settled: something new since the last
@@ -24,22 +26,60 @@ a run whose worker died (deploy/dagster.yaml sets `free_slots_after_run_end_seco
 from __future__ import annotations
 
 import time
+import warnings
+from collections.abc import Callable, Collection
 
 from dagster import (AssetKey, AssetSelection, AutomationCondition, AutomationConditionSensorDefinition,
-                     DefaultScheduleStatus, DefaultSensorStatus, RunRequest, RunsFilter, ScheduleDefinition,
-                     SensorEvaluationContext, SkipReason, define_asset_job, sensor)
-from dagster._core.storage.dagster_run import IN_PROGRESS_RUN_STATUSES
+                     AutomationContext, AutomationResult, BetaWarning, DefaultScheduleStatus, DefaultSensorStatus,
+                     RunRequest, RunsFilter, ScheduleDefinition, SensorEvaluationContext, SkipReason, sensor)
 
 from trajhub_assets.config import PoolsConfig, RefreshConfig
+from trajhub_assets.jobs import IN_PROGRESS, release_job, reload_catalog_job
+from trajhub_assets.partitions import run_partitions
 
 SANDBOX_POOL, JUDGE_POOL = "sandboxes", "judge"
-# A release, and the replay of a sample of it (the proof its runs are real).
-RELEASE_ASSETS = ["reward_calibration", "leaderboard", "hf_dataset_release", "release_replay"]
 # What a release is built from: when any of these has news, a release is due.
 RELEASE_INPUTS = ["preference_pairs", "trajectory_rewards", "tasks"]
 
 # Agents cost money and time: a partition is run once, when it appears.
 RUN_NEW_PARTITIONS = AutomationCondition.on_missing()
+IN_CONFIG_LABEL = "model in the project config"
+
+
+class ModelInConfig(AutomationCondition):
+    """True for the (model, instance) partitions whose model is in the project config. A
+    models partition typed by hand, or made by `trajhub import`, has no agent to run."""
+
+    def __init__(self, model_keys: Callable[[], Collection[str]]):
+        # Read at each evaluation, as partitions_sensor reads the config at each tick: the two
+        # agree on what is configured without reloading the code location.
+        self.model_keys = model_keys
+
+    @property
+    def name(self) -> str:
+        return "model_in_config"
+
+    @property
+    def description(self) -> str:
+        return IN_CONFIG_LABEL
+
+    @property
+    def requires_cursor(self) -> bool:
+        return False  # no state: the same partitions give the same answer
+
+    def get_label(self) -> str:
+        return IN_CONFIG_LABEL
+
+    def evaluate(self, context: AutomationContext) -> AutomationResult:
+        configured = set(self.model_keys())
+        keys = {key for key in context.candidate_subset.expensively_compute_partition_keys()
+                if run_partitions.get_partition_key_from_str(str(key)).keys_by_dimension["model"] in configured}
+        return AutomationResult(context, context.candidate_subset.compute_intersection_with_partition_keys(keys))
+
+
+def run_new_partitions(model_keys: Callable[[], Collection[str]]) -> AutomationCondition:
+    """RUN_NEW_PARTITIONS, for the partitions of the models `model_keys()` returns (the config's)."""
+    return (ModelInConfig(model_keys) & RUN_NEW_PARTITIONS).with_label("new partition of a model in the config")
 
 
 def _follow_inputs(*, wait_for_missing_inputs: bool) -> AutomationCondition:
@@ -59,15 +99,14 @@ FOLLOW_INPUTS = _follow_inputs(wait_for_missing_inputs=True)
 FOLLOW_ANY_INPUTS = _follow_inputs(wait_for_missing_inputs=False)
 
 # Dagster's own sensor for the conditions above would start stopped; the refresh is meant to run.
-automation_sensor = AutomationConditionSensorDefinition(
-    "automation_sensor", target=AssetSelection.all(), default_status=DefaultSensorStatus.RUNNING,
-    description="Runs new partitions and what follows from them (trajhub_assets/automation.py).")
-
-reload_catalog_job = define_asset_job("reload_catalog", selection=["tasks"],
-                                      description="Reload the task catalog from the config's sources.")
-release_job = define_asset_job("cut_release", selection=RELEASE_ASSETS,
-                               description="Calibration, leaderboard and the Hugging Face dataset release.")
-
+# ModelInConfig is our own Python, so the sensor runs in the code location, not in the daemon
+# (a beta parameter, used knowingly: no warning on every import of this module).
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", BetaWarning)
+    automation_sensor = AutomationConditionSensorDefinition(
+        "automation_sensor", target=AssetSelection.all(), default_status=DefaultSensorStatus.RUNNING,
+        use_user_code_server=True,
+        description="Runs new partitions and what follows from them (trajhub_assets/automation.py).")
 
 def nightly_refresh(config: RefreshConfig) -> ScheduleDefinition:
     return ScheduleDefinition(
@@ -84,7 +123,7 @@ def _latest_materialization(instance, asset: str):
 
 def release_due(instance, quiet_minutes: float, now: float | None = None) -> RunRequest | SkipReason:
     """A release run when something new has landed since the last release and all is quiet."""
-    busy = instance.get_runs_count(RunsFilter(statuses=IN_PROGRESS_RUN_STATUSES))
+    busy = instance.get_runs_count(RunsFilter(statuses=IN_PROGRESS))
     if busy:
         return SkipReason(f"{busy} run(s) in progress: waiting for the refresh to settle")
     inputs = [r for r in (_latest_materialization(instance, a) for a in RELEASE_INPUTS) if r]

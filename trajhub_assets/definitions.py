@@ -9,10 +9,10 @@ import os
 
 from dagster import AssetSpec, Definitions
 
-from trajhub_assets.automation import (automation_sensor, make_release_sensor, nightly_refresh, release_job,
-                                       reload_catalog_job)
+from trajhub_assets.automation import automation_sensor, make_release_sensor, nightly_refresh, run_new_partitions
 from trajhub_assets.config import ProjectConfig
 from trajhub_assets.errors import ConfigError
+from trajhub_assets.jobs import JOBS
 from trajhub_assets.merge.assets import merged_trajectories
 from trajhub_assets.pairs.assets import preference_pairs_asset
 from trajhub_assets.recording.assets import raw_trajectories
@@ -52,9 +52,13 @@ def environment_resources(project: ProjectResource, env: str, store: StoreResour
 
 def build_definitions(project: ProjectResource) -> Definitions:
     config = project.load()  # schedules and code versions are part of the code location
+    # Automation runs new partitions of the config's models only (the config read at each evaluation).
+    recording = raw_trajectories.map_asset_specs(lambda spec: spec.replace_attributes(
+        automation_condition=run_new_partitions(lambda: [model.key for model in project.load().models])))
+    assets = [recording if asset is raw_trajectories else asset for asset in ASSETS]
     return Definitions(
-        assets=with_code_versions(ASSETS, config),
-        jobs=[reload_catalog_job, release_job],
+        assets=with_code_versions(assets, config),
+        jobs=JOBS,
         schedules=[nightly_refresh(config.refresh)],
         sensors=[partitions_sensor, make_release_sensor(config.refresh), automation_sensor],
         resources=environment_resources(project, environment(config)),

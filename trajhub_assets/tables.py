@@ -3,18 +3,15 @@ which is what README.md's table section is (a test keeps the two in step)."""
 
 import pyarrow as pa
 
-from trajhub_assets.interchange.sources import IMPORTS
+from trajhub_assets.interchange.schema import IMPORTS
 from trajhub_assets.merge.schema import MERGED_TRAJECTORIES
-from trajhub_assets.pairs.pairs import PREFERENCE_PAIRS
-from trajhub_assets.recording.attempts import RUNS
-from trajhub_assets.recording.raw_calls import MESSAGE_BLOBS, RAW_CALLS
-from trajhub_assets.release.calibration import HUMAN_LABELS, REWARD_CALIBRATION
-from trajhub_assets.release.leaderboard import LEADERBOARD
-from trajhub_assets.replay.service import REPLAYS
-from trajhub_assets.rewards.judge import JUDGE_CHECKS, JUDGE_STEPS, JUDGE_SUMMARY
-from trajhub_assets.rewards.rules import RULE_STEPS, RULE_SUMMARY
-from trajhub_assets.rewards.trajectory import TRAJECTORY_REWARDS
-from trajhub_assets.tasks.catalog import TASKS
+from trajhub_assets.pairs.schema import PREFERENCE_PAIRS
+from trajhub_assets.recording.schema import MESSAGE_BLOBS, RAW_CALLS, RUNS
+from trajhub_assets.replay.schema import REPLAYS
+from trajhub_assets.release.schema import HUMAN_LABELS, LEADERBOARD, REWARD_CALIBRATION
+from trajhub_assets.rewards.schema import (JUDGE_CHECKS, JUDGE_STEPS, JUDGE_SUMMARY, RULE_STEPS, RULE_SUMMARY,
+                                           TRAJECTORY_REWARDS)
+from trajhub_assets.tasks.schema import TASKS
 
 ALL_TABLES = [TASKS, RUNS, RAW_CALLS, MESSAGE_BLOBS, IMPORTS, MERGED_TRAJECTORIES, RULE_STEPS, RULE_SUMMARY,
               JUDGE_CHECKS, JUDGE_STEPS, JUDGE_SUMMARY, TRAJECTORY_REWARDS, PREFERENCE_PAIRS,

@@ -15,6 +15,7 @@ A new code version marks an asset stale, and its automation condition (automatio
 recomputes it; what is downstream follows its inputs. raw_trajectories and release_replay
 have none: agents and replays are re-run by a person, never because code changed. Hashing
 the judge's whole module is safe: a re-judge with unchanged prompts hits the judge's cache.
+An asset's code includes its domain's schema.py, which declares the tables it writes.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import importlib
 import json
 from pathlib import Path
 
-from trajhub_assets.config import ProjectConfig
+from trajhub_assets.config import ProjectConfig, RewardConfig
 
 
 def digest(*parts) -> str:
@@ -41,23 +42,29 @@ def source_digest(*modules: str) -> str:
     return sha.hexdigest()[:12]
 
 
+def trajectory_reward_version(rewards: RewardConfig) -> str:
+    """What decides a trajectory reward: its code and the weights; also each row's reward_version."""
+    return digest(source_digest("rewards.trajectory", "rewards.schema"), rewards.trajectory_weights)
+
+
 def code_versions(config: ProjectConfig) -> dict[str, str]:
     """Asset name -> code version, for the project `config`."""
     from trajhub_assets.pairs.pairs import PairPolicy
     from trajhub_assets.rewards.rules import RULESET_VERSION
-    from trajhub_assets.rewards.trajectory import reward_version
 
     judge = config.judge
     return {
-        "tasks": digest(source_digest("tasks.catalog"), [source.model_dump() for source in config.tasks]),
+        "tasks": digest(source_digest("tasks.catalog", "tasks.schema"),
+                        [source.model_dump() for source in config.tasks]),
         "merged_trajectories": source_digest("merge.merge", "merge.normalize", "merge.schema"),
         "rule_rewards": digest(RULESET_VERSION, config.rewards.forbidden_commands),
-        "judge_rewards": digest(source_digest("rewards.judge"), judge.model, judge.prompt_version,
-                                judge.rubric_weights),
-        "trajectory_rewards": reward_version(config.rewards),
-        "preference_pairs": digest(source_digest("pairs.pairs"), vars(PairPolicy.from_config(config.release))),
-        "reward_calibration": source_digest("release.calibration"),
-        "leaderboard": source_digest("release.leaderboard"),
+        "judge_rewards": digest(source_digest("rewards.judge", "rewards.schema"), judge.model,
+                                judge.prompt_version, judge.rubric_weights),
+        "trajectory_rewards": trajectory_reward_version(config.rewards),
+        "preference_pairs": digest(source_digest("pairs.pairs", "pairs.schema"),
+                                   vars(PairPolicy.from_config(config.release))),
+        "reward_calibration": source_digest("release.calibration", "release.schema"),
+        "leaderboard": source_digest("release.leaderboard", "release.schema"),
         "hf_dataset_release": digest(source_digest("release.release"), config.release.name,
                                      config.release.license),
     }

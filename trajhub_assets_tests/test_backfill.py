@@ -90,14 +90,12 @@ def test_missing_only_finds_nothing_left_and_submit_hands_a_backfill_to_the_daem
 CANCELLED_RUN = textwrap.dedent("""
     import sys
     from dagster import DagsterInstance
-    from trajhub_assets.automation import apply_pool_limits
-    from trajhub_assets.cli import materialize_stage
-    from trajhub_assets.config import load_config
+    from trajhub_assets.jobs import record_and_score_job
+    from trajhub_assets.orchestration import prepare, run_stage
     from trajhub_assets.partitions import run_partitions
     from trajhub_assets.recording.resources import ProxyResource
     from trajhub_assets.recording.scripted_upstream import ScriptedUpstream, say
     from trajhub_assets.resources import ProjectResource, StoreResource
-    from trajhub_assets.tasks.assets import register_partitions
 
     config, home = sys.argv[1], sys.argv[2]
     upstream = ScriptedUpstream(lambda request: say("late", delay=300)).start()  # a model that hangs
@@ -106,13 +104,10 @@ CANCELLED_RUN = textwrap.dedent("""
                  "proxy": ProxyResource(project=project, recordings_dir=home + "/recordings",
                                         scripted_upstream_url=upstream.url)}
     instance = DagsterInstance.get()
-    materialize_stage(instance, resources, ["tasks"])
-    register_partitions(instance, resources["store"].get(), project.load())
-    apply_pool_limits(instance, project.load().pools)
+    prepare(instance, resources)
     keys = run_partitions.get_partition_keys(dynamic_partitions_store=instance)
     print("started", flush=True)
-    result = materialize_stage(instance, resources, ["raw_trajectories"], keys)
-    print("finished", result.success, flush=True)
+    run_stage(instance, record_and_score_job, keys, resources=resources, selection=["raw_trajectories"])
 """)
 
 

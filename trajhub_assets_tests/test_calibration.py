@@ -7,10 +7,9 @@ import math
 import pytest
 
 from trajhub_assets.errors import RecordError
-from trajhub_assets.release.calibration import (
-    HUMAN_LABELS, REWARD_CALIBRATION, calibrate, cohen_kappa, export_label_sheet, fleiss_kappa, label_sheet_rows,
-    merge_labels, read_labels, sheet_side_a,
-)
+from trajhub_assets.release.calibration import (calibrate, cohen_kappa, export_label_sheet, fleiss_kappa,
+                                                label_sheet_rows, merge_labels, read_labels, sheet_side_a)
+from trajhub_assets.release.schema import HUMAN_LABELS, REWARD_CALIBRATION
 
 Z95 = 1.959963984540054
 

@@ -8,14 +8,12 @@ from dagster import AssetKey
 
 from trajhub_assets import checks
 from trajhub_assets.definitions import defs
-from trajhub_assets.interchange import read_minivela
-from trajhub_assets.merge import merge_calls
-from trajhub_assets.pairs.pairs import PREFERENCE_PAIRS
-from trajhub_assets.recording.attempts import RUNS
-from trajhub_assets.recording.raw_calls import RAW_CALLS
-from trajhub_assets.rewards.judge import JUDGE_STEPS, JUDGE_SUMMARY
-from trajhub_assets.rewards.rules import RULE_STEPS, RULE_SUMMARY
-from trajhub_assets.rewards.trajectory import TRAJECTORY_REWARDS
+from trajhub_assets.interchange.minivela import read_minivela
+from trajhub_assets.merge.merge import merge_calls
+from trajhub_assets.pairs.schema import PREFERENCE_PAIRS
+from trajhub_assets.recording.schema import RAW_CALLS, RUNS
+from trajhub_assets.rewards.schema import (JUDGE_STEPS, JUDGE_SUMMARY, RULE_STEPS, RULE_SUMMARY,
+                                           TRAJECTORY_REWARDS)
 from trajhub_assets_tests.shared_data import MINIVELA
 
 

@@ -41,11 +41,13 @@ import pytest
 import yaml
 from dagster import DagsterInstance
 
-from trajhub_assets.cli import PER_RUN, RELEASE, materialize_stage
 from trajhub_assets.config import load_config
+from trajhub_assets.jobs import build_pairs_job, record_and_score_job, release_job
+from trajhub_assets.orchestration import prepare, run_stage
 from trajhub_assets.partitions import instances_partitions, run_partitions
-from trajhub_assets.recording.raw_calls import MESSAGE_BLOBS, RAW_CALLS, rebuild_records
+from trajhub_assets.recording.raw_calls import rebuild_records
 from trajhub_assets.recording.resources import ProxyResource
+from trajhub_assets.recording.schema import MESSAGE_BLOBS, RAW_CALLS
 from trajhub_assets.recording.scripted_upstream import (
     Reply,
     ScriptedUpstream,
@@ -58,7 +60,6 @@ from trajhub_assets.resources import ProjectResource, StoreResource
 from trajhub_assets.scaffolds import clients, make_scaffold
 from trajhub_assets.scaffolds.baselines import BaselinePolicies, upstream_policy
 from trajhub_assets.store import Store
-from trajhub_assets.tasks.assets import register_partitions
 from trajhub_assets.tasks.catalog import load_catalog
 from trajhub_assets_tests.conformance_chat import (
     DROPPED_REPLY,
@@ -212,12 +213,6 @@ def write_project(tmp_path: Path, scaffold: str, case: Case, upstream_url: str, 
     return str(config)
 
 
-def stage(instance, res, selection, keys=None):
-    result = materialize_stage(instance, res, selection, keys)
-    assert result.success, [e.step_failure_data.error for e in result.all_events if e.is_step_failure]
-    return result
-
-
 # The OpenAI chat clients, on a model configured with `route: openai/<name>`, in Docker.
 CHAT_MODEL_NAME, CHAT_ROUTE = "acme/gpt-conf", "openai/gpt-conf-1"
 CHAT_KEY_ENV, CHAT_KEY = "CONF_OPENAI_KEY", "sk-conf-openai-user-5d21a8"
@@ -257,14 +252,13 @@ def conformance(request, tmp_path_factory):
         res = {"store": StoreResource(root=str(home)), "project": project,
                "proxy": ProxyResource(project=project, recordings_dir=str(home / "recordings"))}
         instance = DagsterInstance.ephemeral()
-        stage(instance, res, ["tasks"])
-        register_partitions(instance, res["store"].get(), project.load())
+        prepare(instance, res)
         keys = run_partitions.get_partition_keys(dynamic_partitions_store=instance)
-        stage(instance, res, PER_RUN, keys)
+        run_stage(instance, record_and_score_job, keys, resources=res)
         recorded = len(upstream.served)  # what the run sent; the replay's calls come after
-        stage(instance, res, ["preference_pairs"],
-              instances_partitions.get_partition_keys(dynamic_partitions_store=instance))
-        release = stage(instance, res, RELEASE)
+        run_stage(instance, build_pairs_job,
+                  instances_partitions.get_partition_keys(dynamic_partitions_store=instance), resources=res)
+        release = run_stage(instance, release_job, resources=res)
         store = Store(home)
         served = list(upstream.served)
         data = {"scaffold": scaffold, "case": case, "served": served[:recorded],

@@ -21,17 +21,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trajhub_assets.errors import RecordError, StoreError, TrajhubError
-from trajhub_assets.interchange import (IMPORTS, atif_to_conversations, chat_to_conversation,
-                                        conversation_to_atif, conversation_to_chat, export_files, import_files,
-                                        read_minivela, validate_atif)
+from trajhub_assets.interchange.atif import atif_to_conversations, conversation_to_atif, validate_atif
+from trajhub_assets.interchange.messages import chat_to_conversation, conversation_to_chat
+from trajhub_assets.interchange.minivela import read_minivela
+from trajhub_assets.interchange.sources import export_files, import_files
 from trajhub_assets.interchange.commands import register
 from trajhub_assets.interchange.registry import FORMATS, Format
-from trajhub_assets.merge import merge_calls
+from trajhub_assets.interchange.schema import IMPORTS
+from trajhub_assets.merge.merge import merge_calls
 from trajhub_assets.merge.normalize import message, tool_call
 from trajhub_assets.merge.schema import MERGED_TRAJECTORIES, conversations_to_table, table_to_conversations
 from trajhub_assets.pairs.pairs import chat_message
-from trajhub_assets.recording.attempts import RUNS
-from trajhub_assets.recording.raw_calls import MESSAGE_BLOBS, RAW_CALLS, rebuild_records
+from trajhub_assets.recording.raw_calls import rebuild_records
+from trajhub_assets.recording.schema import MESSAGE_BLOBS, RAW_CALLS, RUNS
 from trajhub_assets.rewards.assets import partition_inputs
 from trajhub_assets.rewards.rules import RuleContext, rule_tables
 from trajhub_assets.store import Store

@@ -15,11 +15,11 @@ import pytest
 from trajhub_assets.config import JudgeConfig
 from trajhub_assets.errors import ConfigError, RecordError
 from trajhub_assets.recording.scripted_upstream import Fail, ScriptedRequest, say
-from trajhub_assets.rewards.judge import (
-    JUDGE_CHECKS, JUDGE_STEPS, JUDGE_SUMMARY, REPAIR, RUBRIC, Judge, JudgeItem, _MalformedAnswer, checklist_schema,
-    default_cache, judge_partition, parse_answer, render_transcript,
-)
+from trajhub_assets.rewards.judge import (REPAIR, RUBRIC, Judge, JudgeItem, _MalformedAnswer,
+                                          checklist_schema, default_cache, judge_partition, parse_answer,
+                                          render_transcript)
 from trajhub_assets.rewards.minivela_judge import minivela_judged, read_minivela_judge
+from trajhub_assets.rewards.schema import JUDGE_CHECKS, JUDGE_STEPS, JUDGE_SUMMARY
 from trajhub_assets_tests.test_rules import assistant, call, conversation, octocoding_task, result, steps_of
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -3,8 +3,9 @@
 import pyarrow as pa
 import pytest
 
-from trajhub_assets.release.leaderboard import LEADERBOARD, leaderboard, run_summary_sql
+from trajhub_assets.release.leaderboard import leaderboard, run_summary_sql
 from trajhub_assets.release.preview import definitions_markdown, leaderboard_rows, plots_markdown
+from trajhub_assets.release.schema import LEADERBOARD
 from trajhub_assets.store import Table
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

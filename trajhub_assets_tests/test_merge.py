@@ -11,8 +11,9 @@ import pyarrow as pa
 import pytest
 
 from trajhub_assets.errors import RecordError, StoreError
-from trajhub_assets.merge import (CONVERSATION_SCHEMA, conversations_to_table, merge, merge_calls,
-                                  table_to_conversations)
+from trajhub_assets.merge import merge
+from trajhub_assets.merge.merge import merge_calls
+from trajhub_assets.merge.schema import CONVERSATION_SCHEMA, conversations_to_table, table_to_conversations
 
 TOOLS = [{"name": "Bash", "description": "Run a command.",
           "input_schema": {"type": "object", "properties": {"cmd": {"type": "string"}}}},

@@ -17,7 +17,8 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trajhub_assets.merge import conversations_to_table, merge_calls, table_to_conversations
+from trajhub_assets.merge.merge import merge_calls
+from trajhub_assets.merge.schema import conversations_to_table, table_to_conversations
 from trajhub_assets.merge.normalize import message, message_key, read_call, thinking_block, tool_call
 
 FORMATS = ("anthropic_messages", "openai_chat", "openai_responses")

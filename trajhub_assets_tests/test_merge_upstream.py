@@ -9,7 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from trajhub_assets.errors import RecordError
-from trajhub_assets.merge import conversations_to_table, merge_calls, table_to_conversations
+from trajhub_assets.merge.merge import merge_calls
+from trajhub_assets.merge.schema import conversations_to_table, table_to_conversations
 from trajhub_assets.merge.schema import MERGED_TRAJECTORIES
 from trajhub_assets.store import Store
 

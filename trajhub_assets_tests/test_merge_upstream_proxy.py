@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import json
 
-from trajhub_assets.merge import merge_calls
-from trajhub_assets.recording.raw_calls import MESSAGE_BLOBS, RAW_CALLS, load_runs, rebuild_records
+from trajhub_assets.merge.merge import merge_calls
+from trajhub_assets.recording.raw_calls import load_runs, rebuild_records
 from trajhub_assets.recording.run_id import make_run_id, parse_run_id
+from trajhub_assets.recording.schema import MESSAGE_BLOBS, RAW_CALLS
 from trajhub_assets.recording.scripted_upstream import Reply, text_block, tool_use_block
 from trajhub_assets.store import Store
 from trajhub_assets_tests.test_recording import post

@@ -4,12 +4,12 @@ import pyarrow as pa
 
 from trajhub_assets.merge.assets import conversations_summary
 from trajhub_assets.metadata import batch_totals, table
-from trajhub_assets.pairs.pairs import PREFERENCE_PAIRS
 from trajhub_assets.pairs.preview import messages_text, no_pairs_reason, preview_rows
+from trajhub_assets.pairs.schema import PREFERENCE_PAIRS
 from trajhub_assets.recording.attempts import runs_preview, runs_summary
 from trajhub_assets.release.preview import card_body
 from trajhub_assets.rewards.preview import hits_per_rule, reward_stats
-from trajhub_assets.rewards.rules import RULE_SUMMARY
+from trajhub_assets.rewards.schema import RULE_SUMMARY
 
 RUN_ID = "baseline__careful~demo-csv-quoting~0~31444e97"
 

@@ -19,8 +19,8 @@ import re
 import pytest
 
 from trajhub_assets.errors import RecordError
-from trajhub_assets.interchange import minivela_to_calls, read_minivela
-from trajhub_assets.merge import merge_calls
+from trajhub_assets.interchange.minivela import minivela_to_calls, read_minivela
+from trajhub_assets.merge.merge import merge_calls
 
 from trajhub_assets_tests.shared_data import MINIVELA as SAMPLE
 

@@ -10,7 +10,8 @@ import pytest
 from trajhub_assets.errors import RecordError
 from trajhub_assets.merge.merge import merge_calls
 from trajhub_assets.merge.schema import conversations_to_table, table_to_conversations
-from trajhub_assets.pairs import PREFERENCE_PAIRS, PairPolicy, preference_pairs
+from trajhub_assets.pairs.pairs import PairPolicy, preference_pairs
+from trajhub_assets.pairs.schema import PREFERENCE_PAIRS
 
 TOOLS = [{"type": "function", "function": {"name": "shell", "description": "run a command",
                                            "parameters": {"type": "object", "properties": {"cmd": {"type": "string"}}}}}]

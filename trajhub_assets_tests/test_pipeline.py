@@ -11,13 +11,13 @@ import pytest
 import yaml
 from dagster import DagsterInstance
 
-from trajhub_assets.cli import PER_RUN, RELEASE, materialize_stage
 from trajhub_assets.config import load_config
+from trajhub_assets.jobs import build_pairs_job, record_and_score_job, release_job
+from trajhub_assets.orchestration import prepare, run_stage
 from trajhub_assets.partitions import instances_partitions, run_partitions
 from trajhub_assets.definitions import environment, environment_resources
 from trajhub_assets.resources import ProjectResource, StoreResource
 from trajhub_assets.store import Store
-from trajhub_assets.tasks.assets import register_partitions
 from trajhub_assets.tasks.catalog import load_catalog
 
 TASKS = ("demo-lru-eviction", "demo-semver-prerelease")
@@ -44,24 +44,17 @@ def resources(tmp_path, config: str) -> dict:
                                  recordings_dir=str(tmp_path / "home/recordings"))
 
 
-def stage(instance, res, selection, keys=None):
-    result = materialize_stage(instance, res, selection, keys)
-    assert result.success
-    return result
-
-
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory, docker_engine):
     tmp_path = tmp_path_factory.mktemp("pipeline")
     res = resources(tmp_path, write_project(tmp_path))
     instance = DagsterInstance.ephemeral()
-    stage(instance, res, ["tasks"])
-    register_partitions(instance, res["store"].get(), res["project"].load())
+    prepare(instance, res)
     keys = run_partitions.get_partition_keys(dynamic_partitions_store=instance)
-    per_run = stage(instance, res, PER_RUN, keys)
-    stage(instance, res, ["preference_pairs"],
-          instances_partitions.get_partition_keys(dynamic_partitions_store=instance))
-    release = stage(instance, res, RELEASE)
+    per_run = run_stage(instance, record_and_score_job, keys, resources=res)
+    run_stage(instance, build_pairs_job,
+              instances_partitions.get_partition_keys(dynamic_partitions_store=instance), resources=res)
+    release = run_stage(instance, release_job, resources=res)
     return {"release": release, "store": Store(tmp_path / "home"), "keys": keys, "per_run": per_run, "instance": instance,
             "res": res, "home": tmp_path / "home"}
 
@@ -165,7 +158,8 @@ def test_release_and_no_credentials_anywhere(pipeline):
 
 
 def test_judge_rematerialization_calls_the_judge_zero_times(pipeline):
-    result = stage(pipeline["instance"], pipeline["res"], ["judge_rewards"], pipeline["keys"])
+    result = run_stage(pipeline["instance"], record_and_score_job, pipeline["keys"], resources=pipeline["res"],
+                       selection=["judge_rewards"])
     requests = {m.metadata["judge_requests"].value
                 for m in result.asset_materializations_for_node("judge_rewards")}
     assert requests == {0}
@@ -192,8 +186,7 @@ def test_two_partitions_materialize_concurrently_without_mixing_calls(tmp_path, 
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
     (tmp_path / "dagster").mkdir()
     instance = DagsterInstance.get()
-    stage(instance, res, ["tasks"])
-    register_partitions(instance, res["store"].get(), res["project"].load())
+    prepare(instance, res)
     processes = [subprocess.Popen([sys.executable, "-c", CONCURRENT, str(tmp_path), config, model])
                  for model in ("baseline__careful", "baseline__hasty")]
     assert [p.wait(timeout=600) for p in processes] == [0, 0]

@@ -17,15 +17,10 @@ import pytest
 from dagster import asset, materialize
 
 from trajhub_assets.recording.proxy_process import ProxyError, ProxyProcess
-from trajhub_assets.recording.raw_calls import (
-    MESSAGE_BLOBS,
-    RAW_CALLS,
-    load_runs,
-    read_run,
-    rebuild_records,
-)
+from trajhub_assets.recording.raw_calls import load_runs, read_run, rebuild_records
 from trajhub_assets.recording.resources import ProxyResource
 from trajhub_assets.recording.run_id import make_run_id, parse_run_id, run_headers
+from trajhub_assets.recording.schema import MESSAGE_BLOBS, RAW_CALLS
 from trajhub_assets.recording.scripted_upstream import (
     Fail,
     Reply,

@@ -17,15 +17,9 @@ from hypothesis import strategies as st
 
 from trajhub_assets.errors import RecordError
 from trajhub_assets.recording.proxy_process import PROXY_DIR
-from trajhub_assets.recording.raw_calls import (
-    MESSAGE_BLOBS,
-    RAW_CALLS,
-    build_tables,
-    load_runs,
-    read_run,
-    rebuild_records,
-)
+from trajhub_assets.recording.raw_calls import build_tables, load_runs, read_run, rebuild_records
 from trajhub_assets.recording.run_id import claude_code_env, make_run_id, parse_run_id
+from trajhub_assets.recording.schema import MESSAGE_BLOBS, RAW_CALLS
 from trajhub_assets.recording.scripted_upstream import (
     Reply,
     anthropic_events,

@@ -12,11 +12,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trajhub_assets.config import ReleaseConfig
-from trajhub_assets.pairs import PairPolicy, preference_pairs
-from trajhub_assets.release import (
-    ReleaseError, ReleaseInputs, SecretLeakError, build_release, calibrate, push_release, verify_release,
-)
-from trajhub_assets.release.secrets import _SECRET, PATTERNS, mask, scan_rows, scan_text
+from trajhub_assets.pairs.pairs import PairPolicy, preference_pairs
+from trajhub_assets.release.calibration import calibrate
+from trajhub_assets.release.release import (ReleaseError, ReleaseInputs, build_release, push_release,
+                                            verify_release)
+from trajhub_assets.release.secrets import _SECRET, PATTERNS, SecretLeakError, mask, scan_rows, scan_text
 from trajhub_assets.tasks.catalog import TaskRecord, tasks_to_table
 from trajhub_assets_tests.test_pairs import (
     assert_trl_preference, claude_trajectory, kept_fields, opaque, reward, trajectory,

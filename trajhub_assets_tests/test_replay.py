@@ -27,8 +27,9 @@ from trajhub_assets.config import (
     SandboxConfig,
     load_config,
 )
-from trajhub_assets.recording.attempts import RUNS, Proxy, run_attempt
+from trajhub_assets.recording.attempts import Proxy, run_attempt
 from trajhub_assets.recording.raw_calls import load_runs, read_run
+from trajhub_assets.recording.schema import RUNS
 from trajhub_assets.recording.scripted_upstream import (
     Fail,
     Reply,
@@ -64,7 +65,8 @@ from trajhub_assets.resources import ProjectResource, StoreResource
 from trajhub_assets.scaffolds import clients, make_scaffold
 from trajhub_assets.scaffolds.baselines import BaselinePolicies, upstream_policy
 from trajhub_assets.store import Store
-from trajhub_assets.tasks.catalog import TASKS, load_catalog, tasks_to_table
+from trajhub_assets.tasks.catalog import load_catalog, tasks_to_table
+from trajhub_assets.tasks.schema import TASKS
 
 DEMO = {item.record["instance_id"]: item for item in load_catalog(load_config(DEFAULT_CONFIG))}
 TASK = DEMO["demo-lru-eviction"].record

@@ -12,11 +12,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trajhub_assets.rewards import rules
-from trajhub_assets.rewards.rules import (
-    RULE_STEPS, RULE_SUMMARY, RULES, RULESET_VERSION, Hit, RuleContext, build_run, command_matches,
-    forbidden_patterns, median_steps, rule, rule_tables, ruleset_version, score_rules, summarize_rules,
-    trajectory_lengths, truncate,
-)
+from trajhub_assets.rewards.rules import (RULES, RULESET_VERSION, Hit, RuleContext, build_run,
+                                          command_matches, forbidden_patterns, median_steps, rule,
+                                          rule_tables, ruleset_version, score_rules, summarize_rules,
+                                          trajectory_lengths, truncate)
+from trajhub_assets.rewards.schema import RULE_STEPS, RULE_SUMMARY
 from trajhub_assets.scaffolds import SCAFFOLDS, ScaffoldEntry
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -427,8 +427,8 @@ def test_truncate_keeps_head_and_tail_with_a_marker():
 
 
 def test_real_claude_code_run_from_mini_vela():
-    from trajhub_assets.interchange import read_minivela
-    from trajhub_assets.merge import merge_calls
+    from trajhub_assets.interchange.minivela import read_minivela
+    from trajhub_assets.merge.merge import merge_calls
     conversations = merge_calls(read_minivela(SHARED / "minivela_sample" / "raw_benchmark-md-emoji-test-001.jsonl"))
     task = octocoding_task("benchmark-md-emoji-test-001")
     rows = score_rules(conversations, task, None, replace(CONTEXT, median_steps=1.0))

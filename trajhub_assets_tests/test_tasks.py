@@ -8,9 +8,10 @@ from dagster import DagsterInstance, materialize
 from trajhub_assets.errors import RecordError
 from trajhub_assets.resources import ProjectResource, StoreResource
 from trajhub_assets.tasks.assets import tasks
-from trajhub_assets.tasks.catalog import (TASKS, check_unique, read_hf_dataset, read_jsonl,
-                                          table_to_records, tasks_to_table)
+from trajhub_assets.tasks.catalog import (check_unique, read_hf_dataset, read_jsonl, table_to_records,
+                                          tasks_to_table)
 
+from trajhub_assets.tasks.schema import TASKS
 from trajhub_assets_tests.shared_data import OCTOCODINGBENCH_TASKS as REAL_TASKS
 
 

@@ -8,8 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from trajhub_assets.config import RewardConfig
-from trajhub_assets.rewards.trajectory import (TRAJECTORY_REWARDS, outcome_score, rule_score, trajectory_reward,
-                                              trajectory_rewards)
+from trajhub_assets.rewards.schema import TRAJECTORY_REWARDS
+from trajhub_assets.rewards.trajectory import outcome_score, rule_score, trajectory_reward, trajectory_rewards
 
 WEIGHTS = RewardConfig().trajectory_weights  # outcome 0.4, rules 0.1, step 0.25, checklist 0.25
 

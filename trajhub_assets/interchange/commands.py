@@ -12,11 +12,11 @@ from trajhub_assets.store import Store
 
 
 def cmd_import(args) -> None:
-    from trajhub_assets.cli import _dagster_instance
+    from trajhub_assets.orchestration import dagster_instance
 
     store = Store()
     stored = import_files(store, args.format, args.files, model=args.model, instance=args.instance,
-                          replace=args.replace, dagster_instance=_dagster_instance(store))
+                          replace=args.replace, dagster_instance=dagster_instance(store))
     for s in stored:
         print(f"{s.partition['model']} / {s.partition['instance']}: {s.runs} run(s), "
               f"{s.conversations} conversation(s){f', {s.calls} call(s)' if s.calls else ''} "

@@ -37,34 +37,18 @@ from dagster import AssetMaterialization, MetadataValue, MultiPartitionKey
 from trajhub_assets.errors import RecordError, StoreError, TrajhubError
 from trajhub_assets.interchange.formats import read_documents
 from trajhub_assets.interchange.registry import Format, export_format, import_format
+from trajhub_assets.interchange.schema import IMPORTS
 from trajhub_assets.merge.assets import merge_partition
 from trajhub_assets.merge.schema import MERGED_TRAJECTORIES, conversations_to_table, table_to_conversations
 from trajhub_assets.partitions import (check_instance_id, instances_partitions, missing_keys, model_key,
                                       model_name, models_partitions)
-from trajhub_assets.recording.attempts import RUNS
-from trajhub_assets.recording.raw_calls import MESSAGE_BLOBS, RAW_CALLS, build_tables, rebuild_records
+from trajhub_assets.recording.raw_calls import build_tables, rebuild_records
 from trajhub_assets.recording.run_id import RunId, parse_run_id
+from trajhub_assets.recording.schema import MESSAGE_BLOBS, RAW_CALLS, RUNS
 from trajhub_assets.release.secrets import scan_rows
 from trajhub_assets.store import Store, Table
 
 IMPORTED = "imported"  # runs.stop_reason of an imported run
-
-IMPORTS = Table(
-    "imports", partitioned_by=("model", "instance"),
-    description="Where each imported run came from: format, file and its sha256, when, and the "
-                "ids it had there.",
-    schema=pa.schema([
-        pa.field("run_id", pa.string(), nullable=False),
-        ("format", pa.string()), ("file", pa.string()), ("path", pa.string()), ("sha256", pa.string()),
-        ("imported_at", pa.float64()),
-        pa.field("lines", pa.list_(pa.int64()), metadata={"doc": "lines of the file the run came from"}),
-        ("original_run_id", pa.string()), ("original_conversation_ids", pa.list_(pa.string())),
-        ("conversation_ids", pa.list_(pa.string())),
-        pa.field("original_source", pa.string(), metadata={"doc": "meta.source in a trajhub export"}),
-        ("agent_name", pa.string()), ("agent_version", pa.string()),
-        pa.field("format_version", pa.string(), metadata={"doc": "e.g. ATIF-v1.7"}),
-    ]),
-)
 
 
 @dataclass
@@ -402,7 +386,7 @@ def stored_conversations(store: Store, *, models: Sequence[str] = (), instances:
     keys = [_model_key(m, source="--model", line=None, field="model") for m in models]
     where = [f"{column} IN ({', '.join('?' * len(values))})"
              for column, values in (("model", keys), ("instance", list(instances))) if values]
-    partitions = store.sql("SELECT DISTINCT model, instance FROM merged_trajectories"
+    partitions = store.sql(f"SELECT DISTINCT model, instance FROM {MERGED_TRAJECTORIES.name}"
                            + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY model, instance",
                            keys + list(instances)).to_pylist()
     conversations = []
@@ -416,7 +400,7 @@ def stored_conversations(store: Store, *, models: Sequence[str] = (), instances:
 def _scaffolds(store: Store) -> dict[str, tuple[str | None, str | None]]:
     if RUNS.name not in store.table_names():
         return {}
-    rows = store.sql("SELECT run_id, scaffold, scaffold_version FROM runs").to_pylist()
+    rows = store.sql(f"SELECT run_id, scaffold, scaffold_version FROM {RUNS.name}").to_pylist()
     return {row["run_id"]: (row["scaffold"], row["scaffold_version"]) for row in rows}
 
 

@@ -12,8 +12,9 @@ from trajhub_assets.merge.schema import MERGED_TRAJECTORIES, conversations_to_ta
 from trajhub_assets.metadata import batch_totals, table
 from trajhub_assets.partitions import BATCHED, run_key, run_partitions, run_partitions_of
 from trajhub_assets.progress import fail_if_all_failed
-from trajhub_assets.recording.raw_calls import MESSAGE_BLOBS, RAW_CALLS, rebuild_records
+from trajhub_assets.recording.raw_calls import rebuild_records
 from trajhub_assets.recording.run_id import parse_run_id
+from trajhub_assets.recording.schema import MESSAGE_BLOBS, RAW_CALLS
 from trajhub_assets.resources import StoreResource
 
 

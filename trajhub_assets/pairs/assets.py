@@ -10,12 +10,12 @@ from trajhub_assets.checks import PAIR_CHECK_SPECS, margin_respected, read_batch
 from trajhub_assets.lineage import reading
 from trajhub_assets.merge.schema import MERGED_TRAJECTORIES, table_to_conversations
 from trajhub_assets.metadata import batch_totals, table
-from trajhub_assets.pairs.pairs import PREFERENCE_PAIRS, PairPolicy, preference_pairs
+from trajhub_assets.pairs.pairs import PairPolicy, preference_pairs
 from trajhub_assets.pairs.preview import no_pairs_reason, preview_rows
+from trajhub_assets.pairs.schema import PREFERENCE_PAIRS
 from trajhub_assets.partitions import BATCHED, instances_partitions, model_name
 from trajhub_assets.resources import ProjectResource, StoreResource
-from trajhub_assets.rewards.judge import JUDGE_STEPS
-from trajhub_assets.rewards.trajectory import TRAJECTORY_REWARDS
+from trajhub_assets.rewards.schema import JUDGE_STEPS, TRAJECTORY_REWARDS
 from trajhub_assets.store import Store, Table
 
 _EVERY_MODEL = MultiToSingleDimensionPartitionMapping(partition_dimension_name="instance")

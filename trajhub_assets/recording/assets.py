@@ -5,24 +5,26 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow as pa
-from dagster import AssetExecutionContext, MaterializeResult, asset
+from dagster import AssetExecutionContext, Failure, MaterializeResult, asset
 
 from trajhub_assets.automation import RUN_NEW_PARTITIONS, SANDBOX_POOL
 from trajhub_assets.checks import RAW_CHECK_SPECS, every_run_has_calls, no_credentials, read_batch
 from trajhub_assets.config import ProjectConfig
-from trajhub_assets.errors import ConfigError
+from trajhub_assets.errors import ConfigError, TrajhubError
 from trajhub_assets.lineage import reading
 from trajhub_assets.metadata import batch_totals, table
 from trajhub_assets.partitions import BATCHED, run_key, run_partitions, run_partitions_of
 from trajhub_assets.progress import Progress, fail_if_all_failed, recording_usage
-from trajhub_assets.recording.attempts import RUNS, Proxy, run_attempt, runs_preview, runs_summary
-from trajhub_assets.recording.raw_calls import MESSAGE_BLOBS, RAW_CALLS, load_runs
+from trajhub_assets.recording.attempts import Proxy, run_attempt, runs_preview, runs_summary
+from trajhub_assets.recording.raw_calls import load_runs
 from trajhub_assets.recording.resources import ProxyResource
 from trajhub_assets.recording.routes import missing_keys
+from trajhub_assets.recording.schema import MESSAGE_BLOBS, RAW_CALLS, RUNS
 from trajhub_assets.resources import ProjectResource, StoreResource
 from trajhub_assets.sandbox import remove_orphans
 from trajhub_assets.sandbox.images import prepare_engine
-from trajhub_assets.tasks.catalog import TASKS, stored_tasks
+from trajhub_assets.tasks.catalog import stored_tasks
+from trajhub_assets.tasks.schema import TASKS
 
 
 def prepare_sandboxes(config: ProjectConfig, images: set[str], proxy: ProxyResource) -> Proxy:
@@ -54,7 +56,12 @@ def raw_trajectories(context: AssetExecutionContext, store: StoreResource, proje
     models = {p["model"]: config.model(p["model"]) for p in partitions}.values()
     if missing := missing_keys(models):
         raise ConfigError(f"models[].api_key_env: not set in this environment: {', '.join(missing)}")
-    endpoint = prepare_sandboxes(config, {tasks[p["instance"]]["image"] for p in partitions}, proxy)
+    try:
+        endpoint = prepare_sandboxes(config, {tasks[p["instance"]]["image"] for p in partitions}, proxy)
+    except TrajhubError as error:
+        # An engine down, an image or the network missing: one line that names the cause, without
+        # the chain of docker, requests and urllib3 exceptions behind it.
+        raise Failure(description=str(error)) from None
 
     progress = Progress(context.log, len(jobs), "runs")
 

@@ -14,49 +14,17 @@ import time
 import traceback
 from dataclasses import dataclass
 
-import pyarrow as pa
-
 from trajhub_assets.config import ModelConfig, SandboxConfig
 from trajhub_assets.errors import TrajhubError
 from trajhub_assets.recording.run_id import make_run_id
+from trajhub_assets.recording.schema import RUNS
 from trajhub_assets.sandbox import Limits, collect_outcome, make_sandbox
 from trajhub_assets.scaffolds import Endpoint, make_scaffold
-from trajhub_assets.store import Table
 
 log = logging.getLogger(__name__)
 
 # The agent gets the run's budget less what the tests may need afterwards.
 TEST_BUDGET_SHARE = 0.25
-
-RUNS = Table(
-    "runs", partitioned_by=("model", "instance"),
-    description="One row per attempt: how the agent stopped, the test outcome, the diff.",
-    schema=pa.schema([
-        pa.field("run_id", pa.string(), nullable=False),
-        ("attempt", pa.int64()),
-        ("model_name", pa.string()),
-        ("route", pa.string()),
-        ("scaffold", pa.string()),
-        ("scaffold_version", pa.string()),
-        ("backend", pa.string()),
-        ("started_at", pa.float64()),
-        ("run_seconds", pa.float64()),
-        ("stop_reason", pa.string()),
-        ("agent_exit_code", pa.int64()),
-        ("agent_stderr_tail", pa.string()),
-        ("final_answer", pa.string()),
-        ("timed_out", pa.bool_()),
-        ("test_command", pa.string()),
-        ("test_exit_code", pa.int64()),
-        ("tests_passed", pa.int64()),
-        ("tests_failed", pa.int64()),
-        ("tests_total", pa.int64()),
-        ("test_output_tail", pa.string()),
-        ("resolved", pa.bool_()),
-        ("diff", pa.string()),
-        pa.field("error", pa.string(), metadata={"doc": "why the run failed, if it did"}),
-    ]),
-)
 
 
 @dataclass(frozen=True)

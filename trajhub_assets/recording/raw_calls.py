@@ -24,49 +24,17 @@ import pyarrow as pa
 
 from trajhub_assets.errors import RecordError
 from trajhub_assets.recording.run_id import parse_run_id
-from trajhub_assets.store import Store, Table
+from trajhub_assets.recording.schema import MESSAGE_BLOBS, RAW_CALLS
+from trajhub_assets.store import Store
 
 log = logging.getLogger(__name__)
 
-PARTITION = ("model", "instance")
 WIRE_FORMATS = ("anthropic_messages", "openai_chat", "openai_responses")
 CALL_KINDS = ("agent", "count_tokens", "title", "background")
 # Request fields with a blob of their own: large, and the same call after call.
 _CONVERSATION_FIELDS = ("messages", "input")  # a list: one blob per item
 _SYSTEM_FIELDS = ("system", "instructions")
 _TOOLS_FIELD = "tools"
-
-RAW_CALLS = Table(
-    name="raw_calls",
-    schema=pa.schema([
-        ("run_id", pa.string()), ("attempt", pa.int32()), ("nonce", pa.string()),
-        ("call_id", pa.string()), ("seq", pa.int64()),
-        ("started_at", pa.float64()), ("ended_at", pa.float64()), ("first_token_at", pa.float64()),
-        ("endpoint", pa.string()), ("wire_format", pa.string()), ("call_kind", pa.string()),
-        ("stream", pa.bool_()), ("model", pa.string()), ("litellm_model", pa.string()),
-        ("status", pa.string()), ("http_status", pa.int32()),
-        ("error_type", pa.string()), ("error_message", pa.string()),
-        ("input_tokens", pa.int64()), ("output_tokens", pa.int64()),
-        ("cache_read_tokens", pa.int64()), ("cache_creation_tokens", pa.int64()),
-        ("cost_usd", pa.float64()),
-        ("request_keys", pa.list_(pa.string())), ("params_ref", pa.string()),
-        ("system_ref", pa.string()), ("tools_ref", pa.string()),
-        ("conversation_field", pa.string()), ("message_refs", pa.list_(pa.string())),
-        ("response_ref", pa.string()),
-        ("envelope", pa.string()),
-    ]),
-    partitioned_by=PARTITION,
-    description="One row per recorded LLM call; request and response parts are sha256 "
-                "references into message_blobs.",
-)
-
-MESSAGE_BLOBS = Table(
-    name="message_blobs",
-    schema=pa.schema([("sha256", pa.string()), ("kind", pa.string()),
-                      ("size", pa.int64()), ("json", pa.string())]),
-    partitioned_by=PARTITION,
-    description="Each distinct message / system prompt / tool list / params / response once.",
-)
 
 _REQUIRED = {"run_id": str, "call_id": str, "seq": int, "started_at": (int, float),
              "wire_format": str, "call_kind": str, "status": str, "request": dict}

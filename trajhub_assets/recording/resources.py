@@ -92,7 +92,8 @@ class ProxyResource(ConfigurableResource):
 
     def _baselines(self) -> ScriptedUpstream:
         from trajhub_assets.scaffolds.baselines import BaselinePolicies, upstream_policy
-        from trajhub_assets.tasks.catalog import TASKS, stored_tasks
+        from trajhub_assets.tasks.catalog import stored_tasks
+        from trajhub_assets.tasks.schema import TASKS
 
         store = (self.store or StoreResource()).get()
         tasks = list(stored_tasks(store).values()) if store.exists(TASKS) else []

@@ -7,19 +7,19 @@ from trajhub_assets.lineage import reading
 from trajhub_assets.merge.schema import MERGED_TRAJECTORIES
 from trajhub_assets.metadata import table
 from trajhub_assets.pairs.assets import main_trajectories
-from trajhub_assets.pairs.pairs import PREFERENCE_PAIRS, PairPolicy
+from trajhub_assets.pairs.pairs import PairPolicy
+from trajhub_assets.pairs.schema import PREFERENCE_PAIRS
 from trajhub_assets.partitions import model_name
-from trajhub_assets.release.calibration import HUMAN_LABELS, REWARD_CALIBRATION, calibrate
-from trajhub_assets.recording.attempts import RUNS
-from trajhub_assets.recording.raw_calls import RAW_CALLS
-from trajhub_assets.release.leaderboard import LEADERBOARD, leaderboard, run_summary_sql
+from trajhub_assets.recording.schema import RAW_CALLS, RUNS
+from trajhub_assets.release.calibration import calibrate
+from trajhub_assets.release.leaderboard import leaderboard, run_summary_sql
 from trajhub_assets.release.preview import card_body, definitions_markdown, leaderboard_rows, plots_markdown
 from trajhub_assets.release.release import ReleaseInputs, build_release, push_release
+from trajhub_assets.release.schema import HUMAN_LABELS, LEADERBOARD, REWARD_CALIBRATION
 from trajhub_assets.resources import ProjectResource, StoreResource
-from trajhub_assets.rewards.judge import JUDGE_STEPS, JUDGE_SUMMARY
-from trajhub_assets.rewards.trajectory import TRAJECTORY_REWARDS
+from trajhub_assets.rewards.schema import JUDGE_STEPS, JUDGE_SUMMARY, TRAJECTORY_REWARDS
 from trajhub_assets.store import Store, Table
-from trajhub_assets.tasks.catalog import TASKS
+from trajhub_assets.tasks.schema import TASKS
 
 
 def _all(store: Store, table: Table):

@@ -38,7 +38,7 @@ import pyarrow as pa
 from scipy import stats
 
 from trajhub_assets.errors import RecordError
-from trajhub_assets.store import Table
+from trajhub_assets.release.schema import HUMAN_LABELS, REWARD_CALIBRATION
 
 log = logging.getLogger(__name__)
 
@@ -48,26 +48,6 @@ SHEET_COLUMNS = ("pair_id", "kind", "instance_id", "prompt", "response_a", "resp
 _CHOICES = {"a": "A", "b": "B", "tie": "tie", "equal": "tie", "same": "tie",
             "chosen": "chosen", "rejected": "rejected"}
 MESSAGE_CHARS = 2000
-
-HUMAN_LABELS = Table(
-    name="human_labels",
-    schema=pa.schema([
-        pa.field("pair_id", pa.string(), nullable=False), pa.field("annotator", pa.string(), nullable=False),
-        pa.field("preferred", pa.string(), nullable=False, metadata={"doc": "chosen | rejected | tie"}),
-        pa.field("score", pa.float64(), metadata={"doc": "preference for chosen over rejected, as given"}),
-        pa.field("note", pa.string()), pa.field("source", pa.string()), pa.field("source_line", pa.int64()),
-    ]),
-    description="One row per (pair, annotator): the human preference, turned to the reward's sides.",
-)
-REWARD_CALIBRATION = Table(
-    name="reward_calibration",
-    schema=pa.schema([
-        pa.field("metric", pa.string(), nullable=False), pa.field("value", pa.float64()),
-        pa.field("ci_low", pa.float64()), pa.field("ci_high", pa.float64()),
-        pa.field("n", pa.int64()), pa.field("note", pa.string()),
-    ]),
-    description="One row per calibration figure: value, confidence interval and sample count.",
-)
 
 
 def sheet_side_a(pair_id: str) -> str:

@@ -25,30 +25,15 @@ from statistics import fmean
 import pyarrow as pa
 
 from trajhub_assets.errors import RecordError
-from trajhub_assets.recording.raw_calls import RAW_CALLS
-from trajhub_assets.rewards.judge import JUDGE_SUMMARY
-from trajhub_assets.rewards.trajectory import TRAJECTORY_REWARDS
-from trajhub_assets.store import Table
-from trajhub_assets.tasks.catalog import TASKS
+from trajhub_assets.recording.schema import RAW_CALLS
+from trajhub_assets.release.schema import LEADERBOARD
+from trajhub_assets.rewards.schema import JUDGE_SUMMARY, TRAJECTORY_REWARDS
+from trajhub_assets.tasks.schema import TASKS
 
 log = logging.getLogger(__name__)
 
 RUN_COLUMNS = ("model", "instance_id", "category", "run_id", "attempt", "outcome", "isr", "csr",
                "reward", "n_steps", "tokens", "cost_usd")
-
-LEADERBOARD = Table(
-    name="leaderboard",
-    schema=pa.schema([
-        pa.field("model", pa.string(), nullable=False), pa.field("runs", pa.int64(), nullable=False),
-        pa.field("instances", pa.int64(), nullable=False),
-        pa.field("test_runs", pa.int64(), metadata={"doc": "runs whose task has tests"}),
-        pa.field("test_pass_rate", pa.float64()), pa.field("isr", pa.float64()), pa.field("csr", pa.float64()),
-        pa.field("mean_reward", pa.float64()), pa.field("mean_steps", pa.float64()),
-        pa.field("mean_tokens", pa.float64()), pa.field("total_tokens", pa.int64()),
-        pa.field("mean_cost_usd", pa.float64()), pa.field("total_cost_usd", pa.float64()),
-    ]),
-    description="One row per model, best mean reward first.",
-)
 
 COLUMNS_SHOWN = (("model", "model"), ("runs", "runs"), ("test_pass_rate", "test pass rate"), ("isr", "ISR"),
                  ("csr", "CSR"), ("mean_reward", "mean reward"), ("mean_steps", "steps"),

@@ -36,12 +36,11 @@ from pathlib import Path
 import pyarrow as pa
 
 from trajhub_assets.errors import TrajhubError
-from trajhub_assets.pairs.pairs import (
-    CHAT_MESSAGE, CHAT_MESSAGE_DOCS, CHAT_MESSAGES, PREFERENCE_PAIRS, chat_message, reward_version, tools_json,
-)
+from trajhub_assets.pairs.pairs import chat_message, reward_version, tools_json
+from trajhub_assets.pairs.schema import CHAT_MESSAGE, CHAT_MESSAGES, CHAT_MESSAGE_DOCS, PREFERENCE_PAIRS
 from trajhub_assets.release.calibration import CalibrationReport
 from trajhub_assets.release.secrets import check_no_secrets
-from trajhub_assets.tasks.catalog import CHECKLIST_TYPE
+from trajhub_assets.tasks.schema import CHECKLIST_TYPE
 
 log = logging.getLogger(__name__)
 

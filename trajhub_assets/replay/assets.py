@@ -16,9 +16,7 @@ from trajhub_assets.automation import SANDBOX_POOL
 from trajhub_assets.errors import TrajhubError
 from trajhub_assets.lineage import reading
 from trajhub_assets.metadata import table
-from trajhub_assets.recording.attempts import RUNS
-from trajhub_assets.recording.raw_calls import MESSAGE_BLOBS, RAW_CALLS
-from trajhub_assets.tasks.catalog import TASKS
+from trajhub_assets.recording.schema import MESSAGE_BLOBS, RAW_CALLS, RUNS
 from trajhub_assets.replay.compare import reports_rows
 from trajhub_assets.replay.recorded import check_replayable, load_recorded_run
 from trajhub_assets.replay.service import (
@@ -30,6 +28,7 @@ from trajhub_assets.replay.service import (
     store_reports,
 )
 from trajhub_assets.resources import ProjectResource, StoreResource
+from trajhub_assets.tasks.schema import TASKS
 
 CHECK = "sampled_runs_reproduce"
 

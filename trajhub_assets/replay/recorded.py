@@ -28,9 +28,9 @@ import pyarrow.compute as pc
 
 from trajhub_assets.config import ModelConfig, ProjectConfig
 from trajhub_assets.errors import ConfigError, TrajhubError
-from trajhub_assets.recording.attempts import RUNS
-from trajhub_assets.recording.raw_calls import MESSAGE_BLOBS, RAW_CALLS, rebuild_records
+from trajhub_assets.recording.raw_calls import rebuild_records
 from trajhub_assets.recording.run_id import parse_run_id
+from trajhub_assets.recording.schema import MESSAGE_BLOBS, RAW_CALLS, RUNS
 from trajhub_assets.recording.scripted_upstream import Fail, Reply, ScriptedRequest
 from trajhub_assets.replay.masks import mask_text
 from trajhub_assets.store import Store

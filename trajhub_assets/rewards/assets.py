@@ -14,19 +14,20 @@ from trajhub_assets.merge.schema import MERGED_TRAJECTORIES, table_to_conversati
 from trajhub_assets.metadata import batch_totals, table
 from trajhub_assets.partitions import BATCHED, model_key, model_name, run_key, run_partitions, run_partitions_of
 from trajhub_assets.progress import Progress, fail_if_all_failed
-from trajhub_assets.recording.attempts import RUNS
 from trajhub_assets.recording.resources import ProxyResource
 from trajhub_assets.recording.run_id import make_run_id, run_headers
+from trajhub_assets.recording.schema import RUNS
 from trajhub_assets.resources import ProjectResource, StoreResource
-from trajhub_assets.rewards.judge import (JUDGE_CHECKS, JUDGE_STEPS, JUDGE_SUMMARY, Judge, JudgeUsage,
-                                          default_cache, judge_partition)
+from trajhub_assets.rewards.judge import Judge, JudgeUsage, default_cache, judge_partition
 from trajhub_assets.rewards.preview import REWARDS_SHOWN, hits_per_rule, reward_stats, rewards_preview
-from trajhub_assets.rewards.rules import (RULE_STEPS, RULE_SUMMARY, RULESET_VERSION, RuleContext,
-                                          median_steps, rule_tables, trajectory_lengths)
-from trajhub_assets.tasks.catalog import TASKS
-from trajhub_assets.rewards.trajectory import TRAJECTORY_REWARDS, trajectory_rewards
+from trajhub_assets.rewards.rules import (RULESET_VERSION, RuleContext, median_steps, rule_tables,
+                                          trajectory_lengths)
+from trajhub_assets.rewards.schema import (JUDGE_CHECKS, JUDGE_STEPS, JUDGE_SUMMARY, RULE_STEPS, RULE_SUMMARY,
+                                           TRAJECTORY_REWARDS)
+from trajhub_assets.rewards.trajectory import trajectory_rewards
 from trajhub_assets.store import Store
 from trajhub_assets.tasks.catalog import stored_tasks
+from trajhub_assets.tasks.schema import TASKS
 
 
 def partition_inputs(store: Store, partition: dict) -> tuple[list[dict], dict[str, dict]]:

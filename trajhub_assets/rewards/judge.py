@@ -49,7 +49,7 @@ import pyarrow as pa
 from trajhub_assets.config import JudgeConfig
 from trajhub_assets.errors import ConfigError
 from trajhub_assets.rewards.rules import MAIN_AGENT_KINDS, Run, Step, build_run, group_runs, truncate
-from trajhub_assets.store import Table
+from trajhub_assets.rewards.schema import JUDGE_CHECKS, JUDGE_STEPS, JUDGE_SUMMARY
 
 log = logging.getLogger(__name__)
 
@@ -452,56 +452,7 @@ def _float(value: str | None) -> float | None:
         return None
 
 
-# -- rows and tables ---------------------------------------------------------------------
-JUDGE_CHECKS = Table(
-    name="judge_checks",
-    schema=pa.schema([
-        pa.field("run_id", pa.string(), nullable=False), pa.field("attempt", pa.int64()),
-        pa.field("category", pa.string(), nullable=False), pa.field("check_id", pa.string(), nullable=False),
-        pa.field("check_type", pa.string()),
-        pa.field("result", pa.string(), nullable=False),  # success | fail | error
-        pa.field("passed", pa.bool_()),  # null when the judge failed on the item
-        pa.field("omitted", pa.bool_(), nullable=False),  # left out by the judge: counted as failed
-        pa.field("reason", pa.string()), pa.field("error", pa.string()),
-        pa.field("judge_model", pa.string()), pa.field("prompt_version", pa.string()),
-        pa.field("input_hash", pa.string()), pa.field("cached", pa.bool_()),
-    ]),
-    partitioned_by=("model", "instance"),
-    description="One row per (run, checklist check): the judge's verdict and reason.",
-)
-RUBRIC_SCORE = pa.struct([("criterion", pa.string()), ("score", pa.int64()), ("reward", pa.float64()),
-                          ("weight", pa.float64()), ("reason", pa.string())])
-JUDGE_STEPS = Table(
-    name="judge_steps",
-    schema=pa.schema([
-        pa.field("run_id", pa.string(), nullable=False), pa.field("attempt", pa.int64()),
-        pa.field("conversation_id", pa.string(), nullable=False), pa.field("step_index", pa.int64(), nullable=False),
-        pa.field("message_index", pa.int64(), nullable=False),
-        pa.field("rubric", pa.list_(RUBRIC_SCORE)), pa.field("step_reward", pa.float64()),
-        pa.field("error", pa.string()),
-        pa.field("judge_model", pa.string()), pa.field("prompt_version", pa.string()),
-        pa.field("input_hash", pa.string()), pa.field("cached", pa.bool_()),
-    ]),
-    partitioned_by=("model", "instance"),
-    description="One row per (run, step): rubric scores with reasons and the weighted step reward "
-                "(null on a judge error).",
-)
-JUDGE_SUMMARY = Table(
-    name="judge_summary",
-    schema=pa.schema([
-        pa.field("run_id", pa.string(), nullable=False), pa.field("attempt", pa.int64()),
-        pa.field("n_checks", pa.int64()), pa.field("n_passed", pa.int64()), pa.field("n_omitted", pa.int64()),
-        pa.field("n_check_errors", pa.int64()), pa.field("csr", pa.float64()), pa.field("isr", pa.float64()),
-        pa.field("n_steps", pa.int64()), pa.field("n_step_errors", pa.int64()),
-        pa.field("mean_step_reward", pa.float64()),
-        pa.field("judge_model", pa.string()), pa.field("prompt_version", pa.string()),
-    ]),
-    partitioned_by=("model", "instance"),
-    description="One row per run: checklist CSR/ISR (omitted checks failed; null if any check "
-                "errored) and the mean step reward over the steps judged without error.",
-)
-
-
+# -- rows --------------------------------------------------------------------------------
 def check_row(run_id: str, attempt: int | None, category: str, check: dict, verdict: dict | None,
               error: str | None = None, **provenance) -> dict:
     """A JUDGE_CHECKS row; verdict None with no error means the judge omitted the check."""

@@ -46,8 +46,8 @@ from jsonschema.validators import validator_for
 
 from trajhub_assets.config import RewardConfig
 from trajhub_assets.errors import RecordError
+from trajhub_assets.rewards.schema import RULE_STEPS, RULE_SUMMARY
 from trajhub_assets.scaffolds import error_prefixes, tool_kinds
-from trajhub_assets.store import Table
 
 log = logging.getLogger(__name__)
 
@@ -518,37 +518,8 @@ def forbidden_operation(run: Run, task: dict, outcome: dict | None, context: Rul
 
 RULESET_VERSION = ruleset_version()
 
-# -- rows and tables -------------------------------------------------------------------
-RULE_STEPS = Table(
-    name="rule_steps",
-    schema=pa.schema([
-        pa.field("run_id", pa.string(), nullable=False), pa.field("attempt", pa.int64()),
-        pa.field("conversation_id", pa.string()), pa.field("step_index", pa.int64()),
-        pa.field("message_index", pa.int64()),
-        pa.field("rule_id", pa.string(), nullable=False), pa.field("rule_version", pa.string(), nullable=False),
-        pa.field("value", pa.float64(), nullable=False),
-        pa.field("tool_call_id", pa.string()), pa.field("tool_name", pa.string()),
-        pa.field("snippet", pa.string()), pa.field("detail", pa.string()),
-    ]),
-    partitioned_by=("model", "instance"),
-    description="One row per rule hit: its value and evidence. conversation_id/step_index are "
-                "null for facts about the whole run (tests, a missing trajectory).",
-)
-RULE_SUMMARY = Table(
-    name="rule_summary",
-    schema=pa.schema([
-        pa.field("run_id", pa.string(), nullable=False), pa.field("attempt", pa.int64()),
-        pa.field("rule_id", pa.string(), nullable=False), pa.field("rule_version", pa.string(), nullable=False),
-        pa.field("description", pa.string()), pa.field("hits", pa.int64(), nullable=False),
-        pa.field("value", pa.float64(), nullable=False), pa.field("n_steps", pa.int64(), nullable=False),
-        pa.field("ruleset_version", pa.string(), nullable=False),
-    ]),
-    partitioned_by=("model", "instance"),
-    description="One row per (run, rule), also when the rule did not fire: hits and the sum of "
-                "their values; n_steps is the main agent's trajectory length.",
-)
 
-
+# -- rows ------------------------------------------------------------------------------
 def _row(run: Run, rule_: Rule, hit: Hit) -> dict:
     step, call = hit.step, hit.call
     return {

@@ -22,33 +22,8 @@ from collections.abc import Iterable, Mapping
 import pyarrow as pa
 
 from trajhub_assets.config import RewardConfig
-from trajhub_assets.store import Table
-
-COMPONENTS = ("outcome", "rules", "step", "checklist")
-
-TRAJECTORY_REWARDS = Table(
-    name="trajectory_rewards",
-    schema=pa.schema([
-        pa.field("run_id", pa.string(), nullable=False), pa.field("attempt", pa.int64()),
-        pa.field("outcome", pa.float64()), pa.field("rule_score", pa.float64()),
-        pa.field("mean_step_reward", pa.float64()), pa.field("checklist_pass_rate", pa.float64()),
-        *(pa.field(f"weight_{c}", pa.float64(), nullable=False) for c in COMPONENTS),
-        pa.field("components", pa.list_(pa.string()), nullable=False),
-        pa.field("reward", pa.float64()),
-        pa.field("reward_version", pa.string(), nullable=False),
-    ]),
-    partitioned_by=("model", "instance"),
-    description="One row per run: the reward, its components and the configured weights; "
-                "`components` lists those that were known and used; `reward_version` is the "
-                "trajectory_rewards code version (this code and the weights).",
-)
-
-
-def reward_version(rewards: RewardConfig) -> str:
-    """What decides a reward: this module's code and the weights (trajectory_rewards' code version)."""
-    from trajhub_assets.versions import digest, source_digest
-
-    return digest(source_digest("rewards.trajectory"), rewards.trajectory_weights)
+from trajhub_assets.rewards.schema import COMPONENTS, TRAJECTORY_REWARDS
+from trajhub_assets.versions import trajectory_reward_version
 
 
 def outcome_score(outcome: Mapping | None) -> float | None:
@@ -88,7 +63,7 @@ def trajectory_rewards(judge_summary: pa.Table | Iterable[dict], rule_summary: p
     ruled: dict[str, list[dict]] = {}
     for row in _rows(rule_summary):
         ruled.setdefault(row["run_id"], []).append(row)
-    weights, version = rewards.trajectory_weights, reward_version(rewards)
+    weights, version = rewards.trajectory_weights, trajectory_reward_version(rewards)
     out = []
     for run_id in dict.fromkeys([*judged, *ruled, *outcomes]):
         judge = judged.get(run_id, {})

@@ -62,6 +62,22 @@ EXEC_GRACE_SECONDS = 15  # past its timeout, an exec that has not returned costs
 SETUP_SECONDS = 120  # allowance in expires_at for the time between create and start
 
 
+def engine_url(docker_host: str | None = None) -> str:
+    """Where a client for `docker_host` connects: it, else $DOCKER_HOST, else Docker's default socket."""
+    return docker_host or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+
+
+def reason(error: BaseException) -> str:
+    """A Docker client error in a few words, on one line: the engine's explanation of a refused
+    request, else the root cause ("Connection refused"); the client's own message nests three
+    libraries' reprs."""
+    text = error.explanation if isinstance(error, APIError) else None
+    while not text and (error.__cause__ or error.__context__):
+        error = error.__cause__ or error.__context__
+    text = text or getattr(error, "strerror", None) or str(error) or type(error).__name__
+    return " ".join(str(text).split())
+
+
 def connect(docker_host: str | None = None, *, timeout: float | None = 120) -> docker.DockerClient:
     """A client for `docker_host` (default: the environment's), or SandboxError when none answers."""
     try:
@@ -70,9 +86,9 @@ def connect(docker_host: str | None = None, *, timeout: float | None = 120) -> d
                                  if docker_host else None)
         client.ping()
     except DockerException as error:
-        raise SandboxError(f"no Docker engine answers at {docker_host or 'the default socket'} "
-                           f"({error}); run scripts/docker_setup.sh as root, or use the local "
-                           "sandbox backend") from error
+        raise SandboxError(f"no Docker engine answers at {engine_url(docker_host)} ({reason(error)}): "
+                           "start it (scripts/docker_setup.sh as root), point sandbox.docker_host at one "
+                           "that runs, or set sandbox.backend: local") from error
     return client
 
 
@@ -297,7 +313,8 @@ def ensure_internal_network(client: docker.DockerClient) -> str:
                 create_internal_network(client)
             except APIError as error:
                 if not _internal_networks(client):  # lost a race with another host: fine
-                    raise SandboxError(f"cannot create Docker network {INTERNAL_NETWORK}: {error}") from error
+                    raise SandboxError(f"cannot create Docker network {INTERNAL_NETWORK} ({reason(error)}): "
+                                       "remove unused networks there (docker network prune)") from error
     keep, *duplicates = _internal_networks(client)
     for network in duplicates:
         if network.attrs.get("Labels", {}).get(LABEL_CREATED_BY) != CREATED_BY:

@@ -15,10 +15,12 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from docker.errors import APIError, BuildError, ImageNotFound
+from docker.errors import APIError, BuildError, DockerException, ImageNotFound
+from requests import RequestException
 
 from trajhub_assets.sandbox.base import SandboxError, cache_dir
-from trajhub_assets.sandbox.docker import bridge_gateway, connect, ensure_internal_network, remove_orphans
+from trajhub_assets.sandbox.docker import (bridge_gateway, connect, engine_url, ensure_internal_network, reason,
+                                           remove_orphans)
 
 log = logging.getLogger(__name__)
 
@@ -75,17 +77,23 @@ def _debootstrap_tarball(target: Path) -> None:
         except subprocess.TimeoutExpired as error:
             raise SandboxError(f"debootstrap did not finish in 30 minutes: {command}") from error
         if done.returncode != 0:
-            raise SandboxError(f"debootstrap failed ({done.returncode}): "
-                               f"{(done.stderr or done.stdout)[-2000:]}")
+            output = (done.stderr or done.stdout).strip()
+            log.error("debootstrap failed (%d):\n%s", done.returncode, output[-5000:])
+            raise SandboxError(f"debootstrap failed ({done.returncode}): {_last_line(output)}")
         partial = work / "rootfs.tar"
         # GNU tar keeps what the root file system holds (owners, devices, capabilities).
         packed = subprocess.run(["tar", "--numeric-owner", "--xattrs", "-C", str(rootfs),
                                  "-cf", str(partial), "."], capture_output=True, text=True)
         if packed.returncode != 0:
-            raise SandboxError(f"tar of {rootfs} failed: {packed.stderr[-2000:]}")
+            raise SandboxError(f"tar of {rootfs} failed: {_last_line(packed.stderr)}")
         partial.rename(target)  # readers never see half a tarball
     finally:
         _remove_build_dir(work)
+
+
+def _last_line(output: str) -> str:
+    """A tool's last line of output, where it says why it stopped (the whole goes to the log)."""
+    return (output.strip().splitlines() or ["no output"])[-1]
 
 
 def _remove_build_dir(work: Path) -> None:
@@ -126,14 +134,26 @@ def prepare_engine(docker_host: str | None, images: set[str], network: str = "in
     """Ready an engine for a batch of runs: clear sandboxes orphaned by crashed runs, build the
     demo image if a task needs it, and create the internal network before any run needs it.
     Returns this host's address on the engine's bridge, where containers reach a service of
-    this host (host.docker.internal)."""
-    client = connect(docker_host)
+    this host (host.docker.internal).
+    Every failure is one SandboxError line naming the engine, so the batch fails once, readably,
+    before any run starts."""
+    url = engine_url(docker_host)
+    client = connect(docker_host)  # its error names the engine and what to do already
     try:
         remove_orphans(client)
         if DEMO_IMAGE in images:
             ensure_demo_image(client)
+        for image in sorted(images - {DEMO_IMAGE}):
+            if not _image_exists(client, image):
+                raise SandboxError(f"image {image!r} is missing: pull it there (docker pull {image}), "
+                                   "or fix the task's image")
         if network == "internal":
             ensure_internal_network(client)
+        return bridge_gateway(docker_host)
+    except SandboxError as error:
+        raise SandboxError(f"Docker engine at {url}: {error}") from error
+    except (DockerException, RequestException) as error:  # a call the engine refused or dropped
+        raise SandboxError(f"Docker engine at {url}: preparing it for the sandboxes failed "
+                           f"({reason(error)}); `docker info` there shows its state") from error
     finally:
         client.close()
-    return bridge_gateway(docker_host)

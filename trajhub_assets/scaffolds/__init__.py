@@ -183,6 +183,20 @@ def pinned_clients() -> dict[str, clients.Client]:
     return {e.client.name: e.client for e in SCAFFOLDS.values() if e.client is not None}
 
 
+def install_clients(names: list[str]) -> list[str]:
+    """Install the named pinned clients (default: all); "name: version (path)" of each
+    (scripts/install_clients.sh)."""
+    known = pinned_clients()
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise ConfigError(f"unknown client {unknown[0]!r}; known: {', '.join(known)}")
+    lines = []
+    for name in names or known:
+        clients.install(known[name])
+        lines.append(f"{name}: {clients.version(known[name])} ({known[name].path})")
+    return lines
+
+
 def scaffold_entry(name: str) -> ScaffoldEntry:
     if name not in SCAFFOLDS:
         raise ConfigError(f"unknown scaffold {name!r}; known: {', '.join(SCAFFOLDS)}")

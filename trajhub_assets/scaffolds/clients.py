@@ -193,16 +193,3 @@ def redact(text: str, *secrets: str) -> str:
         if secret:
             text = text.replace(secret, "[redacted]")
     return text
-
-
-def main(names: list[str]) -> None:
-    """Install the named clients (default: all) and print their versions: install_clients.sh."""
-    from trajhub_assets.scaffolds import pinned_clients  # the registry imports this module
-
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    known = pinned_clients()
-    for name in names or known:
-        if name not in known:
-            raise SystemExit(f"unknown client {name!r}; known: {', '.join(known)}")
-        install(known[name])
-        print(f"{name}: {version(known[name])} ({known[name].path})")
