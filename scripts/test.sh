@@ -22,4 +22,11 @@ if command -v npm >/dev/null; then
 else
     echo "test.sh: npm not found, so the agent CLIs are not installed; their tests will say so" >&2
 fi
-exec .venv/bin/python -m pytest "$@"
+# Lint and format (ruff, configured in pyproject.toml); a finding fails the run after the tests.
+lint=0
+.venv/bin/ruff check --quiet . || lint=1
+.venv/bin/ruff format --check --quiet . || { echo "test.sh: run .venv/bin/ruff format ." >&2; lint=1; }
+status=0
+.venv/bin/python -m pytest "$@" || status=$?
+[ "$lint" = 0 ] || echo "test.sh: ruff found problems (above)" >&2
+exit $(( status ? status : lint ))
