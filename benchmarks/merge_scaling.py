@@ -24,40 +24,79 @@ import time
 
 from trajhub_assets.merge.merge import merge_calls
 
-WORDS = ("def return self value import from test error path file line data merge call run "
-         "assert None True False for in if else while print list dict str int").split()
+WORDS = (
+    "def return self value import from test error path file line data merge call run "
+    "assert None True False for in if else while print list dict str int"
+).split()
 
 
 def session_lines(session: int, calls: int, result_bytes: int, rng: random.Random) -> list[str]:
     """The JSON lines of one run of `calls` calls."""
     pool = " ".join(rng.choice(WORDS) for _ in range(result_bytes)).encode()[: result_bytes * 4].decode()
     system = f"You are a coding agent (session {session}). " + pool[:1500]
-    tools = [{"name": name, "description": pool[i * 100:(i + 1) * 100],
-              "input_schema": {"type": "object", "properties": {"arg": {"type": "string"}},
-                               "required": ["arg"]}}
-             for i, name in enumerate(["Read", "Bash", "Edit", "Grep", "Write"])]
+    tools = [
+        {
+            "name": name,
+            "description": pool[i * 100 : (i + 1) * 100],
+            "input_schema": {"type": "object", "properties": {"arg": {"type": "string"}}, "required": ["arg"]},
+        }
+        for i, name in enumerate(["Read", "Bash", "Edit", "Grep", "Write"])
+    ]
     messages = [{"role": "user", "content": [{"type": "text", "text": f"Fix the bug, session {session}."}]}]
     lines = []
     for step in range(calls):
         offset = rng.randrange(len(pool) - result_bytes)
-        response = {"content": [
-            {"type": "thinking", "thinking": pool[offset:offset + 200], "signature": "sig"},
-            {"type": "text", "text": f"Step {step}: let me look."},
-            {"type": "tool_use", "id": f"toolu_{session}_{step}", "name": "Bash",
-             "input": {"arg": f"grep -n '{pool[offset:offset + 30]}' src/file_{step}.py"}},
-        ], "stop_reason": "tool_use"}
-        request = {"model": "m", "system": [{"type": "text", "text": system}], "tools": tools,
-                   "messages": messages, "max_tokens": 8000}
-        lines.append(json.dumps({
-            "run_id": f"run-{session}", "call_id": f"call-{session}-{step}", "seq": step,
-            "started_at": 1000.0 + step, "ended_at": 1000.5 + step, "wire_format": "anthropic_messages",
-            "call_kind": "agent", "request": request, "response": response, "status": "ok", "error": None,
-        }, ensure_ascii=False))
+        response = {
+            "content": [
+                {"type": "thinking", "thinking": pool[offset : offset + 200], "signature": "sig"},
+                {"type": "text", "text": f"Step {step}: let me look."},
+                {
+                    "type": "tool_use",
+                    "id": f"toolu_{session}_{step}",
+                    "name": "Bash",
+                    "input": {"arg": f"grep -n '{pool[offset : offset + 30]}' src/file_{step}.py"},
+                },
+            ],
+            "stop_reason": "tool_use",
+        }
+        request = {
+            "model": "m",
+            "system": [{"type": "text", "text": system}],
+            "tools": tools,
+            "messages": messages,
+            "max_tokens": 8000,
+        }
+        lines.append(
+            json.dumps(
+                {
+                    "run_id": f"run-{session}",
+                    "call_id": f"call-{session}-{step}",
+                    "seq": step,
+                    "started_at": 1000.0 + step,
+                    "ended_at": 1000.5 + step,
+                    "wire_format": "anthropic_messages",
+                    "call_kind": "agent",
+                    "request": request,
+                    "response": response,
+                    "status": "ok",
+                    "error": None,
+                },
+                ensure_ascii=False,
+            )
+        )
         # The client drops thinking from history it sends back, as Claude Code does for older turns.
         messages = messages + [
             {"role": "assistant", "content": response["content"][1:]},
-            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": f"toolu_{session}_{step}",
-                                          "content": pool[offset:offset + result_bytes]}]},
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "tool_result",
+                        "tool_use_id": f"toolu_{session}_{step}",
+                        "content": pool[offset : offset + result_bytes],
+                    }
+                ],
+            },
         ]
     return lines
 
@@ -91,10 +130,13 @@ def main() -> None:
         megabytes, parse_s, merge_s = measure(args.sessions, calls, args.result_bytes)
         per_mb[calls] = merge_s / megabytes
         ratios.append(merge_s / parse_s)
-        print(f"{args.sessions} sessions x {calls} calls: {megabytes:.1f} MB, "
-              f"parse {parse_s:.2f} s ({parse_s / megabytes * 1e3:.2f} ms/MB), "
-              f"merge {merge_s:.2f} s ({merge_s / megabytes * 1e3:.2f} ms/MB), "
-              f"merge/parse {merge_s / parse_s:.2f}", flush=True)
+        print(
+            f"{args.sessions} sessions x {calls} calls: {megabytes:.1f} MB, "
+            f"parse {parse_s:.2f} s ({parse_s / megabytes * 1e3:.2f} ms/MB), "
+            f"merge {merge_s:.2f} s ({merge_s / megabytes * 1e3:.2f} ms/MB), "
+            f"merge/parse {merge_s / parse_s:.2f}",
+            flush=True,
+        )
     print(f"merge_vs_parse={max(ratios):.2f} per_mb_growth={per_mb[120] / per_mb[30]:.2f}")
 
 

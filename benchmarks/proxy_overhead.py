@@ -47,10 +47,21 @@ from trajhub_assets.store import Store
 
 RNG = random.Random(7)
 SYSTEM = "You are a careful coding agent working in a repository. " * 150  # ~8 kB
-TOOLS = [{"name": f"tool_{i}", "description": "Does one thing well. " * 20,
-          "input_schema": {"type": "object", "properties": {"arg": {"type": "string"}}}} for i in range(8)]
-CHAT_TOOLS = [{"type": "function", "function": {"name": t["name"], "description": t["description"],
-                                                "parameters": t["input_schema"]}} for t in TOOLS]
+TOOLS = [
+    {
+        "name": f"tool_{i}",
+        "description": "Does one thing well. " * 20,
+        "input_schema": {"type": "object", "properties": {"arg": {"type": "string"}}},
+    }
+    for i in range(8)
+]
+CHAT_TOOLS = [
+    {
+        "type": "function",
+        "function": {"name": t["name"], "description": t["description"], "parameters": t["input_schema"]},
+    }
+    for t in TOOLS
+]
 
 
 def _text(size: int) -> str:
@@ -61,11 +72,23 @@ def conversation(turns: int) -> list[dict]:
     """User query, then (assistant tool call, tool result) pairs, in Anthropic shape."""
     messages = [{"role": "user", "content": "Fix the failing pagination test."}]
     for turn in range(turns):
-        messages.append({"role": "assistant", "content": [
-            {"type": "text", "text": f"Step {turn}: look around."},
-            {"type": "tool_use", "id": f"toolu_{turn}", "name": "tool_0", "input": {"arg": f"ls {turn}"}}]})
-        messages.append({"role": "user", "content": [
-            {"type": "tool_result", "tool_use_id": f"toolu_{turn}", "content": _text(RNG.randint(500, 2500))}]})
+        messages.append(
+            {
+                "role": "assistant",
+                "content": [
+                    {"type": "text", "text": f"Step {turn}: look around."},
+                    {"type": "tool_use", "id": f"toolu_{turn}", "name": "tool_0", "input": {"arg": f"ls {turn}"}},
+                ],
+            }
+        )
+        messages.append(
+            {
+                "role": "user",
+                "content": [
+                    {"type": "tool_result", "tool_use_id": f"toolu_{turn}", "content": _text(RNG.randint(500, 2500))}
+                ],
+            }
+        )
     return messages
 
 
@@ -76,9 +99,19 @@ def as_chat(messages: list[dict]) -> list[dict]:
             chat.append(message)
         elif message["role"] == "assistant":
             call = message["content"][1]
-            chat.append({"role": "assistant", "content": message["content"][0]["text"],
-                         "tool_calls": [{"id": call["id"], "type": "function",
-                                         "function": {"name": call["name"], "arguments": '{"arg": "x"}'}}]})
+            chat.append(
+                {
+                    "role": "assistant",
+                    "content": message["content"][0]["text"],
+                    "tool_calls": [
+                        {
+                            "id": call["id"],
+                            "type": "function",
+                            "function": {"name": call["name"], "arguments": '{"arg": "x"}'},
+                        }
+                    ],
+                }
+            )
         else:
             result = message["content"][0]
             chat.append({"role": "tool", "tool_call_id": result["tool_use_id"], "content": result["content"]})
@@ -91,16 +124,30 @@ MID_CONVERSATION = conversation(10)  # 21 messages, ~15 kB
 def request(index: int) -> tuple[str, dict]:
     stream = index % 4 >= 2
     if index % 2 == 0:
-        return "/v1/messages", {"model": "scripted-anthropic", "max_tokens": 4096, "stream": stream,
-                                "system": SYSTEM, "tools": TOOLS, "messages": MID_CONVERSATION}
-    return "/v1/chat/completions", {"model": "scripted-openai", "stream": stream, "tools": CHAT_TOOLS,
-                                    "messages": as_chat(MID_CONVERSATION)}
+        return "/v1/messages", {
+            "model": "scripted-anthropic",
+            "max_tokens": 4096,
+            "stream": stream,
+            "system": SYSTEM,
+            "tools": TOOLS,
+            "messages": MID_CONVERSATION,
+        }
+    return "/v1/chat/completions", {
+        "model": "scripted-openai",
+        "stream": stream,
+        "tools": CHAT_TOOLS,
+        "messages": as_chat(MID_CONVERSATION),
+    }
 
 
 def reply(_request) -> Reply:
-    return Reply([thinking_block("Think about the offset. " * 8, "c2lnbmF0dXJl" * 8),
-                  text_block("Let me look at the pager. " * 4),
-                  tool_use_block("toolu_x", "tool_0", {"arg": "cat pager/paginate.py"})])
+    return Reply(
+        [
+            thinking_block("Think about the offset. " * 8, "c2lnbmF0dXJl" * 8),
+            text_block("Let me look at the pager. " * 4),
+            tool_use_block("toolu_x", "tool_0", {"arg": "cat pager/paginate.py"}),
+        ]
+    )
 
 
 async def call(http: httpx.AsyncClient, proxy: ProxyProcess, index: int, run_id: str) -> float:
@@ -129,7 +176,7 @@ async def sequential(http, proxies, calls: int, run_id: str) -> dict[str, list[f
     """Each request goes to both proxies back to back, in alternating order."""
     latencies = {name: [] for name in proxies}
     for index in range(calls):
-        for name, proxy in (proxies.items() if index % 2 == 0 else reversed(proxies.items())):
+        for name, proxy in proxies.items() if index % 2 == 0 else reversed(proxies.items()):
             latencies[name].append(await call(http, proxy, index, run_id))
     return latencies
 
@@ -137,9 +184,10 @@ async def sequential(http, proxies, calls: int, run_id: str) -> dict[str, list[f
 async def concurrent(http, proxies, clients: int, rounds: int, run_id: str) -> dict[str, list[float]]:
     latencies = {name: [] for name in proxies}
     for round_ in range(rounds):
-        for name, proxy in (proxies.items() if round_ % 2 == 0 else reversed(proxies.items())):
+        for name, proxy in proxies.items() if round_ % 2 == 0 else reversed(proxies.items()):
             latencies[name] += await asyncio.gather(
-                *(call(http, proxy, round_ * clients + c, run_id) for c in range(clients)))
+                *(call(http, proxy, round_ * clients + c, run_id) for c in range(clients))
+            )
     return latencies
 
 
@@ -148,8 +196,14 @@ async def session(http, proxy: ProxyProcess, run_id: str, calls: int = 60) -> No
     messages = conversation(0)
     headers = {"authorization": f"Bearer {proxy.master_key}", **run_headers(run_id)}
     for step in range(calls):
-        body = {"model": "scripted-anthropic", "max_tokens": 4096, "stream": step % 2 == 1,
-                "system": SYSTEM, "tools": TOOLS, "messages": messages}
+        body = {
+            "model": "scripted-anthropic",
+            "max_tokens": 4096,
+            "stream": step % 2 == 1,
+            "system": SYSTEM,
+            "tools": TOOLS,
+            "messages": messages,
+        }
         async with http.stream("POST", f"{proxy.url}/v1/messages", json=body, headers=headers) as response:
             await response.aread()
         messages = messages + conversation(step + 1)[-2:]
@@ -157,9 +211,11 @@ async def session(http, proxy: ProxyProcess, run_id: str, calls: int = 60) -> No
 
 def report(phase: str, latencies: dict[str, list[float]]) -> float:
     (l50, l95), (p50, p95) = percentiles(latencies["logger"]), percentiles(latencies["plain"])
-    print(f"{phase:<11} n={len(latencies['logger'])}/proxy  no callback p50 {p50 * 1e3:6.1f} ms  "
-          f"p95 {p95 * 1e3:6.1f} ms | logger p50 {l50 * 1e3:6.1f} ms  p95 {l95 * 1e3:6.1f} ms | "
-          f"ratio p50 {l50 / p50:.3f}  p95 {l95 / p95:.3f}")
+    print(
+        f"{phase:<11} n={len(latencies['logger'])}/proxy  no callback p50 {p50 * 1e3:6.1f} ms  "
+        f"p95 {p95 * 1e3:6.1f} ms | logger p50 {l50 * 1e3:6.1f} ms  p95 {l95 * 1e3:6.1f} ms | "
+        f"ratio p50 {l50 / p50:.3f}  p95 {l95 / p95:.3f}"
+    )
     return l50 / p50
 
 
@@ -170,8 +226,10 @@ async def main(calls: int, clients: int, rounds: int) -> None:
         plain_config.write_text(DEFAULT_CONFIG.read_text().replace("  callbacks: trajectory_logger.instance\n", ""))
         upstream = ScriptedUpstream(reply).start()
         env = scripted_upstream_env(upstream.url, "sk-bench-upstream-key-0000000000")
-        proxies = {"logger": ProxyProcess(tmp / "logger" / "recordings", env=env),
-                   "plain": ProxyProcess(tmp / "plain" / "recordings", config=plain_config, env=env)}
+        proxies = {
+            "logger": ProxyProcess(tmp / "logger" / "recordings", env=env),
+            "plain": ProxyProcess(tmp / "plain" / "recordings", config=plain_config, env=env),
+        }
         try:
             await asyncio.gather(*(asyncio.to_thread(p.start) for p in proxies.values()))
             limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
@@ -179,13 +237,21 @@ async def main(calls: int, clients: int, rounds: int) -> None:
                 warm = make_run_id("bench", "warmup", 0)
                 await sequential(http, proxies, 20, warm)
                 cpu = {name: cpu_seconds(p.process.pid) for name, p in proxies.items()}
-                ratios = [report("sequential", await sequential(http, proxies, calls, make_run_id("bench", "seq", 0))),
-                          report(f"{clients} clients",
-                                 await concurrent(http, proxies, clients, rounds, make_run_id("bench", "conc", 0)))]
-                per_call = {name: (cpu_seconds(p.process.pid) - cpu[name]) / (calls + clients * rounds)
-                            for name, p in proxies.items()}
-                print(f"proxy CPU per call: no callback {per_call['plain'] * 1e3:.1f} ms, logger "
-                      f"{per_call['logger'] * 1e3:.1f} ms, ratio {per_call['logger'] / per_call['plain']:.3f}")
+                ratios = [
+                    report("sequential", await sequential(http, proxies, calls, make_run_id("bench", "seq", 0))),
+                    report(
+                        f"{clients} clients",
+                        await concurrent(http, proxies, clients, rounds, make_run_id("bench", "conc", 0)),
+                    ),
+                ]
+                per_call = {
+                    name: (cpu_seconds(p.process.pid) - cpu[name]) / (calls + clients * rounds)
+                    for name, p in proxies.items()
+                }
+                print(
+                    f"proxy CPU per call: no callback {per_call['plain'] * 1e3:.1f} ms, logger "
+                    f"{per_call['logger'] * 1e3:.1f} ms, ratio {per_call['logger'] / per_call['plain']:.3f}"
+                )
                 run_id = make_run_id("bench", "session", 0)
                 await session(http, proxies["logger"], run_id)
             jsonl = proxies["logger"].recordings_dir / f"{run_id}.jsonl"
@@ -195,8 +261,10 @@ async def main(calls: int, clients: int, rounds: int) -> None:
                 proxy.stop()
             upstream.stop()
     store_ratio = loaded.stored_bytes / loaded.raw_bytes
-    print(f"60-call session: JSONL {loaded.raw_bytes / 1e6:.2f} MB -> store {loaded.stored_bytes / 1e3:.1f} kB "
-          f"({loaded.blobs} blobs)")
+    print(
+        f"60-call session: JSONL {loaded.raw_bytes / 1e6:.2f} MB -> store {loaded.stored_bytes / 1e3:.1f} kB "
+        f"({loaded.blobs} blobs)"
+    )
     print(f"logger_overhead_ratio={statistics.mean(ratios):.3f} store_ratio={store_ratio:.3f}")
 
 

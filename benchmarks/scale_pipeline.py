@@ -74,8 +74,14 @@ import yaml
 from synthetic_runs import ModelProfile, load_partition, model_profiles, task_records
 
 from trajhub_assets.errors import TrajhubError
-from trajhub_assets.jobs import (RECORD_AND_SCORE_ASSETS, RELEASE_ASSETS, build_pairs_job, record_and_score_job,
-                                 release_job, reload_catalog_job)
+from trajhub_assets.jobs import (
+    RECORD_AND_SCORE_ASSETS,
+    RELEASE_ASSETS,
+    build_pairs_job,
+    record_and_score_job,
+    release_job,
+    reload_catalog_job,
+)
 from trajhub_assets.orchestration import run_stage
 from trajhub_assets.partitions import contiguous_ranges, run_key
 
@@ -84,9 +90,12 @@ PER_RUN_STAGES = ["merged_trajectories", "rule_rewards", "judge_rewards", "traje
 RELEASE = ["reward_calibration", "leaderboard", "hf_dataset_release"]
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 # The named job each stage's assets belong to; a stage runs some of its assets.
-JOB_OF = {"tasks": reload_catalog_job, "preference_pairs": build_pairs_job,
-          **{asset: record_and_score_job for asset in RECORD_AND_SCORE_ASSETS},
-          **{asset: release_job for asset in RELEASE_ASSETS}}
+JOB_OF = {
+    "tasks": reload_catalog_job,
+    "preference_pairs": build_pairs_job,
+    **{asset: record_and_score_job for asset in RECORD_AND_SCORE_ASSETS},
+    **{asset: release_job for asset in RELEASE_ASSETS},
+}
 
 
 # -- memory --------------------------------------------------------------------------------
@@ -179,8 +188,12 @@ def step_times(instance, run_id: str) -> tuple[float, float, float]:
     event log: a step's body runs from STEP_START to the step's first output event."""
     from dagster import DagsterEventType
 
-    kinds = {DagsterEventType.STEP_START, DagsterEventType.STEP_OUTPUT,
-             DagsterEventType.ASSET_MATERIALIZATION, DagsterEventType.STEP_FAILURE}
+    kinds = {
+        DagsterEventType.STEP_START,
+        DagsterEventType.STEP_OUTPUT,
+        DagsterEventType.ASSET_MATERIALIZATION,
+        DagsterEventType.STEP_FAILURE,
+    }
     started, ended = {}, {}
     for entry in instance.all_logs(run_id, of_type=kinds):
         step, kind = entry.step_key, entry.dagster_event.event_type
@@ -189,8 +202,7 @@ def step_times(instance, run_id: str) -> tuple[float, float, float]:
         elif step not in ended:
             ended[step] = entry.timestamp
     steps = [step for step in started if step in ended]
-    return (sum(ended[s] - started[s] for s in steps), min(started[s] for s in steps),
-            max(ended[s] for s in steps))
+    return (sum(ended[s] - started[s] for s in steps), min(started[s] for s in steps), max(ended[s] for s in steps))
 
 
 def timed_run(instance, launch, selection: list[str]) -> StageTiming:
@@ -203,23 +215,35 @@ def timed_run(instance, launch, selection: list[str]) -> StageTiming:
     wall, ended = time.perf_counter() - started, time.time()
     body, first_start, last_end = step_times(instance, result.run_id)
     judged = result.asset_materializations_for_node("judge_rewards") if "judge_rewards" in selection else []
-    return StageTiming(selection[0], runs=1, wall_s=wall, body_s=body,
-                       before_s=first_start - clock, after_s=ended - last_end,
-                       # the batch's totals (batch_*) are on each partition's materialization: read one
-                       judge_requests=judged[0].metadata["batch_judge_requests"].value if judged else 0,
-                       materialized={a: len(result.asset_materializations_for_node(a)) for a in selection})
+    return StageTiming(
+        selection[0],
+        runs=1,
+        wall_s=wall,
+        body_s=body,
+        before_s=first_start - clock,
+        after_s=ended - last_end,
+        # the batch's totals (batch_*) are on each partition's materialization: read one
+        judge_requests=judged[0].metadata["batch_judge_requests"].value if judged else 0,
+        materialized={a: len(result.asset_materializations_for_node(a)) for a in selection},
+    )
 
 
 def run_batches(instance, resources, selection: list[str], batches: list[list[str]]) -> StageTiming:
     """One Dagster run per batch of partition keys (a range, as a multi_run backfill makes)."""
     total = StageTiming(selection[0])
     for keys in batches:
-        run = timed_run(instance, lambda keys=keys: run_stage(
-            instance, JOB_OF[selection[0]], keys, resources=resources, selection=selection, run_config=QUIET),
-            selection)
+        run = timed_run(
+            instance,
+            lambda keys=keys: run_stage(
+                instance, JOB_OF[selection[0]], keys, resources=resources, selection=selection, run_config=QUIET
+            ),
+            selection,
+        )
         if keys and any(count != len(keys) for count in run.materialized.values()):
-            raise SystemExit(f"scale_pipeline: a run over {len(keys)} partitions materialized "
-                             f"{run.materialized}: the batch is not the range it was meant to be")
+            raise SystemExit(
+                f"scale_pipeline: a run over {len(keys)} partitions materialized "
+                f"{run.materialized}: the batch is not the range it was meant to be"
+            )
         total.add(run)
     return total
 
@@ -228,9 +252,15 @@ def run_per_partition(instance, resources, selection: list[str], keys: list[str]
     """One Dagster run per partition key, as a backfill without a backfill policy makes."""
     total = StageTiming(selection[0])
     for key in keys:
-        total.add(timed_run(instance, lambda key=key: run_stage(
-            instance, JOB_OF[selection[0]], [key], resources=resources, selection=selection, run_config=QUIET),
-            selection))
+        total.add(
+            timed_run(
+                instance,
+                lambda key=key: run_stage(
+                    instance, JOB_OF[selection[0]], [key], resources=resources, selection=selection, run_config=QUIET
+                ),
+                selection,
+            )
+        )
     return total
 
 
@@ -238,12 +268,15 @@ def model_batches(models: list[str], instance_ids: list[str], size: int = BATCH)
     """Backfill runs of up to `size` partitions: one model, consecutive instances (in the
     dynamic partitions' order), as BackfillPolicy.multi_run chunks a (model x instance)
     backfill when there are fewer models than instances."""
-    return [[run_key(model, i) for i in batch]
-            for model in models for batch in contiguous_ranges(instance_ids, instance_ids, size)]
+    return [
+        [run_key(model, i) for i in batch]
+        for model in models
+        for batch in contiguous_ranges(instance_ids, instance_ids, size)
+    ]
 
 
 def chunks(keys: list[str], size: int = BATCH) -> list[list[str]]:
-    return [keys[start:start + size] for start in range(0, len(keys), size)]
+    return [keys[start : start + size] for start in range(0, len(keys), size)]
 
 
 # -- setup ---------------------------------------------------------------------------------
@@ -251,19 +284,25 @@ def write_project(root: Path, profiles: list[ModelProfile], tasks: list[dict]) -
     tasks_file = root / "tasks.jsonl"
     tasks_file.write_text("".join(json.dumps(t, ensure_ascii=False) + "\n" for t in tasks))
     config = root / "project.yaml"
-    config.write_text(yaml.safe_dump({
-        "tasks": [{"path": str(tasks_file)}],
-        "models": [{"name": p.name, "route": p.route, "scaffold": p.scaffold} for p in profiles],
-        "judge": {"model": "baseline/judge", "max_concurrent": 4},
-        "release": {"name": "trajhub-scale-bench", "min_margin": 0.01}}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "tasks": [{"path": str(tasks_file)}],
+                "models": [{"name": p.name, "route": p.route, "scaffold": p.scaffold} for p in profiles],
+                "judge": {"model": "baseline/judge", "max_concurrent": 4},
+                "release": {"name": "trajhub-scale-bench", "min_margin": 0.01},
+            }
+        )
+    )
     return config
 
 
 def _pool(workers: int):
     """Worker processes, forked; they leave SIGTERM at its default, so closing the pool is
     quiet (Dagster turns SIGTERM into KeyboardInterrupt in this process)."""
-    return multiprocessing.get_context("fork").Pool(workers, initializer=signal.signal,
-                                                    initargs=(signal.SIGTERM, signal.SIG_DFL))
+    return multiprocessing.get_context("fork").Pool(
+        workers, initializer=signal.signal, initargs=(signal.SIGTERM, signal.SIG_DFL)
+    )
 
 
 def _load_one(job) -> int:
@@ -274,8 +313,9 @@ def _load_one(job) -> int:
     return load_partition(Store(Path(root) / "home"), scratch, profile, task, seed)
 
 
-def load_synthetic(root: Path, profiles: list[ModelProfile], tasks: list[dict], seed: int,
-                   workers: int) -> tuple[int, float]:
+def load_synthetic(
+    root: Path, profiles: list[ModelProfile], tasks: list[dict], seed: int, workers: int
+) -> tuple[int, float]:
     """(calls, seconds): one synthetic run per (model, instance), through load_runs."""
     (root / "scratch").mkdir(exist_ok=True)
     jobs = [(str(root), p, t, seed) for p in profiles for t in tasks]
@@ -337,15 +377,32 @@ def _fill_judge_cache(job) -> int:
         items += [c[2] for c in checklist_items(run, run_conversations, task, outcomes.get(run_id))]
         items += [s[1] for s in step_items(run, run_conversations, task)]
     for item in items:
-        request = {"model": config.judge.model, "messages": list(item.messages),
-                   "response_format": {"type": "json_schema", "json_schema": {
-                       "name": f"trajhub_{item.kind}", "schema": item.schema, "strict": True}}}
+        request = {
+            "model": config.judge.model,
+            "messages": list(item.messages),
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": f"trajhub_{item.kind}", "schema": item.schema, "strict": True},
+            },
+        }
         answer = parse_answer(json.dumps(judge_answer(request)), item)
-        cache.put(cache_key(config.judge.model, config.judge.prompt_version, item.input_hash), {
-            "judge_model": config.judge.model, "prompt_version": config.judge.prompt_version,
-            "input_hash": item.input_hash, "label": item.label, "answer": answer, "error": None,
-            "attempts": 1, "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": None,
-            "created_at": time.time(), "filled_by": "benchmarks/scale_pipeline.py (no HTTP)"})
+        cache.put(
+            cache_key(config.judge.model, config.judge.prompt_version, item.input_hash),
+            {
+                "judge_model": config.judge.model,
+                "prompt_version": config.judge.prompt_version,
+                "input_hash": item.input_hash,
+                "label": item.label,
+                "answer": answer,
+                "error": None,
+                "attempts": 1,
+                "prompt_tokens": 0,
+                "completion_tokens": 0,
+                "cost_usd": None,
+                "created_at": time.time(),
+                "filled_by": "benchmarks/scale_pipeline.py (no HTTP)",
+            },
+        )
     return len(items)
 
 
@@ -355,22 +412,30 @@ _TASKS: dict = {}
 def fill_judge_cache(root: Path, config: Path, partitions: list[dict], workers: int) -> tuple[int, float]:
     started = time.perf_counter()
     with _pool(workers) as pool:
-        items = sum(pool.imap_unordered(_fill_judge_cache, [(str(root), str(config), p) for p in partitions],
-                                        chunksize=8))
+        items = sum(
+            pool.imap_unordered(_fill_judge_cache, [(str(root), str(config), p) for p in partitions], chunksize=8)
+        )
     return items, time.perf_counter() - started
 
 
 # -- report --------------------------------------------------------------------------------
-HEADER = (f"{'stage':<44} {'runs':>5} {'parts':>6} {'traj':>6} {'wall s':>8} {'traj/s':>7} "
-          f"{'body s':>8} {'dagster':>7} {'pre s':>6} {'post s':>6} {'peak MB':>7}  note")
+HEADER = (
+    f"{'stage':<44} {'runs':>5} {'parts':>6} {'traj':>6} {'wall s':>8} {'traj/s':>7} "
+    f"{'body s':>8} {'dagster':>7} {'pre s':>6} {'post s':>6} {'peak MB':>7}  note"
+)
 
 
 def format_row(row: StageTiming) -> str:
     rate = f"{row.trajectories / row.wall_s:7.1f}" if row.wall_s and row.trajectories else f"{'-':>7}"
-    dagster = (f"{row.body_s:8.1f} {row.overhead:>7.1%} {row.before_s:6.1f} {row.after_s:6.1f}" if row.runs
-               else f"{'-':>8} {'-':>7} {'-':>6} {'-':>6}")
-    return (f"{row.name:<44} {row.runs or '-':>5} {row.partitions:>6} {row.trajectories or '-':>6} "
-            f"{row.wall_s:8.1f} {rate} {dagster} {row.peak_mb:7.0f}  {row.note}")
+    dagster = (
+        f"{row.body_s:8.1f} {row.overhead:>7.1%} {row.before_s:6.1f} {row.after_s:6.1f}"
+        if row.runs
+        else f"{'-':>8} {'-':>7} {'-':>6} {'-':>6}"
+    )
+    return (
+        f"{row.name:<44} {row.runs or '-':>5} {row.partitions:>6} {row.trajectories or '-':>6} "
+        f"{row.wall_s:8.1f} {rate} {dagster} {row.peak_mb:7.0f}  {row.note}"
+    )
 
 
 def print_table(rows: list[StageTiming]) -> None:
@@ -391,15 +456,31 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--workers", type=int, default=2, help="processes for loading and the cache fill")
     parser.add_argument("--batch", type=int, default=BATCH, help="partitions per batched run")
-    parser.add_argument("--judge-live", type=int, default=BATCH,
-                        help="partitions judged live through the proxy (the rest from the cache)")
+    parser.add_argument(
+        "--judge-live",
+        type=int,
+        default=BATCH,
+        help="partitions judged live through the proxy (the rest from the cache)",
+    )
     parser.add_argument("--per-partition-sample", type=int, default=100)
-    parser.add_argument("--per-partition-budget", type=float, default=900.0,
-                        help="seconds one-run-per-partition may take before it is sampled")
-    parser.add_argument("--pairs-probe", type=int, default=10,
-                        help="instances in the first preference_pairs run, which decides whether to run the rest")
-    parser.add_argument("--pairs-budget", type=float, default=1800.0,
-                        help="seconds preference_pairs may take over every instance before it is extrapolated")
+    parser.add_argument(
+        "--per-partition-budget",
+        type=float,
+        default=900.0,
+        help="seconds one-run-per-partition may take before it is sampled",
+    )
+    parser.add_argument(
+        "--pairs-probe",
+        type=int,
+        default=10,
+        help="instances in the first preference_pairs run, which decides whether to run the rest",
+    )
+    parser.add_argument(
+        "--pairs-budget",
+        type=float,
+        default=1800.0,
+        help="seconds preference_pairs may take over every instance before it is extrapolated",
+    )
     parser.add_argument("--root", default=None, help="work directory (default: a temporary one, removed)")
     args = parser.parse_args()
     if args.quick:  # every path once, small: batched runs, live and cached judge, extrapolation
@@ -451,12 +532,12 @@ class Bench:
         return len(self.known) * len(self.tasks)
 
     def add_setup(self, name: str, partitions: int, seconds: float, note: str) -> None:
-        self.setup.append(StageTiming(name, partitions, partitions, 0, seconds, peak_mb=self.memory.stage(),
-                                      note=note))
+        self.setup.append(StageTiming(name, partitions, partitions, 0, seconds, peak_mb=self.memory.stage(), note=note))
         print(f"  done: {format_row(self.setup[-1])}", flush=True)
 
-    def stage(self, selection: list[str], batches: list[list[str]], partitions: int, note: str = "",
-              name: str | None = None) -> StageTiming:
+    def stage(
+        self, selection: list[str], batches: list[list[str]], partitions: int, note: str = "", name: str | None = None
+    ) -> StageTiming:
         """Dagster runs of `selection`, one per batch, as one stage row."""
         self.memory.stage()
         timing = run_batches(self.instance, self.resources, selection, batches)
@@ -479,22 +560,47 @@ def prepare(args, root: Path, memory: MemorySampler) -> Bench:
     profiles, tasks = model_profiles(args.models + 1, args.seed), task_records(args.instances)
     config_path = write_project(root, profiles, tasks)
     project = ProjectResource(path=str(config_path))
-    bench = Bench(args, root, memory, config_path, load_config(config_path),
-                  environment_resources(project, environment(project.load()), StoreResource(root=str(root / "home")),
-                                        recordings_dir=str(root / "recordings")),
-                  Store(root / "home"), DagsterInstance.get(), profiles[:-1], profiles[-1], tasks)
-    print(f"scale benchmark: {len(bench.known)} models x {len(tasks)} instances = {bench.trajectories} runs "
-          f"(+1 model to backfill), batches of {args.batch}, work dir {root}", flush=True)
+    bench = Bench(
+        args,
+        root,
+        memory,
+        config_path,
+        load_config(config_path),
+        environment_resources(
+            project,
+            environment(project.load()),
+            StoreResource(root=str(root / "home")),
+            recordings_dir=str(root / "recordings"),
+        ),
+        Store(root / "home"),
+        DagsterInstance.get(),
+        profiles[:-1],
+        profiles[-1],
+        tasks,
+    )
+    print(
+        f"scale benchmark: {len(bench.known)} models x {len(tasks)} instances = {bench.trajectories} runs "
+        f"(+1 model to backfill), batches of {args.batch}, work dir {root}",
+        flush=True,
+    )
     memory.stage()
-    catalog = timed_run(bench.instance, lambda: run_stage(bench.instance, reload_catalog_job,
-                                                          resources=bench.resources, run_config=QUIET), ["tasks"])
+    catalog = timed_run(
+        bench.instance,
+        lambda: run_stage(bench.instance, reload_catalog_job, resources=bench.resources, run_config=QUIET),
+        ["tasks"],
+    )
     catalog.partitions, catalog.peak_mb = len(tasks), memory.stage()
     bench.setup.append(catalog)
-    register_partitions(bench.instance, bench.store, bench.config.model_copy(
-        update={"models": bench.config.models[:-1]}))  # the last model arrives in the backfill
+    register_partitions(
+        bench.instance, bench.store, bench.config.model_copy(update={"models": bench.config.models[:-1]})
+    )  # the last model arrives in the backfill
     calls, seconds = load_synthetic(root, bench.known, tasks, args.seed, args.workers)
-    bench.add_setup("load synthetic runs (load_runs)", bench.trajectories, seconds,
-                    f"{calls} calls, {args.workers} processes, no Dagster")
+    bench.add_setup(
+        "load synthetic runs (load_runs)",
+        bench.trajectories,
+        seconds,
+        f"{calls} calls, {args.workers} processes, no Dagster",
+    )
     return bench
 
 
@@ -502,44 +608,59 @@ def pipeline(bench: Bench) -> tuple[list[StageTiming], StageTiming]:
     """merge -> rules -> judge -> rewards -> pairs -> release over the known models; (rows, judge total)."""
     args, ids = bench.args, bench.instance_ids
     batches = model_batches([p.key for p in bench.known], ids, args.batch)
-    stages = [bench.stage(["merged_trajectories"], batches, bench.trajectories),
-              bench.stage(["rule_rewards"], batches, bench.trajectories)]
+    stages = [
+        bench.stage(["merged_trajectories"], batches, bench.trajectories),
+        bench.stage(["rule_rewards"], batches, bench.trajectories),
+    ]
 
     live = batches[: max(1, -(-args.judge_live // args.batch))]
     live_keys = {key for batch in live for key in batch}
     cached = [{"model": p.key, "instance": i} for p in bench.known for i in ids if run_key(p.key, i) not in live_keys]
     items, seconds = fill_judge_cache(bench.root, bench.config_path, cached, args.workers)
-    bench.add_setup("judge cache fill (in-process)", len(cached), seconds,
-                    f"{items} judge items, scripted judge, no HTTP")
+    bench.add_setup(
+        "judge cache fill (in-process)", len(cached), seconds, f"{items} judge items, scripted judge, no HTTP"
+    )
     judge_live = bench.stage(["judge_rewards"], live, len(live_keys), "live: real proxy + scripted baseline judge")
-    judge_cached = bench.stage(["judge_rewards"], batches[len(live):], len(cached),
-                               "every verdict from the judge cache")
-    judge = StageTiming("judge_rewards (all)", bench.trajectories, bench.trajectories,
-                        peak_mb=max(judge_live.peak_mb, judge_cached.peak_mb))
+    judge_cached = bench.stage(
+        ["judge_rewards"], batches[len(live) :], len(cached), "every verdict from the judge cache"
+    )
+    judge = StageTiming(
+        "judge_rewards (all)",
+        bench.trajectories,
+        bench.trajectories,
+        peak_mb=max(judge_live.peak_mb, judge_cached.peak_mb),
+    )
     for part in (judge_live, judge_cached):
         part.trajectories = part.partitions
         part.note += f", {part.judge_requests} judge requests"
         judge.add(part)
     rewards = bench.stage(["trajectory_rewards"], batches, bench.trajectories)
-    return stages + [judge_live, judge_cached, rewards, pairs_stage(bench),
-                     bench.stage(RELEASE, [[]], 1, name="release (calibration, leaderboard, hf)")], judge
+    return stages + [
+        judge_live,
+        judge_cached,
+        rewards,
+        pairs_stage(bench),
+        bench.stage(RELEASE, [[]], 1, name="release (calibration, leaderboard, hf)"),
+    ], judge
 
 
 def pairs_stage(bench: Bench) -> StageTiming:
     """preference_pairs: a probe run first; the rest, or a linear extrapolation if over budget."""
     args, ids = bench.args, bench.instance_ids
-    probe = ids[:min(args.pairs_probe, len(ids))]
+    probe = ids[: min(args.pairs_probe, len(ids))]
     pairs = bench.stage(["preference_pairs"], [probe], len(ids))
     if len(probe) == len(ids):
         return pairs
     scale = len(ids) / len(probe)
     if pairs.wall_s * scale > args.pairs_budget:
-        pairs.note = (f"EXTRAPOLATED x{scale:.0f} from the first {len(probe)} instances "
-                      f"({pairs.wall_s:.0f} s measured); the release has their pairs only")
+        pairs.note = (
+            f"EXTRAPOLATED x{scale:.0f} from the first {len(probe)} instances "
+            f"({pairs.wall_s:.0f} s measured); the release has their pairs only"
+        )
         extrapolate(pairs, scale)
         pairs.runs = len(chunks(ids, args.batch))
         return pairs
-    pairs.add(run_batches(bench.instance, bench.resources, ["preference_pairs"], chunks(ids[len(probe):], args.batch)))
+    pairs.add(run_batches(bench.instance, bench.resources, ["preference_pairs"], chunks(ids[len(probe) :], args.batch)))
     pairs.note = f"a first run of {len(probe)} instances, then runs of up to {args.batch}"
     return pairs
 
@@ -558,19 +679,26 @@ def backfill(bench: Bench) -> tuple[StageTiming, StageTiming]:
     register_partitions(bench.instance, bench.store, bench.config)
     calls, seconds = load_synthetic(bench.root, [new], bench.tasks, args.seed, args.workers)
     bench.add_setup(f"load synthetic runs of {new.name}", len(ids), seconds, f"{calls} calls, for the backfill")
-    items, seconds = fill_judge_cache(bench.root, bench.config_path,
-                                      [{"model": new.key, "instance": i} for i in ids], args.workers)
+    items, seconds = fill_judge_cache(
+        bench.root, bench.config_path, [{"model": new.key, "instance": i} for i in ids], args.workers
+    )
     bench.add_setup(f"judge cache fill of {new.name}", len(ids), seconds, f"{items} judge items, no HTTP")
 
-    batched = bench.stage(PER_RUN_STAGES, model_batches([new.key], ids, args.batch), len(ids),
-                          f"runs of up to {args.batch} partitions", name=f"{new.name}: batched")
+    batched = bench.stage(
+        PER_RUN_STAGES,
+        model_batches([new.key], ids, args.batch),
+        len(ids),
+        f"runs of up to {args.batch} partitions",
+        name=f"{new.name}: batched",
+    )
     batched.trajectories = len(ids)
 
     # The batched outputs stay: each run below recomputes and overwrites its partition, the same work.
     bench.memory.stage()
     sample = random.Random(args.seed).sample(ids, min(args.per_partition_sample, len(ids)))
-    per_partition = run_per_partition(bench.instance, bench.resources, PER_RUN_STAGES,
-                                      [run_key(new.key, i) for i in sample])
+    per_partition = run_per_partition(
+        bench.instance, bench.resources, PER_RUN_STAGES, [run_key(new.key, i) for i in sample]
+    )
     rest = [run_key(new.key, i) for i in ids if i not in set(sample)]
     scale = len(ids) / len(sample)
     sampled = bool(rest) and per_partition.wall_s * scale > args.per_partition_budget
@@ -588,31 +716,49 @@ def backfill(bench: Bench) -> tuple[StageTiming, StageTiming]:
     return batched, per_partition
 
 
-def print_report(bench: Bench, stages: list[StageTiming], judge: StageTiming, batched: StageTiming,
-                 per_partition: StageTiming) -> None:
+def print_report(
+    bench: Bench, stages: list[StageTiming], judge: StageTiming, batched: StageTiming, per_partition: StageTiming
+) -> None:
     print("\nsetup (not pipeline stages):")
     print_table(bench.setup)
     print("\npipeline stages (Dagster, SQLite instance, batched runs):")
     print_table(stages)
-    print("\nbackfill of one new model over every instance (merged_trajectories + rule_rewards + judge_rewards,"
-          " judge from the cache):")
+    print(
+        "\nbackfill of one new model over every instance (merged_trajectories + rule_rewards + judge_rewards,"
+        " judge from the cache):"
+    )
     print_table([batched, per_partition])
     judge_live = next(s for s in stages if s.note.startswith("live"))
     live_rate = judge_live.wall_s / max(judge_live.partitions, 1)
-    print(f"live judge: {live_rate:.2f} s per partition through the proxy; judging all {bench.trajectories} "
-          f"runs live would take ~{live_rate * bench.trajectories / 60:.0f} min on this machine")
-    counts = {t: rows_of(bench.store, t) for t in ("raw_calls", "merged_trajectories", "rule_steps",
-                                                    "judge_steps", "trajectory_rewards", "preference_pairs")}
+    print(
+        f"live judge: {live_rate:.2f} s per partition through the proxy; judging all {bench.trajectories} "
+        f"runs live would take ~{live_rate * bench.trajectories / 60:.0f} min on this machine"
+    )
+    counts = {
+        t: rows_of(bench.store, t)
+        for t in (
+            "raw_calls",
+            "merged_trajectories",
+            "rule_steps",
+            "judge_steps",
+            "trajectory_rewards",
+            "preference_pairs",
+        )
+    }
     release = sorted((bench.root / "home" / "releases").glob("*/*/manifest.json"))
     rows = json.loads(release[-1].read_text()).get("rows") if release else None
     print("rows: " + ", ".join(f"{t}={n}" for t, n in counts.items()) + f", release={rows}")
     usage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"peak RSS: this process {usage:.0f} MB (ru_maxrss), with its children (proxy, workers) "
-          f"{bench.memory.peak_tree:.0f} MB (sampled every 0.5 s); store {du(bench.root / 'home') / 1e9:.2f} GB; "
-          f"{os.cpu_count()} CPUs shared with other jobs")
+    print(
+        f"peak RSS: this process {usage:.0f} MB (ru_maxrss), with its children (proxy, workers) "
+        f"{bench.memory.peak_tree:.0f} MB (sampled every 0.5 s); store {du(bench.root / 'home') / 1e9:.2f} GB; "
+        f"{os.cpu_count()} CPUs shared with other jobs"
+    )
     in_pipeline = [s for s in stages if s.name != "judge_rewards"] + [judge]
-    print(f"trajectories_per_s={bench.trajectories / sum(s.wall_s for s in in_pipeline):.2f} "
-          f"backfill_batched_vs_per_partition={per_partition.wall_s / batched.wall_s:.2f}")
+    print(
+        f"trajectories_per_s={bench.trajectories / sum(s.wall_s for s in in_pipeline):.2f} "
+        f"backfill_batched_vs_per_partition={per_partition.wall_s / batched.wall_s:.2f}"
+    )
 
 
 def du(path: Path) -> int:

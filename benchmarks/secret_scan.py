@@ -22,8 +22,10 @@ import time
 
 from trajhub_assets.release.secrets import _SECRET, scan_rows, scan_text
 
-WORDS = ("def return self value import from test error path file line data merge call run assert "
-         "None True False for in if else while print list dict str int token key secret").split()
+WORDS = (
+    "def return self value import from test error path file line data merge call run assert "
+    "None True False for in if else while print list dict str int token key secret"
+).split()
 
 
 def sample_text(megabytes: float, rng: random.Random) -> str:
@@ -55,13 +57,23 @@ def main() -> None:
     full = timed(lambda: list(_SECRET.finditer(text)))
     assert len(list(scan_text(text))) == len(list(_SECRET.finditer(text)))  # the same hits
     blob = base64.b64encode(rng.randbytes(3_000_000)).decode()
-    rows = [{"messages": [{"content": text[:1_000_000], "thinking_blocks": [
-        {"type": "thinking", "thinking": "plan", "signature": blob, "data": None}]}]}]
+    rows = [
+        {
+            "messages": [
+                {
+                    "content": text[:1_000_000],
+                    "thinking_blocks": [{"type": "thinking", "thinking": "plan", "signature": blob, "data": None}],
+                }
+            ]
+        }
+    ]
     row_mb = (len(blob) + 1_000_000) / 1e6
     rows_seconds = timed(lambda: scan_rows("bench", rows))
     mb = len(text) / 1e6
-    print(f"scan_text: {mb / ours:.1f} MB/s; full pattern: {mb / full:.1f} MB/s; "
-          f"rows with signatures: {row_mb / rows_seconds:.1f} MB/s")
+    print(
+        f"scan_text: {mb / ours:.1f} MB/s; full pattern: {mb / full:.1f} MB/s; "
+        f"rows with signatures: {row_mb / rows_seconds:.1f} MB/s"
+    )
     print(f"scan_vs_full_regex={ours / full:.3f} rows_mb_per_s={row_mb / rows_seconds:.1f}")
 
 

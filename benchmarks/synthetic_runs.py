@@ -34,14 +34,17 @@ from trajhub_assets.recording.schema import RUNS
 from trajhub_assets.scaffolds.builtin import ERROR_PREFIX
 from trajhub_assets.store import Store
 
-OCTOCODINGBENCH_TASKS = (Path(__file__).resolve().parents[2] / "shared" / "data" / "octocodingbench"
-                         / "tasks_checklist_72.jsonl")
+OCTOCODINGBENCH_TASKS = (
+    Path(__file__).resolve().parents[2] / "shared" / "data" / "octocodingbench" / "tasks_checklist_72.jsonl"
+)
 WORKSPACE = "/app"
 TEST_COMMAND = "python -m pytest -q"
 
-_WORDS = ("cache page item order user config token parse value index record batch queue event "
-          "handler client server request response session result error retry buffer stream path "
-          "schema field model store table query merge split limit offset count total state").split()
+_WORDS = (
+    "cache page item order user config token parse value index record batch queue event "
+    "handler client server request response session result error retry buffer stream path "
+    "schema field model store table query merge split limit offset count total state"
+).split()
 
 
 def _corpus(rng: random.Random, lines: int = 6000) -> list[str]:
@@ -50,10 +53,10 @@ def _corpus(rng: random.Random, lines: int = 6000) -> list[str]:
         "def {a}_{b}(self, {c}, {d}=None):",
         "    {a}_{b} = self.{c}.get({d!r}, {n})",
         "    if not {a}_{b}:",
-        "        raise ValueError(f\"{a} {b}: {{{c}}} is not a valid {d}\")",
+        '        raise ValueError(f"{a} {b}: {{{c}}} is not a valid {d}")',
         "    return [{a} for {a} in {b}_{c} if {a}.{d} > {n}]",
         "class {A}{B}({C}Base):",
-        "    \"\"\"{A} {b} for the {c} {d}.\"\"\"",
+        '    """{A} {b} for the {c} {d}."""',
         "from {a}.{b} import {C}{D}, {c}_{d}",
         "    for {a}, {b} in enumerate(self.{c}_{d}):",
         "        self.{a}[{b}] = {c}_{d}({n})",
@@ -63,8 +66,11 @@ def _corpus(rng: random.Random, lines: int = 6000) -> list[str]:
     out = []
     for _ in range(lines):
         a, b, c, d = (rng.choice(_WORDS) for _ in range(4))
-        out.append(rng.choice(templates).format(a=a, b=b, c=c, d=d, A=a.title(), B=b.title(),
-                                                C=c.title(), D=d.title(), n=rng.randrange(1000)))
+        out.append(
+            rng.choice(templates).format(
+                a=a, b=b, c=c, d=d, A=a.title(), B=b.title(), C=c.title(), D=d.title(), n=rng.randrange(1000)
+            )
+        )
     return out
 
 
@@ -115,12 +121,21 @@ def model_profiles(count: int, seed: int) -> list[ModelProfile]:
     rng = random.Random(f"{seed}:models")
     # Pairs need runs with the same tools: models come in twos of one client style.
     scaffolds = ("claudecode", "droid", "builtin", "kilo-dev")
-    return [ModelProfile(name=f"scale/model-{i:02d}", scaffold=scaffolds[i % len(scaffolds)],
-                         mean_steps=rng.uniform(6, 28), result_scale=rng.uniform(0.5, 1.6),
-                         error_rate=rng.uniform(0.01, 0.12), repeat_rate=rng.uniform(0.0, 0.12),
-                         blind_edit_rate=rng.uniform(0.0, 0.3), invalid_args_rate=rng.uniform(0.0, 0.04),
-                         skill=rng.uniform(0.2, 0.8), thinking=rng.random() < 0.6)
-            for i in range(count)]
+    return [
+        ModelProfile(
+            name=f"scale/model-{i:02d}",
+            scaffold=scaffolds[i % len(scaffolds)],
+            mean_steps=rng.uniform(6, 28),
+            result_scale=rng.uniform(0.5, 1.6),
+            error_rate=rng.uniform(0.01, 0.12),
+            repeat_rate=rng.uniform(0.0, 0.12),
+            blind_edit_rate=rng.uniform(0.0, 0.3),
+            invalid_args_rate=rng.uniform(0.0, 0.04),
+            skill=rng.uniform(0.2, 0.8),
+            thinking=rng.random() < 0.6,
+        )
+        for i in range(count)
+    ]
 
 
 # -- tasks --------------------------------------------------------------------------------
@@ -138,8 +153,12 @@ def task_records(count: int) -> list[dict]:
 
 # -- tools of the two client styles ---------------------------------------------------------
 def _schema(required: list[str], optional: tuple[str, ...] = ()) -> dict:
-    return {"type": "object", "additionalProperties": False, "required": required,
-            "properties": {name: {"type": "string"} for name in [*required, *optional]}}
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": required,
+        "properties": {name: {"type": "string"} for name in [*required, *optional]},
+    }
 
 
 ANTHROPIC_TOOLS = {  # name: (description, schema, path argument)
@@ -156,13 +175,19 @@ OPENAI_TOOLS = {
     "write_file": ("Write a whole file.", _schema(["path", "content"])),
     "finish": ("Stop and report to the user.", _schema(["summary"])),
 }
-CLAUDE_CODE_SYSTEM = ("You are Claude Code, Anthropic's official CLI for Claude. You are an interactive "
-                      "CLI tool that helps users with software engineering tasks. ") * 40
-BUILTIN_SYSTEM = ("You are a coding agent working in a repository at /app. Use the tools to inspect "
-                  "and change files, run the tests, and call finish with a summary when done. ") * 12
-TITLE_SYSTEM = ("Analyze if this message indicates a new conversation topic. If it does, extract a "
-                "2-3 word title that captures the new topic. Format your response as a JSON object "
-                "with two fields: 'isNewTopic' (boolean) and 'title' (string, or null if isNewTopic is false).")
+CLAUDE_CODE_SYSTEM = (
+    "You are Claude Code, Anthropic's official CLI for Claude. You are an interactive "
+    "CLI tool that helps users with software engineering tasks. "
+) * 40
+BUILTIN_SYSTEM = (
+    "You are a coding agent working in a repository at /app. Use the tools to inspect "
+    "and change files, run the tests, and call finish with a summary when done. "
+) * 12
+TITLE_SYSTEM = (
+    "Analyze if this message indicates a new conversation topic. If it does, extract a "
+    "2-3 word title that captures the new topic. Format your response as a JSON object "
+    "with two fields: 'isNewTopic' (boolean) and 'title' (string, or null if isNewTopic is false)."
+)
 
 
 # -- one run ------------------------------------------------------------------------------
@@ -192,8 +217,15 @@ class _RunWriter:
     def _call_id(self) -> str:
         return f"{self.rng.getrandbits(128):032x}"
 
-    def _record(self, request: dict, response: dict | None, *, call_kind: str = "agent",
-                error: dict | None = None, http_status: int = 200) -> None:
+    def _record(
+        self,
+        request: dict,
+        response: dict | None,
+        *,
+        call_kind: str = "agent",
+        error: dict | None = None,
+        http_status: int = 200,
+    ) -> None:
         started = self.clock
         latency = self.rng.uniform(1.5, 18.0) if error is None else self.rng.uniform(0.2, 2.0)
         self.clock += latency + self.rng.uniform(0.05, 3.0)
@@ -201,66 +233,124 @@ class _RunWriter:
         out_chars = len(json.dumps(response, ensure_ascii=False)) if response else 0
         input_tokens, output_tokens = prompt_chars // 4, out_chars // 4
         cached = int(input_tokens * 0.8) if self.anthropic and len(self.records) > 1 else 0
-        self.records.append({
-            "record_version": 1, "run_id": self.run_id, "call_id": self._call_id(), "seq": len(self.records),
-            "started_at": started, "ended_at": started + latency,
-            "first_token_at": None if error else started + latency * 0.2,
-            "endpoint": "/v1/messages" if self.anthropic else "/v1/chat/completions",
-            "wire_format": self.profile.wire_format, "call_kind": call_kind,
-            "stream": bool(request.get("stream")), "model": request["model"], "request": request,
-            "request_exact": True,
-            "request_headers": {"user-agent": "claude-cli/2.0.69 (external, cli)" if self.anthropic
-                                else "OpenAI/Python 1.99.9", "x-trajhub-run": self.run_id},
-            "response": response,
-            "usage": {"input_tokens": 0 if error else input_tokens, "output_tokens": 0 if error else output_tokens,
-                      "cache_read_tokens": 0 if error else cached, "cache_creation_tokens": 0},
-            "status": "error" if error else "ok", "http_status": http_status, "error": error,
-            "litellm_model": self.profile.route, "cost_usd": None if error else round(
-                (input_tokens - cached) * 3e-6 + cached * 3e-7 + output_tokens * 1.5e-5, 6),
-        })
+        self.records.append(
+            {
+                "record_version": 1,
+                "run_id": self.run_id,
+                "call_id": self._call_id(),
+                "seq": len(self.records),
+                "started_at": started,
+                "ended_at": started + latency,
+                "first_token_at": None if error else started + latency * 0.2,
+                "endpoint": "/v1/messages" if self.anthropic else "/v1/chat/completions",
+                "wire_format": self.profile.wire_format,
+                "call_kind": call_kind,
+                "stream": bool(request.get("stream")),
+                "model": request["model"],
+                "request": request,
+                "request_exact": True,
+                "request_headers": {
+                    "user-agent": "claude-cli/2.0.69 (external, cli)" if self.anthropic else "OpenAI/Python 1.99.9",
+                    "x-trajhub-run": self.run_id,
+                },
+                "response": response,
+                "usage": {
+                    "input_tokens": 0 if error else input_tokens,
+                    "output_tokens": 0 if error else output_tokens,
+                    "cache_read_tokens": 0 if error else cached,
+                    "cache_creation_tokens": 0,
+                },
+                "status": "error" if error else "ok",
+                "http_status": http_status,
+                "error": error,
+                "litellm_model": self.profile.route,
+                "cost_usd": None
+                if error
+                else round((input_tokens - cached) * 3e-6 + cached * 3e-7 + output_tokens * 1.5e-5, 6),
+            }
+        )
 
     def title_call(self) -> None:
-        request = {"model": "claude-haiku-4-5", "max_tokens": 512, "stream": True,
-                   "system": [{"type": "text", "text": TITLE_SYSTEM}],
-                   "messages": [{"role": "user", "content": self.task["user_query"][0]}]}
+        request = {
+            "model": "claude-haiku-4-5",
+            "max_tokens": 512,
+            "stream": True,
+            "system": [{"type": "text", "text": TITLE_SYSTEM}],
+            "messages": [{"role": "user", "content": self.task["user_query"][0]}],
+        }
         text = json.dumps({"isNewTopic": True, "title": " ".join(self.rng.sample(_WORDS, 3)).title()})
-        self._record(request, {"id": f"msg_{self._call_id()[:24]}", "type": "message", "role": "assistant",
-                               "content": [{"type": "text", "text": text}], "stop_reason": "end_turn"},
-                     call_kind="title")
+        self._record(
+            request,
+            {
+                "id": f"msg_{self._call_id()[:24]}",
+                "type": "message",
+                "role": "assistant",
+                "content": [{"type": "text", "text": text}],
+                "stop_reason": "end_turn",
+            },
+            call_kind="title",
+        )
 
     def _request(self) -> dict:
         if self.anthropic:
-            return {"model": self.profile.route.split("/", 1)[1], "max_tokens": 32000, "stream": True,
-                    "system": [{"type": "text", "text": CLAUDE_CODE_SYSTEM},
-                               {"type": "text", "text": self.task.get("system_prompt") or "Follow CLAUDE.md."}],
-                    "tools": [{"name": n, "description": d, "input_schema": s}
-                              for n, (d, s) in ANTHROPIC_TOOLS.items()],
-                    "messages": list(self.messages), "metadata": {"user_id": "bench-user"}}
-        return {"model": self.profile.route.split("/", 1)[1], "temperature": 0.0,
-                "tools": [{"type": "function", "function": {"name": n, "description": d, "parameters": s}}
-                          for n, (d, s) in OPENAI_TOOLS.items()],
-                "messages": list(self.messages)}
+            return {
+                "model": self.profile.route.split("/", 1)[1],
+                "max_tokens": 32000,
+                "stream": True,
+                "system": [
+                    {"type": "text", "text": CLAUDE_CODE_SYSTEM},
+                    {"type": "text", "text": self.task.get("system_prompt") or "Follow CLAUDE.md."},
+                ],
+                "tools": [{"name": n, "description": d, "input_schema": s} for n, (d, s) in ANTHROPIC_TOOLS.items()],
+                "messages": list(self.messages),
+                "metadata": {"user_id": "bench-user"},
+            }
+        return {
+            "model": self.profile.route.split("/", 1)[1],
+            "temperature": 0.0,
+            "tools": [
+                {"type": "function", "function": {"name": n, "description": d, "parameters": s}}
+                for n, (d, s) in OPENAI_TOOLS.items()
+            ],
+            "messages": list(self.messages),
+        }
 
     def step(self, action: Action | None, say: str) -> None:
         """One agent call: the model answers `say` and calls `action`'s tool (None: final answer)."""
         request = self._request()
         if self.rng.random() < 0.02:  # the provider was overloaded; the client retried the same request
             status = 529 if self.anthropic else 429
-            self._record(request, None, http_status=status, error={
-                "type": "overloaded_error" if self.anthropic else "RateLimitError",
-                "message": "Overloaded" if self.anthropic else "Rate limit reached, retry after 2s"})
+            self._record(
+                request,
+                None,
+                http_status=status,
+                error={
+                    "type": "overloaded_error" if self.anthropic else "RateLimitError",
+                    "message": "Overloaded" if self.anthropic else "Rate limit reached, retry after 2s",
+                },
+            )
         tool_id = f"toolu_{self._call_id()[:24]}" if self.anthropic else f"call_{self._call_id()[:24]}"
         if self.anthropic:
             content = []
             if self.profile.thinking:
-                content.append({"type": "thinking", "thinking": _lines(self.rng, self.rng.randint(100, 900)),
-                                "signature": f"{self.rng.getrandbits(256):064x}"})
+                content.append(
+                    {
+                        "type": "thinking",
+                        "thinking": _lines(self.rng, self.rng.randint(100, 900)),
+                        "signature": f"{self.rng.getrandbits(256):064x}",
+                    }
+                )
             content.append({"type": "text", "text": say})
             if action is not None:
                 content.append({"type": "tool_use", "id": tool_id, "name": action.tool, "input": action.arguments})
-            response = {"id": f"msg_{self._call_id()[:24]}", "type": "message", "role": "assistant",
-                        "model": request["model"], "content": content,
-                        "stop_reason": "tool_use" if action else "end_turn"}
+            response = {
+                "id": f"msg_{self._call_id()[:24]}",
+                "type": "message",
+                "role": "assistant",
+                "model": request["model"],
+                "content": content,
+                "stop_reason": "tool_use" if action else "end_turn",
+            }
             self._record(request, response)
             self.messages.append({"role": "assistant", "content": [b for b in content if b["type"] != "thinking"]})
             if action is not None:
@@ -271,12 +361,20 @@ class _RunWriter:
         else:
             message = {"role": "assistant", "content": say if action is None else None}
             if action is not None:
-                message["tool_calls"] = [{"id": tool_id, "type": "function", "function": {
-                    "name": action.tool, "arguments": json.dumps(action.arguments)}}]
-            response = {"id": f"chatcmpl-{self._call_id()[:24]}", "object": "chat.completion",
-                        "created": int(self.clock), "model": request["model"],
-                        "choices": [{"index": 0, "message": message,
-                                     "finish_reason": "tool_calls" if action else "stop"}]}
+                message["tool_calls"] = [
+                    {
+                        "id": tool_id,
+                        "type": "function",
+                        "function": {"name": action.tool, "arguments": json.dumps(action.arguments)},
+                    }
+                ]
+            response = {
+                "id": f"chatcmpl-{self._call_id()[:24]}",
+                "object": "chat.completion",
+                "created": int(self.clock),
+                "model": request["model"],
+                "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls" if action else "stop"}],
+            }
             self._record(request, response)
             self.messages.append(message)
             if action is not None:
@@ -300,15 +398,22 @@ class _Plan:
         return f"{WORKSPACE}/{path}" if self.anthropic else path
 
     def _error(self, kind: str) -> str:
-        text = {"read": "File does not exist.", "edit": "String to replace not found in file.",
-                "search": "rg: regex parse error: unclosed group"}.get(kind, "Permission denied")
+        text = {
+            "read": "File does not exist.",
+            "edit": "String to replace not found in file.",
+            "search": "rg: regex parse error: unclosed group",
+        }.get(kind, "Permission denied")
         # Claude Code marks the tool_result is_error; the builtin agent prefixes the text
         return text if self.anthropic else ERROR_PREFIX + text
 
     def next(self, step: int, steps: int) -> Action:
         rng, p = self.rng, self.profile
-        if self.last is not None and self.last.tool in ("Read", "Grep", "read_file", "shell") \
-                and "pytest" not in json.dumps(self.last.arguments) and rng.random() < p.repeat_rate:
+        if (
+            self.last is not None
+            and self.last.tool in ("Read", "Grep", "read_file", "shell")
+            and "pytest" not in json.dumps(self.last.arguments)
+            and rng.random() < p.repeat_rate
+        ):
             return self.last  # the same call again, verbatim
         progress = step / max(steps - 1, 1)
         if progress < 0.2:
@@ -335,35 +440,48 @@ class _Plan:
                 tool, arguments = "Grep", {"pattern": f"def {word}_", "path": "src"}
             else:
                 tool, arguments = "shell", {"command": f"grep -rn 'def {word}_' src"}
-            hits = "\n".join(f"{rng.choice(self.files)}:{rng.randrange(400)}:{line}"
-                             for line in _lines(rng, self._size(150, 1600)).splitlines())
+            hits = "\n".join(
+                f"{rng.choice(self.files)}:{rng.randrange(400)}:{line}"
+                for line in _lines(rng, self._size(150, 1600)).splitlines()
+            )
             return Action(tool, arguments, self._error(kind) if failed else hits, failed and self.anthropic)
         if kind == "read":
             self.read.add(path)
-            tool, arguments = ("Read", {"file_path": self._path(path)}) if self.anthropic \
-                else ("read_file", {"path": path})
+            tool, arguments = (
+                ("Read", {"file_path": self._path(path)}) if self.anthropic else ("read_file", {"path": path})
+            )
             if rng.random() < p.invalid_args_rate:
                 arguments = {"filename": self._path(path)}  # not in the tool's schema
-            body = "\n".join(f"{n:>6}\t{line}" for n, line in
-                             enumerate(_lines(rng, self._size(800, 6000)).splitlines(), 1))
+            body = "\n".join(
+                f"{n:>6}\t{line}" for n, line in enumerate(_lines(rng, self._size(800, 6000)).splitlines(), 1)
+            )
             return Action(tool, arguments, self._error(kind) if failed else body, failed and self.anthropic)
         if kind == "test":
             code = 0 if rng.random() < p.skill else 1
             log = _lines(rng, self._size(300, 2500))
-            summary = (f"{rng.randint(5, 40)} passed in {rng.uniform(0.3, 9):.2f}s" if code == 0
-                       else f"{rng.randint(1, 6)} failed, {rng.randint(3, 30)} passed")
+            summary = (
+                f"{rng.randint(5, 40)} passed in {rng.uniform(0.3, 9):.2f}s"
+                if code == 0
+                else f"{rng.randint(1, 6)} failed, {rng.randint(3, 30)} passed"
+            )
             tool, key = ("Bash", "command") if self.anthropic else ("shell", "command")
             return Action(tool, {key: TEST_COMMAND}, f"{log}\n{summary}\nexit code: {code}")
         if kind == "edit":
             old = _lines(rng, 80)
             new = _lines(rng, self._size(60, 500))
-            tool, arguments = ("Edit", {"file_path": self._path(path), "old_string": old, "new_string": new}) \
-                if self.anthropic else ("edit_file", {"path": path, "old": old, "new": new})
+            tool, arguments = (
+                ("Edit", {"file_path": self._path(path), "old_string": old, "new_string": new})
+                if self.anthropic
+                else ("edit_file", {"path": path, "old": old, "new": new})
+            )
             ok = f"The file {self._path(path)} has been updated."
             return Action(tool, arguments, self._error(kind) if failed else ok, failed and self.anthropic)
         content = _lines(rng, self._size(400, 3000))
-        tool, arguments = ("Write", {"file_path": self._path(path), "content": content}) if self.anthropic \
+        tool, arguments = (
+            ("Write", {"file_path": self._path(path), "content": content})
+            if self.anthropic
             else ("write_file", {"path": path, "content": content})
+        )
         return Action(tool, arguments, f"File created successfully at: {self._path(path)}")
 
 
@@ -381,11 +499,18 @@ def run_records(profile: ModelProfile, task: dict, seed: int) -> tuple[list[dict
     if writer.anthropic:
         writer.title_call()
     for step in range(steps):
-        writer.step(plan.next(step, steps), f"Step {step + 1}: " + rng.choice((
-            "let me look at the code.", "checking how this is used.", "now the fix.", "running the tests.")))
+        writer.step(
+            plan.next(step, steps),
+            f"Step {step + 1}: "
+            + rng.choice(
+                ("let me look at the code.", "checking how this is used.", "now the fix.", "running the tests.")
+            ),
+        )
     resolved = rng.random() < profile.skill
-    final = (f"Done: changed {', '.join(sorted(plan.read)[:3]) or 'nothing'}; the tests "
-             f"{'pass' if resolved else 'still fail'}.")
+    final = (
+        f"Done: changed {', '.join(sorted(plan.read)[:3]) or 'nothing'}; the tests "
+        f"{'pass' if resolved else 'still fail'}."
+    )
     if writer.anthropic:
         writer.step(None, final)
     else:
@@ -393,17 +518,31 @@ def run_records(profile: ModelProfile, task: dict, seed: int) -> tuple[list[dict
     total = rng.randint(5, 40)
     failed = 0 if resolved else rng.randint(1, total)
     row = {name: None for name in RUNS.schema.names} | {
-        "run_id": run_id, "attempt": 0, "model_name": profile.name, "route": profile.route,
-        "scaffold": profile.scaffold, "scaffold_version": "bench", "backend": "docker",
+        "run_id": run_id,
+        "attempt": 0,
+        "model_name": profile.name,
+        "route": profile.route,
+        "scaffold": profile.scaffold,
+        "scaffold_version": "bench",
+        "backend": "docker",
         "started_at": writer.records[0]["started_at"],
         "run_seconds": writer.records[-1]["ended_at"] - writer.records[0]["started_at"],
-        "stop_reason": "end_turn" if writer.anthropic else "finished", "agent_exit_code": 0,
-        "agent_stderr_tail": "", "final_answer": final, "timed_out": False,
-        "test_command": TEST_COMMAND, "test_exit_code": 0 if resolved else 1,
-        "tests_passed": total - failed, "tests_failed": failed, "tests_total": total,
-        "test_output_tail": f"{total - failed} passed, {failed} failed", "resolved": resolved,
-        "diff": "".join(f"--- a/{p}\n+++ b/{p}\n@@ -1,3 +1,3 @@\n-{_lines(rng, 60)}\n+{_lines(rng, 60)}\n"
-                        for p in sorted(plan.read)[:3]),
+        "stop_reason": "end_turn" if writer.anthropic else "finished",
+        "agent_exit_code": 0,
+        "agent_stderr_tail": "",
+        "final_answer": final,
+        "timed_out": False,
+        "test_command": TEST_COMMAND,
+        "test_exit_code": 0 if resolved else 1,
+        "tests_passed": total - failed,
+        "tests_failed": failed,
+        "tests_total": total,
+        "test_output_tail": f"{total - failed} passed, {failed} failed",
+        "resolved": resolved,
+        "diff": "".join(
+            f"--- a/{p}\n+++ b/{p}\n@@ -1,3 +1,3 @@\n-{_lines(rng, 60)}\n+{_lines(rng, 60)}\n"
+            for p in sorted(plan.read)[:3]
+        ),
     }
     return writer.records, row
 

@@ -49,8 +49,9 @@ async def _route(body: dict, provider: str) -> dict | None:
     try:
         deployment = await llm_router.async_get_available_deployment(model=body["model"], request_kwargs={})
         params = deployment["litellm_params"]
-        model, found, _, _ = litellm.get_llm_provider(model=params["model"],
-                                                      custom_llm_provider=params.get("custom_llm_provider"))
+        model, found, _, _ = litellm.get_llm_provider(
+            model=params["model"], custom_llm_provider=params.get("custom_llm_provider")
+        )
     except Exception:  # noqa: BLE001 - an unknown model: litellm's handler gives the client its error
         return None
     if found != provider:
@@ -62,8 +63,10 @@ def _anthropic_upstream(route: dict, request: Request) -> tuple[str, dict]:
     from litellm.llms.anthropic.pass_through.messages.transformation import AnthropicMessagesConfig
 
     target = AnthropicMessagesConfig().get_complete_url(route["api_base"], None, route["model"], {}, {})
-    headers = {"x-api-key": route["api_key"] or "",
-               "anthropic-version": request.headers.get("anthropic-version", ANTHROPIC_VERSION)}
+    headers = {
+        "x-api-key": route["api_key"] or "",
+        "anthropic-version": request.headers.get("anthropic-version", ANTHROPIC_VERSION),
+    }
     if "anthropic-beta" in request.headers:  # the features the client asked for
         headers["anthropic-beta"] = request.headers["anthropic-beta"]
     return target, headers
@@ -72,15 +75,23 @@ def _anthropic_upstream(route: dict, request: Request) -> tuple[str, dict]:
 def _openai_upstream(route: dict, request: Request) -> tuple[str, dict]:
     from litellm.llms.openai.chat.gpt_transformation import OpenAIGPTConfig
 
-    api_base = (route["api_base"] or os.environ.get("OPENAI_BASE_URL") or os.environ.get("OPENAI_API_BASE")
-                or "https://api.openai.com/v1")
+    api_base = (
+        route["api_base"]
+        or os.environ.get("OPENAI_BASE_URL")
+        or os.environ.get("OPENAI_API_BASE")
+        or "https://api.openai.com/v1"
+    )
     target = OpenAIGPTConfig().get_complete_url(api_base, None, route["model"], {}, {})
     return target, {"authorization": f"Bearer {route['api_key'] or ''}"}
 
 
-async def _serve(request: Request, user: UserAPIKeyAuth, provider: str,
-                 upstream: Callable[[dict, Request], tuple[str, dict]],
-                 litellm_handler: Callable[[], Awaitable[Response]]) -> Response:
+async def _serve(
+    request: Request,
+    user: UserAPIKeyAuth,
+    provider: str,
+    upstream: Callable[[dict, Request], tuple[str, dict]],
+    litellm_handler: Callable[[], Awaitable[Response]],
+) -> Response:
     from litellm.proxy.common_utils.http_parsing_utils import read_request_body
     from litellm.proxy.pass_through_endpoints.pass_through_endpoints import pass_through_request
 
@@ -97,28 +108,46 @@ async def _serve(request: Request, user: UserAPIKeyAuth, provider: str,
     sent = {k: (route["model"] if k == "model" else v) for k, v in body.items()}
     setattr(request.state, LITELLM_PASS_THROUGH_RAW_BODY_STATE_KEY, json.dumps(sent).encode())
     # forward_headers=False: the client's own headers (its proxy key among them) stay here.
-    return await pass_through_request(request, target=target, user_api_key_dict=user, custom_body=sent,
-                                      custom_headers=dict(headers, **{"content-type": "application/json"}),
-                                      forward_headers=False, stream=bool(body.get("stream")))
+    return await pass_through_request(
+        request,
+        target=target,
+        user_api_key_dict=user,
+        custom_body=sent,
+        custom_headers=dict(headers, **{"content-type": "application/json"}),
+        forward_headers=False,
+        stream=bool(body.get("stream")),
+    )
 
 
 @router.post("/v1/messages")
-async def messages(request: Request, fastapi_response: Response,
-                   user_api_key_dict: UserAPIKeyAuth = Depends(user_api_key_auth)):
+async def messages(
+    request: Request, fastapi_response: Response, user_api_key_dict: UserAPIKeyAuth = Depends(user_api_key_auth)
+):
     from litellm.proxy.anthropic_endpoints.endpoints import anthropic_response
 
-    return await _serve(request, user_api_key_dict, "anthropic", _anthropic_upstream,
-                        lambda: anthropic_response(fastapi_response, request, user_api_key_dict))
+    return await _serve(
+        request,
+        user_api_key_dict,
+        "anthropic",
+        _anthropic_upstream,
+        lambda: anthropic_response(fastapi_response, request, user_api_key_dict),
+    )
 
 
 @router.post("/v1/chat/completions")
 @router.post("/chat/completions")
-async def chat_completions(request: Request, fastapi_response: Response,
-                           user_api_key_dict: UserAPIKeyAuth = Depends(user_api_key_auth)):
+async def chat_completions(
+    request: Request, fastapi_response: Response, user_api_key_dict: UserAPIKeyAuth = Depends(user_api_key_auth)
+):
     from litellm.proxy.proxy_server import chat_completion
 
-    return await _serve(request, user_api_key_dict, "openai", _openai_upstream,
-                        lambda: chat_completion(request, fastapi_response, user_api_key_dict=user_api_key_dict))
+    return await _serve(
+        request,
+        user_api_key_dict,
+        "openai",
+        _openai_upstream,
+        lambda: chat_completion(request, fastapi_response, user_api_key_dict=user_api_key_dict),
+    )
 
 
 def install(app) -> None:

@@ -54,8 +54,11 @@ class RecordingMiddleware:
 def _reject_multiple_workers(argv: list[str]) -> None:
     # Each worker would be its own recorder with its own per-run sequence numbers.
     for index, arg in enumerate(argv):
-        value = arg.split("=", 1)[1] if arg.startswith("--num_workers=") else (
-            argv[index + 1] if arg == "--num_workers" and index + 1 < len(argv) else None)
+        value = (
+            arg.split("=", 1)[1]
+            if arg.startswith("--num_workers=")
+            else (argv[index + 1] if arg == "--num_workers" and index + 1 < len(argv) else None)
+        )
         if value is not None and value != "1":
             sys.exit("start_proxy.py: the trajhub recorder needs one worker (--num_workers 1)")
 
@@ -67,10 +70,9 @@ def main(argv: list[str] | None = None) -> None:
     sys.path.insert(0, str(HERE))
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # never fetch prices at startup
 
+    import forwarding
     from litellm.proxy.proxy_cli import run_server
     from litellm.proxy.proxy_server import app
-
-    import forwarding
 
     forwarding.install(app)  # same wire format: the client's body goes upstream unchanged
     # Innermost (after litellm's gzip middleware): the recorder sees plain response bodies.

@@ -66,6 +66,7 @@ try:  # orjson is several times faster; litellm[proxy] ships it
 
     _loads = orjson.loads
 except ImportError:  # pragma: no cover
+
     def _dumps(value: Any) -> bytes:
         return json.dumps(value, default=_jsonable, ensure_ascii=False).encode()
 
@@ -82,18 +83,30 @@ REDACTED = "[REDACTED]"
 # A run id becomes a file name: model key, instance id, attempt and nonce joined by "~".
 # No leading dot: never ".", ".." or a hidden file.
 _RUN_ID = re.compile(r"^(?!\.)[A-Za-z0-9._:@+~-]{1,200}$")
-_KEPT_HEADERS = ("user-agent", "anthropic-version", "anthropic-beta", "openai-beta",
-                 RUN_HEADER, CALL_KIND_HEADER, "x-litellm-tags", "x-stainless-lang",
-                 "x-stainless-package-version", "x-app")
+_KEPT_HEADERS = (
+    "user-agent",
+    "anthropic-version",
+    "anthropic-beta",
+    "openai-beta",
+    RUN_HEADER,
+    CALL_KIND_HEADER,
+    "x-litellm-tags",
+    "x-stainless-lang",
+    "x-stainless-package-version",
+    "x-app",
+)
 # Where litellm looks for the client's key; a request with none is refused here, clearly.
 _KEY_HEADERS = ("authorization", "x-api-key", "api-key", "x-goog-api-key", "x-litellm-api-key")
 _CREDENTIAL_KEY = re.compile(
     r"^(api[_-]?key|x-api-key|authorization|proxy-authorization|access[_-]?token|"
     r"refresh[_-]?token|id[_-]?token|session[_-]?token|client[_-]?secret|password|"
-    r"aws_secret_access_key|aws_session_token|vertex_credentials|.*_secret|secret)$", re.IGNORECASE)
+    r"aws_secret_access_key|aws_session_token|vertex_credentials|.*_secret|secret)$",
+    re.IGNORECASE,
+)
 # Key-shaped strings: OpenAI/Anthropic/LiteLLM "sk-...", Google "AIza...", bearer tokens.
 _KEY_SHAPED = re.compile(
-    rb"(?<![A-Za-z0-9_-])(sk-[A-Za-z0-9_-]{16,}|AIza[0-9A-Za-z_-]{30,}|Bearer [A-Za-z0-9._~+/=-]{16,})")
+    rb"(?<![A-Za-z0-9_-])(sk-[A-Za-z0-9_-]{16,}|AIza[0-9A-Za-z_-]{30,}|Bearer [A-Za-z0-9._~+/=-]{16,})"
+)
 _KEY_PREFIXES = (b"sk-", b"AIza", b"Bearer ")
 # Every key _CREDENTIAL_KEY matches ends in one of these (as a JSON key: followed by a quote).
 _CREDENTIAL_HINTS = (b'key"', b'authorization"', b'token"', b'secret"', b'password"', b'credentials"')
@@ -105,18 +118,19 @@ _RECORDED_PATH = re.compile(r"(/messages(/count_tokens)?|/chat/completions|/resp
 # Only tool-less calls qualify, and only on these phrases: a misread agent call would drop
 # out of the conversation.
 _TITLE_PROMPT = re.compile(
-    r"isNewTopic|new conversation topic|\b(generate|write|create|suggest)\b[^.\n]{0,60}\btitle\b", re.IGNORECASE)
+    r"isNewTopic|new conversation topic|\b(generate|write|create|suggest)\b[^.\n]{0,60}\btitle\b", re.IGNORECASE
+)
 _BACKGROUND_PROMPT = re.compile(
     r"process Bash commands|command prefix|Extract any file paths|summar(y|ize) (of )?(this|the) conversation",
-    re.IGNORECASE)
+    re.IGNORECASE,
+)
 
 RAW_BODY_CAP = 64 * 1024  # of a body that is not JSON: enough to see what it was
 _SEQ = re.compile(rb'"seq":(\d+)')
 _BLOCKING_WAIT_S = 0.005  # see _written
 _REMEMBER_CLOSED = 10_000  # enough to outlast any late second firing of a hook
 
-_exchange: contextvars.ContextVar[_Exchange | None] = contextvars.ContextVar(
-    "trajhub_exchange", default=None)
+_exchange: contextvars.ContextVar[_Exchange | None] = contextvars.ContextVar("trajhub_exchange", default=None)
 
 
 def recordings_dir() -> Path:
@@ -164,8 +178,7 @@ def redact(value: Any) -> Any:
 def known_secrets(environ: dict[str, str] | None = None) -> list[bytes]:
     """Secret values the proxy holds (master key, upstream keys), longest first."""
     environ = os.environ if environ is None else environ
-    values = {v for k, v in environ.items()
-              if (k == "LITELLM_MASTER_KEY" or _SECRET_ENV.search(k)) and len(v) >= 8}
+    values = {v for k, v in environ.items() if (k == "LITELLM_MASTER_KEY" or _SECRET_ENV.search(k)) and len(v) >= 8}
     return sorted((v.encode() for v in values), key=len, reverse=True)
 
 
@@ -228,7 +241,7 @@ class JsonlWriter:
         fd = self._fd(record.get("run_id"))
         view = memoryview(line)
         while view:  # a regular file takes it in one write; loop in case it does not
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
         if self.fsync:
             os.fsync(fd)
 
@@ -321,8 +334,13 @@ class _HttpResponse:
 
 async def _send_json(send, status: int, body: dict) -> None:
     data = _dumps(body)
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": data})
 
 
@@ -333,8 +351,11 @@ def unparsed_body(raw: bytes) -> dict:
         value, unit = raw.decode("utf-8"), "characters"  # decoded whole: the cut splits no character
     except UnicodeDecodeError:
         value, unit = raw, "bytes"
-    body = ({"_unparsed": value[:RAW_BODY_CAP]} if unit == "characters"
-            else {"_unparsed_base64": base64.b64encode(value[:RAW_BODY_CAP]).decode("ascii")})
+    body = (
+        {"_unparsed": value[:RAW_BODY_CAP]}
+        if unit == "characters"
+        else {"_unparsed_base64": base64.b64encode(value[:RAW_BODY_CAP]).decode("ascii")}
+    )
     if len(value) > RAW_BODY_CAP:
         body["_truncated"] = f"kept the first {RAW_BODY_CAP} of {len(value)} {unit}"
     return body
@@ -385,12 +406,11 @@ def call_kind(path: str, request: dict, headers: dict[str, str]) -> str:
 
 def find_run_id(headers: dict[str, str], request: dict) -> str | None:
     """The run id from the header, else a litellm tag, else body metadata."""
-    holders = [h for h in (request, request.get("metadata"), request.get("litellm_metadata"))
-               if isinstance(h, dict)]
+    holders = [h for h in (request, request.get("metadata"), request.get("litellm_metadata")) if isinstance(h, dict)]
     tags = [t.strip() for t in headers.get("x-litellm-tags", "").split(",")]
     tags += [t for h in holders if isinstance(h.get("tags"), list) for t in h["tags"] if isinstance(t, str)]
     candidates = [headers.get(RUN_HEADER)]
-    candidates += [t[len(RUN_TAG_PREFIX):] for t in tags if t.startswith(RUN_TAG_PREFIX)]
+    candidates += [t[len(RUN_TAG_PREFIX) :] for t in tags if t.startswith(RUN_TAG_PREFIX)]
     candidates += [h.get("trajhub_run") for h in holders[1:]]
     for candidate in candidates:
         if isinstance(candidate, str) and _RUN_ID.match(candidate.strip()):
@@ -407,19 +427,27 @@ def usage_of(wire_format: str, response: dict | None) -> dict:
     usage = (response or {}).get("usage") or {}
     if wire_format == "anthropic_messages":
         read, created = _int(usage.get("cache_read_input_tokens")), _int(usage.get("cache_creation_input_tokens"))
-        return {"input_tokens": _int(usage.get("input_tokens")) + read + created,
-                "output_tokens": _int(usage.get("output_tokens")),
-                "cache_read_tokens": read, "cache_creation_tokens": created}
+        return {
+            "input_tokens": _int(usage.get("input_tokens")) + read + created,
+            "output_tokens": _int(usage.get("output_tokens")),
+            "cache_read_tokens": read,
+            "cache_creation_tokens": created,
+        }
     if wire_format == "openai_chat":
         details = usage.get("prompt_tokens_details") or {}
-        return {"input_tokens": _int(usage.get("prompt_tokens")),
-                "output_tokens": _int(usage.get("completion_tokens")),
-                "cache_read_tokens": _int(details.get("cached_tokens") or usage.get("cache_read_input_tokens")),
-                "cache_creation_tokens": _int(usage.get("cache_creation_input_tokens"))}
+        return {
+            "input_tokens": _int(usage.get("prompt_tokens")),
+            "output_tokens": _int(usage.get("completion_tokens")),
+            "cache_read_tokens": _int(details.get("cached_tokens") or usage.get("cache_read_input_tokens")),
+            "cache_creation_tokens": _int(usage.get("cache_creation_input_tokens")),
+        }
     details = usage.get("input_tokens_details") or {}
-    return {"input_tokens": _int(usage.get("input_tokens")),
-            "output_tokens": _int(usage.get("output_tokens")),
-            "cache_read_tokens": _int(details.get("cached_tokens")), "cache_creation_tokens": 0}
+    return {
+        "input_tokens": _int(usage.get("input_tokens")),
+        "output_tokens": _int(usage.get("output_tokens")),
+        "cache_read_tokens": _int(details.get("cached_tokens")),
+        "cache_creation_tokens": 0,
+    }
 
 
 _UNPRICED: set[str] = set()
@@ -434,12 +462,16 @@ def cost_usd(litellm_model: str | None, usage: dict) -> float | None:
     provider, model = litellm_model.split("/", 1)
     try:
         prompt, completion = litellm.cost_per_token(
-            model=model, custom_llm_provider=provider,
+            model=model,
+            custom_llm_provider=provider,
             usage_object=litellm.Usage(
-                prompt_tokens=usage["input_tokens"], completion_tokens=usage["output_tokens"],
+                prompt_tokens=usage["input_tokens"],
+                completion_tokens=usage["output_tokens"],
                 cache_read_input_tokens=usage["cache_read_tokens"],
                 cache_creation_input_tokens=usage["cache_creation_tokens"],
-                prompt_tokens_details={"cached_tokens": usage["cache_read_tokens"]}))
+                prompt_tokens_details={"cached_tokens": usage["cache_read_tokens"]},
+            ),
+        )
     except Exception:  # noqa: BLE001 - litellm raises several types for an unmapped model
         _UNPRICED.add(litellm_model)
         return None
@@ -483,8 +515,7 @@ class SseParser:
         events = []
         while b"\n\n" in self._buffer:
             frame, self._buffer = self._buffer.split(b"\n\n", 1)
-            data = b"\n".join(line[5:].lstrip(b" ") for line in frame.split(b"\n")
-                              if line.startswith(b"data:"))
+            data = b"\n".join(line[5:].lstrip(b" ") for line in frame.split(b"\n") if line.startswith(b"data:"))
             if data and data != b"[DONE]":
                 try:
                     events.append(_loads(data))
@@ -526,8 +557,9 @@ class AnthropicAssembler:
             elif dtype == "signature_delta":
                 block["signature"] = block.get("signature", "") + delta.get("signature", "")
             elif dtype == "input_json_delta":
-                self.partial_json[event["index"]] = (self.partial_json.get(event["index"], "")
-                                                     + delta.get("partial_json", ""))
+                self.partial_json[event["index"]] = self.partial_json.get(event["index"], "") + delta.get(
+                    "partial_json", ""
+                )
             elif dtype == "citations_delta":
                 block.setdefault("citations", []).append(delta.get("citation"))
             else:
@@ -583,8 +615,9 @@ class ChatAssembler:
             self.error = native(error) if not isinstance(error, str) else {"message": error}
             return False
         if not self.head:
-            self.head = {k: v for k in ("id", "created", "model", "system_fingerprint")
-                         if (v := _field(chunk, k)) is not None}
+            self.head = {
+                k: v for k in ("id", "created", "model", "system_fingerprint") if (v := _field(chunk, k)) is not None
+            }
         if _field(chunk, "usage"):
             self.usage = _field(chunk, "usage")
         produced = False
@@ -612,8 +645,12 @@ class ChatAssembler:
         blocks = message.setdefault("thinking_blocks", [])
         last = blocks[-1] if blocks else None
         # A signature ends a thinking block; a new block type starts a new one.
-        if last is None or last.get("type") != block.get("type") or last.get("signature") \
-                or block.get("type") == "redacted_thinking":
+        if (
+            last is None
+            or last.get("type") != block.get("type")
+            or last.get("signature")
+            or block.get("type") == "redacted_thinking"
+        ):
             blocks.append(dict(block))
             return
         last["thinking"] = last.get("thinking", "") + block.get("thinking", "")
@@ -638,8 +675,9 @@ class ChatAssembler:
     def result(self) -> dict | None:
         if not self.head and not self.choices:
             return None
-        body = dict(self.head, object="chat.completion",
-                    choices=[dict(self.choices[i], index=i) for i in sorted(self.choices)])
+        body = dict(
+            self.head, object="chat.completion", choices=[dict(self.choices[i], index=i) for i in sorted(self.choices)]
+        )
         for choice in body["choices"]:
             choice["message"].setdefault("content", None)
         if self.usage is not None:
@@ -657,8 +695,13 @@ class ResponsesAssembler:
 
     def add(self, event: Any) -> bool:
         kind = _field(event, "type") or ""
-        if kind in ("response.created", "response.in_progress", "response.completed",
-                    "response.incomplete", "response.failed"):
+        if kind in (
+            "response.created",
+            "response.in_progress",
+            "response.completed",
+            "response.incomplete",
+            "response.failed",
+        ):
             self.response = _field(event, "response") or self.response
             if kind == "response.failed":
                 self.error = native(_field(self.response, "error")) or {"type": kind, "message": ""}
@@ -678,8 +721,11 @@ class ResponsesAssembler:
         return response
 
 
-_ASSEMBLERS = {"anthropic_messages": AnthropicAssembler, "openai_chat": ChatAssembler,
-               "openai_responses": ResponsesAssembler}
+_ASSEMBLERS = {
+    "anthropic_messages": AnthropicAssembler,
+    "openai_chat": ChatAssembler,
+    "openai_responses": ResponsesAssembler,
+}
 
 
 # -- the logger -----------------------------------------------------------------------------
@@ -688,8 +734,7 @@ class TrajectoryLogger(CustomLogger):
 
     def __init__(self, directory: Path | None = None) -> None:
         super().__init__()
-        self.writer = JsonlWriter(directory or recordings_dir(),
-                                  fsync=os.environ.get("TRAJHUB_RECORDER_FSYNC") == "1")
+        self.writer = JsonlWriter(directory or recordings_dir(), fsync=os.environ.get("TRAJHUB_RECORDER_FSYNC") == "1")
         self._open: dict[str, _Call] = {}
         self._closed: OrderedDict[str, None] = OrderedDict()  # recently closed call ids
         self._seq: dict[str, int] = {}
@@ -767,8 +812,16 @@ class TrajectoryLogger(CustomLogger):
             if not isinstance(error, _ClientLeft):
                 log.error("%s failed: %r", scope["path"], error, exc_info=error)
                 self._close_unfinished(exchange, response, error)  # recorded before the client hears
-                await _send_json(send_recorded, 500, {"error": {"type": "proxy_error", "message": (
-                    f"the proxy failed on this request: {type(error).__name__}: {error}")}})
+                await _send_json(
+                    send_recorded,
+                    500,
+                    {
+                        "error": {
+                            "type": "proxy_error",
+                            "message": (f"the proxy failed on this request: {type(error).__name__}: {error}"),
+                        }
+                    },
+                )
         except BaseException as error:  # cancelled: the client left
             failure = error
             raise
@@ -790,21 +843,29 @@ class TrajectoryLogger(CustomLogger):
             request = None
         exchange.request = request if isinstance(request, dict) else unparsed_body(raw)
         if _keys_required() and not any(h in exchange.headers for h in _KEY_HEADERS):
-            exchange.refusal = (401, "authentication_error", "no API key: send the proxy's key as "
-                                "`Authorization: Bearer <key>` or `x-api-key: <key>`")
+            exchange.refusal = (
+                401,
+                "authentication_error",
+                "no API key: send the proxy's key as `Authorization: Bearer <key>` or `x-api-key: <key>`",
+            )
         elif not isinstance(request, dict):
-            exchange.refusal = (400, "invalid_request_error", "the request body is empty" if not raw
-                                else "the request body must be a JSON object")
+            exchange.refusal = (
+                400,
+                "invalid_request_error",
+                "the request body is empty" if not raw else "the request body must be a JSON object",
+            )
         exchange.run_id = find_run_id(exchange.headers, exchange.request)
         exchange.seq = self.next_seq(exchange.run_id)
 
-    def _close_unfinished(self, exchange: _Exchange, response: _HttpResponse,
-                          failure: BaseException | None) -> None:
+    def _close_unfinished(self, exchange: _Exchange, response: _HttpResponse, failure: BaseException | None) -> None:
         """Record a request that ended without a recorded response: the client left, or the
         handler raised (the server then answers 500)."""
         left = failure is None or isinstance(failure, (_ClientLeft, asyncio.CancelledError))
-        status, error = (499, {"type": "client_disconnected", "message": "the request ended before a response"}
-                         ) if left else (500, error_of(failure))
+        status, error = (
+            (499, {"type": "client_disconnected", "message": "the request ended before a response"})
+            if left
+            else (500, error_of(failure))
+        )
         dangling = self._take({"litellm_call_id": exchange.call_id}) if exchange.call_id else None
         if dangling is not None:  # the request ended with no closing hook
             dangling.record.update(status="error", http_status=status, ended_at=time.time(), error=error)
@@ -820,43 +881,75 @@ class TrajectoryLogger(CustomLogger):
         status = response.status
         ok = 200 <= status < 300
         wire_format = _wire_format(exchange.path)
-        record = self._new_record(exchange, exchange.request, wire_format, exchange.received_at,
-                                  call_id=exchange.headers.get("x-litellm-call-id") or str(uuid.uuid4()))
+        record = self._new_record(
+            exchange,
+            exchange.request,
+            wire_format,
+            exchange.received_at,
+            call_id=exchange.headers.get("x-litellm-call-id") or str(uuid.uuid4()),
+        )
         body, error = response.result()
         if not ok and error is None:
             detail = body.get("error") if isinstance(body, dict) else None
             detail = detail if isinstance(detail, dict) else {"message": detail} if detail else {}
-            error = {"type": detail.get("type") or f"http_{status}",
-                     "message": str(detail.get("message") or body)}
+            error = {"type": detail.get("type") or f"http_{status}", "message": str(detail.get("message") or body)}
         kept = body if ok or response.sse is not None else None  # a stream keeps what arrived
-        record.update(response=kept, status="error" if error else "ok", http_status=status, error=error,
-                      first_token_at=response.first_token_at, litellm_model=exchange.forwarded_to,
-                      usage=usage_of(wire_format, kept if record["call_kind"] != "count_tokens" else None))
+        record.update(
+            response=kept,
+            status="error" if error else "ok",
+            http_status=status,
+            error=error,
+            first_token_at=response.first_token_at,
+            litellm_model=exchange.forwarded_to,
+            usage=usage_of(wire_format, kept if record["call_kind"] != "count_tokens" else None),
+        )
         if ok and record["call_kind"] == "count_tokens" and isinstance(body, dict):
             record["usage"]["input_tokens"] = _int(body.get("input_tokens"))
         exchange.closed = True
         self._submit(record)
 
     # -- records ------------------------------------------------------------------------
-    def _new_record(self, exchange: _Exchange | None, request: dict, wire_format: str,
-                    started: float, call_id: str, headers: dict[str, str] | None = None,
-                    path: str | None = None, exact: bool = True) -> dict:
+    def _new_record(
+        self,
+        exchange: _Exchange | None,
+        request: dict,
+        wire_format: str,
+        started: float,
+        call_id: str,
+        headers: dict[str, str] | None = None,
+        path: str | None = None,
+        exact: bool = True,
+    ) -> dict:
         headers = exchange.headers if exchange is not None else (headers or {})
         path = exchange.path if exchange is not None else (path or "")
         run_id = exchange.run_id if exchange is not None else find_run_id(headers, request)
         seq = exchange.seq if exchange is not None else self.next_seq(run_id)
         return {
-            "record_version": RECORD_VERSION, "run_id": run_id, "call_id": call_id, "seq": seq,
-            "started_at": started, "ended_at": None, "first_token_at": None,
-            "endpoint": path, "wire_format": wire_format,
-            "call_kind": call_kind(path, request, headers), "stream": bool(request.get("stream")),
-            "model": request.get("model"), "request": request, "request_exact": exact,
+            "record_version": RECORD_VERSION,
+            "run_id": run_id,
+            "call_id": call_id,
+            "seq": seq,
+            "started_at": started,
+            "ended_at": None,
+            "first_token_at": None,
+            "endpoint": path,
+            "wire_format": wire_format,
+            "call_kind": call_kind(path, request, headers),
+            "stream": bool(request.get("stream")),
+            "model": request.get("model"),
+            "request": request,
+            "request_exact": exact,
             "request_headers": {k: headers[k] for k in _KEPT_HEADERS if k in headers},
             # What litellm sent upstream when it translated the request; null when the
             # upstream got `request` as is (model aside) or nothing was sent.
             "upstream_request": None,
-            "response": None, "usage": usage_of(wire_format, None), "status": None,
-            "http_status": None, "error": None, "litellm_model": None, "cost_usd": None,
+            "response": None,
+            "usage": usage_of(wire_format, None),
+            "status": None,
+            "http_status": None,
+            "error": None,
+            "litellm_model": None,
+            "cost_usd": None,
         }
 
     def _submit(self, record: dict) -> Future | None:
@@ -877,17 +970,24 @@ class TrajectoryLogger(CustomLogger):
         if exchange is not None and exchange.request is not None and exchange.call_id is None:
             exchange.call_id = call_id
             started = exchange.received_at
-            record = self._new_record(exchange, exchange.request,
-                                      _wire_format(exchange.path, call_type), started, call_id)
+            record = self._new_record(
+                exchange, exchange.request, _wire_format(exchange.path, call_type), started, call_id
+            )
         else:
             # Without the middleware: litellm's copy of the body, which it has added to.
             server_request = data.get("proxy_server_request") or {}
             path = _url_path(server_request.get("url", ""))
             started = server_request.get("arrival_time") or time.time()
-            record = self._new_record(None, dict(server_request.get("body") or {}),
-                                      _wire_format(path, call_type), started, call_id,
-                                      headers=server_request.get("headers") or {}, path=path,
-                                      exact=False)
+            record = self._new_record(
+                None,
+                dict(server_request.get("body") or {}),
+                _wire_format(path, call_type),
+                started,
+                call_id,
+                headers=server_request.get("headers") or {},
+                path=path,
+                exact=False,
+            )
         call = _Call(record)
         self._open[call_id] = call
         return call
@@ -918,13 +1018,20 @@ class TrajectoryLogger(CustomLogger):
                 return unparsed_body(sent.encode() if isinstance(sent, str) else sent)
         return dict(sent) if isinstance(sent, dict) else None
 
-    async def _close(self, call: _Call, data: dict, response: dict | None, http_status: int,
-                     error: dict | None) -> None:
+    async def _close(
+        self, call: _Call, data: dict, response: dict | None, http_status: int, error: dict | None
+    ) -> None:
         record = call.record
-        record.update(response=response, first_token_at=call.first_token_at,
-                      usage=usage_of(record["wire_format"], response),
-                      status="error" if error else "ok", http_status=http_status, error=error,
-                      litellm_model=self._litellm_model(data), upstream_request=self._upstream_request(data))
+        record.update(
+            response=response,
+            first_token_at=call.first_token_at,
+            usage=usage_of(record["wire_format"], response),
+            status="error" if error else "ok",
+            http_status=http_status,
+            error=error,
+            litellm_model=self._litellm_model(data),
+            upstream_request=self._upstream_request(data),
+        )
         exchange = _exchange.get()
         if exchange is not None and exchange.call_id == record["call_id"]:
             exchange.closed = True
@@ -944,8 +1051,9 @@ class TrajectoryLogger(CustomLogger):
         call.first_token_at = call.first_token_at or time.time()  # non-stream: all at once
         await self._close(call, data, native(response), 200, None)
 
-    async def async_post_call_failure_hook(self, request_data, original_exception, user_api_key_dict,
-                                           traceback_str=None):
+    async def async_post_call_failure_hook(
+        self, request_data, original_exception, user_api_key_dict, traceback_str=None
+    ):
         if _forwarded():
             return
         if request_data.get("litellm_call_id") not in self._open:

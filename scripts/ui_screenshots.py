@@ -94,8 +94,9 @@ def free_port() -> int:
 def process_group(command: list[str], log: Path, env: dict | None = None):
     """A child in its own session, so stopping it stops everything it started."""
     with open(log, "wb") as out:
-        child = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
-                                 start_new_session=True)
+        child = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True
+        )
     try:
         yield child
     finally:
@@ -145,8 +146,9 @@ class Dagster:
         loaded = [e for e in entries if e["locationOrLoadError"]]
         for entry in loaded:
             if entry["locationOrLoadError"]["__typename"] == "PythonError":
-                raise SystemExit(f"code location {entry['name']} failed to load: "
-                                 f"{entry['locationOrLoadError']['message']}")
+                raise SystemExit(
+                    f"code location {entry['name']} failed to load: {entry['locationOrLoadError']['message']}"
+                )
         return True if loaded else None
 
     def materializations(self, asset: str, partitions: list[str] | None = None, limit: int = 200) -> list[dict]:
@@ -161,8 +163,7 @@ class Chromium:
     def __init__(self, port: int):
         pages = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10))
         page = next(p for p in pages if p["type"] == "page")
-        self.socket = websocket.create_connection(page["webSocketDebuggerUrl"], timeout=60,
-                                                  suppress_origin=True)
+        self.socket = websocket.create_connection(page["webSocketDebuggerUrl"], timeout=60, suppress_origin=True)
         self.next_id = 0
 
     def call(self, method: str, **params) -> dict:
@@ -183,11 +184,25 @@ class Chromium:
 
     def press_alt(self, key: str) -> None:
         for kind in ("keyDown", "keyUp"):
-            self.call("Input.dispatchKeyEvent", type=kind, modifiers=1, key=key, code=f"Key{key.upper()}",
-                      windowsVirtualKeyCode=ord(key.upper()))
+            self.call(
+                "Input.dispatchKeyEvent",
+                type=kind,
+                modifiers=1,
+                key=key,
+                code=f"Key{key.upper()}",
+                windowsVirtualKeyCode=ord(key.upper()),
+            )
 
-    def shoot(self, url: str, path: Path, expect: list[str], expand_groups: bool = False,
-              also_scrolled: bool = False, open_entries: tuple[str, ...] = (), timeout: float = 60) -> list[str]:
+    def shoot(
+        self,
+        url: str,
+        path: Path,
+        expect: list[str],
+        expand_groups: bool = False,
+        also_scrolled: bool = False,
+        open_entries: tuple[str, ...] = (),
+        timeout: float = 60,
+    ) -> list[str]:
         """Screenshot `url` once every text in `expect` shows and no spinner does; returns the
         texts that never showed. `expand_groups`: press Alt+E (the asset graph's "Expand all
         groups") once the graph is drawn. `also_scrolled`: a second screenshot, `<name>-end.png`,
@@ -207,7 +222,8 @@ class Chromium:
                 continue
             missing = [e for e in expect if e not in self.text()]
             spinning = self.evaluate(
-                "!!document.querySelector('[role=progressbar], [class*=Spinner], [class*=spinner]')")
+                "!!document.querySelector('[role=progressbar], [class*=Spinner], [class*=spinner]')"
+            )
             if not missing and not spinning:
                 break
         time.sleep(2)  # let the last render and any fade-in settle
@@ -217,7 +233,8 @@ class Chromium:
                 f"(() => {{ const row = [...document.querySelectorAll('tr')].find(r => r.cells[0]?.innerText.trim() == "
                 f"{json.dumps(label)}); const link = row && [...row.querySelectorAll('*')].find(e => "
                 f"e.children.length == 0 && e.innerText.trim() == '[Show Markdown]'); link?.click(); "
-                "return !!link; })()")
+                "return !!link; })()"
+            )
             if not opened:
                 missing = [*missing, f"[Show Markdown] of {label}"]
                 continue
@@ -227,8 +244,10 @@ class Chromium:
                 self.call("Input.dispatchKeyEvent", type=kind, key="Escape", code="Escape", windowsVirtualKeyCode=27)
             time.sleep(1)
         if also_scrolled:
-            self.evaluate("document.querySelectorAll('*').forEach(e => "
-                          "{ if (e.scrollHeight > e.clientHeight + 20) e.scrollTop = e.scrollHeight; })")
+            self.evaluate(
+                "document.querySelectorAll('*').forEach(e => "
+                "{ if (e.scrollHeight > e.clientHeight + 20) e.scrollTop = e.scrollHeight; })"
+            )
             time.sleep(1)
             self.capture(path.with_name(f"{path.stem}-end.png"))
         return missing
@@ -285,7 +304,7 @@ def check_partitions(dagster: Dagster, store, asset: str, partitions: list[str],
     by_instance = asset == "preference_pairs"
     for partition, materialization in latest.items():
         # Multi-partition keys are `instance|model` (dimensions in name order).
-        dimensions = dict(zip(("instance", "model"), partition.split("|")))
+        dimensions = dict(zip(("instance", "model"), partition.split("|"), strict=True))
         where, params = partition_where(by_instance, partition, dimensions)
         found = entries(materialization)
         for _, label, sql in [c for c in PARTITION_COUNTS if c[0] == asset]:
@@ -303,8 +322,9 @@ def check_partitions(dagster: Dagster, store, asset: str, partitions: list[str],
         if asset == "preference_pairs":
             check_pairs_preview(store, partition, materialization, failures)
     unbatched = [{k: v for k, v in entries(m).items() if not k.startswith("batch_")} for m in latest.values()]
-    if len(unbatched) > 1 and all(json.dumps(u, sort_keys=True) == json.dumps(unbatched[0], sort_keys=True)
-                                  for u in unbatched):
+    if len(unbatched) > 1 and all(
+        json.dumps(u, sort_keys=True) == json.dumps(unbatched[0], sort_keys=True) for u in unbatched
+    ):
         failures.append(f"{asset}: partitions {partitions} show the same metadata")
     return latest
 
@@ -324,8 +344,10 @@ def check_markdown_ids(asset: str, materializations: list[dict], failures: list[
     for materialization in materializations:
         for entry in materialization["metadataEntries"]:
             if entry["__typename"] == "MarkdownMetadataEntry" and (ids := unescaped_run_ids(entry["mdStr"])):
-                failures.append(f"{asset} [{materialization['partition'] or '-'}] {entry['label']}: "
-                                f"{len(ids)} run ids render as strikethrough Markdown, e.g. {ids[0]}")
+                failures.append(
+                    f"{asset} [{materialization['partition'] or '-'}] {entry['label']}: "
+                    f"{len(ids)} run ids render as strikethrough Markdown, e.g. {ids[0]}"
+                )
 
 
 def check_leaderboard(materialization: dict, failures: list[str]) -> None:
@@ -376,20 +398,51 @@ def main() -> int:
     dagster_port, chromium_port = free_port(), free_port()
     with ExitStack() as stack:
         dagster_log = out / "dagster-dev.log"
-        dev = stack.enter_context(process_group(
-            [str(ROOT / ".venv" / "bin" / "dagster"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1",
-             "-p", str(dagster_port)], dagster_log, env))
+        dev = stack.enter_context(
+            process_group(
+                [
+                    str(ROOT / ".venv" / "bin" / "dagster"),
+                    "dev",
+                    "-w",
+                    "workspace.yaml",
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    str(dagster_port),
+                ],
+                dagster_log,
+                env,
+            )
+        )
         dagster = Dagster(dagster_port)
         wait_for("dagster dev", dagster.location_loaded, 180, dev, dagster_log)
         profile = stack.enter_context(tempfile.TemporaryDirectory(prefix="ui-chromium-"))
         chromium_log = out / "chromium.log"
-        browser = stack.enter_context(process_group(
-            [shutil.which("chromium") or "chromium", "--headless=new", "--no-sandbox", "--disable-gpu",
-             "--window-size=1600,1000", f"--remote-debugging-port={chromium_port}", f"--user-data-dir={profile}",
-             "about:blank"], chromium_log))
-        wait_for("chromium", lambda: urllib.request.urlopen(
-            f"http://127.0.0.1:{chromium_port}/json/version", timeout=5).status == 200 or None,
-            60, browser, chromium_log)
+        browser = stack.enter_context(
+            process_group(
+                [
+                    shutil.which("chromium") or "chromium",
+                    "--headless=new",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--window-size=1600,1000",
+                    f"--remote-debugging-port={chromium_port}",
+                    f"--user-data-dir={profile}",
+                    "about:blank",
+                ],
+                chromium_log,
+            )
+        )
+        wait_for(
+            "chromium",
+            lambda: (
+                urllib.request.urlopen(f"http://127.0.0.1:{chromium_port}/json/version", timeout=5).status == 200
+                or None
+            ),
+            60,
+            browser,
+            chromium_log,
+        )
         tab = Chromium(chromium_port)
         stack.callback(tab.socket.close)
 
@@ -417,8 +470,13 @@ def main() -> int:
             else:
                 checked = materializations[:1]
                 labels = [e["label"] for e in checked[0]["metadataEntries"]][:3]
-                shoot(asset, asset_url("", asset, None), labels, also_scrolled=True,
-                      open_entries=OPENED_ENTRIES.get(asset, ()))
+                shoot(
+                    asset,
+                    asset_url("", asset, None),
+                    labels,
+                    also_scrolled=True,
+                    open_entries=OPENED_ENTRIES.get(asset, ()),
+                )
             check_markdown_ids(asset, checked, failures)
             if asset == "leaderboard":
                 check_leaderboard(checked[0], failures)

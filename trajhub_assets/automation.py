@@ -29,9 +29,23 @@ import time
 import warnings
 from collections.abc import Callable, Collection
 
-from dagster import (AssetKey, AssetSelection, AutomationCondition, AutomationConditionSensorDefinition,
-                     AutomationContext, AutomationResult, BetaWarning, DefaultScheduleStatus, DefaultSensorStatus,
-                     RunRequest, RunsFilter, ScheduleDefinition, SensorEvaluationContext, SkipReason, sensor)
+from dagster import (
+    AssetKey,
+    AssetSelection,
+    AutomationCondition,
+    AutomationConditionSensorDefinition,
+    AutomationContext,
+    AutomationResult,
+    BetaWarning,
+    DefaultScheduleStatus,
+    DefaultSensorStatus,
+    RunRequest,
+    RunsFilter,
+    ScheduleDefinition,
+    SensorEvaluationContext,
+    SkipReason,
+    sensor,
+)
 
 from trajhub_assets.config import PoolsConfig, RefreshConfig
 from trajhub_assets.jobs import IN_PROGRESS, release_job, reload_catalog_job
@@ -72,8 +86,11 @@ class ModelInConfig(AutomationCondition):
 
     def evaluate(self, context: AutomationContext) -> AutomationResult:
         configured = set(self.model_keys())
-        keys = {key for key in context.candidate_subset.expensively_compute_partition_keys()
-                if run_partitions.get_partition_key_from_str(str(key)).keys_by_dimension["model"] in configured}
+        keys = {
+            key
+            for key in context.candidate_subset.expensively_compute_partition_keys()
+            if run_partitions.get_partition_key_from_str(str(key)).keys_by_dimension["model"] in configured
+        }
         return AutomationResult(context, context.candidate_subset.compute_intersection_with_partition_keys(keys))
 
 
@@ -83,10 +100,16 @@ def run_new_partitions(model_keys: Callable[[], Collection[str]]) -> AutomationC
 
 
 def _follow_inputs(*, wait_for_missing_inputs: bool) -> AutomationCondition:
-    condition = ((AutomationCondition.newly_missing() | AutomationCondition.any_deps_updated()
-                  | AutomationCondition.code_version_changed()).since_last_handled()
-                 & ~AutomationCondition.any_deps_in_progress() & ~AutomationCondition.in_progress()
-                 & AutomationCondition.all_deps_blocking_checks_passed())
+    condition = (
+        (
+            AutomationCondition.newly_missing()
+            | AutomationCondition.any_deps_updated()
+            | AutomationCondition.code_version_changed()
+        ).since_last_handled()
+        & ~AutomationCondition.any_deps_in_progress()
+        & ~AutomationCondition.in_progress()
+        & AutomationCondition.all_deps_blocking_checks_passed()
+    )
     if wait_for_missing_inputs:
         condition = condition & ~AutomationCondition.any_deps_missing()
     return condition.with_label("follow inputs and code version")
@@ -104,16 +127,24 @@ FOLLOW_ANY_INPUTS = _follow_inputs(wait_for_missing_inputs=False)
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", BetaWarning)
     automation_sensor = AutomationConditionSensorDefinition(
-        "automation_sensor", target=AssetSelection.all(), default_status=DefaultSensorStatus.RUNNING,
+        "automation_sensor",
+        target=AssetSelection.all(),
+        default_status=DefaultSensorStatus.RUNNING,
         use_user_code_server=True,
-        description="Runs new partitions and what follows from them (trajhub_assets/automation.py).")
+        description="Runs new partitions and what follows from them (trajhub_assets/automation.py).",
+    )
+
 
 def nightly_refresh(config: RefreshConfig) -> ScheduleDefinition:
     return ScheduleDefinition(
-        name="nightly_refresh", job=reload_catalog_job, cron_schedule=config.cron,
-        execution_timezone=config.timezone, default_status=DefaultScheduleStatus.RUNNING,
+        name="nightly_refresh",
+        job=reload_catalog_job,
+        cron_schedule=config.cron,
+        execution_timezone=config.timezone,
+        default_status=DefaultScheduleStatus.RUNNING,
         description="Reload the task catalog; the partitions sensor and the assets' automation "
-                    "conditions take it from there, and release_sensor cuts the release.")
+        "conditions take it from there, and release_sensor cuts the release.",
+    )
 
 
 def _latest_materialization(instance, asset: str):
@@ -135,16 +166,22 @@ def release_due(instance, quiet_minutes: float, now: float | None = None) -> Run
         return SkipReason("nothing new since the last release")
     quiet_for = (now or time.time()) - newest.timestamp
     if quiet_for < quiet_minutes * 60:
-        return SkipReason(f"last input materialized {quiet_for / 60:.1f} min ago; releasing after "
-                          f"{quiet_minutes:g} quiet minutes")
-    return RunRequest(run_key=f"release-after-{newest.storage_id}",
-                      tags={"trajhub/release_after_storage_id": str(newest.storage_id)})
+        return SkipReason(
+            f"last input materialized {quiet_for / 60:.1f} min ago; releasing after {quiet_minutes:g} quiet minutes"
+        )
+    return RunRequest(
+        run_key=f"release-after-{newest.storage_id}", tags={"trajhub/release_after_storage_id": str(newest.storage_id)}
+    )
 
 
 def make_release_sensor(config: RefreshConfig):
-    @sensor(name="release_sensor", job=release_job, minimum_interval_seconds=120,
-            default_status=DefaultSensorStatus.RUNNING,
-            description="Cut a release once the refresh has settled (see trajhub_assets/automation.py).")
+    @sensor(
+        name="release_sensor",
+        job=release_job,
+        minimum_interval_seconds=120,
+        default_status=DefaultSensorStatus.RUNNING,
+        description="Cut a release once the refresh has settled (see trajhub_assets/automation.py).",
+    )
     def release_sensor(context: SensorEvaluationContext):
         return release_due(context.instance, config.release_quiet_minutes)
 

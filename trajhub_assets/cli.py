@@ -6,8 +6,8 @@ logs its progress, which this prints."""
 import argparse
 import logging
 import os
-import warnings
 import sys
+import warnings
 
 from trajhub_assets.errors import TrajhubError
 from trajhub_assets.pairs.schema import PREFERENCE_PAIRS
@@ -24,8 +24,10 @@ def cmd_run(args) -> None:
     store = Store()
     run_pipeline(dagster_instance(store), catalog_only=args.catalog_only)
     catalog = store.write_catalog()
-    print(f"store: {store.root}\ncatalog for notebooks: {catalog}\n"
-          f"dagster instance: {os.environ['DAGSTER_HOME']} (UI: dagster dev -w workspace.yaml)")
+    print(
+        f"store: {store.root}\ncatalog for notebooks: {catalog}\n"
+        f"dagster instance: {os.environ['DAGSTER_HOME']} (UI: dagster dev -w workspace.yaml)"
+    )
     with store.connect() as con:
         for table, query in SUMMARIES:
             if table.name in store.table_names():
@@ -33,14 +35,26 @@ def cmd_run(args) -> None:
 
 
 SUMMARIES = [
-    (TASKS, "SELECT category, count(*) AS tasks, count(test_command) AS runnable "
-            f"FROM {TASKS.name} GROUP BY category ORDER BY category"),
-    (RUNS, "SELECT model, count(*) AS runs, count(*) FILTER (WHERE resolved) AS resolved, "
-           f"count(error) AS failed, any_value(error) AS an_error FROM {RUNS.name} GROUP BY model ORDER BY model"),
-    (LEADERBOARD, "SELECT model, runs, round(test_pass_rate, 3) AS pass_rate, round(isr, 3) AS isr, "
-                  f"round(csr, 3) AS csr, round(mean_reward, 3) AS reward, mean_steps FROM {LEADERBOARD.name}"),
-    (PREFERENCE_PAIRS, "SELECT kind, count(*) AS pairs, round(avg(margin), 3) AS mean_margin "
-                       f"FROM {PREFERENCE_PAIRS.name} GROUP BY kind"),
+    (
+        TASKS,
+        "SELECT category, count(*) AS tasks, count(test_command) AS runnable "
+        f"FROM {TASKS.name} GROUP BY category ORDER BY category",
+    ),
+    (
+        RUNS,
+        "SELECT model, count(*) AS runs, count(*) FILTER (WHERE resolved) AS resolved, "
+        f"count(error) AS failed, any_value(error) AS an_error FROM {RUNS.name} GROUP BY model ORDER BY model",
+    ),
+    (
+        LEADERBOARD,
+        "SELECT model, runs, round(test_pass_rate, 3) AS pass_rate, round(isr, 3) AS isr, "
+        f"round(csr, 3) AS csr, round(mean_reward, 3) AS reward, mean_steps FROM {LEADERBOARD.name}",
+    ),
+    (
+        PREFERENCE_PAIRS,
+        "SELECT kind, count(*) AS pairs, round(avg(margin), 3) AS mean_margin "
+        f"FROM {PREFERENCE_PAIRS.name} GROUP BY kind",
+    ),
 ]
 
 
@@ -55,14 +69,17 @@ def cmd_backfill(args) -> None:
     if args.submit:
         backfill = submit_backfill(instance, args.model, missing=args.missing)
     else:
-        backfill = backfill_model(instance, args.model, missing=args.missing, batch_size=args.batch_size,
-                                  release=not args.no_release)
+        backfill = backfill_model(
+            instance, args.model, missing=args.missing, batch_size=args.batch_size, release=not args.no_release
+        )
     if not backfill.instances:
         print(f"trajhub: {backfill.model.name} has run every instance already (drop --missing to run them again)")
     elif args.submit:
-        print(f"trajhub: backfill {backfill.backfill_id} of {backfill.model.name} over {len(backfill.instances)} "
-              f"instances submitted; the daemon runs it in batches of up to {BATCHED.max_partitions_per_run} "
-              "(UI: Overview > Backfills)")
+        print(
+            f"trajhub: backfill {backfill.backfill_id} of {backfill.model.name} over {len(backfill.instances)} "
+            f"instances submitted; the daemon runs it in batches of up to {BATCHED.max_partitions_per_run} "
+            "(UI: Overview > Backfills)"
+        )
     else:
         _print_status(store, instance)
 
@@ -83,8 +100,9 @@ def _print_status(store: Store, instance) -> None:
 
     total_runs = len(run_partitions.get_partition_keys(dynamic_partitions_store=instance))
     total_instances = len(instances_partitions.get_partition_keys(dynamic_partitions_store=instance))
-    for asset, total in ([(name, total_runs) for name in RECORD_AND_SCORE_ASSETS]
-                         + [("preference_pairs", total_instances)]):
+    for asset, total in [(name, total_runs) for name in RECORD_AND_SCORE_ASSETS] + [
+        ("preference_pairs", total_instances)
+    ]:
         done = len(instance.get_materialized_partitions(AssetKey(asset)))
         print(f"{asset:>20}: {done}/{total} partitions materialized")
     busy = instance.get_runs_count(RunsFilter(statuses=IN_PROGRESS))
@@ -141,9 +159,11 @@ def cmd_proxy_config(args) -> None:
     from trajhub_assets.recording.routes import write_proxy_config
 
     path = write_proxy_config(load_config().models, args.out)
-    print(f"wrote {path}: the bundled routes and one per model with its own api_base/api_key_env.\n"
-          f"Start the proxy with: LITELLM_MASTER_KEY=... python proxy/start_proxy.py --config {path} "
-          "--host 0.0.0.0 --port 4000 (the models' key variables set in its environment)")
+    print(
+        f"wrote {path}: the bundled routes and one per model with its own api_base/api_key_env.\n"
+        f"Start the proxy with: LITELLM_MASTER_KEY=... python proxy/start_proxy.py --config {path} "
+        "--host 0.0.0.0 --port 4000 (the models' key variables set in its environment)"
+    )
 
 
 def cmd_check_tasks(args) -> None:
@@ -171,8 +191,10 @@ def cmd_label_import(args) -> None:
     existing = store.read(HUMAN_LABELS) if store.exists(HUMAN_LABELS) else None
     merged = merge_labels(existing, labels)
     store.write(HUMAN_LABELS, merged)
-    print(f"imported {labels.num_rows} labels; {merged.num_rows} stored. "
-          "Materialize reward_calibration to see the agreement figures.")
+    print(
+        f"imported {labels.num_rows} labels; {merged.num_rows} stored. "
+        "Materialize reward_calibration to see the agreement figures."
+    )
 
 
 def _print_progress() -> None:
@@ -187,31 +209,44 @@ def _print_progress() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     import dagster  # backfill policies and pools are beta in Dagster; we use them knowingly
+
     warnings.filterwarnings("ignore", category=dagster.BetaWarning)
     warnings.filterwarnings("ignore", category=dagster.PreviewWarning)
     _print_progress()
     parser = argparse.ArgumentParser(prog="trajhub", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    run = commands.add_parser("run", help="materialize the pipeline (config: $TRAJHUB_CONFIG, "
-                                          "default the bundled demo)")
-    run.add_argument("--catalog-only", action="store_true",
-                     help="only load the task catalog and register partitions")
+    run = commands.add_parser(
+        "run", help="materialize the pipeline (config: $TRAJHUB_CONFIG, default the bundled demo)"
+    )
+    run.add_argument("--catalog-only", action="store_true", help="only load the task catalog and register partitions")
     run.set_defaults(func=cmd_run)
 
     backfill = commands.add_parser(
-        "backfill", help="run one model (already in the config) over every instance, batched",
+        "backfill",
+        help="run one model (already in the config) over every instance, batched",
         description="Add the model to the config first; this registers its partition and runs it over "
-                    "every instance of the catalog, in batches of one Dagster run each (tag "
-                    "trajhub/backfill), then rebuilds the pairs of those instances and cuts a release.")
+        "every instance of the catalog, in batches of one Dagster run each (tag "
+        "trajhub/backfill), then rebuilds the pairs of those instances and cuts a release.",
+    )
     backfill.add_argument("--model", required=True, help="the model's name (or partition key) in the config")
-    backfill.add_argument("--missing", action="store_true",
-                          help="only the instances this model has not run yet (resume an interrupted backfill)")
-    backfill.add_argument("--batch-size", type=int, default=None,
-                          help="partitions per Dagster run (default: the assets' BackfillPolicy, 200)")
+    backfill.add_argument(
+        "--missing",
+        action="store_true",
+        help="only the instances this model has not run yet (resume an interrupted backfill)",
+    )
+    backfill.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="partitions per Dagster run (default: the assets' BackfillPolicy, 200)",
+    )
     backfill.add_argument("--no-release", action="store_true", help="stop after the pairs")
-    backfill.add_argument("--submit", action="store_true",
-                          help="do not run here: submit one Dagster backfill for the daemon (dagster dev)")
+    backfill.add_argument(
+        "--submit",
+        action="store_true",
+        help="do not run here: submit one Dagster backfill for the daemon (dagster dev)",
+    )
     backfill.set_defaults(func=cmd_backfill)
 
     status = commands.add_parser("status", help="partitions materialized, runs in progress, tokens and cost")
@@ -233,7 +268,8 @@ def main(argv: list[str] | None = None) -> None:
     graph.set_defaults(func=cmd_graph)
 
     proxy_config = commands.add_parser(
-        "proxy-config", help="write the LiteLLM config for an external proxy serving this project's models")
+        "proxy-config", help="write the LiteLLM config for an external proxy serving this project's models"
+    )
     proxy_config.add_argument("--out", required=True, help="where to write it (YAML)")
     proxy_config.set_defaults(func=cmd_proxy_config)
 

@@ -82,7 +82,8 @@ class SandboxConfig(_Strict):
     backend: Literal["docker", "local"] = "docker"
     docker_host: str | None = Field(None, description="Remote engine URL; default: the local socket.")
     network: Literal["internal", "bridge", "none"] = Field(
-        "internal", description="internal: the host (and so the proxy) only; see sandbox/docker.py")
+        "internal", description="internal: the host (and so the proxy) only; see sandbox/docker.py"
+    )
     cpus: float = Field(2.0, gt=0)
     memory: str = "4g"
     pids: int = Field(512, gt=0)
@@ -104,8 +105,11 @@ class JudgeConfig(_Strict):
     max_retries: int = Field(3, ge=0)
     timeout_s: float = Field(120, gt=0)
     rubric_weights: dict[str, float] = {
-        "goal_progress": 0.3, "tool_choice": 0.2, "argument_correctness": 0.2,
-        "use_of_information": 0.15, "non_redundancy": 0.15,
+        "goal_progress": 0.3,
+        "tool_choice": 0.2,
+        "argument_correctness": 0.2,
+        "use_of_information": 0.15,
+        "non_redundancy": 0.15,
     }
 
     @field_validator("rubric_weights")
@@ -116,7 +120,10 @@ class JudgeConfig(_Strict):
 
 class RewardConfig(_Strict):
     trajectory_weights: dict[Literal["outcome", "rules", "step", "checklist"], float] = {
-        "outcome": 0.4, "rules": 0.1, "step": 0.25, "checklist": 0.25,
+        "outcome": 0.4,
+        "rules": 0.1,
+        "step": 0.25,
+        "checklist": 0.25,
     }
     forbidden_commands: list[str] = ["rm -rf /", "git push --force", "git reset --hard"]
 
@@ -142,7 +149,8 @@ class RefreshConfig(_Strict):
     cron: str = Field("0 2 * * *", description="When the task catalog is reloaded (cron, in `timezone`).")
     timezone: str = "UTC"
     release_quiet_minutes: float = Field(
-        10, ge=0, description="Cut the release once no run has been in progress for this long.")
+        10, ge=0, description="Cut the release once no run has been in progress for this long."
+    )
 
     @field_validator("cron")
     @classmethod
@@ -157,10 +165,10 @@ class RefreshConfig(_Strict):
 class PoolsConfig(_Strict):
     """Dagster pool limits: how many steps at once, across all runs, may hold each resource."""
 
-    sandboxes: int = Field(1, ge=1, description="Steps running sandboxes (each runs up to "
-                                                "sandbox.max_concurrent attempts).")
-    judge: int = Field(1, ge=1, description="Steps calling the judge (each makes up to "
-                                            "judge.max_concurrent calls).")
+    sandboxes: int = Field(
+        1, ge=1, description="Steps running sandboxes (each runs up to sandbox.max_concurrent attempts)."
+    )
+    judge: int = Field(1, ge=1, description="Steps calling the judge (each makes up to judge.max_concurrent calls).")
 
 
 class ProjectConfig(_Strict):
@@ -224,5 +232,4 @@ def load_config(path: str | os.PathLike | None = None) -> ProjectConfig:
 
 
 def _location(loc: tuple) -> str:
-    return "".join(f"[{p}]" if isinstance(p, int) else (f".{p}" if i else str(p))
-                   for i, p in enumerate(loc))
+    return "".join(f"[{p}]" if isinstance(p, int) else (f".{p}" if i else str(p)) for i, p in enumerate(loc))

@@ -17,8 +17,8 @@ from trajhub_assets.merge.assets import merged_trajectories
 from trajhub_assets.pairs.assets import preference_pairs_asset
 from trajhub_assets.recording.assets import raw_trajectories
 from trajhub_assets.recording.resources import ProxyResource
-from trajhub_assets.replay.assets import release_replay
 from trajhub_assets.release.assets import hf_dataset_release, leaderboard_asset, reward_calibration
+from trajhub_assets.replay.assets import release_replay
 from trajhub_assets.resources import ProjectResource, StoreResource
 from trajhub_assets.rewards.assets import judge_rewards, rule_rewards, trajectory_rewards_asset
 from trajhub_assets.scaffolds.baselines import uses_baselines
@@ -28,12 +28,26 @@ from trajhub_assets.versions import with_code_versions
 ENVIRONMENTS = ("demo", "local")
 
 human_labels = AssetSpec(
-    "human_labels", group_name="release", kinds={"parquet"},
-    description="Human preference labels of pairs, loaded by `trajhub label import` (outside the graph).")
+    "human_labels",
+    group_name="release",
+    kinds={"parquet"},
+    description="Human preference labels of pairs, loaded by `trajhub label import` (outside the graph).",
+)
 
-ASSETS = [tasks, raw_trajectories, merged_trajectories, rule_rewards, judge_rewards, trajectory_rewards_asset,
-          preference_pairs_asset, human_labels, reward_calibration, leaderboard_asset, hf_dataset_release,
-          release_replay]
+ASSETS = [
+    tasks,
+    raw_trajectories,
+    merged_trajectories,
+    rule_rewards,
+    judge_rewards,
+    trajectory_rewards_asset,
+    preference_pairs_asset,
+    human_labels,
+    reward_calibration,
+    leaderboard_asset,
+    hf_dataset_release,
+    release_replay,
+]
 
 
 def environment(config: ProjectConfig) -> str:
@@ -43,8 +57,9 @@ def environment(config: ProjectConfig) -> str:
     return env
 
 
-def environment_resources(project: ProjectResource, env: str, store: StoreResource | None = None,
-                          **proxy_settings) -> dict:
+def environment_resources(
+    project: ProjectResource, env: str, store: StoreResource | None = None, **proxy_settings
+) -> dict:
     store = store or StoreResource()
     proxy = ProxyResource(project=project, store=store, scripted_baselines=env == "demo", **proxy_settings)
     return {"store": store, "project": project, "proxy": proxy}
@@ -53,8 +68,11 @@ def environment_resources(project: ProjectResource, env: str, store: StoreResour
 def build_definitions(project: ProjectResource) -> Definitions:
     config = project.load()  # schedules and code versions are part of the code location
     # Automation runs new partitions of the config's models only (the config read at each evaluation).
-    recording = raw_trajectories.map_asset_specs(lambda spec: spec.replace_attributes(
-        automation_condition=run_new_partitions(lambda: [model.key for model in project.load().models])))
+    recording = raw_trajectories.map_asset_specs(
+        lambda spec: spec.replace_attributes(
+            automation_condition=run_new_partitions(lambda: [model.key for model in project.load().models])
+        )
+    )
     assets = [recording if asset is raw_trajectories else asset for asset in ASSETS]
     return Definitions(
         assets=with_code_versions(assets, config),

@@ -16,8 +16,15 @@ class ConfigError(TrajhubError):
 class RecordError(TrajhubError):
     """One input record (a task, a call, a label) is malformed."""
 
-    def __init__(self, message: str, *, source: str, line: int | None = None,
-                 record_id: str | None = None, field: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        source: str,
+        line: int | None = None,
+        record_id: str | None = None,
+        field: str | None = None,
+    ):
         where = [source if line is None else f"{source}:{line}"]
         if record_id:
             where.append(f"record {record_id!r}")

@@ -9,8 +9,13 @@ the same jobs.
 from dagster import DagsterRunStatus, define_asset_job
 
 # One run's stages, upstream first: one job runs them over a batch of (model, instance) keys.
-RECORD_AND_SCORE_ASSETS = ["raw_trajectories", "merged_trajectories", "rule_rewards", "judge_rewards",
-                           "trajectory_rewards"]
+RECORD_AND_SCORE_ASSETS = [
+    "raw_trajectories",
+    "merged_trajectories",
+    "rule_rewards",
+    "judge_rewards",
+    "trajectory_rewards",
+]
 # A release, and the replay of a sample of it (the proof its runs are real).
 RELEASE_ASSETS = ["reward_calibration", "leaderboard", "hf_dataset_release", "release_replay"]
 
@@ -24,8 +29,10 @@ def _stage(name: str, selection: list[str], description: str):
 
 reload_catalog_job = _stage("reload_catalog", ["tasks"], "Reload the task catalog from the config's sources.")
 record_and_score_job = _stage(
-    "record_and_score", RECORD_AND_SCORE_ASSETS,
-    "Run the agents on a batch of (model, instance) partitions, merge and score the runs.")
+    "record_and_score",
+    RECORD_AND_SCORE_ASSETS,
+    "Run the agents on a batch of (model, instance) partitions, merge and score the runs.",
+)
 # Not "preference_pairs": a job may not share its name with an asset's op.
 build_pairs_job = _stage("build_pairs", ["preference_pairs"], "The preference pairs of a batch of instances.")
 release_job = _stage("cut_release", RELEASE_ASSETS, "Calibration, leaderboard and the Hugging Face dataset release.")
@@ -36,5 +43,9 @@ JOBS = [reload_catalog_job, record_and_score_job, build_pairs_job, release_job]
 RANGE_START_TAG, RANGE_END_TAG = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
 
 # A run that has started and not finished (a suspended one too): what the release waits for.
-IN_PROGRESS = [DagsterRunStatus.STARTING, DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING,
-               DagsterRunStatus.SUSPENDED]
+IN_PROGRESS = [
+    DagsterRunStatus.STARTING,
+    DagsterRunStatus.STARTED,
+    DagsterRunStatus.CANCELING,
+    DagsterRunStatus.SUSPENDED,
+]

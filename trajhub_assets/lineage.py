@@ -13,11 +13,16 @@ from dagster import AssetDep, PartitionMapping
 # table -> the asset that writes it; None: written outside the graph by a trajhub command
 WRITTEN_BY: dict[str, str | None] = {
     "tasks": "tasks",
-    "runs": "raw_trajectories", "raw_calls": "raw_trajectories", "message_blobs": "raw_trajectories",
+    "runs": "raw_trajectories",
+    "raw_calls": "raw_trajectories",
+    "message_blobs": "raw_trajectories",
     "imports": None,  # `trajhub import`: an audit of what was imported, read by no asset
     "merged_trajectories": "merged_trajectories",
-    "rule_steps": "rule_rewards", "rule_summary": "rule_rewards",
-    "judge_checks": "judge_rewards", "judge_steps": "judge_rewards", "judge_summary": "judge_rewards",
+    "rule_steps": "rule_rewards",
+    "rule_summary": "rule_rewards",
+    "judge_checks": "judge_rewards",
+    "judge_steps": "judge_rewards",
+    "judge_summary": "judge_rewards",
     "trajectory_rewards": "trajectory_rewards",
     "preference_pairs": "preference_pairs",
     "human_labels": "human_labels",  # an external asset: `trajhub label import` writes it

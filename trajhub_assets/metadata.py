@@ -14,10 +14,13 @@ _TYPES = {bool: "bool", int: "int", float: "float"}
 def table(rows: Sequence[Mapping], columns: Sequence[str] | None = None):
     """A table of `rows` (dicts of str, int, float, bool or None), columns in `columns`' order."""
     columns = list(columns or (rows[0] if rows else []))
-    types = {c: next((_TYPES.get(type(r[c]), "string") for r in rows if r.get(c) is not None), "string")
-             for c in columns}
-    return MetadataValue.table([TableRecord({c: row.get(c) for c in columns}) for row in rows],
-                               schema=TableSchema([TableColumn(c, types[c]) for c in columns]))
+    types = {
+        c: next((_TYPES.get(type(r[c]), "string") for r in rows if r.get(c) is not None), "string") for c in columns
+    }
+    return MetadataValue.table(
+        [TableRecord({c: row.get(c) for c in columns}) for row in rows],
+        schema=TableSchema([TableColumn(c, types[c]) for c in columns]),
+    )
 
 
 def batch_totals(totals: Mapping[str, float], partitions: int) -> dict:

@@ -20,9 +20,18 @@ from dagster import AssetKey, DagsterInstance, Definitions, ExecuteInProcessResu
 from trajhub_assets.automation import apply_pool_limits
 from trajhub_assets.config import ModelConfig, ProjectConfig
 from trajhub_assets.errors import TrajhubError
-from trajhub_assets.jobs import (BACKFILL_TAG, MODEL_TAG, RANGE_END_TAG, RANGE_START_TAG, RECORD_AND_SCORE_ASSETS,
-                                 STAGE_TAG, build_pairs_job, record_and_score_job, release_job,
-                                 reload_catalog_job)
+from trajhub_assets.jobs import (
+    BACKFILL_TAG,
+    MODEL_TAG,
+    RANGE_END_TAG,
+    RANGE_START_TAG,
+    RECORD_AND_SCORE_ASSETS,
+    STAGE_TAG,
+    build_pairs_job,
+    record_and_score_job,
+    release_job,
+    reload_catalog_job,
+)
 from trajhub_assets.partitions import BATCHED, contiguous_ranges, instances_partitions, models_partitions, run_key
 from trajhub_assets.store import Store
 from trajhub_assets.tasks.assets import register_partitions
@@ -50,8 +59,10 @@ def _job_def(name: str, resources: Mapping | None) -> JobDefinition:
     if resources is None or resources is defs.resources:
         return defs.resolve_job_def(name)
     if id(resources) not in _BOUND:
-        _BOUND[id(resources)] = resources, Definitions(assets=defs.assets, asset_checks=defs.asset_checks,
-                                                       jobs=defs.jobs, resources=resources)
+        _BOUND[id(resources)] = (
+            resources,
+            Definitions(assets=defs.assets, asset_checks=defs.asset_checks, jobs=defs.jobs, resources=resources),
+        )
     return _BOUND[id(resources)][1].resolve_job_def(name)
 
 
@@ -66,9 +77,17 @@ def dagster_instance(store: Store) -> DagsterInstance:
     return DagsterInstance.get()
 
 
-def run_stage(instance: DagsterInstance, job, keys: list[str] | None = None, *, resources: Mapping | None = None,
-              selection: list[str] | None = None, model: str | None = None, backfill: str | None = None,
-              run_config: Mapping = QUIET) -> ExecuteInProcessResult:
+def run_stage(
+    instance: DagsterInstance,
+    job,
+    keys: list[str] | None = None,
+    *,
+    resources: Mapping | None = None,
+    selection: list[str] | None = None,
+    model: str | None = None,
+    backfill: str | None = None,
+    run_config: Mapping = QUIET,
+) -> ExecuteInProcessResult:
     """One run of `job`, one of jobs.py's (or of `selection`, some of its assets), over the partition
     range from keys[0] to keys[-1] when given, with the code location's resources unless `resources`
     replace them; tagged with its model and backfill when it has them."""
@@ -79,11 +98,19 @@ def run_stage(instance: DagsterInstance, job, keys: list[str] | None = None, *, 
         tags[BACKFILL_TAG] = backfill
     if keys:
         tags |= {RANGE_START_TAG: str(keys[0]), RANGE_END_TAG: str(keys[-1])}
-    log.info("running %s%s%s", job.name, f" ({', '.join(selection)})" if selection else "",
-             f" over {keys[0]} .. {keys[-1]}" if keys else "")
+    log.info(
+        "running %s%s%s",
+        job.name,
+        f" ({', '.join(selection)})" if selection else "",
+        f" over {keys[0]} .. {keys[-1]}" if keys else "",
+    )
     result = _job_def(job.name, resources).execute_in_process(
-        instance=instance, tags=tags, run_config=run_config, raise_on_error=False,
-        asset_selection=[AssetKey(name) for name in selection] if selection else None)
+        instance=instance,
+        tags=tags,
+        run_config=run_config,
+        raise_on_error=False,
+        asset_selection=[AssetKey(name) for name in selection] if selection else None,
+    )
     if not result.success:
         raise TrajhubError(f"{job.name} failed (run {result.run_id}): {first_failure(result)}")
     return result
@@ -113,21 +140,29 @@ def prepare(instance: DagsterInstance, resources: Mapping | None = None) -> Proj
     return config
 
 
-def run_pipeline(instance: DagsterInstance, *, catalog_only: bool = False,
-                 resources: Mapping | None = None) -> list[str]:
+def run_pipeline(
+    instance: DagsterInstance, *, catalog_only: bool = False, resources: Mapping | None = None
+) -> list[str]:
     """The whole asset graph, stage by stage (`catalog_only`: the catalog and the partitions);
     the ids of its runs."""
     runs = [run_stage(instance, reload_catalog_job, resources=resources)]  # the sources may have changed
     config = prepare(instance, resources)
     instances = instances_partitions.get_partition_keys(dynamic_partitions_store=instance)
     # Models imported from files (`trajhub import`) are partitions too, but have no agent to run.
-    model_ranges = contiguous_ranges(models_partitions.get_partition_keys(dynamic_partitions_store=instance),
-                                     [model.key for model in config.models])
+    model_ranges = contiguous_ranges(
+        models_partitions.get_partition_keys(dynamic_partitions_store=instance), [model.key for model in config.models]
+    )
     if not catalog_only and instances and model_ranges:
         for models in model_ranges:
-            runs.append(run_stage(instance, record_and_score_job,
-                                  [run_key(models[0], instances[0]), run_key(models[-1], instances[-1])],
-                                  resources=resources, model=models[0] if len(models) == 1 else None))
+            runs.append(
+                run_stage(
+                    instance,
+                    record_and_score_job,
+                    [run_key(models[0], instances[0]), run_key(models[-1], instances[-1])],
+                    resources=resources,
+                    model=models[0] if len(models) == 1 else None,
+                )
+            )
         runs.append(run_stage(instance, build_pairs_job, instances, resources=resources))
         runs.append(run_stage(instance, release_job, resources=resources))
     return [run.run_id for run in runs]
@@ -143,8 +178,7 @@ class Backfill:
     run_ids: list[str] = field(default_factory=list)
 
 
-def _plan_backfill(instance: DagsterInstance, model_name: str, missing: bool,
-                   resources: Mapping | None) -> Backfill:
+def _plan_backfill(instance: DagsterInstance, model_name: str, missing: bool, resources: Mapping | None) -> Backfill:
     resources = resources or _defs().resources
     model = resources["project"].load().model(model_name)  # a ConfigError names the known models
     prepare(instance, resources)
@@ -155,9 +189,15 @@ def _plan_backfill(instance: DagsterInstance, model_name: str, missing: bool,
     return Backfill(model, instances, backfill_id=f"{model.key}-{int(time.time())}")
 
 
-def backfill_model(instance: DagsterInstance, model_name: str, *, missing: bool = False,
-                   batch_size: int | None = None, release: bool = True,
-                   resources: Mapping | None = None) -> Backfill:
+def backfill_model(
+    instance: DagsterInstance,
+    model_name: str,
+    *,
+    missing: bool = False,
+    batch_size: int | None = None,
+    release: bool = True,
+    resources: Mapping | None = None,
+) -> Backfill:
     """One model over every instance (`missing`: those it has not run) in this process: the
     record_and_score stage in batches of `batch_size` instances, one run each, then the pairs of
     those instances and, with `release`, a release. Nothing runs if no instance is left."""
@@ -172,8 +212,13 @@ def backfill_model(instance: DagsterInstance, model_name: str, *, missing: bool 
         result = run_stage(instance, job, keys, resources=resources, backfill=backfill.backfill_id, **tags)
         backfill.run_ids.append(result.run_id)
 
-    log.info("backfilling %s over %d instances in %d run(s) (tag %s)", backfill.model.name,
-             len(backfill.instances), len(batches), backfill.backfill_id)
+    log.info(
+        "backfilling %s over %d instances in %d run(s) (tag %s)",
+        backfill.model.name,
+        len(backfill.instances),
+        len(batches),
+        backfill.backfill_id,
+    )
     for number, batch in enumerate(batches, start=1):
         log.info("batch %d/%d: %d instances", number, len(batches), len(batch))
         run(record_and_score_job, [run_key(key, batch[0]), run_key(key, batch[-1])], model=key)
@@ -184,8 +229,9 @@ def backfill_model(instance: DagsterInstance, model_name: str, *, missing: bool 
     return backfill
 
 
-def submit_backfill(instance: DagsterInstance, model_name: str, *, missing: bool = False,
-                    resources: Mapping | None = None) -> Backfill:
+def submit_backfill(
+    instance: DagsterInstance, model_name: str, *, missing: bool = False, resources: Mapping | None = None
+) -> Backfill:
     """One Dagster backfill of the record_and_score assets of one model over every instance
     (`missing`: those it has not run), for the daemon (`dagster dev`) to run in batches."""
     backfill = _plan_backfill(instance, model_name, missing, resources)
@@ -200,10 +246,18 @@ def _add_backfill(instance: DagsterInstance, backfill: Backfill) -> None:
     from dagster._core.execution.backfill import PartitionBackfill
 
     key = backfill.model.key
-    instance.add_backfill(PartitionBackfill.from_asset_partitions(
-        backfill_id=backfill.backfill_id, asset_graph=_defs().resolve_asset_graph(),
-        partition_names=[run_key(key, i) for i in backfill.instances],
-        asset_selection=[AssetKey(name) for name in RECORD_AND_SCORE_ASSETS], backfill_timestamp=time.time(),
-        tags={STAGE_TAG: record_and_score_job.name, MODEL_TAG: key, BACKFILL_TAG: backfill.backfill_id},
-        dynamic_partitions_store=instance, all_partitions=False,
-        title=f"trajhub backfill {backfill.model.name}", description=None, run_config=None))
+    instance.add_backfill(
+        PartitionBackfill.from_asset_partitions(
+            backfill_id=backfill.backfill_id,
+            asset_graph=_defs().resolve_asset_graph(),
+            partition_names=[run_key(key, i) for i in backfill.instances],
+            asset_selection=[AssetKey(name) for name in RECORD_AND_SCORE_ASSETS],
+            backfill_timestamp=time.time(),
+            tags={STAGE_TAG: record_and_score_job.name, MODEL_TAG: key, BACKFILL_TAG: backfill.backfill_id},
+            dynamic_partitions_store=instance,
+            all_partitions=False,
+            title=f"trajhub backfill {backfill.model.name}",
+            description=None,
+            run_config=None,
+        )
+    )

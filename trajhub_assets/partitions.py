@@ -22,8 +22,7 @@ _INSTANCE_ID = re.compile(rf"^{_SEGMENT}$")
 models_partitions = DynamicPartitionsDefinition(name="models")
 instances_partitions = DynamicPartitionsDefinition(name="instances")
 # Dagster orders dimensions by name: a key reads "<instance>|<model>".
-run_partitions = MultiPartitionsDefinition({"model": models_partitions,
-                                            "instance": instances_partitions})
+run_partitions = MultiPartitionsDefinition({"model": models_partitions, "instance": instances_partitions})
 # Per-run overhead in Dagster is seconds: a backfill hands each run a batch of keys.
 BATCHED = BackfillPolicy.multi_run(max_partitions_per_run=200)
 
@@ -53,15 +52,15 @@ def contiguous_ranges(ordered: list[str], wanted, size: int | None = None) -> li
 def run_partitions_of(context) -> list[dict[str, str]]:
     """The store partitions ({"model", "instance"}) of a run's partition keys, one or a batch."""
     keys = [run_partitions.get_partition_key_from_str(str(key)) for key in context.partition_keys]
-    return [{"model": key.keys_by_dimension["model"], "instance": key.keys_by_dimension["instance"]}
-            for key in keys]
+    return [{"model": key.keys_by_dimension["model"], "instance": key.keys_by_dimension["instance"]} for key in keys]
 
 
 def model_key(name: str) -> str:
     if not _MODEL_NAME.match(name) or "__" in name:
         raise ValueError(
             f"model name {name!r} cannot be a partition key: use letters, digits and "
-            ". _ : @ + - between single '/', and never '__'")
+            ". _ : @ + - between single '/', and never '__'"
+        )
     return name.replace("/", "__")
 
 
@@ -71,8 +70,9 @@ def model_name(key: str) -> str:
 
 def check_instance_id(instance_id: str) -> str:
     if not _INSTANCE_ID.match(instance_id):
-        raise ValueError(f"instance_id {instance_id!r} cannot be a partition key: "
-                         "use letters, digits and . _ : @ + - only")
+        raise ValueError(
+            f"instance_id {instance_id!r} cannot be a partition key: use letters, digits and . _ : @ + - only"
+        )
     return instance_id
 
 

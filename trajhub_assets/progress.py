@@ -27,16 +27,22 @@ class Progress:
             self.totals.update({k: v for k, v in amounts.items() if v})
             elapsed = time.monotonic() - self._started
             left = elapsed / self.done * (self.total - self.done)
-            self.log.info("progress: %d/%d %s done%s | %s | %.0fs elapsed, ~%.0fs left",
-                          self.done, self.total, self.unit, f" ({what})" if what else "",
-                          self.summary(), elapsed, left)
+            self.log.info(
+                "progress: %d/%d %s done%s | %s | %.0fs elapsed, ~%.0fs left",
+                self.done,
+                self.total,
+                self.unit,
+                f" ({what})" if what else "",
+                self.summary(),
+                elapsed,
+                left,
+            )
 
     def summary(self) -> str:
         t = self.totals
-        return (f"tokens {int(t['tokens_in']):,} in / {int(t['tokens_out']):,} out, "
-                f"cost ${t['cost_usd']:.4f}" + "".join(
-                    f", {k} {int(v)}" for k, v in sorted(t.items())
-                    if k not in ("tokens_in", "tokens_out", "cost_usd")))
+        return f"tokens {int(t['tokens_in']):,} in / {int(t['tokens_out']):,} out, cost ${t['cost_usd']:.4f}" + "".join(
+            f", {k} {int(v)}" for k, v in sorted(t.items()) if k not in ("tokens_in", "tokens_out", "cost_usd")
+        )
 
 
 def recording_usage(path: Path) -> dict[str, float]:
@@ -45,9 +51,12 @@ def recording_usage(path: Path) -> dict[str, float]:
     if path.exists():
         for record in read_run(path).records:
             tokens = record.get("usage") or {}
-            usage.update(tokens_in=tokens.get("input_tokens") or 0,
-                         tokens_out=tokens.get("output_tokens") or 0,
-                         cost_usd=record.get("cost_usd") or 0.0, calls=1)
+            usage.update(
+                tokens_in=tokens.get("input_tokens") or 0,
+                tokens_out=tokens.get("output_tokens") or 0,
+                cost_usd=record.get("cost_usd") or 0.0,
+                calls=1,
+            )
     return dict(usage)
 
 
@@ -60,6 +69,8 @@ def fail_if_all_failed(what: str, total: int, failed: int, first: str) -> None:
     from dagster import Failure, MetadataValue
 
     if total and failed == total:
-        raise Failure(description=f"all {total} {what} failed; the first: {first}",
-                      metadata={"failed": total, "first_failure": MetadataValue.text(first)},
-                      allow_retries=False)
+        raise Failure(
+            description=f"all {total} {what} failed; the first: {first}",
+            metadata={"failed": total, "first_failure": MetadataValue.text(first)},
+            allow_retries=False,
+        )

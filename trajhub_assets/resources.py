@@ -4,7 +4,6 @@ Local and cluster setups differ only in what these are given (a store root, a
 config path), never in asset code.
 """
 
-
 from dagster import ConfigurableResource
 
 from trajhub_assets.config import ProjectConfig, load_config

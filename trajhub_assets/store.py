@@ -23,7 +23,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -79,20 +79,21 @@ class Store:
         partition = dict(partition or {})
         if tuple(partition) != table.partitioned_by:
             raise StoreError(
-                f"table {table.name!r} is partitioned by {list(table.partitioned_by)}, "
-                f"got partition {partition}")
+                f"table {table.name!r} is partitioned by {list(table.partitioned_by)}, got partition {partition}"
+            )
         parts = [table.name]
         for column, value in partition.items():
             if not _PARTITION_VALUE.match(value):
-                raise StoreError(f"table {table.name!r}: partition value {column}={value!r} "
-                                 "may only hold letters, digits and . _ : @ + -")
+                raise StoreError(
+                    f"table {table.name!r}: partition value {column}={value!r} "
+                    "may only hold letters, digits and . _ : @ + -"
+                )
             parts.append(f"{column}={value}")
         parts.append(DATA_FILE)
         return self.objects.uri(*parts) if self.objects else self.root.joinpath("tables", *parts)
 
     # -- write ---------------------------------------------------------------------
-    def write(self, table: Table, data: pa.Table,
-              partition: Mapping[str, str] | None = None) -> Path | str:
+    def write(self, table: Table, data: pa.Table, partition: Mapping[str, str] | None = None) -> Path | str:
         """Replace one partition (or the whole unpartitioned table) atomically."""
         target = self.partition_file(table, partition)
         data = conform(table, data)
@@ -125,8 +126,10 @@ class Store:
             else:
                 raise FileNotFoundError(path)
         except FileNotFoundError:
-            raise StoreError(f"table {table.name!r} has no partition {dict(partition or {})} "
-                             f"(looked for {path}); materialize it first") from None
+            raise StoreError(
+                f"table {table.name!r} has no partition {dict(partition or {})} "
+                f"(looked for {path}); materialize it first"
+            ) from None
         return pq.read_table(source, schema=table.schema)
 
     def table_names(self) -> list[str]:
@@ -135,8 +138,9 @@ class Store:
         tables = self.root / "tables"
         if not tables.is_dir():
             return []
-        return sorted(d.name for d in tables.iterdir()
-                      if d.is_dir() and next(d.rglob(f"*{Path(DATA_FILE).suffix}"), None))
+        return sorted(
+            d.name for d in tables.iterdir() if d.is_dir() and next(d.rglob(f"*{Path(DATA_FILE).suffix}"), None)
+        )
 
     def parquet_glob(self, name: str) -> str:
         if self.objects:
@@ -161,8 +165,7 @@ class Store:
 
     def sql(self, query: str, params: list | None = None) -> pa.Table:
         """Run `query` over the views of the tables it names."""
-        named = [name for name in self.table_names()
-                 if re.search(rf"\b{re.escape(name)}\b", query, re.IGNORECASE)]
+        named = [name for name in self.table_names() if re.search(rf"\b{re.escape(name)}\b", query, re.IGNORECASE)]
         with self.connect(named) as con:
             return con.sql(query, params=params).to_arrow_table()
 
@@ -211,16 +214,21 @@ class ObjectStore:
     def __init__(self, uri: str):
         parts = urlsplit(uri)
         if parts.scheme != "s3":
-            raise StoreError(f"{TABLES_URI_ENV}={uri!r}: only s3:// object storage is supported "
-                             "(unset it to keep the tables under the store root)")
+            raise StoreError(
+                f"{TABLES_URI_ENV}={uri!r}: only s3:// object storage is supported "
+                "(unset it to keep the tables under the store root)"
+            )
         if parts.username or parts.password:
-            raise StoreError(f"{TABLES_URI_ENV}: the URI holds credentials; put them in the "
-                             "environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) instead")
+            raise StoreError(
+                f"{TABLES_URI_ENV}: the URI holds credentials; put them in the "
+                "environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) instead"
+            )
         try:
             self.fs, path = pafs.FileSystem.from_uri(uri)
         except (pa.ArrowInvalid, OSError) as error:
-            raise StoreError(f"{TABLES_URI_ENV}: cannot use {parts.scheme}://{parts.netloc}"
-                             f"{parts.path}: {error}") from error
+            raise StoreError(
+                f"{TABLES_URI_ENV}: cannot use {parts.scheme}://{parts.netloc}{parts.path}: {error}"
+            ) from error
         self.base = path.strip("/")  # bucket/prefix, what pyarrow's calls take
 
     def uri(self, *parts: str) -> str:
@@ -251,10 +259,14 @@ class ObjectStore:
         return self.fs.get_file_info(self._key(uri)).type == pafs.FileType.File
 
     def table_names(self) -> list[str]:
-        files = self.fs.get_file_info(pafs.FileSelector(self.base, recursive=True,
-                                                        allow_not_found=True))
-        return sorted({f.path[len(self.base) + 1:].split("/", 1)[0] for f in files
-                       if f.type == pafs.FileType.File and f.path.endswith(".parquet")})
+        files = self.fs.get_file_info(pafs.FileSelector(self.base, recursive=True, allow_not_found=True))
+        return sorted(
+            {
+                f.path[len(self.base) + 1 :].split("/", 1)[0]
+                for f in files
+                if f.type == pafs.FileType.File and f.path.endswith(".parquet")
+            }
+        )
 
     def duckdb_filesystem(self) -> ArrowFSWrapper:
         return _WholeObjectReads(self.fs, skip_instance_cache=True)
@@ -327,7 +339,7 @@ class _WholeObjectReads(ArrowFSWrapper):
         path = self._strip_protocol(path)
         served = self._served.get(path)
         if served and served[1] is not None:
-            return datetime.fromtimestamp(served[1], timezone.utc)
+            return datetime.fromtimestamp(served[1], UTC)
         return super().modified(path)
 
 

@@ -7,15 +7,37 @@ from trajhub_assets.interchange.schema import IMPORTS
 from trajhub_assets.merge.schema import MERGED_TRAJECTORIES
 from trajhub_assets.pairs.schema import PREFERENCE_PAIRS
 from trajhub_assets.recording.schema import MESSAGE_BLOBS, RAW_CALLS, RUNS
-from trajhub_assets.replay.schema import REPLAYS
 from trajhub_assets.release.schema import HUMAN_LABELS, LEADERBOARD, REWARD_CALIBRATION
-from trajhub_assets.rewards.schema import (JUDGE_CHECKS, JUDGE_STEPS, JUDGE_SUMMARY, RULE_STEPS, RULE_SUMMARY,
-                                           TRAJECTORY_REWARDS)
+from trajhub_assets.replay.schema import REPLAYS
+from trajhub_assets.rewards.schema import (
+    JUDGE_CHECKS,
+    JUDGE_STEPS,
+    JUDGE_SUMMARY,
+    RULE_STEPS,
+    RULE_SUMMARY,
+    TRAJECTORY_REWARDS,
+)
 from trajhub_assets.tasks.schema import TASKS
 
-ALL_TABLES = [TASKS, RUNS, RAW_CALLS, MESSAGE_BLOBS, IMPORTS, MERGED_TRAJECTORIES, RULE_STEPS, RULE_SUMMARY,
-              JUDGE_CHECKS, JUDGE_STEPS, JUDGE_SUMMARY, TRAJECTORY_REWARDS, PREFERENCE_PAIRS,
-              HUMAN_LABELS, REWARD_CALIBRATION, LEADERBOARD, REPLAYS]
+ALL_TABLES = [
+    TASKS,
+    RUNS,
+    RAW_CALLS,
+    MESSAGE_BLOBS,
+    IMPORTS,
+    MERGED_TRAJECTORIES,
+    RULE_STEPS,
+    RULE_SUMMARY,
+    JUDGE_CHECKS,
+    JUDGE_STEPS,
+    JUDGE_SUMMARY,
+    TRAJECTORY_REWARDS,
+    PREFERENCE_PAIRS,
+    HUMAN_LABELS,
+    REWARD_CALIBRATION,
+    LEADERBOARD,
+    REPLAYS,
+]
 
 
 def _type(arrow_type: pa.DataType) -> str:
@@ -29,8 +51,9 @@ def _type(arrow_type: pa.DataType) -> str:
 def reference_markdown() -> str:
     parts = []
     for table in ALL_TABLES:
-        partitioning = (f"partitioned by {', '.join(table.partitioned_by)}"
-                        if table.partitioned_by else "unpartitioned")
-        parts.append(f"#### `{table.name}` ({partitioning})\n\n{table.description}\n\n"
-                     + ", ".join(f"`{f.name}` {_type(f.type)}" for f in table.schema))
+        partitioning = f"partitioned by {', '.join(table.partitioned_by)}" if table.partitioned_by else "unpartitioned"
+        parts.append(
+            f"#### `{table.name}` ({partitioning})\n\n{table.description}\n\n"
+            + ", ".join(f"`{f.name}` {_type(f.type)}" for f in table.schema)
+        )
     return "\n\n".join(parts) + "\n"

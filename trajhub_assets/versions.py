@@ -54,19 +54,21 @@ def code_versions(config: ProjectConfig) -> dict[str, str]:
 
     judge = config.judge
     return {
-        "tasks": digest(source_digest("tasks.catalog", "tasks.schema"),
-                        [source.model_dump() for source in config.tasks]),
+        "tasks": digest(
+            source_digest("tasks.catalog", "tasks.schema"), [source.model_dump() for source in config.tasks]
+        ),
         "merged_trajectories": source_digest("merge.merge", "merge.normalize", "merge.schema"),
         "rule_rewards": digest(RULESET_VERSION, config.rewards.forbidden_commands),
-        "judge_rewards": digest(source_digest("rewards.judge", "rewards.schema"), judge.model,
-                                judge.prompt_version, judge.rubric_weights),
+        "judge_rewards": digest(
+            source_digest("rewards.judge", "rewards.schema"), judge.model, judge.prompt_version, judge.rubric_weights
+        ),
         "trajectory_rewards": trajectory_reward_version(config.rewards),
-        "preference_pairs": digest(source_digest("pairs.pairs", "pairs.schema"),
-                                   vars(PairPolicy.from_config(config.release))),
+        "preference_pairs": digest(
+            source_digest("pairs.pairs", "pairs.schema"), vars(PairPolicy.from_config(config.release))
+        ),
         "reward_calibration": source_digest("release.calibration", "release.schema"),
         "leaderboard": source_digest("release.leaderboard", "release.schema"),
-        "hf_dataset_release": digest(source_digest("release.release"), config.release.name,
-                                     config.release.license),
+        "hf_dataset_release": digest(source_digest("release.release"), config.release.name, config.release.license),
     }
 
 
@@ -76,4 +78,5 @@ def with_code_versions(assets: list, config: ProjectConfig) -> list:
 
     versions = code_versions(config)
     return map_asset_specs(
-        lambda spec: spec.replace_attributes(code_version=versions.get(spec.key.to_user_string())), assets)
+        lambda spec: spec.replace_attributes(code_version=versions.get(spec.key.to_user_string())), assets
+    )

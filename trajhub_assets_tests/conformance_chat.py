@@ -31,8 +31,10 @@ FORMAT_ERROR = "No tool calls found in the response"
 DROPPED_REPLY = "The offset uses the 1-based page as a 0-based one, and the page count floors."
 
 CAT = "cat pager/paginate.py"
-FIX = ("sed -i -e 's|total_pages = total_items // per_page|total_pages = -(-total_items // per_page)|' "
-       "-e 's|start = page \\* per_page|start = (page - 1) * per_page|' pager/paginate.py")
+FIX = (
+    "sed -i -e 's|total_pages = total_items // per_page|total_pages = -(-total_items // per_page)|' "
+    "-e 's|start = page \\* per_page|start = (page - 1) * per_page|' pager/paginate.py"
+)
 NAVIGATION = r"""python3 - <<'EOF'
 from pathlib import Path
 source = Path("pager/paginate.py")
@@ -87,19 +89,24 @@ class TextOnly:
 
 
 def chat_turns(scaffold: str) -> dict[str, list]:
-    first = [Shell("call_cat_1", CAT, "Let me look at paginate()."), Shell("call_fix_1", FIX),
-             Shell("call_test_1", TESTS), Answer(ANSWER_ONE)]
+    first = [
+        Shell("call_cat_1", CAT, "Let me look at paginate()."),
+        Shell("call_fix_1", FIX),
+        Shell("call_test_1", TESTS),
+        Answer(ANSWER_ONE),
+    ]
     if scaffold == "mini-swe-agent":
         first.insert(1, TextOnly(DROPPED_REPLY))
-    return {"query 1": first,
-            "query 2": [Shell("call_nav_2", NAVIGATION), Shell("call_test_2", TESTS), Answer(ANSWER_TWO)]}
+    return {
+        "query 1": first,
+        "query 2": [Shell("call_nav_2", NAVIGATION), Shell("call_test_2", TESTS), Answer(ANSWER_TWO)],
+    }
 
 
 def _text(content) -> str:
     if isinstance(content, str):
         return content
-    return "\n".join(b.get("text", "") for b in content or []
-                     if isinstance(b, dict) and b.get("type") == "text")
+    return "\n".join(b.get("text", "") for b in content or [] if isinstance(b, dict) and b.get("type") == "text")
 
 
 def _shell_arguments(request: dict, tool: str, command: str) -> dict:
@@ -109,8 +116,11 @@ def _shell_arguments(request: dict, tool: str, command: str) -> dict:
         spec = spec.get("function") or spec
         if spec["name"] == tool:
             schema = spec.get("parameters") or {}
-            required = [key for key in schema.get("required", [])
-                        if schema.get("properties", {}).get(key, {}).get("type") == "string"]
+            required = [
+                key
+                for key in schema.get("required", [])
+                if schema.get("properties", {}).get(key, {}).get("type") == "string"
+            ]
             return {key: "Run the next shell step" for key in required} | {"command": command}
     raise AssertionError(f"the client offered no tool {tool!r}")
 
@@ -125,17 +135,25 @@ def chat_model(scaffold: str):
             return say(TITLE)
         messages = request.body["messages"]
         markers = {QUERY_ONE: "query 1", QUERY_TWO: "query 2"}
-        index, lane = max((i, lane) for i, m in enumerate(messages) if m["role"] == "user"
-                          for marker, lane in markers.items() if marker in _text(m["content"]))
-        step = sum(m["role"] == "assistant" or (m["role"] == "user" and FORMAT_ERROR in _text(m["content"]))
-                   for m in messages[index + 1:])
+        index, lane = max(
+            (i, lane)
+            for i, m in enumerate(messages)
+            if m["role"] == "user"
+            for marker, lane in markers.items()
+            if marker in _text(m["content"])
+        )
+        step = sum(
+            m["role"] == "assistant" or (m["role"] == "user" and FORMAT_ERROR in _text(m["content"]))
+            for m in messages[index + 1 :]
+        )
         spec = turns[lane][min(step, len(turns[lane]) - 1)]
         if isinstance(spec, Shell):
             call = tool_use_block(spec.call_id, tool, _shell_arguments(request.body, tool, spec.command))
             return Reply(([text_block(spec.text)] if spec.text else []) + [call])
         if isinstance(spec, Answer) and scaffold == "mini-swe-agent":  # every turn is a tool call
-            return Reply([text_block(spec.text), tool_use_block(f"call_submit_{lane[-1]}", "bash",
-                                                                {"command": SUBMIT})])
+            return Reply(
+                [text_block(spec.text), tool_use_block(f"call_submit_{lane[-1]}", "bash", {"command": SUBMIT})]
+            )
         return say(spec.text)
 
     return policy
@@ -153,9 +171,18 @@ def _leftovers(item: dict, known: set, prefix: str, extra: dict) -> None:
 
 
 def _message(role: str, content, **fields) -> dict:
-    return {"role": role, "content": content, "reasoning_content": None, "tool_calls": None,
-            "tool_call_id": None, "name": None, "is_error": None, "content_parts": None,
-            "thinking_blocks": None, "extra": None} | fields
+    return {
+        "role": role,
+        "content": content,
+        "reasoning_content": None,
+        "tool_calls": None,
+        "tool_call_id": None,
+        "name": None,
+        "is_error": None,
+        "content_parts": None,
+        "thinking_blocks": None,
+        "extra": None,
+    } | fields
 
 
 def _content(content, separator: str, extra: dict) -> tuple[str | None, list | None]:
@@ -178,20 +205,38 @@ def chat_message(m: dict, names: dict) -> dict:
         return _message(role, text, name=m.get("name"), content_parts=parts, extra=extra or None)
     if role == "tool":
         _leftovers(m, {"role", "content", "name", "tool_call_id"}, "", extra)
-        return _message("tool", text, tool_call_id=m["tool_call_id"],
-                        name=m.get("name") or names.get(m["tool_call_id"]), content_parts=parts,
-                        extra=extra or None)
+        return _message(
+            "tool",
+            text,
+            tool_call_id=m["tool_call_id"],
+            name=m.get("name") or names.get(m["tool_call_id"]),
+            content_parts=parts,
+            extra=extra or None,
+        )
     assert role == "assistant", m
     calls = []
     for j, call in enumerate(m.get("tool_calls") or []):
         names[call["id"]] = call["function"]["name"]
-        calls.append({"id": call["id"], "type": "function", "name": call["function"]["name"],
-                      "arguments": json.loads(call["function"]["arguments"])})
+        calls.append(
+            {
+                "id": call["id"],
+                "type": "function",
+                "name": call["function"]["name"],
+                "arguments": json.loads(call["function"]["arguments"]),
+            }
+        )
         _leftovers(call, {"id", "type", "function"}, f"tool_calls[{j}].", extra)
         _leftovers(call["function"], {"name", "arguments"}, f"tool_calls[{j}].function.", extra)
     _leftovers(m, {"role", "content", "name", "tool_calls", "reasoning_content"}, "", extra)
-    return _message("assistant", text, tool_calls=calls or None, name=m.get("name"),
-                    reasoning_content=m.get("reasoning_content"), content_parts=parts, extra=extra or None)
+    return _message(
+        "assistant",
+        text,
+        tool_calls=calls or None,
+        name=m.get("name"),
+        reasoning_content=m.get("reasoning_content"),
+        content_parts=parts,
+        extra=extra or None,
+    )
 
 
 def chat_messages(messages: list[dict]) -> list[dict]:

@@ -42,8 +42,9 @@ class RunningProxy:
 
 def _start(home: Path, upstream: ScriptedUpstream) -> RunningProxy:
     upstream_key = f"sk-upstream-{secrets.token_hex(16)}"
-    process = ProxyProcess(home / "recordings", log_path=home / "logs" / "proxy.log",
-                           env=scripted_upstream_env(upstream.url, upstream_key))
+    process = ProxyProcess(
+        home / "recordings", log_path=home / "logs" / "proxy.log", env=scripted_upstream_env(upstream.url, upstream_key)
+    )
     process.start()
     return RunningProxy(process, home, upstream_key)
 

@@ -13,14 +13,18 @@ from trajhub_assets.recording.scripted_upstream import Fail, Reply, tool_use_blo
 from trajhub_assets.sandbox.docker import LABEL_RUN_ID
 from trajhub_assets.tasks.catalog import load_catalog
 
-TASK = next(item.record for item in load_catalog(load_config())
-            if item.record["instance_id"] == "demo-lru-eviction")
+TASK = next(item.record for item in load_catalog(load_config()) if item.record["instance_id"] == "demo-lru-eviction")
 MODEL = ModelConfig(name="scripted/agent", route="scripted-openai", scaffold="builtin")
 
 
 def attempt(proxy, backend="docker", timeout_s=300):
-    return run_attempt(TASK, MODEL, 0, Proxy(proxy.url, proxy.url, proxy.master_key),
-                       SandboxConfig(backend=backend, timeout_s=timeout_s, cpus=1, memory="1g"))
+    return run_attempt(
+        TASK,
+        MODEL,
+        0,
+        Proxy(proxy.url, proxy.url, proxy.master_key),
+        SandboxConfig(backend=backend, timeout_s=timeout_s, cpus=1, memory="1g"),
+    )
 
 
 def containers_of(client, run_id):
@@ -28,8 +32,9 @@ def containers_of(client, run_id):
 
 
 def test_a_hanging_agent_is_killed_at_the_timeout(docker_engine, proxy, upstream):
-    upstream.set_script(lambda request: Reply([tool_use_block(
-        f"call_{request.index}", "shell", {"command": "sleep 600"})]))
+    upstream.set_script(
+        lambda request: Reply([tool_use_block(f"call_{request.index}", "shell", {"command": "sleep 600"})])
+    )
     row = attempt(proxy, timeout_s=12)
     assert row["timed_out"] and row["stop_reason"] == "timeout"
     assert row["run_seconds"] < 60
@@ -39,8 +44,7 @@ def test_a_hanging_agent_is_killed_at_the_timeout(docker_engine, proxy, upstream
 
 
 def test_a_crashing_agent_is_recorded_as_failed(docker_engine, proxy, upstream):
-    script = [Reply([tool_use_block("call_1", "shell", {"command": "ls"})])] + [
-        Fail(500, "upstream exploded")] * 10
+    script = [Reply([tool_use_block("call_1", "shell", {"command": "ls"})])] + [Fail(500, "upstream exploded")] * 10
     upstream.set_script(lambda request: script[min(request.index, len(script) - 1)])
     row = attempt(proxy)
     assert row["stop_reason"] == "error" and row["agent_exit_code"] == 1
@@ -59,6 +63,5 @@ def test_a_crashing_agent_is_recorded_as_failed(docker_engine, proxy, upstream):
 @pytest.mark.parametrize("backend", ["local"])
 def test_a_sandbox_that_cannot_start_is_a_row_with_its_error(proxy, upstream, backend):
     broken = dict(TASK, workspace_source="/nonexistent/workspace")
-    row = run_attempt(broken, MODEL, 0, Proxy(proxy.url, proxy.url, proxy.master_key),
-                      SandboxConfig(backend=backend))
+    row = run_attempt(broken, MODEL, 0, Proxy(proxy.url, proxy.url, proxy.master_key), SandboxConfig(backend=backend))
     assert row["error"].startswith("RecordError") and "workspace_source" in row["error"]

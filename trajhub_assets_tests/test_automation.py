@@ -7,11 +7,26 @@ import time
 import pyarrow as pa
 import pytest
 import yaml
-from dagster import (AssetCheckEvaluation, AssetKey, AssetMaterialization, DagsterInstance, RunRequest, SkipReason,
-                     build_schedule_context, build_sensor_context, evaluate_automation_conditions)
+from dagster import (
+    AssetCheckEvaluation,
+    AssetKey,
+    AssetMaterialization,
+    DagsterInstance,
+    RunRequest,
+    SkipReason,
+    build_schedule_context,
+    build_sensor_context,
+    evaluate_automation_conditions,
+)
 from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
 
-from trajhub_assets.automation import IN_CONFIG_LABEL, apply_pool_limits, make_release_sensor, nightly_refresh, release_due
+from trajhub_assets.automation import (
+    IN_CONFIG_LABEL,
+    apply_pool_limits,
+    make_release_sensor,
+    nightly_refresh,
+    release_due,
+)
 from trajhub_assets.config import PoolsConfig, RefreshConfig, load_config
 from trajhub_assets.definitions import defs
 from trajhub_assets.errors import ConfigError
@@ -31,8 +46,9 @@ def materialized(instance, asset: str, partition: str | None = None, checks_pass
     """What a run of `asset` leaves in the instance: its materialization and its checks' results."""
     instance.report_runless_asset_event(AssetMaterialization(asset, partition=partition))
     for check in defs.resolve_asset_graph().get(AssetKey(asset)).check_keys:
-        instance.report_runless_asset_event(AssetCheckEvaluation(
-            asset_key=check.asset_key, check_name=check.name, passed=checks_pass))
+        instance.report_runless_asset_event(
+            AssetCheckEvaluation(asset_key=check.asset_key, check_name=check.name, passed=checks_pass)
+        )
 
 
 def test_schedule_reloads_the_catalog_at_the_configured_time():
@@ -48,8 +64,12 @@ def test_schedule_reloads_the_catalog_at_the_configured_time():
 def test_the_refresh_is_on_as_soon_as_dagster_runs():
     repository = defs.get_repository_def()
     statuses = {s.name: s.default_status.value for s in [*repository.sensor_defs, *repository.schedule_defs]}
-    assert statuses == {"nightly_refresh": "RUNNING", "partitions_sensor": "RUNNING",
-                        "release_sensor": "RUNNING", "automation_sensor": "RUNNING"}
+    assert statuses == {
+        "nightly_refresh": "RUNNING",
+        "partitions_sensor": "RUNNING",
+        "release_sensor": "RUNNING",
+        "automation_sensor": "RUNNING",
+    }
 
 
 def test_a_bad_cron_is_a_config_error_naming_the_field(tmp_path):
@@ -161,12 +181,18 @@ def test_release_waits_for_news_and_quiet_then_releases_once():
 
 def test_partitions_sensor_sets_pool_limits_from_the_config(tmp_path):
     config = tmp_path / "project.yaml"
-    config.write_text(yaml.safe_dump({"tasks": [{"path": str(OCTOCODINGBENCH_TASKS)}],
-                                      "pools": {"sandboxes": 3, "judge": 2}}))
+    config.write_text(
+        yaml.safe_dump({"tasks": [{"path": str(OCTOCODINGBENCH_TASKS)}], "pools": {"sandboxes": 3, "judge": 2}})
+    )
     (tmp_path / "dagster").mkdir()
     with DagsterInstance.local_temp(str(tmp_path / "dagster")) as instance:
-        context = build_sensor_context(instance=instance, resources={
-            "store": StoreResource(root=str(tmp_path / "home")), "project": ProjectResource(path=str(config))})
+        context = build_sensor_context(
+            instance=instance,
+            resources={
+                "store": StoreResource(root=str(tmp_path / "home")),
+                "project": ProjectResource(path=str(config)),
+            },
+        )
         partitions_sensor(context)
         storage = instance.event_log_storage
         assert storage.get_concurrency_info("sandboxes").slot_count == 3
@@ -177,16 +203,26 @@ def test_partitions_sensor_sets_pool_limits_from_the_config(tmp_path):
 
 def test_partitions_sensor_names_a_models_partition_not_in_the_config(tmp_path, capfd):
     config = tmp_path / "project.yaml"
-    config.write_text(yaml.safe_dump({"tasks": [{"path": str(OCTOCODINGBENCH_TASKS)}], "models": [
-        {"name": "acme/claude", "route": "anthropic/claude-sonnet-4-5", "scaffold": "claudecode"}]}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "tasks": [{"path": str(OCTOCODINGBENCH_TASKS)}],
+                "models": [{"name": "acme/claude", "route": "anthropic/claude-sonnet-4-5", "scaffold": "claudecode"}],
+            }
+        )
+    )
     store = StoreResource(root=str(tmp_path / "home"))
     # A model imported from files (`trajhub import`) has rows but no agent: it is not a typo.
-    store.get().write(IMPORTS, pa.Table.from_pylist([{"run_id": "r1"}], schema=IMPORTS.schema),
-                      {"model": "other__agent", "instance": "i1"})
+    store.get().write(
+        IMPORTS,
+        pa.Table.from_pylist([{"run_id": "r1"}], schema=IMPORTS.schema),
+        {"model": "other__agent", "instance": "i1"},
+    )
     instance = DagsterInstance.ephemeral()
     instance.add_dynamic_partitions(models_partitions.name, ["acme__claude", "acme__claud", "other__agent"])
-    context = build_sensor_context(instance=instance, resources={
-        "store": store, "project": ProjectResource(path=str(config))})
+    context = build_sensor_context(
+        instance=instance, resources={"store": store, "project": ProjectResource(path=str(config))}
+    )
     result = partitions_sensor(context)
     warning = "models partition 'acme__claud' is not in the project config: automation will not run it"
     assert isinstance(result, SkipReason) and warning in result.skip_message

@@ -29,8 +29,12 @@ def added_model(tmp_path_factory):
     project["release"]["replay_sample"] = 0  # replay has tests of its own
     with open(config, "w") as f:
         yaml.safe_dump(project, f)
-    env = {**os.environ, "TRAJHUB_HOME": str(tmp_path / "home"), "TRAJHUB_CONFIG": config,
-           "DAGSTER_HOME": str(tmp_path / "home/dagster")}
+    env = {
+        **os.environ,
+        "TRAJHUB_HOME": str(tmp_path / "home"),
+        "TRAJHUB_CONFIG": config,
+        "DAGSTER_HOME": str(tmp_path / "home/dagster"),
+    }
     trajhub("run", env=env)
     project["models"].append(hasty)
     with open(config, "w") as f:
@@ -67,8 +71,9 @@ def test_backfill_runs_the_new_model_in_batches_then_pairs_and_release(added_mod
     # The status at the end sums up both models.
     assert "raw_trajectories: 4/4 partitions materialized" in out
     assert "baseline__hasty" in out and "cost_usd" in out
-    pairs = trajhub("sql", "SELECT count(DISTINCT chosen_model || rejected_model) AS n FROM preference_pairs",
-                    env=env).stdout
+    pairs = trajhub(
+        "sql", "SELECT count(DISTINCT chosen_model || rejected_model) AS n FROM preference_pairs", env=env
+    ).stdout
     assert "1" in pairs  # careful vs hasty pairs now exist
 
 
@@ -82,7 +87,12 @@ def test_missing_only_finds_nothing_left_and_submit_hands_a_backfill_to_the_daem
     assert len(backfills) == 1
     subset = backfills[0].asset_backfill_data.target_subset
     assert {k.to_user_string() for k in subset.asset_keys} == {
-        "raw_trajectories", "merged_trajectories", "rule_rewards", "judge_rewards", "trajectory_rewards"}
+        "raw_trajectories",
+        "merged_trajectories",
+        "rule_rewards",
+        "judge_rewards",
+        "trajectory_rewards",
+    }
     keys = subset.get_partitions_subset(AssetKey("raw_trajectories")).get_partition_keys()
     assert set(keys) == {run_key("baseline__hasty", i) for i in INSTANCES}
 
@@ -119,8 +129,13 @@ def test_a_cancelled_run_frees_its_sandbox_slot(tmp_path):
         yaml.safe_dump(project, f)
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "dagster")}
     os.makedirs(env["DAGSTER_HOME"])
-    worker = subprocess.Popen([sys.executable, "-c", CANCELLED_RUN, config, str(tmp_path / "home")], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    worker = subprocess.Popen(
+        [sys.executable, "-c", CANCELLED_RUN, config, str(tmp_path / "home")],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     instance = DagsterInstance.from_config(env["DAGSTER_HOME"])
     try:
         deadline = time.monotonic() + 240

@@ -29,21 +29,26 @@ def test_paths_outside_the_workspace_are_refused(toolbox, path):
 def test_read_edit_search_shell(toolbox):
     assert "class LRUCache" in toolbox.call("read_file", '{"path": "lrucache/cache.py"}')
     assert toolbox.call("read_file", '{"path": "lrucache/./cache.py"}')
-    toolbox.call("edit_file", json.dumps({"path": "lrucache/cache.py", "old": "class LRUCache",
-                                          "new": "class LRUCache  # edited"}))
+    toolbox.call(
+        "edit_file",
+        json.dumps({"path": "lrucache/cache.py", "old": "class LRUCache", "new": "class LRUCache  # edited"}),
+    )
     assert "# edited" in toolbox.call("search", '{"pattern": "edited", "path": "."}')
     assert toolbox.call("search", '{"pattern": "no such text anywhere", "path": "."}') == "no match"
     assert toolbox.call("shell", '{"command": "echo hi"}') == "exit code 0\nhi"
 
 
-@pytest.mark.parametrize("name, arguments, message", [
-    ("shell", '{"command": "exit 3"}', "exit code 3"),
-    ("read_file", '{"path": "missing.py"}', "cannot read missing.py"),
-    ("edit_file", '{"path": "lrucache/cache.py", "old": "self", "new": "x"}', "occurs .* times"),
-    ("launch", "{}", "unknown tool 'launch'"),
-    ("shell", "{not json", "not valid JSON"),
-    ("shell", '{"cmd": "ls"}', "unexpected keyword argument"),
-])
+@pytest.mark.parametrize(
+    "name, arguments, message",
+    [
+        ("shell", '{"command": "exit 3"}', "exit code 3"),
+        ("read_file", '{"path": "missing.py"}', "cannot read missing.py"),
+        ("edit_file", '{"path": "lrucache/cache.py", "old": "self", "new": "x"}', "occurs .* times"),
+        ("launch", "{}", "unknown tool 'launch'"),
+        ("shell", "{not json", "not valid JSON"),
+        ("shell", '{"cmd": "ls"}', "unexpected keyword argument"),
+    ],
+)
 def test_tool_errors_go_back_to_the_model(toolbox, name, arguments, message):
     with pytest.raises(ToolError, match=message):
         toolbox.call(name, arguments)
@@ -84,8 +89,9 @@ def test_careful_baseline_fixes_every_demo_task(task):
 
 def test_hasty_baseline_repeats_itself_and_skips_the_tests():
     messages, outcome = drive("hasty", LRU)
-    commands = [json.loads(m["tool_calls"][0]["function"]["arguments"]).get("command")
-                for m in messages if m.get("tool_calls")]
+    commands = [
+        json.loads(m["tool_calls"][0]["function"]["arguments"]).get("command") for m in messages if m.get("tool_calls")
+    ]
     assert commands[:2] == ["ls", "ls"]
     assert LRU["test_command"] not in commands
     assert outcome.diff and "lrucache/cache.py" in outcome.diff

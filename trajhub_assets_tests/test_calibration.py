@@ -7,26 +7,49 @@ import math
 import pytest
 
 from trajhub_assets.errors import RecordError
-from trajhub_assets.release.calibration import (calibrate, cohen_kappa, export_label_sheet, fleiss_kappa,
-                                                label_sheet_rows, merge_labels, read_labels, sheet_side_a)
+from trajhub_assets.release.calibration import (
+    calibrate,
+    cohen_kappa,
+    export_label_sheet,
+    fleiss_kappa,
+    label_sheet_rows,
+    merge_labels,
+    read_labels,
+    sheet_side_a,
+)
 from trajhub_assets.release.schema import HUMAN_LABELS, REWARD_CALIBRATION
 
 Z95 = 1.959963984540054
 
 
 def pair(pair_id, margin, kind="trajectory"):
-    return {"pair_id": pair_id, "kind": kind, "instance_id": "inst-1", "margin": margin,
-            "prompt": [{"role": "system", "content": "sys"}, {"role": "user", "content": "fix it"}],
-            "chosen": [{"role": "assistant", "content": f"good answer {pair_id}", "tool_calls": None}],
-            "rejected": [{"role": "assistant", "content": f"bad answer {pair_id}", "tool_calls": None}]}
+    return {
+        "pair_id": pair_id,
+        "kind": kind,
+        "instance_id": "inst-1",
+        "margin": margin,
+        "prompt": [{"role": "system", "content": "sys"}, {"role": "user", "content": "fix it"}],
+        "chosen": [{"role": "assistant", "content": f"good answer {pair_id}", "tool_calls": None}],
+        "rejected": [{"role": "assistant", "content": f"bad answer {pair_id}", "tool_calls": None}],
+    }
 
 
 PAIRS = [pair("p1", 0.8), pair("p2", 0.5), pair("p3", 0.3), pair("p4", 0.1, kind="step")]
 # (pair, annotator, preferred side, score for chosen over rejected)
-VOTES = [("p1", "a", "chosen", 2), ("p1", "b", "chosen", 2), ("p1", "c", "chosen", 1),
-         ("p2", "a", "chosen", 1), ("p2", "b", "rejected", -1), ("p2", "c", "chosen", 1),
-         ("p3", "a", "rejected", -1), ("p3", "b", "rejected", -2), ("p3", "c", "tie", 0),
-         ("p4", "a", "tie", 0), ("p4", "b", "tie", 0), ("p4", "c", "chosen", 1)]
+VOTES = [
+    ("p1", "a", "chosen", 2),
+    ("p1", "b", "chosen", 2),
+    ("p1", "c", "chosen", 1),
+    ("p2", "a", "chosen", 1),
+    ("p2", "b", "rejected", -1),
+    ("p2", "c", "chosen", 1),
+    ("p3", "a", "rejected", -1),
+    ("p3", "b", "rejected", -2),
+    ("p3", "c", "tie", 0),
+    ("p4", "a", "tie", 0),
+    ("p4", "b", "tie", 0),
+    ("p4", "c", "chosen", 1),
+]
 
 
 def as_sheet_answer(pair_id, preferred, score):
@@ -42,8 +65,9 @@ def labels_file(tmp_path):
     with path.open("w") as out:
         for pair_id, annotator, preferred, score in VOTES:
             choice, sheet_score = as_sheet_answer(pair_id, preferred, score)
-            out.write(json.dumps({"pair_id": pair_id, "annotator": annotator, "choice": choice,
-                                  "score": sheet_score}) + "\n")
+            out.write(
+                json.dumps({"pair_id": pair_id, "annotator": annotator, "choice": choice, "score": sheet_score}) + "\n"
+            )
     return path
 
 
@@ -60,8 +84,8 @@ def test_figures_match_hand_computed_values(labels_file):
     agreement = report.get("agreement with human majority")
     assert (agreement.value, agreement.n) == (pytest.approx(2 / 3), 3)
     p, n = 2 / 3, 3  # Wilson: (p + z²/2n ± z·sqrt(p(1-p)/n + z²/4n²)) / (1 + z²/n)
-    centre = (p + Z95 ** 2 / (2 * n)) / (1 + Z95 ** 2 / n)
-    half = Z95 * math.sqrt(p * (1 - p) / n + Z95 ** 2 / (4 * n * n)) / (1 + Z95 ** 2 / n)
+    centre = (p + Z95**2 / (2 * n)) / (1 + Z95**2 / n)
+    half = Z95 * math.sqrt(p * (1 - p) / n + Z95**2 / (4 * n * n)) / (1 + Z95**2 / n)
     assert agreement.ci == pytest.approx((centre - half, centre + half))
     assert "tie: 1" in agreement.note
     assert report.get("agreement with human majority (step pairs)").n == 0
@@ -99,8 +123,11 @@ def test_cohen_kappa_for_two_annotators():
     first = ["chosen"] * 25 + ["rejected"] * 25
     second = ["chosen"] * 20 + ["rejected"] * 5 + ["chosen"] * 10 + ["rejected"] * 15
     assert cohen_kappa(first, second) == pytest.approx(0.4)
-    labels = [{"pair_id": f"p{i}", "annotator": who, "preferred": side, "score": None}
-              for who, sides in (("ann", first), ("bob", second)) for i, side in enumerate(sides)]
+    labels = [
+        {"pair_id": f"p{i}", "annotator": who, "preferred": side, "score": None}
+        for who, sides in (("ann", first), ("bob", second))
+        for i, side in enumerate(sides)
+    ]
     pairs = [pair(f"p{i}", 0.1 + i / 100) for i in range(50)]
     report = calibrate(pairs, labels)
     kappa = report.get("cohen kappa")
@@ -111,8 +138,18 @@ def test_cohen_kappa_for_two_annotators():
 
 def test_fleiss_kappa_on_the_textbook_table():
     # Fleiss (1971) as on Wikipedia: 10 items, 14 raters, 5 categories → κ ≈ 0.210
-    table = [[0, 0, 0, 0, 14], [0, 2, 6, 4, 2], [0, 0, 3, 5, 6], [0, 3, 9, 2, 0], [2, 2, 8, 1, 1],
-             [7, 7, 0, 0, 0], [3, 2, 6, 3, 0], [2, 5, 3, 2, 2], [6, 5, 2, 1, 0], [0, 2, 2, 3, 7]]
+    table = [
+        [0, 0, 0, 0, 14],
+        [0, 2, 6, 4, 2],
+        [0, 0, 3, 5, 6],
+        [0, 3, 9, 2, 0],
+        [2, 2, 8, 1, 1],
+        [7, 7, 0, 0, 0],
+        [3, 2, 6, 3, 0],
+        [2, 5, 3, 2, 2],
+        [6, 5, 2, 1, 0],
+        [0, 2, 2, 3, 7],
+    ]
     assert fleiss_kappa(table) == pytest.approx(0.20993, abs=1e-4)
     with pytest.raises(ValueError):
         fleiss_kappa([[1, 1], [3, 0]])
@@ -147,8 +184,12 @@ def test_sheet_round_trip(tmp_path):
 
 def test_bad_labels_name_file_line_and_field(tmp_path):
     bad = tmp_path / "bad.jsonl"
-    bad.write_text(json.dumps({"pair_id": "p1", "annotator": "a", "choice": "A"}) + "\n"
-                   + json.dumps({"pair_id": "p2", "annotator": "a", "choice": "maybe"}) + "\n")
+    bad.write_text(
+        json.dumps({"pair_id": "p1", "annotator": "a", "choice": "A"})
+        + "\n"
+        + json.dumps({"pair_id": "p2", "annotator": "a", "choice": "maybe"})
+        + "\n"
+    )
     with pytest.raises(RecordError, match=r"bad.jsonl:2, record 'p2', field 'choice'"):
         read_labels([bad])
     twice = tmp_path / "twice.jsonl"

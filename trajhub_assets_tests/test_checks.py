@@ -12,8 +12,7 @@ from trajhub_assets.interchange.minivela import read_minivela
 from trajhub_assets.merge.merge import merge_calls
 from trajhub_assets.pairs.schema import PREFERENCE_PAIRS
 from trajhub_assets.recording.schema import RAW_CALLS, RUNS
-from trajhub_assets.rewards.schema import (JUDGE_STEPS, JUDGE_SUMMARY, RULE_STEPS, RULE_SUMMARY,
-                                           TRAJECTORY_REWARDS)
+from trajhub_assets.rewards.schema import JUDGE_STEPS, JUDGE_SUMMARY, RULE_STEPS, RULE_SUMMARY, TRAJECTORY_REWARDS
 from trajhub_assets_tests.shared_data import MINIVELA
 
 
@@ -29,15 +28,19 @@ def table(spec, rows):
 
 def test_every_check_is_blocking_and_attached_to_its_asset():
     graph = defs.resolve_asset_graph()
-    wanted = {"raw_trajectories": {"every_run_has_calls", "no_credentials"},
-              "merged_trajectories": {"generation_flags_consistent", "no_orphan_tool_results"},
-              "rule_rewards": {"rule_values_in_range", "every_rule_hit_has_evidence"},
-              "judge_rewards": {"judge_values_in_range"},
-              "trajectory_rewards": {"reward_values_in_range"},
-              "preference_pairs": {"margin_respected"}}
+    wanted = {
+        "raw_trajectories": {"every_run_has_calls", "no_credentials"},
+        "merged_trajectories": {"generation_flags_consistent", "no_orphan_tool_results"},
+        "rule_rewards": {"rule_values_in_range", "every_rule_hit_has_evidence"},
+        "judge_rewards": {"judge_values_in_range"},
+        "trajectory_rewards": {"reward_values_in_range"},
+        "preference_pairs": {"margin_respected"},
+    }
     for asset, names in wanted.items():
-        specs = [graph.get(key).check_spec if hasattr(graph.get(key), "check_spec") else None
-                 for key in graph.get(AssetKey(asset)).check_keys]
+        specs = [
+            graph.get(key).check_spec if hasattr(graph.get(key), "check_spec") else None
+            for key in graph.get(AssetKey(asset)).check_keys
+        ]
         assert {key.name for key in graph.get(AssetKey(asset)).check_keys} == names
         assert all(spec is None or spec.blocking for spec in specs)
 
@@ -87,16 +90,50 @@ def test_a_tool_result_with_no_call_before_it_fails(conversations):
 
 
 def test_rule_values_and_evidence():
-    good = table(RULE_STEPS, [
-        {"run_id": "a", "rule_id": "tool_error", "rule_version": "1", "value": -1.0, "conversation_id": "c",
-         "step_index": 3, "snippet": "exit 1"},
-        {"run_id": "a", "rule_id": "tests_passed", "rule_version": "1", "value": 0.5, "detail": "1/2 passed"}])
-    summary = table(RULE_SUMMARY, [{"run_id": "a", "rule_id": "tool_error", "rule_version": "1", "hits": 1,
-                                    "value": -1.0, "n_steps": 4, "ruleset_version": "x"}])
+    good = table(
+        RULE_STEPS,
+        [
+            {
+                "run_id": "a",
+                "rule_id": "tool_error",
+                "rule_version": "1",
+                "value": -1.0,
+                "conversation_id": "c",
+                "step_index": 3,
+                "snippet": "exit 1",
+            },
+            {"run_id": "a", "rule_id": "tests_passed", "rule_version": "1", "value": 0.5, "detail": "1/2 passed"},
+        ],
+    )
+    summary = table(
+        RULE_SUMMARY,
+        [
+            {
+                "run_id": "a",
+                "rule_id": "tool_error",
+                "rule_version": "1",
+                "hits": 1,
+                "value": -1.0,
+                "n_steps": 4,
+                "ruleset_version": "x",
+            }
+        ],
+    )
     assert checks.rule_values_in_range(good, summary).passed
     assert checks.every_rule_hit_has_evidence(good).passed
-    bad = table(RULE_STEPS, [{"run_id": "a", "rule_id": "tool_error", "rule_version": "1", "value": -3.0,
-                              "conversation_id": "c", "step_index": None}])
+    bad = table(
+        RULE_STEPS,
+        [
+            {
+                "run_id": "a",
+                "rule_id": "tool_error",
+                "rule_version": "1",
+                "value": -3.0,
+                "conversation_id": "c",
+                "step_index": None,
+            }
+        ],
+    )
     assert not checks.rule_values_in_range(bad, summary).passed
     evidence = checks.every_rule_hit_has_evidence(bad)
     assert not evidence.passed and "without its step or a quote" in evidence.metadata["first_problems"].value
@@ -104,12 +141,34 @@ def test_rule_values_and_evidence():
 
 def test_judge_values_in_range():
     rubric = [{"criterion": "goal_progress", "score": 4, "reward": 0.75, "weight": 0.3, "reason": "ok"}]
-    steps = table(JUDGE_STEPS, [{"run_id": "a", "conversation_id": "c", "step_index": 0, "message_index": 1,
-                                 "rubric": rubric, "step_reward": 0.75}])
+    steps = table(
+        JUDGE_STEPS,
+        [
+            {
+                "run_id": "a",
+                "conversation_id": "c",
+                "step_index": 0,
+                "message_index": 1,
+                "rubric": rubric,
+                "step_reward": 0.75,
+            }
+        ],
+    )
     summary = table(JUDGE_SUMMARY, [{"run_id": "a", "csr": 1.0, "isr": 0.0, "mean_step_reward": 0.75}])
     assert checks.judge_values_in_range(steps, summary).passed
-    over = table(JUDGE_STEPS, [{"run_id": "a", "conversation_id": "c", "step_index": 0, "message_index": 1,
-                                "rubric": [rubric[0] | {"reward": 1.5}], "step_reward": 0.75}])
+    over = table(
+        JUDGE_STEPS,
+        [
+            {
+                "run_id": "a",
+                "conversation_id": "c",
+                "step_index": 0,
+                "message_index": 1,
+                "rubric": [rubric[0] | {"reward": 1.5}],
+                "step_reward": 0.75,
+            }
+        ],
+    )
     result = checks.judge_values_in_range(over, summary)
     assert not result.passed and "rubric_reward = 1.5" in result.metadata["first_problems"].value
 
@@ -118,16 +177,25 @@ def test_trajectory_rewards_in_range():
     weights = {"weight_outcome": 0.4, "weight_rules": 0.1, "weight_step": 0.25, "weight_checklist": 0.25}
     rewards = table(TRAJECTORY_REWARDS, [{"run_id": "a", **weights, "components": ["step"], "reward": 0.8}])
     assert checks.trajectory_rewards_in_range(rewards).passed
-    bad = table(TRAJECTORY_REWARDS, [{"run_id": "a", **weights, "components": ["rules"], "rule_score": -0.5,
-                                      "reward": 0.8}])
+    bad = table(
+        TRAJECTORY_REWARDS, [{"run_id": "a", **weights, "components": ["rules"], "rule_score": -0.5, "reward": 0.8}]
+    )
     result = checks.trajectory_rewards_in_range(bad)
     assert not result.passed and "rule_score = -0.5" in result.metadata["first_problems"].value
 
 
 def test_margin_respected():
     def pair(basis, chosen, rejected, margin):
-        return {"pair_id": f"{basis}{chosen}", "kind": "trajectory", "instance_id": "i", "basis": basis,
-                "chosen_reward": chosen, "rejected_reward": rejected, "margin": margin}
+        return {
+            "pair_id": f"{basis}{chosen}",
+            "kind": "trajectory",
+            "instance_id": "i",
+            "basis": basis,
+            "chosen_reward": chosen,
+            "rejected_reward": rejected,
+            "margin": margin,
+        }
+
     pairs = table(PREFERENCE_PAIRS, [pair("reward", 0.9, 0.5, 0.4), pair("tie:shorter", 0.5, 0.5, 0.0)])
     assert checks.margin_respected(pairs, 0.05).passed
     narrow = table(PREFERENCE_PAIRS, [pair("reward", 0.52, 0.5, 0.02)])

@@ -53,8 +53,11 @@ PG_PASSWORD = "pg-" + os.urandom(8).hex()
 
 def env_file(path: Path) -> dict[str, str]:
     """KEY=value lines, as kustomize's `envs:` reads them."""
-    pairs = (line.split("=", 1) for line in path.read_text().splitlines()
-             if line.strip() and not line.lstrip().startswith("#"))
+    pairs = (
+        line.split("=", 1)
+        for line in path.read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    )
     return {key.strip(): value.strip() for key, value in pairs}
 
 
@@ -93,8 +96,7 @@ def secret_keys(name: str) -> set[str]:
 
 
 def pod_specs() -> dict[str, dict]:
-    return {d["metadata"]["name"]: d["spec"]["template"]["spec"]
-            for d in RESOURCES if d["kind"] == "Deployment"}
+    return {d["metadata"]["name"]: d["spec"]["template"]["spec"] for d in RESOURCES if d["kind"] == "Deployment"}
 
 
 def dockerfile_env(text: str, name: str) -> str:
@@ -102,6 +104,7 @@ def dockerfile_env(text: str, name: str) -> str:
 
 
 # -- dagster.yaml ----------------------------------------------------------------------
+
 
 @pytest.fixture
 def cluster_env(monkeypatch, postgres, tmp_path):
@@ -124,32 +127,40 @@ def test_dagster_yaml_passes_dagsters_instance_schema_and_each_class_takes_its_c
         entry = config[key]
         klass = class_from_code_pointer(entry["module"], entry["class"])
         assert klass is expected
-        checked = process_config(convert_potential_field(klass.config_type()).config_type,
-                                 entry["config"])
+        checked = process_config(convert_potential_field(klass.config_type()).config_type, entry["config"])
         assert checked.success, f"{key}: {checked.errors}"
     # env-sourced fields resolve from the pod's environment, never from the file
-    launcher = process_config(convert_potential_field(K8sRunLauncher.config_type()).config_type,
-                              config["run_launcher"]["config"]).value
+    launcher = process_config(
+        convert_potential_field(K8sRunLauncher.config_type()).config_type, config["run_launcher"]["config"]
+    ).value
     assert launcher["job_image"] == SETTINGS["TRAJHUB_IMAGE"]
 
 
 def _kubeconfig(path: Path) -> Path:
     # A cluster that is never contacted: constructing the launcher reads config only.
-    path.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "test",
-        "clusters": [{"name": "test", "cluster": {"server": "https://127.0.0.1:1"}}],
-        "users": [{"name": "test", "user": {"token": "not-a-real-token"}}],
-        "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test"}}]}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "test",
+                "clusters": [{"name": "test", "cluster": {"server": "https://127.0.0.1:1"}}],
+                "users": [{"name": "test", "user": {"token": "not-a-real-token"}}],
+                "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test"}}],
+            }
+        )
+    )
     return path
 
 
-def test_dagster_yaml_opens_an_instance_on_postgres_that_stores_runs_and_pools(
-        cluster_env, tmp_path, monkeypatch):
+def test_dagster_yaml_opens_an_instance_on_postgres_that_stores_runs_and_pools(cluster_env, tmp_path, monkeypatch):
     home = tmp_path / "dagster_home"
     home.mkdir()
     shipped = copy.deepcopy(INSTANCE_YAML)
-    shipped["run_launcher"]["config"] |= {"load_incluster_config": False,
-                                          "kubeconfig_file": str(_kubeconfig(tmp_path / "kubeconfig"))}
+    shipped["run_launcher"]["config"] |= {
+        "load_incluster_config": False,
+        "kubeconfig_file": str(_kubeconfig(tmp_path / "kubeconfig")),
+    }
     (home / "dagster.yaml").write_text(yaml.safe_dump(shipped))
     monkeypatch.setenv("DAGSTER_HOME", str(home))
 
@@ -160,7 +171,10 @@ def test_dagster_yaml_opens_an_instance_on_postgres_that_stores_runs_and_pools(
         launcher = instance.run_launcher
         assert isinstance(launcher, K8sRunLauncher)
         assert (launcher.job_namespace, launcher.instance_config_map, launcher.job_image) == (
-            "trajhub", "dagster-instance", SETTINGS["TRAJHUB_IMAGE"])
+            "trajhub",
+            "dagster-instance",
+            SETTINGS["TRAJHUB_IMAGE"],
+        )
         assert launcher.env_secrets == LAUNCHER["env_secrets"]
         assert isinstance(instance.run_coordinator, QueuedRunCoordinator)
         queue = instance.get_concurrency_config()
@@ -169,23 +183,29 @@ def test_dagster_yaml_opens_an_instance_on_postgres_that_stores_runs_and_pools(
         assert instance.run_monitoring_enabled
         assert instance.run_monitoring_settings["free_slots_after_run_end_seconds"] > 0
 
-        result = materialize([tasks], resources={"store": StoreResource(), "project": ProjectResource()},
-                             instance=instance)
+        result = materialize(
+            [tasks], resources={"store": StoreResource(), "project": ProjectResource()}, instance=instance
+        )
         assert result.success
 
         # The run pod the launcher would create for that run, built by dagster-k8s itself.
         context = launcher.get_container_context_for_run(instance.get_run_by_id(result.run_id))
         job = construct_dagster_k8s_job(
             context.get_k8s_job_config(job_image=None, run_launcher=launcher),
-            args=["dagster", "api", "execute_run"], job_name="dagster-run-test",
-            user_defined_k8s_config=context.run_k8s_config, component="run_worker")
+            args=["dagster", "api", "execute_run"],
+            job_name="dagster-run-test",
+            user_defined_k8s_config=context.run_k8s_config,
+            component="run_worker",
+        )
         pod = job.spec.template.spec
         container = pod.containers[0]
         assert container.image == SETTINGS["TRAJHUB_IMAGE"]
         assert pod.service_account_name == "trajhub-run" and pod.security_context.fs_group == 1000
         assert {v.name for v in pod.volumes} >= {"trajhub-home", "trajhub-project", "docker-ssh"}
         assert {m.mount_path for m in container.volume_mounts} >= {
-            SETTINGS["TRAJHUB_HOME"], SETTINGS["TRAJHUB_CONFIG"].rsplit("/", 1)[0]}
+            SETTINGS["TRAJHUB_HOME"],
+            SETTINGS["TRAJHUB_CONFIG"].rsplit("/", 1)[0],
+        }
         assert [e.config_map_ref.name for e in container.env_from if e.config_map_ref] == ["trajhub-env"]
         assert {e.secret_ref.name for e in container.env_from if e.secret_ref} == set(LAUNCHER["env_secrets"])
         password = next(e for e in container.env if e.name == "DAGSTER_PG_PASSWORD")
@@ -213,8 +233,14 @@ def test_dagster_yaml_opens_an_instance_on_postgres_that_stores_runs_and_pools(
 def test_dagster_yaml_holds_no_secret_and_names_only_variables_pods_have():
     text = (DEPLOY_DIR / "dagster.yaml").read_text()
     variables = set(re.findall(r"\{env: (\w+)\}", text))
-    assert variables == {"DAGSTER_PG_HOST", "DAGSTER_PG_PORT", "DAGSTER_PG_DB",
-                         "DAGSTER_PG_USERNAME", "DAGSTER_PG_PASSWORD", "TRAJHUB_IMAGE"}
+    assert variables == {
+        "DAGSTER_PG_HOST",
+        "DAGSTER_PG_PORT",
+        "DAGSTER_PG_DB",
+        "DAGSTER_PG_USERNAME",
+        "DAGSTER_PG_PASSWORD",
+        "TRAJHUB_IMAGE",
+    }
     assert "password: {env: DAGSTER_PG_PASSWORD}" in text
     # run pods get DAGSTER_PG_PASSWORD from postgres_password_secret, the rest from trajhub.env
     assert variables - {"DAGSTER_PG_PASSWORD"} <= set(SETTINGS)
@@ -226,11 +252,14 @@ def test_dagster_yaml_holds_no_secret_and_names_only_variables_pods_have():
         container = spec["containers"][0]
         refs = {e["name"]: e["valueFrom"] for e in container.get("env", [])}
         assert refs["DAGSTER_PG_PASSWORD"]["secretKeyRef"] == {
-            "name": LAUNCHER["postgres_password_secret"], "key": "postgresql-password"}, name
+            "name": LAUNCHER["postgres_password_secret"],
+            "key": "postgresql-password",
+        }, name
         assert {"configMapRef": {"name": "trajhub-env"}} in container["envFrom"], name
 
 
 # -- project.cluster.yaml --------------------------------------------------------------
+
 
 def test_project_cluster_yaml_is_a_valid_project_pointing_at_the_cluster():
     config = load_config(DEPLOY_DIR / "project.cluster.yaml")
@@ -255,6 +284,7 @@ def test_project_cluster_yaml_is_a_valid_project_pointing_at_the_cluster():
 
 
 # -- Kubernetes manifests --------------------------------------------------------------
+
 
 class _Response:
     """What the Kubernetes client's deserialize reads: a JSON body."""
@@ -372,8 +402,7 @@ def test_run_pods_and_the_code_server_see_the_same_mounts_and_settings():
     # ssh config for the Docker host lands in the image user's ~/.ssh
     ssh_dir = dockerfile_env(TRAJHUB_DOCKERFILE, "HOME") + "/.ssh"
     assert ("docker-ssh", ssh_dir) in as_pairs(LAUNCHER["volume_mounts"])
-    identity = re.search(r"IdentityFile (\S+)",
-                         (K8S_DIR / "secrets/docker-ssh/config.example").read_text()).group(1)
+    identity = re.search(r"IdentityFile (\S+)", (K8S_DIR / "secrets/docker-ssh/config.example").read_text()).group(1)
     assert identity.rsplit("/", 1) == [ssh_dir, "id_ed25519"]
     assert f"k8s/secrets/docker-ssh/{identity.rsplit('/', 1)[1]}" in generated("secret")["trajhub-docker-ssh"]["files"]
     # run pods start from the image kustomize deploys
@@ -407,6 +436,7 @@ def test_only_examples_of_secrets_are_committed():
 
 # -- the remote Docker host ------------------------------------------------------------
 
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -429,16 +459,27 @@ def docker_over_ssh(docker_engine, tmp_path, monkeypatch):
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys / name)], check=True)
     (keys / "authorized_keys").write_text((keys / "client_key.pub").read_text())
     port = _free_port()
-    (keys / "sshd_config").write_text("\n".join([
-        f"Port {port}", "ListenAddress 127.0.0.1", f"HostKey {keys}/host_key",
-        f"AuthorizedKeysFile {keys}/authorized_keys", "PasswordAuthentication no",
-        "KbdInteractiveAuthentication no", "PermitRootLogin prohibit-password", "UsePAM no",
-        "StrictModes no", f"PidFile {keys}/sshd.pid", ""]))
+    (keys / "sshd_config").write_text(
+        "\n".join(
+            [
+                f"Port {port}",
+                "ListenAddress 127.0.0.1",
+                f"HostKey {keys}/host_key",
+                f"AuthorizedKeysFile {keys}/authorized_keys",
+                "PasswordAuthentication no",
+                "KbdInteractiveAuthentication no",
+                "PermitRootLogin prohibit-password",
+                "UsePAM no",
+                "StrictModes no",
+                f"PidFile {keys}/sshd.pid",
+                "",
+            ]
+        )
+    )
     if os.geteuid() == 0:
         os.makedirs("/run/sshd", exist_ok=True)  # privilege separation directory
     log = keys / "sshd.log"
-    server = subprocess.Popen([sshd, "-D", "-e", "-f", str(keys / "sshd_config")],
-                              stderr=log.open("w"))
+    server = subprocess.Popen([sshd, "-D", "-e", "-f", str(keys / "sshd_config")], stderr=log.open("w"))
     try:
         for _ in range(100):
             if "Server listening" in log.read_text() or server.poll() is not None:
@@ -466,8 +507,14 @@ def test_a_sandbox_runs_on_the_docker_host_the_project_names(docker_over_ssh):
     sandbox = shipped.model_copy(update={"docker_host": url})
     task = {"instance_id": "cluster-ssh", "image": DEMO_IMAGE, "workspace_abs_path": "/workspace"}
     limits = Limits(cpus=1, memory="512m", pids=sandbox.pids, run_timeout=120)
-    with make_sandbox(task, backend=sandbox.backend, run_id="cluster-ssh-1", limits=limits,
-                      network=sandbox.network, docker_host=sandbox.docker_host) as box:
+    with make_sandbox(
+        task,
+        backend=sandbox.backend,
+        run_id="cluster-ssh-1",
+        limits=limits,
+        network=sandbox.network,
+        docker_host=sandbox.docker_host,
+    ) as box:
         box.write_file("/workspace/hello.py", b"print('hello from the remote engine')\n")
         result = box.exec("python3 hello.py", timeout=60)
     assert (result.returncode, result.stdout.strip()) == (0, "hello from the remote engine")
@@ -476,9 +523,9 @@ def test_a_sandbox_runs_on_the_docker_host_the_project_names(docker_over_ssh):
 
 # -- a real Postgres ---------------------------------------------------------------------
 
+
 def _postgres_binary(name: str) -> str:
-    found = shutil.which(name) or next(iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"),
-                                                   reverse=True)), None)
+    found = shutil.which(name) or next(iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True)), None)
     if found is None:
         pytest.fail(f"PostgreSQL's {name} is missing: scripts/test.sh installs postgresql")
     return found
@@ -495,29 +542,66 @@ def postgres():
     if user:
         for path in (workdir, password_file):
             shutil.chown(path, user)
-    init = subprocess.run([_postgres_binary("initdb"), "-D", str(workdir / "data"), "-U", "dagster",
-                           f"--pwfile={password_file}", "--auth=scram-sha-256", "-E", "UTF8"],
-                          user=user, capture_output=True, text=True)
+    init = subprocess.run(
+        [
+            _postgres_binary("initdb"),
+            "-D",
+            str(workdir / "data"),
+            "-U",
+            "dagster",
+            f"--pwfile={password_file}",
+            "--auth=scram-sha-256",
+            "-E",
+            "UTF8",
+        ],
+        user=user,
+        capture_output=True,
+        text=True,
+    )
     assert init.returncode == 0, f"initdb failed: {init.stderr[-2000:]}"
     port = _free_port()
     log = workdir / "postgres.log"
-    server = subprocess.Popen([_postgres_binary("postgres"), "-D", str(workdir / "data"),
-                               "-h", "127.0.0.1", "-p", str(port), "-k", str(workdir)],
-                              user=user, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    server = subprocess.Popen(
+        [
+            _postgres_binary("postgres"),
+            "-D",
+            str(workdir / "data"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-k",
+            str(workdir),
+        ],
+        user=user,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline = time.monotonic() + 30
         while True:
             try:
-                with psycopg.connect(host="127.0.0.1", port=port, user="dagster", password=PG_PASSWORD,
-                                     dbname="postgres", autocommit=True) as con:
+                with psycopg.connect(
+                    host="127.0.0.1",
+                    port=port,
+                    user="dagster",
+                    password=PG_PASSWORD,
+                    dbname="postgres",
+                    autocommit=True,
+                ) as con:
                     con.execute("CREATE DATABASE dagster")
                 break
             except psycopg.OperationalError:
                 if server.poll() is not None or time.monotonic() > deadline:
                     pytest.fail(f"PostgreSQL did not start: {log.read_text()[-2000:]}")
                 time.sleep(0.1)
-        yield {"DAGSTER_PG_HOST": "127.0.0.1", "DAGSTER_PG_PORT": str(port), "DAGSTER_PG_DB": "dagster",
-               "DAGSTER_PG_USERNAME": "dagster", "DAGSTER_PG_PASSWORD": PG_PASSWORD}
+        yield {
+            "DAGSTER_PG_HOST": "127.0.0.1",
+            "DAGSTER_PG_PORT": str(port),
+            "DAGSTER_PG_DB": "dagster",
+            "DAGSTER_PG_USERNAME": "dagster",
+            "DAGSTER_PG_PASSWORD": PG_PASSWORD,
+        }
     finally:
         server.terminate()
         server.wait(30)

@@ -31,7 +31,7 @@ def code_location() -> dict:
     for node in graph.asset_nodes:
         spec = next(s for s in node.assets_def.specs if s.key == node.key) if node.assets_def else None
         deps = {}
-        for dep in (spec.deps if spec else []):
+        for dep in spec.deps if spec else []:
             mapping = dep.partition_mapping
             deps[dep.asset_key.to_user_string()] = type(mapping).__name__ if mapping else None
         condition = node.automation_condition
@@ -46,18 +46,24 @@ def code_location() -> dict:
             "checks": sorted(key.name for key in node.check_keys),
             "automation": condition.get_label() or condition.name if condition else None,
             "pools": sorted(node.pools or []),
-            "backfill": f"multi_run({policy.max_partitions_per_run})" if policy and policy.max_partitions_per_run
+            "backfill": f"multi_run({policy.max_partitions_per_run})"
+            if policy and policy.max_partitions_per_run
             else (str(policy.policy_type.value) if policy else None),
             "external": not node.is_executable,
         }
     repo = defs.get_repository_def()
-    jobs = {job.name: sorted(key.to_user_string() for key in job.asset_layer.executable_asset_keys)
-            for job in repo.get_all_jobs() if not job.name.startswith("__")}
+    jobs = {
+        job.name: sorted(key.to_user_string() for key in job.asset_layer.executable_asset_keys)
+        for job in repo.get_all_jobs()
+        if not job.name.startswith("__")
+    }
     return {
         "assets": dict(sorted(assets.items())),
         "jobs": dict(sorted(jobs.items())),
-        "schedules": {s.name: {"cron": s.cron_schedule, "job": s.job_name, "default": s.default_status.value}
-                      for s in repo.schedule_defs},
+        "schedules": {
+            s.name: {"cron": s.cron_schedule, "job": s.job_name, "default": s.default_status.value}
+            for s in repo.schedule_defs
+        },
         "sensors": {s.name: s.default_status.value for s in sorted(repo.sensor_defs, key=lambda s: s.name)},
     }
 
@@ -68,4 +74,5 @@ def test_code_location_snapshot():
         SNAPSHOT.write_text(current)
     assert SNAPSHOT.exists(), "no snapshot yet: run with TRAJHUB_UPDATE_SNAPSHOTS=1"
     assert current == SNAPSHOT.read_text(), (
-        "the code location changed; if that is meant, rerun with TRAJHUB_UPDATE_SNAPSHOTS=1 and review the diff")
+        "the code location changed; if that is meant, rerun with TRAJHUB_UPDATE_SNAPSHOTS=1 and review the diff"
+    )

@@ -11,9 +11,12 @@ def write(tmp_path, config: dict):
     return path
 
 
-BASE = {"tasks": [{"path": "tasks.jsonl"}],
-        "models": [{"name": "openai/gpt-4.1", "route": "openai/gpt-4.1", "scaffold": "builtin",
-                    "api_key_env": "OPENAI_API_KEY"}]}
+BASE = {
+    "tasks": [{"path": "tasks.jsonl"}],
+    "models": [
+        {"name": "openai/gpt-4.1", "route": "openai/gpt-4.1", "scaffold": "builtin", "api_key_env": "OPENAI_API_KEY"}
+    ],
+}
 
 
 def test_bundled_demo_config_loads():
@@ -35,18 +38,24 @@ def test_api_key_is_read_from_the_environment_only(tmp_path, monkeypatch):
     assert "sk-test" not in config.model_dump_json()
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda c: c["models"][0].update(scaffold="cursor"),
-     r"models\[0\]\.scaffold: .*unknown scaffold 'cursor'; known: claudecode, kilo-dev, droid, mini-swe-agent, builtin"),
-    (lambda c: c["models"][0].update(api_key="sk-abc"), r"models\[0\]\.api_key: Extra inputs"),
-    (lambda c: c["models"][0].update(samples=0), r"models\[0\]\.samples"),
-    (lambda c: c["models"][0].update(name="a__b"), r"models\[0\]\.name: .*never '__'"),
-    (lambda c: c["models"].append(dict(c["models"][0])), r"models: .*listed twice"),
-    (lambda c: c["tasks"][0].update(hf_dataset="x/y"), r"tasks\[0\]: .*exactly one"),
-    (lambda c: c.update(rewards={"trajectory_weights": {"outcome": -1}}), r"rewards\.trajectory_weights"),
-    (lambda c: c.update(sandbox={"backend": "podman"}), r"sandbox\.backend"),
-    (lambda c: c.update(tasks=[]), r"tasks: List should have at least 1 item"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            lambda c: c["models"][0].update(scaffold="cursor"),
+            r"models\[0\]\.scaffold: .*unknown scaffold 'cursor'; "
+            r"known: claudecode, kilo-dev, droid, mini-swe-agent, builtin",
+        ),
+        (lambda c: c["models"][0].update(api_key="sk-abc"), r"models\[0\]\.api_key: Extra inputs"),
+        (lambda c: c["models"][0].update(samples=0), r"models\[0\]\.samples"),
+        (lambda c: c["models"][0].update(name="a__b"), r"models\[0\]\.name: .*never '__'"),
+        (lambda c: c["models"].append(dict(c["models"][0])), r"models: .*listed twice"),
+        (lambda c: c["tasks"][0].update(hf_dataset="x/y"), r"tasks\[0\]: .*exactly one"),
+        (lambda c: c.update(rewards={"trajectory_weights": {"outcome": -1}}), r"rewards\.trajectory_weights"),
+        (lambda c: c.update(sandbox={"backend": "podman"}), r"sandbox\.backend"),
+        (lambda c: c.update(tasks=[]), r"tasks: List should have at least 1 item"),
+    ],
+)
 def test_errors_name_the_field(tmp_path, change, message):
     config = {**BASE, "models": [dict(m) for m in BASE["models"]], "tasks": [dict(BASE["tasks"][0])]}
     change(config)

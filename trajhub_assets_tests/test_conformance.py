@@ -93,32 +93,44 @@ def bash(block_id: str, command: str) -> dict:
 
 PAGINATE = f"{WORKSPACE}/pager/paginate.py"
 READ = {"file_path": PAGINATE}
-FIX = {"file_path": PAGINATE,
-       "old_string": "    total_pages = total_items // per_page\n    start = page * per_page",
-       "new_string": "    total_pages = -(-total_items // per_page)\n    start = (page - 1) * per_page"}
-NAVIGATION = {"file_path": PAGINATE, "old_string": "    total_pages: int\n",
-              "new_string": "    total_pages: int\n\n    @property\n    def has_previous(self) -> bool:\n"
-                            "        return self.number > 1\n\n"
-              "    @property\n    def has_next(self) -> bool:\n"
-                            "        return self.number < self.total_pages\n"}
+FIX = {
+    "file_path": PAGINATE,
+    "old_string": "    total_pages = total_items // per_page\n    start = page * per_page",
+    "new_string": "    total_pages = -(-total_items // per_page)\n    start = (page - 1) * per_page",
+}
+NAVIGATION = {
+    "file_path": PAGINATE,
+    "old_string": "    total_pages: int\n",
+    "new_string": "    total_pages: int\n\n    @property\n    def has_previous(self) -> bool:\n"
+    "        return self.number > 1\n\n"
+    "    @property\n    def has_next(self) -> bool:\n"
+    "        return self.number < self.total_pages\n",
+}
 TESTS = "python3 -m unittest discover -s tests -v"
 SUBAGENT_TASK = "SUBAGENT TASK: list the files of the pager package and report them."
 SUBAGENT_REPORT = "SUBAGENT REPORT: pager/ holds __init__.py and paginate.py."
-EXPLORE = {"description": "List pager files", "prompt": SUBAGENT_TASK, "subagent_type": "Explore",
-           "run_in_background": False}
+EXPLORE = {
+    "description": "List pager files",
+    "prompt": SUBAGENT_TASK,
+    "subagent_type": "Explore",
+    "run_in_background": False,
+}
 # Each conversation's turns, in order: the nth reply after its user message.
 CLAUDE_CODE_TURNS = {
-    "query 1": [Reply([signed("q1"), text_block("Let me look at paginate()."),
-                       bash("toolu_cat_1", "cat pager/paginate.py")]),
-                Reply([tool_use_block("toolu_read_1", "Read", READ)]),
-                Reply([tool_use_block("toolu_agent_1", "Agent", EXPLORE)]),
-                Reply([signed("fix"), tool_use_block("toolu_edit_1", "Edit", FIX)]),
-                Reply([bash("toolu_test_1", TESTS)]),
-                say(ANSWER_ONE)],
-    "query 2": [Reply([signed("q2"), tool_use_block("toolu_read_2", "Read", READ)]),
-                Reply([tool_use_block("toolu_edit_2", "Edit", NAVIGATION)]),
-                Reply([bash("toolu_test_2", TESTS)]),
-                say(ANSWER_TWO)],
+    "query 1": [
+        Reply([signed("q1"), text_block("Let me look at paginate()."), bash("toolu_cat_1", "cat pager/paginate.py")]),
+        Reply([tool_use_block("toolu_read_1", "Read", READ)]),
+        Reply([tool_use_block("toolu_agent_1", "Agent", EXPLORE)]),
+        Reply([signed("fix"), tool_use_block("toolu_edit_1", "Edit", FIX)]),
+        Reply([bash("toolu_test_1", TESTS)]),
+        say(ANSWER_ONE),
+    ],
+    "query 2": [
+        Reply([signed("q2"), tool_use_block("toolu_read_2", "Read", READ)]),
+        Reply([tool_use_block("toolu_edit_2", "Edit", NAVIGATION)]),
+        Reply([bash("toolu_test_2", TESTS)]),
+        say(ANSWER_TWO),
+    ],
     "subagent": [Reply([bash("toolu_ls_sub", "ls pager")]), say(SUBAGENT_REPORT)],
 }
 
@@ -126,8 +138,7 @@ CLAUDE_CODE_TURNS = {
 def relative(arguments: dict) -> dict:
     """The builtin agent's form of a Claude Code tool's arguments: a path in the workspace."""
     renamed = {"file_path": "path", "old_string": "old", "new_string": "new"}
-    return {renamed[k]: v.removeprefix(f"{WORKSPACE}/") if k == "file_path" else v
-            for k, v in arguments.items()}
+    return {renamed[k]: v.removeprefix(f"{WORKSPACE}/") if k == "file_path" else v for k, v in arguments.items()}
 
 
 def shell(block_id: str, command: str) -> dict:
@@ -139,16 +150,19 @@ def finish(block_id: str, summary: str) -> dict:
 
 
 BUILTIN_TURNS = {
-    "query 1": [Reply([signed("q1"), text_block("Let me look at paginate()."),
-                       shell("toolu_cat_1", "cat pager/paginate.py")]),
-                Reply([tool_use_block("toolu_read_1", "read_file", relative(READ))]),
-                Reply([signed("fix"), tool_use_block("toolu_edit_1", "edit_file", relative(FIX))]),
-                Reply([shell("toolu_test_1", TESTS)]),
-                Reply([finish("toolu_finish_1", ANSWER_ONE)])],
-    "query 2": [Reply([signed("q2"), tool_use_block("toolu_read_2", "read_file", relative(READ))]),
-                Reply([tool_use_block("toolu_edit_2", "edit_file", relative(NAVIGATION))]),
-                Reply([shell("toolu_test_2", TESTS)]),
-                Reply([finish("toolu_finish_2", ANSWER_TWO)])],
+    "query 1": [
+        Reply([signed("q1"), text_block("Let me look at paginate()."), shell("toolu_cat_1", "cat pager/paginate.py")]),
+        Reply([tool_use_block("toolu_read_1", "read_file", relative(READ))]),
+        Reply([signed("fix"), tool_use_block("toolu_edit_1", "edit_file", relative(FIX))]),
+        Reply([shell("toolu_test_1", TESTS)]),
+        Reply([finish("toolu_finish_1", ANSWER_ONE)]),
+    ],
+    "query 2": [
+        Reply([signed("q2"), tool_use_block("toolu_read_2", "read_file", relative(READ))]),
+        Reply([tool_use_block("toolu_edit_2", "edit_file", relative(NAVIGATION))]),
+        Reply([shell("toolu_test_2", TESTS)]),
+        Reply([finish("toolu_finish_2", ANSWER_TWO)]),
+    ],
 }
 QUERY_ONE, QUERY_TWO = "/orders endpoint", "Thanks. The frontend"
 
@@ -161,6 +175,7 @@ def _text(content) -> str:
 
 def scripted_model(turns: dict):
     """The upstream's policy: each conversation (found by its user message) gets its next turn."""
+
     def policy(request):
         if request.wire_format == "count_tokens":
             return Reply([], input_tokens=321)
@@ -169,10 +184,16 @@ def scripted_model(turns: dict):
         messages = request.body["messages"]
         markers = {QUERY_ONE: "query 1", QUERY_TWO: "query 2", SUBAGENT_TASK: "subagent"}
         # A user turn may hold tool results and the next query (the builtin agent's, translated).
-        index, lane = max((i, lane) for i, m in enumerate(messages) if m["role"] == "user"
-                          for marker, lane in markers.items() if marker in _text(m["content"]))
+        index, lane = max(
+            (i, lane)
+            for i, m in enumerate(messages)
+            if m["role"] == "user"
+            for marker, lane in markers.items()
+            if marker in _text(m["content"])
+        )
         step = sum(m["role"] == "assistant" for m in messages[index:])
         return copy.deepcopy(turns[lane][min(step, len(turns[lane]) - 1)])
+
     return policy
 
 
@@ -202,14 +223,25 @@ def write_project(tmp_path: Path, scaffold: str, case: Case, upstream_url: str, 
     tasks = tmp_path / "tasks.jsonl"
     tasks.write_text(json.dumps(demo[TASK]) + "\n")
     config = tmp_path / "project.yaml"
-    config.write_text(yaml.safe_dump({
-        "tasks": [{"path": str(tasks)}],
-        "models": [{"name": case.name, "route": case.route, "api_base": case.api_base(upstream_url),
-                    "api_key_env": case.key_env, "scaffold": scaffold}],
-        "sandbox": {"backend": case.backend, "timeout_s": 600, "max_concurrent": 1, "cpus": 1,
-                    "memory": "2g"},
-        "judge": {"model": "judge", "base_url": judge_url, "api_key_env": JUDGE_KEY_ENV},
-        "release": {"min_margin": 0.0, "replay_sample": 1}}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "tasks": [{"path": str(tasks)}],
+                "models": [
+                    {
+                        "name": case.name,
+                        "route": case.route,
+                        "api_base": case.api_base(upstream_url),
+                        "api_key_env": case.key_env,
+                        "scaffold": scaffold,
+                    }
+                ],
+                "sandbox": {"backend": case.backend, "timeout_s": 600, "max_concurrent": 1, "cpus": 1, "memory": "2g"},
+                "judge": {"model": "judge", "base_url": judge_url, "api_key_env": JUDGE_KEY_ENV},
+                "release": {"min_margin": 0.0, "replay_sample": 1},
+            }
+        )
+    )
     return str(config)
 
 
@@ -222,9 +254,11 @@ def chat_case(scaffold: str) -> Case:
     return Case(chat_model(scaffold), "docker", CHAT_ROUTE, CHAT_MODEL_NAME, CHAT_KEY_ENV, CHAT_KEY)
 
 
-SCAFFOLDS = {"claudecode": Case(scripted_model(CLAUDE_CODE_TURNS)),
-             "builtin": Case(scripted_model(BUILTIN_TURNS)),
-             **{name: chat_case(name) for name in SHELL_TOOL}}
+SCAFFOLDS = {
+    "claudecode": Case(scripted_model(CLAUDE_CODE_TURNS)),
+    "builtin": Case(scripted_model(BUILTIN_TURNS)),
+    **{name: chat_case(name) for name in SHELL_TOOL},
+}
 # Tests that hold for one kind of route only run on its scaffolds (none is skipped).
 ANTHROPIC_ROUTE = [name for name, case in SCAFFOLDS.items() if not case.openai_route]
 CHAT_CLIENTS = [name for name, case in SCAFFOLDS.items() if case.openai_route]
@@ -242,32 +276,60 @@ def conformance(request, tmp_path_factory):
             pytest.fail(f"{scaffold} is not installed (scripts/install_clients.sh): {error}")
     tmp_path = tmp_path_factory.mktemp(f"conformance-{scaffold}")
     home = tmp_path / "home"
-    with ScriptedUpstream(case.policy) as upstream, \
-            ScriptedUpstream(upstream_policy(BaselinePolicies([]))) as judge, \
-            pytest.MonkeyPatch.context() as env:
+    with (
+        ScriptedUpstream(case.policy) as upstream,
+        ScriptedUpstream(upstream_policy(BaselinePolicies([]))) as judge,
+        pytest.MonkeyPatch.context() as env,
+    ):
         env.setenv(case.key_env, case.key)
         env.setenv(JUDGE_KEY_ENV, JUDGE_KEY)
         config = write_project(tmp_path, scaffold, case, upstream.url, f"{judge.url}/v1")
         project = ProjectResource(path=config)
-        res = {"store": StoreResource(root=str(home)), "project": project,
-               "proxy": ProxyResource(project=project, recordings_dir=str(home / "recordings"))}
+        res = {
+            "store": StoreResource(root=str(home)),
+            "project": project,
+            "proxy": ProxyResource(project=project, recordings_dir=str(home / "recordings")),
+        }
         instance = DagsterInstance.ephemeral()
         prepare(instance, res)
         keys = run_partitions.get_partition_keys(dynamic_partitions_store=instance)
         run_stage(instance, record_and_score_job, keys, resources=res)
         recorded = len(upstream.served)  # what the run sent; the replay's calls come after
-        run_stage(instance, build_pairs_job,
-                  instances_partitions.get_partition_keys(dynamic_partitions_store=instance), resources=res)
+        run_stage(
+            instance,
+            build_pairs_job,
+            instances_partitions.get_partition_keys(dynamic_partitions_store=instance),
+            resources=res,
+        )
         release = run_stage(instance, release_job, resources=res)
         store = Store(home)
         served = list(upstream.served)
-        data = {"scaffold": scaffold, "case": case, "served": served[:recorded],
-                "replayed": served[recorded:],
-                "judge": list(judge.served), "store": store, "home": home, "release": release}
+        data = {
+            "scaffold": scaffold,
+            "case": case,
+            "served": served[:recorded],
+            "replayed": served[recorded:],
+            "judge": list(judge.served),
+            "store": store,
+            "home": home,
+            "release": release,
+        }
     # What the upstream received, for reading when an assertion fails.
-    (tmp_path / "served.json").write_text(json.dumps(
-        [{"path": s.request.path, "stream": s.stream, "headers": s.request.headers, "body": s.request.body,
-          "answer": s.body} for s in served], indent=1))
+    (tmp_path / "served.json").write_text(
+        json.dumps(
+            [
+                {
+                    "path": s.request.path,
+                    "stream": s.stream,
+                    "headers": s.request.headers,
+                    "body": s.request.body,
+                    "answer": s.body,
+                }
+                for s in served
+            ],
+            indent=1,
+        )
+    )
     return data
 
 
@@ -277,14 +339,27 @@ def conformance(request, tmp_path_factory):
 # its own `tool` message, tool calls in OpenAI form, signed thinking in thinking_blocks,
 # `cache_control` dropped, any other field in `extra` under its path.
 def _part(block: dict) -> dict:
-    return {"type": block["type"], "text": block.get("text") if block["type"] == "text" else None,
-            "media_type": None, "ref": block.get("id") if block["type"] == "tool_use" else None}
+    return {
+        "type": block["type"],
+        "text": block.get("text") if block["type"] == "text" else None,
+        "media_type": None,
+        "ref": block.get("id") if block["type"] == "tool_use" else None,
+    }
 
 
 def _message(role: str, content, **fields) -> dict:
-    return {"role": role, "content": content, "reasoning_content": None, "tool_calls": None,
-            "tool_call_id": None, "name": None, "is_error": None, "content_parts": None,
-            "thinking_blocks": None, "extra": None} | fields
+    return {
+        "role": role,
+        "content": content,
+        "reasoning_content": None,
+        "tool_calls": None,
+        "tool_call_id": None,
+        "name": None,
+        "is_error": None,
+        "content_parts": None,
+        "thinking_blocks": None,
+        "extra": None,
+    } | fields
 
 
 def _texts(blocks, separator: str, start: int = 0) -> tuple[str | None, list | None, dict]:
@@ -304,24 +379,28 @@ def wire_assistant(content) -> dict:
     texts, thinking, calls, extra = [], [], [], {}
     for i, block in enumerate(content):
         if block["type"] == "thinking":
-            thinking.append({"type": "thinking", "thinking": block["thinking"],
-                             "signature": block.get("signature"), "data": None})
+            thinking.append(
+                {"type": "thinking", "thinking": block["thinking"], "signature": block.get("signature"), "data": None}
+            )
             _leftovers(block, {"type", "thinking", "signature"}, f"content[{i}].", extra)
         elif block["type"] == "text":
             texts.append(block["text"])
             _leftovers(block, {"type", "text"}, f"content[{i}].", extra)
         else:
             assert block["type"] == "tool_use", block
-            calls.append({"id": block["id"], "type": "function", "name": block["name"],
-                          "arguments": block["input"]})
+            calls.append({"id": block["id"], "type": "function", "name": block["name"], "arguments": block["input"]})
             _leftovers(block, {"type", "id", "name", "input"}, f"content[{i}].", extra)
     order = [{"thinking": 0, "text": 1, "tool_use": 2}[b["type"]] for b in content]
     flat = order == sorted(order) and order.count(1) <= 1
-    return _message("assistant", "".join(texts), tool_calls=calls or None,
-                    reasoning_content=SECTION.join(t["thinking"] for t in thinking) if thinking else None,
-                    thinking_blocks=thinking or None,
-                    content_parts=None if flat else [_part(b) for b in content],
-                    extra=extra or None)
+    return _message(
+        "assistant",
+        "".join(texts),
+        tool_calls=calls or None,
+        reasoning_content=SECTION.join(t["thinking"] for t in thinking) if thinking else None,
+        thinking_blocks=thinking or None,
+        content_parts=None if flat else [_part(b) for b in content],
+        extra=extra or None,
+    )
 
 
 def wire_messages(body: dict) -> list[dict]:
@@ -329,8 +408,14 @@ def wire_messages(body: dict) -> list[dict]:
     out, names = [], {}
     if body.get("system"):
         text, parts, extra = _texts(body["system"], SECTION)
-        out.append(_message("system", text, content_parts=parts,
-                            extra={k.replace("content", "system", 1): v for k, v in extra.items()} or None))
+        out.append(
+            _message(
+                "system",
+                text,
+                content_parts=parts,
+                extra={k.replace("content", "system", 1): v for k, v in extra.items()} or None,
+            )
+        )
     for m in body["messages"]:
         assert set(m) <= {"role", "content"}, m
         if m["role"] == "assistant":
@@ -344,7 +429,7 @@ def wire_messages(body: dict) -> list[dict]:
         else:
             pending = []
 
-            def flush(end: int):
+            def flush(end: int, pending=pending):  # this message's pending blocks
                 if pending:
                     text, parts, extra = _texts(pending, "", end - len(pending))
                     out.append(_message("user", text, content_parts=parts, extra=extra or None))
@@ -358,9 +443,17 @@ def wire_messages(body: dict) -> list[dict]:
                 text, parts, extra = _texts(block.get("content"), "")
                 _leftovers(block, {"type", "tool_use_id", "content", "is_error"}, "", extra)
                 call = block["tool_use_id"]
-                out.append(_message("tool", text, tool_call_id=call, name=names[call],
-                                    is_error=bool(block.get("is_error", False)), content_parts=parts,
-                                    extra=extra or None))
+                out.append(
+                    _message(
+                        "tool",
+                        text,
+                        tool_call_id=call,
+                        name=names[call],
+                        is_error=bool(block.get("is_error", False)),
+                        content_parts=parts,
+                        extra=extra or None,
+                    )
+                )
             flush(len(m["content"]))
     return out
 
@@ -368,29 +461,54 @@ def wire_messages(body: dict) -> list[dict]:
 def _same_turn(a: dict, b: dict, defaults: dict | None = None) -> bool:
     """Equal as the merge compares an echo with a response: text and tool calls, not thinking,
     and tool arguments without those at their schema default (`defaults`: tool -> {arg: value})."""
+
     def arguments(call):
         at_default = (defaults or {}).get(call["name"], {})
         return {k: v for k, v in call["arguments"].items() if k not in at_default or at_default[k] != v}
 
     def key(m):
         return (m["content"] or "", [(c["id"], c["name"], arguments(c)) for c in m["tool_calls"] or []])
+
     return key(a) == key(b)
 
 
 def schema_defaults(anthropic_tools: list[dict] | None) -> dict:
-    return {t["name"]: {k: p["default"] for k, p in (t.get("input_schema") or {}).get("properties", {}).items()
-                        if isinstance(p, dict) and "default" in p} for t in anthropic_tools or []}
+    return {
+        t["name"]: {
+            k: p["default"]
+            for k, p in (t.get("input_schema") or {}).get("properties", {}).items()
+            if isinstance(p, dict) and "default" in p
+        }
+        for t in anthropic_tools or []
+    }
 
 
 def merged_view(message: dict) -> dict:
     """A stored message in the shape of wire_messages, plus its generation fields."""
-    view = {k: message[k] for k in ("role", "content", "reasoning_content", "tool_call_id", "name",
-                                    "is_error", "content_parts", "thinking_blocks", "generation",
-                                    "generated_by")}
+    view = {
+        k: message[k]
+        for k in (
+            "role",
+            "content",
+            "reasoning_content",
+            "tool_call_id",
+            "name",
+            "is_error",
+            "content_parts",
+            "thinking_blocks",
+            "generation",
+            "generated_by",
+        )
+    }
     calls = message["tool_calls"]
-    view["tool_calls"] = None if calls is None else [
-        {"id": c["id"], "type": c["type"], "name": c["name"], "arguments": json.loads(c["arguments"])}
-        for c in calls]
+    view["tool_calls"] = (
+        None
+        if calls is None
+        else [
+            {"id": c["id"], "type": c["type"], "name": c["name"], "arguments": json.loads(c["arguments"])}
+            for c in calls
+        ]
+    )
     view["extra"] = json.loads(message["extra"]) if message["extra"] is not None else None
     return view
 
@@ -400,20 +518,39 @@ def openai_messages(messages: list[dict]) -> list[dict]:
     reasoning from LiteLLM's `thinking_blocks`."""
     out = []
     for m in messages:
-        calls = [{"id": c["id"], "type": "function", "name": c["function"]["name"],
-                  "arguments": json.loads(c["function"]["arguments"])} for c in m.get("tool_calls") or []]
-        thinking = [{"type": b["type"], "thinking": b.get("thinking"), "signature": b.get("signature"),
-                     "data": b.get("data")} for b in m.get("thinking_blocks") or []]
-        out.append(_message(m["role"], m.get("content"), tool_calls=calls or None,
-                            tool_call_id=m.get("tool_call_id"), thinking_blocks=thinking or None))
+        calls = [
+            {
+                "id": c["id"],
+                "type": "function",
+                "name": c["function"]["name"],
+                "arguments": json.loads(c["function"]["arguments"]),
+            }
+            for c in m.get("tool_calls") or []
+        ]
+        thinking = [
+            {"type": b["type"], "thinking": b.get("thinking"), "signature": b.get("signature"), "data": b.get("data")}
+            for b in m.get("thinking_blocks") or []
+        ]
+        out.append(
+            _message(
+                m["role"],
+                m.get("content"),
+                tool_calls=calls or None,
+                tool_call_id=m.get("tool_call_id"),
+                thinking_blocks=thinking or None,
+            )
+        )
     return out
 
 
 def core(message: dict) -> tuple:
     """What a conversation says, in any wire format: role, text, tool calls, tool results."""
-    return (message["role"], message["content"] or "",
-            [(c["id"], c["name"], c["arguments"]) for c in message["tool_calls"] or []],
-            message["tool_call_id"])
+    return (
+        message["role"],
+        message["content"] or "",
+        [(c["id"], c["name"], c["arguments"]) for c in message["tool_calls"] or []],
+        message["tool_call_id"],
+    )
 
 
 # What the Anthropic API requires and an OpenAI chat request may leave out.
@@ -427,13 +564,18 @@ def translation_differences(record: dict, received: dict) -> list[str]:
     seq, sent = record["seq"], record["request"]
     sent_messages = [core(m) for m in openai_messages(sent["messages"])]
     got_messages = [core(m) for m in wire_messages(received)]
-    differences = [f"seq {seq} messages[{i}]: recorded {a} != upstream {b}"
-                   for i, (a, b) in enumerate(zip(sent_messages, got_messages)) if a != b]
+    differences = [
+        f"seq {seq} messages[{i}]: recorded {a} != upstream {b}"
+        for i, (a, b) in enumerate(zip(sent_messages, got_messages, strict=False))
+        if a != b
+    ]
     if len(sent_messages) != len(got_messages):
         differences.append(f"seq {seq}: {len(sent_messages)} messages recorded, {len(got_messages)} received")
     added = set(received) - set(sent) - {"system"} - REQUIRED_BY_ANTHROPIC
-    differences += [f"seq {seq} {key}: not in the recorded request, upstream got {json.dumps(received[key])}"
-                    for key in sorted(added)]
+    differences += [
+        f"seq {seq} {key}: not in the recorded request, upstream got {json.dumps(received[key])}"
+        for key in sorted(added)
+    ]
     return differences
 
 
@@ -445,10 +587,15 @@ def run(conformance) -> dict:
     (row,) = store.sql("SELECT * FROM runs").to_pylist()
     partition = {"model": row["model"], "instance": TASK}
     records = rebuild_records(store.read(RAW_CALLS, partition), store.read(MESSAGE_BLOBS, partition))
-    conversations = store.sql("SELECT * EXCLUDE (model, instance) FROM merged_trajectories "
-                              "ORDER BY conversation_id").to_pylist()
-    return {"row": row, "records": records, "conversations": conversations,
-            "main": [c for c in conversations if c["kind"] == "main"]}
+    conversations = store.sql(
+        "SELECT * EXCLUDE (model, instance) FROM merged_trajectories ORDER BY conversation_id"
+    ).to_pylist()
+    return {
+        "row": row,
+        "records": records,
+        "conversations": conversations,
+        "main": [c for c in conversations if c["kind"] == "main"],
+    }
 
 
 def _content_of(body: dict) -> str:
@@ -481,22 +628,34 @@ def call_ids(conformance, run) -> dict[int, str]:
 
 
 def main_requests(served: list) -> list:
-    return [s for s in served if s.request.body.get("tools") and s.request.path == "/v1/messages"
-            and "/orders endpoint" in _text(s.request.body["messages"][0]["content"])]
+    return [
+        s
+        for s in served
+        if s.request.body.get("tools")
+        and s.request.path == "/v1/messages"
+        and "/orders endpoint" in _text(s.request.body["messages"][0]["content"])
+    ]
 
 
 def chat_main_requests(served: list) -> list:
     """An OpenAI chat client's agent turns: a user message of the task's first query (Droid's
     comes after a reminder of its own), a reply that is not the one the client dropped."""
-    return [s for s in served if s.request.body.get("tools") and s.request.path == "/v1/chat/completions"
-            and any(m["role"] == "user" and QUERY_ONE in _text(m["content"])
-                    for m in s.request.body["messages"])]
+    return [
+        s
+        for s in served
+        if s.request.body.get("tools")
+        and s.request.path == "/v1/chat/completions"
+        and any(m["role"] == "user" and QUERY_ONE in _text(m["content"]) for m in s.request.body["messages"])
+    ]
 
 
 def dropped_requests(served: list) -> list:
     """The requests answered with the reply mini-swe-agent drops from its history."""
-    return [s for s in served if s.request.path == "/v1/chat/completions"
-            and s.body["choices"][0]["message"].get("content") == DROPPED_REPLY]
+    return [
+        s
+        for s in served
+        if s.request.path == "/v1/chat/completions" and s.body["choices"][0]["message"].get("content") == DROPPED_REPLY
+    ]
 
 
 # -- the assertions ----------------------------------------------------------------------------
@@ -591,8 +750,10 @@ def test_main_is_the_last_main_request_plus_its_response(conformance, run):
     expected.append(final | {"generation": True, "generated_by": call_of[id(last)]})
     actual = [merged_view(m) for m in main["messages"]]
     if conformance["scaffold"] == "builtin":
+
         def said(m):
             return core(m), m["thinking_blocks"], m["generation"], m["generated_by"]
+
         actual, expected = [said(m) for m in actual], [said(m) for m in expected]
     assert len(actual) == len(expected), actual
     for index, (got, want) in enumerate(zip(actual, expected, strict=True)):
@@ -630,9 +791,12 @@ def assert_chat_main(conformance, run):
     expected = chat_conversation(last, [s for s in requests if id(s) not in dropped], call_of)
     actual = [merged_view(m) for m in main["messages"]]
     assert len(actual) == len(expected), [(m["role"], m["content"]) for m in actual]
-    differences = [f"messages[{index}].{key}: merged {got[key]!r} != wire {want[key]!r}"
-                   for index, (got, want) in enumerate(zip(actual, expected, strict=True))
-                   for key in want if got[key] != want[key]]
+    differences = [
+        f"messages[{index}].{key}: merged {got[key]!r} != wire {want[key]!r}"
+        for index, (got, want) in enumerate(zip(actual, expected, strict=True))
+        for key in want
+        if got[key] != want[key]
+    ]
     assert not differences, "\n".join(differences)
     assert main["call_ids"] == [m["generated_by"] for m in main["messages"] if m["generation"]]
     # Every agent turn of the run is main's but the replies the client dropped.
@@ -655,9 +819,12 @@ def test_a_reply_the_client_dropped_is_an_edit_and_main_the_whole_trajectory(con
         expected = chat_conversation(upstream, chat_main_requests(conformance["served"]), call_of)
         got = [merged_view(m) for m in edit["messages"]]
         assert len(got) == len(expected)
-        differences = [f"messages[{index}].{key}: merged {a[key]!r} != wire {b[key]!r}"
-                       for index, (a, b) in enumerate(zip(got, expected, strict=True))
-                       for key in b if a[key] != b[key]]
+        differences = [
+            f"messages[{index}].{key}: merged {a[key]!r} != wire {b[key]!r}"
+            for index, (a, b) in enumerate(zip(got, expected, strict=True))
+            for key in b
+            if a[key] != b[key]
+        ]
         assert not differences, "\n".join(differences)
         assert call_of[id(upstream)] not in main["call_ids"]
         assert edit["branch_index"] == len(expected) - 1  # all of its prompt is main's too
@@ -680,8 +847,10 @@ def test_every_generated_reply_is_in_main_also_when_its_echo_fills_in_a_default(
         assert call_of[id(upstream)] in in_main, call_of[id(upstream)]
         if echo is not None and core(echo) != core(wire_assistant(upstream.body["content"])):
             sent = {c["id"]: c["arguments"] for c in wire_assistant(upstream.body["content"])["tool_calls"]}
-            altered += [(c["name"], sorted(set(c["arguments"].items()) - set(sent[c["id"]].items())))
-                        for c in echo["tool_calls"] or []]
+            altered += [
+                (c["name"], sorted(set(c["arguments"].items()) - set(sent[c["id"]].items())))
+                for c in echo["tool_calls"] or []
+            ]
     assert altered in ([], [("Edit", [("replace_all", False)])] * 2), altered
     assert not [c for c in run["conversations"] if c["kind"] == "edit"]
 
@@ -691,7 +860,10 @@ def test_signed_thinking_reaches_main_as_generated(conformance, run):
     (main,) = run["main"]
     signed_turns = [m for m in main["messages"] if m["thinking_blocks"]]
     assert [b["signature"] for m in signed_turns for b in m["thinking_blocks"]] == [
-        "EqQBCkYIBxgCKkDq1sig==", "EqQBCkYIBxgCKkDfixsig==", "EqQBCkYIBxgCKkDq2sig=="]
+        "EqQBCkYIBxgCKkDq1sig==",
+        "EqQBCkYIBxgCKkDfixsig==",
+        "EqQBCkYIBxgCKkDq2sig==",
+    ]
     assert signed_turns[0]["generation"]
     assert signed_turns[0]["reasoning_content"].startswith("Thinking about q1")
 
@@ -703,9 +875,11 @@ def test_two_queries_stay_one_conversation_in_order(conformance, run):
     second = next(i for i, u in enumerate(users) if u.startswith("Thanks. The frontend"))
     assert first < second
     # Claude Code answers in text, the builtin agent with its `finish` tool.
-    answers = [m["content"] or json.loads(m["tool_calls"][-1]["arguments"])["summary"]
-               for m in main["messages"] if m["role"] == "assistant"
-               and (m["content"] or (m["tool_calls"] or [{}])[-1].get("name") == "finish")]
+    answers = [
+        m["content"] or json.loads(m["tool_calls"][-1]["arguments"])["summary"]
+        for m in main["messages"]
+        if m["role"] == "assistant" and (m["content"] or (m["tool_calls"] or [{}])[-1].get("name") == "finish")
+    ]
     assert answers[-1] == ANSWER_TWO and ANSWER_ONE in answers
     if conformance["scaffold"] != "claudecode":
         return
@@ -727,8 +901,9 @@ def test_side_calls_and_the_subagent_are_conversations_of_their_own(conformance,
             assert set(conversation["call_kinds"]) == {conversation["kind"]}
     assert all(kinds[c] == "agent" for c in main["call_ids"])
     side = {c for c, kind in kinds.items() if kind != "agent"}
-    in_conversations = {c for conv in conversations if conv["kind"] in ("title", "background")
-                        for c in conv["call_ids"]}
+    in_conversations = {
+        c for conv in conversations if conv["kind"] in ("title", "background") for c in conv["call_ids"]
+    }
     assert side - {c for c in side if kinds[c] == "count_tokens"} == in_conversations
     # The subagent's requests (its own system prompt and first message) are its conversation,
     # linked to main by the Agent tool call that started it.
@@ -738,8 +913,11 @@ def test_side_calls_and_the_subagent_are_conversations_of_their_own(conformance,
         assert sorted(c["kind"] for c in conversations) == ["edit"] * edits + ["main"]
         return
     call_of = call_ids(conformance, run)
-    subagent_calls = [call_of[id(s)] for s in conformance["served"]
-                      if SUBAGENT_TASK in _text(s.request.body["messages"][0]["content"])]
+    subagent_calls = [
+        call_of[id(s)]
+        for s in conformance["served"]
+        if SUBAGENT_TASK in _text(s.request.body["messages"][0]["content"])
+    ]
     assert subagent_calls, "Claude Code ran no subagent"
     (subagent,) = [c for c in conversations if c["kind"] == "subagent"]
     assert subagent["call_ids"] == subagent_calls
@@ -762,10 +940,12 @@ def test_rewards_and_the_release_hold_the_run(conformance, run):
     released = pq.read_table(next(manifest.parent.glob("data/trajectories/*.parquet"))).to_pylist()
     (main,) = run["main"]
     assert [(r["run_id"], r["conversation_id"]) for r in released] == [(run_id, main["conversation_id"])]
+
     # Content as the model gave it: null beside tool calls stays null in the release; signed
     # and redacted thinking, content parts and extra reach it byte for byte.
     def kept(m):
         return m["role"], m["content"], m["thinking_blocks"], m["content_parts"], m["extra"]
+
     assert [kept(m) for m in released[0]["messages"]] == [kept(m) for m in main["messages"]]
 
 
@@ -774,9 +954,11 @@ def test_no_key_anywhere_in_the_store_or_the_release(conformance):
     for path in conformance["home"].rglob("*"):
         if path.is_file():
             data = path.read_bytes()
-            found += [f"{path}: {secret}"
-                      for secret in (conformance["case"].key, JUDGE_KEY, MASTER_KEY_PREFIX)
-                      if secret.encode() in data]
+            found += [
+                f"{path}: {secret}"
+                for secret in (conformance["case"].key, JUDGE_KEY, MASTER_KEY_PREFIX)
+                if secret.encode() in data
+            ]
     assert not found, "\n".join(found)
 
 
@@ -785,7 +967,8 @@ def test_the_release_replays_the_run_with_fidelity_one(conformance, run):
     outcome = (replay["run_id"], replay["fidelity"], replay["reproduced"])
     assert outcome == (run["row"]["run_id"], 1.0, True), (
         f"first divergence: call {replay['divergence_call_index']} at {replay['divergence_path']}: "
-        f"expected {replay['divergence_expected']!r}, replayed {replay['divergence_actual']!r}")
+        f"expected {replay['divergence_expected']!r}, replayed {replay['divergence_actual']!r}"
+    )
     [check] = conformance["release"].get_asset_check_evaluations()
     assert check.check_name == "sampled_runs_reproduce" and check.passed
     agent_calls = [r for r in run["records"] if r["call_kind"] != "count_tokens"]

@@ -49,8 +49,13 @@ def run_test_command(task: dict, workspace: Path) -> subprocess.CompletedProcess
     # No bytecode: the workspace should hold only what the task and patch put there.
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     return subprocess.run(
-        task["test_command"], shell=True, cwd=workspace, env=env,
-        capture_output=True, text=True, timeout=120,
+        task["test_command"],
+        shell=True,
+        cwd=workspace,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -181,6 +186,9 @@ def test_reference_patch_applies_with_patch_p1(task, tmp_path):
     workspace = copy_workspace(task, tmp_path)
     result = subprocess.run(
         ["patch", "-p1", "--dry-run", "--batch", "-i", str(DEMO_DIR / task["reference_patch"])],
-        cwd=workspace, capture_output=True, text=True, timeout=60,
+        cwd=workspace,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stdout + result.stderr

@@ -35,6 +35,7 @@ def imports_of(module: str) -> set[str]:
 
 GRAPH = {module: imports_of(module) for module in MODULES}
 
+
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     """One cycle as a path [a, b, ..., a], or None."""
     state: dict[str, str] = {}  # "open" while on the DFS stack, then "done"
@@ -45,7 +46,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(node)
         for nxt in sorted(graph[node]):
             if state.get(nxt) == "open":
-                return stack[stack.index(nxt):] + [nxt]
+                return stack[stack.index(nxt) :] + [nxt]
             if nxt not in state and (cycle := visit(nxt)):
                 return cycle
         stack.pop()

@@ -15,9 +15,18 @@ import pytest
 from trajhub_assets.config import JudgeConfig
 from trajhub_assets.errors import ConfigError, RecordError
 from trajhub_assets.recording.scripted_upstream import Fail, ScriptedRequest, say
-from trajhub_assets.rewards.judge import (REPAIR, RUBRIC, Judge, JudgeItem, _MalformedAnswer,
-                                          checklist_schema, default_cache, judge_partition, parse_answer,
-                                          render_transcript)
+from trajhub_assets.rewards.judge import (
+    REPAIR,
+    RUBRIC,
+    Judge,
+    JudgeItem,
+    _MalformedAnswer,
+    checklist_schema,
+    default_cache,
+    judge_partition,
+    parse_answer,
+    render_transcript,
+)
 from trajhub_assets.rewards.minivela_judge import minivela_judged, read_minivela_judge
 from trajhub_assets.rewards.schema import JUDGE_CHECKS, JUDGE_STEPS, JUDGE_SUMMARY
 from trajhub_assets_tests.test_rules import assistant, call, conversation, octocoding_task, result, steps_of
@@ -25,24 +34,48 @@ from trajhub_assets_tests.test_rules import assistant, call, conversation, octoc
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 SCORES = SHARED / "minivela_sample" / "judge_scores.json"
 
-TASK = {"instance_id": "i", "user_query": ["Fix calc.add."], "checklist": {
-    "SP": {"description": "System prompt rules", "checks": [
-        {"check_id": "SP_read_first", "description": "Reads before editing", "check_type": "compliance"},
-        {"check_id": "SP_no_emoji", "description": "No emoji", "check_type": "compliance"}]},
-    "User query": {"description": "The request", "checks": [
-        {"check_id": "UQ_fixed", "description": "calc.add is fixed", "check_type": "implementation"},
-        {"check_id": "UQ_reported", "description": "Reports the test result", "check_type": "compliance"}]},
-    "Tool schema": {"description": "Tool use", "checks": [
-        {"check_id": "TS_paths", "description": "Valid paths", "check_type": "compliance"}]},
-}}
-OUTCOME = {"tests_passed": 2, "tests_failed": 0, "tests_total": 2, "test_exit_code": 0, "timed_out": False,
-           "agent_exit_code": 0, "diff": "--- a/calc.py\n+++ b/calc.py\n-    return a - b\n+    return a + b\n"}
+TASK = {
+    "instance_id": "i",
+    "user_query": ["Fix calc.add."],
+    "checklist": {
+        "SP": {
+            "description": "System prompt rules",
+            "checks": [
+                {"check_id": "SP_read_first", "description": "Reads before editing", "check_type": "compliance"},
+                {"check_id": "SP_no_emoji", "description": "No emoji", "check_type": "compliance"},
+            ],
+        },
+        "User query": {
+            "description": "The request",
+            "checks": [
+                {"check_id": "UQ_fixed", "description": "calc.add is fixed", "check_type": "implementation"},
+                {"check_id": "UQ_reported", "description": "Reports the test result", "check_type": "compliance"},
+            ],
+        },
+        "Tool schema": {
+            "description": "Tool use",
+            "checks": [{"check_id": "TS_paths", "description": "Valid paths", "check_type": "compliance"}],
+        },
+    },
+}
+OUTCOME = {
+    "tests_passed": 2,
+    "tests_failed": 0,
+    "tests_total": 2,
+    "test_exit_code": 0,
+    "timed_out": False,
+    "agent_exit_code": 0,
+    "diff": "--- a/calc.py\n+++ b/calc.py\n-    return a - b\n+    return a + b\n",
+}
 
 
 def run_conversation() -> dict:
-    return conversation(*steps_of(
-        (assistant("Reading calc.py", call("a", "read_file", path="calc.py")), [result("a", "def add(a, b):\n")]),
-        (assistant("Fixed: add returns a + b; 2 tests pass."), [])))
+    return conversation(
+        *steps_of(
+            (assistant("Reading calc.py", call("a", "read_file", path="calc.py")), [result("a", "def add(a, b):\n")]),
+            (assistant("Fixed: add returns a + b; 2 tests pass."), []),
+        )
+    )
 
 
 def verdicts(*pairs) -> str:
@@ -70,27 +103,37 @@ class Script:
 
 @pytest.fixture
 def judge_config(upstream) -> JudgeConfig:
-    return JudgeConfig(model="judge-test", base_url=f"{upstream.url}/v1", max_concurrent=2, max_retries=1,
-                       timeout_s=0.5)
+    return JudgeConfig(
+        model="judge-test", base_url=f"{upstream.url}/v1", max_concurrent=2, max_retries=1, timeout_s=0.5
+    )
 
 
 def test_judge_scenario_then_a_second_materialization_makes_no_call(upstream, judge_config, tmp_path, store):
-    script = Script({
-        "category 'SP'": [say(verdicts(("SP_read_first", "success"), ("SP_no_emoji", "fail")))],
-        "category 'User query'": [say("Sure! Here is my verdict: all good."),  # malformed, then it omits one
-                                  say(verdicts(("UQ_fixed", "success")))],
-        "category 'Tool schema'": [Fail(429, "rate limited"), say(verdicts(("TS_paths", "success")))],
-        "step 0 of conversation": [say(rubric(5), delay=2.0), say(rubric(4))],  # the first one times out
-        "step 1 of conversation": [say('{"goal_progress": {"score": 9}}')],  # always malformed
-    })
+    script = Script(
+        {
+            "category 'SP'": [say(verdicts(("SP_read_first", "success"), ("SP_no_emoji", "fail")))],
+            "category 'User query'": [
+                say("Sure! Here is my verdict: all good."),  # malformed, then it omits one
+                say(verdicts(("UQ_fixed", "success"))),
+            ],
+            "category 'Tool schema'": [Fail(429, "rate limited"), say(verdicts(("TS_paths", "success")))],
+            "step 0 of conversation": [say(rubric(5), delay=2.0), say(rubric(4))],  # the first one times out
+            "step 1 of conversation": [say('{"goal_progress": {"score": 9}}')],  # always malformed
+        }
+    )
     upstream.set_script(script)
     conversations = [run_conversation()]
     with Judge(judge_config, default_cache(store.root)) as judge:
         out = judge_partition(conversations, TASK, {"run-1": OUTCOME}, judge)
 
     checks = {r["check_id"]: r for r in out.checks.to_pylist()}
-    assert [checks[c]["result"] for c in ("SP_read_first", "SP_no_emoji", "UQ_fixed", "UQ_reported", "TS_paths")] \
-        == ["success", "fail", "success", "fail", "success"]
+    assert [checks[c]["result"] for c in ("SP_read_first", "SP_no_emoji", "UQ_fixed", "UQ_reported", "TS_paths")] == [
+        "success",
+        "fail",
+        "success",
+        "fail",
+        "success",
+    ]
     assert checks["UQ_reported"]["omitted"] and checks["UQ_reported"]["passed"] is False
     assert checks["SP_no_emoji"]["reason"] == "SP_no_emoji looked at"
     [summary] = out.summary.to_pylist()
@@ -109,8 +152,9 @@ def test_judge_scenario_then_a_second_materialization_makes_no_call(upstream, ju
     assert upstream.calls == 9 == out.usage.requests
     assert (out.usage.items, out.usage.cache_hits, out.usage.errors) == (5, 0, 1)
     assert out.usage.prompt_tokens > 0 and out.usage.calls_without_cost == 7  # the upstream reports no price
-    repair = [s.request.body["messages"] for s in upstream.served if "User query" in
-              s.request.body["messages"][1]["content"]][1]
+    repair = [
+        s.request.body["messages"] for s in upstream.served if "User query" in s.request.body["messages"][1]["content"]
+    ][1]
     assert len(repair) == 4 and repair[3]["content"].startswith(REPAIR.split("{")[0])
     assert upstream.served[0].request.body["response_format"]["type"] == "json_schema"
 
@@ -129,8 +173,9 @@ def test_judge_scenario_then_a_second_materialization_makes_no_call(upstream, ju
 
 
 def test_a_persistent_rate_limit_is_an_item_error_and_is_asked_again_next_time(upstream, judge_config, store):
-    upstream.set_script(Script({"category": [Fail(429, "slow down")], "step 0": [say(rubric(3))],
-                                "step 1": [say(rubric(5))]}))
+    upstream.set_script(
+        Script({"category": [Fail(429, "slow down")], "step 0": [say(rubric(3))], "step 1": [say(rubric(5))]})
+    )
     task = {**TASK, "checklist": {"SP": TASK["checklist"]["SP"]}}
     with Judge(judge_config, default_cache(store.root)) as judge:
         out = judge_partition([run_conversation()], task, {}, judge)
@@ -155,8 +200,9 @@ def test_concurrency_is_bounded(upstream, judge_config, store, max_concurrent):
         return say(rubric(3), delay=0.3)
 
     upstream.set_script(slow)
-    conv = conversation(*steps_of(*[(assistant("", call(f"s{i}", "shell", command=f"echo {i}")), [result(f"s{i}")])
-                                    for i in range(3)]))
+    conv = conversation(
+        *steps_of(*[(assistant("", call(f"s{i}", "shell", command=f"echo {i}")), [result(f"s{i}")]) for i in range(3)])
+    )
     config = judge_config.model_copy(update={"max_concurrent": max_concurrent, "timeout_s": 5})
     with Judge(config, default_cache(store.root)) as judge:
         out = judge_partition([conv], {"checklist": {}}, {}, judge)
@@ -169,10 +215,14 @@ def test_parse_answer_validates_against_the_schema_sent():
     item = JudgeItem("x", "checklist", (), checklist_schema(["A", "B"]))
     good = verdicts(("A", "success"))
     assert parse_answer(f"```json\n{good}\n```", item)["checks"][0]["check_id"] == "A"
-    for bad, problem in [("", "empty"), ("{", "not JSON"), (verdicts(("C", "success")), "is not one of"),
-                         (verdicts(("A", "maybe")), "is not one of"),
-                         (verdicts(("A", "fail"), ("A", "success")), "more than once"),
-                         ('{"checks": [{"check_id": "A", "result": "fail"}]}', "reason")]:
+    for bad, problem in [
+        ("", "empty"),
+        ("{", "not JSON"),
+        (verdicts(("C", "success")), "is not one of"),
+        (verdicts(("A", "maybe")), "is not one of"),
+        (verdicts(("A", "fail"), ("A", "success")), "more than once"),
+        ('{"checks": [{"check_id": "A", "result": "fail"}]}', "reason"),
+    ]:
         with pytest.raises(_MalformedAnswer, match=problem):
             parse_answer(bad, item)
 

@@ -12,9 +12,20 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def run(model, instance, category, attempt, outcome, reward, isr=1.0, csr=1.0, steps=10, tokens=1000, cost=0.01):
-    return {"model": model, "instance_id": instance, "category": category, "run_id": f"{model}-{instance}-{attempt}",
-            "attempt": attempt, "outcome": outcome, "isr": isr, "csr": csr, "reward": reward, "n_steps": steps,
-            "tokens": tokens, "cost_usd": cost}
+    return {
+        "model": model,
+        "instance_id": instance,
+        "category": category,
+        "run_id": f"{model}-{instance}-{attempt}",
+        "attempt": attempt,
+        "outcome": outcome,
+        "isr": isr,
+        "csr": csr,
+        "reward": reward,
+        "n_steps": steps,
+        "tokens": tokens,
+        "cost_usd": cost,
+    }
 
 
 RUNS = [
@@ -57,7 +68,9 @@ def test_plots_report_and_metadata(tmp_path):
     index = board.write(tmp_path / "report")
     page = index.read_text()
     assert "<td>m-b</td>" in page and 'src="reward_distribution.png"' in page
-    assert (tmp_path / "report" / "pass_rate_by_category.png").read_bytes() == board.figures["pass_rate_by_category.png"]
+    assert (tmp_path / "report" / "pass_rate_by_category.png").read_bytes() == board.figures[
+        "pass_rate_by_category.png"
+    ]
 
 
 def test_no_runs_or_no_tests_still_render():
@@ -74,20 +87,36 @@ def test_run_summary_sql_over_the_store(store):
     def table(name, **columns):
         return Table(name, pa.schema(list(columns.items())), partitioned_by=("model", "instance"))
 
-    rewards = table("trajectory_rewards", run_id=pa.string(), attempt=pa.int64(), outcome=pa.float64(),
-                    reward=pa.float64())
+    rewards = table(
+        "trajectory_rewards", run_id=pa.string(), attempt=pa.int64(), outcome=pa.float64(), reward=pa.float64()
+    )
     judge = table("judge_summary", run_id=pa.string(), isr=pa.float64(), csr=pa.float64(), n_steps=pa.int64())
-    calls = table("raw_calls", run_id=pa.string(), input_tokens=pa.int64(), output_tokens=pa.int64(),
-                  cost_usd=pa.float64())
+    calls = table(
+        "raw_calls", run_id=pa.string(), input_tokens=pa.int64(), output_tokens=pa.int64(), cost_usd=pa.float64()
+    )
     tasks = Table("tasks", pa.schema([("instance_id", pa.string()), ("category", pa.string())]))
     part = {"model": "m-a", "instance": "i1"}
     store.write(rewards, pa.Table.from_pylist([{"run_id": "r1", "attempt": 0, "outcome": 1.0, "reward": 0.8}]), part)
     store.write(judge, pa.Table.from_pylist([{"run_id": "r1", "isr": 1.0, "csr": 0.9, "n_steps": 7}]), part)
-    store.write(calls, pa.Table.from_pylist([{"run_id": "r1", "input_tokens": 100, "output_tokens": 10,
-                                              "cost_usd": 0.01}] * 2), part)
+    store.write(
+        calls,
+        pa.Table.from_pylist([{"run_id": "r1", "input_tokens": 100, "output_tokens": 10, "cost_usd": 0.01}] * 2),
+        part,
+    )
     store.write(tasks, pa.Table.from_pylist([{"instance_id": "i1", "category": "SP"}]))
     [row] = store.sql(run_summary_sql()).to_pylist()
-    assert row == {"model": "m-a", "instance_id": "i1", "category": "SP", "run_id": "r1", "attempt": 0,
-                   "outcome": 1.0, "isr": 1.0, "csr": 0.9, "reward": 0.8, "n_steps": 7, "tokens": 220,
-                   "cost_usd": pytest.approx(0.02)}
+    assert row == {
+        "model": "m-a",
+        "instance_id": "i1",
+        "category": "SP",
+        "run_id": "r1",
+        "attempt": 0,
+        "outcome": 1.0,
+        "isr": 1.0,
+        "csr": 0.9,
+        "reward": 0.8,
+        "n_steps": 7,
+        "tokens": 220,
+        "cost_usd": pytest.approx(0.02),
+    }
     assert leaderboard([row]).table.to_pylist()[0]["mean_tokens"] == 220

@@ -18,14 +18,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trajhub_assets.merge.merge import merge_calls
-from trajhub_assets.merge.schema import conversations_to_table, table_to_conversations
 from trajhub_assets.merge.normalize import message, message_key, read_call, thinking_block, tool_call
+from trajhub_assets.merge.schema import conversations_to_table, table_to_conversations
 
 FORMATS = ("anthropic_messages", "openai_chat", "openai_responses")
 text = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=30)
-words = st.text(alphabet="abcdefgh \n{}\"", min_size=1, max_size=20)
-arguments = st.dictionaries(st.sampled_from(["path", "cmd", "n", "flag"]),
-                            st.one_of(text, st.integers(-5, 5), st.booleans()), max_size=3)
+words = st.text(alphabet='abcdefgh \n{}"', min_size=1, max_size=20)
+arguments = st.dictionaries(
+    st.sampled_from(["path", "cmd", "n", "flag"]), st.one_of(text, st.integers(-5, 5), st.booleans()), max_size=3
+)
 
 
 @st.composite
@@ -35,17 +36,23 @@ def conversations(draw, k: int, wire_format: str):
     messages.append(message("user", f"conversation {k}: " + draw(text)))
     turns = draw(st.integers(1, 5))
     for turn in range(turns):
-        calls = [tool_call(f"call_{k}_{turn}_{j}", draw(st.sampled_from(["Read", "Bash", "Edit"])),
-                           json.dumps(draw(arguments), ensure_ascii=False))
-                 for j in range(draw(st.integers(0, 2)))]
+        calls = [
+            tool_call(
+                f"call_{k}_{turn}_{j}",
+                draw(st.sampled_from(["Read", "Bash", "Edit"])),
+                json.dumps(draw(arguments), ensure_ascii=False),
+            )
+            for j in range(draw(st.integers(0, 2)))
+        ]
         reasoning = draw(st.one_of(st.none(), text))
         messages.append(message("assistant", draw(text), reasoning_content=reasoning, tool_calls=calls))
         if turn == turns - 1:
             break  # the last response may still ask for tools: the run was cut there
         for c in calls:
             is_error = draw(st.booleans()) if wire_format == "anthropic_messages" else None
-            messages.append(message("tool", draw(text), tool_call_id=c["id"], name=c["function"]["name"],
-                                    is_error=is_error))
+            messages.append(
+                message("tool", draw(text), tool_call_id=c["id"], name=c["function"]["name"], is_error=is_error)
+            )
         if not calls or draw(st.booleans()):
             messages.append(message("user", draw(text)))
         if draw(st.integers(0, 4)) == 0:
@@ -57,12 +64,16 @@ def conversations(draw, k: int, wire_format: str):
 def anthropic_request(messages, echo):
     system = messages[0]["content"] if messages and messages[0]["role"] == "system" else None
     out = []
-    for m in messages[1 if system is not None else 0:]:
+    for m in messages[1 if system is not None else 0 :]:
         if m["role"] == "assistant":
             out.append({"role": "assistant", "content": anthropic_content(m, echo)})
         elif m["role"] == "tool":
-            block = {"type": "tool_result", "tool_use_id": m["tool_call_id"], "content": m["content"],
-                     "is_error": m["is_error"]}
+            block = {
+                "type": "tool_result",
+                "tool_use_id": m["tool_call_id"],
+                "content": m["content"],
+                "is_error": m["is_error"],
+            }
             if out and out[-1]["role"] == "user" and out[-1]["content"][-1]["type"] == "tool_result":
                 out[-1]["content"].append(block)
             else:
@@ -86,8 +97,14 @@ def anthropic_content(m, echo):
     if m["content"]:
         blocks.append({"type": "text", "text": m["content"]})
     for c in m["tool_calls"] or []:
-        blocks.append({"type": "tool_use", "id": c["id"], "name": c["function"]["name"],
-                       "input": json.loads(c["function"]["arguments"])})
+        blocks.append(
+            {
+                "type": "tool_use",
+                "id": c["id"],
+                "name": c["function"]["name"],
+                "input": json.loads(c["function"]["arguments"]),
+            }
+        )
     return blocks
 
 
@@ -97,8 +114,10 @@ def chat_message(m, echo):
         if m["reasoning_content"] is not None and not echo.drop_reasoning:
             out["reasoning_content"] = m["reasoning_content"]
         if m["tool_calls"]:
-            out["tool_calls"] = [tool_call(c["id"], c["function"]["name"],
-                                           echo.arguments(c["function"]["arguments"])) for c in m["tool_calls"]]
+            out["tool_calls"] = [
+                tool_call(c["id"], c["function"]["name"], echo.arguments(c["function"]["arguments"]))
+                for c in m["tool_calls"]
+            ]
             if not m["content"] and echo.random.random() < 0.5:
                 out["content"] = None
     if m["role"] == "tool":
@@ -116,11 +135,18 @@ def response_items(m, echo):
         summary = [{"type": "summary_text", "text": m["reasoning_content"]}]
         items.append({"type": "reasoning", "summary": summary})
     if m["content"] or not (m["tool_calls"] or items):
-        items.append({"type": "message", "role": "assistant",
-                      "content": [{"type": "output_text", "text": m["content"]}]})
+        items.append(
+            {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": m["content"]}]}
+        )
     for c in m["tool_calls"] or []:
-        items.append({"type": "function_call", "call_id": c["id"], "name": c["function"]["name"],
-                      "arguments": echo.arguments(c["function"]["arguments"])})
+        items.append(
+            {
+                "type": "function_call",
+                "call_id": c["id"],
+                "name": c["function"]["name"],
+                "arguments": echo.arguments(c["function"]["arguments"]),
+            }
+        )
     return items
 
 
@@ -132,8 +158,12 @@ def request_for(wire_format, prompt, echo, since=0):
     if wire_format == "openai_chat":
         return {"model": "m", "messages": [chat_message(m, echo) for m in prompt]}
     system = prompt[0]["content"] if prompt and prompt[0]["role"] == "system" else None
-    request = {"model": "m", "input": [item for m in prompt[max(since, 1 if system is not None else 0):]
-                                        for item in response_items(m, echo)]}
+    request = {
+        "model": "m",
+        "input": [
+            item for m in prompt[max(since, 1 if system is not None else 0) :] for item in response_items(m, echo)
+        ],
+    }
     if system is not None:
         request["instructions"] = system
     return request
@@ -167,7 +197,7 @@ def runs(draw):
     echo = Echo(rng, drop_reasoning=draw(st.booleans()), reserialise=draw(st.booleans()))
     stateful = draw(st.booleans())  # OpenAI responses: chain calls by previous_response_id
     records, expected = [], []
-    for k, (messages, wire_format) in enumerate(zip(convs, formats)):
+    for k, (messages, wire_format) in enumerate(zip(convs, formats, strict=True)):
         want, previous = [], None
         for i, m in enumerate(messages):
             if m["role"] != "assistant":
@@ -180,16 +210,39 @@ def runs(draw):
                 request["previous_response_id"] = f"resp_{previous[1]}"
             base = {"run_id": "run-1", "wire_format": wire_format, "request": request}
             if rng.random() < 0.2:  # failed first, retried
-                records.append({**base, "call_id": call_id + "-failed", "call_kind": "agent",
-                                "status": "error", "response": None, "error": {"status_code": 529}})
+                records.append(
+                    {
+                        **base,
+                        "call_id": call_id + "-failed",
+                        "call_kind": "agent",
+                        "status": "error",
+                        "response": None,
+                        "error": {"status_code": 529},
+                    }
+                )
             if rng.random() < 0.2:
-                records.append({**base, "call_id": call_id + "-count", "call_kind": "count_tokens",
-                                "status": "ok", "response": {"input_tokens": 3}, "error": None})
-            record = {**base, "call_id": call_id, "call_kind": "agent", "status": "ok",
-                      "response": response_for(wire_format, m, call_id), "error": None}
+                records.append(
+                    {
+                        **base,
+                        "call_id": call_id + "-count",
+                        "call_kind": "count_tokens",
+                        "status": "ok",
+                        "response": {"input_tokens": 3},
+                        "error": None,
+                    }
+                )
+            record = {
+                **base,
+                "call_id": call_id,
+                "call_kind": "agent",
+                "status": "ok",
+                "response": response_for(wire_format, m, call_id),
+                "error": None,
+            }
             records.extend([record, dict(record)] if rng.random() < 0.3 else [record])
-            want.append({**m, "generation": True, "generated_by": call_id,
-                         **kept_from_wire(wire_format, m, record["response"])})
+            want.append(
+                {**m, "generation": True, "generated_by": call_id, **kept_from_wire(wire_format, m, record["response"])}
+            )
             previous = (i, call_id)
         expected.append(want)
     for seq, record in enumerate(records):
@@ -231,7 +284,8 @@ def test_merge_does_not_depend_on_record_order(run, rng):
     shuffled = list(records)
     rng.shuffle(shuffled)
     assert merge_calls(shuffled, model="m", instance="i", attempt=0) == merge_calls(
-        records, model="m", instance="i", attempt=0)
+        records, model="m", instance="i", attempt=0
+    )
 
 
 @settings(max_examples=100, deadline=None)
@@ -256,18 +310,42 @@ def runs_with_dropped_replies(draw):
     for i, m in enumerate(messages):
         if i in dropped:
             reply = message("assistant", f"dropped reply {i}")
-            records.append({"call_id": f"drop-{i}", "request": request_for(wire_format, messages[:i], echo),
-                            "response": response_for(wire_format, reply, f"drop-{i}")})
+            records.append(
+                {
+                    "call_id": f"drop-{i}",
+                    "request": request_for(wire_format, messages[:i], echo),
+                    "response": response_for(wire_format, reply, f"drop-{i}"),
+                }
+            )
         if m["role"] == "assistant":
-            records.append({"call_id": f"c-{i}", "request": request_for(wire_format, messages[:i], echo),
-                            "response": response_for(wire_format, m, f"c-{i}")})
-            want.append({**m, "generation": True, "generated_by": f"c-{i}",
-                         **kept_from_wire(wire_format, m, records[-1]["response"])})
+            records.append(
+                {
+                    "call_id": f"c-{i}",
+                    "request": request_for(wire_format, messages[:i], echo),
+                    "response": response_for(wire_format, m, f"c-{i}"),
+                }
+            )
+            want.append(
+                {
+                    **m,
+                    "generation": True,
+                    "generated_by": f"c-{i}",
+                    **kept_from_wire(wire_format, m, records[-1]["response"]),
+                }
+            )
         else:
             want.append(dict(m))
     for seq, record in enumerate(records):
-        record |= {"run_id": "run-1", "wire_format": wire_format, "call_kind": "agent", "status": "ok",
-                   "error": None, "seq": seq, "started_at": 1000.0 + seq, "ended_at": 1000.5 + seq}
+        record |= {
+            "run_id": "run-1",
+            "wire_format": wire_format,
+            "call_kind": "agent",
+            "status": "ok",
+            "error": None,
+            "seq": seq,
+            "started_at": 1000.0 + seq,
+            "ended_at": 1000.5 + seq,
+        }
     return records, want, dropped
 
 
@@ -297,11 +375,17 @@ def translated_runs(draw):
     translated = {}  # by call: both copies of a call logged twice are the same call
     for i, record in enumerate(records):
         # A call chained by previous_response_id only names its history: kept as sent.
-        if (record["wire_format"] != "anthropic_messages" and "previous_response_id" not in record["request"]
-                and record["call_kind"] != "count_tokens"
-                and translated.setdefault(record["call_id"], rng.random() < 0.7)):
-            records[i] = {**record, "litellm_model": "anthropic/m",
-                          "upstream_request": anthropic_request(read_call(record).prompt, echo)}
+        if (
+            record["wire_format"] != "anthropic_messages"
+            and "previous_response_id" not in record["request"]
+            and record["call_kind"] != "count_tokens"
+            and translated.setdefault(record["call_id"], rng.random() < 0.7)
+        ):
+            records[i] = {
+                **record,
+                "litellm_model": "anthropic/m",
+                "upstream_request": anthropic_request(read_call(record).prompt, echo),
+            }
     return records, expected
 
 
@@ -317,6 +401,7 @@ def test_calls_read_from_either_body_merge_into_the_same_conversations(run):
     assert sorted(keyed(c["messages"]) for c in merged) == sorted(keyed(messages) for messages in expected)
     for conversation in merged:
         ids = set(conversation["meta"]["call_ids"])
-        sources = {"upstream_request" if r.get("upstream_request") else "request" for r in records
-                   if r["call_id"] in ids}
+        sources = {
+            "upstream_request" if r.get("upstream_request") else "request" for r in records if r["call_id"] in ids
+        }
         assert conversation["meta"]["prompt_from"] == (sources.pop() if len(sources) == 1 else "mixed")

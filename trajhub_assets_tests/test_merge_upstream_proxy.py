@@ -13,17 +13,32 @@ from trajhub_assets.recording.scripted_upstream import Reply, text_block, tool_u
 from trajhub_assets.store import Store
 from trajhub_assets_tests.test_recording import post
 
-TOOL = {"type": "function", "function": {
-    "name": "bash", "description": "Run a shell command.", "strict": True,
-    "parameters": {"type": "object", "properties": {"cmd": {"type": "string"}}, "required": ["cmd"],
-                   "additionalProperties": False, "$schema": "http://json-schema.org/draft-07/schema#"}}}
+TOOL = {
+    "type": "function",
+    "function": {
+        "name": "bash",
+        "description": "Run a shell command.",
+        "strict": True,
+        "parameters": {
+            "type": "object",
+            "properties": {"cmd": {"type": "string"}},
+            "required": ["cmd"],
+            "additionalProperties": False,
+            "$schema": "http://json-schema.org/draft-07/schema#",
+        },
+    },
+}
 # A mid-conversation system message and a user's name: litellm moves the one and drops the other.
-OPENING = [{"role": "system", "content": "You are a coding agent."},
-           {"role": "user", "content": "Fix the pagination bug.", "name": "dev"},
-           {"role": "system", "content": "Working directory: /workspace"}]
-REPLIES = [Reply([text_block("Looking."), tool_use_block("toolu_1", "bash", {"cmd": "ls"})]),
-           Reply([tool_use_block("toolu_2", "bash", {"cmd": "cat pager.py", "timeout": 30})]),
-           Reply([text_block("Fixed: the last page was dropped.")])]
+OPENING = [
+    {"role": "system", "content": "You are a coding agent."},
+    {"role": "user", "content": "Fix the pagination bug.", "name": "dev"},
+    {"role": "system", "content": "Working directory: /workspace"},
+]
+REPLIES = [
+    Reply([text_block("Looking."), tool_use_block("toolu_1", "bash", {"cmd": "ls"})]),
+    Reply([tool_use_block("toolu_2", "bash", {"cmd": "cat pager.py", "timeout": 30})]),
+    Reply([text_block("Fixed: the last page was dropped.")]),
+]
 RESULTS = ["pager.py", "def paginate(items, size): ..."]
 
 
@@ -64,18 +79,32 @@ def test_merged_conversation_is_what_the_anthropic_upstream_received(proxy, upst
     run_id = make_run_id("scripted-model", "merge-upstream", 0)
     messages, responses = list(OPENING), []
     for i in range(3):
-        body = {"model": "scripted-anthropic", "stream": i == 1, "tools": [TOOL], "max_tokens": 512,
-                "messages": messages}
+        body = {
+            "model": "scripted-anthropic",
+            "stream": i == 1,
+            "tools": [TOOL],
+            "max_tokens": 512,
+            "messages": messages,
+        }
         response = post(proxy, "/v1/chat/completions", body, run_id)
         assert response.status_code == 200, response.text
         if i == 1:  # a stream: the client joins the chunks, as an agent would
-            chunks = [json.loads(line[6:]) for line in response.text.splitlines()
-                      if line.startswith("data: {")]
+            chunks = [json.loads(line[6:]) for line in response.text.splitlines() if line.startswith("data: {")]
             calls = [d["tool_calls"][0] for c in chunks for d in [c["choices"][0]["delta"]] if d.get("tool_calls")]
-            reply = {"role": "assistant", "content": None, "tool_calls": [
-                {"id": calls[0]["id"], "type": "function", "function": {
-                    "name": calls[0]["function"]["name"],
-                    "arguments": "".join(c["function"].get("arguments") or "" for c in calls)}}]}
+            reply = {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": calls[0]["id"],
+                        "type": "function",
+                        "function": {
+                            "name": calls[0]["function"]["name"],
+                            "arguments": "".join(c["function"].get("arguments") or "" for c in calls),
+                        },
+                    }
+                ],
+            }
         else:
             message = response.json()["choices"][0]["message"]
             reply = {"role": "assistant", "content": message["content"], "tool_calls": message.get("tool_calls")}
@@ -94,17 +123,21 @@ def test_merged_conversation_is_what_the_anthropic_upstream_received(proxy, upst
     meta, merged = conversation["meta"], conversation["messages"]
     ids = [r["call_id"] for r in sorted(records, key=lambda r: r["seq"])]
     assert (meta["kind"], meta["call_ids"], meta["prompt_from"], meta["prompt_fallback_call_ids"]) == (
-        "main", ids, "upstream_request", [])
+        "main",
+        ids,
+        "upstream_request",
+        [],
+    )
 
     last = upstream.served[-1].request.body
     assert len(last["messages"]) < len(messages)  # the upstream did get another conversation
     assert [as_seen(m) for m in merged[:-1]] == seen_by_the_upstream(last)
     assert all(m["name"] is None for m in merged if m["role"] == "user")  # litellm dropped it
-    assert [(t["function"]["name"], t["function"]["description"], t["function"]["parameters"])
-            for t in conversation["tools"]] == [(t["name"], t.get("description"), t["input_schema"])
-                                                for t in last["tools"]]
+    assert [
+        (t["function"]["name"], t["function"]["description"], t["function"]["parameters"])
+        for t in conversation["tools"]
+    ] == [(t["name"], t.get("description"), t["input_schema"]) for t in last["tools"]]
     final = merged[-1]
-    assert (final["role"], final["content"], final["generated_by"]) == (
-        "assistant", responses[-1]["content"], ids[-1])
+    assert (final["role"], final["content"], final["generated_by"]) == ("assistant", responses[-1]["content"], ids[-1])
     # Each response, read as the client got it, is the message the upstream was sent back.
     assert [m["generated_by"] for m in merged if m["generation"]] == ids

@@ -21,14 +21,16 @@ import pytest
 from trajhub_assets.errors import RecordError
 from trajhub_assets.interchange.minivela import minivela_to_calls, read_minivela
 from trajhub_assets.merge.merge import merge_calls
-
 from trajhub_assets_tests.shared_data import MINIVELA as SAMPLE
 
 RAW = SAMPLE / "raw_benchmark-md-emoji-test-001.jsonl"
 MERGED = SAMPLE / "merged_benchmark-md-emoji-test-001.jsonl"
 # Lines of Claude Code's system prompt that differ between the two runs (machine, date, permissions).
-RUN_SPECIFIC = re.compile(r"^(OS Version|Today's date).*\n"
-                          r"|^You can use the following tools without requiring.*\n\n", re.M)
+RUN_SPECIFIC = re.compile(
+    r"^(OS Version|Today's date).*\n"
+    r"|^You can use the following tools without requiring.*\n\n",
+    re.M,
+)
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +80,7 @@ def test_import_names_line_and_field_of_broken_input(tmp_path, raw_lines):
 def test_same_conversations_as_minivela(ours, theirs):
     assert len(ours) == len(theirs) == 2
     assert [c["meta"]["kind"] for c in ours] == ["warmup", "main"]
-    for mine, other in zip(ours, theirs):
+    for mine, other in zip(ours, theirs, strict=True):
         assert system_text(mine["messages"][0]["content"]) == system_text(other["messages"][0]["content"])
         roles = [m["role"] for m in mine["messages"]]
         assert roles[0] == "system" and roles[1] == "user"
@@ -105,7 +107,7 @@ def test_tools_match_minivela_and_keep_the_whole_schema(ours, theirs):
     assert ours[0]["tools"] == theirs[0]["tools"] == []
     mine, other = ours[1]["tools"], theirs[1]["tools"]
     assert [t["function"]["name"] for t in mine] == [t["function"]["name"] for t in other]
-    for a, b in zip(mine, other):
+    for a, b in zip(mine, other, strict=True):
         assert a["type"] == b["type"] == "function"
         assert a["function"]["description"] == b["function"]["description"]
         parameters = a["function"]["parameters"]
@@ -138,6 +140,7 @@ def test_thinking_dropped_by_the_client_is_restored(raw_lines):
     def drop_thinking(line):
         history = line["request_body"]["messages"][1]
         history["content"] = [b for b in history["content"] if b["type"] != "thinking"]
+
     main = _variant(raw_lines, drop_thinking)[1]["messages"]
     assert main[2]["reasoning_content"] == raw_lines[2]["response_body"]["content"][0]["thinking"]
     assert main[2]["generation"] is True
@@ -146,11 +149,16 @@ def test_thinking_dropped_by_the_client_is_restored(raw_lines):
 def test_every_text_and_thinking_block_is_kept(raw_lines):
     """mini-vela keeps only the last text block and drops a conversation whose message has two
     thinking blocks; we keep every block, in order."""
+
     def split_blocks(line):
         content = line["response_body"]["content"]
         line["response_body"]["content"] = [
-            {"type": "thinking", "thinking": "first thought"}, content[0],
-            {"type": "text", "text": "Part one. "}, content[1]]
+            {"type": "thinking", "thinking": "first thought"},
+            content[0],
+            {"type": "text", "text": "Part one. "},
+            content[1],
+        ]
+
     main = _variant(raw_lines, split_blocks)[1]["messages"]
     original = raw_lines[4]["response_body"]["content"]
     assert main[4]["reasoning_content"] == "first thought\n\n" + original[0]["thinking"]

@@ -13,13 +13,29 @@ from trajhub_assets.merge.schema import conversations_to_table, table_to_convers
 from trajhub_assets.pairs.pairs import PairPolicy, preference_pairs
 from trajhub_assets.pairs.schema import PREFERENCE_PAIRS
 
-TOOLS = [{"type": "function", "function": {"name": "shell", "description": "run a command",
-                                           "parameters": {"type": "object", "properties": {"cmd": {"type": "string"}}}}}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "shell",
+            "description": "run a command",
+            "parameters": {"type": "object", "properties": {"cmd": {"type": "string"}}},
+        },
+    }
+]
 
 
 def msg(role, content="", **extra):
-    base = {"role": role, "content": content, "reasoning_content": None, "tool_calls": None,
-            "tool_call_id": None, "name": None, "is_error": None, "generation": role == "assistant"}
+    base = {
+        "role": role,
+        "content": content,
+        "reasoning_content": None,
+        "tool_calls": None,
+        "tool_call_id": None,
+        "name": None,
+        "is_error": None,
+        "generation": role == "assistant",
+    }
     return base | extra
 
 
@@ -27,24 +43,41 @@ def call(cmd, call_id):
     return {"id": call_id, "type": "function", "function": {"name": "shell", "arguments": json.dumps({"cmd": cmd})}}
 
 
-def trajectory(run_id, model, attempt, commands, system="You are a coding agent.", final="done", id_prefix=None,
-               act_content=""):
+def trajectory(
+    run_id, model, attempt, commands, system="You are a coding agent.", final="done", id_prefix=None, act_content=""
+):
     """system, user, then one (assistant tool call, tool result) step per command, then a final answer."""
     messages = [msg("system", system), msg("user", "fix the bug")]
     for k, cmd in enumerate(commands):
         call_id = f"{id_prefix or run_id}-{k}"
         messages.append(msg("assistant", act_content, tool_calls=[call(cmd, call_id)]))
-        messages.append(msg("tool", f"output of {cmd}", tool_call_id=call_id, name="shell", is_error=False,
-                            generation=False))
+        messages.append(
+            msg("tool", f"output of {cmd}", tool_call_id=call_id, name="shell", is_error=False, generation=False)
+        )
     messages.append(msg("assistant", final))
-    return {"meta": {"run_id": run_id, "model": model, "instance": "inst-1", "attempt": attempt,
-                     "conversation_id": f"{run_id}-c0", "kind": "main"},
-            "tools": TOOLS, "messages": messages}
+    return {
+        "meta": {
+            "run_id": run_id,
+            "model": model,
+            "instance": "inst-1",
+            "attempt": attempt,
+            "conversation_id": f"{run_id}-c0",
+            "kind": "main",
+        },
+        "tools": TOOLS,
+        "messages": messages,
+    }
 
 
 def reward(run_id, value, version="v1"):
-    return {"run_id": run_id, "reward": value, "outcome": 1.0, "step_mean": 0.5, "checklist_pass_rate": 1.0,
-            "reward_version": version}
+    return {
+        "run_id": run_id,
+        "reward": value,
+        "outcome": 1.0,
+        "step_mean": 0.5,
+        "checklist_pass_rate": 1.0,
+        "reward_version": version,
+    }
 
 
 def assert_trl_preference(row: dict) -> None:
@@ -73,16 +106,24 @@ def assert_trl_preference(row: dict) -> None:
 
 
 def test_trajectory_pairs_rank_by_reward_with_a_margin():
-    runs = [trajectory("r1", "m-a", 0, ["ls"]), trajectory("r2", "m-b", 0, ["cat x"]),
-            trajectory("r3", "m-c", 0, ["pwd"])]
-    result = preference_pairs(runs, [reward("r1", 0.9), reward("r2", 0.5), reward("r3", 0.48)], [],
-                              PairPolicy(min_margin=0.05, step_pairs=False))
+    runs = [
+        trajectory("r1", "m-a", 0, ["ls"]),
+        trajectory("r2", "m-b", 0, ["cat x"]),
+        trajectory("r3", "m-c", 0, ["pwd"]),
+    ]
+    result = preference_pairs(
+        runs,
+        [reward("r1", 0.9), reward("r2", 0.5), reward("r3", 0.48)],
+        [],
+        PairPolicy(min_margin=0.05, step_pairs=False),
+    )
     rows = result.table.to_pylist()
     assert {(r["chosen_run_id"], r["rejected_run_id"]) for r in rows} == {("r1", "r2"), ("r1", "r3")}
     assert result.stats["skipped_below_margin"] == 1
     for r in rows:
         assert r["chosen_reward"] > r["rejected_reward"] and r["margin"] == pytest.approx(
-            r["chosen_reward"] - r["rejected_reward"])
+            r["chosen_reward"] - r["rejected_reward"]
+        )
         assert r["kind"] == "trajectory" and r["instance_id"] == "inst-1" and r["reward_version"] == "v1"
         assert r["prompt_shared"] and [m["role"] for m in r["prompt"]] == ["system", "user"]
         assert r["chosen"][0]["tool_calls"][0]["function"]["name"] == "shell"
@@ -121,8 +162,12 @@ def test_step_pairs_at_the_divergence_of_a_shared_prefix():
     # Same first step (tool-call ids differ: clients make them up), different second step.
     a = trajectory("r1", "m-a", 0, ["ls", "pytest"], id_prefix="toolu_x")
     b = trajectory("r2", "m-a", 1, ["ls", "rm -rf build"], id_prefix="toolu_y")
-    steps = [{"run_id": "r1", "step_index": 0, "step_reward": 0.5}, {"run_id": "r1", "step_index": 1, "step_reward": 0.9},
-             {"run_id": "r2", "step_index": 0, "step_reward": 0.5}, {"run_id": "r2", "step_index": 1, "step_reward": 0.2}]
+    steps = [
+        {"run_id": "r1", "step_index": 0, "step_reward": 0.5},
+        {"run_id": "r1", "step_index": 1, "step_reward": 0.9},
+        {"run_id": "r2", "step_index": 0, "step_reward": 0.5},
+        {"run_id": "r2", "step_index": 1, "step_reward": 0.2},
+    ]
     result = preference_pairs([a, b], [reward("r1", 0.8), reward("r2", 0.3)], steps, PairPolicy(min_margin=0.1))
     [step] = [r for r in result.table.to_pylist() if r["kind"] == "step"]
     assert (step["chosen_run_id"], step["chosen_step_index"], step["rejected_step_index"]) == ("r1", 1, 1)
@@ -143,7 +188,10 @@ def test_step_pairs_at_the_divergence_of_a_shared_prefix():
 def test_step_pairs_skip_steps_without_reward_or_margin():
     a = trajectory("r1", "m-a", 0, ["ls"])
     b = trajectory("r2", "m-b", 0, ["pwd"])
-    close = [{"run_id": "r1", "step_index": 0, "step_reward": 0.50}, {"run_id": "r2", "step_index": 0, "step_reward": 0.52}]
+    close = [
+        {"run_id": "r1", "step_index": 0, "step_reward": 0.50},
+        {"run_id": "r2", "step_index": 0, "step_reward": 0.52},
+    ]
     result = preference_pairs([a, b], [reward("r1", 0.5), reward("r2", 0.5)], close, PairPolicy(min_margin=0.05))
     assert result.table.num_rows == 0
     missing = preference_pairs([a, b], [], close[:1], PairPolicy())
@@ -177,8 +225,10 @@ def test_mixed_reward_versions_are_an_error():
 
 def test_trajectory_rewards_table_rows_name_their_version_by_weights():
     runs = [trajectory("r1", "m-a", 0, ["ls"]), trajectory("r2", "m-b", 0, ["pwd"])]
-    rows = [{"run_id": r, "reward": v, "weight_outcome": 0.5, "weight_step": 0.25, "weight_checklist": 0.25}
-            for r, v in (("r1", 0.9), ("r2", 0.2))]
+    rows = [
+        {"run_id": r, "reward": v, "weight_outcome": 0.5, "weight_step": 0.25, "weight_checklist": 0.25}
+        for r, v in (("r1", 0.9), ("r2", 0.2))
+    ]
     [row] = preference_pairs(runs, rows, [], PairPolicy(step_pairs=False)).table.to_pylist()
     assert row["reward_version"] == "weights:checklist=0.25,outcome=0.5,step=0.25"
 
@@ -222,23 +272,54 @@ def opaque(seed: str, repeat: int = 4) -> str:
 def claude_trajectory(run_id, model, attempt, commands):
     """One recorded Anthropic run, merged: each step is signed thinking, a text block with a citation
     (kept in extra), redacted thinking and a tool call (the order kept in content_parts)."""
-    tools = [{"name": "shell", "description": "run a command",
-              "input_schema": {"type": "object", "properties": {"cmd": {"type": "string"}}}}]
+    tools = [
+        {
+            "name": "shell",
+            "description": "run a command",
+            "input_schema": {"type": "object", "properties": {"cmd": {"type": "string"}}},
+        }
+    ]
     history, calls = [{"role": "user", "content": "fix the bug"}], []
-    replies = [[{"type": "thinking", "thinking": f"Try {cmd}.", "signature": opaque(f"sig {cmd}")},
-                {"type": "text", "text": f"Running {cmd}.", "citations": [{"type": "char_location", "cited_text": cmd}]},
-                {"type": "redacted_thinking", "data": opaque(f"data {cmd}", repeat=40)},
-                {"type": "tool_use", "id": f"toolu_{run_id}_{k}", "name": "shell", "input": {"cmd": cmd}}]
-               for k, cmd in enumerate(commands)] + [[{"type": "text", "text": "done"}]]
+    replies = [
+        [
+            {"type": "thinking", "thinking": f"Try {cmd}.", "signature": opaque(f"sig {cmd}")},
+            {"type": "text", "text": f"Running {cmd}.", "citations": [{"type": "char_location", "cited_text": cmd}]},
+            {"type": "redacted_thinking", "data": opaque(f"data {cmd}", repeat=40)},
+            {"type": "tool_use", "id": f"toolu_{run_id}_{k}", "name": "shell", "input": {"cmd": cmd}},
+        ]
+        for k, cmd in enumerate(commands)
+    ] + [[{"type": "text", "text": "done"}]]
     for seq, reply in enumerate(replies):
-        calls.append({"run_id": run_id, "call_id": f"{run_id}-c{seq}", "seq": seq, "started_at": 1.0 + seq,
-                      "ended_at": 1.5 + seq, "wire_format": "anthropic_messages", "call_kind": "agent",
-                      "status": "ok", "response": {"content": reply},
-                      "request": {"model": model, "system": "You are a coding agent.", "tools": tools,
-                                  "messages": list(history), "max_tokens": 100}})
+        calls.append(
+            {
+                "run_id": run_id,
+                "call_id": f"{run_id}-c{seq}",
+                "seq": seq,
+                "started_at": 1.0 + seq,
+                "ended_at": 1.5 + seq,
+                "wire_format": "anthropic_messages",
+                "call_kind": "agent",
+                "status": "ok",
+                "response": {"content": reply},
+                "request": {
+                    "model": model,
+                    "system": "You are a coding agent.",
+                    "tools": tools,
+                    "messages": list(history),
+                    "max_tokens": 100,
+                },
+            }
+        )
         if seq < len(commands):
-            history += [{"role": "assistant", "content": reply}, {"role": "user", "content": [
-                {"type": "tool_result", "tool_use_id": reply[-1]["id"], "content": f"output of {commands[seq]}"}]}]
+            history += [
+                {"role": "assistant", "content": reply},
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "tool_result", "tool_use_id": reply[-1]["id"], "content": f"output of {commands[seq]}"}
+                    ],
+                },
+            ]
     [conversation] = merge_calls(calls, model=model, instance="inst-1", attempt=attempt)
     # as the pairs and release assets read it: through the merged_trajectories table
     [conversation] = table_to_conversations(conversations_to_table([conversation]), model=model, instance="inst-1")
@@ -257,8 +338,10 @@ def test_thinking_signatures_parts_and_extra_survive_into_pairs(store):
     assert act["thinking_blocks"][0]["signature"] == opaque("sig ls")  # what the wire sent
     assert act["thinking_blocks"][1]["data"] == opaque("data ls", repeat=40)
     assert act["content_parts"] and json.loads(act["extra"])["content[1].citations"]
-    steps = [{"run_id": r, "step_index": k, "step_reward": v}
-             for r, k, v in [("r1", 0, 0.5), ("r1", 1, 0.9), ("r2", 0, 0.5), ("r2", 1, 0.2)]]
+    steps = [
+        {"run_id": r, "step_index": k, "step_reward": v}
+        for r, k, v in [("r1", 0, 0.5), ("r1", 1, 0.9), ("r2", 0, 0.5), ("r2", 1, 0.2)]
+    ]
     table = preference_pairs([a, b], [reward("r1", 0.8), reward("r2", 0.3)], steps, PairPolicy(min_margin=0.1)).table
     store.write(PREFERENCE_PAIRS, table, {"instance": "inst-1"})
     rows = store.read(PREFERENCE_PAIRS, {"instance": "inst-1"}).to_pylist()
@@ -268,10 +351,11 @@ def test_thinking_signatures_parts_and_extra_survive_into_pairs(store):
         assert_trl_preference(row)
         chosen_run, rejected_run = (a, b) if row["chosen_run_id"] == "r1" else (b, a)
         shown = row["prompt"] + row["chosen"]
-        assert [kept_fields(m) for m in shown] == [kept_fields(m) for m in chosen_run["messages"][:len(shown)]]
+        assert [kept_fields(m) for m in shown] == [kept_fields(m) for m in chosen_run["messages"][: len(shown)]]
         start = len(row["prompt"])
         assert [kept_fields(m) for m in row["rejected"]] == [
-            kept_fields(m) for m in rejected_run["messages"][start:start + len(row["rejected"])]]
+            kept_fields(m) for m in rejected_run["messages"][start : start + len(row["rejected"])]
+        ]
     [step] = [r for r in rows if r["kind"] == "step"]
     assert step["chosen"][0]["thinking_blocks"][0]["signature"] == opaque("sig pytest")
     assert step["rejected"][0]["thinking_blocks"][1]["data"] == opaque("data rm -rf build", repeat=40)

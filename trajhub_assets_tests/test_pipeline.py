@@ -12,10 +12,10 @@ import yaml
 from dagster import DagsterInstance
 
 from trajhub_assets.config import load_config
+from trajhub_assets.definitions import environment, environment_resources
 from trajhub_assets.jobs import build_pairs_job, record_and_score_job, release_job
 from trajhub_assets.orchestration import prepare, run_stage
 from trajhub_assets.partitions import instances_partitions, run_partitions
-from trajhub_assets.definitions import environment, environment_resources
 from trajhub_assets.resources import ProjectResource, StoreResource
 from trajhub_assets.store import Store
 from trajhub_assets.tasks.catalog import load_catalog
@@ -28,20 +28,31 @@ def write_project(tmp_path, backend: str = "docker", instances=TASKS) -> str:
     tasks = tmp_path / "tasks.jsonl"
     tasks.write_text("".join(json.dumps(demo[i]) + "\n" for i in instances))
     config = tmp_path / "project.yaml"
-    config.write_text(yaml.safe_dump({
-        "tasks": [{"path": str(tasks)}],
-        "models": [{"name": f"baseline/{p}", "route": f"trajhub-baseline/{p}", "scaffold": "builtin"}
-                   for p in ("careful", "hasty")],
-        "sandbox": {"backend": backend, "timeout_s": 300, "max_concurrent": 2, "cpus": 1, "memory": "1g"},
-        "judge": {"model": "baseline/judge"},
-        "release": {"min_margin": 0.01}}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "tasks": [{"path": str(tasks)}],
+                "models": [
+                    {"name": f"baseline/{p}", "route": f"trajhub-baseline/{p}", "scaffold": "builtin"}
+                    for p in ("careful", "hasty")
+                ],
+                "sandbox": {"backend": backend, "timeout_s": 300, "max_concurrent": 2, "cpus": 1, "memory": "1g"},
+                "judge": {"model": "baseline/judge"},
+                "release": {"min_margin": 0.01},
+            }
+        )
+    )
     return str(config)
 
 
 def resources(tmp_path, config: str) -> dict:
     project = ProjectResource(path=config)
-    return environment_resources(project, environment(project.load()), StoreResource(root=str(tmp_path / "home")),
-                                 recordings_dir=str(tmp_path / "home/recordings"))
+    return environment_resources(
+        project,
+        environment(project.load()),
+        StoreResource(root=str(tmp_path / "home")),
+        recordings_dir=str(tmp_path / "home/recordings"),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -52,11 +63,22 @@ def pipeline(tmp_path_factory, docker_engine):
     prepare(instance, res)
     keys = run_partitions.get_partition_keys(dynamic_partitions_store=instance)
     per_run = run_stage(instance, record_and_score_job, keys, resources=res)
-    run_stage(instance, build_pairs_job,
-              instances_partitions.get_partition_keys(dynamic_partitions_store=instance), resources=res)
+    run_stage(
+        instance,
+        build_pairs_job,
+        instances_partitions.get_partition_keys(dynamic_partitions_store=instance),
+        resources=res,
+    )
     release = run_stage(instance, release_job, resources=res)
-    return {"release": release, "store": Store(tmp_path / "home"), "keys": keys, "per_run": per_run, "instance": instance,
-            "res": res, "home": tmp_path / "home"}
+    return {
+        "release": release,
+        "store": Store(tmp_path / "home"),
+        "keys": keys,
+        "per_run": per_run,
+        "instance": instance,
+        "res": res,
+        "home": tmp_path / "home",
+    }
 
 
 def test_one_batched_run_covered_every_partition(pipeline):
@@ -75,7 +97,9 @@ def test_each_partition_shows_its_own_counts_and_the_batch_its_totals(pipeline):
         counts[m.partition] = (m.metadata["runs"].value, m.metadata["calls"].value)
         assert counts[m.partition] == (runs[0]["n"], calls[0]["n"])
         assert sorted(r.data["run_id"] for r in m.metadata["runs_table"].records) == sorted(
-            r["run_id"] for r in store.sql("SELECT run_id FROM runs WHERE model = ? AND instance = ?", where).to_pylist())
+            r["run_id"]
+            for r in store.sql("SELECT run_id FROM runs WHERE model = ? AND instance = ?", where).to_pylist()
+        )
         assert m.metadata["batch_runs"].value == store.sql("SELECT count(*) AS n FROM runs").to_pylist()[0]["n"]
     assert len(set(counts.values())) > 1  # careful and hasty make different numbers of calls
     for m in pipeline["per_run"].asset_materializations_for_node("rule_rewards"):
@@ -85,11 +109,15 @@ def test_each_partition_shows_its_own_counts_and_the_batch_its_totals(pipeline):
 def test_every_blocking_check_ran_and_passed(pipeline):
     evaluations = pipeline["per_run"].get_asset_check_evaluations()
     assert {(e.asset_key.to_user_string(), e.check_name) for e in evaluations} == {
-        ("raw_trajectories", "every_run_has_calls"), ("raw_trajectories", "no_credentials"),
+        ("raw_trajectories", "every_run_has_calls"),
+        ("raw_trajectories", "no_credentials"),
         ("merged_trajectories", "generation_flags_consistent"),
         ("merged_trajectories", "no_orphan_tool_results"),
-        ("rule_rewards", "rule_values_in_range"), ("rule_rewards", "every_rule_hit_has_evidence"),
-        ("judge_rewards", "judge_values_in_range"), ("trajectory_rewards", "reward_values_in_range")}
+        ("rule_rewards", "rule_values_in_range"),
+        ("rule_rewards", "every_rule_hit_has_evidence"),
+        ("judge_rewards", "judge_values_in_range"),
+        ("trajectory_rewards", "reward_values_in_range"),
+    }
     assert all(e.passed for e in evaluations)
 
 
@@ -101,8 +129,10 @@ def test_a_sample_of_the_release_replays_exactly(pipeline):
 
 
 def test_runs_record_outcome_and_diff(pipeline):
-    runs = {r["model"]: r for r in pipeline["store"].sql(
-        "SELECT * FROM runs WHERE instance = 'demo-lru-eviction'").to_pylist()}
+    runs = {
+        r["model"]: r
+        for r in pipeline["store"].sql("SELECT * FROM runs WHERE instance = 'demo-lru-eviction'").to_pylist()
+    }
     careful, hasty = runs["baseline__careful"], runs["baseline__hasty"]
     assert careful["error"] is None and careful["backend"] == "docker"
     assert careful["resolved"] and careful["tests_failed"] == 0 and careful["tests_total"] > 0
@@ -113,12 +143,15 @@ def test_runs_record_outcome_and_diff(pipeline):
 
 def test_the_recorded_calls_hold_what_the_agent_saw(pipeline):
     store = pipeline["store"]
-    calls = store.sql("SELECT run_id, count(*) AS n, min(status) AS status FROM raw_calls "
-                      "GROUP BY run_id").to_pylist()
+    calls = store.sql("SELECT run_id, count(*) AS n, min(status) AS status FROM raw_calls GROUP BY run_id").to_pylist()
     assert len(calls) == 4 and all(c["n"] >= 4 and c["status"] == "ok" for c in calls)
-    (careful,) = [c for c in store.sql(
-        "SELECT * EXCLUDE (model, instance) FROM merged_trajectories "
-        "WHERE model = 'baseline__careful' AND instance = 'demo-lru-eviction'").to_pylist()]
+    (careful,) = [
+        c
+        for c in store.sql(
+            "SELECT * EXCLUDE (model, instance) FROM merged_trajectories "
+            "WHERE model = 'baseline__careful' AND instance = 'demo-lru-eviction'"
+        ).to_pylist()
+    ]
     assert careful["kind"] == "main"
     tool_results = [m["content"] for m in careful["messages"] if m["role"] == "tool"]
     # the first test run failed, the one after the fix passed: the agent saw both, in order
@@ -135,8 +168,9 @@ def test_rules_and_judge_separate_the_baselines(pipeline):
     assert ("baseline__hasty", "repeated_tool_call") in fired
     assert ("baseline__hasty", "edit_unread_file") in fired
     assert ("baseline__careful", "repeated_tool_call") not in fired
-    rewards = {(r["model"], r["instance"]): r["reward"]
-               for r in store.sql("SELECT * FROM trajectory_rewards").to_pylist()}
+    rewards = {
+        (r["model"], r["instance"]): r["reward"] for r in store.sql("SELECT * FROM trajectory_rewards").to_pylist()
+    }
     for task in TASKS:
         assert rewards[("baseline__careful", task)] > rewards[("baseline__hasty", task)]
 
@@ -152,16 +186,19 @@ def test_release_and_no_credentials_anywhere(pipeline):
     releases = list((pipeline["home"] / "releases").glob("*/*/manifest.json"))
     assert len(releases) == 1
     # the proxy's master keys all start so; the release's own secret scan ran too
-    hits = subprocess.run(["grep", "-rIl", "sk-trajhub-", str(pipeline["home"])],
-                          capture_output=True, text=True)
+    hits = subprocess.run(["grep", "-rIl", "sk-trajhub-", str(pipeline["home"])], capture_output=True, text=True)
     assert hits.stdout == ""
 
 
 def test_judge_rematerialization_calls_the_judge_zero_times(pipeline):
-    result = run_stage(pipeline["instance"], record_and_score_job, pipeline["keys"], resources=pipeline["res"],
-                       selection=["judge_rewards"])
-    requests = {m.metadata["judge_requests"].value
-                for m in result.asset_materializations_for_node("judge_rewards")}
+    result = run_stage(
+        pipeline["instance"],
+        record_and_score_job,
+        pipeline["keys"],
+        resources=pipeline["res"],
+        selection=["judge_rewards"],
+    )
+    requests = {m.metadata["judge_requests"].value for m in result.asset_materializations_for_node("judge_rewards")}
     assert requests == {0}
 
 
@@ -179,16 +216,17 @@ CONCURRENT = textwrap.dedent("""
 """)
 
 
-def test_two_partitions_materialize_concurrently_without_mixing_calls(tmp_path, docker_engine,
-                                                                      monkeypatch):
+def test_two_partitions_materialize_concurrently_without_mixing_calls(tmp_path, docker_engine, monkeypatch):
     config = write_project(tmp_path, instances=("demo-lru-eviction",))
     res = resources(tmp_path, config)
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
     (tmp_path / "dagster").mkdir()
     instance = DagsterInstance.get()
     prepare(instance, res)
-    processes = [subprocess.Popen([sys.executable, "-c", CONCURRENT, str(tmp_path), config, model])
-                 for model in ("baseline__careful", "baseline__hasty")]
+    processes = [
+        subprocess.Popen([sys.executable, "-c", CONCURRENT, str(tmp_path), config, model])
+        for model in ("baseline__careful", "baseline__hasty")
+    ]
     assert [p.wait(timeout=600) for p in processes] == [0, 0]
     store = Store(tmp_path / "home")
     rows = store.sql("SELECT model, run_id FROM raw_calls").to_pylist()

@@ -32,35 +32,57 @@ from trajhub_assets.recording.scripted_upstream import (
 from trajhub_assets.resources import ProjectResource
 from trajhub_assets.store import Store
 
-BASH_TOOL = {"name": "bash", "description": "Run a shell command.",
-             "input_schema": {"type": "object", "properties": {"cmd": {"type": "string"}}}}
-CHAT_BASH_TOOL = {"type": "function", "function": {"name": "bash", "description": "Run a shell command.",
-                                                   "parameters": BASH_TOOL["input_schema"]}}
+BASH_TOOL = {
+    "name": "bash",
+    "description": "Run a shell command.",
+    "input_schema": {"type": "object", "properties": {"cmd": {"type": "string"}}},
+}
+CHAT_BASH_TOOL = {
+    "type": "function",
+    "function": {"name": "bash", "description": "Run a shell command.", "parameters": BASH_TOOL["input_schema"]},
+}
 AGENT_REPLY = Reply(
-    [thinking_block("The tests fail on an empty page; look at paginate() first.", "EqQBCkYIBRgCKkDsig+/=="),
-     text_block("I'll read the pager module."),
-     tool_use_block("toolu_01A", "bash", {"cmd": "cat pager/paginate.py", "timeout": 30})],
-    input_tokens=1200, output_tokens=80, cache_read_tokens=1000, cache_creation_tokens=50)
+    [
+        thinking_block("The tests fail on an empty page; look at paginate() first.", "EqQBCkYIBRgCKkDsig+/=="),
+        text_block("I'll read the pager module."),
+        tool_use_block("toolu_01A", "bash", {"cmd": "cat pager/paginate.py", "timeout": 30}),
+    ],
+    input_tokens=1200,
+    output_tokens=80,
+    cache_read_tokens=1000,
+    cache_creation_tokens=50,
+)
 
 
 def anthropic_body(text: str, stream: bool = False, **extra) -> dict:
-    return {"model": "scripted-anthropic", "max_tokens": 2048, "stream": stream,
-            "system": [{"type": "text", "text": "You are a coding agent.", "cache_control": {"type": "ephemeral"}}],
-            "tools": [BASH_TOOL], "thinking": {"type": "enabled", "budget_tokens": 1024},
-            "messages": [{"role": "user", "content": text}], **extra}
+    return {
+        "model": "scripted-anthropic",
+        "max_tokens": 2048,
+        "stream": stream,
+        "system": [{"type": "text", "text": "You are a coding agent.", "cache_control": {"type": "ephemeral"}}],
+        "tools": [BASH_TOOL],
+        "thinking": {"type": "enabled", "budget_tokens": 1024},
+        "messages": [{"role": "user", "content": text}],
+        **extra,
+    }
 
 
 def chat_body(text: str, stream: bool = False, **extra) -> dict:
-    return {"model": "scripted-openai", "stream": stream, "tools": [CHAT_BASH_TOOL],
-            "messages": [{"role": "system", "content": "You are a coding agent."},
-                         {"role": "user", "content": text}], **extra}
+    return {
+        "model": "scripted-openai",
+        "stream": stream,
+        "tools": [CHAT_BASH_TOOL],
+        "messages": [{"role": "system", "content": "You are a coding agent."}, {"role": "user", "content": text}],
+        **extra,
+    }
 
 
 def post(proxy, path: str, body: dict, run_id: str | None = None, **headers) -> httpx.Response:
-    headers = {"authorization": f"Bearer {proxy.master_key}", **(run_headers(run_id) if run_id else {}),
-               **headers}
-    with httpx.Client(base_url=proxy.url, timeout=60) as client, \
-            client.stream("POST", path, json=body, headers=headers) as response:
+    headers = {"authorization": f"Bearer {proxy.master_key}", **(run_headers(run_id) if run_id else {}), **headers}
+    with (
+        httpx.Client(base_url=proxy.url, timeout=60) as client,
+        client.stream("POST", path, json=body, headers=headers) as response,
+    ):
         response.read()  # a stream is complete only once fully read
         return response
 
@@ -86,9 +108,11 @@ def stored_roundtrip(proxy, run_id: str, tmp_path) -> list[dict]:
 def test_call_roundtrips_into_the_store_as_upstream_sent_it(proxy, upstream, tmp_path, wire_format, stream):
     upstream.set_script([AGENT_REPLY])
     run_id = make_run_id("scripted-model", "demo-pagination-offset", 0)
-    path, body = (("/v1/messages", anthropic_body("Fix the pagination bug.", stream))
-                  if wire_format == "anthropic_messages"
-                  else ("/v1/chat/completions", chat_body("Fix the pagination bug.", stream)))
+    path, body = (
+        ("/v1/messages", anthropic_body("Fix the pagination bug.", stream))
+        if wire_format == "anthropic_messages"
+        else ("/v1/chat/completions", chat_body("Fix the pagination bug.", stream))
+    )
     assert post(proxy, path, body, run_id).status_code == 200
 
     [record] = records(proxy, run_id)
@@ -108,9 +132,12 @@ def test_call_roundtrips_into_the_store_as_upstream_sent_it(proxy, upstream, tmp
         for key in ("content", "reasoning_content", "tool_calls"):
             assert got["message"][key] == sent["message"][key]
         assert got["finish_reason"] == "tool_calls"
-    assert record["usage"] == {"input_tokens": 1200 + 1000 + (50 if wire_format == "anthropic_messages" else 0),
-                               "output_tokens": 80, "cache_read_tokens": 1000,
-                               "cache_creation_tokens": 50 if wire_format == "anthropic_messages" else 0}
+    assert record["usage"] == {
+        "input_tokens": 1200 + 1000 + (50 if wire_format == "anthropic_messages" else 0),
+        "output_tokens": 80,
+        "cache_read_tokens": 1000,
+        "cache_creation_tokens": 50 if wire_format == "anthropic_messages" else 0,
+    }
     assert record["litellm_model"] in ("anthropic/scripted-claude", "openai/scripted-gpt")
 
     [rebuilt] = stored_roundtrip(proxy, run_id, tmp_path)
@@ -121,8 +148,12 @@ def test_call_roundtrips_into_the_store_as_upstream_sent_it(proxy, upstream, tmp
 def test_responses_api_calls_are_recorded(proxy, upstream, stream):
     upstream.set_script([AGENT_REPLY])
     run_id = make_run_id("scripted-model", "responses", 0)
-    body = {"model": "scripted-anthropic", "input": "Fix the pagination bug.", "stream": stream,
-            "tools": [{"type": "function", "name": "bash", "parameters": BASH_TOOL["input_schema"]}]}
+    body = {
+        "model": "scripted-anthropic",
+        "input": "Fix the pagination bug.",
+        "stream": stream,
+        "tools": [{"type": "function", "name": "bash", "parameters": BASH_TOOL["input_schema"]}],
+    }
     assert post(proxy, "/v1/responses", body, run_id).status_code == 200
 
     [record] = records(proxy, run_id)
@@ -135,8 +166,9 @@ def test_responses_api_calls_are_recorded(proxy, upstream, stream):
 
 # -- failures and side calls ------------------------------------------------------------------
 def test_failed_calls_are_recorded_with_their_error(proxy, upstream):
-    upstream.set_script([Fail(429, "rate limited, slow down"), Fail(500, "upstream exploded"),
-                         Reply(AGENT_REPLY.blocks, break_after=4)])
+    upstream.set_script(
+        [Fail(429, "rate limited, slow down"), Fail(500, "upstream exploded"), Reply(AGENT_REPLY.blocks, break_after=4)]
+    )
     run_id = make_run_id("scripted-model", "failures", 0)
     assert post(proxy, "/v1/messages", anthropic_body("a"), run_id).status_code == 429
     assert post(proxy, "/v1/chat/completions", chat_body("b"), run_id).status_code == 500
@@ -170,8 +202,10 @@ def test_a_client_that_leaves_early_still_leaves_a_record(proxy, upstream):
     upstream.set_script([Reply(AGENT_REPLY.blocks, chunk_delay=0.2), Reply(AGENT_REPLY.blocks, delay=2)])
     run_id = make_run_id("scripted-model", "client-left", 0)
     headers = {"authorization": f"Bearer {proxy.master_key}", **run_headers(run_id)}
-    with httpx.Client(base_url=proxy.url, timeout=30) as client, \
-            client.stream("POST", "/v1/messages", json=anthropic_body("stream", stream=True), headers=headers) as r:
+    with (
+        httpx.Client(base_url=proxy.url, timeout=30) as client,
+        client.stream("POST", "/v1/messages", json=anthropic_body("stream", stream=True), headers=headers) as r,
+    ):
         next(r.iter_bytes())  # the first event, then hang up
     with pytest.raises(httpx.ReadTimeout), httpx.Client(base_url=proxy.url, timeout=0.5) as client:
         client.post("/v1/messages", json=anthropic_body("plain"), headers=headers)
@@ -187,15 +221,26 @@ def test_a_client_that_leaves_early_still_leaves_a_record(proxy, upstream):
 def test_count_tokens_title_and_background_calls_are_marked(proxy, upstream):
     upstream.set_script([Reply([], input_tokens=321), say("Pagination fix"), say("ok"), say("sure")])
     run_id = make_run_id("scripted-model", "side-calls", 0)
-    count = post(proxy, "/v1/messages/count_tokens",
-                 {"model": "scripted-anthropic", "messages": [{"role": "user", "content": "hi"}]}, run_id)
+    count = post(
+        proxy,
+        "/v1/messages/count_tokens",
+        {"model": "scripted-anthropic", "messages": [{"role": "user", "content": "hi"}]},
+        run_id,
+    )
     assert count.json()["input_tokens"] == 321
-    title = {"model": "scripted-anthropic", "max_tokens": 64,
-             "system": "Generate a concise, sentence-case title (3-7 words) for this coding session.",
-             "messages": [{"role": "user", "content": "Fix the pagination bug."}]}
+    title = {
+        "model": "scripted-anthropic",
+        "max_tokens": 64,
+        "system": "Generate a concise, sentence-case title (3-7 words) for this coding session.",
+        "messages": [{"role": "user", "content": "Fix the pagination bug."}],
+    }
     post(proxy, "/v1/messages", title, run_id)
-    post(proxy, "/v1/messages", {"model": "scripted-anthropic", "max_tokens": 1,
-                                 "messages": [{"role": "user", "content": "quota"}]}, run_id)
+    post(
+        proxy,
+        "/v1/messages",
+        {"model": "scripted-anthropic", "max_tokens": 1, "messages": [{"role": "user", "content": "quota"}]},
+        run_id,
+    )
     post(proxy, "/v1/messages", anthropic_body("x"), run_id, **{"x-trajhub-call-kind": "background"})
 
     kinds = [(r["call_kind"], r["status"]) for r in records(proxy, run_id)]
@@ -225,43 +270,72 @@ def test_run_id_travels_in_header_tag_or_body_metadata(proxy, upstream):
 def claude_code_body(stream: bool) -> dict:
     """Shaped like Claude Code 2.1's agent calls: system turns inside messages, adaptive
     thinking with an effort, cache breakpoints, a user id in metadata."""
-    return {"model": "scripted-anthropic", "max_tokens": 32000, "stream": stream,
-            "system": [{"type": "text", "text": "You are Claude Code.", "cache_control": {"type": "ephemeral"}}],
-            "messages": [
-                {"role": "system", "content": "A system turn first."},
-                {"role": "user", "content": [{"type": "text", "text": "Fix the pagination bug.",
-                                              "cache_control": {"type": "ephemeral"}}]},
-                {"role": "assistant", "content": [
+    return {
+        "model": "scripted-anthropic",
+        "max_tokens": 32000,
+        "stream": stream,
+        "system": [{"type": "text", "text": "You are Claude Code.", "cache_control": {"type": "ephemeral"}}],
+        "messages": [
+            {"role": "system", "content": "A system turn first."},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "Fix the pagination bug.", "cache_control": {"type": "ephemeral"}}
+                ],
+            },
+            {
+                "role": "assistant",
+                "content": [
                     {"type": "thinking", "thinking": "Look at the pager.", "signature": "c2lnbmF0dXJl"},
-                    {"type": "tool_use", "id": "toolu_1", "name": "bash", "input": {"cmd": "ls"}}]},
-                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "pager/"}]},
-                {"role": "system", "content": "<system-reminder>Stay on the task.</system-reminder>"}],
-            "tools": [dict(BASH_TOOL, cache_control={"type": "ephemeral"})],
-            "thinking": {"type": "adaptive"}, "output_config": {"effort": "high"},
-            "metadata": {"user_id": "user_0f1e_account_session_7"}}
+                    {"type": "tool_use", "id": "toolu_1", "name": "bash", "input": {"cmd": "ls"}},
+                ],
+            },
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "pager/"}]},
+            {"role": "system", "content": "<system-reminder>Stay on the task.</system-reminder>"},
+        ],
+        "tools": [dict(BASH_TOOL, cache_control={"type": "ephemeral"})],
+        "thinking": {"type": "adaptive"},
+        "output_config": {"effort": "high"},
+        "metadata": {"user_id": "user_0f1e_account_session_7"},
+    }
 
 
 def openai_agent_body(stream: bool) -> dict:
     """An OpenAI chat agent mid-loop: an assistant turn with tool calls and no content."""
-    return {"model": "scripted-openai", "stream": stream, "tools": [CHAT_BASH_TOOL],
-            "messages": [
-                {"role": "system", "content": "You are a coding agent."},
-                {"role": "user", "content": "Fix the pagination bug."},
-                {"role": "assistant", "content": None,
-                 "tool_calls": [{"id": "call_1", "type": "function",
-                                 "function": {"name": "bash", "arguments": "{\"cmd\": \"ls\"}"}}],
-                 "provider_specific_fields": {"reasoning_details": [{"type": "reasoning.text", "text": "ls"}]}},
-                {"role": "tool", "tool_call_id": "call_1", "content": "pager/"}],
-            "parallel_tool_calls": False, "user": "agent-7"}
+    return {
+        "model": "scripted-openai",
+        "stream": stream,
+        "tools": [CHAT_BASH_TOOL],
+        "messages": [
+            {"role": "system", "content": "You are a coding agent."},
+            {"role": "user", "content": "Fix the pagination bug."},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {"id": "call_1", "type": "function", "function": {"name": "bash", "arguments": '{"cmd": "ls"}'}}
+                ],
+                "provider_specific_fields": {"reasoning_details": [{"type": "reasoning.text", "text": "ls"}]},
+            },
+            {"role": "tool", "tool_call_id": "call_1", "content": "pager/"},
+        ],
+        "parallel_tool_calls": False,
+        "user": "agent-7",
+    }
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
-@pytest.mark.parametrize(("path", "make_body", "route_model", "key_header"), [
-    ("/v1/messages", claude_code_body, "anthropic/scripted-claude", "x-api-key"),
-    ("/v1/chat/completions", openai_agent_body, "openai/scripted-gpt", "authorization"),
-], ids=["anthropic", "openai"])
-def test_same_format_calls_reach_the_upstream_as_the_client_sent_them(proxy, upstream, path, make_body,
-                                                                      route_model, key_header, stream):
+@pytest.mark.parametrize(
+    ("path", "make_body", "route_model", "key_header"),
+    [
+        ("/v1/messages", claude_code_body, "anthropic/scripted-claude", "x-api-key"),
+        ("/v1/chat/completions", openai_agent_body, "openai/scripted-gpt", "authorization"),
+    ],
+    ids=["anthropic", "openai"],
+)
+def test_same_format_calls_reach_the_upstream_as_the_client_sent_them(
+    proxy, upstream, path, make_body, route_model, key_header, stream
+):
     upstream.set_script([AGENT_REPLY])
     run_id = make_run_id("scripted-model", "as-sent", 0)
     body = make_body(stream)
@@ -294,20 +368,29 @@ def test_each_route_is_forwarded_with_its_own_base_key_and_model(upstream, tmp_p
         "      api_base: os.environ/ROUTE_A_BASE, api_key: os.environ/ROUTE_A_KEY}}\n"
         "  - {model_name: team/gpt-b, litellm_params: {model: openai/upstream-gpt-b,\n"
         "      api_base: os.environ/ROUTE_B_BASE, api_key: os.environ/ROUTE_B_KEY}}\n"
-        "litellm_settings: {callbacks: trajectory_logger.instance, num_retries: 0}\n")
+        "litellm_settings: {callbacks: trajectory_logger.instance, num_retries: 0}\n"
+    )
     keys = {"ROUTE_A_KEY": f"sk-route-a-{secrets.token_hex(12)}", "ROUTE_B_KEY": f"sk-route-b-{secrets.token_hex(12)}"}
     env = dict(keys, ROUTE_A_BASE=upstream.url, ROUTE_B_BASE=f"{upstream.url}/v1")
     run_id = make_run_id("team__claude-a", "routes", 0)
     with ProxyProcess(tmp_path / "recordings", config=config, env=env, log_path=tmp_path / "proxy.log") as running:
-        for path, body in (("/v1/messages", dict(claude_code_body(True), model="team/claude-a")),
-                           ("/v1/chat/completions", dict(openai_agent_body(False), model="team/gpt-b"))):
+        for path, body in (
+            ("/v1/messages", dict(claude_code_body(True), model="team/claude-a")),
+            ("/v1/chat/completions", dict(openai_agent_body(False), model="team/gpt-b")),
+        ):
             assert post(running, path, body, run_id).status_code == 200
 
     claude, gpt = (served.request for served in upstream.served)
     assert (claude.path, claude.body["model"], claude.headers["x-api-key"]) == (
-        "/v1/messages", "upstream-claude-a", keys["ROUTE_A_KEY"])
+        "/v1/messages",
+        "upstream-claude-a",
+        keys["ROUTE_A_KEY"],
+    )
     assert (gpt.path, gpt.body["model"], gpt.headers["authorization"]) == (
-        "/v1/chat/completions", "upstream-gpt-b", f"Bearer {keys['ROUTE_B_KEY']}")
+        "/v1/chat/completions",
+        "upstream-gpt-b",
+        f"Bearer {keys['ROUTE_B_KEY']}",
+    )
     assert claude.body["thinking"] == {"type": "adaptive"} and gpt.body["messages"][2]["content"] is None
     recorded = read_run(tmp_path / "recordings" / f"{run_id}.jsonl").records
     assert [r["litellm_model"] for r in recorded] == ["anthropic/upstream-claude-a", "openai/upstream-gpt-b"]
@@ -356,8 +439,12 @@ def test_every_request_to_an_llm_route_is_recorded_whatever_it_is(start_proxy, u
     for body, headers, status, name in cases:
         path = running.recording(name)
         before = path.read_bytes().count(b"\n") if path.exists() else 0
-        response = httpx.post(f"{running.url}/v1/messages", content=body, timeout=60,
-                              headers={"content-type": "application/json", **headers})
+        response = httpx.post(
+            f"{running.url}/v1/messages",
+            content=body,
+            timeout=60,
+            headers={"content-type": "application/json", **headers},
+        )
         assert response.status_code == status, (body[:30], response.text[:300])
         if status >= 400:
             assert response.json()["error"]["message"]
@@ -368,8 +455,7 @@ def test_every_request_to_an_llm_route_is_recorded_whatever_it_is(start_proxy, u
     recorded = {p.relative_to(running.home).as_posix() for p in running.home.rglob("*") if p.is_file()}
     assert recorded == {f"recordings/{run_id}.jsonl", "recordings/_unattributed.jsonl", "logs/proxy.log"}
     bad = records(running, run_id)
-    assert [r["request"] for r in bad[:3]] == [{"_unparsed": "not json {"}, {"_unparsed": "[1,2,3]"},
-                                               {"_unparsed": ""}]
+    assert [r["request"] for r in bad[:3]] == [{"_unparsed": "not json {"}, {"_unparsed": "[1,2,3]"}, {"_unparsed": ""}]
     assert "of 10485761 bytes" in bad[3]["request"]["_truncated"] and "_unparsed_base64" in bad[3]["request"]
     assert len(json.dumps(bad[3])) < 200_000
     assert httpx.get(f"{running.url}/health/liveliness").status_code == 200  # still healthy
@@ -387,10 +473,12 @@ def _echo(request) -> Reply:
     return Reply([text_block(f"echo {message}")], chunk_delay=0.002)
 
 
-async def _client(proxy, run_id: str, token: str, wire_format: str, stream: bool,
-                  http: httpx.AsyncClient) -> str:
-    path, body = (("/v1/messages", anthropic_body(token, stream)) if wire_format == "anthropic_messages"
-                  else ("/v1/chat/completions", chat_body(token, stream)))
+async def _client(proxy, run_id: str, token: str, wire_format: str, stream: bool, http: httpx.AsyncClient) -> str:
+    path, body = (
+        ("/v1/messages", anthropic_body(token, stream))
+        if wire_format == "anthropic_messages"
+        else ("/v1/chat/completions", chat_body(token, stream))
+    )
     headers = {"authorization": f"Bearer {proxy.master_key}", **run_headers(run_id)}
     async with http.stream("POST", path, json=body, headers=headers) as response:
         await response.aread()
@@ -401,14 +489,19 @@ async def _client(proxy, run_id: str, token: str, wire_format: str, stream: bool
 def test_fifty_concurrent_clients_are_each_recorded_once_under_their_run(proxy, upstream):
     upstream.set_script(_echo)
     run_ids = [make_run_id("scripted-model", f"concurrent-{i}", 0) for i in range(10)]
-    jobs = [(run_ids[c % 10], f"client{c}-call{k}", ("anthropic_messages", "openai_chat")[c % 2], k == 1)
-            for c in range(50) for k in range(2)]
+    jobs = [
+        (run_ids[c % 10], f"client{c}-call{k}", ("anthropic_messages", "openai_chat")[c % 2], k == 1)
+        for c in range(50)
+        for k in range(2)
+    ]
 
     async def main():
         limits = httpx.Limits(max_connections=50)
         async with httpx.AsyncClient(base_url=proxy.url, timeout=120, limits=limits) as http:
+
             async def client(c):  # one client: its two calls in turn
-                return [await _client(proxy, *job, http) for job in jobs[2 * c:2 * c + 2]]
+                return [await _client(proxy, *job, http) for job in jobs[2 * c : 2 * c + 2]]
+
             return await asyncio.gather(*(client(c) for c in range(50)))
 
     asyncio.run(main())
@@ -431,8 +524,8 @@ def test_killing_the_proxy_loses_no_completed_call(start_proxy, upstream):
     completed: list[str] = []
 
     async def main():
-        async with httpx.AsyncClient(base_url=running.url, timeout=30,
-                                     limits=httpx.Limits(max_connections=20)) as http:
+        async with httpx.AsyncClient(base_url=running.url, timeout=30, limits=httpx.Limits(max_connections=20)) as http:
+
             async def worker(w):
                 for k in range(1000):
                     job = (run_id, f"w{w}-{k}", ("anthropic_messages", "openai_chat")[k % 2], w % 2 == 0)
@@ -460,12 +553,14 @@ def test_killing_the_proxy_loses_no_completed_call(start_proxy, upstream):
 # -- the resource -----------------------------------------------------------------------------
 def test_proxy_resource_uses_an_external_proxy(proxy, upstream):
     upstream.set_script([say("hi")])
-    resource = ProxyResource(url=proxy.url + "/", master_key=proxy.master_key,
-                             recordings_dir=str(proxy.recordings))
+    resource = ProxyResource(url=proxy.url + "/", master_key=proxy.master_key, recordings_dir=str(proxy.recordings))
     assert (resource.base_url, resource.openai_base_url) == (proxy.url, proxy.url + "/v1")
     run_id = make_run_id("scripted-model", "resource", 0)
-    response = httpx.post(f"{resource.openai_base_url}/chat/completions", json=chat_body("hi"),
-                          headers={"authorization": f"Bearer {resource.key}", **run_headers(run_id)})
+    response = httpx.post(
+        f"{resource.openai_base_url}/chat/completions",
+        json=chat_body("hi"),
+        headers={"authorization": f"Bearer {resource.key}", **run_headers(run_id)},
+    )
     assert response.status_code == 200
     assert (resource.recordings() / f"{run_id}.jsonl").exists()
     with pytest.raises(ProxyError, match="master_key"):
@@ -474,8 +569,9 @@ def test_proxy_resource_uses_an_external_proxy(proxy, upstream):
 
 def test_proxy_resource_takes_an_external_proxy_from_the_project(proxy, tmp_path, monkeypatch):
     config = tmp_path / "project.yaml"
-    config.write_text(f"tasks: [{{path: tasks.jsonl}}]\n"
-                      f"proxy: {{url: '{proxy.url}', master_key_env: TEST_PROXY_KEY}}\n")
+    config.write_text(
+        f"tasks: [{{path: tasks.jsonl}}]\nproxy: {{url: '{proxy.url}', master_key_env: TEST_PROXY_KEY}}\n"
+    )
     monkeypatch.setenv("TEST_PROXY_KEY", proxy.master_key)
     resource = ProxyResource(project=ProjectResource(path=str(config)))
     assert (resource.base_url, resource.key, resource.port) == (proxy.url, proxy.master_key, proxy.process.port)
@@ -486,8 +582,7 @@ def test_baseline_routes_reach_the_scripted_upstream(proxy, upstream):
     run_id = make_run_id("baseline__careful", "routes", 0)
     for model in ("trajhub-baseline/careful", "baseline/judge"):
         assert post(proxy, "/v1/chat/completions", dict(chat_body("hi"), model=model), run_id).status_code == 200
-    assert [s.request.body["model"] for s in upstream.served] == ["trajhub-baseline/careful",
-                                                                  "trajhub-baseline/judge"]
+    assert [s.request.body["model"] for s in upstream.served] == ["trajhub-baseline/careful", "trajhub-baseline/judge"]
 
 
 def test_proxy_resource_starts_a_proxy_on_demand_and_stops_it(upstream, tmp_path):
@@ -499,8 +594,12 @@ def test_proxy_resource_starts_a_proxy_on_demand_and_stops_it(upstream, tmp_path
     def calls_the_model(proxy: ProxyResource) -> None:
         proxy.listen_on("127.0.0.2")  # as for Docker's bridge gateway: any local address
         seen["url"] = proxy.base_url
-        response = httpx.post(f"{proxy.openai_base_url}/chat/completions", json=chat_body("hi"), timeout=30,
-                              headers={"authorization": f"Bearer {proxy.key}", **run_headers(run_id)})
+        response = httpx.post(
+            f"{proxy.openai_base_url}/chat/completions",
+            json=chat_body("hi"),
+            timeout=30,
+            headers={"authorization": f"Bearer {proxy.key}", **run_headers(run_id)},
+        )
         seen["status"] = response.status_code
 
     resource = ProxyResource(recordings_dir=str(tmp_path / "recordings"), scripted_upstream_url=upstream.url)
@@ -517,11 +616,11 @@ def test_no_credential_anywhere_under_trajhub_home(proxy, upstream, tmp_path):
     upstream.set_script([say("done"), say("done")])
     body_secret = "sk-body-" + "7" * 32
     run_id = make_run_id("scripted-model", "secrets", 0)
-    leaky = anthropic_body(f"my env says ANTHROPIC_API_KEY={proxy.master_key}",
-                           metadata={"user_id": "u1", "api_key": body_secret})
+    leaky = anthropic_body(
+        f"my env says ANTHROPIC_API_KEY={proxy.master_key}", metadata={"user_id": "u1", "api_key": body_secret}
+    )
     assert post(proxy, "/v1/messages", leaky, run_id, **{"x-api-key": proxy.master_key}).status_code == 200
-    assert post(proxy, "/v1/chat/completions", chat_body("hi"), run_id,
-                **{"api-key": body_secret}).status_code == 200
+    assert post(proxy, "/v1/chat/completions", chat_body("hi"), run_id, **{"api-key": body_secret}).status_code == 200
     for served in upstream.served:  # upstream gets its own key, never the client's
         sent = served.request.headers.get("x-api-key") or served.request.headers.get("authorization", "")
         assert proxy.upstream_key in sent and proxy.master_key not in sent
@@ -536,8 +635,9 @@ def test_no_credential_anywhere_under_trajhub_home(proxy, upstream, tmp_path):
     for path in proxy.home.rglob("*"):
         if not path.is_file():
             continue
-        text = (pq.read_table(path).to_pandas().to_json() if path.suffix == ".parquet"
-                else path.read_text(errors="replace"))
+        text = (
+            pq.read_table(path).to_pandas().to_json() if path.suffix == ".parquet" else path.read_text(errors="replace")
+        )
         for secret in secrets:
             assert secret not in text, f"{secret[:12]}... found in {path}"
         checked += 1

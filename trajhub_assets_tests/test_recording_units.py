@@ -35,8 +35,7 @@ from trajhub_assets.recording.scripted_upstream import (
 def _load_logger_module():
     # The logger imports litellm, which would otherwise try to fetch its cost map online.
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-    spec = importlib.util.spec_from_file_location("trajectory_logger_under_test",
-                                                  PROXY_DIR / "trajectory_logger.py")
+    spec = importlib.util.spec_from_file_location("trajectory_logger_under_test", PROXY_DIR / "trajectory_logger.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -44,11 +43,15 @@ def _load_logger_module():
 
 tl = _load_logger_module()
 
-REPLY = Reply([thinking_block("first, think", "c2lnbmF0dXJlKy89PQ=="),
-               {"type": "redacted_thinking", "data": "ZW5jcnlwdGVk"},
-               text_block("Reading the file. ünïcödé ✓"),
-               tool_use_block("toolu_1", "bash", {"cmd": "cat a.py", "nested": {"x": [1, 2.5, None]}}),
-               tool_use_block("toolu_2", "read", {})])
+REPLY = Reply(
+    [
+        thinking_block("first, think", "c2lnbmF0dXJlKy89PQ=="),
+        {"type": "redacted_thinking", "data": "ZW5jcnlwdGVk"},
+        text_block("Reading the file. ünïcödé ✓"),
+        tool_use_block("toolu_1", "bash", {"cmd": "cat a.py", "nested": {"x": [1, 2.5, None]}}),
+        tool_use_block("toolu_2", "read", {}),
+    ]
+)
 
 
 # -- run ids ----------------------------------------------------------------------------------
@@ -109,25 +112,39 @@ def test_chat_stream_reassembles_to_the_completion():
 
 def test_chat_thinking_block_deltas_merge_until_a_signature():
     assembler = tl.ChatAssembler()
-    for delta in ({"thinking_blocks": [{"type": "thinking", "thinking": "a"}]},
-                  {"thinking_blocks": [{"type": "thinking", "thinking": "b"}]},
-                  {"thinking_blocks": [{"type": "thinking", "thinking": "", "signature": "s1"}]},
-                  {"thinking_blocks": [{"type": "thinking", "thinking": "c", "signature": "s2"}]},
-                  {"content": "done"}):
+    for delta in (
+        {"thinking_blocks": [{"type": "thinking", "thinking": "a"}]},
+        {"thinking_blocks": [{"type": "thinking", "thinking": "b"}]},
+        {"thinking_blocks": [{"type": "thinking", "thinking": "", "signature": "s1"}]},
+        {"thinking_blocks": [{"type": "thinking", "thinking": "c", "signature": "s2"}]},
+        {"content": "done"},
+    ):
         assembler.add({"id": "x", "choices": [{"index": 0, "delta": delta}]})
     message = assembler.result()["choices"][0]["message"]
-    assert message["thinking_blocks"] == [{"type": "thinking", "thinking": "ab", "signature": "s1"},
-                                          {"type": "thinking", "thinking": "c", "signature": "s2"}]
+    assert message["thinking_blocks"] == [
+        {"type": "thinking", "thinking": "ab", "signature": "s1"},
+        {"type": "thinking", "thinking": "c", "signature": "s2"},
+    ]
     assert message["content"] == "done"
 
 
 def test_usage_is_normalized_across_wire_formats():
-    anthropic = {"usage": {"input_tokens": 10, "output_tokens": 3, "cache_read_input_tokens": 100,
-                           "cache_creation_input_tokens": 5}}
+    anthropic = {
+        "usage": {
+            "input_tokens": 10,
+            "output_tokens": 3,
+            "cache_read_input_tokens": 100,
+            "cache_creation_input_tokens": 5,
+        }
+    }
     chat = {"usage": {"prompt_tokens": 115, "completion_tokens": 3, "prompt_tokens_details": {"cached_tokens": 100}}}
     responses = {"usage": {"input_tokens": 115, "output_tokens": 3, "input_tokens_details": {"cached_tokens": 100}}}
     assert tl.usage_of("anthropic_messages", anthropic) == {
-        "input_tokens": 115, "output_tokens": 3, "cache_read_tokens": 100, "cache_creation_tokens": 5}
+        "input_tokens": 115,
+        "output_tokens": 3,
+        "cache_read_tokens": 100,
+        "cache_creation_tokens": 5,
+    }
     assert tl.usage_of("openai_chat", chat)["input_tokens"] == 115
     assert tl.usage_of("openai_responses", responses)["input_tokens"] == 115
     assert tl.usage_of("openai_chat", None)["input_tokens"] == 0
@@ -141,8 +158,13 @@ def test_cost_comes_from_the_offline_cost_map():
 
 # -- credentials and call kinds ---------------------------------------------------------------
 def test_redact_replaces_credential_fields_without_touching_the_original():
-    body = {"model": "m", "api_key": "k1", "metadata": {"Authorization": "Bearer x", "user_id": "u"},
-            "messages": [{"role": "user", "content": "hi", "x-api-key": "k2"}], "max_tokens": 5}
+    body = {
+        "model": "m",
+        "api_key": "k1",
+        "metadata": {"Authorization": "Bearer x", "user_id": "u"},
+        "messages": [{"role": "user", "content": "hi", "x-api-key": "k2"}],
+        "max_tokens": 5,
+    }
     redacted = tl.redact(body)
     assert redacted["api_key"] == redacted["metadata"]["Authorization"] == "[REDACTED]"
     assert redacted["messages"][0]["x-api-key"] == "[REDACTED]"
@@ -153,38 +175,62 @@ def test_redact_replaces_credential_fields_without_touching_the_original():
 
 
 def test_scrub_removes_known_secrets_and_key_shaped_strings_but_not_signatures():
-    secrets = tl.known_secrets({"LITELLM_MASTER_KEY": "master-key-123456", "HOME": "/root",
-                                "ANTHROPIC_API_KEY": "ant-secret-abcdef"})
+    secrets = tl.known_secrets(
+        {"LITELLM_MASTER_KEY": "master-key-123456", "HOME": "/root", "ANTHROPIC_API_KEY": "ant-secret-abcdef"}
+    )
     assert set(secrets) == {b"master-key-123456", b"ant-secret-abcdef"}
-    line = json.dumps({"a": "env: master-key-123456 ant-secret-abcdef",
-                       "b": "sk-proj-" + "x" * 30, "c": "Bearer " + "y" * 30,
-                       "signature": "EqQBCkYIBRgCKkDsk-abc+/0123456789abcdefghij=="}).encode()
+    line = json.dumps(
+        {
+            "a": "env: master-key-123456 ant-secret-abcdef",
+            "b": "sk-proj-" + "x" * 30,
+            "c": "Bearer " + "y" * 30,
+            "signature": "EqQBCkYIBRgCKkDsk-abc+/0123456789abcdefghij==",
+        }
+    ).encode()
     scrubbed = json.loads(tl.scrub(line, secrets))
     assert scrubbed["a"] == "env: [REDACTED] [REDACTED]"
     assert scrubbed["b"] == scrubbed["c"] == "[REDACTED]"
     assert scrubbed["signature"] == "EqQBCkYIBRgCKkDsk-abc+/0123456789abcdefghij=="
 
 
-@pytest.mark.parametrize(("path", "request_body", "headers", "kind"), [
-    ("/v1/messages/count_tokens", {"messages": []}, {}, "count_tokens"),
-    ("/v1/messages", {"system": "Analyze if this message indicates a new conversation topic.",
-                      "messages": []}, {}, "title"),
-    ("/v1/messages", {"system": "Generate a concise, sentence-case title (3-7 words).", "messages": []}, {}, "title"),
-    ("/v1/messages", {"system": "Fix the bug; the page title is wrong.", "messages": []}, {}, "agent"),
-    ("/v1/messages", {"max_tokens": 1, "messages": [{"role": "user", "content": "quota"}]}, {}, "background"),
-    ("/v1/messages", {"tools": [{"name": "bash"}], "system": "title", "messages": []}, {}, "agent"),
-    ("/v1/chat/completions", {"messages": [{"role": "system", "content": "You solve tasks."}]}, {}, "agent"),
-    ("/v1/messages", {"messages": []}, {"x-trajhub-call-kind": "title"}, "title"),
-])
+@pytest.mark.parametrize(
+    ("path", "request_body", "headers", "kind"),
+    [
+        ("/v1/messages/count_tokens", {"messages": []}, {}, "count_tokens"),
+        (
+            "/v1/messages",
+            {"system": "Analyze if this message indicates a new conversation topic.", "messages": []},
+            {},
+            "title",
+        ),
+        (
+            "/v1/messages",
+            {"system": "Generate a concise, sentence-case title (3-7 words).", "messages": []},
+            {},
+            "title",
+        ),
+        ("/v1/messages", {"system": "Fix the bug; the page title is wrong.", "messages": []}, {}, "agent"),
+        ("/v1/messages", {"max_tokens": 1, "messages": [{"role": "user", "content": "quota"}]}, {}, "background"),
+        ("/v1/messages", {"tools": [{"name": "bash"}], "system": "title", "messages": []}, {}, "agent"),
+        ("/v1/chat/completions", {"messages": [{"role": "system", "content": "You solve tasks."}]}, {}, "agent"),
+        ("/v1/messages", {"messages": []}, {"x-trajhub-call-kind": "title"}, "title"),
+    ],
+)
 def test_call_kind(path, request_body, headers, kind):
     assert tl.call_kind(path, request_body, headers) == kind
 
 
 # -- the hooks, driven directly -----------------------------------------------------------------
 def _data(call_id: str, body: dict, run_id: str = "m~i~0~0000abcd") -> dict:
-    return {"litellm_call_id": call_id, **body,
-            "proxy_server_request": {"url": "http://127.0.0.1/v1/messages", "body": body,
-                                     "headers": {"x-trajhub-run": run_id}}}
+    return {
+        "litellm_call_id": call_id,
+        **body,
+        "proxy_server_request": {
+            "url": "http://127.0.0.1/v1/messages",
+            "body": body,
+            "headers": {"x-trajhub-run": run_id},
+        },
+    }
 
 
 def _lines(directory) -> list[dict]:
@@ -210,6 +256,7 @@ def test_a_hook_that_fires_twice_writes_one_record(tmp_path):
         async def upstream():
             for frame in anthropic_events(message):
                 yield frame.encode()
+
         async for _ in logger.async_post_call_streaming_iterator_hook(None, upstream(), stream):
             pass
         await logger.async_post_call_failure_hook(stream, RuntimeError("after the stream"), None)
@@ -240,15 +287,33 @@ def test_a_restarted_proxy_continues_after_the_highest_seq_and_a_half_line(tmp_p
 
 # -- JSONL -> store -> records ------------------------------------------------------------------
 def _record(run_id: str, seq: int, messages: list, response: dict | None = None, **extra) -> dict:
-    return {"run_id": run_id, "call_id": f"{run_id}-{seq}", "seq": seq, "started_at": 1.5 + seq,
-            "ended_at": 2.0 + seq, "first_token_at": None, "endpoint": "/v1/messages",
-            "wire_format": "anthropic_messages", "call_kind": "agent", "stream": False,
-            "request": {"model": "m", "system": "sys " * 500, "tools": [{"name": "bash"}] * 20,
-                        "messages": messages, "max_tokens": 100},
-            "response": response, "usage": {"input_tokens": 1, "output_tokens": 2,
-                                             "cache_read_tokens": 0, "cache_creation_tokens": 0},
-            "status": "ok", "http_status": 200, "error": None, "litellm_model": "anthropic/m",
-            "cost_usd": 0.001, **extra}
+    return {
+        "run_id": run_id,
+        "call_id": f"{run_id}-{seq}",
+        "seq": seq,
+        "started_at": 1.5 + seq,
+        "ended_at": 2.0 + seq,
+        "first_token_at": None,
+        "endpoint": "/v1/messages",
+        "wire_format": "anthropic_messages",
+        "call_kind": "agent",
+        "stream": False,
+        "request": {
+            "model": "m",
+            "system": "sys " * 500,
+            "tools": [{"name": "bash"}] * 20,
+            "messages": messages,
+            "max_tokens": 100,
+        },
+        "response": response,
+        "usage": {"input_tokens": 1, "output_tokens": 2, "cache_read_tokens": 0, "cache_creation_tokens": 0},
+        "status": "ok",
+        "http_status": 200,
+        "error": None,
+        "litellm_model": "anthropic/m",
+        "cost_usd": 0.001,
+        **extra,
+    }
 
 
 def _session(run_id: str, calls: int) -> list[dict]:
@@ -261,9 +326,10 @@ def _session(run_id: str, calls: int) -> list[dict]:
         response = anthropic_message(reply, "m", f"msg_{seq}")
         records.append(_record(run_id, seq, list(messages), response))
         result = "".join(rng.choice("abcdefgh \n") for _ in range(rng.randint(1000, 3000)))
-        messages += [{"role": "assistant", "content": response["content"]},
-                     {"role": "user", "content": [{"type": "tool_result", "tool_use_id": f"t{seq}",
-                                                   "content": result}]}]
+        messages += [
+            {"role": "assistant", "content": response["content"]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": f"t{seq}", "content": result}]},
+        ]
     return records
 
 
@@ -274,10 +340,20 @@ def _write_jsonl(path, records) -> None:
 def test_odd_shapes_rebuild_exactly():
     run_id = "m~i~0~0000abcd"
     odd = [
-        _record(run_id, 0, [{"role": "user", "content": "hi"}], None, status="error",
-                error={"type": "RateLimitError", "message": "slow"}, http_status=429),
-        dict(_record(run_id, 1, []), wire_format="openai_responses",
-             request={"input": [{"role": "user", "content": "x"}], "instructions": "be brief", "model": "m"}),
+        _record(
+            run_id,
+            0,
+            [{"role": "user", "content": "hi"}],
+            None,
+            status="error",
+            error={"type": "RateLimitError", "message": "slow"},
+            http_status=429,
+        ),
+        dict(
+            _record(run_id, 1, []),
+            wire_format="openai_responses",
+            request={"input": [{"role": "user", "content": "x"}], "instructions": "be brief", "model": "m"},
+        ),
         dict(_record(run_id, 2, []), request={"model": "m", "messages": "not a list", "system": None}),
         dict(_record(run_id, 3, []), request={"instructions": "a", "system": "b", "input": "text"}, extra_field=[1]),
     ]
@@ -328,8 +404,12 @@ def test_a_translated_session_stores_what_went_upstream_by_reference_too(tmp_pat
     records = _session(run_id, 40)
     for record in records:  # as a translating route sends it: other keys, the same messages
         request = record["request"]
-        record["upstream_request"] = {"model": "upstream-m", "messages": request["messages"],
-                                      "tools": [{"name": "dummy_tool"}], "max_tokens": 4096}
+        record["upstream_request"] = {
+            "model": "upstream-m",
+            "messages": request["messages"],
+            "tools": [{"name": "dummy_tool"}],
+            "max_tokens": 4096,
+        }
     path = tmp_path / f"{run_id}.jsonl"
     _write_jsonl(path, records)
     load_runs(store, [path], "m", "i")
@@ -342,18 +422,29 @@ def test_a_translated_session_stores_what_went_upstream_by_reference_too(tmp_pat
     assert [json.dumps(r) for r in rebuilt] == [json.dumps(r) for r in records]
 
 
-@pytest.mark.parametrize(("raw", "expected"), [
-    (b"[1,2,3]", {"_unparsed": "[1,2,3]"}),
-    (b"", {"_unparsed": ""}),
-    (b"\xff\xfe\x00binary", {"_unparsed_base64": "//4AYmluYXJ5"}),
-    ("é".encode() * tl.RAW_BODY_CAP, {"_unparsed": "é" * tl.RAW_BODY_CAP}),  # 2 bytes each, none cut
-    ("é".encode() * (tl.RAW_BODY_CAP + 1),
-     {"_unparsed": "é" * tl.RAW_BODY_CAP,
-      "_truncated": f"kept the first {tl.RAW_BODY_CAP} of {tl.RAW_BODY_CAP + 1} characters"}),
-    (b"\xff" * (tl.RAW_BODY_CAP + 2),
-     {"_unparsed_base64": base64.b64encode(b"\xff" * tl.RAW_BODY_CAP).decode(),
-      "_truncated": f"kept the first {tl.RAW_BODY_CAP} of {tl.RAW_BODY_CAP + 2} bytes"}),
-])
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (b"[1,2,3]", {"_unparsed": "[1,2,3]"}),
+        (b"", {"_unparsed": ""}),
+        (b"\xff\xfe\x00binary", {"_unparsed_base64": "//4AYmluYXJ5"}),
+        ("é".encode() * tl.RAW_BODY_CAP, {"_unparsed": "é" * tl.RAW_BODY_CAP}),  # 2 bytes each, none cut
+        (
+            "é".encode() * (tl.RAW_BODY_CAP + 1),
+            {
+                "_unparsed": "é" * tl.RAW_BODY_CAP,
+                "_truncated": f"kept the first {tl.RAW_BODY_CAP} of {tl.RAW_BODY_CAP + 1} characters",
+            },
+        ),
+        (
+            b"\xff" * (tl.RAW_BODY_CAP + 2),
+            {
+                "_unparsed_base64": base64.b64encode(b"\xff" * tl.RAW_BODY_CAP).decode(),
+                "_truncated": f"kept the first {tl.RAW_BODY_CAP} of {tl.RAW_BODY_CAP + 2} bytes",
+            },
+        ),
+    ],
+)
 def test_a_body_that_is_not_json_is_kept_as_text_or_base64_and_capped(raw, expected):
     assert tl.unparsed_body(raw) == expected
 
@@ -366,8 +457,13 @@ def test_an_unsafe_run_id_is_not_a_file_name(run_id):
 
 def _exchange(logger, body: bytes, headers: dict, app) -> list[dict]:
     """One POST /v1/messages through the recorder's middleware; the messages sent back."""
-    sent, received = [], [{"type": "http.request", "body": body[:3], "more_body": True},
-                          {"type": "http.request", "body": body[3:], "more_body": False}]
+    sent, received = (
+        [],
+        [
+            {"type": "http.request", "body": body[:3], "more_body": True},
+            {"type": "http.request", "body": body[3:], "more_body": False},
+        ],
+    )
 
     async def receive():
         return received.pop(0) if received else {"type": "http.disconnect"}
@@ -376,8 +472,12 @@ def _exchange(logger, body: bytes, headers: dict, app) -> list[dict]:
         sent.append(message)
 
     headers = dict(headers, **{tl.RUN_HEADER: "m~i~0~0000abcd"})
-    scope = {"type": "http", "method": "POST", "path": "/v1/messages",
-             "headers": [(k.encode(), v.encode()) for k, v in headers.items()]}
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/messages",
+        "headers": [(k.encode(), v.encode()) for k, v in headers.items()],
+    }
     asyncio.run(logger.handle_http(app, scope, receive, send))
     return sent
 
@@ -393,16 +493,24 @@ def test_the_middleware_refuses_or_records_what_litellm_would_fumble(tmp_path, m
     server = type("ProxyServer", (), {"master_key": "sk-master-" + "0" * 20})
     monkeypatch.setitem(__import__("sys").modules, "litellm.proxy.proxy_server", server)
     body = json.dumps({"model": "m", "messages": []}).encode()
-    statuses = [_exchange(logger, b, h, app)[0]["status"] for b, h in (
-        (body, {}),  # no key
-        (b"[1,2,3]", {"x-api-key": "k"}),
-        (body, {"x-api-key": "k"}))]  # reaches the app, which raises
+    statuses = [
+        _exchange(logger, b, h, app)[0]["status"]
+        for b, h in (
+            (body, {}),  # no key
+            (b"[1,2,3]", {"x-api-key": "k"}),
+            (body, {"x-api-key": "k"}),
+        )
+    ]  # reaches the app, which raises
     assert statuses == [401, 400, 500] and seen == [body]
     monkeypatch.setattr(server, "master_key", None)  # litellm without a master key lets anyone in
     assert _exchange(logger, body, {}, app)[0]["status"] == 500 and seen == [body, body]
 
     records = _lines(tmp_path)
-    assert [(r["http_status"], r["status"]) for r in records] == [(401, "error"), (400, "error"),
-                                                                   (500, "error"), (500, "error")]
+    assert [(r["http_status"], r["status"]) for r in records] == [
+        (401, "error"),
+        (400, "error"),
+        (500, "error"),
+        (500, "error"),
+    ]
     assert records[1]["request"] == {"_unparsed": "[1,2,3]"} and records[2]["request"] == json.loads(body)
     assert "an error handler that raises" in records[2]["error"]["message"]

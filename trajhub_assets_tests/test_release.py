@@ -14,12 +14,16 @@ from hypothesis import strategies as st
 from trajhub_assets.config import ReleaseConfig
 from trajhub_assets.pairs.pairs import PairPolicy, preference_pairs
 from trajhub_assets.release.calibration import calibrate
-from trajhub_assets.release.release import (ReleaseError, ReleaseInputs, build_release, push_release,
-                                            verify_release)
+from trajhub_assets.release.release import ReleaseError, ReleaseInputs, build_release, push_release, verify_release
 from trajhub_assets.release.secrets import _SECRET, PATTERNS, SecretLeakError, mask, scan_rows, scan_text
 from trajhub_assets.tasks.catalog import TaskRecord, tasks_to_table
 from trajhub_assets_tests.test_pairs import (
-    assert_trl_preference, claude_trajectory, kept_fields, opaque, reward, trajectory,
+    assert_trl_preference,
+    claude_trajectory,
+    kept_fields,
+    opaque,
+    reward,
+    trajectory,
 )
 
 # Built from parts so no scanner (ours or a forge's) mistakes this file for a leak.
@@ -36,26 +40,51 @@ FAKE_KEYS = {
 
 
 def task(instance_id, category):
-    record = {"instance_id": instance_id, "user_query": ["fix the bug"], "system_prompt": "be careful",
-              "category": category, "image": "img:latest", "workspace_abs_path": "/work",
-              "scaffold": {"name": "builtin"}, "checklist": {"SP": {"description": "d", "checks": [
-                  {"check_id": "c1", "description": "no sudo", "check_type": "compliance"}]}},
-              "reference_patch": "/home/someone/secret/path.patch"}
+    record = {
+        "instance_id": instance_id,
+        "user_query": ["fix the bug"],
+        "system_prompt": "be careful",
+        "category": category,
+        "image": "img:latest",
+        "workspace_abs_path": "/work",
+        "scaffold": {"name": "builtin"},
+        "checklist": {
+            "SP": {
+                "description": "d",
+                "checks": [{"check_id": "c1", "description": "no sudo", "check_type": "compliance"}],
+            }
+        },
+        "reference_patch": "/home/someone/secret/path.patch",
+    }
     return TaskRecord(record, "tasks.jsonl", 1)
 
 
 def make_inputs(plant=None, shuffle=False):
-    runs = {"inst-1": [trajectory("r1", "m-a", 0, ["ls", "pytest"]), trajectory("r2", "m-b", 0, ["ls", "rm x"]),
-                       trajectory("r3", "m-b", 1, ["pwd"])],
-            "inst-2": [trajectory("r4", "m-a", 0, ["make"]), trajectory("r5", "m-b", 0, ["make test"])]}
+    runs = {
+        "inst-1": [
+            trajectory("r1", "m-a", 0, ["ls", "pytest"]),
+            trajectory("r2", "m-b", 0, ["ls", "rm x"]),
+            trajectory("r3", "m-b", 1, ["pwd"]),
+        ],
+        "inst-2": [trajectory("r4", "m-a", 0, ["make"]), trajectory("r5", "m-b", 0, ["make test"])],
+    }
     for t in runs["inst-2"]:
         t["meta"]["instance"] = "inst-2"
     if plant is not None:
         runs["inst-1"][0]["messages"][3]["content"] = f"env output: ANTHROPIC_API_KEY={plant}"
     rewards = [reward("r1", 0.9), reward("r2", 0.3), reward("r3", 0.5), reward("r4", 0.8), reward("r5", 0.2)]
-    steps = [{"run_id": r, "step_index": k, "step_reward": v} for r, k, v in
-             [("r1", 0, 0.5), ("r1", 1, 0.9), ("r2", 0, 0.5), ("r2", 1, 0.1), ("r3", 0, 0.4), ("r4", 0, 0.7),
-              ("r5", 0, 0.2)]]
+    steps = [
+        {"run_id": r, "step_index": k, "step_reward": v}
+        for r, k, v in [
+            ("r1", 0, 0.5),
+            ("r1", 1, 0.9),
+            ("r2", 0, 0.5),
+            ("r2", 1, 0.1),
+            ("r3", 0, 0.4),
+            ("r4", 0, 0.7),
+            ("r5", 0, 0.2),
+        ]
+    ]
     pairs = [preference_pairs(ts, rewards, steps, PairPolicy(min_margin=0.1)).table for ts in runs.values()]
     trajectories = [t for ts in runs.values() for t in ts]
     if shuffle:
@@ -63,14 +92,25 @@ def make_inputs(plant=None, shuffle=False):
         random.Random(7).shuffle(rewards)
         random.Random(7).shuffle(steps)
         pairs.reverse()
-    labels = [{"pair_id": p, "annotator": a, "preferred": "chosen", "score": None}
-              for p in sorted(pa.concat_tables(pairs).column("pair_id").to_pylist())[:3] for a in ("ann", "bob")]
+    labels = [
+        {"pair_id": p, "annotator": a, "preferred": "chosen", "score": None}
+        for p in sorted(pa.concat_tables(pairs).column("pair_id").to_pylist())[:3]
+        for a in ("ann", "bob")
+    ]
     all_pairs = pa.concat_tables(pairs)
     return ReleaseInputs(
-        tasks=tasks_to_table([task("inst-2", "Memory"), task("inst-1", "SP")]), trajectories=trajectories,
-        trajectory_rewards=rewards, step_rewards=steps, pairs=all_pairs, calibration=calibrate(all_pairs, labels),
-        models=[{"name": "m-a", "scaffold": "builtin", "samples": 1}, {"name": "m-b", "scaffold": "builtin", "samples": 2}],
-        reward_weights={"outcome": 0.5, "step": 0.25, "checklist": 0.25})
+        tasks=tasks_to_table([task("inst-2", "Memory"), task("inst-1", "SP")]),
+        trajectories=trajectories,
+        trajectory_rewards=rewards,
+        step_rewards=steps,
+        pairs=all_pairs,
+        calibration=calibrate(all_pairs, labels),
+        models=[
+            {"name": "m-a", "scaffold": "builtin", "samples": 1},
+            {"name": "m-b", "scaffold": "builtin", "samples": 2},
+        ],
+        reward_weights={"outcome": 0.5, "step": 0.25, "checklist": 0.25},
+    )
 
 
 CONFIG = ReleaseConfig(name="trajhub-test", license="mit")
@@ -93,8 +133,20 @@ def test_release_round_trips_through_datasets(release, tmp_path):
     # the card's YAML configs are what the Hub (and load_dataset on the folder) reads
     prefs = datasets.load_dataset(str(root), "preferences", split="train", cache_dir=cache)
     assert prefs.num_rows == release.rows["preferences"] > 0
-    assert {"prompt", "chosen", "rejected", "margin", "chosen_model", "rejected_model", "chosen_attempt",
-            "rejected_attempt", "instance_id", "reward_version", "chosen_reward", "rejected_reward"} <= set(prefs.column_names)
+    assert {
+        "prompt",
+        "chosen",
+        "rejected",
+        "margin",
+        "chosen_model",
+        "rejected_model",
+        "chosen_attempt",
+        "rejected_attempt",
+        "instance_id",
+        "reward_version",
+        "chosen_reward",
+        "rejected_reward",
+    } <= set(prefs.column_names)
     assert {row["kind"] for row in prefs} == {"trajectory", "step"}
     for row in prefs:
         assert_trl_preference(row)
@@ -147,7 +199,8 @@ def test_planted_key_in_a_tool_output_refuses_the_release(tmp_path):
     assert "preferences row" in message  # the pairs carry the same tool output
     assert key not in message and key[:24] not in message
     assert not (tmp_path / "releases" / "trajhub-test").exists() or not any(
-        (tmp_path / "releases" / "trajhub-test").iterdir())
+        (tmp_path / "releases" / "trajhub-test").iterdir()
+    )
 
 
 @pytest.mark.parametrize("kind", sorted(FAKE_KEYS))
@@ -160,8 +213,10 @@ def test_each_key_format_is_found_and_masked(kind):
 
 
 def test_ordinary_text_is_not_a_key():
-    text = ("task-ant-colony-simulation hf_hub_download sk-short AKIAshort ghp_short "
-            "Authorization: Bearer $TOKEN use sk-ant- prefixes for keys; sk-learning-rate-schedule-for-training")
+    text = (
+        "task-ant-colony-simulation hf_hub_download sk-short AKIAshort ghp_short "
+        "Authorization: Bearer $TOKEN use sk-ant- prefixes for keys; sk-learning-rate-schedule-for-training"
+    )
     assert list(scan_text(text)) == []
 
 
@@ -184,8 +239,10 @@ def test_push_only_with_repo_and_token(release):
     assert api.calls == []
     url = push_release(release, configured, environ={"MY_HF_TOKEN": "x"}, api=api)
     assert url == "https://hub.example/commit/1"
-    assert api.calls == [("create_repo", "org/trajhub-test", "dataset"),
-                         ("upload_folder", "org/trajhub-test", str(release.path))]
+    assert api.calls == [
+        ("create_repo", "org/trajhub-test", "dataset"),
+        ("upload_folder", "org/trajhub-test", str(release.path)),
+    ]
 
 
 # -- thinking, content parts, extra and null content in the release ---------------------------
@@ -196,20 +253,32 @@ LUCKY_SIGNATURE = opaque("lucky") + "+AIza" + "Sy" + "A1b2" * 8 + "c" + "=="
 def thinking_inputs():
     """inst-1: two merged Anthropic runs (signed and redacted thinking, parts, extra; one signature
     lucky); inst-2: two runs whose tool-call turns have a null content."""
-    claude = [claude_trajectory("r1", "claude-a", 0, ["ls", "pytest"]),
-              claude_trajectory("r2", "claude-b", 0, ["ls", "rm -rf build"])]
+    claude = [
+        claude_trajectory("r1", "claude-a", 0, ["ls", "pytest"]),
+        claude_trajectory("r2", "claude-b", 0, ["ls", "rm -rf build"]),
+    ]
     claude[1]["messages"][4]["thinking_blocks"][0]["signature"] = LUCKY_SIGNATURE
-    null = [trajectory("r3", "m-a", 0, ["make"], act_content=None), trajectory("r4", "m-b", 0, ["make test"],
-                                                                              act_content=None)]
+    null = [
+        trajectory("r3", "m-a", 0, ["make"], act_content=None),
+        trajectory("r4", "m-b", 0, ["make test"], act_content=None),
+    ]
     for t in null:
         t["meta"]["instance"] = "inst-2"
     rewards = [reward("r1", 0.8), reward("r2", 0.3), reward("r3", 0.9), reward("r4", 0.1)]
-    steps = [{"run_id": r, "step_index": k, "step_reward": v}
-             for r, k, v in [("r1", 0, 0.5), ("r1", 1, 0.9), ("r2", 0, 0.5), ("r2", 1, 0.2)]]
-    pairs = pa.concat_tables([preference_pairs(ts, rewards, steps, PairPolicy(min_margin=0.1)).table
-                              for ts in (claude, null)])
-    return ReleaseInputs(tasks=tasks_to_table([task("inst-1", "SP"), task("inst-2", "Memory")]),
-                         trajectories=claude + null, trajectory_rewards=rewards, step_rewards=steps, pairs=pairs)
+    steps = [
+        {"run_id": r, "step_index": k, "step_reward": v}
+        for r, k, v in [("r1", 0, 0.5), ("r1", 1, 0.9), ("r2", 0, 0.5), ("r2", 1, 0.2)]
+    ]
+    pairs = pa.concat_tables(
+        [preference_pairs(ts, rewards, steps, PairPolicy(min_margin=0.1)).table for ts in (claude, null)]
+    )
+    return ReleaseInputs(
+        tasks=tasks_to_table([task("inst-1", "SP"), task("inst-2", "Memory")]),
+        trajectories=claude + null,
+        trajectory_rewards=rewards,
+        step_rewards=steps,
+        pairs=pairs,
+    )
 
 
 def test_thinking_parts_extra_and_null_content_survive_into_the_release(tmp_path):
@@ -226,8 +295,12 @@ def test_thinking_parts_extra_and_null_content_survive_into_the_release(tmp_path
     by_run = {row["run_id"]: row["messages"] for row in sft}
     assert by_run["r1"][2]["thinking_blocks"] == runs["r1"]["messages"][2]["thinking_blocks"]
     assert by_run["r2"][4]["thinking_blocks"][0]["signature"] == LUCKY_SIGNATURE
-    assert by_run["r1"][2]["thinking_blocks"][1] == {"type": "redacted_thinking", "thinking": None,
-                                                     "signature": None, "data": opaque("data ls", repeat=40)}
+    assert by_run["r1"][2]["thinking_blocks"][1] == {
+        "type": "redacted_thinking",
+        "thinking": None,
+        "signature": None,
+        "data": opaque("data ls", repeat=40),
+    }
     assert by_run["r3"][2]["content"] is None and by_run["r3"][0]["content"] == "You are a coding agent."
 
     prefs = datasets.load_dataset(str(release.path), "preferences", split="train", cache_dir=cache)
@@ -244,8 +317,9 @@ def test_thinking_parts_extra_and_null_content_survive_into_the_release(tmp_path
     # the shards themselves, read without `datasets`, hold the same rows
     for name in ("trajectories", "preferences"):
         read = pa.concat_tables([pq.read_table(p) for p in sorted((release.path / "data" / name).glob("*.parquet"))])
-        assert read.to_pylist() == datasets.load_dataset(str(release.path), name, split="train",
-                                                         cache_dir=cache).to_list()
+        assert (
+            read.to_pylist() == datasets.load_dataset(str(release.path), name, split="train", cache_dir=cache).to_list()
+        )
     card = (release.path / "README.md").read_text()
     for key in ("thinking_blocks", "content_parts", "extra", "reasoning_content"):
         assert f"| `{key}` |" in card
@@ -258,19 +332,50 @@ def test_thinking_parts_extra_and_null_content_survive_into_the_release(tmp_path
 
 def test_signatures_and_redacted_data_are_not_keys_but_thinking_text_is_scanned():
     key = FAKE_KEYS["anthropic"]
-    blocks = [{"type": "thinking", "thinking": "hm", "signature": LUCKY_SIGNATURE, "data": None},
-              {"type": "redacted_thinking", "thinking": None, "signature": None, "data": LUCKY_SIGNATURE}]
+    blocks = [
+        {"type": "thinking", "thinking": "hm", "signature": LUCKY_SIGNATURE, "data": None},
+        {"type": "redacted_thinking", "thinking": None, "signature": None, "data": LUCKY_SIGNATURE},
+    ]
     assert scan_rows("t", [{"messages": [{"content": None, "thinking_blocks": blocks}]}]) == []
     leaky = [{"type": "thinking", "thinking": f"the key is {key}", "signature": f"not base64: {key}", "data": None}]
     hits = scan_rows("t", [{"messages": [{"content": LUCKY_SIGNATURE, "thinking_blocks": leaky}]}])
     assert sorted((h.field, h.kind) for h in hits) == [
-        ("messages[0].content", "google_api_key"), ("messages[0].thinking_blocks[0].signature", "anthropic"),
-        ("messages[0].thinking_blocks[0].thinking", "anthropic")]
+        ("messages[0].content", "google_api_key"),
+        ("messages[0].thinking_blocks[0].signature", "anthropic"),
+        ("messages[0].thinking_blocks[0].thinking", "anthropic"),
+    ]
 
 
-fragments = st.sampled_from(sorted(FAKE_KEYS.values()) + [
-    "sk-", "sk-ant-", "hf_", "AKIA", "ASIA", "AIza", "ghp_", "github_pat_", "xoxb-", "-----BEGIN ", "PRIVATE KEY-----",
-    "Authorization: ", "AUTHORIZATION=", "bearer ", "task-", "A", "x", "1", "_", "-", "+", "/", " ", "\n", "é"])
+fragments = st.sampled_from(
+    sorted(FAKE_KEYS.values())
+    + [
+        "sk-",
+        "sk-ant-",
+        "hf_",
+        "AKIA",
+        "ASIA",
+        "AIza",
+        "ghp_",
+        "github_pat_",
+        "xoxb-",
+        "-----BEGIN ",
+        "PRIVATE KEY-----",
+        "Authorization: ",
+        "AUTHORIZATION=",
+        "bearer ",
+        "task-",
+        "A",
+        "x",
+        "1",
+        "_",
+        "-",
+        "+",
+        "/",
+        " ",
+        "\n",
+        "é",
+    ]
+)
 
 
 @settings(max_examples=400, deadline=None)

@@ -75,22 +75,48 @@ DOCKER = SandboxConfig(backend="docker", timeout_s=300, cpus=1, memory="1g")
 
 
 # -- units: records as the proxy writes them ------------------------------------------------
-def chat_record(seq: int, messages: list[dict], answer: dict, *, tools=("shell",), status="ok",
-                call_kind="agent", run_id="m~t~0~0123abcd") -> dict:
-    request = {"model": "scripted-openai", "messages": messages,
-               "tools": [{"type": "function", "function": {"name": n}} for n in tools]}
+def chat_record(
+    seq: int,
+    messages: list[dict],
+    answer: dict,
+    *,
+    tools=("shell",),
+    status="ok",
+    call_kind="agent",
+    run_id="m~t~0~0123abcd",
+) -> dict:
+    request = {
+        "model": "scripted-openai",
+        "messages": messages,
+        "tools": [{"type": "function", "function": {"name": n}} for n in tools],
+    }
     response = {"choices": [{"message": answer}], "usage": {"prompt_tokens": 12, "completion_tokens": 3}}
-    return {"run_id": run_id, "call_id": f"c{seq}", "seq": seq, "wire_format": "openai_chat",
-            "call_kind": call_kind, "status": status, "request": request,
-            "response": response if status == "ok" else None,
-            "http_status": 200 if status == "ok" else 429,
-            "error": None if status == "ok" else {"message": "slow down"}}
+    return {
+        "run_id": run_id,
+        "call_id": f"c{seq}",
+        "seq": seq,
+        "wire_format": "openai_chat",
+        "call_kind": call_kind,
+        "status": status,
+        "request": request,
+        "response": response if status == "ok" else None,
+        "http_status": 200 if status == "ok" else 429,
+        "error": None if status == "ok" else {"message": "slow down"},
+    }
 
 
 def shell(call_id: str, command: str) -> dict:
-    return {"role": "assistant", "content": None, "tool_calls": [
-        {"id": call_id, "type": "function", "function": {"name": "shell", "arguments": json.dumps(
-            {"command": command}, separators=(",", ":"))}}]}
+    return {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {
+                "id": call_id,
+                "type": "function",
+                "function": {"name": "shell", "arguments": json.dumps({"command": command}, separators=(",", ":"))},
+            }
+        ],
+    }
 
 
 def conversation(query: str, results: list[str]) -> list[dict]:
@@ -106,24 +132,54 @@ def conversation(query: str, results: list[str]) -> list[dict]:
 
 
 def recorded_run(records: list[dict], **row) -> RecordedRun:
-    base = {"run_id": "m~t~0~0123abcd", "attempt": 0, "scaffold": "builtin", "scaffold_version": "1",
-            "backend": "docker", "stop_reason": "no_tool_call", "tests_passed": 3, "diff": ""}
-    return RecordedRun("m~t~0~0123abcd", records, base | row, {"instance_id": "t"},
-                       ModelConfig(name="m", route="scripted-openai", scaffold="builtin"))
+    base = {
+        "run_id": "m~t~0~0123abcd",
+        "attempt": 0,
+        "scaffold": "builtin",
+        "scaffold_version": "1",
+        "backend": "docker",
+        "stop_reason": "no_tool_call",
+        "tests_passed": 3,
+        "diff": "",
+    }
+    return RecordedRun(
+        "m~t~0~0123abcd",
+        records,
+        base | row,
+        {"instance_id": "t"},
+        ModelConfig(name="m", route="scripted-openai", scaffold="builtin"),
+    )
 
 
 def replay_row(**row) -> dict:
-    return {"run_id": "replay.m~t~0~89abcdef", "backend": "docker", "scaffold_version": "1",
-            "stop_reason": "no_tool_call", "tests_passed": 3, "diff": "", "error": None} | row
+    return {
+        "run_id": "replay.m~t~0~89abcdef",
+        "backend": "docker",
+        "scaffold_version": "1",
+        "stop_reason": "no_tool_call",
+        "tests_passed": 3,
+        "diff": "",
+        "error": None,
+    } | row
 
 
 def test_masks_hide_volatile_tokens_and_nothing_else():
-    volatile = ("Ran 5 tests in 0.003s | Today's date is 2026-11-22. | commit 3f9a2c1d0be | "
-                "cwd /tmp/trajhub-abc_123/ws | session 5b0f5a1e-8c1a-4c55-9d1e-0f3c2a9b7d10 | "
-                "<Foo at 0x7f3a2b1c> | run baseline__careful~demo-x~0~0123abcd | Nov 22 00:17")
+    volatile = (
+        "Ran 5 tests in 0.003s | Today's date is 2026-11-22. | commit 3f9a2c1d0be | "
+        "cwd /tmp/trajhub-abc_123/ws | session 5b0f5a1e-8c1a-4c55-9d1e-0f3c2a9b7d10 | "
+        "<Foo at 0x7f3a2b1c> | run baseline__careful~demo-x~0~0123abcd | Nov 22 00:17"
+    )
     masked = mask_text(volatile)
-    for token in ("0.003s", "2026-11-22", "3f9a2c1d0be", "trajhub-abc_123", "5b0f5a1e", "0x7f3a2b1c",
-                  "0123abcd", "00:17"):
+    for token in (
+        "0.003s",
+        "2026-11-22",
+        "3f9a2c1d0be",
+        "trajhub-abc_123",
+        "5b0f5a1e",
+        "0x7f3a2b1c",
+        "0123abcd",
+        "00:17",
+    ):
         assert token not in masked, token
     assert "/tmp/<tmp>/ws" in masked and "Ran 5 tests in <duration>" in masked
     steady = "version 1.2.3 defaced line 42 of cache.py: capacity must be at least 1 (took 3 tries)"
@@ -147,8 +203,10 @@ def test_lanes_serve_interleaved_conversations_in_their_own_order():
 
 
 def test_the_policy_serves_recorded_answers_failures_and_then_a_400():
-    records = [chat_record(0, [{"role": "user", "content": "q"}], {}, status="error"),
-               chat_record(1, [{"role": "user", "content": "q"}], shell("call_1", "ls"))]
+    records = [
+        chat_record(0, [{"role": "user", "content": "q"}], {}, status="error"),
+        chat_record(1, [{"role": "user", "content": "q"}], shell("call_1", "ls")),
+    ]
     policy = ReplayPolicy(recorded_run(records))
 
     def ask():
@@ -166,19 +224,34 @@ def test_the_policy_serves_recorded_answers_failures_and_then_a_400():
 
 
 def test_anthropic_responses_are_served_block_for_block():
-    content = [{"type": "thinking", "thinking": "hmm", "signature": "sig"},
-               {"type": "text", "text": "Running it."},
-               {"type": "tool_use", "id": "toolu_1", "name": "Bash", "input": {"command": "ls"}}]
-    record = {"wire_format": "anthropic_messages", "call_kind": "agent", "status": "ok",
-              "response": {"content": content, "stop_reason": "tool_use",
-                           "usage": {"input_tokens": 7, "output_tokens": 9, "cache_read_input_tokens": 100}}}
+    content = [
+        {"type": "thinking", "thinking": "hmm", "signature": "sig"},
+        {"type": "text", "text": "Running it."},
+        {"type": "tool_use", "id": "toolu_1", "name": "Bash", "input": {"command": "ls"}},
+    ]
+    record = {
+        "wire_format": "anthropic_messages",
+        "call_kind": "agent",
+        "status": "ok",
+        "response": {
+            "content": content,
+            "stop_reason": "tool_use",
+            "usage": {"input_tokens": 7, "output_tokens": 9, "cache_read_input_tokens": 100},
+        },
+    }
     reply = reply_for(record)
     assert isinstance(reply, Reply)
     served = anthropic_message(reply, "m", "id")
     assert served["content"] == content and served["stop_reason"] == "tool_use"
     assert served["usage"]["cache_read_input_tokens"] == 100
-    count = reply_for({"wire_format": "anthropic_messages", "call_kind": "count_tokens", "status": "ok",
-                       "response": {"input_tokens": 4242}})
+    count = reply_for(
+        {
+            "wire_format": "anthropic_messages",
+            "call_kind": "count_tokens",
+            "status": "ok",
+            "response": {"input_tokens": 4242},
+        }
+    )
     assert count.input_tokens == 4242
 
 
@@ -225,16 +298,28 @@ def test_first_difference_names_the_path():
 
 
 def test_replay_routes_keep_the_recorded_model_names():
-    anthropic = [{"wire_format": "anthropic_messages", "call_kind": "agent", "model": "claude-x",
-                  "request": {"model": "claude-x"}}]
+    anthropic = [
+        {
+            "wire_format": "anthropic_messages",
+            "call_kind": "agent",
+            "model": "claude-x",
+            "request": {"model": "claude-x"},
+        }
+    ]
     config = replay_proxy_config([recorded_run(conversation("q", [])), recorded_run(anthropic)])
     routes = {entry["model_name"]: entry["litellm_params"] for entry in config["model_list"]}
     assert routes == {
-        "claude-x": {"model": "anthropic/claude-x", "api_base": "os.environ/TRAJHUB_SCRIPTED_UPSTREAM_URL",
-                     "api_key": "os.environ/TRAJHUB_SCRIPTED_UPSTREAM_KEY"},
-        "scripted-openai": {"model": "openai/scripted-openai",
-                            "api_base": "os.environ/TRAJHUB_SCRIPTED_UPSTREAM_V1_URL",
-                            "api_key": "os.environ/TRAJHUB_SCRIPTED_UPSTREAM_KEY"}}
+        "claude-x": {
+            "model": "anthropic/claude-x",
+            "api_base": "os.environ/TRAJHUB_SCRIPTED_UPSTREAM_URL",
+            "api_key": "os.environ/TRAJHUB_SCRIPTED_UPSTREAM_KEY",
+        },
+        "scripted-openai": {
+            "model": "openai/scripted-openai",
+            "api_base": "os.environ/TRAJHUB_SCRIPTED_UPSTREAM_V1_URL",
+            "api_key": "os.environ/TRAJHUB_SCRIPTED_UPSTREAM_KEY",
+        },
+    }
     assert config["litellm_settings"]["callbacks"] == "trajectory_logger.instance"
     both = [dict(anthropic[0], wire_format="openai_chat"), anthropic[0]]
     with pytest.raises(ReplayError, match="claude-x"):
@@ -282,8 +367,11 @@ def test_an_altered_workspace_names_the_first_divergent_call(recorded_builtin, p
     assert not report.reproduced and report.fidelity < 1.0
     # The careful baseline lists the files, then reads lrucache/cache.py: the request after the
     # read is the first to carry the altered file.
-    read = next(i for i, r in enumerate(recorded.records)
-                if "read_file" in json.dumps(r["response"]) and "cache.py" in json.dumps(r["response"]))
+    read = next(
+        i
+        for i, r in enumerate(recorded.records)
+        if "read_file" in json.dumps(r["response"]) and "cache.py" in json.dumps(r["response"])
+    )
     first = report.first_divergence
     assert (first.call_index, first.seq) == (read + 1, recorded.records[read + 1]["seq"]), report.text()
     assert first.path.startswith("messages[") and first.path.endswith(".content")
@@ -323,20 +411,29 @@ def test_release_replay_samples_the_release_and_checks_it(recorded_builtin, tmp_
     pq.write_table(pa.table({"run_id": [run_id]}), release / "data" / "trajectories" / "train-00000-of-00001.parquet")
     (release / "manifest.json").write_text("{}")
     config = tmp_path / "project.yaml"
-    config.write_text(yaml.safe_dump({
-        "tasks": [{"path": str(DEFAULT_CONFIG.parent / "tasks/demo/tasks.jsonl")}],
-        "models": [{"name": CAREFUL.name, "route": CAREFUL.route, "scaffold": "builtin"}],
-        "sandbox": DOCKER.model_dump(), "release": {"name": "replay-test", "replay_sample": 3}}))
-    result = materialize([release_replay], instance=DagsterInstance.ephemeral(),
-                         resources={"store": StoreResource(root=str(store.root)),
-                                    "project": ProjectResource(path=str(config))})
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "tasks": [{"path": str(DEFAULT_CONFIG.parent / "tasks/demo/tasks.jsonl")}],
+                "models": [{"name": CAREFUL.name, "route": CAREFUL.route, "scaffold": "builtin"}],
+                "sandbox": DOCKER.model_dump(),
+                "release": {"name": "replay-test", "replay_sample": 3},
+            }
+        )
+    )
+    result = materialize(
+        [release_replay],
+        instance=DagsterInstance.ephemeral(),
+        resources={"store": StoreResource(root=str(store.root)), "project": ProjectResource(path=str(config))},
+    )
     assert result.success
     (check,) = result.get_asset_check_evaluations()
     assert check.check_name == CHECK and check.passed
     (materialization,) = result.asset_materializations_for_node("release_replay")
     assert materialization.metadata["replayed"].value == 1  # the release holds one run
     assert [r.data for r in materialization.metadata["replays"].records] == [
-        {"run": run_id, "fidelity": 1.0, "first_divergence": "none", "outcome_differs_in": "same"}]
+        {"run": run_id, "fidelity": 1.0, "first_divergence": "none", "outcome_differs_in": "same"}
+    ]
     (row,) = store.sql("SELECT * FROM replays WHERE release_version = 'v-test'").to_pylist()
     assert (row["run_id"], row["fidelity"], row["reproduced"]) == (run_id, 1.0, True)
     assert row["recorded_calls"] >= 8 and row["matched_calls"] == row["recorded_calls"] == row["replayed_calls"]

@@ -20,7 +20,12 @@ from pathlib import Path
 import pytest
 
 from trajhub_assets.sandbox import (
-    DockerSandbox, Limits, SandboxTimeout, collect_outcome, make_sandbox, remove_orphans,
+    DockerSandbox,
+    Limits,
+    SandboxTimeout,
+    collect_outcome,
+    make_sandbox,
+    remove_orphans,
 )
 from trajhub_assets.sandbox import docker as docker_backend
 from trajhub_assets.sandbox.images import ensure_demo_image
@@ -52,8 +57,7 @@ def containers_of(client, run_id: str) -> list:
 
 
 def demo_task(instance_id: str = "demo-csv-quoting") -> dict:
-    return next(item.record for item in read_jsonl(DEMO_TASKS)
-                if item.record["instance_id"] == instance_id)
+    return next(item.record for item in read_jsonl(DEMO_TASKS) if item.record["instance_id"] == instance_id)
 
 
 def test_exec_read_write_with_the_workspace_at_its_absolute_path(client, run_id):
@@ -64,8 +68,9 @@ def test_exec_read_write_with_the_workspace_at_its_absolute_path(client, run_id)
         assert sandbox.workspace == task["workspace_abs_path"]
         assert sandbox.exec("pwd").stdout.strip() == task["workspace_abs_path"]
         listed = sandbox.exec("find . -path ./.git -prune -o -type f -print | sort").stdout.split()
-        expected = sorted(f"./{p.relative_to(source)}" for p in source.rglob("*")
-                          if p.is_file() and "__pycache__" not in p.parts)
+        expected = sorted(
+            f"./{p.relative_to(source)}" for p in source.rglob("*") if p.is_file() and "__pycache__" not in p.parts
+        )
         assert listed == expected
         assert sandbox.read_file("csvout/writer.py") == (source / "csvout" / "writer.py").read_text()
         assert "trajhub: initial workspace" in sandbox.exec("git log --oneline").stdout
@@ -94,7 +99,7 @@ def test_limits_labels_and_host_entry_are_applied(client, run_id):
         sandbox.container.reload()
         host = sandbox.container.attrs["HostConfig"]
         assert host["NanoCpus"] == 1_500_000_000
-        assert host["Memory"] == host["MemorySwap"] == 512 * 1024 ** 2
+        assert host["Memory"] == host["MemorySwap"] == 512 * 1024**2
         assert host["PidsLimit"] == 128
         assert host["Init"] is True
         assert "host.docker.internal:host-gateway" in host["ExtraHosts"]
@@ -107,8 +112,9 @@ def test_limits_labels_and_host_entry_are_applied(client, run_id):
         # The kernel holds the container to them, not just Docker's bookkeeping (cgroup v1 or v2).
         cgroup = sandbox.exec(
             "cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/pids/pids.max "
-            "2>/dev/null || cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/pids.max").stdout.split()
-        assert cgroup == [str(512 * 1024 ** 2), "128"]
+            "2>/dev/null || cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/pids.max"
+        ).stdout.split()
+        assert cgroup == [str(512 * 1024**2), "128"]
 
 
 def test_hanging_command_is_killed_at_its_timeout(client, run_id):
@@ -180,8 +186,7 @@ def test_orphans_of_a_killed_run_are_removed_and_live_runs_kept(client, run_id):
         print("ready", flush=True)
         time.sleep(600)
     """)
-    child = subprocess.Popen([sys.executable, "-c", crashing_run], cwd=ROOT,
-                             stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen([sys.executable, "-c", crashing_run], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
         assert child.stdout.readline().strip() == "ready"
     finally:
@@ -209,29 +214,39 @@ def host_server():
     server.server_close()
 
 
-FETCH = ("import sys, urllib.request\n"
-         "try: print(urllib.request.urlopen(sys.argv[1], timeout=3).status)\n"
-         "except Exception as e: print('unreachable', e)")
+FETCH = (
+    "import sys, urllib.request\n"
+    "try: print(urllib.request.urlopen(sys.argv[1], timeout=3).status)\n"
+    "except Exception as e: print('unreachable', e)"
+)
 
 
 def test_internal_network_reaches_the_host_but_no_other_container(client, run_id, host_server):
-    peer = client.containers.run(ensure_demo_image(client), ["python3", "-m", "http.server", "8000"],
-                                 detach=True, labels={"trajhub.run_id": run_id})  # default bridge
+    peer = client.containers.run(
+        ensure_demo_image(client),
+        ["python3", "-m", "http.server", "8000"],
+        detach=True,
+        labels={"trajhub.run_id": run_id},
+    )  # default bridge
     try:
         peer.reload()
         peer_ip = peer.attrs["NetworkSettings"]["IPAddress"]
-        with make_sandbox(demo_task(), backend="docker", run_id=run_id) as sandbox, \
-                make_sandbox(demo_task(), backend="docker", run_id=run_id) as neighbour:
+        with (
+            make_sandbox(demo_task(), backend="docker", run_id=run_id) as sandbox,
+            make_sandbox(demo_task(), backend="docker", run_id=run_id) as neighbour,
+        ):
             to_host = sandbox.exec(["python3", "-c", FETCH, f"http://host.docker.internal:{host_server}/"])
             assert to_host.stdout.strip() == "200"
             to_peer = sandbox.exec(["python3", "-c", FETCH, f"http://{peer_ip}:8000/"])
             assert to_peer.stdout.startswith("unreachable")  # nothing forwarded out of the network
             neighbour.exec("python3 -m http.server 8000 >/dev/null 2>&1 &")
-            neighbour.exec("for i in $(seq 50); do grep -q ':1F40 ' /proc/net/tcp && break; "
-                           "sleep 0.1; done")  # until port 8000 listens
+            neighbour.exec(
+                "for i in $(seq 50); do grep -q ':1F40 ' /proc/net/tcp && break; sleep 0.1; done"
+            )  # until port 8000 listens
             neighbour.container.reload()
-            address = neighbour.container.attrs["NetworkSettings"]["Networks"][
-                docker_backend.INTERNAL_NETWORK]["IPAddress"]
+            address = neighbour.container.attrs["NetworkSettings"]["Networks"][docker_backend.INTERNAL_NETWORK][
+                "IPAddress"
+            ]
             assert neighbour.exec(["python3", "-c", FETCH, "http://127.0.0.1:8000/"]).stdout == "200\n"
             to_neighbour = sandbox.exec(["python3", "-c", FETCH, f"http://{address}:8000/"])
             assert to_neighbour.stdout.startswith("unreachable")  # sandboxes are kept apart
@@ -267,12 +282,18 @@ def test_collect_outcome_on_a_demo_task_before_and_after_its_reference_patch(cli
 
 def test_image_that_carries_its_workspace_and_a_non_root_user(client, run_id):
     """OctoCodingBench-style: no workspace_source, the repository is in the image."""
-    dockerfile = (f"FROM {ensure_demo_image(client)}\n"
-                  "RUN useradd -m agent && mkdir -p /app && echo 'x = 1' > /app/mod.py "
-                  "&& chown -R agent /app\nUSER agent\n")
+    dockerfile = (
+        f"FROM {ensure_demo_image(client)}\n"
+        "RUN useradd -m agent && mkdir -p /app && echo 'x = 1' > /app/mod.py "
+        "&& chown -R agent /app\nUSER agent\n"
+    )
     client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag="trajhub-test-user:1", rm=True)
-    task = {"instance_id": "in-image", "image": "trajhub-test-user:1", "workspace_abs_path": "/app",
-            "test_command": None}
+    task = {
+        "instance_id": "in-image",
+        "image": "trajhub-test-user:1",
+        "workspace_abs_path": "/app",
+        "test_command": None,
+    }
     try:
         with make_sandbox(task, backend="docker", run_id=run_id) as sandbox:
             assert sandbox.exec("whoami").stdout == "agent\n"
@@ -288,6 +309,7 @@ def test_image_that_carries_its_workspace_and_a_non_root_user(client, run_id):
 
 
 # -- The internal network and the host address, as engines really vary ----------------------
+
 
 def _remove_internal_networks(client) -> None:
     for network in client.networks.list(names=[docker_backend.INTERNAL_NETWORK]):
@@ -311,11 +333,18 @@ def test_two_batches_started_together_with_the_network_absent_share_one_network(
             print(box.exec("echo ok").stdout.strip())
     """)
     ready = [str(tmp_path / "a"), str(tmp_path / "b")]
-    batches = [subprocess.Popen([sys.executable, "-c", script, *(ready if i == 0 else ready[::-1])],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
-               for i in range(2)]
+    batches = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, *(ready if i == 0 else ready[::-1])],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
+        for i in range(2)
+    ]
     outputs = [batch.communicate(timeout=300) for batch in batches]
-    for batch, (out, err) in zip(batches, outputs):
+    for batch, (out, err) in zip(batches, outputs, strict=True):
         assert batch.returncode == 0 and out.strip() == "ok", err[-2000:]
     assert len(client.networks.list(names=[docker_backend.INTERNAL_NETWORK])) == 1
 
@@ -351,9 +380,9 @@ def test_the_host_address_is_found_on_the_real_engine(client):
     bridge = client.networks.get("bridge").attrs
     address = docker_backend.bridge_gateway()
     # What the engine gives host-gateway, seen from inside a container.
-    hosts = client.containers.run("trajhub-demo:py311", ["cat", "/etc/hosts"], remove=True,
-                                  extra_hosts={"host.docker.internal": "host-gateway"}).decode()
+    hosts = client.containers.run(
+        "trajhub-demo:py311", ["cat", "/etc/hosts"], remove=True, extra_hosts={"host.docker.internal": "host-gateway"}
+    ).decode()
     assert f"{address}\thost.docker.internal" in hosts
-    without_gateway = {**bridge, "IPAM": {"Config": [{"Subnet": c.get("Subnet")}
-                                                     for c in bridge["IPAM"]["Config"]]}}
+    without_gateway = {**bridge, "IPAM": {"Config": [{"Subnet": c.get("Subnet")} for c in bridge["IPAM"]["Config"]]}}
     assert docker_backend.gateway_of(without_gateway, local_engine=True) == address

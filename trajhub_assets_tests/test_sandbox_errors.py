@@ -54,8 +54,9 @@ def test_an_engine_that_does_not_answer_fails_the_step_with_one_line(tmp_path):
 def test_trajhub_run_prints_the_line(tmp_path):
     env = {**os.environ, "TRAJHUB_HOME": str(tmp_path / "home"), "TRAJHUB_CONFIG": no_engine_project(tmp_path)}
     env.pop("DAGSTER_HOME", None)
-    done = subprocess.run([sys.executable, "-m", "trajhub_assets.cli", "run"], env=env, capture_output=True,
-                          text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "trajhub_assets.cli", "run"], env=env, capture_output=True, text=True, timeout=600
+    )
     assert done.returncode != 0
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("trajhub: ") and "raw_trajectories: no Docker engine answers at" in last, done.stderr[-3000:]
@@ -83,12 +84,19 @@ class StandInEngine:
         pass
 
 
-@pytest.mark.parametrize("engine, expected", [
-    (StandInEngine(set()), "image 'acme/task:1' is missing: pull it there (docker pull acme/task:1)"),
-    (StandInEngine({"acme/task:1"}, network_error="could not find an available,\n non-overlapping IPv4 address pool"),
-     "cannot create Docker network trajhub-sandbox-internal (could not find an available, non-overlapping "
-     "IPv4 address pool): remove unused networks there (docker network prune)"),
-])
+@pytest.mark.parametrize(
+    "engine, expected",
+    [
+        (StandInEngine(set()), "image 'acme/task:1' is missing: pull it there (docker pull acme/task:1)"),
+        (
+            StandInEngine(
+                {"acme/task:1"}, network_error="could not find an available,\n non-overlapping IPv4 address pool"
+            ),
+            "cannot create Docker network trajhub-sandbox-internal (could not find an available, non-overlapping "
+            "IPv4 address pool): remove unused networks there (docker network prune)",
+        ),
+    ],
+)
 def test_a_missing_image_or_network_is_one_line_naming_the_engine(monkeypatch, tmp_path, engine, expected):
     monkeypatch.setenv("TRAJHUB_CACHE", str(tmp_path))
     monkeypatch.setattr(images, "connect", lambda docker_host: engine)

@@ -8,7 +8,12 @@ import pytest
 
 from trajhub_assets.errors import RecordError
 from trajhub_assets.sandbox import (
-    Limits, SandboxError, SandboxTimeout, collect_outcome, make_sandbox, parse_test_counts,
+    Limits,
+    SandboxError,
+    SandboxTimeout,
+    collect_outcome,
+    make_sandbox,
+    parse_test_counts,
 )
 from trajhub_assets.tasks.catalog import read_jsonl
 
@@ -16,8 +21,7 @@ DEMO_TASKS = Path(__file__).parents[1] / "trajhub_assets" / "tasks" / "demo" / "
 
 
 def demo_task(instance_id: str = "demo-csv-quoting") -> dict:
-    return next(item.record for item in read_jsonl(DEMO_TASKS)
-                if item.record["instance_id"] == instance_id)
+    return next(item.record for item in read_jsonl(DEMO_TASKS) if item.record["instance_id"] == instance_id)
 
 
 def running(pid: int) -> bool:
@@ -37,10 +41,15 @@ def task(tmp_path) -> dict:
     (source / "tests" / "test_add.py").write_text(
         "import unittest\nfrom pkg import add\n\n"
         "class AddTest(unittest.TestCase):\n"
-        "    def test_add(self):\n        self.assertEqual(add(2, 3), 5)\n")
-    return {"instance_id": "tiny-add", "image": "trajhub-demo:py311",
-            "workspace_abs_path": "/workspace/tiny", "workspace_source": str(source),
-            "test_command": "python3 -m unittest discover -s tests -v"}
+        "    def test_add(self):\n        self.assertEqual(add(2, 3), 5)\n"
+    )
+    return {
+        "instance_id": "tiny-add",
+        "image": "trajhub-demo:py311",
+        "workspace_abs_path": "/workspace/tiny",
+        "workspace_source": str(source),
+        "test_command": "python3 -m unittest discover -s tests -v",
+    }
 
 
 def test_exec_read_write_in_a_copy_of_the_workspace(task, monkeypatch):
@@ -159,8 +168,11 @@ def test_collect_outcome_on_a_demo_task_with_its_reference_patch():
         after = collect_outcome(sandbox, task)
     assert before.tests_failed > 0 and before.test_exit_code != 0
     assert after.resolved and after.tests_total == before.tests_total
-    changed = [line for line in Path(task["reference_patch"]).read_text().splitlines()
-               if line.startswith("+") and not line.startswith("+++")]
+    changed = [
+        line
+        for line in Path(task["reference_patch"]).read_text().splitlines()
+        if line.startswith("+") and not line.startswith("+++")
+    ]
     assert all(line in after.diff.splitlines() for line in changed)
 
 
@@ -172,26 +184,28 @@ def test_task_without_test_command_still_gets_its_diff(task):
     assert "+hi" in outcome.diff and outcome.test_exit_code is None and outcome.tests_total is None
 
 
-@pytest.mark.parametrize("output, counts", [
-    ("Ran 9 tests in 0.003s\n\nOK\n", (9, 0, 9)),
-    ("Ran 9 tests in 0.003s\n\nOK (skipped=2)\n", (7, 0, 7)),
-    ("Ran 9 tests in 0.003s\n\nFAILED (failures=5)\n", (4, 5, 9)),
-    ("Ran 10 tests in 1.2s\nFAILED (failures=1, errors=2, skipped=3, expected failures=1)\n",
-     (4, 3, 7)),
-    ("Ran 2 tests in 0s\nOK\n...\nRan 3 tests in 0s\nFAILED (errors=1)\n", (4, 1, 5)),
-    ("===== 3 failed, 10 passed, 1 skipped in 0.12s =====\n", (10, 3, 13)),
-    ("..F\nFAILED tests/test_x.py::test_y - assert 1 == 2\n1 failed, 2 passed, 1 warning in 0.05s\n",
-     (2, 1, 3)),
-    ("==== 1 passed, 2 errors in 62.00s (0:01:02) ====\n", (1, 2, 3)),
-    ("==== 1 error in 0.10s ====\n", (0, 1, 1)),
-    ("============ no tests ran in 0.01s ============\n", (0, 0, 0)),
-    ("Traceback (most recent call last):\nImportError: boom\n", None),
-])
+@pytest.mark.parametrize(
+    "output, counts",
+    [
+        ("Ran 9 tests in 0.003s\n\nOK\n", (9, 0, 9)),
+        ("Ran 9 tests in 0.003s\n\nOK (skipped=2)\n", (7, 0, 7)),
+        ("Ran 9 tests in 0.003s\n\nFAILED (failures=5)\n", (4, 5, 9)),
+        ("Ran 10 tests in 1.2s\nFAILED (failures=1, errors=2, skipped=3, expected failures=1)\n", (4, 3, 7)),
+        ("Ran 2 tests in 0s\nOK\n...\nRan 3 tests in 0s\nFAILED (errors=1)\n", (4, 1, 5)),
+        ("===== 3 failed, 10 passed, 1 skipped in 0.12s =====\n", (10, 3, 13)),
+        ("..F\nFAILED tests/test_x.py::test_y - assert 1 == 2\n1 failed, 2 passed, 1 warning in 0.05s\n", (2, 1, 3)),
+        ("==== 1 passed, 2 errors in 62.00s (0:01:02) ====\n", (1, 2, 3)),
+        ("==== 1 error in 0.10s ====\n", (0, 1, 1)),
+        ("============ no tests ran in 0.01s ============\n", (0, 0, 0)),
+        ("Traceback (most recent call last):\nImportError: boom\n", None),
+    ],
+)
 def test_parse_test_counts(output, counts):
     assert parse_test_counts(output) == counts
 
 
 # -- The host address on Docker's bridge, from both shapes of its attributes ----------------
+
 
 def test_the_bridge_gateway_is_read_from_ipam_when_given_else_from_its_interface(monkeypatch):
     from trajhub_assets.sandbox import docker as docker_backend
@@ -199,8 +213,10 @@ def test_the_bridge_gateway_is_read_from_ipam_when_given_else_from_its_interface
     with_gateway = {"IPAM": {"Config": [{"Subnet": "172.17.0.0/16", "Gateway": "172.17.0.1"}]}}
     assert docker_backend.gateway_of(with_gateway, local_engine=False) == "172.17.0.1"
     # As `docker network inspect bridge` gives it when the engine adopts existing bridge state.
-    without = {"IPAM": {"Config": [{"Subnet": "172.17.0.0/16"}]},
-               "Options": {"com.docker.network.bridge.name": "br-test0"}}
+    without = {
+        "IPAM": {"Config": [{"Subnet": "172.17.0.0/16"}]},
+        "Options": {"com.docker.network.bridge.name": "br-test0"},
+    }
     asked = []
     monkeypatch.setattr(docker_backend, "interface_address", lambda name: asked.append(name) or "10.9.8.1")
     assert docker_backend.gateway_of(without, local_engine=True) == "10.9.8.1"

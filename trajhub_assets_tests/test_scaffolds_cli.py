@@ -55,8 +55,13 @@ SUBMIT = "echo COMPLETE_TASK_AND_SUBMIT_FINAL_OUTPUT"
 CREATE = "echo made-by-agent > created.txt"
 
 # The tool each client runs shell commands with.
-SHELL_TOOL = {"claudecode": "Bash", "kilo-dev": "bash", "droid": "Execute", "mini-swe-agent": "bash",
-              "builtin": "shell"}
+SHELL_TOOL = {
+    "claudecode": "Bash",
+    "kilo-dev": "bash",
+    "droid": "Execute",
+    "mini-swe-agent": "bash",
+    "builtin": "shell",
+}
 
 
 # -- the scripted model ----------------------------------------------------------------------
@@ -75,7 +80,8 @@ def _text(content) -> str:
 def _is_tool_result(message: dict) -> bool:
     content = message.get("content")
     return message.get("role") == "tool" or (
-        isinstance(content, list) and any(b.get("type") == "tool_result" for b in content))
+        isinstance(content, list) and any(b.get("type") == "tool_result" for b in content)
+    )
 
 
 def _tool_args(request, name: str, command: str) -> dict:
@@ -84,11 +90,16 @@ def _tool_args(request, name: str, command: str) -> dict:
         spec = tool.get("function") or tool
         if spec.get("name") == name:
             schema = spec.get("parameters") or spec.get("input_schema") or {}
-            args = {key: "trajhub test step" for key in schema.get("required", [])
-                    if schema.get("properties", {}).get(key, {}).get("type") == "string"}
+            args = {
+                key: "trajhub test step"
+                for key in schema.get("required", [])
+                if schema.get("properties", {}).get(key, {}).get("type") == "string"
+            }
             return args | {"command": command}
-    raise AssertionError(f"the client offered no tool {name!r}: "
-                         f"{[(t.get('function') or t).get('name') for t in request.body.get('tools') or []]}")
+    raise AssertionError(
+        f"the client offered no tool {name!r}: "
+        f"{[(t.get('function') or t).get('name') for t in request.body.get('tools') or []]}"
+    )
 
 
 def agent_policy(scaffold: str, commands: tuple[str, ...] = (CREATE,)):
@@ -102,12 +113,15 @@ def agent_policy(scaffold: str, commands: tuple[str, ...] = (CREATE,)):
         messages = request.body["messages"]
         users = [i for i, m in enumerate(messages) if m["role"] == "user" and not _is_tool_result(m)]
         query = _text(messages[users[-1]]["content"]) if users else ""
-        results = [m for m in messages[users[-1] + 1:] if _is_tool_result(m)] if users else []
+        results = [m for m in messages[users[-1] + 1 :] if _is_tool_result(m)] if users else []
         if FIRST in query and len(results) < len(commands):
             step = len(results)
-            return Reply([text_block(f"Running command {step + 1}."),
-                          tool_use_block(f"call_shell_{step + 1}", shell,
-                                         _tool_args(request, shell, commands[step]))])
+            return Reply(
+                [
+                    text_block(f"Running command {step + 1}."),
+                    tool_use_block(f"call_shell_{step + 1}", shell, _tool_args(request, shell, commands[step])),
+                ]
+            )
         answer = ANSWER_ONE if FIRST in query else ANSWER_TWO if SECOND in query else "Unexpected."
         if scaffold == "mini-swe-agent":  # every turn is a tool call; submitting ends one
             return Reply([text_block(answer), tool_use_block("call_submit", "bash", {"command": SUBMIT})])
@@ -144,27 +158,45 @@ def make_task(tmp_path: Path, instance_id: str = "scaffold-test") -> dict:
     repo = tmp_path / "repo"
     repo.mkdir(exist_ok=True)
     (repo / "README.md").write_text("A repository for the scaffold tests.\n")
-    return {"instance_id": instance_id, "source": "test", "image": "trajhub-demo:py311",
-            "workspace_source": str(repo), "workspace_abs_path": f"/workspace/{instance_id}",
-            "user_query": [f"{FIRST}: create created.txt with a shell command.",
-                           f"{SECOND}: anything else?"],
-            "system_prompt": SYSTEM_PROMPT}
+    return {
+        "instance_id": instance_id,
+        "source": "test",
+        "image": "trajhub-demo:py311",
+        "workspace_source": str(repo),
+        "workspace_abs_path": f"/workspace/{instance_id}",
+        "user_query": [f"{FIRST}: create created.txt with a shell command.", f"{SECOND}: anything else?"],
+        "system_prompt": SYSTEM_PROMPT,
+    }
 
 
 def endpoint_for(proxy, run_id: str, sandbox_url: str | None = None, api_key: str | None = None):
-    return Endpoint(base_url_host=proxy.url, base_url_sandbox=sandbox_url or proxy.url,
-                    api_key=api_key or proxy.master_key, run_id=run_id)
+    return Endpoint(
+        base_url_host=proxy.url,
+        base_url_sandbox=sandbox_url or proxy.url,
+        api_key=api_key or proxy.master_key,
+        run_id=run_id,
+    )
 
 
-def run_scaffold(name: str, proxy, task: dict, *, backend: str = "local", sandbox_url=None,
-                 api_key=None, timeout: float = 240, route: str | None = None,
-                 sampling: dict | None = None) -> tuple[AgentRun, str, str | None, str]:
+def run_scaffold(
+    name: str,
+    proxy,
+    task: dict,
+    *,
+    backend: str = "local",
+    sandbox_url=None,
+    api_key=None,
+    timeout: float = 240,
+    route: str | None = None,
+    sampling: dict | None = None,
+) -> tuple[AgentRun, str, str | None, str]:
     """(agent run, run id, created.txt or None, git diff of the workspace)."""
     run_id = make_run_id("scripted", task["instance_id"], 0)
     route = route or ("scripted-anthropic" if name == "claudecode" else "scripted-openai")
     with make_sandbox(task, backend=backend, run_id=run_id, limits=Limits(run_timeout=600)) as sandbox:
-        agent_run = make_scaffold(name).run(sandbox, task, endpoint_for(proxy, run_id, sandbox_url, api_key),
-                                            route, sampling or {}, timeout)
+        agent_run = make_scaffold(name).run(
+            sandbox, task, endpoint_for(proxy, run_id, sandbox_url, api_key), route, sampling or {}, timeout
+        )
         try:
             created = sandbox.read_file("created.txt")
         except FileNotFoundError:
@@ -197,8 +229,9 @@ def assert_two_turns(agent_run: AgentRun, created, upstream, proxy, run_id, *, e
     # by the header), and the second query continued the first conversation.
     served = [s for s in upstream.served if s.request.wire_format != "count_tokens"]
     assert len(calls) == len(served)
-    second = [s.request.body for s in upstream.served if SECOND in json.dumps(s.request.body)
-              and s.request.body.get("tools")]
+    second = [
+        s.request.body for s in upstream.served if SECOND in json.dumps(s.request.body) and s.request.body.get("tools")
+    ]
     assert second and ANSWER_ONE in json.dumps(second[-1]), "the second query started a new conversation"
     assert SYSTEM_PROMPT in json.dumps(second[-1])
 
@@ -233,9 +266,13 @@ class EchoScaffold(Scaffold):
         return AgentRun(0, "completed", "", "echo", self.version(), False)
 
 
-ECHO = ScaffoldEntry("echo", f"{__name__}:EchoScaffold",
-                     clients.Client("echo-cli", "pip", "echo-cli", "1.2.3", "bin/echo"),
-                     {"Shout": "shell"}, error_prefix="ECHO FAILED: ")
+ECHO = ScaffoldEntry(
+    "echo",
+    f"{__name__}:EchoScaffold",
+    clients.Client("echo-cli", "pip", "echo-cli", "1.2.3", "bin/echo"),
+    {"Shout": "shell"},
+    error_prefix="ECHO FAILED: ",
+)
 
 
 def test_a_new_scaffold_is_one_entry(monkeypatch, capsys):
@@ -282,8 +319,7 @@ def test_claudecode_two_queries_one_conversation(installed, proxy, upstream, tmp
 def test_claudecode_crash_is_reported_with_its_error(installed, proxy, upstream, tmp_path):
     need(installed, "claudecode")
     upstream.set_script(agent_policy("claudecode"))
-    agent_run, _, created, _ = run_scaffold("claudecode", proxy, make_task(tmp_path),
-                                            api_key="sk-not-the-proxy-key")
+    agent_run, _, created, _ = run_scaffold("claudecode", proxy, make_task(tmp_path), api_key="sk-not-the-proxy-key")
     assert agent_run.exit_code not in (0, None) and not agent_run.timed_out
     assert "API Error" in agent_run.stderr_tail and "sk-not-the-proxy-key" not in agent_run.stderr_tail
     assert created is None and upstream.calls == 0
@@ -299,8 +335,9 @@ def test_claudecode_timeout_stops_the_agent(installed, proxy, upstream, tmp_path
 def test_mini_swe_agent_two_queries_one_conversation(installed, proxy, upstream, tmp_path):
     need(installed, "mini-swe-agent")
     upstream.set_script(agent_policy("mini-swe-agent"))
-    agent_run, run_id, created, _ = run_scaffold("mini-swe-agent", proxy, make_task(tmp_path),
-                                                 sampling={"temperature": 0.25})
+    agent_run, run_id, created, _ = run_scaffold(
+        "mini-swe-agent", proxy, make_task(tmp_path), sampling={"temperature": 0.25}
+    )
     assert_two_turns(agent_run, created, upstream, proxy, run_id, expect_version="2.4.6")
     assert agent_run.stop_reason == "Submitted"
     assert all(s.request.body.get("temperature") == 0.25 for s in upstream.served)
@@ -319,8 +356,7 @@ def test_mini_swe_agent_crash_is_reported_with_its_stderr(installed, proxy, upst
 def test_kilo_two_queries_one_conversation(installed, proxy, upstream, tmp_path):
     need(installed, "kilo-dev")
     upstream.set_script(agent_policy("kilo-dev"))
-    agent_run, run_id, created, _ = run_scaffold("kilo-dev", proxy, make_task(tmp_path),
-                                                 sampling={"temperature": 0.25})
+    agent_run, run_id, created, _ = run_scaffold("kilo-dev", proxy, make_task(tmp_path), sampling={"temperature": 0.25})
     assert_two_turns(agent_run, created, upstream, proxy, run_id, expect_version="7.7.9")
     agent_turns = [s.request.body for s in upstream.served if s.request.body.get("tools")]
     assert all(body.get("temperature") == 0.25 for body in agent_turns)
@@ -329,8 +365,7 @@ def test_kilo_two_queries_one_conversation(installed, proxy, upstream, tmp_path)
 def test_droid_two_queries_one_conversation(installed, proxy, upstream, tmp_path):
     need(installed, "droid")
     upstream.set_script(agent_policy("droid"))
-    agent_run, run_id, created, _ = run_scaffold("droid", proxy, make_task(tmp_path),
-                                                 sampling={"temperature": 0.25})
+    agent_run, run_id, created, _ = run_scaffold("droid", proxy, make_task(tmp_path), sampling={"temperature": 0.25})
     assert_two_turns(agent_run, created, upstream, proxy, run_id, expect_version="0.225.2")
     agent_turns = [s.request.body for s in upstream.served if s.request.body.get("tools")]
     assert all(body.get("temperature") == 0.25 for body in agent_turns)
@@ -407,10 +442,10 @@ def test_scaffold_in_docker(installed, proxy, upstream, tmp_path, sandbox_proxy_
     if name != "builtin":
         need(installed, name)
     upstream.set_script(agent_policy(name))
-    agent_run, run_id, created, diff = run_scaffold(name, proxy, make_task(tmp_path, f"docker-{name}"),
-                                                    backend="docker", sandbox_url=sandbox_proxy_url)
-    assert_two_turns(agent_run, created, upstream, proxy, run_id,
-                     expect_version=make_scaffold(name).version())
+    agent_run, run_id, created, diff = run_scaffold(
+        name, proxy, make_task(tmp_path, f"docker-{name}"), backend="docker", sandbox_url=sandbox_proxy_url
+    )
+    assert_two_turns(agent_run, created, upstream, proxy, run_id, expect_version=make_scaffold(name).version())
     assert "created.txt" in diff and ".trajhub" not in diff
 
 
@@ -420,12 +455,18 @@ def test_droid_in_docker_no_command_is_killed(installed, proxy, upstream, tmp_pa
     need(installed, "droid")
     commands = (CREATE, *(f"sleep 0.5; echo step-{i} >> steps.txt" for i in range(4)), "command -v ps")
     upstream.set_script(agent_policy("droid", commands))
-    agent_run, run_id, created, diff = run_scaffold("droid", proxy, make_task(tmp_path, "docker-droid"),
-                                                    backend="docker", sandbox_url=sandbox_proxy_url)
+    agent_run, run_id, created, diff = run_scaffold(
+        "droid", proxy, make_task(tmp_path, "docker-droid"), backend="docker", sandbox_url=sandbox_proxy_url
+    )
     assert_two_turns(agent_run, created, upstream, proxy, run_id, expect_version="0.225.2")
     assert "steps.txt" in diff
-    last_of_first = [s.request.body for s in upstream.served if s.request.body.get("tools")
-                     and FIRST in json.dumps(s.request.body) and SECOND not in json.dumps(s.request.body)][-1]
+    last_of_first = [
+        s.request.body
+        for s in upstream.served
+        if s.request.body.get("tools")
+        and FIRST in json.dumps(s.request.body)
+        and SECOND not in json.dumps(s.request.body)
+    ][-1]
     results = [_text(m["content"]) for m in last_of_first["messages"] if _is_tool_result(m)]
     assert len(results) == len(commands)
     killed = [r for r in results if "[Process exited with code 0]" not in r or "SIGKILL" in r]
@@ -434,22 +475,29 @@ def test_droid_in_docker_no_command_is_killed(installed, proxy, upstream, tmp_pa
 
 
 def test_claudecode_in_docker_as_a_non_root_user_with_the_workspace_in_the_image(
-        installed, proxy, upstream, tmp_path, sandbox_proxy_url, docker_engine):
+    installed, proxy, upstream, tmp_path, sandbox_proxy_url, docker_engine
+):
     """OctoCodingBench-style image: the repository is in it, and its user is not root."""
     need(installed, "claudecode")
     from trajhub_assets.sandbox.images import ensure_demo_image
-    dockerfile = (f"FROM {ensure_demo_image(docker_engine)}\n"
-                  "RUN useradd -m agent && mkdir -p /app && echo 'x = 1' > /app/mod.py "
-                  "&& chown -R agent /app\nUSER agent\n")
-    docker_engine.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag="trajhub-test-scaffold-user:1",
-                               rm=True)
-    task = {**make_task(tmp_path, "docker-non-root"), "image": "trajhub-test-scaffold-user:1",
-            "workspace_abs_path": "/app"}
+
+    dockerfile = (
+        f"FROM {ensure_demo_image(docker_engine)}\n"
+        "RUN useradd -m agent && mkdir -p /app && echo 'x = 1' > /app/mod.py "
+        "&& chown -R agent /app\nUSER agent\n"
+    )
+    docker_engine.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag="trajhub-test-scaffold-user:1", rm=True)
+    task = {
+        **make_task(tmp_path, "docker-non-root"),
+        "image": "trajhub-test-scaffold-user:1",
+        "workspace_abs_path": "/app",
+    }
     del task["workspace_source"]
     try:
         upstream.set_script(agent_policy("claudecode"))
-        agent_run, run_id, created, diff = run_scaffold("claudecode", proxy, task, backend="docker",
-                                                        sandbox_url=sandbox_proxy_url)
+        agent_run, run_id, created, diff = run_scaffold(
+            "claudecode", proxy, task, backend="docker", sandbox_url=sandbox_proxy_url
+        )
         assert_two_turns(agent_run, created, upstream, proxy, run_id, expect_version="2.1.330")
         assert "created.txt" in diff
     finally:

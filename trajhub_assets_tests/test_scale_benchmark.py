@@ -22,7 +22,7 @@ from trajhub_assets.scaffolds.baselines import judge_answer
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
-from synthetic_runs import model_profiles, run_records, task_records
+from synthetic_runs import model_profiles, run_records, task_records  # noqa: E402 (a script beside the package)
 
 LAST_LINE = re.compile(r"^trajectories_per_s=(\d+\.\d+) backfill_batched_vs_per_partition=(\d+\.\d+)$")
 
@@ -30,8 +30,12 @@ LAST_LINE = re.compile(r"^trajectories_per_s=(\d+\.\d+) backfill_batched_vs_per_
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("scale")
-    done = subprocess.run([sys.executable, str(BENCHMARKS / "scale_pipeline.py"), "--quick", "--root", str(root)],
-                          capture_output=True, text=True, timeout=1800)
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "scale_pipeline.py"), "--quick", "--root", str(root)],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return root, done.stdout.strip().splitlines()
 
@@ -79,10 +83,13 @@ def test_baseline_judge_answers_a_step_whose_arguments_were_truncated():
     """Found by the benchmark: a long Write shortened in the judge prompt is no JSON any more."""
     arguments = json.dumps({"path": "src/a.py", "content": "x" * 50})
     shortened = arguments[:30] + "\n[... 40 characters truncated ...]\n" + arguments[-10:]
-    prompt = ("## Trajectory before the step\n[0] user\nFix it.\n\n"
-              f"## The step to grade (step 0 of conversation c)\n[1] assistant\n-> call write_file (id c1): {shortened}")
-    answer = judge_answer({"messages": [{"role": "user", "content": prompt}],
-                           "response_format": {"json_schema": {"schema": STEP_SCHEMA}}})
+    prompt = (
+        "## Trajectory before the step\n[0] user\nFix it.\n\n"
+        f"## The step to grade (step 0 of conversation c)\n[1] assistant\n-> call write_file (id c1): {shortened}"
+    )
+    answer = judge_answer(
+        {"messages": [{"role": "user", "content": prompt}], "response_format": {"json_schema": {"schema": STEP_SCHEMA}}}
+    )
     assert set(answer) == set(STEP_SCHEMA["properties"])
 
 
@@ -94,11 +101,15 @@ def test_instance_median_reads_the_instance_of_every_model_and_nothing_else(stor
         for task in tasks:
             records, _ = run_records(profile, task, seed=1)
             conversations = merge_partition(records, profile.key, task["instance_id"])
-            store.write(MERGED_TRAJECTORIES, conversations_to_table(conversations),
-                        {"model": profile.key, "instance": task["instance_id"]})
+            store.write(
+                MERGED_TRAJECTORIES,
+                conversations_to_table(conversations),
+                {"model": profile.key, "instance": task["instance_id"]},
+            )
     for task in tasks:
-        whole_table = store.sql("SELECT * EXCLUDE (model, instance) FROM merged_trajectories WHERE instance = ?",
-                                [task["instance_id"]])
+        whole_table = store.sql(
+            "SELECT * EXCLUDE (model, instance) FROM merged_trajectories WHERE instance = ?", [task["instance_id"]]
+        )
         lengths = trajectory_lengths(table_to_conversations(whole_table))
         assert len(lengths) == 3
         assert instance_median_steps(store, task["instance_id"]) == median_steps(lengths.values())

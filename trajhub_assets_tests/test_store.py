@@ -8,8 +8,9 @@ import pytest
 from trajhub_assets.errors import StoreError
 from trajhub_assets.store import Store, Table
 
-RUNS = Table("runs_demo", pa.schema([("attempt", pa.int64()), ("text", pa.string())]),
-             partitioned_by=("model", "instance"))
+RUNS = Table(
+    "runs_demo", pa.schema([("attempt", pa.int64()), ("text", pa.string())]), partitioned_by=("model", "instance")
+)
 FLAT = Table("flat_demo", pa.schema([("x", pa.int64())]))
 
 
@@ -27,8 +28,7 @@ def test_replacing_a_partition_keeps_the_others(store):
     store.write(RUNS, rows(3), {"model": "m", "instance": "a"})
     store.write(RUNS, rows(2), {"model": "m", "instance": "b"})
     store.write(RUNS, rows(5, "new"), {"model": "m", "instance": "a"})
-    counts = dict(store.connect().execute(
-        "SELECT instance, count(*) FROM runs_demo GROUP BY ALL").fetchall())
+    counts = dict(store.connect().execute("SELECT instance, count(*) FROM runs_demo GROUP BY ALL").fetchall())
     assert counts == {"a": 5, "b": 2}
     assert list(store.table_dir(RUNS).rglob("*.tmp")) == []
 
@@ -48,11 +48,16 @@ def test_schema_is_enforced_and_old_partition_survives(store):
     assert store.read(RUNS, partition).equals(rows(2))
 
 
-@pytest.mark.parametrize("partition", [{"model": "a/b", "instance": "x"},
-                                       {"model": "a|b", "instance": "x"},
-                                       {"model": "a", "instance": "x=y"},
-                                       {"instance": "x", "model": "a"},
-                                       {"model": "a"}])
+@pytest.mark.parametrize(
+    "partition",
+    [
+        {"model": "a/b", "instance": "x"},
+        {"model": "a|b", "instance": "x"},
+        {"model": "a", "instance": "x=y"},
+        {"instance": "x", "model": "a"},
+        {"model": "a"},
+    ],
+)
 def test_bad_partitions_are_refused(store, partition):
     with pytest.raises(StoreError):
         store.write(RUNS, rows(1), partition)
@@ -83,23 +88,25 @@ def _write_many(root: str, model: str, n: int) -> None:
 
 def test_two_processes_write_different_partitions_while_a_reader_queries(store):
     context = multiprocessing.get_context("spawn")
-    writers = [context.Process(target=_write_many, args=(str(store.root), model, 40))
-               for model in ("m1", "m2")]
+    writers = [context.Process(target=_write_many, args=(str(store.root), model, 40)) for model in ("m1", "m2")]
     for writer in writers:
         writer.start()
     seen_sizes = set()
     while any(w.is_alive() for w in writers):
         if store.table_names():
-            for (size,) in store.connect().execute(
-                    "SELECT count(*) FROM runs_demo GROUP BY model, instance").fetchall():
+            for (size,) in (
+                store.connect().execute("SELECT count(*) FROM runs_demo GROUP BY model, instance").fetchall()
+            ):
                 seen_sizes.add(size)
     for writer in writers:
         writer.join()
         assert writer.exitcode == 0
     # the reader did see partitions mid-write, and every one it saw was whole
     assert seen_sizes == {4}
-    counts = store.connect().execute(
-        "SELECT model, count(DISTINCT instance), count(*) FROM runs_demo GROUP BY model ORDER BY model"
-    ).fetchall()
+    counts = (
+        store.connect()
+        .execute("SELECT model, count(DISTINCT instance), count(*) FROM runs_demo GROUP BY model ORDER BY model")
+        .fetchall()
+    )
     assert counts == [("m1", 40, 160), ("m2", 40, 160)]
     assert not any(name.endswith(".tmp") for _, _, files in os.walk(store.root) for name in files)

@@ -21,8 +21,9 @@ from trajhub_assets.resources import ProjectResource, StoreResource
 from trajhub_assets.store import Store, Table
 from trajhub_assets.tasks.assets import tasks
 
-RUNS = Table("runs_demo", pa.schema([("attempt", pa.int64()), ("text", pa.string())]),
-             partitioned_by=("model", "instance"))
+RUNS = Table(
+    "runs_demo", pa.schema([("attempt", pa.int64()), ("text", pa.string())]), partitioned_by=("model", "instance")
+)
 FLAT = Table("flat_demo", pa.schema([("x", pa.int64())]))
 # Credentials only the test knows, to look for in everything the store wrote.
 ACCESS_KEY = "AKIA" + secrets.token_hex(8).upper()
@@ -46,8 +47,12 @@ def s3_endpoint():
 @pytest.fixture
 def s3_env(s3_endpoint, monkeypatch):
     """The environment a cluster pod has: endpoint, region and credentials, nothing else."""
-    for name, value in {"AWS_ENDPOINT_URL": s3_endpoint, "AWS_REGION": "us-east-1",
-                        "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}.items():
+    for name, value in {
+        "AWS_ENDPOINT_URL": s3_endpoint,
+        "AWS_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+        "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+    }.items():
         monkeypatch.setenv(name, value)
     return s3_endpoint
 
@@ -72,9 +77,11 @@ def s3_store(bucket, tmp_path, monkeypatch) -> Store:
 def objects(store: Store) -> dict[str, bytes]:
     """Every object under the store's tables prefix, by key."""
     fs, base = store.objects.fs, store.objects.base
-    return {info.path: fs.open_input_stream(info.path).read()
-            for info in fs.get_file_info(pafs.FileSelector(base, recursive=True))
-            if info.type == pafs.FileType.File}
+    return {
+        info.path: fs.open_input_stream(info.path).read()
+        for info in fs.get_file_info(pafs.FileSelector(base, recursive=True))
+        if info.type == pafs.FileType.File
+    }
 
 
 def test_write_read_exists_and_query_on_object_storage(s3_store, bucket):
@@ -88,7 +95,8 @@ def test_write_read_exists_and_query_on_object_storage(s3_store, bucket):
     assert s3_store.table_names() == ["flat_demo", "runs_demo"]
     # hive columns come back from the object keys, as strings
     assert s3_store.sql("SELECT instance, count(*) AS n FROM runs_demo GROUP BY ALL").to_pylist() == [
-        {"instance": "007", "n": 3}]
+        {"instance": "007", "n": 3}
+    ]
     assert s3_store.sql("SELECT sum(x) AS s FROM flat_demo").to_pylist() == [{"s": 6}]
     # nothing went to the local root's tables
     assert not (s3_store.root / "tables").exists()
@@ -98,11 +106,12 @@ def test_replacing_a_partition_keeps_the_others_and_leaves_one_object_each(s3_st
     s3_store.write(RUNS, rows(3), {"model": "m", "instance": "a"})
     s3_store.write(RUNS, rows(2), {"model": "m", "instance": "b"})
     s3_store.write(RUNS, rows(5, "new"), {"model": "m", "instance": "a"})
-    counts = dict(s3_store.connect().execute(
-        "SELECT instance, count(*) FROM runs_demo GROUP BY ALL").fetchall())
+    counts = dict(s3_store.connect().execute("SELECT instance, count(*) FROM runs_demo GROUP BY ALL").fetchall())
     assert counts == {"a": 5, "b": 2}
     assert sorted(key.split("/tables/")[1] for key in objects(s3_store)) == [
-        "runs_demo/model=m/instance=a/data.parquet", "runs_demo/model=m/instance=b/data.parquet"]
+        "runs_demo/model=m/instance=a/data.parquet",
+        "runs_demo/model=m/instance=b/data.parquet",
+    ]
 
 
 def test_missing_partition_and_bad_data_are_errors_that_keep_what_is_stored(s3_store):
@@ -144,8 +153,7 @@ def test_no_credential_reaches_anything_the_store_wrote(s3_store):
     s3_store.write(RUNS, rows(2), {"model": "m", "instance": "a"})
     s3_store.write(FLAT, pa.table({"x": [1]}))
     s3_store.write_catalog()
-    written = list(objects(s3_store).values()) + [
-        f.read_bytes() for f in s3_store.root.rglob("*") if f.is_file()]
+    written = list(objects(s3_store).values()) + [f.read_bytes() for f in s3_store.root.rglob("*") if f.is_file()]
     assert written and s3_store.root.joinpath("catalog.duckdb").exists()
     for blob in written:
         assert ACCESS_KEY.encode() not in blob and SECRET_KEY.encode() not in blob
@@ -174,9 +182,11 @@ def test_two_processes_write_different_partitions_while_a_reader_queries(s3_stor
     seen = set()
     while any(w.is_alive() for w in writers):
         if s3_store.table_names():
-            seen.update(s3_store.connect().execute(
-                "SELECT count(*), count(DISTINCT text) FROM runs_demo GROUP BY model, instance"
-            ).fetchall())
+            seen.update(
+                s3_store.connect()
+                .execute("SELECT count(*), count(DISTINCT text) FROM runs_demo GROUP BY model, instance")
+                .fetchall()
+            )
     for writer in writers:
         writer.join()
         assert writer.exitcode == 0
@@ -188,9 +198,10 @@ def test_two_processes_write_different_partitions_while_a_reader_queries(s3_stor
 
 
 def test_an_asset_writes_to_object_storage_through_the_store_resource(s3_store, bucket):
-    resources = {"store": StoreResource(root=str(s3_store.root),
-                                        tables_uri=f"s3://{bucket}/trajhub/tables"),
-                 "project": ProjectResource()}
+    resources = {
+        "store": StoreResource(root=str(s3_store.root), tables_uri=f"s3://{bucket}/trajhub/tables"),
+        "project": ProjectResource(),
+    }
     result = materialize([tasks], resources=resources, instance=DagsterInstance.ephemeral())
     assert result.success
     assert s3_store.sql("SELECT count(*) AS n FROM tasks").to_pylist() == [{"n": 8}]

@@ -8,9 +8,7 @@ from dagster import DagsterInstance, materialize
 from trajhub_assets.errors import RecordError
 from trajhub_assets.resources import ProjectResource, StoreResource
 from trajhub_assets.tasks.assets import tasks
-from trajhub_assets.tasks.catalog import (check_unique, read_hf_dataset, read_jsonl, table_to_records,
-                                          tasks_to_table)
-
+from trajhub_assets.tasks.catalog import check_unique, read_hf_dataset, read_jsonl, table_to_records, tasks_to_table
 from trajhub_assets.tasks.schema import TASKS
 from trajhub_assets_tests.shared_data import OCTOCODINGBENCH_TASKS as REAL_TASKS
 
@@ -35,6 +33,7 @@ def test_a_file_with_a_byte_order_mark_and_crlf_line_ends_is_valid(tmp_path):
     path.write_bytes("\ufeff".encode() + "\r\n".join(lines).encode() + b"\r\n")
     assert table_to_records(tasks_to_table(check_unique(read_jsonl(path)))) == real_records()
     from trajhub_assets.cli import main
+
     main(["check-tasks", str(path)])  # as `trajhub check-tasks` would, which said "Unexpected UTF-8 BOM"
 
 
@@ -92,14 +91,27 @@ def corrupt(tmp_path, how: str) -> Path:
 SECOND_ID = json.loads(REAL_TASKS.read_text().splitlines()[1])["instance_id"]
 
 
-@pytest.mark.parametrize("how, expected", [
-    ("bad json", r"tasks\.jsonl:2: invalid JSON: Expecting ':' delimiter"),
-    ("missing field", rf"tasks\.jsonl:2, record '{SECOND_ID}', field 'category': 'category' is a required"),
-    ("wrong type", rf"tasks\.jsonl:2, record '{SECOND_ID}', field 'user_query': 'not a list' is not of type 'array'"),
-    ("nested wrong type", rf"tasks\.jsonl:2, record '{SECOND_ID}', field 'checklist\..+\.checks\.2\.check_id': 7 is not"),
-    ("duplicate id", rf"tasks\.jsonl:4, record '{SECOND_ID}', field 'instance_id': duplicate instance_id, first seen at .*tasks\.jsonl:2"),
-    ("truncated last line", r"tasks\.jsonl:4: invalid JSON \(truncated last line\?\)"),
-])
+@pytest.mark.parametrize(
+    "how, expected",
+    [
+        ("bad json", r"tasks\.jsonl:2: invalid JSON: Expecting ':' delimiter"),
+        ("missing field", rf"tasks\.jsonl:2, record '{SECOND_ID}', field 'category': 'category' is a required"),
+        (
+            "wrong type",
+            rf"tasks\.jsonl:2, record '{SECOND_ID}', field 'user_query': 'not a list' is not of type 'array'",
+        ),
+        (
+            "nested wrong type",
+            rf"tasks\.jsonl:2, record '{SECOND_ID}', field 'checklist\..+\.checks\.2\.check_id': 7 is not",
+        ),
+        (
+            "duplicate id",
+            rf"tasks\.jsonl:4, record '{SECOND_ID}', field 'instance_id': "
+            r"duplicate instance_id, first seen at .*tasks\.jsonl:2",
+        ),
+        ("truncated last line", r"tasks\.jsonl:4: invalid JSON \(truncated last line\?\)"),
+    ],
+)
 def test_bad_records_name_file_line_record_and_field(tmp_path, how, expected):
     with pytest.raises(RecordError, match=expected):
         check_unique(read_jsonl(corrupt(tmp_path, how)))
@@ -108,9 +120,12 @@ def test_bad_records_name_file_line_record_and_field(tmp_path, how, expected):
 def materialize_tasks(tmp_path, task_file: Path, instance):
     config = tmp_path / f"project-{task_file.stem}.yaml"
     config.write_text(yaml.safe_dump({"tasks": [{"path": str(task_file)}]}))
-    return materialize([tasks], instance=instance, raise_on_error=False, resources={
-        "store": StoreResource(root=str(tmp_path / "home")),
-        "project": ProjectResource(path=str(config))})
+    return materialize(
+        [tasks],
+        instance=instance,
+        raise_on_error=False,
+        resources={"store": StoreResource(root=str(tmp_path / "home")), "project": ProjectResource(path=str(config))},
+    )
 
 
 @pytest.mark.parametrize("how", ["bad json", "missing field", "duplicate id", "truncated last line"])

@@ -14,14 +14,17 @@ from trajhub_assets.rewards.trajectory import outcome_score, rule_score, traject
 WEIGHTS = RewardConfig().trajectory_weights  # outcome 0.4, rules 0.1, step 0.25, checklist 0.25
 
 
-@pytest.mark.parametrize("outcome, expected", [
-    ({"tests_passed": 4, "tests_failed": 0, "tests_total": 4, "test_exit_code": 0}, 1.0),
-    ({"tests_passed": 3, "tests_failed": 1, "tests_total": 4, "test_exit_code": 1}, 0.0),
-    ({"tests_passed": None, "tests_failed": None, "tests_total": None, "test_exit_code": 0}, 1.0),
-    ({"tests_passed": None, "tests_failed": None, "tests_total": None, "test_exit_code": 2}, 0.0),
-    ({"tests_passed": None, "tests_failed": None, "tests_total": None, "test_exit_code": None}, None),
-    (None, None),
-])
+@pytest.mark.parametrize(
+    "outcome, expected",
+    [
+        ({"tests_passed": 4, "tests_failed": 0, "tests_total": 4, "test_exit_code": 0}, 1.0),
+        ({"tests_passed": 3, "tests_failed": 1, "tests_total": 4, "test_exit_code": 1}, 0.0),
+        ({"tests_passed": None, "tests_failed": None, "tests_total": None, "test_exit_code": 0}, 1.0),
+        ({"tests_passed": None, "tests_failed": None, "tests_total": None, "test_exit_code": 2}, 0.0),
+        ({"tests_passed": None, "tests_failed": None, "tests_total": None, "test_exit_code": None}, None),
+        (None, None),
+    ],
+)
 def test_outcome_is_all_tests_passing(outcome, expected):
     assert outcome_score(outcome) == expected
 
@@ -41,13 +44,17 @@ def test_unknown_components_are_left_out_and_named():
     assert got["components"] == ["rules", "step", "checklist"]
     assert got["reward"] == pytest.approx((0.1 * 1.0 + 0.25 * 0.6 + 0.25 * 0.8) / 0.6)
     assert trajectory_reward(values(), WEIGHTS) == {"components": [], "reward": None}
-    assert trajectory_reward(values(0.0, 1.0, 1.0, 1.0), {"outcome": 1.0, "rules": 0.0, "step": 0.0}) == \
-        {"components": ["outcome"], "reward": 0.0}
+    assert trajectory_reward(values(0.0, 1.0, 1.0, 1.0), {"outcome": 1.0, "rules": 0.0, "step": 0.0}) == {
+        "components": ["outcome"],
+        "reward": 0.0,
+    }
 
 
 def summary_rows(n_steps: int, *values: float) -> list[dict]:
-    return [{"run_id": "r", "attempt": 0, "rule_id": f"rule{i}", "value": v, "n_steps": n_steps}
-            for i, v in enumerate(values)]
+    return [
+        {"run_id": "r", "attempt": 0, "rule_id": f"rule{i}", "value": v, "n_steps": n_steps}
+        for i, v in enumerate(values)
+    ]
 
 
 def test_rule_score_is_one_minus_the_penalty_per_step():
@@ -58,8 +65,12 @@ def test_rule_score_is_one_minus_the_penalty_per_step():
     assert rule_score([]) is None
 
 
-@given(st.one_of(st.none(), st.floats(0, 1)), st.one_of(st.none(), st.floats(0, 1)),
-       st.one_of(st.none(), st.floats(0, 1)), st.one_of(st.none(), st.floats(0, 1)))
+@given(
+    st.one_of(st.none(), st.floats(0, 1)),
+    st.one_of(st.none(), st.floats(0, 1)),
+    st.one_of(st.none(), st.floats(0, 1)),
+    st.one_of(st.none(), st.floats(0, 1)),
+)
 def test_reward_lies_between_its_components(outcome, rules, step, checklist):
     got = trajectory_reward(values(outcome, rules, step, checklist), WEIGHTS)
     used = [v for v in (outcome, rules, step, checklist) if v is not None]
@@ -70,13 +81,19 @@ def test_reward_lies_between_its_components(outcome, rules, step, checklist):
 
 
 def test_partition_table_from_judge_and_rule_summaries_and_outcomes(store):
-    summary = [{"run_id": "r1", "attempt": 0, "mean_step_reward": 0.5, "csr": 1.0},
-               {"run_id": "r2", "attempt": 1, "mean_step_reward": None, "csr": None}]  # judge errors
-    rules = [{"run_id": "r1", "attempt": 0, "rule_id": "tool_error", "value": -1.0, "n_steps": 4},
-             {"run_id": "r4", "attempt": 3, "rule_id": "tool_error", "value": 0.0, "n_steps": 4}]
-    outcomes = {"r1": {"tests_total": 2, "tests_passed": 2, "tests_failed": 0},
-                "r2": {"tests_total": 2, "tests_passed": 1, "tests_failed": 1},
-                "r3": {"tests_total": None, "test_exit_code": 0}}  # not judged (yet)
+    summary = [
+        {"run_id": "r1", "attempt": 0, "mean_step_reward": 0.5, "csr": 1.0},
+        {"run_id": "r2", "attempt": 1, "mean_step_reward": None, "csr": None},
+    ]  # judge errors
+    rules = [
+        {"run_id": "r1", "attempt": 0, "rule_id": "tool_error", "value": -1.0, "n_steps": 4},
+        {"run_id": "r4", "attempt": 3, "rule_id": "tool_error", "value": 0.0, "n_steps": 4},
+    ]
+    outcomes = {
+        "r1": {"tests_total": 2, "tests_passed": 2, "tests_failed": 0},
+        "r2": {"tests_total": 2, "tests_passed": 1, "tests_failed": 1},
+        "r3": {"tests_total": None, "test_exit_code": 0},
+    }  # not judged (yet)
     table = trajectory_rewards(summary, rules, outcomes, RewardConfig())
     rows = {r["run_id"]: r for r in table.to_pylist()}
     assert rows["r1"]["rule_score"] == 0.75

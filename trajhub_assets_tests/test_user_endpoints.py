@@ -39,13 +39,25 @@ def user_project(tmp_path, model_base: str, judge_base: str) -> str:
     tasks = tmp_path / "tasks.jsonl"
     tasks.write_text(json.dumps(demo_task()) + "\n")
     config = tmp_path / "project.yaml"
-    config.write_text(yaml.safe_dump({
-        "tasks": [{"path": str(tasks)}],
-        "models": [{"name": "acme/careful", "route": "openai/careful", "api_base": model_base,
-                    "api_key_env": "ACME_API_KEY", "scaffold": "builtin"}],
-        "sandbox": {"backend": "local", "timeout_s": 300},
-        "judge": {"model": "judge", "base_url": judge_base, "api_key_env": "JUDGE_API_KEY"},
-        "release": {"min_margin": 0.0, "replay_sample": 0}}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "tasks": [{"path": str(tasks)}],
+                "models": [
+                    {
+                        "name": "acme/careful",
+                        "route": "openai/careful",
+                        "api_base": model_base,
+                        "api_key_env": "ACME_API_KEY",
+                        "scaffold": "builtin",
+                    }
+                ],
+                "sandbox": {"backend": "local", "timeout_s": 300},
+                "judge": {"model": "judge", "base_url": judge_base, "api_key_env": "JUDGE_API_KEY"},
+                "release": {"min_margin": 0.0, "replay_sample": 0},
+            }
+        )
+    )
     return str(config)
 
 
@@ -54,8 +66,13 @@ def trajhub(*args, env):
 
 
 def user_env(tmp_path, config: str) -> dict:
-    env = {**os.environ, "TRAJHUB_HOME": str(tmp_path / "home"), "TRAJHUB_CONFIG": config,
-           "ACME_API_KEY": MODEL_KEY, "JUDGE_API_KEY": JUDGE_KEY}
+    env = {
+        **os.environ,
+        "TRAJHUB_HOME": str(tmp_path / "home"),
+        "TRAJHUB_CONFIG": config,
+        "ACME_API_KEY": MODEL_KEY,
+        "JUDGE_API_KEY": JUDGE_KEY,
+    }
     env.pop("DAGSTER_HOME", None)
     return env
 
@@ -63,12 +80,19 @@ def user_env(tmp_path, config: str) -> dict:
 @pytest.fixture(scope="module")
 def user_run(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("user")
-    with ScriptedUpstream(upstream_policy(BaselinePolicies([demo_task()]))) as provider, \
-            ScriptedUpstream(upstream_policy(BaselinePolicies([]))) as judge:
+    with (
+        ScriptedUpstream(upstream_policy(BaselinePolicies([demo_task()]))) as provider,
+        ScriptedUpstream(upstream_policy(BaselinePolicies([]))) as judge,
+    ):
         config = user_project(tmp_path, f"{provider.url}/v1", f"{judge.url}/v1")
         done = trajhub("run", env=user_env(tmp_path, config))
-        yield {"done": done, "provider": list(provider.served), "judge": list(judge.served),
-               "store": Store(tmp_path / "home"), "home": tmp_path / "home"}
+        yield {
+            "done": done,
+            "provider": list(provider.served),
+            "judge": list(judge.served),
+            "store": Store(tmp_path / "home"),
+            "home": tmp_path / "home",
+        }
 
 
 def test_a_model_configured_with_its_own_endpoint_and_key_is_called_there(user_run):
@@ -79,8 +103,11 @@ def test_a_model_configured_with_its_own_endpoint_and_key_is_called_there(user_r
     assert {s.request.headers.get("authorization") for s in served} == {f"Bearer {MODEL_KEY}"}
     assert all(s.status == 200 for s in served)
     # Every call the provider received is a recorded call of the run, and the other way round.
-    calls = user_run["store"].sql("SELECT count(*) AS n, count(DISTINCT run_id) AS runs FROM raw_calls "
-                                  "WHERE model = 'acme__careful'").to_pylist()[0]
+    calls = (
+        user_run["store"]
+        .sql("SELECT count(*) AS n, count(DISTINCT run_id) AS runs FROM raw_calls WHERE model = 'acme__careful'")
+        .to_pylist()[0]
+    )
     assert calls == {"n": len(served), "runs": 1}
 
 
@@ -110,8 +137,9 @@ def test_when_every_run_fails_the_command_fails_and_no_release_is_cut(tmp_path):
         config = user_project(tmp_path, closed, f"{judge.url}/v1")
         done = trajhub("run", env=user_env(tmp_path, config))
     assert done.returncode != 0
-    assert "raw_trajectories: all 1 runs of this batch failed; the first: acme__careful~" in done.stderr, \
-        done.stderr[-3000:]
+    assert "raw_trajectories: all 1 runs of this batch failed; the first: acme__careful~" in done.stderr, done.stderr[
+        -3000:
+    ]
     assert not (tmp_path / "home" / "releases").exists()
     # Nothing recorded is lost: the failed run is a row with its error, its calls are stored.
     store = Store(tmp_path / "home")
@@ -128,15 +156,24 @@ def test_the_release_refuses_to_cut_from_zero_trajectories(tmp_path):
 
     config = user_project(tmp_path, "http://127.0.0.1:9/v1", "http://127.0.0.1:9/v1")
     project = ProjectResource(path=config)
-    res = {"store": StoreResource(root=str(tmp_path / "home")), "project": project,
-           "proxy": ProxyResource(project=project)}
-    result = materialize(list(defs.assets), selection=["tasks", "hf_dataset_release"], resources=res,
-                         instance=DagsterInstance.ephemeral(), raise_on_error=False)
+    res = {
+        "store": StoreResource(root=str(tmp_path / "home")),
+        "project": project,
+        "proxy": ProxyResource(project=project),
+    }
+    result = materialize(
+        list(defs.assets),
+        selection=["tasks", "hf_dataset_release"],
+        resources=res,
+        instance=DagsterInstance.ephemeral(),
+        raise_on_error=False,
+    )
     assert not result.success
     failure = next(e for e in result.all_events if e.is_step_failure).step_failure_data
     assert failure.user_failure_data.description == (
         "no release cut: there is no trajectory to release (no run has been recorded yet: "
-        "materialize raw_trajectories first)")
+        "materialize raw_trajectories first)"
+    )
     assert not (tmp_path / "home" / "releases").exists()
 
 
@@ -145,10 +182,22 @@ def test_an_anthropic_route_with_its_own_endpoint_through_our_proxy_and_an_exter
     proxy started from `trajhub proxy-config`, both call that endpoint with that key."""
     config = tmp_path / "project.yaml"
     with ScriptedUpstream(lambda request: say("hello")) as provider:
-        config.write_text(yaml.safe_dump({
-            "tasks": [{"path": "tasks.jsonl"}],
-            "models": [{"name": "acme/claude", "route": "anthropic/claude-acme-1", "api_base": provider.url,
-                        "api_key_env": "ACME_ANTHROPIC_KEY", "scaffold": "claudecode"}]}))
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "tasks": [{"path": "tasks.jsonl"}],
+                    "models": [
+                        {
+                            "name": "acme/claude",
+                            "route": "anthropic/claude-acme-1",
+                            "api_base": provider.url,
+                            "api_key_env": "ACME_ANTHROPIC_KEY",
+                            "scaffold": "claudecode",
+                        }
+                    ],
+                }
+            )
+        )
         env = {"ACME_ANTHROPIC_KEY": "sk-ant-user-5e1d"}
         os.environ.update(env)
         try:
@@ -187,8 +236,12 @@ def test_models_sharing_a_route_must_agree_on_its_endpoint():
 
 
 def _ask(base_url: str, key: str, model: str) -> None:
-    response = httpx.post(f"{base_url}/v1/messages", timeout=60, headers={"x-api-key": key},
-                          json={"model": model, "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]})
+    response = httpx.post(
+        f"{base_url}/v1/messages",
+        timeout=60,
+        headers={"x-api-key": key},
+        json={"model": model, "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]},
+    )
     assert response.status_code == 200, response.text
 
 

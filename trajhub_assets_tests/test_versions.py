@@ -21,30 +21,36 @@ def changed(section: str, **values):
     return BASE.model_copy(update={section: getattr(BASE, section).model_copy(update=values)})
 
 
-@pytest.mark.parametrize("config, stale", [
-    (changed("rewards", forbidden_commands=["git push --force"]), {"rule_rewards"}),
-    (changed("judge", model="openai/gpt-5-mini"), {"judge_rewards"}),
-    (changed("judge", prompt_version="v2"), {"judge_rewards"}),
-    (changed("judge", rubric_weights={"goal_progress": 1.0}), {"judge_rewards"}),
-    (changed("judge", max_concurrent=9, timeout_s=5), set()),  # how, not what: nothing stale
-    (changed("rewards", trajectory_weights={"outcome": 1.0}), {"trajectory_rewards"}),
-    (changed("release", min_margin=0.2), {"preference_pairs"}),
-    (changed("release", max_pairs_per_instance=3), {"preference_pairs"}),
-    (changed("release", name="other"), {"hf_dataset_release"}),
-    (changed("sandbox", max_concurrent=7), set()),
-])
+@pytest.mark.parametrize(
+    "config, stale",
+    [
+        (changed("rewards", forbidden_commands=["git push --force"]), {"rule_rewards"}),
+        (changed("judge", model="openai/gpt-5-mini"), {"judge_rewards"}),
+        (changed("judge", prompt_version="v2"), {"judge_rewards"}),
+        (changed("judge", rubric_weights={"goal_progress": 1.0}), {"judge_rewards"}),
+        (changed("judge", max_concurrent=9, timeout_s=5), set()),  # how, not what: nothing stale
+        (changed("rewards", trajectory_weights={"outcome": 1.0}), {"trajectory_rewards"}),
+        (changed("release", min_margin=0.2), {"preference_pairs"}),
+        (changed("release", max_pairs_per_instance=3), {"preference_pairs"}),
+        (changed("release", name="other"), {"hf_dataset_release"}),
+        (changed("sandbox", max_concurrent=7), set()),
+    ],
+)
 def test_a_config_change_versions_exactly_the_assets_it_decides(config, stale):
     before, after = code_versions(BASE), code_versions(config)
     assert {name for name in before if before[name] != after[name]} == stale
 
 
-@pytest.mark.parametrize("module, stale", [
-    ("merge.normalize", {"merged_trajectories"}),
-    ("rewards.judge", {"judge_rewards"}),
-    ("rewards.trajectory", {"trajectory_rewards"}),
-    ("pairs.pairs", {"preference_pairs"}),
-    ("release.release", {"hf_dataset_release"}),
-])
+@pytest.mark.parametrize(
+    "module, stale",
+    [
+        ("merge.normalize", {"merged_trajectories"}),
+        ("rewards.judge", {"judge_rewards"}),
+        ("rewards.trajectory", {"trajectory_rewards"}),
+        ("pairs.pairs", {"preference_pairs"}),
+        ("release.release", {"hf_dataset_release"}),
+    ],
+)
 def test_a_code_change_versions_exactly_the_assets_it_decides(module, stale, monkeypatch, tmp_path):
     before = code_versions(BASE)
     source = Path(importlib.import_module(f"trajhub_assets.{module}").__file__)
@@ -93,18 +99,25 @@ def test_dagster_sees_a_changed_version_and_automation_recomputes_only_that():
         versions = code_versions(config)
 
         def make(name):
-            @asset(name=name, code_version=versions[name],
-                   automation_condition=AutomationCondition.code_version_changed())
+            @asset(
+                name=name, code_version=versions[name], automation_condition=AutomationCondition.code_version_changed()
+            )
             def _asset():
                 return None
+
             return _asset
+
         return Definitions(assets=[make("judge_rewards"), make("trajectory_rewards"), make("rule_rewards")])
 
     instance = DagsterInstance.ephemeral()
     first = evaluate_automation_conditions(defs=location(BASE), instance=instance)
     assert first.total_requested == 0
-    second = evaluate_automation_conditions(defs=location(changed("judge", prompt_version="v2")),
-                                            instance=instance, cursor=first.cursor)
-    requested = {name for name in ("judge_rewards", "trajectory_rewards", "rule_rewards")
-                 if second.get_num_requested(AssetKey(name))}
+    second = evaluate_automation_conditions(
+        defs=location(changed("judge", prompt_version="v2")), instance=instance, cursor=first.cursor
+    )
+    requested = {
+        name
+        for name in ("judge_rewards", "trajectory_rewards", "rule_rewards")
+        if second.get_num_requested(AssetKey(name))
+    }
     assert requested == {"judge_rewards"}

@@ -61,8 +61,12 @@ def _ours(obj: dict) -> dict:
 def _tool_calls(step: dict) -> list[dict]:
     calls = []
     for c in step.get("tool_calls") or []:
-        flat = {"id": c["tool_call_id"], "type": "function", "name": c["function_name"],
-                "arguments": json.dumps(c["arguments"], ensure_ascii=False)} | _ours(c)
+        flat = {
+            "id": c["tool_call_id"],
+            "type": "function",
+            "name": c["function_name"],
+            "arguments": json.dumps(c["arguments"], ensure_ascii=False),
+        } | _ours(c)
         calls.append(tool_call(flat["id"], flat["name"], flat["arguments"]) | {"type": flat["type"]})
     return calls
 
@@ -71,8 +75,13 @@ def _result_message(result: dict, step: dict) -> dict:
     names = {c["tool_call_id"]: c["function_name"] for c in step.get("tool_calls") or []}
     call_id = result.get("source_call_id")
     is_error = (result.get("extra") or {}).get("tool_result_is_error")  # Harbor's Claude Code
-    derived = message("tool", content_text(result.get("content")), tool_call_id=call_id,
-                      name=names.get(call_id), is_error=is_error if isinstance(is_error, bool) else None)
+    derived = message(
+        "tool",
+        content_text(result.get("content")),
+        tool_call_id=call_id,
+        name=names.get(call_id),
+        is_error=is_error if isinstance(is_error, bool) else None,
+    )
     return derived | _ours(result)
 
 
@@ -80,8 +89,9 @@ def _own_message(step: dict) -> dict | None:
     """The step's own message, or None for a non-agent step that only carries an observation."""
     text = content_text(step["message"])
     if step["source"] == "agent":
-        derived = message("assistant", text, reasoning_content=step.get("reasoning_content"),
-                          tool_calls=_tool_calls(step))
+        derived = message(
+            "assistant", text, reasoning_content=step.get("reasoning_content"), tool_calls=_tool_calls(step)
+        )
         derived["generation"] = not step.get("is_copied_context")
     elif not text and step.get("observation"):
         return None
@@ -104,12 +114,18 @@ def _atif_call(c: dict) -> dict:
         arguments = json.loads(raw)
     except (TypeError, ValueError):
         arguments = None
-    out = {"tool_call_id": c["id"] if isinstance(c["id"], str) else "",
-           "function_name": c["function"]["name"] or "",
-           "arguments": arguments if isinstance(arguments, dict) else {}}
+    out = {
+        "tool_call_id": c["id"] if isinstance(c["id"], str) else "",
+        "function_name": c["function"]["name"] or "",
+        "arguments": arguments if isinstance(arguments, dict) else {},
+    }
     actual = {"id": c["id"], "type": c["type"], "name": c["function"]["name"], "arguments": raw}
-    derived = {"id": out["tool_call_id"], "type": "function", "name": out["function_name"],
-               "arguments": json.dumps(out["arguments"], ensure_ascii=False)}
+    derived = {
+        "id": out["tool_call_id"],
+        "type": "function",
+        "name": out["function_name"],
+        "arguments": json.dumps(out["arguments"], ensure_ascii=False),
+    }
     if kept := differences(actual, derived):
         out["extra"] = {TRAJHUB: kept}
     return out
@@ -127,10 +143,12 @@ def _step(step_id: int, m: dict) -> dict:
         return {"step_id": step_id, "source": "system", "message": "", "observation": {"results": [result]}}
     step = {"step_id": step_id, "source": _SOURCE.get(m["role"], "user"), "message": m["content"] or ""}
     if step["source"] == "agent":
-        step |= _present(reasoning_content=m["reasoning_content"],
-                         tool_calls=[_atif_call(c) for c in m["tool_calls"]] if m["tool_calls"] else None,
-                         is_copied_context=True if not m["generation"] else None,
-                         llm_call_count=1 if m["generation"] else None)
+        step |= _present(
+            reasoning_content=m["reasoning_content"],
+            tool_calls=[_atif_call(c) for c in m["tool_calls"]] if m["tool_calls"] else None,
+            is_copied_context=True if not m["generation"] else None,
+            llm_call_count=1 if m["generation"] else None,
+        )
     return step
 
 
@@ -155,24 +173,34 @@ def _steps(messages: list[dict]) -> list[dict]:
     return steps
 
 
-def conversation_to_atif(conversation: dict, *, agent_name: str = "trajhub",
-                         agent_version: str = "unknown") -> dict:
+def conversation_to_atif(conversation: dict, *, agent_name: str = "trajhub", agent_version: str = "unknown") -> dict:
     """One merged conversation as an ATIF trajectory (agent: the run's scaffold, when known)."""
     meta = conversation["meta"]
     if not conversation["messages"]:
-        raise RecordError("has no message; an ATIF trajectory needs at least one step",
-                          source="merged_trajectories", record_id=meta["conversation_id"])
+        raise RecordError(
+            "has no message; an ATIF trajectory needs at least one step",
+            source="merged_trajectories",
+            record_id=meta["conversation_id"],
+        )
     steps = _steps(conversation["messages"])
     tools = conversation["tools"]
     ours = {"meta": {k: v for k, v in meta.items() if k not in _MAPPED_META}}
     if _tool_definitions(tools) != tools:
         ours["tools"] = tools
     return _present(
-        schema_version=ATIF_VERSION, session_id=meta["run_id"], trajectory_id=meta["conversation_id"],
-        agent=_present(name=agent_name, version=agent_version,
-                       model_name=model_name(meta["model"]) if meta.get("model") else None,
-                       tool_definitions=tools or None),
-        steps=steps, final_metrics={"total_steps": len(steps)}, extra={TRAJHUB: ours})
+        schema_version=ATIF_VERSION,
+        session_id=meta["run_id"],
+        trajectory_id=meta["conversation_id"],
+        agent=_present(
+            name=agent_name,
+            version=agent_version,
+            model_name=model_name(meta["model"]) if meta.get("model") else None,
+            tool_definitions=tools or None,
+        ),
+        steps=steps,
+        final_metrics={"total_steps": len(steps)},
+        extra={TRAJHUB: ours},
+    )
 
 
 # -- import: ATIF → conversations ---------------------------------------------------------
@@ -181,8 +209,7 @@ def _tool_definitions(definitions: list[dict] | None) -> list[dict]:
     tools = []
     for d in definitions or []:
         f = d.get("function") if isinstance(d.get("function"), dict) else d
-        tools.append(function_tool(f.get("name"), f.get("description"),
-                                   f.get("parameters", f.get("input_schema"))))
+        tools.append(function_tool(f.get("name"), f.get("description"), f.get("parameters", f.get("input_schema"))))
     return tools
 
 
@@ -193,13 +220,27 @@ def _epoch(timestamp: str) -> float:
 def _foreign_meta(doc: dict, messages: list[dict], source: str) -> dict:
     """Meta for a trajectory another tool wrote: one agent run, no recorded calls."""
     times = [_epoch(s["timestamp"]) for s in doc["steps"] if s.get("timestamp")]
-    return {"conversation_id": doc.get("trajectory_id"), "run_id": doc.get("session_id"),
-            "model": doc["agent"].get("model_name"), "instance": None, "attempt": None, "kind": "main",
-            "parent_conversation_id": None, "parent_link": None, "branch_index": None,
-            "call_ids": [], "failed_call_ids": [], "call_kinds": [],
-            "n_generations": sum(bool(m["generation"]) for m in messages),
-            "started_at": min(times, default=None), "ended_at": max(times, default=None),
-            "wire_format": None, "tools_changed": False, "error": None, "source": source}
+    return {
+        "conversation_id": doc.get("trajectory_id"),
+        "run_id": doc.get("session_id"),
+        "model": doc["agent"].get("model_name"),
+        "instance": None,
+        "attempt": None,
+        "kind": "main",
+        "parent_conversation_id": None,
+        "parent_link": None,
+        "branch_index": None,
+        "call_ids": [],
+        "failed_call_ids": [],
+        "call_kinds": [],
+        "n_generations": sum(bool(m["generation"]) for m in messages),
+        "started_at": min(times, default=None),
+        "ended_at": max(times, default=None),
+        "wire_format": None,
+        "tools_changed": False,
+        "error": None,
+        "source": source,
+    }
 
 
 def atif_to_conversations(doc, *, source: str = "atif", line: int | None = None) -> list[dict]:
@@ -217,8 +258,12 @@ def _conversations(doc: dict, source: str, parent: dict | None) -> list[dict]:
     else:
         meta = _foreign_meta(doc, messages, source)
         if parent is not None:
-            meta.update(kind="subagent", parent_conversation_id=parent["conversation_id"],
-                        parent_link="embedded", run_id=meta["run_id"] or parent["run_id"])
+            meta.update(
+                kind="subagent",
+                parent_conversation_id=parent["conversation_id"],
+                parent_link="embedded",
+                run_id=meta["run_id"] or parent["run_id"],
+            )
     tools = ours.get("tools", _tool_definitions(doc["agent"].get("tool_definitions")))
     conversations = [{"meta": meta, "tools": tools, "messages": messages}]
     for sub in doc.get("subagent_trajectories") or []:
@@ -250,9 +295,11 @@ def validate_atif(doc, *, source: str, line: int | None = None) -> None:
 
 def _check_relations(doc: dict, source: str, line: int | None, prefix: str) -> None:
     """What the schema cannot say: Harbor's validators, step by step."""
+
     def fail(i: int, field: str, problem: str):
-        raise RecordError(problem, source=source, line=line, record_id=f"step {i + 1}",
-                          field=f"{prefix}steps[{i}].{field}")
+        raise RecordError(
+            problem, source=source, line=line, record_id=f"step {i + 1}", field=f"{prefix}steps[{i}].{field}"
+        )
 
     for i, step in enumerate(doc["steps"]):
         if step["step_id"] != i + 1:
@@ -273,13 +320,19 @@ def _check_relations(doc: dict, source: str, line: int | None, prefix: str) -> N
         ids = {c["tool_call_id"] for c in step.get("tool_calls") or []}
         for j, result in enumerate((step.get("observation") or {}).get("results") or []):
             if result.get("source_call_id") is not None and result["source_call_id"] not in ids:
-                fail(i, f"observation.results[{j}].source_call_id",
-                     f"{result['source_call_id']!r} is not the tool_call_id of a call in this step")
+                fail(
+                    i,
+                    f"observation.results[{j}].source_call_id",
+                    f"{result['source_call_id']!r} is not the tool_call_id of a call in this step",
+                )
     seen = set()
     for k, sub in enumerate(doc.get("subagent_trajectories") or []):
         if sub["trajectory_id"] in seen:
-            raise RecordError(f"trajectory_id {sub['trajectory_id']!r} is not unique among the embedded "
-                              "subagents", source=source, line=line,
-                              field=f"{prefix}subagent_trajectories[{k}].trajectory_id")
+            raise RecordError(
+                f"trajectory_id {sub['trajectory_id']!r} is not unique among the embedded subagents",
+                source=source,
+                line=line,
+                field=f"{prefix}subagent_trajectories[{k}].trajectory_id",
+            )
         seen.add(sub["trajectory_id"])
         _check_relations(sub, source, line, prefix=f"{prefix}subagent_trajectories[{k}].")

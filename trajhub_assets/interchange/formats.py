@@ -16,8 +16,15 @@ from trajhub_assets.errors import RecordError
 from trajhub_assets.merge.normalize import MARKERS, TEXT_TYPES
 
 TRAJHUB = "trajhub"  # the key of trajhub's own fields inside another format's extension objects
-_JSON_TYPES = {dict: "object", list: "array", str: "string", bool: "boolean", int: "integer",
-               float: "number", type(None): "null"}
+_JSON_TYPES = {
+    dict: "object",
+    list: "array",
+    str: "string",
+    bool: "boolean",
+    int: "integer",
+    float: "number",
+    type(None): "null",
+}
 
 
 def read_documents(path: str | Path) -> list[tuple[int | None, object]]:
@@ -64,8 +71,14 @@ def _describe(error: ValidationError) -> str:
     return message if len(message) <= 200 else message[:200] + "…"
 
 
-def check_schema(validator: Draft202012Validator, document, *, source: str, line: int | None,
-                 record_of: Callable[[Sequence], str | None] = lambda path: None) -> None:
+def check_schema(
+    validator: Draft202012Validator,
+    document,
+    *,
+    source: str,
+    line: int | None,
+    record_of: Callable[[Sequence], str | None] = lambda path: None,
+) -> None:
     """Raise a RecordError naming the file, line, record and field of the most relevant
     schema violation (and how many there are)."""
     errors = list(validator.iter_errors(document))
@@ -73,9 +86,13 @@ def check_schema(validator: Draft202012Validator, document, *, source: str, line
         return
     error = best_match(errors)
     more = f" ({len(errors) - 1} more problem(s) in this record)" if len(errors) > 1 else ""
-    raise RecordError(_describe(error) + more, source=source, line=line,
-                      record_id=record_of(list(error.absolute_path)),
-                      field=json_path(error.absolute_path) or None)
+    raise RecordError(
+        _describe(error) + more,
+        source=source,
+        line=line,
+        record_id=record_of(list(error.absolute_path)),
+        field=json_path(error.absolute_path) or None,
+    )
 
 
 def content_text(content) -> str:
@@ -99,5 +116,8 @@ def content_text(content) -> str:
 
 def differences(actual: dict, derived: dict) -> dict:
     """The fields of `actual` that a reader of the format would rebuild wrongly as `derived`."""
-    return {key: value for key, value in actual.items()
-            if key not in derived or type(derived[key]) is not type(value) or derived[key] != value}
+    return {
+        key: value
+        for key, value in actual.items()
+        if key not in derived or type(derived[key]) is not type(value) or derived[key] != value
+    }

@@ -30,13 +30,13 @@ def _body(line: dict, name: str, source: str, number: int) -> dict:
         except ValueError as error:
             raise RecordError(f"not JSON: {error}", source=source, line=number, field=name) from error
     if not isinstance(body, dict):
-        raise RecordError(f"expected an object, got {type(body).__name__}", source=source, line=number,
-                          field=name)
+        raise RecordError(f"expected an object, got {type(body).__name__}", source=source, line=number, field=name)
     return body
 
 
-def minivela_to_calls(lines: Iterable[dict | None], *, source: str = "mini-vela",
-                      run_id: str | None = None) -> list[dict]:
+def minivela_to_calls(
+    lines: Iterable[dict | None], *, source: str = "mini-vela", run_id: str | None = None
+) -> list[dict]:
     """Call records from parsed mini-vela lines, numbered from 1 in errors and provenance
     (None stands for a blank line: skipped, but counted)."""
     calls: dict[str, dict] = {}
@@ -48,14 +48,20 @@ def minivela_to_calls(lines: Iterable[dict | None], *, source: str = "mini-vela"
         request = _body(line, "request_body", source, number)
         response = _body(line, "response_body", source, number)
         if not isinstance(response.get("content", []), list):
-            raise RecordError("expected a list of content blocks", source=source, line=number,
-                              field="response_body.content")
+            raise RecordError(
+                "expected a list of content blocks", source=source, line=number, field="response_body.content"
+            )
         request_time = line.get("request_time")
         if not isinstance(request_time, (int, float)):
-            raise RecordError(f"expected milliseconds since the epoch, got {request_time!r}",
-                              source=source, line=number, field="request_time")
-        digest = hashlib.sha256(json.dumps([request, response], sort_keys=True, ensure_ascii=False)
-                                .encode("utf-8", "surrogatepass")).hexdigest()
+            raise RecordError(
+                f"expected milliseconds since the epoch, got {request_time!r}",
+                source=source,
+                line=number,
+                field="request_time",
+            )
+        digest = hashlib.sha256(
+            json.dumps([request, response], sort_keys=True, ensure_ascii=False).encode("utf-8", "surrogatepass")
+        ).hexdigest()
         call_id = f"mv-{digest[:20]}"
         seen = calls.get(call_id)
         if seen is not None:
@@ -65,13 +71,27 @@ def minivela_to_calls(lines: Iterable[dict | None], *, source: str = "mini-vela"
         # mini-vela stamps a line when the call has finished, so both times are that moment.
         at = request_time / 1000
         calls[call_id] = {
-            "run_id": run_id or line.get("session_id") or "", "call_id": call_id, "seq": None,
-            "started_at": at, "ended_at": at, "wire_format": "anthropic_messages", "call_kind": "agent",
-            "request": request, "response": {"content": response.get("content", []), "stop_reason": None},
-            "status": "ok", "error": None, "model": request.get("model"), "source": "mini-vela",
-            "provenance": {"format": "mini-vela", "file": source, "lines": [number],
-                           "request_times": [request_time], "session_id": line.get("session_id"),
-                           "biz_id": line.get("biz_id")},
+            "run_id": run_id or line.get("session_id") or "",
+            "call_id": call_id,
+            "seq": None,
+            "started_at": at,
+            "ended_at": at,
+            "wire_format": "anthropic_messages",
+            "call_kind": "agent",
+            "request": request,
+            "response": {"content": response.get("content", []), "stop_reason": None},
+            "status": "ok",
+            "error": None,
+            "model": request.get("model"),
+            "source": "mini-vela",
+            "provenance": {
+                "format": "mini-vela",
+                "file": source,
+                "lines": [number],
+                "request_times": [request_time],
+                "session_id": line.get("session_id"),
+                "biz_id": line.get("biz_id"),
+            },
         }
     ordered = sorted(calls.values(), key=lambda c: (c["started_at"], c["provenance"]["lines"][0]))
     for seq, call in enumerate(ordered):

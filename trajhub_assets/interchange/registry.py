@@ -35,9 +35,14 @@ class Format:
 
 
 def _read_atif(document: dict, *, source: str, line: int | None) -> tuple[list[dict], dict]:
-    return (atif_to_conversations(document, source=source, line=line),
-            {"agent_name": document["agent"]["name"], "agent_version": document["agent"]["version"],
-             "format_version": document["schema_version"]})
+    return (
+        atif_to_conversations(document, source=source, line=line),
+        {
+            "agent_name": document["agent"]["name"],
+            "agent_version": document["agent"]["version"],
+            "format_version": document["schema_version"],
+        },
+    )
 
 
 def _write_atif(conversation: dict, scaffold: tuple[str | None, str | None]) -> dict:
@@ -51,11 +56,14 @@ def _read_chat(document: dict, *, source: str, line: int | None) -> tuple[list[d
     return [chat_to_conversation(document, source=source, line=line)], {}
 
 
-FORMATS: dict[str, Format] = {f.name: f for f in (
-    Format("mini-vela", "mini-vela", read_calls=read_minivela),
-    Format("atif", "ATIF", read_document=_read_atif, write=_write_atif, one_file=False),
-    Format("openai", "OpenAI/TRL", read_document=_read_chat, write=lambda c, _: conversation_to_chat(c)),
-)}
+FORMATS: dict[str, Format] = {
+    f.name: f
+    for f in (
+        Format("mini-vela", "mini-vela", read_calls=read_minivela),
+        Format("atif", "ATIF", read_document=_read_atif, write=_write_atif, one_file=False),
+        Format("openai", "OpenAI/TRL", read_document=_read_chat, write=lambda c, _: conversation_to_chat(c)),
+    )
+}
 
 
 def import_formats() -> list[str]:

@@ -40,8 +40,14 @@ from trajhub_assets.interchange.registry import Format, export_format, import_fo
 from trajhub_assets.interchange.schema import IMPORTS
 from trajhub_assets.merge.assets import merge_partition
 from trajhub_assets.merge.schema import MERGED_TRAJECTORIES, conversations_to_table, table_to_conversations
-from trajhub_assets.partitions import (check_instance_id, instances_partitions, missing_keys, model_key,
-                                      model_name, models_partitions)
+from trajhub_assets.partitions import (
+    check_instance_id,
+    instances_partitions,
+    missing_keys,
+    model_key,
+    model_name,
+    models_partitions,
+)
 from trajhub_assets.recording.raw_calls import build_tables, rebuild_records
 from trajhub_assets.recording.run_id import RunId, parse_run_id
 from trajhub_assets.recording.schema import MESSAGE_BLOBS, RAW_CALLS, RUNS
@@ -123,8 +129,18 @@ def _run_id(key: str, instance: str, position: int, file: _File, original) -> tu
 
 def _provenance(file: _File, fmt: str, run_id: str, **fields) -> dict:
     row = {name: None for name in IMPORTS.schema.names}
-    return row | {"run_id": run_id, "format": fmt, "file": file.path.name, "path": str(file.path.resolve()),
-                  "sha256": file.sha256, "imported_at": time.time()} | fields
+    return (
+        row
+        | {
+            "run_id": run_id,
+            "format": fmt,
+            "file": file.path.name,
+            "path": str(file.path.resolve()),
+            "sha256": file.sha256,
+            "imported_at": time.time(),
+        }
+        | fields
+    )
 
 
 def _call_runs(fmt: Format, file: _File, model: str | None, instance: str | None) -> list[ImportedRun]:
@@ -135,16 +151,23 @@ def _call_runs(fmt: Format, file: _File, model: str | None, instance: str | None
         sessions.setdefault(call["run_id"], []).append(call)
     runs = []
     for position, (session, calls) in enumerate(sessions.items()):
-        key = _model_key(model or calls[0].get("model") or "", source=file.source, line=None,
-                         field="request_body.model")
+        key = _model_key(
+            model or calls[0].get("model") or "", source=file.source, line=None, field="request_body.model"
+        )
         instance_id = _instance(instance or session, source=file.source, line=None, field="session_id")
         run_id, attempt = _run_id(key, instance_id, position, file, session)
         for call in calls:
             call["run_id"], call["source"] = run_id, f"{fmt.name}:{file.path.name}"
         lines = sorted(n for call in calls for n in call["provenance"]["lines"])
-        runs.append(ImportedRun({"model": key, "instance": instance_id}, run_id, attempt,
-                                [_provenance(file, fmt.name, run_id, lines=lines, original_run_id=session)],
-                                calls=calls))
+        runs.append(
+            ImportedRun(
+                {"model": key, "instance": instance_id},
+                run_id,
+                attempt,
+                [_provenance(file, fmt.name, run_id, lines=lines, original_run_id=session)],
+                calls=calls,
+            )
+        )
     return runs
 
 
@@ -166,8 +189,12 @@ def _read_conversations(fmt: Format, file: _File) -> list[_Item]:
             try:  # every field must fit the table, or nothing is stored
                 conversations_to_table([conversation])
             except (TrajhubError, KeyError, TypeError, pa.ArrowException) as error:
-                raise RecordError(f"does not fit merged_trajectories: {error}", source=file.source,
-                                  line=line, record_id=conversation["meta"].get("conversation_id")) from None
+                raise RecordError(
+                    f"does not fit merged_trajectories: {error}",
+                    source=file.source,
+                    line=line,
+                    record_id=conversation["meta"].get("conversation_id"),
+                ) from None
             _refuse_secrets(conversation, source=file.source, line=line)
             found.append(_Item(file, line, conversation, details))
     return found
@@ -186,12 +213,12 @@ def _conversation_runs(fmt: Format, files: list[_File], model: str | None, insta
             if group not in groups:
                 firsts[group] = (file, sum(f is file for f, _ in firsts.values()))
             groups.setdefault(group, []).append(item)
-    return [_conversation_run(fmt.name, items, *firsts[group], model, instance)
-            for group, items in groups.items()]
+    return [_conversation_run(fmt.name, items, *firsts[group], model, instance) for group, items in groups.items()]
 
 
-def _conversation_run(fmt: str, items: list[_Item], file: _File, position: int, model: str | None,
-                      instance: str | None) -> ImportedRun:
+def _conversation_run(
+    fmt: str, items: list[_Item], file: _File, position: int, model: str | None, instance: str | None
+) -> ImportedRun:
     first = items[0]
     meta, original = first.conversation["meta"], first.conversation["meta"]["run_id"]
     parsed = _trajhub_run(original)
@@ -199,8 +226,11 @@ def _conversation_run(fmt: str, items: list[_Item], file: _File, position: int, 
     given_instance = instance or meta.get("instance") or (parsed.instance if parsed else None)
     if not given_model or not given_instance:
         missing = "--model" if not given_model else "--instance"
-        raise RecordError(f"the file does not say which {missing[2:]} this run belongs to: pass {missing}",
-                          source=file.source, line=first.line)
+        raise RecordError(
+            f"the file does not say which {missing[2:]} this run belongs to: pass {missing}",
+            source=file.source,
+            line=first.line,
+        )
     key = _model_key(given_model, source=file.source, line=first.line, field="model")
     instance_id = _instance(given_instance, source=file.source, line=first.line, field="instance")
     run_id, attempt = _run_id(key, instance_id, position, file, original)
@@ -209,23 +239,44 @@ def _conversation_run(fmt: str, items: list[_Item], file: _File, position: int, 
     origins: dict[Path, dict] = {}
     for i, item in enumerate(items):
         meta = item.conversation["meta"]
-        origin = origins.setdefault(item.file.path, _provenance(
-            item.file, fmt, run_id, lines=[], original_run_id=original, original_conversation_ids=[],
-            conversation_ids=[], **item.details,
-            # A trajhub export says where its conversations came from first: provenance.
-            original_source=meta["source"] if meta["source"] != item.file.source else None))
+        origin = origins.setdefault(
+            item.file.path,
+            _provenance(
+                item.file,
+                fmt,
+                run_id,
+                lines=[],
+                original_run_id=original,
+                original_conversation_ids=[],
+                conversation_ids=[],
+                **item.details,
+                # A trajhub export says where its conversations came from first: provenance.
+                original_source=meta["source"] if meta["source"] != item.file.source else None,
+            ),
+        )
         if item.line is not None and item.line not in origin["lines"]:
             origin["lines"].append(item.line)
         origin["original_conversation_ids"].append(originals[i])
         origin["conversation_ids"].append(ids[originals[i]])
-        meta.update(run_id=run_id, conversation_id=ids[originals[i]], model=key, instance=instance_id,
-                    attempt=attempt, source=f"{fmt}:{item.file.path.name}",
-                    parent_conversation_id=ids.get(meta["parent_conversation_id"], meta["parent_conversation_id"]))
+        meta.update(
+            run_id=run_id,
+            conversation_id=ids[originals[i]],
+            model=key,
+            instance=instance_id,
+            attempt=attempt,
+            source=f"{fmt}:{item.file.path.name}",
+            parent_conversation_id=ids.get(meta["parent_conversation_id"], meta["parent_conversation_id"]),
+        )
         _name_generations(item.conversation)
     for origin in origins.values():
         origin["lines"] = origin["lines"] or None
-    return ImportedRun({"model": key, "instance": instance_id}, run_id, attempt, list(origins.values()),
-                       conversations=[item.conversation for item in items])
+    return ImportedRun(
+        {"model": key, "instance": instance_id},
+        run_id,
+        attempt,
+        list(origins.values()),
+        conversations=[item.conversation for item in items],
+    )
 
 
 def _name_generations(conversation: dict) -> None:
@@ -246,13 +297,18 @@ def _refuse_secrets(record: dict, *, source: str, line: int | None) -> None:
     """Secrets never reach the store: refuse a record with anything that looks like a key."""
     hits = scan_rows("import", [{k: v for k, v in record.items() if k != "provenance"}])
     if hits:
-        raise RecordError(f"looks like a credential ({hits[0].kind} key {hits[0].masked}); redact it in the "
-                          f"file, then import again ({len(hits)} hit(s) in this record)",
-                          source=source, line=line, field=hits[0].field)
+        raise RecordError(
+            f"looks like a credential ({hits[0].kind} key {hits[0].masked}); redact it in the "
+            f"file, then import again ({len(hits)} hit(s) in this record)",
+            source=source,
+            line=line,
+            field=hits[0].field,
+        )
 
 
-def read_files(fmt: str, paths: Sequence[str | os.PathLike], *, model: str | None = None,
-               instance: str | None = None) -> list[ImportedRun]:
+def read_files(
+    fmt: str, paths: Sequence[str | os.PathLike], *, model: str | None = None, instance: str | None = None
+) -> list[ImportedRun]:
     """Every run of every file, all read and checked before anything is stored."""
     entry = import_format(fmt)
     files = []
@@ -262,8 +318,10 @@ def read_files(fmt: str, paths: Sequence[str | os.PathLike], *, model: str | Non
         except OSError as error:
             raise RecordError(f"cannot read: {error}", source=str(path)) from None
     if len({f.sha256 for f in files}) < len(files):
-        raise TrajhubError("the same file content is given twice: "
-                           + ", ".join(str(f.path) for f in files if [g.sha256 for g in files].count(f.sha256) > 1))
+        raise TrajhubError(
+            "the same file content is given twice: "
+            + ", ".join(str(f.path) for f in files if [g.sha256 for g in files].count(f.sha256) > 1)
+        )
     if entry.read_calls:
         return [run for file in files for run in _call_runs(entry, file, model, instance)]
     return _conversation_runs(entry, files, model, instance)
@@ -277,10 +335,15 @@ def _runs_row(run: ImportedRun) -> dict:
     ends += [c["ended_at"] for c in run.calls if c.get("ended_at") is not None]
     start, end = min(starts, default=None), max(ends, default=None)
     return {name: None for name in RUNS.schema.names} | {
-        "run_id": run.run_id, "attempt": run.attempt, "model_name": model_name(run.partition["model"]),
-        "scaffold": run.origins[0]["agent_name"], "scaffold_version": run.origins[0]["agent_version"],
-        "started_at": start, "run_seconds": end - start if start is not None and end is not None else None,
-        "stop_reason": IMPORTED}
+        "run_id": run.run_id,
+        "attempt": run.attempt,
+        "model_name": model_name(run.partition["model"]),
+        "scaffold": run.origins[0]["agent_name"],
+        "scaffold_version": run.origins[0]["agent_version"],
+        "started_at": start,
+        "run_seconds": end - start if start is not None and end is not None else None,
+        "stop_reason": IMPORTED,
+    }
 
 
 def _read(store: Store, table: Table, partition: dict) -> list[dict]:
@@ -298,7 +361,8 @@ def _refuse_recorded(store: Store, partition: dict) -> None:
             f"partition model={partition['model']}, instance={partition['instance']} holds {len(recorded)} "
             f"recorded run(s) ({', '.join(recorded[:3])}{', ...' if len(recorded) > 3 else ''}); the import "
             "would replace them. Pass --replace to replace that partition's data with the import, or "
-            "import under another --model or --instance.")
+            "import under another --model or --instance."
+        )
 
 
 def _store_partition(store: Store, partition: dict, runs: list[ImportedRun], replace: bool) -> StoredPartition:
@@ -313,10 +377,12 @@ def _store_partition(store: Store, partition: dict, runs: list[ImportedRun], rep
         records = rebuild_records(store.read(RAW_CALLS, partition), store.read(MESSAGE_BLOBS, partition))
     records = kept(records) + [call for run in runs for call in run.calls]
     with_calls = {record["run_id"] for record in records}
-    stored = (table_to_conversations(store.read(MERGED_TRAJECTORIES, partition), **partition)
-              if store.exists(MERGED_TRAJECTORIES, partition) else [])
-    conversations = (kept(stored, lambda c: c["meta"]["run_id"])
-                     + [c for run in runs for c in run.conversations])
+    stored = (
+        table_to_conversations(store.read(MERGED_TRAJECTORIES, partition), **partition)
+        if store.exists(MERGED_TRAJECTORIES, partition)
+        else []
+    )
+    conversations = kept(stored, lambda c: c["meta"]["run_id"]) + [c for run in runs for c in run.conversations]
     conversations = [c for c in conversations if c["meta"]["run_id"] not in with_calls]
     conversations += merge_partition(records, partition["model"], partition["instance"])
     conversations.sort(key=lambda c: c["meta"]["run_id"])  # stable: a run's own order stays
@@ -326,16 +392,25 @@ def _store_partition(store: Store, partition: dict, runs: list[ImportedRun], rep
         store.write(RAW_CALLS, calls, partition)
         store.write(MESSAGE_BLOBS, blobs, partition)
     store.write(MERGED_TRAJECTORIES, conversations_to_table(conversations), partition)
-    store.write(RUNS, pa.Table.from_pylist(kept(existing) + [_runs_row(run) for run in runs],
-                                           schema=RUNS.schema), partition)
-    store.write(IMPORTS, pa.Table.from_pylist(kept(_read(store, IMPORTS, partition))
-                                              + [o for run in runs for o in run.origins], schema=IMPORTS.schema),
-                partition)
+    store.write(
+        RUNS, pa.Table.from_pylist(kept(existing) + [_runs_row(run) for run in runs], schema=RUNS.schema), partition
+    )
+    store.write(
+        IMPORTS,
+        pa.Table.from_pylist(
+            kept(_read(store, IMPORTS, partition)) + [o for run in runs for o in run.origins], schema=IMPORTS.schema
+        ),
+        partition,
+    )
     calls_imported = sum(len(run.calls) for run in runs)
     return StoredPartition(
-        partition, runs=len(runs), conversations=sum(c["meta"]["run_id"] in new_ids for c in conversations),
-        calls=calls_imported, sources=sorted({f"{o['format']}:{o['file']}" for r in runs for o in r.origins}),
-        assets=(["raw_trajectories"] if calls_imported else []) + ["merged_trajectories"])
+        partition,
+        runs=len(runs),
+        conversations=sum(c["meta"]["run_id"] in new_ids for c in conversations),
+        calls=calls_imported,
+        sources=sorted({f"{o['format']}:{o['file']}" for r in runs for o in r.origins}),
+        assets=(["raw_trajectories"] if calls_imported else []) + ["merged_trajectories"],
+    )
 
 
 def store_runs(store: Store, runs: list[ImportedRun], *, replace: bool = False) -> list[StoredPartition]:
@@ -347,29 +422,47 @@ def store_runs(store: Store, runs: list[ImportedRun], *, replace: bool = False) 
     if not replace:  # check every partition before writing any
         for model, instance in by_partition:
             _refuse_recorded(store, {"model": model, "instance": instance})
-    return [_store_partition(store, {"model": m, "instance": i}, group, replace)
-            for (m, i), group in sorted(by_partition.items())]
+    return [
+        _store_partition(store, {"model": m, "instance": i}, group, replace)
+        for (m, i), group in sorted(by_partition.items())
+    ]
 
 
 def report_imports(instance, stored: list[StoredPartition]) -> None:
     """Register the partitions and record a runless materialization of each asset written, so
     the Dagster UI shows the imported partitions with their source."""
     for definition, dimension in ((models_partitions, "model"), (instances_partitions, "instance")):
-        new = missing_keys([s.partition[dimension] for s in stored],
-                           instance.get_dynamic_partitions(definition.name))
+        new = missing_keys([s.partition[dimension] for s in stored], instance.get_dynamic_partitions(definition.name))
         if new:
             instance.add_dynamic_partitions(definition.name, new)
     for s in stored:
         key = str(MultiPartitionKey({"model": s.partition["model"], "instance": s.partition["instance"]}))
         for asset in s.assets:
-            instance.report_runless_asset_event(AssetMaterialization(
-                asset_key=asset, partition=key, description=f"imported from {', '.join(s.sources)}",
-                metadata={"source": MetadataValue.text(", ".join(s.sources)), "imported_runs": s.runs,
-                          "imported_conversations": s.conversations, "imported_calls": s.calls}))
+            instance.report_runless_asset_event(
+                AssetMaterialization(
+                    asset_key=asset,
+                    partition=key,
+                    description=f"imported from {', '.join(s.sources)}",
+                    metadata={
+                        "source": MetadataValue.text(", ".join(s.sources)),
+                        "imported_runs": s.runs,
+                        "imported_conversations": s.conversations,
+                        "imported_calls": s.calls,
+                    },
+                )
+            )
 
 
-def import_files(store: Store, fmt: str, paths: Sequence[str | os.PathLike], *, model: str | None = None,
-                 instance: str | None = None, replace: bool = False, dagster_instance=None) -> list[StoredPartition]:
+def import_files(
+    store: Store,
+    fmt: str,
+    paths: Sequence[str | os.PathLike],
+    *,
+    model: str | None = None,
+    instance: str | None = None,
+    replace: bool = False,
+    dagster_instance=None,
+) -> list[StoredPartition]:
     """read_files → store_runs → report_imports (when a Dagster instance is given)."""
     stored = store_runs(store, read_files(fmt, paths, model=model, instance=instance), replace=replace)
     if dagster_instance is not None:
@@ -378,22 +471,31 @@ def import_files(store: Store, fmt: str, paths: Sequence[str | os.PathLike], *, 
 
 
 # -- export ---------------------------------------------------------------------------------
-def stored_conversations(store: Store, *, models: Sequence[str] = (), instances: Sequence[str] = (),
-                         kinds: Sequence[str] = ()) -> list[dict]:
+def stored_conversations(
+    store: Store, *, models: Sequence[str] = (), instances: Sequence[str] = (), kinds: Sequence[str] = ()
+) -> list[dict]:
     """Stored conversations, partition by partition in their stored order, filtered."""
     if MERGED_TRAJECTORIES.name not in store.table_names():
         raise TrajhubError(f"no merged_trajectories under {store.root} yet: run or import something first")
     keys = [_model_key(m, source="--model", line=None, field="model") for m in models]
-    where = [f"{column} IN ({', '.join('?' * len(values))})"
-             for column, values in (("model", keys), ("instance", list(instances))) if values]
-    partitions = store.sql(f"SELECT DISTINCT model, instance FROM {MERGED_TRAJECTORIES.name}"
-                           + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY model, instance",
-                           keys + list(instances)).to_pylist()
+    where = [
+        f"{column} IN ({', '.join('?' * len(values))})"
+        for column, values in (("model", keys), ("instance", list(instances)))
+        if values
+    ]
+    partitions = store.sql(
+        f"SELECT DISTINCT model, instance FROM {MERGED_TRAJECTORIES.name}"
+        + (" WHERE " + " AND ".join(where) if where else "")
+        + " ORDER BY model, instance",
+        keys + list(instances),
+    ).to_pylist()
     conversations = []
     for partition in partitions:
-        conversations += [c for c in table_to_conversations(store.read(MERGED_TRAJECTORIES, partition),
-                                                            **partition)
-                          if not kinds or c["meta"]["kind"] in kinds]
+        conversations += [
+            c
+            for c in table_to_conversations(store.read(MERGED_TRAJECTORIES, partition), **partition)
+            if not kinds or c["meta"]["kind"] in kinds
+        ]
     return conversations
 
 
@@ -423,8 +525,10 @@ def export_files(store: Store, fmt: str, out: str | os.PathLike, **filters) -> i
         raise TrajhubError(f"--out {out}: the {entry.title} export is one JSONL file; name it *.jsonl")
     conversations = stored_conversations(store, **filters)
     scaffolds = _scaffolds(store)
-    documents = [(c["meta"]["conversation_id"], entry.write(c, scaffolds.get(c["meta"]["run_id"], (None, None))))
-                 for c in conversations]
+    documents = [
+        (c["meta"]["conversation_id"], entry.write(c, scaffolds.get(c["meta"]["run_id"], (None, None))))
+        for c in conversations
+    ]
     if out.suffix == ".jsonl":
         _write_text(out, "".join(json.dumps(d, ensure_ascii=False) + "\n" for _, d in documents))
     else:

@@ -23,23 +23,35 @@ def merge_partition(records: list[dict], model: str, instance: str) -> list[dict
     by_run: dict[str, list[dict]] = defaultdict(list)
     for record in records:
         by_run[record["run_id"]].append(record)
-    return [conversation
-            for run_id, calls in sorted(by_run.items())
-            for conversation in merge_calls(calls, run_id=run_id, model=model, instance=instance,
-                                            attempt=parse_run_id(run_id).attempt)]
+    return [
+        conversation
+        for run_id, calls in sorted(by_run.items())
+        for conversation in merge_calls(
+            calls, run_id=run_id, model=model, instance=instance, attempt=parse_run_id(run_id).attempt
+        )
+    ]
 
 
 def conversations_summary(conversations: list[dict]) -> dict:
     """A partition's conversations for the UI: counts, and conversations per kind."""
     kinds = Counter(c["meta"]["kind"] for c in conversations)
-    return {"conversations": len(conversations), "messages": sum(len(c["messages"]) for c in conversations),
-            "kinds": [{"kind": kind, "conversations": n} for kind, n in kinds.most_common()]}
+    return {
+        "conversations": len(conversations),
+        "messages": sum(len(c["messages"]) for c in conversations),
+        "kinds": [{"kind": kind, "conversations": n} for kind, n in kinds.most_common()],
+    }
 
 
-@asset(partitions_def=run_partitions, backfill_policy=BATCHED, group_name="merge",
-       **reading(RAW_CALLS, MESSAGE_BLOBS), kinds={"parquet"},
-       check_specs=MERGED_CHECK_SPECS, automation_condition=FOLLOW_INPUTS,
-       description="Whole conversations rebuilt from each run's calls, with generation flags.")
+@asset(
+    partitions_def=run_partitions,
+    backfill_policy=BATCHED,
+    group_name="merge",
+    **reading(RAW_CALLS, MESSAGE_BLOBS),
+    kinds={"parquet"},
+    check_specs=MERGED_CHECK_SPECS,
+    automation_condition=FOLLOW_INPUTS,
+    description="Whole conversations rebuilt from each run's calls, with generation flags.",
+)
 def merged_trajectories(context: AssetExecutionContext, store: StoreResource) -> MaterializeResult:
     store = store.get()
     totals, written, empty = Counter(), [], []
@@ -50,14 +62,19 @@ def merged_trajectories(context: AssetExecutionContext, store: StoreResource) ->
         store.write(MERGED_TRAJECTORIES, conversations_to_table(conversations), partition)
         summary = conversations_summary(conversations)
         key = run_key(partition["model"], partition["instance"])
-        context.add_asset_metadata(summary | {"kinds": table(summary["kinds"], ["kind", "conversations"])},
-                                   partition_key=key)
+        context.add_asset_metadata(
+            summary | {"kinds": table(summary["kinds"], ["kind", "conversations"])}, partition_key=key
+        )
         totals.update(conversations=summary["conversations"], messages=summary["messages"])
         written += conversations
         if not conversations:
             empty.append(key)
         context.log.info("%s: %d calls -> %d conversations", partition, len(records), len(conversations))
-    fail_if_all_failed("partitions of this batch", len(partitions), len(empty),
-                       f"{empty[0]}: no recorded call of its runs made a conversation" if empty else "")
+    fail_if_all_failed(
+        "partitions of this batch",
+        len(partitions),
+        len(empty),
+        f"{empty[0]}: no recorded call of its runs made a conversation" if empty else "",
+    )
     checks = [generation_flags_consistent(written), no_orphan_tool_results(written)]
     return MaterializeResult(check_results=checks, metadata=batch_totals(totals, len(partitions)))

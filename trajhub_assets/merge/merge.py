@@ -105,8 +105,11 @@ def _read_calls(records: list[dict], run_id: str | None) -> tuple[list[Call], st
     by_id: dict[str, Call] = {}
     for number, record in enumerate(records):
         if not isinstance(record, dict):
-            raise RecordError(f"expected a call record (object), got {type(record).__name__}",
-                              source=f"run {run_id}", record_id=f"#{number}")
+            raise RecordError(
+                f"expected a call record (object), got {type(record).__name__}",
+                source=f"run {run_id}",
+                record_id=f"#{number}",
+            )
         if record.get("call_kind") in SKIPPED_CALL_KINDS:
             continue
         call = read_call(record, source=f"run {run_id or record.get('run_id')}")
@@ -114,8 +117,12 @@ def _read_calls(records: list[dict], run_id: str | None) -> tuple[list[Call], st
         if run_id is None:
             run_id = record_run
         elif record_run is not None and record_run != run_id:
-            raise RecordError(f"belongs to run {record_run!r}, not {run_id!r}", source=f"run {run_id}",
-                              record_id=call.call_id, field="run_id")
+            raise RecordError(
+                f"belongs to run {record_run!r}, not {run_id!r}",
+                source=f"run {run_id}",
+                record_id=call.call_id,
+                field="run_id",
+            )
         kept = by_id.get(call.call_id)
         if kept is None or (not call.responses, _order(call)) < (not kept.responses, _order(kept)):
             by_id[call.call_id] = call  # of two copies, the one with a response, else the first
@@ -164,8 +171,12 @@ def _tool_call_index(conversations: list[dict]) -> dict[str, list[tuple[str, int
 def _spawned_by(first_user: str | None, index: dict[str, list[tuple[str, int]]], before: int) -> int | None:
     """The latest earlier conversation with a tool call argument that ends this first user
     message: at most TAIL lookups of at most TAIL characters, whatever the number of calls."""
-    found = [i for n in range(MIN_PROMPT, min(TAIL, len(first_user or "")) + 1)
-             for value, i in index.get(first_user[-n:], ()) if i < before and first_user.endswith(value)]
+    found = [
+        i
+        for n in range(MIN_PROMPT, min(TAIL, len(first_user or "")) + 1)
+        for value, i in index.get(first_user[-n:], ())
+        if i < before and first_user.endswith(value)
+    ]
     return max(found) if found else None
 
 
@@ -187,8 +198,12 @@ def _classify(conversations: list[dict], shared: list[tuple[int, int] | None]) -
 
     def link(i: int, kind: str, parent: int | None = None, how: str | None = None, branch: int | None = None):
         parent_id = None if parent is None else metas[parent]["conversation_id"]
-        metas[i].update(kind=kind, parent_conversation_id=parent_id,
-                        parent_link=how if parent is not None else None, branch_index=branch)
+        metas[i].update(
+            kind=kind,
+            parent_conversation_id=parent_id,
+            parent_link=how if parent is not None else None,
+            branch_index=branch,
+        )
 
     for i, conversation in enumerate(conversations):
         meta, messages = metas[i], conversation["messages"]
@@ -202,8 +217,11 @@ def _classify(conversations: list[dict], shared: list[tuple[int, int] | None]) -
             summary = _long_lines(_last_assistant(conversations[previous_main]))
             compacted = bool(summary & _long_lines(_first_user(conversation)))
             link(i, "compaction" if compacted else "continuation", previous_main, "previous")
-        elif (main_start is not None and (meta["started_at"] or 0) < main_start
-              and not any(m["tool_calls"] for m in messages)):
+        elif (
+            main_start is not None
+            and (meta["started_at"] or 0) < main_start
+            and not any(m["tool_calls"] for m in messages)
+        ):
             link(i, "warmup")
         else:
             parent = _spawned_by(_first_user(conversation), index, before=i)
@@ -218,8 +236,14 @@ def _classify(conversations: list[dict], shared: list[tuple[int, int] | None]) -
             previous_main = i
 
 
-def merge_calls(calls: list[dict], *, run_id: str | None = None, model: str | None = None,
-                instance: str | None = None, attempt: int | None = None) -> list[dict]:
+def merge_calls(
+    calls: list[dict],
+    *,
+    run_id: str | None = None,
+    model: str | None = None,
+    instance: str | None = None,
+    attempt: int | None = None,
+) -> list[dict]:
     """The conversations of one run: [{"meta", "tools", "messages"}], ordered by first call."""
     parsed, run_id = _read_calls(calls, run_id)
     if not parsed:
@@ -236,9 +260,13 @@ def merge_calls(calls: list[dict], *, run_id: str | None = None, model: str | No
         node = -1
         if call.previous_response_id:
             if call.previous_response_id not in response_node:
-                raise RecordError(f"previous_response_id {call.previous_response_id!r} is not the response "
-                                  f"of an earlier recorded call", source=f"run {run_id}",
-                                  record_id=call.call_id, field="request.previous_response_id")
+                raise RecordError(
+                    f"previous_response_id {call.previous_response_id!r} is not the response "
+                    f"of an earlier recorded call",
+                    source=f"run {run_id}",
+                    record_id=call.call_id,
+                    field="request.previous_response_id",
+                )
             node = response_node[call.previous_response_id]
         trie.know_tools(call.tools)
         for m in call.prompt:
@@ -261,8 +289,14 @@ def merge_calls(calls: list[dict], *, run_id: str | None = None, model: str | No
         messages = [dict(trie.message[node]) for node in path]
         _fill_tool_names(messages)
         meta = {
-            "run_id": run_id, "model": model, "instance": instance, "attempt": attempt,
-            "conversation_id": None, "kind": None, "parent_conversation_id": None, "parent_link": None,
+            "run_id": run_id,
+            "model": model,
+            "instance": instance,
+            "attempt": attempt,
+            "conversation_id": None,
+            "kind": None,
+            "parent_conversation_id": None,
+            "parent_link": None,
             "branch_index": None,
             "call_ids": [c.call_id for c in members],
             "failed_call_ids": [c.call_id for c in members if c.status != "ok"],

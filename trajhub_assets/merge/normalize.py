@@ -32,8 +32,15 @@ from trajhub_assets.errors import RecordError
 WIRE_FORMATS = ("anthropic_messages", "openai_chat", "openai_responses")
 TEXT_TYPES = {"text", "input_text", "output_text", "summary_text", "reasoning_text", "refusal"}
 MEDIA_TYPES = {"image", "document", "image_url", "input_image", "input_audio", "input_file", "file"}
-MARKERS = {"image": "[image]", "document": "[document]", "image_url": "[image]", "input_image": "[image]",
-           "input_audio": "[audio]", "input_file": "[file]", "file": "[file]"}
+MARKERS = {
+    "image": "[image]",
+    "document": "[document]",
+    "image_url": "[image]",
+    "input_image": "[image]",
+    "input_audio": "[audio]",
+    "input_file": "[file]",
+    "file": "[file]",
+}
 # System prompt blocks and thinking blocks are separate sections; other text blocks
 # are concatenated as sent.
 SECTION_SEPARATOR = "\n\n"
@@ -45,8 +52,20 @@ FLAT_ORDER = {"thinking": 0, "redacted_thinking": 0, "reasoning": 0, "text": 1, 
 # (gemini, bedrock, minimax: native or ambiguous bodies) is not read: its calls fall back to
 # `request`, marked.
 ANTHROPIC_PROVIDERS = {"anthropic"}
-OPENAI_COMPATIBLE_PROVIDERS = {"openai", "azure", "hosted_vllm", "openrouter", "deepseek", "groq", "together_ai",
-                               "fireworks_ai", "xai", "deepinfra", "lm_studio", "litellm_proxy"}
+OPENAI_COMPATIBLE_PROVIDERS = {
+    "openai",
+    "azure",
+    "hosted_vllm",
+    "openrouter",
+    "deepseek",
+    "groq",
+    "together_ai",
+    "fireworks_ai",
+    "xai",
+    "deepinfra",
+    "lm_studio",
+    "litellm_proxy",
+}
 
 
 @dataclass
@@ -71,25 +90,42 @@ class Call:
     response_id: str | None = None
 
 
-def message(role: str, content: str | None = "", *, reasoning_content: str | None = None,
-            tool_calls: list[dict] | None = None, tool_call_id: str | None = None,
-            name: str | None = None, is_error: bool | None = None, content_parts: list[dict] | None = None,
-            thinking_blocks: list[dict] | None = None, extra: dict | None = None) -> dict:
-    return {"role": role, "content": content, "reasoning_content": reasoning_content,
-            "tool_calls": tool_calls or None, "tool_call_id": tool_call_id, "name": name,
-            "is_error": is_error, "generation": False if role == "assistant" else None,
-            "generated_by": None, "content_parts": content_parts,
-            "thinking_blocks": None if not thinking_blocks or _said_by_reasoning(thinking_blocks)
-            else thinking_blocks,
-            "extra": extra or None}  # a dict while reading; read_call encodes it as JSON
+def message(
+    role: str,
+    content: str | None = "",
+    *,
+    reasoning_content: str | None = None,
+    tool_calls: list[dict] | None = None,
+    tool_call_id: str | None = None,
+    name: str | None = None,
+    is_error: bool | None = None,
+    content_parts: list[dict] | None = None,
+    thinking_blocks: list[dict] | None = None,
+    extra: dict | None = None,
+) -> dict:
+    return {
+        "role": role,
+        "content": content,
+        "reasoning_content": reasoning_content,
+        "tool_calls": tool_calls or None,
+        "tool_call_id": tool_call_id,
+        "name": name,
+        "is_error": is_error,
+        "generation": False if role == "assistant" else None,
+        "generated_by": None,
+        "content_parts": content_parts,
+        "thinking_blocks": None if not thinking_blocks or _said_by_reasoning(thinking_blocks) else thinking_blocks,
+        "extra": extra or None,
+    }  # a dict while reading; read_call encodes it as JSON
 
 
 def part(type: str, text: str | None = None, media_type: str | None = None, ref: str | None = None) -> dict:
     return {"type": type, "text": text, "media_type": media_type, "ref": ref}
 
 
-def thinking_block(type: str, thinking: str | None = None, signature: str | None = None,
-                   data: str | None = None) -> dict:
+def thinking_block(
+    type: str, thinking: str | None = None, signature: str | None = None, data: str | None = None
+) -> dict:
     return {"type": type, "thinking": thinking, "signature": signature, "data": data}
 
 
@@ -138,8 +174,10 @@ def argument_defaults(tools: list[dict]) -> dict[str, dict]:
 def message_key(m: dict, canonical=lambda name, arguments: canonical_arguments(arguments)) -> tuple:
     calls = m["tool_calls"]
     if calls:
-        calls = tuple((c["id"], c["function"]["name"], canonical(c["function"]["name"], c["function"]["arguments"]))
-                      for c in calls)
+        calls = tuple(
+            (c["id"], c["function"]["name"], canonical(c["function"]["name"], c["function"]["arguments"]))
+            for c in calls
+        )
     # Two images with the same caption are different messages; their refs tell them apart.
     media = tuple(p["ref"] for p in m.get("content_parts") or () if p["ref"] is not None and p["type"] != "tool_use")
     # OpenAI chat has no error flag (None), Anthropic always sends one: a tool result read from
@@ -208,8 +246,9 @@ class _Reader:
         extra[prefix.rstrip(".")] = block  # a block we cannot read is kept whole
         return part(kind)
 
-    def content(self, content, field: str, extra: dict, separator: str = "", path: str = "content",
-                start: int = 0) -> tuple[str | None, list[dict] | None]:
+    def content(
+        self, content, field: str, extra: dict, separator: str = "", path: str = "content", start: int = 0
+    ) -> tuple[str | None, list[dict] | None]:
         """A str, null or list of blocks → (text, content_parts). The text keeps a marker for
         each non-text block; parts are None when the text says it all."""
         if content is None or isinstance(content, str):
@@ -225,8 +264,9 @@ class _Reader:
             texts.append(parts[-1]["text"] if kind in TEXT_TYPES else MARKERS.get(kind, f"[{kind}]"))
         return separator.join(texts), None if _flat(parts) else parts
 
-    def content_message(self, role: str, content, field: str, separator: str = "", path: str = "content",
-                        start: int = 0) -> dict:
+    def content_message(
+        self, role: str, content, field: str, separator: str = "", path: str = "content", start: int = 0
+    ) -> dict:
         """A message that is only its content (a system prompt, user text): text, parts, extra."""
         extra = {}
         text, parts = self.content(content, field, extra, separator, path, start)
@@ -255,16 +295,21 @@ class _Reader:
                 parts.append(part(kind))
             elif kind == "tool_use":
                 names[block.get("id")] = block.get("name")
-                calls.append(tool_call(block.get("id"), block.get("name"),
-                                       self.arguments(block.get("input", {}))))
+                calls.append(tool_call(block.get("id"), block.get("name"), self.arguments(block.get("input", {}))))
                 self.leftovers(block, {"type", "id", "name", "input"}, prefix, extra)
                 parts.append(part(kind, ref=block.get("id")))
             else:
                 parts.append(self.block_part(block, kind, prefix, extra))
                 text.append(parts[-1]["text"] if kind in TEXT_TYPES else MARKERS.get(kind, f"[{kind}]"))
-        return message("assistant", "".join(text), tool_calls=calls,
-                       reasoning_content=SECTION_SEPARATOR.join(thinking) if thinking else None,
-                       content_parts=None if _flat(parts) else parts, thinking_blocks=blocks, extra=extra)
+        return message(
+            "assistant",
+            "".join(text),
+            tool_calls=calls,
+            reasoning_content=SECTION_SEPARATOR.join(thinking) if thinking else None,
+            content_parts=None if _flat(parts) else parts,
+            thinking_blocks=blocks,
+            extra=extra,
+        )
 
     def anthropic_user(self, content, field: str, names: dict) -> list[dict]:
         if not isinstance(content, list):
@@ -284,16 +329,26 @@ class _Reader:
             extra, call_id = {}, block.get("tool_use_id")
             self.leftovers(block, {"type", "tool_use_id", "content", "is_error"}, "", extra)
             text, parts = self.content(block.get("content"), f"{field}[{i}].content", extra)
-            out.append(message("tool", text, tool_call_id=call_id, name=names.get(call_id),
-                               is_error=bool(block.get("is_error", False)), content_parts=parts, extra=extra))
+            out.append(
+                message(
+                    "tool",
+                    text,
+                    tool_call_id=call_id,
+                    name=names.get(call_id),
+                    is_error=bool(block.get("is_error", False)),
+                    content_parts=parts,
+                    extra=extra,
+                )
+            )
         flush(len(content))
         return out or [message("user", "")]
 
     def anthropic_prompt(self, request: dict) -> list[dict]:
         out, names = [], {}
         if request.get("system"):
-            out.append(self.content_message("system", request["system"], f"{self.body}.system",
-                                            SECTION_SEPARATOR, "system"))
+            out.append(
+                self.content_message("system", request["system"], f"{self.body}.system", SECTION_SEPARATOR, "system")
+            )
         for i, m in enumerate(self.expect(request.get("messages", []), list, f"{self.body}.messages")):
             field = f"{self.body}.messages[{i}]"
             role = self.expect(m, dict, field).get("role")
@@ -317,8 +372,9 @@ class _Reader:
         return [self.anthropic_assistant(content, "response.content", {})]
 
     def anthropic_tools(self, tools: list) -> list[dict]:
-        return [function_tool(t.get("name") or t.get("type"), t.get("description"), t.get("input_schema"))
-                for t in tools]
+        return [
+            function_tool(t.get("name") or t.get("type"), t.get("description"), t.get("input_schema")) for t in tools
+        ]
 
     # -- OpenAI chat completions --------------------------------------------------------
     def chat_message(self, m: dict, field: str, names: dict) -> dict:
@@ -327,27 +383,34 @@ class _Reader:
             self.fail(f"{field}.role", f"unknown role {role!r} for openai_chat")
         extra = {"role": role} if role in ("developer", "function") else {}  # read as system / tool
         system = role in ("system", "developer")
-        text, parts = self.content(m.get("content"), f"{field}.content", extra,
-                                   SECTION_SEPARATOR if system else "")
+        text, parts = self.content(m.get("content"), f"{field}.content", extra, SECTION_SEPARATOR if system else "")
         known = {"role", "content", "name"}
         if system or role == "user":
             self.leftovers(m, known, "", extra)
-            return message("system" if system else "user", text, name=m.get("name"), content_parts=parts,
-                           extra=extra)
+            return message("system" if system else "user", text, name=m.get("name"), content_parts=parts, extra=extra)
         if role in ("tool", "function"):
             call_id = m.get("tool_call_id")
             self.leftovers(m, known | {"tool_call_id"}, "", extra)
-            return message("tool", text, tool_call_id=call_id, name=m.get("name") or names.get(call_id),
-                           content_parts=parts, extra=extra)
+            return message(
+                "tool",
+                text,
+                tool_call_id=call_id,
+                name=m.get("name") or names.get(call_id),
+                content_parts=parts,
+                extra=extra,
+            )
         calls = []
         for j, c in enumerate(m.get("tool_calls") or []):
             where = f"{field}.tool_calls[{j}]"
             function = self.expect(self.expect(c, dict, where).get("function"), dict, f"{where}.function")
             names[c.get("id")] = function.get("name")
-            calls.append(tool_call(c.get("id"), function.get("name"),
-                                   self.arguments(function.get("arguments", "{}"))))
-            self.leftovers(c, {"id", "function"} | ({"type"} if c.get("type") in (None, "function") else set()),
-                           f"tool_calls[{j}].", extra)
+            calls.append(tool_call(c.get("id"), function.get("name"), self.arguments(function.get("arguments", "{}"))))
+            self.leftovers(
+                c,
+                {"id", "function"} | ({"type"} if c.get("type") in (None, "function") else set()),
+                f"tool_calls[{j}].",
+                extra,
+            )
             self.leftovers(function, {"name", "arguments"}, f"tool_calls[{j}].function.", extra)
         reasoning_field = "reasoning_content" if m.get("reasoning_content") is not None else "reasoning"
         reasoning = m.get(reasoning_field)
@@ -358,28 +421,45 @@ class _Reader:
             self.leftovers(b, {"type", "thinking", "signature", "data"}, f"thinking_blocks[{k}].", extra)
         known |= {"tool_calls", "thinking_blocks"} | ({reasoning_field} if isinstance(reasoning, str) else set())
         self.leftovers(m, known, "", extra)
-        return message("assistant", text, tool_calls=calls, name=m.get("name"),
-                       reasoning_content=reasoning if isinstance(reasoning, str) else None,
-                       content_parts=parts, thinking_blocks=blocks, extra=extra)
+        return message(
+            "assistant",
+            text,
+            tool_calls=calls,
+            name=m.get("name"),
+            reasoning_content=reasoning if isinstance(reasoning, str) else None,
+            content_parts=parts,
+            thinking_blocks=blocks,
+            extra=extra,
+        )
 
     def chat_prompt(self, request: dict) -> list[dict]:
         names = {}
-        return [self.chat_message(m, f"{self.body}.messages[{i}]", names)
-                for i, m in enumerate(self.expect(request.get("messages", []), list, f"{self.body}.messages"))]
+        return [
+            self.chat_message(m, f"{self.body}.messages[{i}]", names)
+            for i, m in enumerate(self.expect(request.get("messages", []), list, f"{self.body}.messages"))
+        ]
 
     def chat_responses(self, response: dict) -> list[dict]:
         choices = self.expect(response.get("choices"), list, "response.choices")
         choices = sorted(choices, key=lambda c: c.get("index", 0) if isinstance(c, dict) else 0)
-        return [self.chat_message({**self.expect(c, dict, f"response.choices[{i}]").get("message", {}),
-                                   "role": "assistant"}, f"response.choices[{i}].message", {})
-                for i, c in enumerate(choices)]
+        return [
+            self.chat_message(
+                {**self.expect(c, dict, f"response.choices[{i}]").get("message", {}), "role": "assistant"},
+                f"response.choices[{i}].message",
+                {},
+            )
+            for i, c in enumerate(choices)
+        ]
 
     def chat_tools(self, tools: list) -> list[dict]:
         out = []
         for t in tools:
             function = t.get("function") or t
-            out.append(function_tool(function.get("name") or t.get("type"), function.get("description"),
-                                     function.get("parameters")))
+            out.append(
+                function_tool(
+                    function.get("name") or t.get("type"), function.get("description"), function.get("parameters")
+                )
+            )
         return out
 
     # -- OpenAI responses ---------------------------------------------------------------
@@ -394,8 +474,9 @@ class _Reader:
             if kind == "message" and role != "assistant":
                 turn, extra = None, {"role": role} if role == "developer" else {}
                 system = role in ("system", "developer")
-                text, parts = self.content(item.get("content"), f"{where}.content", extra,
-                                           SECTION_SEPARATOR if system else "")
+                text, parts = self.content(
+                    item.get("content"), f"{where}.content", extra, SECTION_SEPARATOR if system else ""
+                )
                 if not system and role != "user":
                     self.fail(f"{where}.role", f"unknown role {role!r} for openai_responses")
                 self.leftovers(item, {"type", "role", "content"}, "", extra)
@@ -405,8 +486,11 @@ class _Reader:
                 call_id = item.get("call_id")
                 text, parts = self.content(item.get("output"), f"{where}.output", extra, path="output")
                 self.leftovers(item, {"type", "call_id", "output"}, "", extra)
-                out.append(message("tool", text, tool_call_id=call_id, name=names.get(call_id),
-                                   content_parts=parts, extra=extra))
+                out.append(
+                    message(
+                        "tool", text, tool_call_id=call_id, name=names.get(call_id), content_parts=parts, extra=extra
+                    )
+                )
             else:
                 if turn is None:
                     turn, k = message("assistant", extra={}), 0
@@ -414,8 +498,9 @@ class _Reader:
                     out.append(turn)
                 prefix, k = f"items[{k}].", k + 1
                 if kind == "message":
-                    text, parts = self.content(item.get("content"), f"{where}.content", turn["extra"],
-                                               path=prefix + "content")
+                    text, parts = self.content(
+                        item.get("content"), f"{where}.content", turn["extra"], path=prefix + "content"
+                    )
                     turn["content"] += text or ""
                     turn["content_parts"] = (turn["content_parts"] or []) + parts if parts else turn["content_parts"]
                     self.leftovers(item, {"type", "role", "content"}, prefix, turn["extra"])
@@ -430,9 +515,15 @@ class _Reader:
                     names[item.get("call_id")] = item.get("name")
                     arguments = item.get("arguments") if kind == "function_call" else item.get("input")
                     turn["tool_calls"] = (turn["tool_calls"] or []) + [
-                        tool_call(item.get("call_id"), item.get("name"), self.arguments(arguments or ""))]
-                    self.leftovers(item, {"call_id", "name", "arguments" if kind == "function_call" else "input"}
-                                   | ({"type"} if kind == "function_call" else set()), prefix, turn["extra"])
+                        tool_call(item.get("call_id"), item.get("name"), self.arguments(arguments or ""))
+                    ]
+                    self.leftovers(
+                        item,
+                        {"call_id", "name", "arguments" if kind == "function_call" else "input"}
+                        | ({"type"} if kind == "function_call" else set()),
+                        prefix,
+                        turn["extra"],
+                    )
                 else:
                     turn["content"] += MARKERS.get(kind, f"[{kind}]")
                     turn["extra"][prefix.rstrip(".")] = item
@@ -447,8 +538,11 @@ class _Reader:
         out = []
         # A call chained by previous_response_id repeats the instructions, not the history.
         if request.get("instructions") and not request.get("previous_response_id"):
-            out.append(self.content_message("system", request["instructions"], f"{self.body}.instructions",
-                                            SECTION_SEPARATOR, "instructions"))
+            out.append(
+                self.content_message(
+                    "system", request["instructions"], f"{self.body}.instructions", SECTION_SEPARATOR, "instructions"
+                )
+            )
         items = request.get("input", [])
         if isinstance(items, str):
             return out + [message("user", items)]
@@ -461,8 +555,10 @@ class _Reader:
 
 
 def function_tool(name, description, parameters) -> dict:
-    return {"type": "function", "function": {"name": name or "", "description": description or "",
-                                             "parameters": parameters or {}}}
+    return {
+        "type": "function",
+        "function": {"name": name or "", "description": description or "", "parameters": parameters or {}},
+    }
 
 
 _FORMATS = {
@@ -526,11 +622,20 @@ def read_call(record: dict, source: str = "calls") -> Call:
     for m in prompt + responses:
         m["extra"] = _ENCODE(m["extra"]) if m["extra"] else None
     return Call(
-        call_id=call_id, seq=record.get("seq"), started_at=record.get("started_at"),
-        ended_at=record.get("ended_at"), wire_format=wire_format,
-        call_kind=record.get("call_kind") or "agent", status=status, error=record.get("error"),
-        prompt=prompt, responses=responses, tools=read_tools(reader, tools),
-        record=record, prompt_from=reader.body, upstream_unread=upstream is not None and prompt_format is None,
+        call_id=call_id,
+        seq=record.get("seq"),
+        started_at=record.get("started_at"),
+        ended_at=record.get("ended_at"),
+        wire_format=wire_format,
+        call_kind=record.get("call_kind") or "agent",
+        status=status,
+        error=record.get("error"),
+        prompt=prompt,
+        responses=responses,
+        tools=read_tools(reader, tools),
+        record=record,
+        prompt_from=reader.body,
+        upstream_unread=upstream is not None and prompt_format is None,
         previous_response_id=body.get("previous_response_id"),  # a translated body sends all its history
         response_id=response.get("id") if isinstance(response, dict) else None,
     )

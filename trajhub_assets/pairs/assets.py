@@ -2,8 +2,13 @@
 
 from collections import Counter
 
-from dagster import (AssetExecutionContext, MaterializeResult, MetadataValue,
-                     MultiToSingleDimensionPartitionMapping, asset)
+from dagster import (
+    AssetExecutionContext,
+    MaterializeResult,
+    MetadataValue,
+    MultiToSingleDimensionPartitionMapping,
+    asset,
+)
 
 from trajhub_assets.automation import FOLLOW_ANY_INPUTS
 from trajhub_assets.checks import PAIR_CHECK_SPECS, margin_respected, read_batch
@@ -23,8 +28,10 @@ _EVERY_MODEL = MultiToSingleDimensionPartitionMapping(partition_dimension_name="
 
 def main_trajectories(store: Store, where: str = "TRUE", params: list | None = None) -> list[dict]:
     """Each run's main conversation, with meta.model the model's name (not its key)."""
-    table = store.sql(f"SELECT * FROM {MERGED_TRAJECTORIES.name} WHERE kind = 'main' AND {where} "
-                      "ORDER BY model, instance, run_id", params)
+    table = store.sql(
+        f"SELECT * FROM {MERGED_TRAJECTORIES.name} WHERE kind = 'main' AND {where} ORDER BY model, instance, run_id",
+        params,
+    )
     conversations = table_to_conversations(table)
     for conversation in conversations:
         conversation["meta"]["model"] = model_name(conversation["meta"]["model"])
@@ -35,13 +42,20 @@ def rows(store: Store, table: Table, where: str, params: list) -> list[dict]:
     return store.sql(f"SELECT * FROM {table.name} WHERE {where}", params).to_pylist()
 
 
-@asset(name="preference_pairs", partitions_def=instances_partitions, backfill_policy=BATCHED,
-       group_name="pairs", kinds={"parquet"}, check_specs=PAIR_CHECK_SPECS,
-       automation_condition=FOLLOW_ANY_INPUTS,
-       **reading(MERGED_TRAJECTORIES, TRAJECTORY_REWARDS, JUDGE_STEPS, partition_mapping=_EVERY_MODEL),
-       description="DPO pairs (TRL conversational format) among all runs of one instance.")
-def preference_pairs_asset(context: AssetExecutionContext, store: StoreResource,
-                           project: ProjectResource) -> MaterializeResult:
+@asset(
+    name="preference_pairs",
+    partitions_def=instances_partitions,
+    backfill_policy=BATCHED,
+    group_name="pairs",
+    kinds={"parquet"},
+    check_specs=PAIR_CHECK_SPECS,
+    automation_condition=FOLLOW_ANY_INPUTS,
+    **reading(MERGED_TRAJECTORIES, TRAJECTORY_REWARDS, JUDGE_STEPS, partition_mapping=_EVERY_MODEL),
+    description="DPO pairs (TRL conversational format) among all runs of one instance.",
+)
+def preference_pairs_asset(
+    context: AssetExecutionContext, store: StoreResource, project: ProjectResource
+) -> MaterializeResult:
     store, config = store.get(), project.load()
     policy = PairPolicy.from_config(config.release)
     stats, coverage = Counter(), Counter()
@@ -50,16 +64,22 @@ def preference_pairs_asset(context: AssetExecutionContext, store: StoreResource,
             main_trajectories(store, "instance = ?", [instance]),
             rows(store, TRAJECTORY_REWARDS, "instance = ?", [instance]),
             rows(store, JUDGE_STEPS, "instance = ?", [instance]),
-            policy)
+            policy,
+        )
         store.write(PREFERENCE_PAIRS, result.table, {"instance": instance})
         counts = {k: v for k, v in result.stats.items() if isinstance(v, int)} | {"pairs": result.table.num_rows}
-        preview = (table(preview_rows(result.table)) if result.table.num_rows
-                   else MetadataValue.text(no_pairs_reason(counts)))
-        context.add_asset_metadata(counts | {"preview": preview, "pairs_per_model": MetadataValue.json(
-            result.stats["model_coverage"])}, partition_key=instance)
+        preview = (
+            table(preview_rows(result.table)) if result.table.num_rows else MetadataValue.text(no_pairs_reason(counts))
+        )
+        context.add_asset_metadata(
+            counts | {"preview": preview, "pairs_per_model": MetadataValue.json(result.stats["model_coverage"])},
+            partition_key=instance,
+        )
         stats.update(counts)
         coverage.update(result.stats["model_coverage"])
     written = read_batch(store, PREFERENCE_PAIRS, [{"instance": i} for i in context.partition_keys])
-    return MaterializeResult(check_results=[margin_respected(written, policy.min_margin)],
-                             metadata=batch_totals(stats, len(context.partition_keys))
-                             | {"batch_pairs_per_model": MetadataValue.json(dict(sorted(coverage.items())))})
+    return MaterializeResult(
+        check_results=[margin_respected(written, policy.min_margin)],
+        metadata=batch_totals(stats, len(context.partition_keys))
+        | {"batch_pairs_per_model": MetadataValue.json(dict(sorted(coverage.items())))},
+    )

@@ -64,9 +64,12 @@ class PairPolicy:
     @classmethod
     def from_config(cls, release, **overrides) -> PairPolicy:
         """From ReleaseConfig; `ties`/`step_pairs` are read too once the config has them."""
-        values = {"max_pairs": release.max_pairs_per_instance, "min_margin": release.min_margin,
-                  "ties": getattr(release, "pair_ties", "skip"),
-                  "step_pairs": getattr(release, "step_pairs", True)}
+        values = {
+            "max_pairs": release.max_pairs_per_instance,
+            "min_margin": release.min_margin,
+            "ties": getattr(release, "pair_ties", "skip"),
+            "step_pairs": getattr(release, "step_pairs", True),
+        }
         return cls(**(values | overrides))
 
 
@@ -80,8 +83,11 @@ class PairResult:
 def chat_tool_call(call: Mapping) -> dict:
     """OpenAI form; accepts the merged table's flat form (name/arguments beside id) too."""
     function = call.get("function") or {"name": call.get("name"), "arguments": call.get("arguments")}
-    return {"id": call.get("id"), "type": call.get("type") or "function",
-            "function": {"name": function.get("name"), "arguments": function.get("arguments")}}
+    return {
+        "id": call.get("id"),
+        "type": call.get("type") or "function",
+        "function": {"name": function.get("name"), "arguments": function.get("arguments")},
+    }
 
 
 def _structs(items: list | None, struct: pa.StructType) -> list[dict] | None:
@@ -94,13 +100,17 @@ def chat_message(message: Mapping) -> dict:
     """A merged message as TRL expects it, internal flags dropped; content, thinking, parts and
     extra are the merge's, unchanged (a null content stays null)."""
     calls = message.get("tool_calls")
-    return {"role": message["role"], "content": message.get("content"),
-            "reasoning_content": message.get("reasoning_content"),
-            "tool_calls": [chat_tool_call(c) for c in calls] if calls else None,
-            "tool_call_id": message.get("tool_call_id"), "name": message.get("name"),
-            "thinking_blocks": _structs(message.get("thinking_blocks"), THINKING_BLOCK),
-            "content_parts": _structs(message.get("content_parts"), CONTENT_PART),
-            "extra": message.get("extra")}
+    return {
+        "role": message["role"],
+        "content": message.get("content"),
+        "reasoning_content": message.get("reasoning_content"),
+        "tool_calls": [chat_tool_call(c) for c in calls] if calls else None,
+        "tool_call_id": message.get("tool_call_id"),
+        "name": message.get("name"),
+        "thinking_blocks": _structs(message.get("thinking_blocks"), THINKING_BLOCK),
+        "content_parts": _structs(message.get("content_parts"), CONTENT_PART),
+        "extra": message.get("extra"),
+    }
 
 
 def _canonical_arguments(arguments: str | None) -> str | None:
@@ -113,9 +123,15 @@ def _canonical_arguments(arguments: str | None) -> str | None:
 def message_key(message: Mapping) -> str:
     """What makes two messages the same turn: not ids or reasoning (regenerated or dropped)."""
     calls = [chat_tool_call(c)["function"] for c in message.get("tool_calls") or []]
-    return json.dumps([message["role"], message.get("content") or "", message.get("name"),
-                       [[c["name"], _canonical_arguments(c["arguments"])] for c in calls]],
-                      ensure_ascii=False)
+    return json.dumps(
+        [
+            message["role"],
+            message.get("content") or "",
+            message.get("name"),
+            [[c["name"], _canonical_arguments(c["arguments"])] for c in calls],
+        ],
+        ensure_ascii=False,
+    )
 
 
 def tools_json(tools: list) -> str:
@@ -151,13 +167,17 @@ def reward_version(row: Mapping) -> str:
     are named by their weights, if they carry any."""
     if row.get("reward_version"):
         return str(row["reward_version"])
-    weights = [f"{key.removeprefix('weight_')}={value:g}" for key, value in sorted(row.items())
-               if key.startswith("weight_") and value is not None]
+    weights = [
+        f"{key.removeprefix('weight_')}={value:g}"
+        for key, value in sorted(row.items())
+        if key.startswith("weight_") and value is not None
+    ]
     return "weights:" + ",".join(weights) if weights else "unversioned"
 
 
-def _runs(trajectories: Iterable[dict], trajectory_rewards: Iterable[Mapping],
-          step_rewards: Iterable[Mapping]) -> tuple[str | None, list[_Run]]:
+def _runs(
+    trajectories: Iterable[dict], trajectory_rewards: Iterable[Mapping], step_rewards: Iterable[Mapping]
+) -> tuple[str | None, list[_Run]]:
     rewards = {r["run_id"]: r for r in trajectory_rewards}
     steps: dict[str, dict[int, float]] = {}
     conversation_of: dict[str, str | None] = {}
@@ -166,31 +186,55 @@ def _runs(trajectories: Iterable[dict], trajectory_rewards: Iterable[Mapping],
         meta = t.get("meta") or {}
         for name in ("run_id", "model", "instance"):
             if not meta.get(name):
-                raise RecordError("trajectory meta lacks it", source="trajectories",
-                                  record_id=meta.get("conversation_id"), field=f"meta.{name}")
+                raise RecordError(
+                    "trajectory meta lacks it",
+                    source="trajectories",
+                    record_id=meta.get("conversation_id"),
+                    field=f"meta.{name}",
+                )
         if instance is not None and meta["instance"] != instance:
-            raise RecordError(f"pairs are made within one instance, got {instance!r} and {meta['instance']!r}",
-                              source="trajectories", record_id=meta["run_id"], field="meta.instance")
+            raise RecordError(
+                f"pairs are made within one instance, got {instance!r} and {meta['instance']!r}",
+                source="trajectories",
+                record_id=meta["run_id"],
+                field="meta.instance",
+            )
         instance = meta["instance"]
         if meta["run_id"] in conversation_of:
-            raise RecordError("two trajectories of one run: pass only each run's main conversation",
-                              source="trajectories", record_id=meta["run_id"], field="meta.run_id")
+            raise RecordError(
+                "two trajectories of one run: pass only each run's main conversation",
+                source="trajectories",
+                record_id=meta["run_id"],
+                field="meta.run_id",
+            )
         conversation_of[meta["run_id"]] = meta.get("conversation_id")
         step_of, k = {}, 0
         for i, m in enumerate(t["messages"]):
             if m["role"] == "assistant" and m.get("generation"):
                 step_of[i], k = k, k + 1
         row = rewards.get(meta["run_id"], {})
-        runs.append(_Run(
-            run_id=meta["run_id"], model=meta["model"], attempt=int(meta.get("attempt") or 0),
-            messages=t["messages"], keys=[message_key(m) for m in t["messages"]], tools=t.get("tools") or [],
-            tool_names=tuple(sorted(tool["function"]["name"] for tool in t.get("tools") or [])),
-            reward=row.get("reward"), reward_version=reward_version(row) if row else None,
-            step_of=step_of, step_rewards=steps.setdefault(meta["run_id"], {})))
+        runs.append(
+            _Run(
+                run_id=meta["run_id"],
+                model=meta["model"],
+                attempt=int(meta.get("attempt") or 0),
+                messages=t["messages"],
+                keys=[message_key(m) for m in t["messages"]],
+                tools=t.get("tools") or [],
+                tool_names=tuple(sorted(tool["function"]["name"] for tool in t.get("tools") or [])),
+                reward=row.get("reward"),
+                reward_version=reward_version(row) if row else None,
+                step_of=step_of,
+                step_rewards=steps.setdefault(meta["run_id"], {}),
+            )
+        )
     for s in step_rewards:
         conversation = conversation_of.get(s["run_id"])
-        if s["run_id"] in steps and s.get("step_reward") is not None and (
-                s.get("conversation_id") is None or conversation is None or s["conversation_id"] == conversation):
+        if (
+            s["run_id"] in steps
+            and s.get("step_reward") is not None
+            and (s.get("conversation_id") is None or conversation is None or s["conversation_id"] == conversation)
+        ):
             steps[s["run_id"]][int(s["step_index"])] = float(s["step_reward"])
     return instance, sorted(runs, key=lambda r: (r.model, r.attempt, r.run_id))
 
@@ -198,9 +242,13 @@ def _runs(trajectories: Iterable[dict], trajectory_rewards: Iterable[Mapping],
 def _same_version(a: _Run, b: _Run, instance: str) -> str:
     if a.reward_version != b.reward_version:
         # Rewards of different versions are not comparable: a margin between them means nothing.
-        raise RecordError(f"runs {a.run_id!r} and {b.run_id!r} were scored with reward versions "
-                          f"{a.reward_version!r} and {b.reward_version!r}; rescore before pairing",
-                          source="trajectory_rewards", record_id=instance, field="reward_version")
+        raise RecordError(
+            f"runs {a.run_id!r} and {b.run_id!r} were scored with reward versions "
+            f"{a.reward_version!r} and {b.reward_version!r}; rescore before pairing",
+            source="trajectory_rewards",
+            record_id=instance,
+            field="reward_version",
+        )
     return a.reward_version
 
 
@@ -209,8 +257,9 @@ def _divergence(a: _Run, b: _Run) -> int:
     return next((i for i in range(n) if a.keys[i] != b.keys[i]), n)
 
 
-def _rank(a: _Run, b: _Run, ra: float, rb: float, policy: PairPolicy, stats: Counter,
-          allow_shorter: bool) -> tuple[_Run, _Run, str] | None:
+def _rank(
+    a: _Run, b: _Run, ra: float, rb: float, policy: PairPolicy, stats: Counter, allow_shorter: bool
+) -> tuple[_Run, _Run, str] | None:
     """(chosen, rejected, basis), or None when the rewards do not separate the two."""
     if abs(ra - rb) <= TIE:
         if allow_shorter and policy.ties == "shorter" and a.n_steps != b.n_steps:
@@ -227,20 +276,46 @@ def _pair_id(kind: str, chosen: _Run, rejected: _Run, cut: int) -> str:
     return hashlib.sha256(f"{kind}|{chosen.run_id}|{rejected.run_id}|{cut}".encode()).hexdigest()[:20]
 
 
-def _row(kind: str, instance: str, chosen: _Run, rejected: _Run, *, prompt: list, chosen_msgs: list,
-         rejected_msgs: list, rewards: tuple[float, float], steps: tuple[int | None, int | None],
-         prompt_shared: bool, basis: str, version: str, cut: int) -> dict:
+def _row(
+    kind: str,
+    instance: str,
+    chosen: _Run,
+    rejected: _Run,
+    *,
+    prompt: list,
+    chosen_msgs: list,
+    rejected_msgs: list,
+    rewards: tuple[float, float],
+    steps: tuple[int | None, int | None],
+    prompt_shared: bool,
+    basis: str,
+    version: str,
+    cut: int,
+) -> dict:
     return {
-        "pair_id": _pair_id(kind, chosen, rejected, cut), "kind": kind, "instance_id": instance,
-        "prompt": [chat_message(m) for m in prompt], "chosen": [chat_message(m) for m in chosen_msgs],
-        "rejected": [chat_message(m) for m in rejected_msgs], "tools_json": tools_json(chosen.tools),
-        "chosen_run_id": chosen.run_id, "rejected_run_id": rejected.run_id,
-        "chosen_model": chosen.model, "rejected_model": rejected.model,
-        "chosen_attempt": chosen.attempt, "rejected_attempt": rejected.attempt,
-        "chosen_reward": rewards[0], "rejected_reward": rewards[1], "margin": rewards[0] - rewards[1],
-        "chosen_trajectory_reward": chosen.reward, "rejected_trajectory_reward": rejected.reward,
-        "chosen_step_index": steps[0], "rejected_step_index": steps[1],
-        "prompt_shared": prompt_shared, "basis": basis, "reward_version": version,
+        "pair_id": _pair_id(kind, chosen, rejected, cut),
+        "kind": kind,
+        "instance_id": instance,
+        "prompt": [chat_message(m) for m in prompt],
+        "chosen": [chat_message(m) for m in chosen_msgs],
+        "rejected": [chat_message(m) for m in rejected_msgs],
+        "tools_json": tools_json(chosen.tools),
+        "chosen_run_id": chosen.run_id,
+        "rejected_run_id": rejected.run_id,
+        "chosen_model": chosen.model,
+        "rejected_model": rejected.model,
+        "chosen_attempt": chosen.attempt,
+        "rejected_attempt": rejected.attempt,
+        "chosen_reward": rewards[0],
+        "rejected_reward": rewards[1],
+        "margin": rewards[0] - rewards[1],
+        "chosen_trajectory_reward": chosen.reward,
+        "rejected_trajectory_reward": rejected.reward,
+        "chosen_step_index": steps[0],
+        "rejected_step_index": steps[1],
+        "prompt_shared": prompt_shared,
+        "basis": basis,
+        "reward_version": version,
     }
 
 
@@ -253,29 +328,59 @@ def _trajectory_candidate(a: _Run, b: _Run, instance: str, policy: PairPolicy, s
     version = _same_version(chosen, rejected, instance)
     shared = _divergence(chosen, rejected)
     # The longest shared prefix that ends right before an assistant message of both runs.
-    cut = next((i for i in range(min(shared, len(chosen.messages) - 1, len(rejected.messages) - 1), 0, -1)
-                if chosen.messages[i]["role"] == rejected.messages[i]["role"] == "assistant"
-                and chosen.messages[i - 1]["role"] in PROMPT_END_ROLES), None)
+    cut = next(
+        (
+            i
+            for i in range(min(shared, len(chosen.messages) - 1, len(rejected.messages) - 1), 0, -1)
+            if chosen.messages[i]["role"] == rejected.messages[i]["role"] == "assistant"
+            and chosen.messages[i - 1]["role"] in PROMPT_END_ROLES
+        ),
+        None,
+    )
     if cut is not None:
-        prompt, c_rest, r_rest, prompt_shared = (chosen.messages[:cut], chosen.messages[cut:],
-                                                 rejected.messages[cut:], True)
+        prompt, c_rest, r_rest, prompt_shared = (
+            chosen.messages[:cut],
+            chosen.messages[cut:],
+            rejected.messages[cut:],
+            True,
+        )
     else:
-        prompt, c_rest, r_rest, prompt_shared = (chosen.messages[:chosen.first_step],
-                                                 chosen.messages[chosen.first_step:],
-                                                 rejected.messages[rejected.first_step:], False)
+        prompt, c_rest, r_rest, prompt_shared = (
+            chosen.messages[: chosen.first_step],
+            chosen.messages[chosen.first_step :],
+            rejected.messages[rejected.first_step :],
+            False,
+        )
         cut = chosen.first_step
     if [message_key(m) for m in c_rest] == [message_key(m) for m in r_rest]:
         stats["skipped_same_actions"] += 1  # rewards differ (flaky tests?) but the runs do not
         return None
-    return _row("trajectory", instance, chosen, rejected, prompt=prompt, chosen_msgs=c_rest,
-                rejected_msgs=r_rest, rewards=(chosen.reward, rejected.reward), steps=(None, None),
-                prompt_shared=prompt_shared, basis=basis, version=version, cut=cut)
+    return _row(
+        "trajectory",
+        instance,
+        chosen,
+        rejected,
+        prompt=prompt,
+        chosen_msgs=c_rest,
+        rejected_msgs=r_rest,
+        rewards=(chosen.reward, rejected.reward),
+        steps=(None, None),
+        prompt_shared=prompt_shared,
+        basis=basis,
+        version=version,
+        cut=cut,
+    )
 
 
 def _step_candidate(a: _Run, b: _Run, instance: str, policy: PairPolicy, stats: Counter) -> dict | None:
     d = _divergence(a, b)
-    if d == 0 or d >= min(len(a.messages), len(b.messages)) or d not in a.step_of or d not in b.step_of \
-            or a.messages[d - 1]["role"] not in PROMPT_END_ROLES:
+    if (
+        d == 0
+        or d >= min(len(a.messages), len(b.messages))
+        or d not in a.step_of
+        or d not in b.step_of
+        or a.messages[d - 1]["role"] not in PROMPT_END_ROLES
+    ):
         return None  # no shared prefix, no divergence, or not at a step of both
     ra, rb = a.step_rewards.get(a.step_of[d]), b.step_rewards.get(b.step_of[d])
     if ra is None or rb is None:
@@ -287,10 +392,21 @@ def _step_candidate(a: _Run, b: _Run, instance: str, policy: PairPolicy, stats: 
     chosen, rejected, _ = ranked
     version = _same_version(chosen, rejected, instance)
     rewards = (ra, rb) if chosen is a else (rb, ra)
-    return _row("step", instance, chosen, rejected, prompt=chosen.messages[:d], chosen_msgs=[chosen.messages[d]],
-                rejected_msgs=[rejected.messages[d]], rewards=rewards,
-                steps=(chosen.step_of[d], rejected.step_of[d]), prompt_shared=True, basis="reward",
-                version=version, cut=d)
+    return _row(
+        "step",
+        instance,
+        chosen,
+        rejected,
+        prompt=chosen.messages[:d],
+        chosen_msgs=[chosen.messages[d]],
+        rejected_msgs=[rejected.messages[d]],
+        rewards=rewards,
+        steps=(chosen.step_of[d], rejected.step_of[d]),
+        prompt_shared=True,
+        basis="reward",
+        version=version,
+        cut=d,
+    )
 
 
 def select_fairly(candidates: list[dict], limit: int) -> list[dict]:
@@ -300,11 +416,16 @@ def select_fairly(candidates: list[dict], limit: int) -> list[dict]:
     left = sorted(candidates, key=lambda c: c["pair_id"])
     picked = []
     while left and len(picked) < limit:
-        best = min(left, key=lambda c: (
-            max(model_uses[c["chosen_model"]], model_uses[c["rejected_model"]]),
-            model_uses[c["chosen_model"]] + model_uses[c["rejected_model"]],
-            run_uses[c["chosen_run_id"]] + run_uses[c["rejected_run_id"]],
-            -c["margin"], c["pair_id"]))
+        best = min(
+            left,
+            key=lambda c: (
+                max(model_uses[c["chosen_model"]], model_uses[c["rejected_model"]]),
+                model_uses[c["chosen_model"]] + model_uses[c["rejected_model"]],
+                run_uses[c["chosen_run_id"]] + run_uses[c["rejected_run_id"]],
+                -c["margin"],
+                c["pair_id"],
+            ),
+        )
         left.remove(best)
         picked.append(best)
         for side in ("chosen", "rejected"):
@@ -313,8 +434,12 @@ def select_fairly(candidates: list[dict], limit: int) -> list[dict]:
     return picked
 
 
-def preference_pairs(trajectories: Iterable[dict], trajectory_rewards: Iterable[Mapping],
-                     step_rewards: Iterable[Mapping], policy: PairPolicy = PairPolicy()) -> PairResult:
+def preference_pairs(
+    trajectories: Iterable[dict],
+    trajectory_rewards: Iterable[Mapping],
+    step_rewards: Iterable[Mapping],
+    policy: PairPolicy = PairPolicy(),
+) -> PairResult:
     """PREFERENCE_PAIRS rows for one instance, and counts of what was paired and skipped."""
     instance, runs = _runs(trajectories, trajectory_rewards, step_rewards)
     stats: Counter = Counter(trajectories=len(runs))
@@ -355,21 +480,37 @@ def preference_pairs(trajectories: Iterable[dict], trajectory_rewards: Iterable[
         picked = select_fairly(candidates, policy.max_pairs)
         stats[f"pairs_{kind}"] = len(picked)
         rows.extend(picked)
-    rows.sort(key=lambda r: (r["kind"] != "trajectory", r["chosen_model"], r["chosen_run_id"],
-                             r["rejected_run_id"], r["pair_id"]))
+    rows.sort(
+        key=lambda r: (
+            r["kind"] != "trajectory",
+            r["chosen_model"],
+            r["chosen_run_id"],
+            r["rejected_run_id"],
+            r["pair_id"],
+        )
+    )
     coverage = Counter(r[f"{side}_model"] for r in rows for side in ("chosen", "rejected"))
-    log.info("instance %s: %d trajectory and %d step pairs from %d runs", instance,
-             stats["pairs_trajectory"], stats["pairs_step"], len(runs))
-    return PairResult(pa.Table.from_pylist(rows, schema=PREFERENCE_PAIRS.schema),
-                      {**dict(stats), "model_coverage": dict(sorted(coverage.items()))})
+    log.info(
+        "instance %s: %d trajectory and %d step pairs from %d runs",
+        instance,
+        stats["pairs_trajectory"],
+        stats["pairs_step"],
+        len(runs),
+    )
+    return PairResult(
+        pa.Table.from_pylist(rows, schema=PREFERENCE_PAIRS.schema),
+        {**dict(stats), "model_coverage": dict(sorted(coverage.items()))},
+    )
 
 
 def preview_markdown(table: pa.Table, limit: int = 10) -> str:
     """A short table of pairs for the asset's metadata."""
     lines = ["| kind | chosen | rejected | rewards | margin | shared prompt |", "|---|---|---|---|---|---|"]
     for r in table.slice(0, limit).to_pylist():
-        lines.append(f"| {r['kind']} | {r['chosen_model']} #{r['chosen_attempt']} | "
-                     f"{r['rejected_model']} #{r['rejected_attempt']} | "
-                     f"{r['chosen_reward']:.3f} / {r['rejected_reward']:.3f} | {r['margin']:.3f} | "
-                     f"{'yes' if r['prompt_shared'] else 'no'} |")
+        lines.append(
+            f"| {r['kind']} | {r['chosen_model']} #{r['chosen_attempt']} | "
+            f"{r['rejected_model']} #{r['rejected_attempt']} | "
+            f"{r['chosen_reward']:.3f} / {r['rejected_reward']:.3f} | {r['margin']:.3f} | "
+            f"{'yes' if r['prompt_shared'] else 'no'} |"
+        )
     return "\n".join(lines)

@@ -34,25 +34,36 @@ def prepare_sandboxes(config: ProjectConfig, images: set[str], proxy: ProxyResou
         return Proxy(proxy.base_url, proxy.base_url, proxy.key)
     host = config.sandbox.docker_host
     if host and not config.proxy.url and not proxy.url:
-        raise ConfigError("sandbox.docker_host: sandboxes on another machine cannot reach a proxy "
-                          "started here; set proxy.url (README: From one machine to a cluster)")
+        raise ConfigError(
+            "sandbox.docker_host: sandboxes on another machine cannot reach a proxy "
+            "started here; set proxy.url (README: From one machine to a cluster)"
+        )
     # Containers reach the host at its docker bridge address, so the proxy listens there.
     proxy.listen_on(prepare_engine(host, images, config.sandbox.network))
     return Proxy(proxy.base_url, f"http://host.docker.internal:{proxy.port}", proxy.key)
 
 
-@asset(partitions_def=run_partitions, backfill_policy=BATCHED, group_name="recording",
-       **reading(TASKS), kinds={"docker", "parquet"}, pool=SANDBOX_POOL, check_specs=RAW_CHECK_SPECS,
-       automation_condition=RUN_NEW_PARTITIONS,
-       description="Each (model, instance) run in a sandbox: the recorded calls (content-addressed "
-                   "message blobs) and one row per attempt with its outcome.")
-def raw_trajectories(context: AssetExecutionContext, store: StoreResource, project: ProjectResource,
-                     proxy: ProxyResource) -> MaterializeResult:
+@asset(
+    partitions_def=run_partitions,
+    backfill_policy=BATCHED,
+    group_name="recording",
+    **reading(TASKS),
+    kinds={"docker", "parquet"},
+    pool=SANDBOX_POOL,
+    check_specs=RAW_CHECK_SPECS,
+    automation_condition=RUN_NEW_PARTITIONS,
+    description="Each (model, instance) run in a sandbox: the recorded calls (content-addressed "
+    "message blobs) and one row per attempt with its outcome.",
+)
+def raw_trajectories(
+    context: AssetExecutionContext, store: StoreResource, project: ProjectResource, proxy: ProxyResource
+) -> MaterializeResult:
     store, config = store.get(), project.load()
     tasks = stored_tasks(store)
     partitions = run_partitions_of(context)
-    jobs = [(partition, attempt) for partition in partitions
-            for attempt in range(config.model(partition["model"]).samples)]
+    jobs = [
+        (partition, attempt) for partition in partitions for attempt in range(config.model(partition["model"]).samples)
+    ]
     models = {p["model"]: config.model(p["model"]) for p in partitions}.values()
     if missing := missing_keys(models):
         raise ConfigError(f"models[].api_key_env: not set in this environment: {', '.join(missing)}")
@@ -67,24 +78,31 @@ def raw_trajectories(context: AssetExecutionContext, store: StoreResource, proje
 
     def run(job):
         partition, attempt = job
-        row = run_attempt(tasks[partition["instance"]], config.model(partition["model"]), attempt,
-                          endpoint, config.sandbox)
+        row = run_attempt(
+            tasks[partition["instance"]], config.model(partition["model"]), attempt, endpoint, config.sandbox
+        )
         usage = recording_usage(proxy.recordings() / f"{row['run_id']}.jsonl")
-        progress.advance(f"{row['run_id']}: {row['stop_reason']}, {row['tests_passed']}/{row['tests_total']} "
-                         f"tests passed" + (f", error: {row['error']}" if row["error"] else ""),
-                         failed=row["error"] is not None, resolved=row["resolved"], **usage)
+        progress.advance(
+            f"{row['run_id']}: {row['stop_reason']}, {row['tests_passed']}/{row['tests_total']} "
+            f"tests passed" + (f", error: {row['error']}" if row["error"] else ""),
+            failed=row["error"] is not None,
+            resolved=row["resolved"],
+            **usage,
+        )
         return partition, row, usage
 
-    context.log.info("%d attempts over %d partitions, %d at a time",
-                     len(jobs), len(partitions), config.sandbox.max_concurrent)
+    context.log.info(
+        "%d attempts over %d partitions, %d at a time", len(jobs), len(partitions), config.sandbox.max_concurrent
+    )
     pool = ThreadPoolExecutor(config.sandbox.max_concurrent)
     try:
         results = list(pool.map(run, jobs))
     except BaseException:  # cancelled (Dagster interrupts the step) or broken: stop what still runs
         pool.shutdown(wait=False, cancel_futures=True)
         if config.sandbox.backend == "docker":
-            context.log.warning("stopped sandboxes: %s",
-                                remove_orphans(mine=True, docker_host=config.sandbox.docker_host))
+            context.log.warning(
+                "stopped sandboxes: %s", remove_orphans(mine=True, docker_host=config.sandbox.docker_host)
+            )
         raise
     pool.shutdown()
 
@@ -95,17 +113,29 @@ def raw_trajectories(context: AssetExecutionContext, store: StoreResource, proje
         files = [proxy.recordings() / f"{row['run_id']}.jsonl" for row in rows]
         loaded = load_runs(store, [f for f in files if f.exists()], partition["model"], partition["instance"])
         summary = runs_summary(rows, [usage for p, _, usage in results if p == partition]) | {
-            "calls": loaded.calls, "raw_bytes": loaded.raw_bytes, "stored_bytes": loaded.stored_bytes}
-        context.add_asset_metadata(summary | {"runs_table": table(runs_preview(rows))},
-                                   partition_key=run_key(partition["model"], partition["instance"]))
+            "calls": loaded.calls,
+            "raw_bytes": loaded.raw_bytes,
+            "stored_bytes": loaded.stored_bytes,
+        }
+        context.add_asset_metadata(
+            summary | {"runs_table": table(runs_preview(rows))},
+            partition_key=run_key(partition["model"], partition["instance"]),
+        )
         totals.update(summary)
     # After the store has every row and call: a failed run is data, even when all failed.
     failed = [row for _, row, _ in results if row["error"] is not None]
-    fail_if_all_failed("runs of this batch", len(results), len(failed),
-                       f"{failed[0]['run_id']}: {failed[0]['error']}" if failed else "")
+    fail_if_all_failed(
+        "runs of this batch",
+        len(results),
+        len(failed),
+        f"{failed[0]['run_id']}: {failed[0]['error']}" if failed else "",
+    )
     runs, calls = read_batch(store, RUNS, partitions), read_batch(store, RAW_CALLS, partitions)
-    checks = [every_run_has_calls(runs, calls),
-              no_credentials({"runs": runs, "raw_calls": calls,
-                              "message_blobs": read_batch(store, MESSAGE_BLOBS, partitions)})]
+    checks = [
+        every_run_has_calls(runs, calls),
+        no_credentials(
+            {"runs": runs, "raw_calls": calls, "message_blobs": read_batch(store, MESSAGE_BLOBS, partitions)}
+        ),
+    ]
     totals["cost_usd"] = round(totals["cost_usd"], 6)
     return MaterializeResult(check_results=checks, metadata=batch_totals(totals, len(partitions)))

@@ -36,39 +36,64 @@ class Proxy:
     key: str
 
 
-def run_attempt(task: dict, model: ModelConfig, attempt: int, proxy: Proxy,
-                sandbox: SandboxConfig, run_id: str | None = None) -> dict:
+def run_attempt(
+    task: dict, model: ModelConfig, attempt: int, proxy: Proxy, sandbox: SandboxConfig, run_id: str | None = None
+) -> dict:
     """Run `task` once with `model`'s scaffold; return its `runs` row. `run_id`: a given
     id (a replay's), else a new one."""
     run_id = run_id or make_run_id(model.key, task["instance_id"], attempt)
     row = {field: None for field in RUNS.schema.names} | {
-        "run_id": run_id, "attempt": attempt, "model_name": model.name, "route": model.route,
-        "scaffold": model.scaffold, "backend": sandbox.backend, "started_at": time.time(),
-        "test_command": task.get("test_command"), "timed_out": False, "resolved": False,
+        "run_id": run_id,
+        "attempt": attempt,
+        "model_name": model.name,
+        "route": model.route,
+        "scaffold": model.scaffold,
+        "backend": sandbox.backend,
+        "started_at": time.time(),
+        "test_command": task.get("test_command"),
+        "timed_out": False,
+        "resolved": False,
     }
     started = time.monotonic()
     try:
         scaffold = make_scaffold(model.scaffold)
         row["scaffold_version"] = scaffold.version()
-        limits = Limits(cpus=sandbox.cpus, memory=sandbox.memory, pids=sandbox.pids,
-                        run_timeout=sandbox.timeout_s)
-        with make_sandbox(task, backend=sandbox.backend, run_id=run_id, limits=limits,
-                          network=sandbox.network, docker_host=sandbox.docker_host) as box:
-            endpoint = Endpoint(base_url_host=proxy.url_from_host,
-                                base_url_sandbox=proxy.url_from_sandbox
-                                if sandbox.backend == "docker" else proxy.url_from_host,
-                                api_key=proxy.key, run_id=run_id)
-            agent = scaffold.run(box, task, endpoint, model.route, _sampling(model),
-                                 timeout=sandbox.timeout_s * (1 - TEST_BUDGET_SHARE))
-            row |= {"stop_reason": agent.stop_reason, "agent_exit_code": agent.exit_code,
-                    "agent_stderr_tail": agent.stderr_tail, "final_answer": agent.final_answer,
-                    "scaffold_version": agent.version, "timed_out": agent.timed_out}
+        limits = Limits(cpus=sandbox.cpus, memory=sandbox.memory, pids=sandbox.pids, run_timeout=sandbox.timeout_s)
+        with make_sandbox(
+            task,
+            backend=sandbox.backend,
+            run_id=run_id,
+            limits=limits,
+            network=sandbox.network,
+            docker_host=sandbox.docker_host,
+        ) as box:
+            endpoint = Endpoint(
+                base_url_host=proxy.url_from_host,
+                base_url_sandbox=proxy.url_from_sandbox if sandbox.backend == "docker" else proxy.url_from_host,
+                api_key=proxy.key,
+                run_id=run_id,
+            )
+            agent = scaffold.run(
+                box, task, endpoint, model.route, _sampling(model), timeout=sandbox.timeout_s * (1 - TEST_BUDGET_SHARE)
+            )
+            row |= {
+                "stop_reason": agent.stop_reason,
+                "agent_exit_code": agent.exit_code,
+                "agent_stderr_tail": agent.stderr_tail,
+                "final_answer": agent.final_answer,
+                "scaffold_version": agent.version,
+                "timed_out": agent.timed_out,
+            }
             outcome = collect_outcome(box, task)
-            row |= {key: getattr(outcome, key) for key in (
-                "test_exit_code", "tests_passed", "tests_failed", "tests_total",
-                "test_output_tail", "diff")}
-            row |= {"resolved": outcome.resolved, "timed_out": row["timed_out"] or outcome.timed_out,
-                    "error": _crash(model.scaffold, agent) or outcome.error}
+            row |= {
+                key: getattr(outcome, key)
+                for key in ("test_exit_code", "tests_passed", "tests_failed", "tests_total", "test_output_tail", "diff")
+            }
+            row |= {
+                "resolved": outcome.resolved,
+                "timed_out": row["timed_out"] or outcome.timed_out,
+                "error": _crash(model.scaffold, agent) or outcome.error,
+            }
     except TrajhubError as error:
         log.error("run %s failed: %s", run_id, error)
         row["error"] = f"{type(error).__name__}: {error}"
@@ -99,11 +124,14 @@ RUNS_SHOWN = ("run_id", "attempt", "stop_reason", "resolved", "tests_passed", "t
 def runs_summary(rows: list[dict], usages: list[dict]) -> dict:
     """What one partition's runs came to: counts, and tokens and cost from each run's
     recording_usage."""
-    return {"runs": len(rows), "failed": sum(r["error"] is not None for r in rows),
-            "resolved": sum(bool(r["resolved"]) for r in rows),
-            "tokens_in": int(sum(u.get("tokens_in", 0) for u in usages)),
-            "tokens_out": int(sum(u.get("tokens_out", 0) for u in usages)),
-            "cost_usd": round(sum(u.get("cost_usd", 0.0) for u in usages), 6)}
+    return {
+        "runs": len(rows),
+        "failed": sum(r["error"] is not None for r in rows),
+        "resolved": sum(bool(r["resolved"]) for r in rows),
+        "tokens_in": int(sum(u.get("tokens_in", 0) for u in usages)),
+        "tokens_out": int(sum(u.get("tokens_out", 0) for u in usages)),
+        "cost_usd": round(sum(u.get("cost_usd", 0.0) for u in usages), 6),
+    }
 
 
 def runs_preview(rows: list[dict]) -> list[dict]:

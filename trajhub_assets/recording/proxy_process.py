@@ -41,15 +41,24 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def scripted_upstream_env(upstream_url: str, upstream_key: str) -> dict[str, str]:
     """Environment for the config's `scripted-*` routes."""
-    return {"TRAJHUB_SCRIPTED_UPSTREAM_URL": upstream_url,
-            "TRAJHUB_SCRIPTED_UPSTREAM_V1_URL": f"{upstream_url}/v1",
-            "TRAJHUB_SCRIPTED_UPSTREAM_KEY": upstream_key}
+    return {
+        "TRAJHUB_SCRIPTED_UPSTREAM_URL": upstream_url,
+        "TRAJHUB_SCRIPTED_UPSTREAM_V1_URL": f"{upstream_url}/v1",
+        "TRAJHUB_SCRIPTED_UPSTREAM_KEY": upstream_key,
+    }
 
 
 class ProxyProcess:
-    def __init__(self, recordings_dir: str | os.PathLike, *, config: str | os.PathLike = DEFAULT_CONFIG,
-                 env: dict[str, str] | None = None, log_path: str | os.PathLike | None = None,
-                 host: str = "127.0.0.1", startup_timeout: float = 120.0):
+    def __init__(
+        self,
+        recordings_dir: str | os.PathLike,
+        *,
+        config: str | os.PathLike = DEFAULT_CONFIG,
+        env: dict[str, str] | None = None,
+        log_path: str | os.PathLike | None = None,
+        host: str = "127.0.0.1",
+        startup_timeout: float = 120.0,
+    ):
         self.recordings_dir = Path(recordings_dir)
         self.config = Path(config)
         self.extra_env = dict(env or {})
@@ -68,13 +77,32 @@ class ProxyProcess:
         self.port = free_port(self.host)
         self.recordings_dir.mkdir(parents=True, exist_ok=True)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ, **self.extra_env, LITELLM_MASTER_KEY=self.master_key,
-                   LITELLM_LOCAL_MODEL_COST_MAP="True", TRAJHUB_RECORDINGS_DIR=str(self.recordings_dir))
-        command = [sys.executable, str(PROXY_DIR / "start_proxy.py"), "--config", str(self.config),
-                   "--host", self.host, "--port", str(self.port)]
+        env = dict(
+            os.environ,
+            **self.extra_env,
+            LITELLM_MASTER_KEY=self.master_key,
+            LITELLM_LOCAL_MODEL_COST_MAP="True",
+            TRAJHUB_RECORDINGS_DIR=str(self.recordings_dir),
+        )
+        command = [
+            sys.executable,
+            str(PROXY_DIR / "start_proxy.py"),
+            "--config",
+            str(self.config),
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+        ]
         with open(self.log_path, "ab") as log_file:
-            self.process = subprocess.Popen(command, env=env, stdout=log_file, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, start_new_session=True)
+            self.process = subprocess.Popen(
+                command,
+                env=env,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         log.info("started LiteLLM proxy pid %s on %s (log %s)", self.process.pid, self.url, self.log_path)
         try:
             self._wait_healthy()
@@ -87,16 +115,19 @@ class ProxyProcess:
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise ProxyError(f"the proxy exited with code {self.process.returncode} during startup; "
-                                 f"last log lines:\n{self.log_tail()}")
+                raise ProxyError(
+                    f"the proxy exited with code {self.process.returncode} during startup; "
+                    f"last log lines:\n{self.log_tail()}"
+                )
             try:
                 if httpx.get(f"{self.url}/health/liveliness", timeout=2).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
             time.sleep(0.25)
-        raise ProxyError(f"the proxy was not healthy after {self.startup_timeout:.0f}s; "
-                         f"last log lines:\n{self.log_tail()}")
+        raise ProxyError(
+            f"the proxy was not healthy after {self.startup_timeout:.0f}s; last log lines:\n{self.log_tail()}"
+        )
 
     def log_tail(self, lines: int = 30) -> str:
         try:

@@ -36,8 +36,16 @@ _CONVERSATION_FIELDS = ("messages", "input")  # a list: one blob per item
 _SYSTEM_FIELDS = ("system", "instructions")
 _TOOLS_FIELD = "tools"
 
-_REQUIRED = {"run_id": str, "call_id": str, "seq": int, "started_at": (int, float),
-             "wire_format": str, "call_kind": str, "status": str, "request": dict}
+_REQUIRED = {
+    "run_id": str,
+    "call_id": str,
+    "seq": int,
+    "started_at": (int, float),
+    "wire_format": str,
+    "call_kind": str,
+    "status": str,
+    "request": dict,
+}
 
 
 @dataclass
@@ -62,11 +70,21 @@ def _check(record, source: str, line: int) -> None:
     record_id = record.get("call_id") if isinstance(record.get("call_id"), str) else None
     for name, kind in _REQUIRED.items():
         if not isinstance(record.get(name), kind) or isinstance(record.get(name), bool):
-            raise RecordError(f"missing or not a {getattr(kind, '__name__', 'number')}",
-                              source=source, line=line, record_id=record_id, field=name)
+            raise RecordError(
+                f"missing or not a {getattr(kind, '__name__', 'number')}",
+                source=source,
+                line=line,
+                record_id=record_id,
+                field=name,
+            )
     if record["wire_format"] not in WIRE_FORMATS:
-        raise RecordError(f"unknown wire format {record['wire_format']!r}", source=source,
-                          line=line, record_id=record_id, field="wire_format")
+        raise RecordError(
+            f"unknown wire format {record['wire_format']!r}",
+            source=source,
+            line=line,
+            record_id=record_id,
+            field="wire_format",
+        )
 
 
 def read_run(path: str | Path) -> RunRecords:
@@ -109,10 +127,13 @@ def raise_for_bad_lines(runs: Iterable[RunRecords]) -> None:
     if bad:
         kept = sum(len(run.records) for run in runs)
         first = bad[0]
-        raise RecordError(f"{str(first).split(': ', 1)[-1]} ({len(bad)} bad line(s) in all; "
-                          f"the {kept} good record(s) were stored)",
-                          source=first.source, line=first.line, record_id=first.record_id,
-                          field=first.field)
+        raise RecordError(
+            f"{str(first).split(': ', 1)[-1]} ({len(bad)} bad line(s) in all; the {kept} good record(s) were stored)",
+            source=first.source,
+            line=first.line,
+            record_id=first.record_id,
+            field=first.field,
+        )
 
 
 def run_files(recordings_dir: str | Path, model_key: str, instance_id: str) -> list[Path]:
@@ -141,9 +162,15 @@ class _Blobs:
 
     def table(self) -> pa.Table:
         keys = sorted(self.rows)
-        return pa.table({"sha256": keys, "kind": [self.rows[k][0] for k in keys],
-                         "size": [len(self.rows[k][1].encode()) for k in keys],
-                         "json": [self.rows[k][1] for k in keys]}, schema=MESSAGE_BLOBS.schema)
+        return pa.table(
+            {
+                "sha256": keys,
+                "kind": [self.rows[k][0] for k in keys],
+                "size": [len(self.rows[k][1].encode()) for k in keys],
+                "json": [self.rows[k][1] for k in keys],
+            },
+            schema=MESSAGE_BLOBS.schema,
+        )
 
 
 def _request_parts(request: dict, blobs: _Blobs) -> dict:
@@ -173,16 +200,26 @@ def _row(record: dict, blobs: _Blobs) -> dict:
         # with the square of the conversation.
         envelope["upstream_request"] = _request_parts(record["upstream_request"], blobs)
     return {
-        "run_id": record["run_id"], "attempt": run.attempt, "nonce": run.nonce,
-        "call_id": record["call_id"], "seq": record["seq"],
-        "started_at": record["started_at"], "ended_at": record.get("ended_at"),
+        "run_id": record["run_id"],
+        "attempt": run.attempt,
+        "nonce": run.nonce,
+        "call_id": record["call_id"],
+        "seq": record["seq"],
+        "started_at": record["started_at"],
+        "ended_at": record.get("ended_at"),
         "first_token_at": record.get("first_token_at"),
-        "endpoint": record.get("endpoint"), "wire_format": record["wire_format"],
-        "call_kind": record["call_kind"], "stream": bool(record.get("stream")),
-        "model": record.get("model"), "litellm_model": record.get("litellm_model"),
-        "status": record["status"], "http_status": record.get("http_status"),
-        "error_type": error.get("type"), "error_message": error.get("message"),
-        "input_tokens": usage.get("input_tokens"), "output_tokens": usage.get("output_tokens"),
+        "endpoint": record.get("endpoint"),
+        "wire_format": record["wire_format"],
+        "call_kind": record["call_kind"],
+        "stream": bool(record.get("stream")),
+        "model": record.get("model"),
+        "litellm_model": record.get("litellm_model"),
+        "status": record["status"],
+        "http_status": record.get("http_status"),
+        "error_type": error.get("type"),
+        "error_message": error.get("message"),
+        "input_tokens": usage.get("input_tokens"),
+        "output_tokens": usage.get("output_tokens"),
         "cache_read_tokens": usage.get("cache_read_tokens"),
         "cache_creation_tokens": usage.get("cache_creation_tokens"),
         "cost_usd": record.get("cost_usd"),
@@ -199,9 +236,13 @@ def build_tables(records: Sequence[dict], model_key: str, instance_id: str) -> t
     for record in sorted(records, key=lambda r: (r["run_id"], r["seq"])):
         run = parse_run_id(record["run_id"])
         if (run.model_key, run.instance) != (model_key, instance_id):
-            raise RecordError(f"belongs to ({run.model_key}, {run.instance}), not to the partition "
-                              f"({model_key}, {instance_id}) being loaded",
-                              source="raw_calls", record_id=record["call_id"], field="run_id")
+            raise RecordError(
+                f"belongs to ({run.model_key}, {run.instance}), not to the partition "
+                f"({model_key}, {instance_id}) being loaded",
+                source="raw_calls",
+                record_id=record["call_id"],
+                field="run_id",
+            )
         rows.append(_row(record, blobs))
     calls = pa.Table.from_pylist(rows, schema=RAW_CALLS.schema) if rows else RAW_CALLS.schema.empty_table()
     return calls, blobs.table()
@@ -216,8 +257,7 @@ def rebuild_records(calls: pa.Table, blobs: pa.Table) -> list[dict]:
         if ref is None:
             return None
         if ref not in texts:
-            raise RecordError(f"references blob {ref} which message_blobs lacks",
-                              source="raw_calls", record_id=call_id)
+            raise RecordError(f"references blob {ref} which message_blobs lacks", source="raw_calls", record_id=call_id)
         return json.loads(texts[ref])
 
     def request(refs: dict, call_id: str) -> dict:
@@ -262,9 +302,13 @@ def load_runs(store: Store, paths: Sequence[str | Path], model_key: str, instanc
     calls, blobs = build_tables([r for run in runs for r in run.records], model_key, instance_id)
     partition = {"model": model_key, "instance": instance_id}
     written = [store.write(RAW_CALLS, calls, partition), store.write(MESSAGE_BLOBS, blobs, partition)]
-    result = LoadResult(calls=calls.num_rows, blobs=blobs.num_rows, runs=len(runs),
-                        bad_lines=sum(len(run.bad_lines) for run in runs),
-                        raw_bytes=sum(Path(p).stat().st_size for p in paths),
-                        stored_bytes=sum(p.stat().st_size for p in written))
+    result = LoadResult(
+        calls=calls.num_rows,
+        blobs=blobs.num_rows,
+        runs=len(runs),
+        bad_lines=sum(len(run.bad_lines) for run in runs),
+        raw_bytes=sum(Path(p).stat().st_size for p in paths),
+        stored_bytes=sum(p.stat().st_size for p in written),
+    )
     raise_for_bad_lines(runs)
     return result

@@ -69,8 +69,13 @@ class ProxyResource(ConfigurableResource):
                 self._upstream = self._baselines().start()
             upstream = self.scripted_upstream_url or (self._upstream.url if self._upstream else None)
             env = scripted_upstream_env(upstream, f"scripted-{secrets.token_hex(8)}") if upstream else {}
-            self._process = ProxyProcess(self.recordings(), config=self._config_file(), env=env,
-                                         host=self._host, startup_timeout=self.startup_timeout).start()
+            self._process = ProxyProcess(
+                self.recordings(),
+                config=self._config_file(),
+                env=env,
+                host=self._host,
+                startup_timeout=self.startup_timeout,
+            ).start()
         return self._process
 
     def _config_file(self) -> str:
@@ -123,8 +128,9 @@ class ProxyResource(ConfigurableResource):
             return process.master_key
         url, key = self._external()
         if not key:
-            raise ProxyError(f"ProxyResource: the external proxy {url} needs master_key "
-                             "(or the project's proxy.master_key_env)")
+            raise ProxyError(
+                f"ProxyResource: the external proxy {url} needs master_key (or the project's proxy.master_key_env)"
+            )
         return key
 
     def teardown_after_execution(self, context: InitResourceContext) -> None:

@@ -44,8 +44,10 @@ def project_proxy_config(models: list[ModelConfig], base: str | os.PathLike = DE
         entry = model_route(model)
         if model.route in routes and routes[model.route][1] != entry:
             other = routes[model.route][0]
-            raise ConfigError(f"models {other.name!r} and {model.name!r} both use route {model.route!r} "
-                              "with different api_base/api_key_env; give one of them another route name")
+            raise ConfigError(
+                f"models {other.name!r} and {model.name!r} both use route {model.route!r} "
+                "with different api_base/api_key_env; give one of them another route name"
+            )
         routes[model.route] = (model, entry)
     config["model_list"] = [entry for _, entry in routes.values()] + list(config.get("model_list") or [])
     return config
@@ -56,8 +58,9 @@ def missing_keys(models) -> list[str]:
     return [f"{m.name}: {m.api_key_env}" for m in models if m.api_key_env and not m.api_key()]
 
 
-def write_proxy_config(models: list[ModelConfig], path: str | os.PathLike,
-                       base: str | os.PathLike = DEFAULT_CONFIG) -> Path:
+def write_proxy_config(
+    models: list[ModelConfig], path: str | os.PathLike, base: str | os.PathLike = DEFAULT_CONFIG
+) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.{os.getpid()}")

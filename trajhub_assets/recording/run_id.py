@@ -35,8 +35,9 @@ class RunId:
 def make_run_id(model_key: str, instance_id: str, attempt: int) -> str:
     for name, value in (("model_key", model_key), ("instance_id", instance_id)):
         if not _KEY.match(value):
-            raise RecordError("may only hold letters, digits and . _ : @ + -",
-                              source="run id", record_id=value, field=name)
+            raise RecordError(
+                "may only hold letters, digits and . _ : @ + -", source="run id", record_id=value, field=name
+            )
     if not isinstance(attempt, int) or attempt < 0:
         raise RecordError(f"must be an integer >= 0, got {attempt!r}", source="run id", field="attempt")
     return str(RunId(model_key, instance_id, attempt, secrets.token_hex(4)))
@@ -44,10 +45,16 @@ def make_run_id(model_key: str, instance_id: str, attempt: int) -> str:
 
 def parse_run_id(run_id: str) -> RunId:
     parts = run_id.split("~")
-    if (len(parts) != 4 or not _KEY.match(parts[0]) or not _KEY.match(parts[1])
-            or not parts[2].isdigit() or not _NONCE.match(parts[3])):
-        raise RecordError("expected <model_key>~<instance_id>~<attempt>~<8 hex nonce>",
-                          source="run id", record_id=run_id)
+    if (
+        len(parts) != 4
+        or not _KEY.match(parts[0])
+        or not _KEY.match(parts[1])
+        or not parts[2].isdigit()
+        or not _NONCE.match(parts[3])
+    ):
+        raise RecordError(
+            "expected <model_key>~<instance_id>~<attempt>~<8 hex nonce>", source="run id", record_id=run_id
+        )
     return RunId(parts[0], parts[1], int(parts[2]), parts[3])
 
 

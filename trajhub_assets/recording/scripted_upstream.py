@@ -101,8 +101,10 @@ def say(value: str, **kwargs) -> Reply:
 def reply_from_openai(message: dict, **kwargs) -> Reply:
     """A Reply from an OpenAI chat assistant message (the shape baseline policies speak)."""
     blocks = [text_block(message["content"])] if message.get("content") else []
-    blocks += [tool_use_block(call["id"], call["function"]["name"], json.loads(call["function"]["arguments"]))
-               for call in message.get("tool_calls") or []]
+    blocks += [
+        tool_use_block(call["id"], call["function"]["name"], json.loads(call["function"]["arguments"]))
+        for call in message.get("tool_calls") or []
+    ]
     return Reply(blocks, **kwargs)
 
 
@@ -126,11 +128,11 @@ class ScriptedUpstream:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", self.port))
         self.port = sock.getsockname()[1]
-        config = uvicorn.Config(self._app(), log_level="warning", access_log=False,
-                                timeout_keep_alive=30)
+        config = uvicorn.Config(self._app(), log_level="warning", access_log=False, timeout_keep_alive=30)
         self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
-                                        name="scripted-upstream", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [sock]}, name="scripted-upstream", daemon=True
+        )
         self._thread.start()
         deadline = time.monotonic() + 10
         while not self._server.started:
@@ -164,18 +166,19 @@ class ScriptedUpstream:
 
     # -- serving -------------------------------------------------------------------
     def _app(self) -> Starlette:
-        return Starlette(routes=[
-            Route("/v1/messages", self._messages, methods=["POST"]),
-            Route("/v1/messages/count_tokens", self._count_tokens, methods=["POST"]),
-            Route("/v1/chat/completions", self._chat, methods=["POST"]),
-            Route("/chat/completions", self._chat, methods=["POST"]),
-        ])
+        return Starlette(
+            routes=[
+                Route("/v1/messages", self._messages, methods=["POST"]),
+                Route("/v1/messages/count_tokens", self._count_tokens, methods=["POST"]),
+                Route("/v1/chat/completions", self._chat, methods=["POST"]),
+                Route("/chat/completions", self._chat, methods=["POST"]),
+            ]
+        )
 
     async def _take(self, request: Request, wire_format: str) -> tuple[ScriptedRequest, Reply | Fail]:
         body = await request.json()
         with self._lock:
-            scripted = ScriptedRequest(self._next, request.url.path, wire_format, body,
-                                       dict(request.headers))
+            scripted = ScriptedRequest(self._next, request.url.path, wire_format, body, dict(request.headers))
             self._next += 1
             if callable(self._script):
                 step = None
@@ -194,11 +197,9 @@ class ScriptedUpstream:
     async def _fail(self, scripted: ScriptedRequest, fail: Fail, wire_format: str) -> Response:
         await asyncio.sleep(fail.delay)
         if wire_format == "anthropic_messages":
-            body = {"type": "error", "error": {"type": _anthropic_error_type(fail.status),
-                                               "message": fail.message}}
+            body = {"type": "error", "error": {"type": _anthropic_error_type(fail.status), "message": fail.message}}
         else:
-            body = {"error": {"message": fail.message, "type": "scripted_error",
-                              "code": str(fail.status)}}
+            body = {"error": {"message": fail.message, "type": "scripted_error", "code": str(fail.status)}}
         self._serve(scripted, fail.status, False, body)
         return JSONResponse(body, status_code=fail.status)
 
@@ -226,8 +227,7 @@ class ScriptedUpstream:
         scripted, step = await self._take(request, "openai_chat")
         if isinstance(step, Fail):
             return await self._fail(scripted, step, "openai_chat")
-        completion = openai_completion(step, scripted.body.get("model", ""),
-                                       f"chatcmpl-scripted-{scripted.index}")
+        completion = openai_completion(step, scripted.body.get("model", ""), f"chatcmpl-scripted-{scripted.index}")
         stream = bool(scripted.body.get("stream"))
         self._serve(scripted, 200, stream, completion)
         await asyncio.sleep(step.delay)
@@ -244,6 +244,7 @@ class ScriptedUpstream:
                 if step.chunk_delay:
                     await asyncio.sleep(step.chunk_delay)
                 yield frame
+
         return StreamingResponse(body(), media_type="text/event-stream")
 
 
@@ -255,23 +256,35 @@ def _stop_reason(reply: Reply) -> str:
 
 
 def _anthropic_error_type(status: int) -> str:
-    return {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-            429: "rate_limit_error", 529: "overloaded_error"}.get(status, "api_error")
+    return {
+        400: "invalid_request_error",
+        401: "authentication_error",
+        404: "not_found_error",
+        429: "rate_limit_error",
+        529: "overloaded_error",
+    }.get(status, "api_error")
 
 
 def anthropic_message(reply: Reply, model: str, message_id: str) -> dict:
     return {
-        "id": message_id, "type": "message", "role": "assistant", "model": model,
+        "id": message_id,
+        "type": "message",
+        "role": "assistant",
+        "model": model,
         "content": [dict(b) for b in reply.blocks],
-        "stop_reason": _stop_reason(reply), "stop_sequence": None,
-        "usage": {"input_tokens": reply.input_tokens, "output_tokens": reply.output_tokens,
-                  "cache_read_input_tokens": reply.cache_read_tokens,
-                  "cache_creation_input_tokens": reply.cache_creation_tokens},
+        "stop_reason": _stop_reason(reply),
+        "stop_sequence": None,
+        "usage": {
+            "input_tokens": reply.input_tokens,
+            "output_tokens": reply.output_tokens,
+            "cache_read_input_tokens": reply.cache_read_tokens,
+            "cache_creation_input_tokens": reply.cache_creation_tokens,
+        },
     }
 
 
 def _pieces(value: str, size: int = 7) -> list[str]:
-    return [value[i:i + size] for i in range(0, len(value), size)] or [""]
+    return [value[i : i + size] for i in range(0, len(value), size)] or [""]
 
 
 def _event(name: str, data: dict) -> str:
@@ -280,17 +293,18 @@ def _event(name: str, data: dict) -> str:
 
 def anthropic_events(message: dict) -> list[str]:
     usage = message["usage"]
-    start = dict(message, content=[], stop_reason=None,
-                 usage=dict(usage, output_tokens=1))
+    start = dict(message, content=[], stop_reason=None, usage=dict(usage, output_tokens=1))
     frames = [_event("message_start", {"type": "message_start", "message": start})]
     for index, block in enumerate(message["content"]):
         kind = block["type"]
-        opening = {"thinking": {"type": "thinking", "thinking": "", "signature": ""},
-                   "text": {"type": "text", "text": ""},
-                   "tool_use": {"type": "tool_use", "id": block.get("id"), "name": block.get("name"),
-                                "input": {}}}.get(kind, block)
-        frames.append(_event("content_block_start", {"type": "content_block_start", "index": index,
-                                                     "content_block": opening}))
+        opening = {
+            "thinking": {"type": "thinking", "thinking": "", "signature": ""},
+            "text": {"type": "text", "text": ""},
+            "tool_use": {"type": "tool_use", "id": block.get("id"), "name": block.get("name"), "input": {}},
+        }.get(kind, block)
+        frames.append(
+            _event("content_block_start", {"type": "content_block_start", "index": index, "content_block": opening})
+        )
         deltas: list[dict] = []
         if kind == "thinking":
             deltas = [{"type": "thinking_delta", "thinking": p} for p in _pieces(block["thinking"])]
@@ -298,16 +312,22 @@ def anthropic_events(message: dict) -> list[str]:
         elif kind == "text":
             deltas = [{"type": "text_delta", "text": p} for p in _pieces(block["text"])]
         elif kind == "tool_use":
-            deltas = [{"type": "input_json_delta", "partial_json": p}
-                      for p in _pieces(json.dumps(block["input"]))]
+            deltas = [{"type": "input_json_delta", "partial_json": p} for p in _pieces(json.dumps(block["input"]))]
         for delta in deltas:
-            frames.append(_event("content_block_delta", {"type": "content_block_delta",
-                                                         "index": index, "delta": delta}))
+            frames.append(
+                _event("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta})
+            )
         frames.append(_event("content_block_stop", {"type": "content_block_stop", "index": index}))
-    frames.append(_event("message_delta", {
-        "type": "message_delta",
-        "delta": {"stop_reason": message["stop_reason"], "stop_sequence": None},
-        "usage": {"output_tokens": usage["output_tokens"]}}))
+    frames.append(
+        _event(
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": message["stop_reason"], "stop_sequence": None},
+                "usage": {"output_tokens": usage["output_tokens"]},
+            },
+        )
+    )
     frames.append(_event("message_stop", {"type": "message_stop"}))
     return frames
 
@@ -315,10 +335,19 @@ def anthropic_events(message: dict) -> list[str]:
 def openai_completion(reply: Reply, model: str, completion_id: str) -> dict:
     texts = [b["text"] for b in reply.blocks if b["type"] == "text"]
     thoughts = [b["thinking"] for b in reply.blocks if b["type"] == "thinking"]
-    calls = [({"index": b["index"]} if "index" in b else {}) | {"id": b["id"], "type": "function",
-              "function": {"name": b["name"], "arguments": b["input"] if isinstance(b["input"], str)
-                           else json.dumps(b["input"])}}
-             for b in reply.blocks if b["type"] == "tool_use"]
+    calls = [
+        ({"index": b["index"]} if "index" in b else {})
+        | {
+            "id": b["id"],
+            "type": "function",
+            "function": {
+                "name": b["name"],
+                "arguments": b["input"] if isinstance(b["input"], str) else json.dumps(b["input"]),
+            },
+        }
+        for b in reply.blocks
+        if b["type"] == "tool_use"
+    ]
     message: dict = {"role": "assistant", "content": "".join(texts) if texts else None}
     if thoughts:
         message["reasoning_content"] = "".join(thoughts)
@@ -326,12 +355,17 @@ def openai_completion(reply: Reply, model: str, completion_id: str) -> dict:
         message["tool_calls"] = calls
     prompt = reply.input_tokens + reply.cache_read_tokens
     return {
-        "id": completion_id, "object": "chat.completion", "created": int(time.time()), "model": model,
-        "choices": [{"index": 0, "message": message,
-                     "finish_reason": "tool_calls" if calls else "stop"}],
-        "usage": {"prompt_tokens": prompt, "completion_tokens": reply.output_tokens,
-                  "total_tokens": prompt + reply.output_tokens,
-                  "prompt_tokens_details": {"cached_tokens": reply.cache_read_tokens}},
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls" if calls else "stop"}],
+        "usage": {
+            "prompt_tokens": prompt,
+            "completion_tokens": reply.output_tokens,
+            "total_tokens": prompt + reply.output_tokens,
+            "prompt_tokens_details": {"cached_tokens": reply.cache_read_tokens},
+        },
     }
 
 
@@ -345,15 +379,27 @@ def openai_chunks(completion: dict) -> list[str]:
         return f"data: {json.dumps(data)}\n\n"
 
     frames = [chunk({"role": "assistant", "content": ""})]
-    frames += [chunk({"reasoning_content": p}) for p in _pieces(message.get("reasoning_content") or "")
-               if p]
+    frames += [chunk({"reasoning_content": p}) for p in _pieces(message.get("reasoning_content") or "") if p]
     frames += [chunk({"content": p}) for p in _pieces(message.get("content") or "") if p]
     for index, call in enumerate(message.get("tool_calls") or []):
-        frames.append(chunk({"tool_calls": [{"index": index, "id": call["id"], "type": "function",
-                                             "function": {"name": call["function"]["name"],
-                                                          "arguments": ""}}]}))
-        frames += [chunk({"tool_calls": [{"index": index, "function": {"arguments": p}}]})
-                   for p in _pieces(call["function"]["arguments"])]
+        frames.append(
+            chunk(
+                {
+                    "tool_calls": [
+                        {
+                            "index": index,
+                            "id": call["id"],
+                            "type": "function",
+                            "function": {"name": call["function"]["name"], "arguments": ""},
+                        }
+                    ]
+                }
+            )
+        )
+        frames += [
+            chunk({"tool_calls": [{"index": index, "function": {"arguments": p}}]})
+            for p in _pieces(call["function"]["arguments"])
+        ]
     frames.append(chunk({}, choice["finish_reason"]))
     frames.append(f"data: {json.dumps(head | {'choices': [], 'usage': completion['usage']})}\n\n")
     frames.append("data: [DONE]\n\n")

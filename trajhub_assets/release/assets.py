@@ -32,24 +32,34 @@ def _calibration(store: Store):
     return calibrate(_all(store, PREFERENCE_PAIRS), store.read(HUMAN_LABELS))
 
 
-@asset(group_name="release", kinds={"parquet"}, **reading(PREFERENCE_PAIRS, HUMAN_LABELS),
-       description="Agreement of the rewards with human preference labels (`trajhub label import`), "
-                   "and of the annotators with each other.")
+@asset(
+    group_name="release",
+    kinds={"parquet"},
+    **reading(PREFERENCE_PAIRS, HUMAN_LABELS),
+    description="Agreement of the rewards with human preference labels (`trajhub label import`), "
+    "and of the annotators with each other.",
+)
 def reward_calibration(context: AssetExecutionContext, store: StoreResource) -> MaterializeResult:
     store = store.get()
     report = _calibration(store)
     if report is None:
-        context.log.warning("no human labels yet: export a sheet with `trajhub label export`, "
-                            "label it, and load it with `trajhub label import`")
+        context.log.warning(
+            "no human labels yet: export a sheet with `trajhub label export`, "
+            "label it, and load it with `trajhub label import`"
+        )
         store.write(REWARD_CALIBRATION, REWARD_CALIBRATION.schema.empty_table())
         return MaterializeResult(metadata={"labels": 0})
     store.write(REWARD_CALIBRATION, report.table())
     return MaterializeResult(metadata={"report": MetadataValue.md(report.markdown())})
 
 
-@asset(name="leaderboard", group_name="release", kinds={"parquet", "html"},
-       **reading(TRAJECTORY_REWARDS, JUDGE_SUMMARY, RAW_CALLS, TASKS),
-       description="Per model: test pass rate, ISR, CSR, reward, steps, tokens and cost, with plots.")
+@asset(
+    name="leaderboard",
+    group_name="release",
+    kinds={"parquet", "html"},
+    **reading(TRAJECTORY_REWARDS, JUDGE_SUMMARY, RAW_CALLS, TASKS),
+    description="Per model: test pass rate, ISR, CSR, reward, steps, tokens and cost, with plots.",
+)
 def leaderboard_asset(context: AssetExecutionContext, store: StoreResource) -> MaterializeResult:
     store = store.get()
     runs = store.sql(run_summary_sql()).to_pylist()
@@ -59,23 +69,32 @@ def leaderboard_asset(context: AssetExecutionContext, store: StoreResource) -> M
     store.write(LEADERBOARD, board.table)
     html = board.write(store.root / "reports" / "leaderboard")
     plots = {f"plot_{name}": MetadataValue.md(image) for name, image in plots_markdown(board).items()}
-    return MaterializeResult(metadata={"leaderboard": table(leaderboard_rows(board)),
-                                       "columns": MetadataValue.md(definitions_markdown()),
-                                       **plots, "report": MetadataValue.path(str(html))})
+    return MaterializeResult(
+        metadata={
+            "leaderboard": table(leaderboard_rows(board)),
+            "columns": MetadataValue.md(definitions_markdown()),
+            **plots,
+            "report": MetadataValue.path(str(html)),
+        }
+    )
 
 
-@asset(group_name="release", kinds={"huggingface"},
-       **reading(TASKS, MERGED_TRAJECTORIES, TRAJECTORY_REWARDS, JUDGE_STEPS, PREFERENCE_PAIRS, HUMAN_LABELS,
-                 RUNS),
-       description="A versioned Hugging Face dataset (trajectories, preferences, step_rewards, tasks), "
-                   "byte-identical when rebuilt from the same store; refused if a secret is found.")
-def hf_dataset_release(context: AssetExecutionContext, store: StoreResource,
-                       project: ProjectResource) -> MaterializeResult:
+@asset(
+    group_name="release",
+    kinds={"huggingface"},
+    **reading(TASKS, MERGED_TRAJECTORIES, TRAJECTORY_REWARDS, JUDGE_STEPS, PREFERENCE_PAIRS, HUMAN_LABELS, RUNS),
+    description="A versioned Hugging Face dataset (trajectories, preferences, step_rewards, tasks), "
+    "byte-identical when rebuilt from the same store; refused if a secret is found.",
+)
+def hf_dataset_release(
+    context: AssetExecutionContext, store: StoreResource, project: ProjectResource
+) -> MaterializeResult:
     store, config = store.get(), project.load()
     trajectories = main_trajectories(store) if MERGED_TRAJECTORIES.name in store.table_names() else []
     if not trajectories:
-        raise Failure(description=f"no release cut: there is no trajectory to release ({_why_empty(store)})",
-                      allow_retries=False)
+        raise Failure(
+            description=f"no release cut: there is no trajectory to release ({_why_empty(store)})", allow_retries=False
+        )
     inputs = ReleaseInputs(
         tasks=store.read(TASKS),
         trajectories=trajectories,
@@ -85,20 +104,34 @@ def hf_dataset_release(context: AssetExecutionContext, store: StoreResource,
         calibration=_calibration(store),
         models=[{"name": m.name, "scaffold": m.scaffold, "samples": m.samples} for m in config.models],
         reward_weights=config.rewards.trajectory_weights,
-        pair_policy=vars(PairPolicy.from_config(config.release)))
+        pair_policy=vars(PairPolicy.from_config(config.release)),
+    )
     release = build_release(inputs, config.release, store.root)
     url = push_release(release, config.release)
-    context.log.info("release %s at %s%s", release.version, release.path,
-                     f", pushed: {url}" if url else " (not pushed: no hf_repo or token)")
-    return MaterializeResult(metadata=release.metadata() | {"pushed": url or "no",
-                                                            "card": MetadataValue.md(card_body(release.card))})
+    context.log.info(
+        "release %s at %s%s",
+        release.version,
+        release.path,
+        f", pushed: {url}" if url else " (not pushed: no hf_repo or token)",
+    )
+    return MaterializeResult(
+        metadata=release.metadata() | {"pushed": url or "no", "card": MetadataValue.md(card_body(release.card))}
+    )
 
 
 def _why_empty(store: Store) -> str:
     if RUNS.name not in store.table_names():
         return "no run has been recorded yet: materialize raw_trajectories first"
-    runs, failed, first = store.sql(
-        "SELECT count(*), count(error), min(run_id || ': ' || error) FILTER (WHERE error IS NOT NULL) "
-        f"FROM {RUNS.name}").to_pylist()[0].values()
-    return (f"{runs} runs recorded, {failed} failed" + (f"; e.g. {first}" if first else "")
-            + "; merged_trajectories holds no main conversation")
+    runs, failed, first = (
+        store.sql(
+            "SELECT count(*), count(error), min(run_id || ': ' || error) FILTER (WHERE error IS NOT NULL) "
+            f"FROM {RUNS.name}"
+        )
+        .to_pylist()[0]
+        .values()
+    )
+    return (
+        f"{runs} runs recorded, {failed} failed"
+        + (f"; e.g. {first}" if first else "")
+        + "; merged_trajectories holds no main conversation"
+    )

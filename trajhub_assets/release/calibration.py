@@ -43,10 +43,19 @@ from trajhub_assets.release.schema import HUMAN_LABELS, REWARD_CALIBRATION
 log = logging.getLogger(__name__)
 
 PREFERENCES = ("chosen", "rejected", "tie")
-SHEET_COLUMNS = ("pair_id", "kind", "instance_id", "prompt", "response_a", "response_b",
-                 "annotator", "choice", "score", "note")
-_CHOICES = {"a": "A", "b": "B", "tie": "tie", "equal": "tie", "same": "tie",
-            "chosen": "chosen", "rejected": "rejected"}
+SHEET_COLUMNS = (
+    "pair_id",
+    "kind",
+    "instance_id",
+    "prompt",
+    "response_a",
+    "response_b",
+    "annotator",
+    "choice",
+    "score",
+    "note",
+)
+_CHOICES = {"a": "A", "b": "B", "tie": "tie", "equal": "tie", "same": "tie", "chosen": "chosen", "rejected": "rejected"}
 MESSAGE_CHARS = 2000
 
 
@@ -78,11 +87,12 @@ def _render_prompt(prompt: list[Mapping]) -> str:
     tail = max(first_user + 1, len(prompt) - 2)
     skipped = tail - first_user - 1
     middle = [f"… ({skipped} earlier messages) …"] if skipped > 0 else []
-    return "\n".join([render_messages(prompt[first_user:first_user + 1]), *middle, render_messages(prompt[tail:])])
+    return "\n".join([render_messages(prompt[first_user : first_user + 1]), *middle, render_messages(prompt[tail:])])
 
 
-def label_sheet_rows(pairs: pa.Table | Iterable[Mapping], limit: int | None = None,
-                     kinds: Iterable[str] | None = None) -> list[dict]:
+def label_sheet_rows(
+    pairs: pa.Table | Iterable[Mapping], limit: int | None = None, kinds: Iterable[str] | None = None
+) -> list[dict]:
     """Sheet rows in a reproducible shuffled order (by hash of pair id); the first `limit`."""
     rows = pairs.to_pylist() if isinstance(pairs, pa.Table) else list(pairs)
     if kinds is not None:
@@ -92,15 +102,26 @@ def label_sheet_rows(pairs: pa.Table | Iterable[Mapping], limit: int | None = No
     for r in rows[:limit]:
         a_side = sheet_side_a(r["pair_id"])
         b_side = "rejected" if a_side == "chosen" else "chosen"
-        sheet.append({"pair_id": r["pair_id"], "kind": r["kind"], "instance_id": r["instance_id"],
-                      "prompt": _render_prompt(r["prompt"]), "response_a": render_messages(r[a_side]),
-                      "response_b": render_messages(r[b_side]), "annotator": "", "choice": "", "score": "",
-                      "note": ""})
+        sheet.append(
+            {
+                "pair_id": r["pair_id"],
+                "kind": r["kind"],
+                "instance_id": r["instance_id"],
+                "prompt": _render_prompt(r["prompt"]),
+                "response_a": render_messages(r[a_side]),
+                "response_b": render_messages(r[b_side]),
+                "annotator": "",
+                "choice": "",
+                "score": "",
+                "note": "",
+            }
+        )
     return sheet
 
 
-def export_label_sheet(pairs: pa.Table | Iterable[Mapping], path: str | Path, limit: int | None = None,
-                       kinds: Iterable[str] | None = None) -> int:
+def export_label_sheet(
+    pairs: pa.Table | Iterable[Mapping], path: str | Path, limit: int | None = None, kinds: Iterable[str] | None = None
+) -> int:
     """Write the sheet as CSV (or JSONL when the name ends in .jsonl); return the row count."""
     path = Path(path)
     rows = label_sheet_rows(pairs, limit, kinds)
@@ -137,8 +158,11 @@ def _records(path: Path) -> Iterable[tuple[int, dict]]:
         reader = csv.DictReader(text.splitlines(keepends=True))
         missing = {"pair_id", "annotator"} - set(reader.fieldnames or [])
         if missing or not {"choice", "score"} & set(reader.fieldnames or []):
-            raise RecordError(f"a labels CSV needs columns pair_id, annotator and choice or score; "
-                              f"got {reader.fieldnames}", source=source, line=1)
+            raise RecordError(
+                f"a labels CSV needs columns pair_id, annotator and choice or score; got {reader.fieldnames}",
+                source=source,
+                line=1,
+            )
         for record in reader:
             yield reader.line_num, record
     else:
@@ -163,8 +187,9 @@ def _label(record: dict, source: str, line: int) -> dict | None:
     preferred = None
     if choice_text:
         if choice_text not in _CHOICES:
-            raise RecordError(f"choice {choice_text!r} is not one of A, B, tie, chosen, rejected",
-                              field="choice", **where)
+            raise RecordError(
+                f"choice {choice_text!r} is not one of A, B, tie, chosen, rejected", field="choice", **where
+            )
         preferred = flip.get(_CHOICES[choice_text], _CHOICES[choice_text])
     score = None
     if score_text:
@@ -179,8 +204,15 @@ def _label(record: dict, source: str, line: int) -> dict | None:
         if preferred is not None and preferred != from_score:
             raise RecordError(f"choice {choice_text!r} and score {score_text} disagree", field="score", **where)
         preferred = from_score
-    return {"pair_id": pair_id, "annotator": text("annotator"), "preferred": preferred, "score": score,
-            "note": text("note") or None, "source": source, "source_line": line}
+    return {
+        "pair_id": pair_id,
+        "annotator": text("annotator"),
+        "preferred": preferred,
+        "score": score,
+        "note": text("note") or None,
+        "source": source,
+        "source_line": line,
+    }
 
 
 def read_labels(paths: Iterable[str | Path], pair_ids: Iterable[str] | None = None) -> pa.Table:
@@ -196,13 +228,22 @@ def read_labels(paths: Iterable[str | Path], pair_ids: Iterable[str] | None = No
             if label is None:
                 continue
             if known is not None and label["pair_id"] not in known:
-                raise RecordError("no such pair in the store", source=str(path), line=line,
-                                  record_id=label["pair_id"], field="pair_id")
+                raise RecordError(
+                    "no such pair in the store",
+                    source=str(path),
+                    line=line,
+                    record_id=label["pair_id"],
+                    field="pair_id",
+                )
             key = (label["pair_id"], label["annotator"])
             if key in seen:
-                raise RecordError(f"annotator {label['annotator']!r} labelled this pair twice "
-                                  f"(first at {seen[key]})", source=str(path), line=line,
-                                  record_id=label["pair_id"], field="annotator")
+                raise RecordError(
+                    f"annotator {label['annotator']!r} labelled this pair twice (first at {seen[key]})",
+                    source=str(path),
+                    line=line,
+                    record_id=label["pair_id"],
+                    field="annotator",
+                )
             seen[key] = f"{path}:{line}"
             rows.append(label)
     return pa.Table.from_pylist(rows, schema=HUMAN_LABELS.schema)
@@ -217,8 +258,12 @@ def merge_labels(existing: pa.Table | None, new: pa.Table) -> pa.Table:
     clash = {(r["pair_id"], r["annotator"]) for r in kept} & {(r["pair_id"], r["annotator"]) for r in new.to_pylist()}
     if clash:
         pair_id, annotator = min(clash)
-        raise RecordError(f"annotator {annotator!r} already has a label for this pair from another file "
-                          f"({len(clash)} such)", source="human_labels", record_id=pair_id, field="annotator")
+        raise RecordError(
+            f"annotator {annotator!r} already has a label for this pair from another file ({len(clash)} such)",
+            source="human_labels",
+            record_id=pair_id,
+            field="annotator",
+        )
     return pa.Table.from_pylist(kept + new.to_pylist(), schema=HUMAN_LABELS.schema)
 
 
@@ -230,7 +275,7 @@ def cohen_kappa(first: list[str], second: list[str]) -> float | None:
         return None
     observed = sum(a == b for a, b in zip(first, second, strict=True)) / n
     c1, c2 = Counter(first), Counter(second)
-    expected = sum(c1[k] * c2[k] for k in c1) / n ** 2
+    expected = sum(c1[k] * c2[k] for k in c1) / n**2
     return None if expected == 1 else (observed - expected) / (1 - expected)
 
 
@@ -281,14 +326,23 @@ class CalibrationReport:
 
     def table(self) -> pa.Table:
         return pa.Table.from_pylist(
-            [{"metric": f.metric, "value": f.value, "ci_low": f.ci[0] if f.ci else None,
-              "ci_high": f.ci[1] if f.ci else None, "n": f.n, "note": f.note or None} for f in self.figures],
-            schema=REWARD_CALIBRATION.schema)
+            [
+                {
+                    "metric": f.metric,
+                    "value": f.value,
+                    "ci_low": f.ci[0] if f.ci else None,
+                    "ci_high": f.ci[1] if f.ci else None,
+                    "n": f.n,
+                    "note": f.note or None,
+                }
+                for f in self.figures
+            ],
+            schema=REWARD_CALIBRATION.schema,
+        )
 
     def markdown(self) -> str:
         level = f"{self.confidence:.0%}"
-        lines = ["## Reward calibration", "",
-                 f"| figure | value | {level} CI | n | note |", "|---|---|---|---|---|"]
+        lines = ["## Reward calibration", "", f"| figure | value | {level} CI | n | note |", "|---|---|---|---|---|"]
         for f in self.figures:
             value = "—" if f.value is None else str(f.value) if isinstance(f.value, int) else f"{f.value:.3f}"
             ci = f"[{f.ci[0]:.3f}, {f.ci[1]:.3f}]" if f.ci else "—"
@@ -308,23 +362,38 @@ def _agreement(metric: str, pair_ids: list[str], votes: Mapping[str, list[str]],
     majorities = Counter(_majority(votes[p]) for p in pair_ids)
     n = majorities["chosen"] + majorities["rejected"]
     note = f"human majority for a tie: {majorities['tie']}, no majority: {majorities[None]}"
-    return Figure(metric, majorities["chosen"] / n if n else None, n,
-                  wilson_interval(majorities["chosen"], n, confidence), note)
+    return Figure(
+        metric, majorities["chosen"] / n if n else None, n, wilson_interval(majorities["chosen"], n, confidence), note
+    )
 
 
 def _correlations(margins: list[float], scores: list[float], note: str, confidence: float) -> list[Figure]:
     n = len(margins)
     if n < 3 or len(set(margins)) < 2 or len(set(scores)) < 2:
         why = "needs 3 or more pairs with varying margins and scores"
-        return [Figure("pearson r (margin vs human score)", None, n, note=why),
-                Figure("spearman rho (margin vs human score)", None, n, note=why)]
+        return [
+            Figure("pearson r (margin vs human score)", None, n, note=why),
+            Figure("spearman rho (margin vs human score)", None, n, note=why),
+        ]
     pearson = stats.pearsonr(margins, scores)
     spearman = stats.spearmanr(margins, scores)
     r, rho = float(pearson.statistic), float(spearman.statistic)
-    return [Figure("pearson r (margin vs human score)", r, n, _fisher_interval(r, n, confidence),
-                   f"p = {pearson.pvalue:.3g}; {note}"),
-            Figure("spearman rho (margin vs human score)", rho, n, _fisher_interval(rho, n, confidence, 1.06),
-                   f"p = {spearman.pvalue:.3g}; {note}")]
+    return [
+        Figure(
+            "pearson r (margin vs human score)",
+            r,
+            n,
+            _fisher_interval(r, n, confidence),
+            f"p = {pearson.pvalue:.3g}; {note}",
+        ),
+        Figure(
+            "spearman rho (margin vs human score)",
+            rho,
+            n,
+            _fisher_interval(rho, n, confidence, 1.06),
+            f"p = {spearman.pvalue:.3g}; {note}",
+        ),
+    ]
 
 
 def _inter_annotator(labels: list[dict]) -> Figure:
@@ -338,9 +407,13 @@ def _inter_annotator(labels: list[dict]) -> Figure:
         both = [p for p in sorted(by_pair) if len(by_pair[p]) == 2]
         first, second = ([by_pair[p][a] for p in both] for a in annotators)
         kappa = cohen_kappa(first, second)
-        return Figure("cohen kappa", kappa, len(both),
-                      note=f"annotators {annotators[0]} and {annotators[1]}, pairs labelled by both"
-                           + ("" if kappa is not None else "; undefined: chance agreement is total"))
+        return Figure(
+            "cohen kappa",
+            kappa,
+            len(both),
+            note=f"annotators {annotators[0]} and {annotators[1]}, pairs labelled by both"
+            + ("" if kappa is not None else "; undefined: chance agreement is total"),
+        )
     sizes = Counter(len(v) for v in by_pair.values() if len(v) >= 2)
     if not sizes:
         return Figure("fleiss kappa", None, 0, note="no pair has two or more labels")
@@ -348,13 +421,18 @@ def _inter_annotator(labels: list[dict]) -> Figure:
     items = [p for p in sorted(by_pair) if len(by_pair[p]) == raters]
     counts = [[list(by_pair[p].values()).count(c) for c in PREFERENCES] for p in items]
     kappa = fleiss_kappa(counts)
-    return Figure("fleiss kappa", kappa, len(items),
-                  note=f"{len(annotators)} annotators; pairs with {raters} labels each"
-                       + ("" if kappa is not None else "; undefined: chance agreement is total"))
+    return Figure(
+        "fleiss kappa",
+        kappa,
+        len(items),
+        note=f"{len(annotators)} annotators; pairs with {raters} labels each"
+        + ("" if kappa is not None else "; undefined: chance agreement is total"),
+    )
 
 
-def calibrate(pairs: pa.Table | Iterable[Mapping], labels: pa.Table | Iterable[Mapping],
-              confidence: float = 0.95) -> CalibrationReport:
+def calibrate(
+    pairs: pa.Table | Iterable[Mapping], labels: pa.Table | Iterable[Mapping], confidence: float = 0.95
+) -> CalibrationReport:
     """The calibration figures of the rewards behind `pairs` against human `labels` (HUMAN_LABELS)."""
     pair_rows = pairs.to_pylist() if isinstance(pairs, pa.Table) else list(pairs)
     label_rows = labels.to_pylist() if isinstance(labels, pa.Table) else list(labels)
@@ -367,10 +445,15 @@ def calibrate(pairs: pa.Table | Iterable[Mapping], labels: pa.Table | Iterable[M
     annotators = {label["annotator"] for label in matched}
 
     report = CalibrationReport(confidence=confidence)
-    report.figures.append(Figure(
-        "labels", len(matched), len(labelled),
-        note=f"{len(annotators)} annotator(s), {len(labelled)} pairs; "
-             f"{len(label_rows) - len(matched)} label(s) for pairs not in the store"))
+    report.figures.append(
+        Figure(
+            "labels",
+            len(matched),
+            len(labelled),
+            note=f"{len(annotators)} annotator(s), {len(labelled)} pairs; "
+            f"{len(label_rows) - len(matched)} label(s) for pairs not in the store",
+        )
+    )
     report.figures.append(_agreement("agreement with human majority", labelled, votes, confidence))
     for kind in sorted({by_id[p]["kind"] for p in labelled}):
         of_kind = [p for p in labelled if by_id[p]["kind"] == kind]
@@ -384,8 +467,13 @@ def calibrate(pairs: pa.Table | Iterable[Mapping], labels: pa.Table | Iterable[M
         elif not numeric:
             scores[label["pair_id"]].append({"chosen": 1.0, "rejected": -1.0, "tie": 0.0}[label["preferred"]])
     scored = sorted(scores)
-    report.figures.extend(_correlations(
-        [by_id[p]["margin"] for p in scored], [sum(scores[p]) / len(scores[p]) for p in scored],
-        "mean human score per pair" if numeric else "human choices as +1/0/-1 (no scores given)", confidence))
+    report.figures.extend(
+        _correlations(
+            [by_id[p]["margin"] for p in scored],
+            [sum(scores[p]) / len(scores[p]) for p in scored],
+            "mean human score per pair" if numeric else "human choices as +1/0/-1 (no scores given)",
+            confidence,
+        )
+    )
     report.figures.append(_inter_annotator(matched))
     return report

@@ -32,12 +32,32 @@ from trajhub_assets.tasks.schema import TASKS
 
 log = logging.getLogger(__name__)
 
-RUN_COLUMNS = ("model", "instance_id", "category", "run_id", "attempt", "outcome", "isr", "csr",
-               "reward", "n_steps", "tokens", "cost_usd")
+RUN_COLUMNS = (
+    "model",
+    "instance_id",
+    "category",
+    "run_id",
+    "attempt",
+    "outcome",
+    "isr",
+    "csr",
+    "reward",
+    "n_steps",
+    "tokens",
+    "cost_usd",
+)
 
-COLUMNS_SHOWN = (("model", "model"), ("runs", "runs"), ("test_pass_rate", "test pass rate"), ("isr", "ISR"),
-                 ("csr", "CSR"), ("mean_reward", "mean reward"), ("mean_steps", "steps"),
-                 ("mean_tokens", "tokens"), ("mean_cost_usd", "cost (USD)"))
+COLUMNS_SHOWN = (
+    ("model", "model"),
+    ("runs", "runs"),
+    ("test_pass_rate", "test pass rate"),
+    ("isr", "ISR"),
+    ("csr", "CSR"),
+    ("mean_reward", "mean reward"),
+    ("mean_steps", "steps"),
+    ("mean_tokens", "tokens"),
+    ("mean_cost_usd", "cost (USD)"),
+)
 
 
 def run_summary_sql() -> str:
@@ -77,15 +97,23 @@ def leaderboard_table(runs: Iterable[Mapping]) -> pa.Table:
     rows = []
     for model, rs in by_model.items():
         tested = [r["outcome"] for r in rs if r.get("outcome") is not None]
-        rows.append({
-            "model": model, "runs": len(rs), "instances": len({r["instance_id"] for r in rs}),
-            "test_runs": len(tested), "test_pass_rate": _mean(tested),
-            "isr": _mean(r.get("isr") for r in rs), "csr": _mean(r.get("csr") for r in rs),
-            "mean_reward": _mean(r.get("reward") for r in rs), "mean_steps": _mean(r.get("n_steps") for r in rs),
-            "mean_tokens": _mean(r.get("tokens") for r in rs), "total_tokens": _total((r.get("tokens") for r in rs), int),
-            "mean_cost_usd": _mean(r.get("cost_usd") for r in rs),
-            "total_cost_usd": _total(r.get("cost_usd") for r in rs),
-        })
+        rows.append(
+            {
+                "model": model,
+                "runs": len(rs),
+                "instances": len({r["instance_id"] for r in rs}),
+                "test_runs": len(tested),
+                "test_pass_rate": _mean(tested),
+                "isr": _mean(r.get("isr") for r in rs),
+                "csr": _mean(r.get("csr") for r in rs),
+                "mean_reward": _mean(r.get("reward") for r in rs),
+                "mean_steps": _mean(r.get("n_steps") for r in rs),
+                "mean_tokens": _mean(r.get("tokens") for r in rs),
+                "total_tokens": _total((r.get("tokens") for r in rs), int),
+                "mean_cost_usd": _mean(r.get("cost_usd") for r in rs),
+                "total_cost_usd": _total(r.get("cost_usd") for r in rs),
+            }
+        )
     rows.sort(key=lambda r: (r["mean_reward"] is None, -(r["mean_reward"] or 0.0), r["model"]))
     return pa.Table.from_pylist(rows, schema=LEADERBOARD.schema)
 
@@ -129,10 +157,11 @@ def pass_rate_by_category_png(runs: list[Mapping], models: list[str]) -> bytes:
         axes.text(0.5, 0.5, "no test outcomes yet", ha="center", va="center", transform=axes.transAxes)
     width = 0.8 / max(1, len(models))
     for i, model in enumerate(models):
-        rates = [_mean(r["outcome"] for r in runs if r["model"] == model and (r.get("category") or "?") == c)
-                 for c in categories]
-        bars = axes.bar([k + i * width for k in range(len(categories))], [v or 0.0 for v in rates], width,
-                        label=model)
+        rates = [
+            _mean(r["outcome"] for r in runs if r["model"] == model and (r.get("category") or "?") == c)
+            for c in categories
+        ]
+        bars = axes.bar([k + i * width for k in range(len(categories))], [v or 0.0 for v in rates], width, label=model)
         # A zero bar is invisible and a missing one looks like zero: write the value on each.
         axes.bar_label(bars, ["n/a" if v is None else f"{v:.2f}" for v in rates], fontsize="small")
     if categories:
@@ -159,31 +188,36 @@ class Leaderboard:
     figures: dict[str, bytes] = field(default_factory=dict)  # file name -> PNG
 
     def markdown_table(self) -> str:
-        lines = ["| " + " | ".join(title for _, title in COLUMNS_SHOWN) + " |",
-                 "|" + "---|" * len(COLUMNS_SHOWN)]
+        lines = ["| " + " | ".join(title for _, title in COLUMNS_SHOWN) + " |", "|" + "---|" * len(COLUMNS_SHOWN)]
         for row in self.table.to_pylist():
             lines.append("| " + " | ".join(_cell(row[name]) for name, _ in COLUMNS_SHOWN) + " |")
         return "\n".join(lines)
 
     def markdown(self) -> str:
         """For Dagster's metadata (MetadataValue.md): the table and the plots inline."""
-        images = [f"![{name}](data:image/png;base64,{base64.b64encode(png).decode()})"
-                  for name, png in self.figures.items()]
+        images = [
+            f"![{name}](data:image/png;base64,{base64.b64encode(png).decode()})" for name, png in self.figures.items()
+        ]
         return "\n\n".join([self.markdown_table(), *images])
 
     def html(self) -> str:
         head = "".join(f"<th>{html.escape(title)}</th>" for _, title in COLUMNS_SHOWN)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(row[name]))}</td>" for name, _ in COLUMNS_SHOWN)
-                       + "</tr>\n" for row in self.table.to_pylist())
-        images = "".join(f'<figure><img alt="{html.escape(name)}" src="{html.escape(name)}"></figure>\n'
-                         for name in self.figures)
-        return ("<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>trajhub leaderboard</title>\n"
-                "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-                "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
-                "td:first-child,th:first-child{text-align:left}</style></head>\n<body>\n"
-                "<h1>Leaderboard</h1>\n<p>ISR: share of runs passing every checklist item; CSR: mean share of "
-                "checklist items passed; test pass rate over runs whose task has tests.</p>\n"
-                f"<table><tr>{head}</tr>\n{body}</table>\n{images}</body></html>\n")
+        body = "".join(
+            "<tr>" + "".join(f"<td>{html.escape(_cell(row[name]))}</td>" for name, _ in COLUMNS_SHOWN) + "</tr>\n"
+            for row in self.table.to_pylist()
+        )
+        images = "".join(
+            f'<figure><img alt="{html.escape(name)}" src="{html.escape(name)}"></figure>\n' for name in self.figures
+        )
+        return (
+            '<!doctype html>\n<html><head><meta charset="utf-8"><title>trajhub leaderboard</title>\n'
+            "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+            "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
+            "td:first-child,th:first-child{text-align:left}</style></head>\n<body>\n"
+            "<h1>Leaderboard</h1>\n<p>ISR: share of runs passing every checklist item; CSR: mean share of "
+            "checklist items passed; test pass rate over runs whose task has tests.</p>\n"
+            f"<table><tr>{head}</tr>\n{body}</table>\n{images}</body></html>\n"
+        )
 
     def write(self, directory: str | Path) -> Path:
         """index.html with the PNGs beside it; returns the HTML path."""
@@ -200,11 +234,16 @@ def leaderboard(runs: pa.Table | Iterable[Mapping]) -> Leaderboard:
     rows = runs.to_pylist() if isinstance(runs, pa.Table) else [dict(r) for r in runs]
     missing = [c for c in ("model", "instance_id") if rows and c not in rows[0]]
     if missing:
-        raise RecordError(f"run rows lack columns {missing}; expected {list(RUN_COLUMNS)}",
-                          source="leaderboard runs", field=missing[0])
+        raise RecordError(
+            f"run rows lack columns {missing}; expected {list(RUN_COLUMNS)}",
+            source="leaderboard runs",
+            field=missing[0],
+        )
     table = leaderboard_table(rows)
     models = table.column("model").to_pylist()
-    figures = {"reward_distribution.png": reward_distribution_png(rows, models),
-               "pass_rate_by_category.png": pass_rate_by_category_png(rows, models)}
+    figures = {
+        "reward_distribution.png": reward_distribution_png(rows, models),
+        "pass_rate_by_category.png": pass_rate_by_category_png(rows, models),
+    }
     log.info("leaderboard of %d models from %d runs", len(models), len(rows))
     return Leaderboard(table, figures)

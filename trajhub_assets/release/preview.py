@@ -16,14 +16,18 @@ COLUMN_DEFINITIONS = {
     "ISR": "instance success rate: share of runs whose every checklist check the judge passed",
     "CSR": "checklist success rate: mean share of checklist checks passed (an omitted check fails)",
     "mean reward": "mean trajectory reward (the configured weights over its components)",
-    "steps": "mean main-agent steps", "tokens": "mean tokens per run", "cost (USD)": "mean cost per run",
+    "steps": "mean main-agent steps",
+    "tokens": "mean tokens per run",
+    "cost (USD)": "mean cost per run",
 }
 
 
 def leaderboard_rows(board: Leaderboard) -> list[dict]:
     """The shown columns under their titles, numbers rounded."""
-    return [{title: round(row[name], 4) if isinstance(row[name], float) else row[name]
-             for name, title in COLUMNS_SHOWN} for row in board.table.to_pylist()]
+    return [
+        {title: round(row[name], 4) if isinstance(row[name], float) else row[name] for name, title in COLUMNS_SHOWN}
+        for row in board.table.to_pylist()
+    ]
 
 
 def definitions_markdown() -> str:
@@ -32,12 +36,14 @@ def definitions_markdown() -> str:
 
 def plots_markdown(board: Leaderboard) -> dict[str, str]:
     """Each plot as its own Markdown image (a data URI), by file name without .png."""
-    return {name.removesuffix(".png"): f"![{name}](data:image/png;base64,{base64.b64encode(png).decode()})"
-            for name, png in board.figures.items()}
+    return {
+        name.removesuffix(".png"): f"![{name}](data:image/png;base64,{base64.b64encode(png).decode()})"
+        for name, png in board.figures.items()
+    }
 
 
 def card_body(card: str) -> str:
     """The card without its YAML header, as a Markdown viewer should show it."""
     if card.startswith("---\n") and (end := card.find("\n---\n", 4)) != -1:
-        return card[end + len("\n---\n"):].lstrip("\n")
+        return card[end + len("\n---\n") :].lstrip("\n")
     return card

@@ -37,7 +37,7 @@ import pyarrow as pa
 
 from trajhub_assets.errors import TrajhubError
 from trajhub_assets.pairs.pairs import chat_message, reward_version, tools_json
-from trajhub_assets.pairs.schema import CHAT_MESSAGE, CHAT_MESSAGES, CHAT_MESSAGE_DOCS, PREFERENCE_PAIRS
+from trajhub_assets.pairs.schema import CHAT_MESSAGE, CHAT_MESSAGE_DOCS, CHAT_MESSAGES, PREFERENCE_PAIRS
 from trajhub_assets.release.calibration import CalibrationReport
 from trajhub_assets.release.secrets import check_no_secrets
 from trajhub_assets.tasks.schema import CHECKLIST_TYPE
@@ -49,28 +49,53 @@ ROW_GROUP_ROWS = 500
 SPLIT = "train"
 _VERSION = re.compile(r"^[A-Za-z0-9._+-]+$")
 
-TRAJECTORY_SCHEMA = pa.schema([
-    pa.field("run_id", pa.string()), pa.field("model", pa.string()), pa.field("instance_id", pa.string()),
-    pa.field("category", pa.string()), pa.field("attempt", pa.int64()), pa.field("conversation_id", pa.string()),
-    pa.field("messages", CHAT_MESSAGES), pa.field("tools_json", pa.string()),
-    pa.field("generated_indices", pa.list_(pa.int64())), pa.field("n_steps", pa.int64()),
-    pa.field("reward", pa.float64()), pa.field("outcome", pa.float64()),
-    pa.field("mean_step_reward", pa.float64()), pa.field("checklist_pass_rate", pa.float64()),
-    pa.field("reward_version", pa.string()),
-])
-STEP_REWARD_SCHEMA = pa.schema([
-    pa.field("run_id", pa.string()), pa.field("model", pa.string()), pa.field("instance_id", pa.string()),
-    pa.field("attempt", pa.int64()), pa.field("step_index", pa.int64()), pa.field("message_index", pa.int64()),
-    pa.field("step_reward", pa.float64()), pa.field("reward_version", pa.string()),
-])
-TASK_SCHEMA = pa.schema([
-    pa.field("instance_id", pa.string()), pa.field("category", pa.string()),
-    pa.field("user_query", pa.list_(pa.string())), pa.field("system_prompt", pa.string()),
-    pa.field("image", pa.string()), pa.field("workspace_abs_path", pa.string()),
-    pa.field("scaffold_name", pa.string()), pa.field("scaffold_version", pa.string()),
-    pa.field("checklist", CHECKLIST_TYPE), pa.field("expected_skill", pa.string()),
-    pa.field("test_command", pa.string()), pa.field("record_sha256", pa.string()),
-])
+TRAJECTORY_SCHEMA = pa.schema(
+    [
+        pa.field("run_id", pa.string()),
+        pa.field("model", pa.string()),
+        pa.field("instance_id", pa.string()),
+        pa.field("category", pa.string()),
+        pa.field("attempt", pa.int64()),
+        pa.field("conversation_id", pa.string()),
+        pa.field("messages", CHAT_MESSAGES),
+        pa.field("tools_json", pa.string()),
+        pa.field("generated_indices", pa.list_(pa.int64())),
+        pa.field("n_steps", pa.int64()),
+        pa.field("reward", pa.float64()),
+        pa.field("outcome", pa.float64()),
+        pa.field("mean_step_reward", pa.float64()),
+        pa.field("checklist_pass_rate", pa.float64()),
+        pa.field("reward_version", pa.string()),
+    ]
+)
+STEP_REWARD_SCHEMA = pa.schema(
+    [
+        pa.field("run_id", pa.string()),
+        pa.field("model", pa.string()),
+        pa.field("instance_id", pa.string()),
+        pa.field("attempt", pa.int64()),
+        pa.field("step_index", pa.int64()),
+        pa.field("message_index", pa.int64()),
+        pa.field("step_reward", pa.float64()),
+        pa.field("reward_version", pa.string()),
+    ]
+)
+TASK_SCHEMA = pa.schema(
+    [
+        pa.field("instance_id", pa.string()),
+        pa.field("category", pa.string()),
+        pa.field("user_query", pa.list_(pa.string())),
+        pa.field("system_prompt", pa.string()),
+        pa.field("image", pa.string()),
+        pa.field("workspace_abs_path", pa.string()),
+        pa.field("scaffold_name", pa.string()),
+        pa.field("scaffold_version", pa.string()),
+        pa.field("checklist", CHECKLIST_TYPE),
+        pa.field("expected_skill", pa.string()),
+        pa.field("test_command", pa.string()),
+        pa.field("record_sha256", pa.string()),
+    ]
+)
 CONFIGS = {
     "trajectories": "one row per run: the main conversation as `messages` (SFT) with its reward",
     "preferences": "DPO pairs: `prompt`, `chosen`, `rejected` message lists with the rewards behind them",
@@ -116,8 +141,12 @@ class Release:
 
     def metadata(self) -> dict:
         """Plain values for the asset's metadata."""
-        return {"path": str(self.path), "version": self.version, "reused": self.reused,
-                **{f"rows_{name}": n for name, n in self.rows.items()}}
+        return {
+            "path": str(self.path),
+            "version": self.version,
+            "reused": self.reused,
+            **{f"rows_{name}": n for name, n in self.rows.items()},
+        }
 
 
 # -- tables ----------------------------------------------------------------------------------
@@ -138,16 +167,25 @@ def release_tables(inputs: ReleaseInputs) -> dict[str, pa.Table]:
         positions = _step_positions(t["messages"])
         runs[meta["run_id"]] = {"meta": meta, "positions": positions}
         row = rewards.get(meta["run_id"], {})
-        trajectories.append({
-            "run_id": meta["run_id"], "model": meta["model"], "instance_id": meta["instance"],
-            "category": category.get(meta["instance"]), "attempt": meta.get("attempt"),
-            "conversation_id": meta.get("conversation_id"),
-            "messages": [chat_message(m) for m in t["messages"]], "tools_json": tools_json(t.get("tools") or []),
-            "generated_indices": positions, "n_steps": len(positions), "reward": row.get("reward"),
-            "outcome": row.get("outcome"), "mean_step_reward": row.get("mean_step_reward", row.get("step_mean")),
-            "checklist_pass_rate": row.get("checklist_pass_rate"),
-            "reward_version": reward_version(row) if row else None,
-        })
+        trajectories.append(
+            {
+                "run_id": meta["run_id"],
+                "model": meta["model"],
+                "instance_id": meta["instance"],
+                "category": category.get(meta["instance"]),
+                "attempt": meta.get("attempt"),
+                "conversation_id": meta.get("conversation_id"),
+                "messages": [chat_message(m) for m in t["messages"]],
+                "tools_json": tools_json(t.get("tools") or []),
+                "generated_indices": positions,
+                "n_steps": len(positions),
+                "reward": row.get("reward"),
+                "outcome": row.get("outcome"),
+                "mean_step_reward": row.get("mean_step_reward", row.get("step_mean")),
+                "checklist_pass_rate": row.get("checklist_pass_rate"),
+                "reward_version": reward_version(row) if row else None,
+            }
+        )
     trajectories.sort(key=lambda r: (r["model"], r["instance_id"], r["attempt"] or 0, r["run_id"]))
 
     steps = []
@@ -156,19 +194,25 @@ def release_tables(inputs: ReleaseInputs) -> dict[str, pa.Table]:
         if run is None or (s.get("conversation_id") and s["conversation_id"] != run["meta"].get("conversation_id")):
             continue  # a step of a run or conversation that is not released
         k, meta = int(s["step_index"]), run["meta"]
-        steps.append({"run_id": s["run_id"], "model": meta["model"], "instance_id": meta["instance"],
-                      "attempt": meta.get("attempt"), "step_index": k,
-                      "message_index": run["positions"][k] if k < len(run["positions"]) else None,
-                      "step_reward": s.get("step_reward"),
-                      "reward_version": reward_version(rewards[s["run_id"]]) if s["run_id"] in rewards else None})
+        steps.append(
+            {
+                "run_id": s["run_id"],
+                "model": meta["model"],
+                "instance_id": meta["instance"],
+                "attempt": meta.get("attempt"),
+                "step_index": k,
+                "message_index": run["positions"][k] if k < len(run["positions"]) else None,
+                "step_reward": s.get("step_reward"),
+                "reward_version": reward_version(rewards[s["run_id"]]) if s["run_id"] in rewards else None,
+            }
+        )
     steps.sort(key=lambda r: (r["model"], r["instance_id"], r["attempt"] or 0, r["run_id"], r["step_index"]))
 
     pairs = inputs.pairs.select(PREFERENCE_PAIRS.schema.names).cast(PREFERENCE_PAIRS.schema)
     tasks = inputs.tasks.select(TASK_SCHEMA.names).cast(TASK_SCHEMA)
     return {
         "trajectories": pa.Table.from_pylist(trajectories, schema=TRAJECTORY_SCHEMA),
-        "preferences": pairs.sort_by([("instance_id", "ascending"), ("kind", "ascending"),
-                                      ("pair_id", "ascending")]),
+        "preferences": pairs.sort_by([("instance_id", "ascending"), ("kind", "ascending"), ("pair_id", "ascending")]),
         "step_rewards": pa.Table.from_pylist(steps, schema=STEP_REWARD_SCHEMA),
         "tasks": tasks.sort_by("instance_id"),
     }
@@ -176,8 +220,13 @@ def release_tables(inputs: ReleaseInputs) -> dict[str, pa.Table]:
 
 # -- card ------------------------------------------------------------------------------------
 def size_category(n: int) -> str:
-    for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"),
-                        (1_000_000, "100K<n<1M"), (10_000_000, "1M<n<10M")):
+    for limit, name in (
+        (1_000, "n<1K"),
+        (10_000, "1K<n<10K"),
+        (100_000, "10K<n<100K"),
+        (1_000_000, "100K<n<1M"),
+        (10_000_000, "1M<n<10M"),
+    ):
         if n < limit:
             return name
     return "n>10M"
@@ -185,8 +234,10 @@ def size_category(n: int) -> str:
 
 def _markdown_table(header: list[str], rows: Iterable[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join("—" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
-                                for v in row) + " |" for row in rows]
+    lines += [
+        "| " + " | ".join("—" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v) for v in row) + " |"
+        for row in rows
+    ]
     return "\n".join(lines)
 
 
@@ -201,11 +252,15 @@ def dataset_card(tables: Mapping[str, pa.Table], config, version: str, inputs: R
 
     rows = {name: t.num_rows for name, t in tables.items()}
     header = DatasetCardData(
-        license=config.license, pretty_name=config.name, task_categories=["text-generation"],
+        license=config.license,
+        pretty_name=config.name,
+        task_categories=["text-generation"],
         tags=["code", "agents", "tool-use", "trajectories", "dpo", "trajhub"],
         size_categories=[size_category(max(rows.values(), default=0))],
-        configs=[{"config_name": name, "data_files": [{"split": SPLIT, "path": f"data/{name}/{SPLIT}-*"}]}
-                 for name in CONFIGS],
+        configs=[
+            {"config_name": name, "data_files": [{"split": SPLIT, "path": f"data/{name}/{SPLIT}-*"}]}
+            for name in CONFIGS
+        ],
     ).to_yaml()
 
     traj = tables["trajectories"].to_pylist()
@@ -217,25 +272,42 @@ def dataset_card(tables: Mapping[str, pa.Table], config, version: str, inputs: R
     as_chosen = Counter(p["chosen_model"] for p in pairs)
     as_rejected = Counter(p["rejected_model"] for p in pairs)
     models = sorted(set(per_model) | set(as_chosen) | set(as_rejected))
-    model_rows = [[m, len(per_model[m]), _mean([t["reward"] for t in per_model[m]]), as_chosen[m], as_rejected[m],
-                   steps[m]] for m in models]
-    task_category = dict(zip(tables["tasks"].column("instance_id").to_pylist(),
-                             tables["tasks"].column("category").to_pylist(), strict=True))
+    model_rows = [
+        [m, len(per_model[m]), _mean([t["reward"] for t in per_model[m]]), as_chosen[m], as_rejected[m], steps[m]]
+        for m in models
+    ]
+    task_category = dict(
+        zip(
+            tables["tasks"].column("instance_id").to_pylist(),
+            tables["tasks"].column("category").to_pylist(),
+            strict=True,
+        )
+    )
     categories = sorted(set(task_category.values()) | {t["category"] for t in traj if t["category"]})
     traj_by_cat = Counter(t["category"] for t in traj)
     pairs_by_cat = Counter(task_category.get(p["instance_id"]) for p in pairs)
     tasks_by_cat = Counter(task_category.values())
     category_rows = [[c, tasks_by_cat[c], traj_by_cat[c], pairs_by_cat[c]] for c in categories]
     kinds = Counter(p["kind"] for p in pairs)
-    versions = sorted({t["reward_version"] for t in traj if t["reward_version"]}
-                      | {v for v in tables["preferences"].column("reward_version").to_pylist() if v})
+    versions = sorted(
+        {t["reward_version"] for t in traj if t["reward_version"]}
+        | {v for v in tables["preferences"].column("reward_version").to_pylist() if v}
+    )
     weights = ", ".join(f"{k} {v:g}" for k, v in (inputs.reward_weights or {}).items()) or "as configured"
     policy = inputs.pair_policy or {"min_margin": config.min_margin, "max_pairs": config.max_pairs_per_instance}
-    calibration = (inputs.calibration.markdown().replace("## Reward calibration\n\n", "")
-                   if inputs.calibration else "No human labels yet: the rewards have not been checked against people.")
+    calibration = (
+        inputs.calibration.markdown().replace("## Reward calibration\n\n", "")
+        if inputs.calibration
+        else "No human labels yet: the rewards have not been checked against people."
+    )
     message_keys = [[f"`{f.name}`", CHAT_MESSAGE_DOCS[f.name]] for f in CHAT_MESSAGE]
-    made_with = "\n".join(f"- `{m['name']}` with the `{m.get('scaffold', '?')}` scaffold, "
-                          f"{m.get('samples', 1)} attempt(s) per task" for m in inputs.models) or "- (not recorded)"
+    made_with = (
+        "\n".join(
+            f"- `{m['name']}` with the `{m.get('scaffold', '?')}` scaffold, {m.get('samples', 1)} attempt(s) per task"
+            for m in inputs.models
+        )
+        or "- (not recorded)"
+    )
 
     body = f"""
 # {config.name}
@@ -266,8 +338,7 @@ Pairs: {kinds.get("trajectory", 0)} trajectory-level, {kinds.get("step", 0)} ste
 
 ## Counts per model
 
-{_markdown_table(["model", "trajectories", "mean reward", "pairs as chosen", "pairs as rejected", "steps"],
-                 model_rows)}
+{_markdown_table(["model", "trajectories", "mean reward", "pairs as chosen", "pairs as rejected", "steps"], model_rows)}
 
 ## Counts per category
 
@@ -335,10 +406,18 @@ def _write_shards(directory: Path, name: str, table: pa.Table, rows_per_shard: i
 def _manifest(directory: Path, name: str, version: str, rows: Mapping[str, int]) -> dict:
     import datasets
 
-    files = {str(p.relative_to(directory)): {"sha256": _sha256(p), "bytes": p.stat().st_size}
-             for p in sorted(directory.rglob("*")) if p.is_file() and p.name != "manifest.json"}
-    return {"name": name, "version": version, "rows": dict(rows), "files": files,
-            "writers": {"datasets": datasets.__version__, "pyarrow": pa.__version__}}
+    files = {
+        str(p.relative_to(directory)): {"sha256": _sha256(p), "bytes": p.stat().st_size}
+        for p in sorted(directory.rglob("*"))
+        if p.is_file() and p.name != "manifest.json"
+    }
+    return {
+        "name": name,
+        "version": version,
+        "rows": dict(rows),
+        "files": files,
+        "writers": {"datasets": datasets.__version__, "pyarrow": pa.__version__},
+    }
 
 
 def data_version(directory: Path) -> str:
@@ -363,8 +442,9 @@ def verify_release(directory: str | Path) -> dict:
     return manifest
 
 
-def build_release(inputs: ReleaseInputs, config, root: str | Path, version: str | None = None,
-                  rows_per_shard: int = ROWS_PER_SHARD) -> Release:
+def build_release(
+    inputs: ReleaseInputs, config, root: str | Path, version: str | None = None, rows_per_shard: int = ROWS_PER_SHARD
+) -> Release:
     """Build, scan and store a release under <root>/releases/<name>/<version>/.
 
     `config` is the ReleaseConfig. With no version, the data's hash is the version. An existing
@@ -402,8 +482,10 @@ def build_release(inputs: ReleaseInputs, config, root: str | Path, version: str 
         if target.exists():
             existing = verify_release(target)
             if existing["files"] != manifest["files"]:
-                raise ReleaseError(f"{target} already holds a different release {version!r}; "
-                                   "choose another version or leave it unset (the data hash)")
+                raise ReleaseError(
+                    f"{target} already holds a different release {version!r}; "
+                    "choose another version or leave it unset (the data hash)"
+                )
             log.info("release %s %s unchanged: reusing %s", config.name, version, target)
             return Release(target, version, rows, manifest["files"], card, reused=True)
         try:
@@ -432,11 +514,17 @@ def push_release(release: Release, config, environ: Mapping[str, str] | None = N
     verify_release(release.path)
     if api is None:
         from huggingface_hub import HfApi
+
         api = HfApi()
     api.create_repo(config.hf_repo, repo_type="dataset", exist_ok=True, token=token)
     # Shard names change with row counts: remove the previous release's shards in the same commit.
-    commit = api.upload_folder(repo_id=config.hf_repo, repo_type="dataset", folder_path=str(release.path),
-                               commit_message=f"{config.name} {release.version}", token=token,
-                               delete_patterns=["data/**"])
+    commit = api.upload_folder(
+        repo_id=config.hf_repo,
+        repo_type="dataset",
+        folder_path=str(release.path),
+        commit_message=f"{config.name} {release.version}",
+        token=token,
+        delete_patterns=["data/**"],
+    )
     log.info("release %s %s pushed to %s", config.name, release.version, config.hf_repo)
     return getattr(commit, "commit_url", None) or str(commit)

@@ -40,8 +40,10 @@ _SECRET = re.compile("|".join(f"(?P<{kind}>(?<![A-Za-z0-9_\\-]){pattern})" for k
 # Where a key can start: each pattern begins with one of these. Finding them first and trying
 # _SECRET only there is ~10x faster than _SECRET at every position (the lookahead finds
 # overlapping starts; the leading class lets the regex engine skip other characters quickly).
-_START = re.compile(r"(?=[aAghsx-])(?=sk-|hf_|AKIA|ASIA|gh[pousr]_|github_pat_|AIza|xox[abposr]-|-----BEGIN"
-                    r"|(?i:authorization))")
+_START = re.compile(
+    r"(?=[aAghsx-])(?=sk-|hf_|AKIA|ASIA|gh[pousr]_|github_pat_|AIza|xox[abposr]-|-----BEGIN"
+    r"|(?i:authorization))"
+)
 # Thinking signatures and redacted thinking are provider-encrypted base64 blobs: no text anyone
 # wrote, and long enough that "+AIza..." turns up in them by chance. Skipped when they are base64.
 _OPAQUE_FIELD = re.compile(r"thinking_blocks\[\d+\]\.(?:signature|data)$")
@@ -56,8 +58,10 @@ class SecretLeakError(TrajhubError):
         self.hits = hits
         shown = "\n".join(f"  {h}" for h in hits[:MAX_REPORTED])
         more = f"\n  ... and {len(hits) - MAX_REPORTED} more" if len(hits) > MAX_REPORTED else ""
-        super().__init__(f"release refused: {len(hits)} possible secret(s) found; remove or redact "
-                         f"them at the source and rebuild:\n{shown}{more}")
+        super().__init__(
+            f"release refused: {len(hits)} possible secret(s) found; remove or redact "
+            f"them at the source and rebuild:\n{shown}{more}"
+        )
 
 
 @dataclass(frozen=True)

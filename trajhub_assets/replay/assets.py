@@ -40,16 +40,23 @@ def _release_dir(context: AssetExecutionContext, root: Path, name: str) -> Path:
     return Path(path.value) if path is not None else newest_release(root, name)
 
 
-@asset(group_name="release", kinds={"docker", "parquet"}, pool=SANDBOX_POOL,
-       **reading(RUNS, RAW_CALLS, MESSAGE_BLOBS, TASKS, files_of=("hf_dataset_release",)),
-       check_specs=[AssetCheckSpec(CHECK, asset="release_replay",
-                                   description="Every sampled run replays with fidelity 1.0 and the "
-                                               "same outcome.")],
-       description="Replays release.replay_sample runs of the latest release (recorded responses "
-                   "served behind the real proxy, fresh sandboxes) and compares what the agents sent "
-                   "and how the runs ended with the recordings: the `replays` table.")
-def release_replay(context: AssetExecutionContext, store: StoreResource,
-                   project: ProjectResource) -> MaterializeResult:
+@asset(
+    group_name="release",
+    kinds={"docker", "parquet"},
+    pool=SANDBOX_POOL,
+    **reading(RUNS, RAW_CALLS, MESSAGE_BLOBS, TASKS, files_of=("hf_dataset_release",)),
+    check_specs=[
+        AssetCheckSpec(
+            CHECK,
+            asset="release_replay",
+            description="Every sampled run replays with fidelity 1.0 and the same outcome.",
+        )
+    ],
+    description="Replays release.replay_sample runs of the latest release (recorded responses "
+    "served behind the real proxy, fresh sandboxes) and compares what the agents sent "
+    "and how the runs ended with the recordings: the `replays` table.",
+)
+def release_replay(context: AssetExecutionContext, store: StoreResource, project: ProjectResource) -> MaterializeResult:
     store, config = store.get(), project.load()
     release = _release_dir(context, store.root, config.release.name)
     recorded, unreplayable = [], {}
@@ -70,11 +77,22 @@ def release_replay(context: AssetExecutionContext, store: StoreResource,
     store_reports(store, [report_row(report, release.name) for report in reports])
     diverged = [r.run_id for r in reports if not r.reproduced]
     return MaterializeResult(
-        metadata={"release": release.name, "replayed": len(reports), "reproduced": len(reports) - len(diverged),
-                  "mean_fidelity": sum(r.fidelity for r in reports) / len(reports) if reports else 1.0,
-                  "replays": table(reports_rows(reports), ["run", "fidelity", "first_divergence",
-                                                            "outcome_differs_in"])},
-        check_results=[AssetCheckResult(
-            check_name=CHECK, passed=not diverged and not unreplayable,
-            metadata={"sampled": len(reports) + len(unreplayable), "diverged": ", ".join(diverged) or "none",
-                      "not_replayable": MetadataValue.json(unreplayable)})])
+        metadata={
+            "release": release.name,
+            "replayed": len(reports),
+            "reproduced": len(reports) - len(diverged),
+            "mean_fidelity": sum(r.fidelity for r in reports) / len(reports) if reports else 1.0,
+            "replays": table(reports_rows(reports), ["run", "fidelity", "first_divergence", "outcome_differs_in"]),
+        },
+        check_results=[
+            AssetCheckResult(
+                check_name=CHECK,
+                passed=not diverged and not unreplayable,
+                metadata={
+                    "sampled": len(reports) + len(unreplayable),
+                    "diverged": ", ".join(diverged) or "none",
+                    "not_replayable": MetadataValue.json(unreplayable),
+                },
+            )
+        ],
+    )

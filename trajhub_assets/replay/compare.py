@@ -31,8 +31,19 @@ from trajhub_assets.replay.masks import mask_text, mask_value
 from trajhub_assets.replay.recorded import CallMatcher, RecordedRun, family
 
 SCORED_CALL_KINDS = ("agent",)
-OUTCOME_FIELDS = ("stop_reason", "final_answer", "agent_exit_code", "timed_out", "test_exit_code",
-                  "tests_passed", "tests_failed", "tests_total", "resolved", "diff", "error")
+OUTCOME_FIELDS = (
+    "stop_reason",
+    "final_answer",
+    "agent_exit_code",
+    "timed_out",
+    "test_exit_code",
+    "tests_passed",
+    "tests_failed",
+    "tests_total",
+    "resolved",
+    "diff",
+    "error",
+)
 # Where a reader looks first in a request: the conversation, then the prompt and tools.
 _FIRST_KEYS = ("messages", "input", "system", "instructions", "tools")
 EXCERPT_BEFORE, EXCERPT_AFTER = 80, 160
@@ -64,9 +75,11 @@ class Divergence:
 
 def _side_by_side(expected: str, actual: str, indent: int) -> str:
     """Expected and actual excerpts, their continuation lines indented under the first."""
+
     def block(label: str, text: str) -> str:
         head = " " * indent + f"{label:<10}"
         return head + text.replace("\n", "\n" + " " * len(head))
+
     return block("expected:", expected) + "\n" + block("actual:", actual)
 
 
@@ -103,11 +116,14 @@ class ReplayReport:
         version = self.replay_scaffold_version
         lines = [f"replay of {self.run_id} as {self.replay_run_id} ({self.scaffold} {version}, {self.backend})"]
         if version != self.recorded_scaffold_version:
-            lines.append(f"note: recorded with {self.scaffold} {self.recorded_scaffold_version}, "
-                         f"replayed with {version}")
-        lines.append(f"fidelity {self.fidelity:.3f}: {self.matched_calls} of {self.recorded_calls} recorded "
-                     f"agent calls sent the same request (masked; {self.raw_matched_calls} byte-identical)"
-                     + (f", {self.extra_calls} extra call(s)" if self.extra_calls else ""))
+            lines.append(
+                f"note: recorded with {self.scaffold} {self.recorded_scaffold_version}, replayed with {version}"
+            )
+        lines.append(
+            f"fidelity {self.fidelity:.3f}: {self.matched_calls} of {self.recorded_calls} recorded "
+            f"agent calls sent the same request (masked; {self.raw_matched_calls} byte-identical)"
+            + (f", {self.extra_calls} extra call(s)" if self.extra_calls else "")
+        )
         lines.append("first divergence: " + (self.first_divergence.text() if self.first_divergence else "none"))
         if self.first_raw_difference:
             lines.append("first raw difference hidden by the masks: " + self.first_raw_difference.text())
@@ -146,23 +162,27 @@ def first_difference(expected, actual, path: str = "") -> tuple[str, str, str] |
         keys = [k for k in _FIRST_KEYS if k in expected or k in actual]
         keys += [k for k in [*expected, *actual] if k not in keys]
         for key in dict.fromkeys(keys):
-            found = first_difference(expected.get(key, _ABSENT), actual.get(key, _ABSENT),
-                                     f"{path}.{key}" if path else key)
+            found = first_difference(
+                expected.get(key, _ABSENT), actual.get(key, _ABSENT), f"{path}.{key}" if path else key
+            )
             if found:
                 return found
         return None
     if isinstance(expected, list) and isinstance(actual, list):
         for index in range(max(len(expected), len(actual))):
-            found = first_difference(expected[index] if index < len(expected) else _ABSENT,
-                                     actual[index] if index < len(actual) else _ABSENT, f"{path}[{index}]")
+            found = first_difference(
+                expected[index] if index < len(expected) else _ABSENT,
+                actual[index] if index < len(actual) else _ABSENT,
+                f"{path}[{index}]",
+            )
             if found:
                 return found
         return None
     if expected == actual:
         return None
     if isinstance(expected, str) and isinstance(actual, str):
-        at = next((i for i, (a, b) in enumerate(zip(expected, actual)) if a != b),
-                  min(len(expected), len(actual)))
+        pairs = enumerate(zip(expected, actual, strict=False))  # the first difference, or where one ends
+        at = next((i for i, (a, b) in pairs if a != b), min(len(expected), len(actual)))
         return path, excerpt(expected, at), excerpt(actual, at)
     return path, _show(expected), _show(actual)
 
@@ -233,22 +253,39 @@ def compare_run(recorded: RecordedRun, replayed: list[dict], replay_row: dict) -
         first = Divergence(paired_agent, None, "", NO_CALL_RECORDED, _last_message(extra_agent[0]["request"]))
     row = recorded.row
     return ReplayReport(
-        run_id=recorded.run_id, replay_run_id=replay_row["run_id"], attempt=row["attempt"],
+        run_id=recorded.run_id,
+        replay_run_id=replay_row["run_id"],
+        attempt=row["attempt"],
         scaffold=row["scaffold"],
-        backend=replay_row["backend"], recorded_scaffold_version=row.get("scaffold_version"),
+        backend=replay_row["backend"],
+        recorded_scaffold_version=row.get("scaffold_version"),
         replay_scaffold_version=replay_row.get("scaffold_version"),
-        recorded_calls=agent_index, replayed_calls=sum(r["call_kind"] in SCORED_CALL_KINDS for r in replayed),
-        matched_calls=matched, raw_matched_calls=raw_matched, extra_calls=len(extra_agent),
-        side_call_differences=side_differences, first_divergence=first, first_raw_difference=first_raw,
-        outcome_differences=compare_outcome(row, replay_row), error=replay_row.get("error"))
+        recorded_calls=agent_index,
+        replayed_calls=sum(r["call_kind"] in SCORED_CALL_KINDS for r in replayed),
+        matched_calls=matched,
+        raw_matched_calls=raw_matched,
+        extra_calls=len(extra_agent),
+        side_call_differences=side_differences,
+        first_divergence=first,
+        first_raw_difference=first_raw,
+        outcome_differences=compare_outcome(row, replay_row),
+        error=replay_row.get("error"),
+    )
 
 
 def reports_rows(reports: list[ReplayReport]) -> list[dict]:
     """One row per replay for the UI: fidelity, first divergence, outcome."""
+
     def divergence(r: ReplayReport) -> str:
         first = r.first_divergence
         return f"call {first.call_index} at {first.path or 'the request'}" if first else "none"
 
-    return [{"run": r.run_id, "fidelity": round(r.fidelity, 3), "first_divergence": divergence(r),
-             "outcome_differs_in": ", ".join(d.path for d in r.outcome_differences) or "same"}
-            for r in reports]
+    return [
+        {
+            "run": r.run_id,
+            "fidelity": round(r.fidelity, 3),
+            "first_divergence": divergence(r),
+            "outcome_differs_in": ", ".join(d.path for d in r.outcome_differences) or "same",
+        }
+        for r in reports
+    ]

@@ -26,23 +26,51 @@ def _mask(name: str, pattern: str, placeholder: str, why: str) -> Mask:
 
 MASKS: tuple[Mask, ...] = (
     # First: a run id holds a hex nonce the hex mask would only half cover.
-    _mask("run_id", r"[A-Za-z0-9._:@+-]+~[A-Za-z0-9._:@+-]+~\d+~[0-9a-f]{8}", "<run-id>",
-          "the replay runs under a run id of its own (recording/run_id.py)"),
-    _mask("uuid", r"\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b",
-          "<uuid>", "session and request ids (Claude Code's metadata.user_id session_id)"),
-    _mask("timestamp", r"\b\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?)?\b",
-          "<date>", "today's date in system prompts (Claude Code), file times, log lines"),
-    _mask("ls_time", r"\b(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) [ \d]\d (?:\d\d:\d\d|\d{4})\b",
-          "<mtime>", "`ls -l` modification times"),
-    _mask("tmp_path", r"/tmp/[^\s\"'/:\\]+", "/tmp/<tmp>",
-          "temporary directories, e.g. the local backend's copy of the workspace"),
+    _mask(
+        "run_id",
+        r"[A-Za-z0-9._:@+-]+~[A-Za-z0-9._:@+-]+~\d+~[0-9a-f]{8}",
+        "<run-id>",
+        "the replay runs under a run id of its own (recording/run_id.py)",
+    ),
+    _mask(
+        "uuid",
+        r"\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b",
+        "<uuid>",
+        "session and request ids (Claude Code's metadata.user_id session_id)",
+    ),
+    _mask(
+        "timestamp",
+        r"\b\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?)?\b",
+        "<date>",
+        "today's date in system prompts (Claude Code), file times, log lines",
+    ),
+    _mask(
+        "ls_time",
+        r"\b(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) [ \d]\d (?:\d\d:\d\d|\d{4})\b",
+        "<mtime>",
+        "`ls -l` modification times",
+    ),
+    _mask(
+        "tmp_path",
+        r"/tmp/[^\s\"'/:\\]+",
+        "/tmp/<tmp>",
+        "temporary directories, e.g. the local backend's copy of the workspace",
+    ),
     _mask("hex_address", r"\b0x[0-9a-fA-F]{4,}\b", "<0x-address>", "object reprs, pointers"),
     # Lower-case hex of 7+ characters with at least one digit: git commit and blob hashes,
     # container ids, Claude Code's device id; words such as "defaced" are left alone.
-    _mask("hex_id", r"\b(?=[a-f]*\d)[0-9a-f]{7,64}\b", "<hex>",
-          "git hashes of the sandbox's baseline commit, container and device ids"),
-    _mask("duration", r"(?<![\w.])\d+(?:\.\d+)?\s?(?:ms|s|sec|secs|seconds)\b", "<duration>",
-          "timings printed by test runners and tools (`Ran 5 tests in 0.003s`)"),
+    _mask(
+        "hex_id",
+        r"\b(?=[a-f]*\d)[0-9a-f]{7,64}\b",
+        "<hex>",
+        "git hashes of the sandbox's baseline commit, container and device ids",
+    ),
+    _mask(
+        "duration",
+        r"(?<![\w.])\d+(?:\.\d+)?\s?(?:ms|s|sec|secs|seconds)\b",
+        "<duration>",
+        "timings printed by test runners and tools (`Ran 5 tests in 0.003s`)",
+    ),
 )
 
 
@@ -65,6 +93,8 @@ def mask_value(value):
 
 def masks_markdown() -> str:
     """The masks as a table, for the README and `trajhub replay --masks`."""
-    rows = [f"| `{m.name}` | `{m.pattern.pattern.replace('|', chr(92) + '|')}` | `{m.placeholder}` | {m.why} |"
-            for m in MASKS]
+    rows = [
+        f"| `{m.name}` | `{m.pattern.pattern.replace('|', chr(92) + '|')}` | `{m.placeholder}` | {m.why} |"
+        for m in MASKS
+    ]
     return "| mask | pattern | becomes | why |\n|---|---|---|---|\n" + "\n".join(rows) + "\n"

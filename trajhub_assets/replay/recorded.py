@@ -91,14 +91,16 @@ def family(wire_format: str, call_kind: str | None = None) -> str:
 def _text(content) -> str:
     if isinstance(content, str):
         return content
-    return "\n".join(block.get("text", "") for block in content or []
-                     if isinstance(block, dict) and block.get("type") in ("text", "input_text"))
+    return "\n".join(
+        block.get("text", "")
+        for block in content or []
+        if isinstance(block, dict) and block.get("type") in ("text", "input_text")
+    )
 
 
 def _is_tool_result(message: dict) -> bool:
     content = message.get("content")
-    return isinstance(content, list) and any(
-        isinstance(b, dict) and b.get("type") == "tool_result" for b in content)
+    return isinstance(content, list) and any(isinstance(b, dict) and b.get("type") == "tool_result" for b in content)
 
 
 def first_user_text(request: dict) -> str:
@@ -109,8 +111,9 @@ def first_user_text(request: dict) -> str:
 
 
 def tool_names(request: dict) -> tuple[str, ...]:
-    names = [(tool.get("function") or tool).get("name", "") for tool in request.get("tools") or []
-             if isinstance(tool, dict)]
+    names = [
+        (tool.get("function") or tool).get("name", "") for tool in request.get("tools") or [] if isinstance(tool, dict)
+    ]
     return tuple(sorted(names))
 
 
@@ -149,11 +152,17 @@ def _usage(response: dict) -> dict:
     usage = response.get("usage") or {}
     if "prompt_tokens" in usage:  # OpenAI chat: prompt tokens include the cached ones
         cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
-        return {"input_tokens": (usage.get("prompt_tokens") or 0) - cached,
-                "output_tokens": usage.get("completion_tokens") or 0, "cache_read_tokens": cached}
-    return {"input_tokens": usage.get("input_tokens") or 0, "output_tokens": usage.get("output_tokens") or 0,
-            "cache_read_tokens": usage.get("cache_read_input_tokens") or 0,
-            "cache_creation_tokens": usage.get("cache_creation_input_tokens") or 0}
+        return {
+            "input_tokens": (usage.get("prompt_tokens") or 0) - cached,
+            "output_tokens": usage.get("completion_tokens") or 0,
+            "cache_read_tokens": cached,
+        }
+    return {
+        "input_tokens": usage.get("input_tokens") or 0,
+        "output_tokens": usage.get("output_tokens") or 0,
+        "cache_read_tokens": usage.get("cache_read_input_tokens") or 0,
+        "cache_creation_tokens": usage.get("cache_creation_input_tokens") or 0,
+    }
 
 
 def reply_for(record: dict) -> Reply | Fail:
@@ -167,8 +176,11 @@ def reply_for(record: dict) -> Reply | Fail:
     if family(record["wire_format"], record["call_kind"]) == "count_tokens":
         return Reply([], input_tokens=response.get("input_tokens") or 0)
     if record["wire_format"] == "anthropic_messages":
-        return Reply([dict(block) for block in response.get("content") or []],
-                     stop_reason=response.get("stop_reason"), **_usage(response))
+        return Reply(
+            [dict(block) for block in response.get("content") or []],
+            stop_reason=response.get("stop_reason"),
+            **_usage(response),
+        )
     message = (response.get("choices") or [{}])[0].get("message") or {}
     blocks = []
     if message.get("reasoning_content"):
@@ -178,17 +190,26 @@ def reply_for(record: dict) -> Reply | Fail:
     # The model's own argument text, served verbatim: the client echoes it in later requests.
     # `index` too where the recording has it (litellm adds it when it translates): the client
     # echoes it back.
-    blocks += [{"type": "tool_use", "id": call["id"], "name": call["function"]["name"],
-                "input": call["function"].get("arguments") or ""} | ({"index": call["index"]} if "index" in call else {})
-               for call in message.get("tool_calls") or []]
+    blocks += [
+        {
+            "type": "tool_use",
+            "id": call["id"],
+            "name": call["function"]["name"],
+            "input": call["function"].get("arguments") or "",
+        }
+        | ({"index": call["index"]} if "index" in call else {})
+        for call in message.get("tool_calls") or []
+    ]
     return Reply(blocks, **_usage(response))
 
 
 def check_replayable(recorded: RecordedRun) -> None:
     formats = {r["wire_format"] for r in recorded.records} - set(REPLAYABLE_WIRE_FORMATS)
     if formats:
-        raise ReplayError(f"run {recorded.run_id}: calls in {sorted(formats)} cannot be replayed "
-                          f"(the scripted upstream speaks {', '.join(REPLAYABLE_WIRE_FORMATS)})")
+        raise ReplayError(
+            f"run {recorded.run_id}: calls in {sorted(formats)} cannot be replayed "
+            f"(the scripted upstream speaks {', '.join(REPLAYABLE_WIRE_FORMATS)})"
+        )
 
 
 class ReplayPolicy:

@@ -72,9 +72,11 @@ def replay_proxy_config(runs: list[RecordedRun], base: Path = DEFAULT_CONFIG) ->
             if not name:  # a request the proxy could not parse: it asked for no model
                 continue
             if wire_formats.setdefault(name, record["wire_format"]) != record["wire_format"]:
-                raise ReplayError(f"run {run.run_id}: model {name!r} was called in both "
-                                  f"{wire_formats[name]} and {record['wire_format']}; a replay route "
-                                  "speaks one")
+                raise ReplayError(
+                    f"run {run.run_id}: model {name!r} was called in both "
+                    f"{wire_formats[name]} and {record['wire_format']}; a replay route "
+                    "speaks one"
+                )
     routes = []
     for name, wire_format in sorted(wire_formats.items()):
         params = dict(templates[TEMPLATE_ROUTES[wire_format]])
@@ -83,29 +85,34 @@ def replay_proxy_config(runs: list[RecordedRun], base: Path = DEFAULT_CONFIG) ->
     return config | {"model_list": routes}
 
 
-def run_replay(recorded: RecordedRun, proxy: Proxy, recordings_dir: str | Path, sandbox: SandboxConfig,
-               serve: Callable[[Policy], None]) -> ReplayReport:
+def run_replay(
+    recorded: RecordedRun,
+    proxy: Proxy,
+    recordings_dir: str | Path,
+    sandbox: SandboxConfig,
+    serve: Callable[[Policy], None],
+) -> ReplayReport:
     """Replay one run: `serve` installs its ReplayPolicy on the upstream behind `proxy`, whose
     recordings land in `recordings_dir`. The sandbox backend is the recorded run's."""
     serve(ReplayPolicy(recorded))
     replay_id = replay_run_id(recorded.run_id)
     sandbox = sandbox.model_copy(update={"backend": recorded.row["backend"] or sandbox.backend})
-    log.info("replaying %s as %s (%s, %s)", recorded.run_id, replay_id, recorded.model.scaffold,
-             sandbox.backend)
+    log.info("replaying %s as %s (%s, %s)", recorded.run_id, replay_id, recorded.model.scaffold, sandbox.backend)
     row = run_attempt(recorded.task, recorded.model, recorded.row["attempt"], proxy, sandbox, run_id=replay_id)
     path = Path(recordings_dir) / f"{replay_id}.jsonl"
     replayed = read_run(path) if path.exists() else None
     if replayed is not None and replayed.bad_lines:
-        raise ReplayError(f"the replay's recordings have {len(replayed.bad_lines)} bad line(s); "
-                          f"the first: {replayed.bad_lines[0]}")
+        raise ReplayError(
+            f"the replay's recordings have {len(replayed.bad_lines)} bad line(s); the first: {replayed.bad_lines[0]}"
+        )
     return compare_run(recorded, replayed.records if replayed else [], row)
 
 
 class ReplayService:
     """A scripted upstream and a proxy with replay routes for `runs`; replays them one at a time.
 
-        with ReplayService(runs, store.root, config.sandbox) as service:
-            reports = [service.replay(run) for run in runs]
+    with ReplayService(runs, store.root, config.sandbox) as service:
+        reports = [service.replay(run) for run in runs]
     """
 
     def __init__(self, runs: list[RecordedRun], root: str | Path, sandbox: SandboxConfig):
@@ -131,8 +138,9 @@ class ReplayService:
         if self._docker:
             from trajhub_assets.sandbox.images import prepare_engine
 
-            host = prepare_engine(self.sandbox.docker_host, {run.task.get("image") for run in self.runs},
-                                  self.sandbox.network)
+            host = prepare_engine(
+                self.sandbox.docker_host, {run.task.get("image") for run in self.runs}, self.sandbox.network
+            )
         self._tmp = tempfile.TemporaryDirectory(prefix="trajhub-replay-")
         config = Path(self._tmp.name) / "litellm_replay.yaml"
         config.write_text(yaml.safe_dump(self._config, sort_keys=False))
@@ -158,21 +166,30 @@ class ReplayService:
 def report_row(report: ReplayReport, release_version: str | None = None) -> dict:
     first = report.first_divergence
     return {
-        "replay_run_id": report.replay_run_id, "run_id": report.run_id, "attempt": report.attempt,
-        "scaffold": report.scaffold, "backend": report.backend,
+        "replay_run_id": report.replay_run_id,
+        "run_id": report.run_id,
+        "attempt": report.attempt,
+        "scaffold": report.scaffold,
+        "backend": report.backend,
         "recorded_scaffold_version": report.recorded_scaffold_version,
-        "replay_scaffold_version": report.replay_scaffold_version, "replayed_at": time.time(),
-        "release_version": release_version, "recorded_calls": report.recorded_calls,
-        "replayed_calls": report.replayed_calls, "matched_calls": report.matched_calls,
-        "raw_matched_calls": report.raw_matched_calls, "extra_calls": report.extra_calls,
-        "side_call_differences": report.side_call_differences, "fidelity": report.fidelity,
+        "replay_scaffold_version": report.replay_scaffold_version,
+        "replayed_at": time.time(),
+        "release_version": release_version,
+        "recorded_calls": report.recorded_calls,
+        "replayed_calls": report.replayed_calls,
+        "matched_calls": report.matched_calls,
+        "raw_matched_calls": report.raw_matched_calls,
+        "extra_calls": report.extra_calls,
+        "side_call_differences": report.side_call_differences,
+        "fidelity": report.fidelity,
         "divergence_call_index": first.call_index if first else None,
         "divergence_seq": first.seq if first else None,
         "divergence_path": first.path if first else None,
         "divergence_expected": first.expected if first else None,
         "divergence_actual": first.actual if first else None,
         "outcome_differences": [vars(d) for d in report.outcome_differences],
-        "reproduced": report.reproduced, "error": report.error,
+        "reproduced": report.reproduced,
+        "error": report.error,
     }
 
 
@@ -196,8 +213,9 @@ def release_run_ids(release_dir: str | Path) -> list[str]:
     shards = sorted((Path(release_dir) / "data" / "trajectories").glob("*.parquet"))
     if not shards:
         raise ReplayError(f"{release_dir}: no trajectories shards (data/trajectories/*.parquet)")
-    return sorted({run_id for shard in shards
-                   for run_id in pq.read_table(shard, columns=["run_id"]).column("run_id").to_pylist()})
+    return sorted(
+        {run_id for shard in shards for run_id in pq.read_table(shard, columns=["run_id"]).column("run_id").to_pylist()}
+    )
 
 
 def sample_runs(run_ids: list[str], n: int) -> list[str]:
@@ -208,6 +226,5 @@ def sample_runs(run_ids: list[str], n: int) -> list[str]:
 def newest_release(root: str | Path, name: str) -> Path:
     releases = list((Path(root) / "releases" / name).glob("*/manifest.json"))
     if not releases:
-        raise ReplayError(f"no release {name!r} under {Path(root) / 'releases'}: "
-                          "materialize hf_dataset_release first")
+        raise ReplayError(f"no release {name!r} under {Path(root) / 'releases'}: materialize hf_dataset_release first")
     return max(releases, key=lambda p: p.stat().st_mtime).parent

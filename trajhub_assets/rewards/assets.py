@@ -5,11 +5,18 @@ import duckdb
 from dagster import AssetExecutionContext, MaterializeResult, asset
 
 from trajhub_assets.automation import FOLLOW_INPUTS, JUDGE_POOL
-from trajhub_assets.lineage import reading
+from trajhub_assets.checks import (
+    JUDGE_CHECK_SPECS,
+    RULE_CHECK_SPECS,
+    TRAJECTORY_CHECK_SPECS,
+    every_rule_hit_has_evidence,
+    judge_values_in_range,
+    read_batch,
+    rule_values_in_range,
+    trajectory_rewards_in_range,
+)
 from trajhub_assets.config import JudgeConfig
-from trajhub_assets.checks import (JUDGE_CHECK_SPECS, RULE_CHECK_SPECS, TRAJECTORY_CHECK_SPECS,
-                                   every_rule_hit_has_evidence, judge_values_in_range, read_batch,
-                                   rule_values_in_range, trajectory_rewards_in_range)
+from trajhub_assets.lineage import reading
 from trajhub_assets.merge.schema import MERGED_TRAJECTORIES, table_to_conversations
 from trajhub_assets.metadata import batch_totals, table
 from trajhub_assets.partitions import BATCHED, model_key, model_name, run_key, run_partitions, run_partitions_of
@@ -20,10 +27,15 @@ from trajhub_assets.recording.schema import RUNS
 from trajhub_assets.resources import ProjectResource, StoreResource
 from trajhub_assets.rewards.judge import Judge, JudgeUsage, default_cache, judge_partition
 from trajhub_assets.rewards.preview import REWARDS_SHOWN, hits_per_rule, reward_stats, rewards_preview
-from trajhub_assets.rewards.rules import (RULESET_VERSION, RuleContext, median_steps, rule_tables,
-                                          trajectory_lengths)
-from trajhub_assets.rewards.schema import (JUDGE_CHECKS, JUDGE_STEPS, JUDGE_SUMMARY, RULE_STEPS, RULE_SUMMARY,
-                                           TRAJECTORY_REWARDS)
+from trajhub_assets.rewards.rules import RULESET_VERSION, RuleContext, median_steps, rule_tables, trajectory_lengths
+from trajhub_assets.rewards.schema import (
+    JUDGE_CHECKS,
+    JUDGE_STEPS,
+    JUDGE_SUMMARY,
+    RULE_STEPS,
+    RULE_SUMMARY,
+    TRAJECTORY_REWARDS,
+)
 from trajhub_assets.rewards.trajectory import trajectory_rewards
 from trajhub_assets.store import Store
 from trajhub_assets.tasks.catalog import stored_tasks
@@ -46,8 +58,11 @@ def instance_median_steps(store: Store, instance: str) -> float | None:
     files = f"{store.table_dir(MERGED_TRAJECTORIES)}/model=*/instance={instance}/*.parquet"
     with store.connect([]) as con:
         try:
-            table = con.sql("SELECT * EXCLUDE (model, instance) FROM read_parquet(?, hive_partitioning = true, "
-                            "hive_types_autocast = false, union_by_name = true)", params=[files]).to_arrow_table()
+            table = con.sql(
+                "SELECT * EXCLUDE (model, instance) FROM read_parquet(?, hive_partitioning = true, "
+                "hive_types_autocast = false, union_by_name = true)",
+                params=[files],
+            ).to_arrow_table()
         except duckdb.IOException:  # no model has run the instance yet
             return None
     return median_steps(trajectory_lengths(table_to_conversations(table)).values())
@@ -55,12 +70,17 @@ def instance_median_steps(store: Store, instance: str) -> float | None:
 
 # Also reads every model's merged partitions of the instance, for its median trajectory length;
 # the dep stays on its own partition so a model that has not run yet holds nothing back.
-@asset(partitions_def=run_partitions, backfill_policy=BATCHED, group_name="rewards",
-       **reading(MERGED_TRAJECTORIES, RUNS, TASKS), kinds={"parquet"},
-       check_specs=RULE_CHECK_SPECS, automation_condition=FOLLOW_INPUTS,
-       description="Deterministic rules per step with their evidence, and a summary per run.")
-def rule_rewards(context: AssetExecutionContext, store: StoreResource,
-                 project: ProjectResource) -> MaterializeResult:
+@asset(
+    partitions_def=run_partitions,
+    backfill_policy=BATCHED,
+    group_name="rewards",
+    **reading(MERGED_TRAJECTORIES, RUNS, TASKS),
+    kinds={"parquet"},
+    check_specs=RULE_CHECK_SPECS,
+    automation_condition=FOLLOW_INPUTS,
+    description="Deterministic rules per step with their evidence, and a summary per run.",
+)
+def rule_rewards(context: AssetExecutionContext, store: StoreResource, project: ProjectResource) -> MaterializeResult:
     store, config = store.get(), project.load()
     tasks = stored_tasks(store)
     hits, medians = 0, {}
@@ -74,13 +94,16 @@ def rule_rewards(context: AssetExecutionContext, store: StoreResource,
         steps, summary = rule_tables(conversations, outcomes, tasks[partition["instance"]], rule_context)
         store.write(RULE_STEPS, steps, partition)
         store.write(RULE_SUMMARY, summary, partition)
-        context.add_asset_metadata({"rule_hits": steps.num_rows, "hits_per_rule": table(hits_per_rule(summary))},
-                                   partition_key=run_key(partition["model"], partition["instance"]))
+        context.add_asset_metadata(
+            {"rule_hits": steps.num_rows, "hits_per_rule": table(hits_per_rule(summary))},
+            partition_key=run_key(partition["model"], partition["instance"]),
+        )
         hits += steps.num_rows
     steps, summary = read_batch(store, RULE_STEPS, partitions), read_batch(store, RULE_SUMMARY, partitions)
     return MaterializeResult(
         check_results=[rule_values_in_range(steps, summary), every_rule_hit_has_evidence(steps)],
-        metadata=batch_totals({"rule_hits": hits}, len(partitions)) | {"ruleset_version": RULESET_VERSION})
+        metadata=batch_totals({"rule_hits": hits}, len(partitions)) | {"ruleset_version": RULESET_VERSION},
+    )
 
 
 def judge_endpoint(judge: JudgeConfig, proxy: ProxyResource, instance: str) -> dict:
@@ -93,12 +116,20 @@ def judge_endpoint(judge: JudgeConfig, proxy: ProxyResource, instance: str) -> d
     return {"proxy_url": proxy.openai_base_url, "proxy_key": proxy.key, "extra_headers": run_headers(judge_run)}
 
 
-@asset(partitions_def=run_partitions, backfill_policy=BATCHED, group_name="rewards",
-       **reading(MERGED_TRAJECTORIES, RUNS, TASKS), kinds={"parquet"}, pool=JUDGE_POOL,
-       check_specs=JUDGE_CHECK_SPECS, automation_condition=FOLLOW_INPUTS,
-       description="Checklist verdicts and per-step rubric scores from the judge, with reasons.")
-def judge_rewards(context: AssetExecutionContext, store: StoreResource, project: ProjectResource,
-                  proxy: ProxyResource) -> MaterializeResult:
+@asset(
+    partitions_def=run_partitions,
+    backfill_policy=BATCHED,
+    group_name="rewards",
+    **reading(MERGED_TRAJECTORIES, RUNS, TASKS),
+    kinds={"parquet"},
+    pool=JUDGE_POOL,
+    check_specs=JUDGE_CHECK_SPECS,
+    automation_condition=FOLLOW_INPUTS,
+    description="Checklist verdicts and per-step rubric scores from the judge, with reasons.",
+)
+def judge_rewards(
+    context: AssetExecutionContext, store: StoreResource, project: ProjectResource, proxy: ProxyResource
+) -> MaterializeResult:
     store, config = store.get(), project.load()
     tasks = stored_tasks(store)
     usage, first_error = JudgeUsage(), None
@@ -106,48 +137,76 @@ def judge_rewards(context: AssetExecutionContext, store: StoreResource, project:
     progress = Progress(context.log, len(partitions), "partitions judged")
     for partition in partitions:
         conversations, outcomes = partition_inputs(store, partition)
-        with Judge(config.judge, default_cache(store.root),
-                   **judge_endpoint(config.judge, proxy, partition["instance"])) as judge:
+        with Judge(
+            config.judge, default_cache(store.root), **judge_endpoint(config.judge, proxy, partition["instance"])
+        ) as judge:
             out = judge_partition(conversations, tasks[partition["instance"]], outcomes, judge)
         store.write(JUDGE_CHECKS, out.checks, partition)
         store.write(JUDGE_STEPS, out.steps, partition)
         store.write(JUDGE_SUMMARY, out.summary, partition)
         usage = usage + out.usage
-        context.add_asset_metadata(out.usage.metadata(),
-                                   partition_key=run_key(partition["model"], partition["instance"]))
-        first_error = first_error or next((f"{row['run_id']}: {row['error']}" for judged in (out.steps, out.checks)
-                                           for row in judged.to_pylist() if row.get("error")), None)
-        progress.advance(f"{partition['model']} on {partition['instance']}", tokens_in=out.usage.prompt_tokens,
-                         tokens_out=out.usage.completion_tokens, cost_usd=out.usage.cost_usd,
-                         judge_calls=out.usage.requests, cache_hits=out.usage.cache_hits)
+        context.add_asset_metadata(
+            out.usage.metadata(), partition_key=run_key(partition["model"], partition["instance"])
+        )
+        first_error = first_error or next(
+            (
+                f"{row['run_id']}: {row['error']}"
+                for judged in (out.steps, out.checks)
+                for row in judged.to_pylist()
+                if row.get("error")
+            ),
+            None,
+        )
+        progress.advance(
+            f"{partition['model']} on {partition['instance']}",
+            tokens_in=out.usage.prompt_tokens,
+            tokens_out=out.usage.completion_tokens,
+            cost_usd=out.usage.cost_usd,
+            judge_calls=out.usage.requests,
+            cache_hits=out.usage.cache_hits,
+        )
     fail_if_all_failed("judge requests of this batch", usage.items, usage.errors, first_error or "")
-    check = judge_values_in_range(read_batch(store, JUDGE_STEPS, partitions),
-                                  read_batch(store, JUDGE_SUMMARY, partitions))
+    check = judge_values_in_range(
+        read_batch(store, JUDGE_STEPS, partitions), read_batch(store, JUDGE_SUMMARY, partitions)
+    )
     return MaterializeResult(check_results=[check], metadata=batch_totals(usage.metadata(), len(partitions)))
 
 
-@asset(name="trajectory_rewards", partitions_def=run_partitions, backfill_policy=BATCHED, group_name="rewards",
-       **reading(RULE_SUMMARY, JUDGE_SUMMARY, RUNS), kinds={"parquet"},
-       check_specs=TRAJECTORY_CHECK_SPECS, automation_condition=FOLLOW_INPUTS,
-       description="Each run's reward: the config's weights (rewards.trajectory_weights) over its "
-                   "outcome, rule score, mean step reward and checklist pass rate.")
-def trajectory_rewards_asset(context: AssetExecutionContext, store: StoreResource,
-                             project: ProjectResource) -> MaterializeResult:
+@asset(
+    name="trajectory_rewards",
+    partitions_def=run_partitions,
+    backfill_policy=BATCHED,
+    group_name="rewards",
+    **reading(RULE_SUMMARY, JUDGE_SUMMARY, RUNS),
+    kinds={"parquet"},
+    check_specs=TRAJECTORY_CHECK_SPECS,
+    automation_condition=FOLLOW_INPUTS,
+    description="Each run's reward: the config's weights (rewards.trajectory_weights) over its "
+    "outcome, rule score, mean step reward and checklist pass rate.",
+)
+def trajectory_rewards_asset(
+    context: AssetExecutionContext, store: StoreResource, project: ProjectResource
+) -> MaterializeResult:
     store, config = store.get(), project.load()
     partitions, rewards = run_partitions_of(context), []
     for partition in partitions:
         outcomes = {row["run_id"]: row for row in store.read(RUNS, partition).to_pylist()}
-        rewarded = trajectory_rewards(store.read(JUDGE_SUMMARY, partition), store.read(RULE_SUMMARY, partition),
-                                      outcomes, config.rewards)
+        rewarded = trajectory_rewards(
+            store.read(JUDGE_SUMMARY, partition), store.read(RULE_SUMMARY, partition), outcomes, config.rewards
+        )
         store.write(TRAJECTORY_REWARDS, rewarded, partition)
         partition_rewards = [(model_name(partition["model"]), r["reward"]) for r in rewarded.to_pylist()]
         rewards += partition_rewards
         # One model per partition: its stats are the partition's (none when it has no run).
         stats = (reward_stats(partition_rewards) or [{"runs": 0}])[0]
-        context.add_asset_metadata({k: v for k, v in stats.items() if k != "model"}
-                                   | {"rewards": table(rewards_preview(rewarded), REWARDS_SHOWN)},
-                                   partition_key=run_key(partition["model"], partition["instance"]))
+        context.add_asset_metadata(
+            {k: v for k, v in stats.items() if k != "model"}
+            | {"rewards": table(rewards_preview(rewarded), REWARDS_SHOWN)},
+            partition_key=run_key(partition["model"], partition["instance"]),
+        )
     written = read_batch(store, TRAJECTORY_REWARDS, partitions)
-    return MaterializeResult(check_results=[trajectory_rewards_in_range(written)],
-                             metadata=batch_totals({"runs": written.num_rows}, len(partitions))
-                             | {"batch_rewards_per_model": table(reward_stats(rewards))})
+    return MaterializeResult(
+        check_results=[trajectory_rewards_in_range(written)],
+        metadata=batch_totals({"runs": written.num_rows}, len(partitions))
+        | {"batch_rewards_per_model": table(reward_stats(rewards))},
+    )

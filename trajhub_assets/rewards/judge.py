@@ -56,12 +56,12 @@ log = logging.getLogger(__name__)
 RUBRIC = {
     "goal_progress": "Does the step move the user's task toward its goal?",
     "tool_choice": "Is the tool the right one for what the step tries to do? For a step without a "
-                   "tool call: was answering without a tool right?",
+    "tool call: was answering without a tool right?",
     "argument_correctness": "Are the tool arguments correct: existing paths, valid values, commands "
-                            "that do what is meant? For a step without a tool call: is the answer "
-                            "accurate?",
+    "that do what is meant? For a step without a tool call: is the answer "
+    "accurate?",
     "use_of_information": "Does the step use what the task and earlier tool results revealed "
-                          "(no ignored errors, no guessing of facts already shown)?",
+    "(no ignored errors, no guessing of facts already shown)?",
     "non_redundancy": "Does the step avoid repeating work that was already done?",
 }
 SCORES = (1, 2, 3, 4, 5)
@@ -87,8 +87,7 @@ with an integer from 1 (bad) to 5 (excellent) and a one-sentence reason:
 Long texts were shortened; a "[... N characters truncated ...]" marker shows where.
 Reply with JSON only: {{{shape}}}"""
 
-REPAIR = ("Your answer could not be used: {problem}. Reply again with only the JSON object "
-          "the schema asks for.")
+REPAIR = "Your answer could not be used: {problem}. Reply again with only the JSON object the schema asks for."
 
 
 # -- prompts -----------------------------------------------------------------------------
@@ -106,8 +105,9 @@ def render_message(position: int, message: dict) -> str:
         parts.append(truncate(message["content"], limit))
     for call in message.get("tool_calls") or []:
         function = call.get("function") or {}
-        parts.append(f"-> call {function.get('name')} (id {call.get('id')}): "
-                     f"{truncate(function.get('arguments') or '', limit)}")
+        parts.append(
+            f"-> call {function.get('name')} (id {call.get('id')}): {truncate(function.get('arguments') or '', limit)}"
+        )
     return "\n".join(parts)
 
 
@@ -123,7 +123,7 @@ def render_transcript(blocks: list[str], budget: int = TRANSCRIPT_CHARS) -> str:
         head.append(block)
         used += len(block) + 2
     tail: list[str] = []
-    for block in reversed(blocks[len(head):]):
+    for block in reversed(blocks[len(head) :]):
         if used + len(block) > budget:
             break
         tail.insert(0, block)
@@ -140,28 +140,50 @@ def user_request(task: dict) -> str:
 def _outcome_text(outcome: dict | None) -> str:
     if not outcome:
         return "No outcome was recorded."
-    tests = ("no test counts" if not outcome.get("tests_total") else
-             f"{outcome.get('tests_passed')}/{outcome['tests_total']} tests passed")
-    return (f"Tests: {tests}; test exit code {outcome.get('test_exit_code')}; agent timed out: "
-            f"{bool(outcome.get('timed_out'))}; agent exit code {outcome.get('agent_exit_code')}.\n"
-            f"Final diff:\n{truncate(outcome.get('diff') or '(empty)', DIFF_CHARS)}")
+    tests = (
+        "no test counts"
+        if not outcome.get("tests_total")
+        else f"{outcome.get('tests_passed')}/{outcome['tests_total']} tests passed"
+    )
+    return (
+        f"Tests: {tests}; test exit code {outcome.get('test_exit_code')}; agent timed out: "
+        f"{bool(outcome.get('timed_out'))}; agent exit code {outcome.get('agent_exit_code')}.\n"
+        f"Final diff:\n{truncate(outcome.get('diff') or '(empty)', DIFF_CHARS)}"
+    )
 
 
 def checklist_schema(check_ids: list[str]) -> dict:
-    verdict = {"type": "object", "additionalProperties": False, "required": ["check_id", "result", "reason"],
-               "properties": {"check_id": {"type": "string", "enum": check_ids},
-                              "result": {"type": "string", "enum": ["success", "fail"]},
-                              "reason": {"type": "string"}}}
-    return {"type": "object", "additionalProperties": False, "required": ["checks"],
-            "properties": {"checks": {"type": "array", "items": verdict}}}
+    verdict = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["check_id", "result", "reason"],
+        "properties": {
+            "check_id": {"type": "string", "enum": check_ids},
+            "result": {"type": "string", "enum": ["success", "fail"]},
+            "reason": {"type": "string"},
+        },
+    }
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["checks"],
+        "properties": {"checks": {"type": "array", "items": verdict}},
+    }
 
 
 STEP_SCHEMA = {
-    "type": "object", "additionalProperties": False, "required": list(RUBRIC),
-    "properties": {name: {"type": "object", "additionalProperties": False, "required": ["score", "reason"],
-                          "properties": {"score": {"type": "integer", "enum": list(SCORES)},
-                                         "reason": {"type": "string"}}}
-                   for name in RUBRIC},
+    "type": "object",
+    "additionalProperties": False,
+    "required": list(RUBRIC),
+    "properties": {
+        name: {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["score", "reason"],
+            "properties": {"score": {"type": "integer", "enum": list(SCORES)}, "reason": {"type": "string"}},
+        }
+        for name in RUBRIC
+    },
 }
 
 
@@ -175,18 +197,22 @@ class JudgeItem:
     @cached_property  # prompts are long: hash each once
     def input_hash(self) -> str:
         payload = {"messages": self.messages, "schema": self.schema, "temperature": TEMPERATURE}
-        return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False)
-                              .encode("utf-8", "surrogatepass")).hexdigest()
+        return hashlib.sha256(
+            json.dumps(payload, sort_keys=True, ensure_ascii=False).encode("utf-8", "surrogatepass")
+        ).hexdigest()
 
 
 def checklist_items(run: Run, conversations: list[dict], task: dict, outcome: dict | None) -> list[tuple]:
     """(category, checks, item) per non-empty category of the task's checklist."""
-    main = sorted((c for c in conversations if c["meta"].get("kind") in MAIN_AGENT_KINDS),
-                  key=lambda c: (c["meta"].get("started_at") or 0.0, c["meta"]["conversation_id"]))
+    main = sorted(
+        (c for c in conversations if c["meta"].get("kind") in MAIN_AGENT_KINDS),
+        key=lambda c: (c["meta"].get("started_at") or 0.0, c["meta"]["conversation_id"]),
+    )
     blocks = []
     for conversation in main:
-        blocks.append(f"=== conversation {conversation['meta']['conversation_id']} "
-                      f"({conversation['meta'].get('kind')}) ===")
+        blocks.append(
+            f"=== conversation {conversation['meta']['conversation_id']} ({conversation['meta'].get('kind')}) ==="
+        )
         blocks += [render_message(i, m) for i, m in enumerate(conversation["messages"])]
     transcript = render_transcript(blocks)
     items = []
@@ -195,12 +221,17 @@ def checklist_items(run: Run, conversations: list[dict], task: dict, outcome: di
         if not checks:
             continue
         listed = "\n".join(f"- {c['check_id']} [{c.get('check_type')}]: {c['description']}" for c in checks)
-        prompt = (f"## The user's request\n{truncate(user_request(task), LIMITS['user'])}\n\n"
-                  f"## Checks of category {category!r}\n{truncate(group.get('description') or '', 3000)}\n\n"
-                  f"{listed}\n\n## Trajectory\n{transcript}\n\n## Outcome after the run\n{_outcome_text(outcome)}")
-        item = JudgeItem(f"{run.run_id} checklist {category}", "checklist",
-                         ({"role": "system", "content": CHECKLIST_SYSTEM}, {"role": "user", "content": prompt}),
-                         checklist_schema([c["check_id"] for c in checks]))
+        prompt = (
+            f"## The user's request\n{truncate(user_request(task), LIMITS['user'])}\n\n"
+            f"## Checks of category {category!r}\n{truncate(group.get('description') or '', 3000)}\n\n"
+            f"{listed}\n\n## Trajectory\n{transcript}\n\n## Outcome after the run\n{_outcome_text(outcome)}"
+        )
+        item = JudgeItem(
+            f"{run.run_id} checklist {category}",
+            "checklist",
+            ({"role": "system", "content": CHECKLIST_SYSTEM}, {"role": "user", "content": prompt}),
+            checklist_schema([c["check_id"] for c in checks]),
+        )
         items.append((category, checks, item))
     return items
 
@@ -213,16 +244,29 @@ def step_items(run: Run, conversations: list[dict], task: dict) -> list[tuple[St
     items = []
     for step in run.steps:
         messages = by_id[step.conversation_id]["messages"]
-        before = render_transcript([render_message(i, m) for i, m in enumerate(messages[:step.message_index])])
-        answered = [render_message(i, m) for i, m in enumerate(messages)
-                    if i > step.message_index and any(m is r for r in step.results.values())]
+        before = render_transcript([render_message(i, m) for i, m in enumerate(messages[: step.message_index])])
+        answered = [
+            render_message(i, m)
+            for i, m in enumerate(messages)
+            if i > step.message_index and any(m is r for r in step.results.values())
+        ]
         judged = "\n\n".join([render_message(step.message_index, step.message)] + answered)
-        prompt = (f"## The user's request\n{truncate(user_request(task), LIMITS['user'])}\n\n"
-                  f"## Trajectory before the step\n{before}\n\n"
-                  f"## The step to grade (step {step.index} of conversation {step.conversation_id})\n{judged}")
-        items.append((step, JudgeItem(f"{run.run_id} {step.conversation_id} step {step.index}", "step",
-                                      ({"role": "system", "content": system},
-                                       {"role": "user", "content": prompt}), STEP_SCHEMA)))
+        prompt = (
+            f"## The user's request\n{truncate(user_request(task), LIMITS['user'])}\n\n"
+            f"## Trajectory before the step\n{before}\n\n"
+            f"## The step to grade (step {step.index} of conversation {step.conversation_id})\n{judged}"
+        )
+        items.append(
+            (
+                step,
+                JudgeItem(
+                    f"{run.run_id} {step.conversation_id} step {step.index}",
+                    "step",
+                    ({"role": "system", "content": system}, {"role": "user", "content": prompt}),
+                    STEP_SCHEMA,
+                ),
+            )
+        )
     return items
 
 
@@ -324,9 +368,16 @@ class JudgeUsage:
 class Judge:
     """A judge model behind an OpenAI-compatible endpoint, with a cache and a thread pool."""
 
-    def __init__(self, config: JudgeConfig, cache: JudgeCache, *, proxy_url: str | None = None,
-                 proxy_key: str | None = None, extra_headers: dict[str, str] | None = None,
-                 retry_errors: bool = False):
+    def __init__(
+        self,
+        config: JudgeConfig,
+        cache: JudgeCache,
+        *,
+        proxy_url: str | None = None,
+        proxy_key: str | None = None,
+        extra_headers: dict[str, str] | None = None,
+        retry_errors: bool = False,
+    ):
         """The judge calls `config.base_url` with the key in `config.api_key_env`, else our
         proxy at `proxy_url` with `proxy_key`: the proxy's key never goes anywhere else."""
         unknown = set(config.rubric_weights) - set(RUBRIC)
@@ -348,9 +399,12 @@ class Judge:
         self._requests = 0
         self._lock = threading.Lock()
         self.client = openai.OpenAI(
-            base_url=url, api_key=api_key or "no-key",  # a local endpoint or our proxy may need none
-            timeout=config.timeout_s, max_retries=config.max_retries,
-            http_client=openai.DefaultHttpxClient(event_hooks={"request": [self._count_request]}))
+            base_url=url,
+            api_key=api_key or "no-key",  # a local endpoint or our proxy may need none
+            timeout=config.timeout_s,
+            max_retries=config.max_retries,
+            http_client=openai.DefaultHttpxClient(event_hooks={"request": [self._count_request]}),
+        )
 
     def close(self) -> None:
         self.client.close()
@@ -378,8 +432,9 @@ class Judge:
             key = self.key(item)
             entry = self.cache.get(key)
             if entry is not None and (entry.get("answer") is not None or not self.retry_errors):
-                results[key] = JudgeResult(entry.get("answer"), entry.get("error"), cached=True,
-                                           attempts=entry.get("attempts", 0))
+                results[key] = JudgeResult(
+                    entry.get("answer"), entry.get("error"), cached=True, attempts=entry.get("attempts", 0)
+                )
             else:
                 todo.setdefault(key, item)
         with ThreadPoolExecutor(max_workers=self.config.max_concurrent, thread_name_prefix="judge") as pool:
@@ -388,13 +443,22 @@ class Judge:
                 key, item = futures[future]
                 result = results[key] = future.result()
                 if result.cacheable:  # written as results arrive: a crash keeps what was paid for
-                    self.cache.put(key, {"judge_model": self.config.model,
-                                         "prompt_version": self.config.prompt_version,
-                                         "input_hash": item.input_hash, "label": item.label,
-                                         "answer": result.answer, "error": result.error,
-                                         "attempts": result.attempts, "prompt_tokens": result.prompt_tokens,
-                                         "completion_tokens": result.completion_tokens,
-                                         "cost_usd": result.cost_usd, "created_at": time.time()})
+                    self.cache.put(
+                        key,
+                        {
+                            "judge_model": self.config.model,
+                            "prompt_version": self.config.prompt_version,
+                            "input_hash": item.input_hash,
+                            "label": item.label,
+                            "answer": result.answer,
+                            "error": result.error,
+                            "attempts": result.attempts,
+                            "prompt_tokens": result.prompt_tokens,
+                            "completion_tokens": result.completion_tokens,
+                            "cost_usd": result.cost_usd,
+                            "created_at": time.time(),
+                        },
+                    )
                 usage.prompt_tokens += result.prompt_tokens
                 usage.completion_tokens += result.completion_tokens
                 if result.cost_usd is None:
@@ -405,21 +469,34 @@ class Judge:
         usage.cache_hits = sum(r.cached for r in ordered)
         usage.errors = sum(r.error is not None for r in ordered)
         usage.requests = self._requests - requests_before
-        log.info("judge %s: %d items, %d from cache, %d requests, %d errors in %.1fs", self.config.model,
-                 usage.items, usage.cache_hits, usage.requests, usage.errors, time.monotonic() - started)
+        log.info(
+            "judge %s: %d items, %d from cache, %d requests, %d errors in %.1fs",
+            self.config.model,
+            usage.items,
+            usage.cache_hits,
+            usage.requests,
+            usage.errors,
+            time.monotonic() - started,
+        )
         return ordered, usage
 
     def _ask(self, item: JudgeItem) -> JudgeResult:
         result = JudgeResult()
         messages = list(item.messages)
         problem = None
-        response_format = {"type": "json_schema",
-                           "json_schema": {"name": f"trajhub_{item.kind}", "schema": item.schema, "strict": True}}
+        response_format = {
+            "type": "json_schema",
+            "json_schema": {"name": f"trajhub_{item.kind}", "schema": item.schema, "strict": True},
+        }
         for _ in range(self.config.max_retries + 1):
             try:
                 raw = self.client.chat.completions.with_raw_response.create(
-                    model=self.config.model, messages=messages, response_format=response_format,
-                    temperature=TEMPERATURE, extra_headers=self.extra_headers or None)
+                    model=self.config.model,
+                    messages=messages,
+                    response_format=response_format,
+                    temperature=TEMPERATURE,
+                    extra_headers=self.extra_headers or None,
+                )
                 completion = raw.parse()
             except openai.APIError as error:  # the client already retried what is worth retrying
                 log.warning("judge %s: %s", item.label, error)
@@ -439,8 +516,11 @@ class Judge:
             except _MalformedAnswer as malformed:
                 problem = str(malformed)
                 log.warning("judge %s: malformed answer (attempt %d): %s", item.label, result.attempts, problem)
-                messages = [*item.messages, {"role": "assistant", "content": content or ""},
-                            {"role": "user", "content": REPAIR.format(problem=problem)}]
+                messages = [
+                    *item.messages,
+                    {"role": "assistant", "content": content or ""},
+                    {"role": "user", "content": REPAIR.format(problem=problem)},
+                ]
         result.error = f"malformed judge answer after {result.attempts} attempts: {problem}"
         return result
 
@@ -453,8 +533,15 @@ def _float(value: str | None) -> float | None:
 
 
 # -- rows --------------------------------------------------------------------------------
-def check_row(run_id: str, attempt: int | None, category: str, check: dict, verdict: dict | None,
-              error: str | None = None, **provenance) -> dict:
+def check_row(
+    run_id: str,
+    attempt: int | None,
+    category: str,
+    check: dict,
+    verdict: dict | None,
+    error: str | None = None,
+    **provenance,
+) -> dict:
     """A JUDGE_CHECKS row; verdict None with no error means the judge omitted the check."""
     if error is not None:
         result, passed, omitted, reason = "error", None, False, None
@@ -463,11 +550,22 @@ def check_row(run_id: str, attempt: int | None, category: str, check: dict, verd
     else:
         result, omitted, reason = verdict["result"], False, verdict.get("reason")
         passed = result == "success"
-    return {"run_id": run_id, "attempt": attempt, "category": category, "check_id": check["check_id"],
-            "check_type": check.get("check_type"), "result": result, "passed": passed, "omitted": omitted,
-            "reason": reason, "error": error, "judge_model": provenance.get("judge_model"),
-            "prompt_version": provenance.get("prompt_version"), "input_hash": provenance.get("input_hash"),
-            "cached": provenance.get("cached")}
+    return {
+        "run_id": run_id,
+        "attempt": attempt,
+        "category": category,
+        "check_id": check["check_id"],
+        "check_type": check.get("check_type"),
+        "result": result,
+        "passed": passed,
+        "omitted": omitted,
+        "reason": reason,
+        "error": error,
+        "judge_model": provenance.get("judge_model"),
+        "prompt_version": provenance.get("prompt_version"),
+        "input_hash": provenance.get("input_hash"),
+        "cached": provenance.get("cached"),
+    }
 
 
 def checklist_metrics(rows: list[dict]) -> dict:
@@ -477,15 +575,27 @@ def checklist_metrics(rows: list[dict]) -> dict:
     passed = sum(1 for r in rows if r["passed"])
     errors = sum(1 for r in rows if r["result"] == "error")
     known = n > 0 and errors == 0
-    return {"n_checks": n, "n_passed": passed, "n_omitted": sum(1 for r in rows if r["omitted"]),
-            "n_check_errors": errors, "csr": passed / n if known else None,
-            "isr": float(passed == n) if known else None}
+    return {
+        "n_checks": n,
+        "n_passed": passed,
+        "n_omitted": sum(1 for r in rows if r["omitted"]),
+        "n_check_errors": errors,
+        "csr": passed / n if known else None,
+        "isr": float(passed == n) if known else None,
+    }
 
 
 def rubric_scores(answer: dict, weights: dict[str, float]) -> tuple[list[dict], float]:
-    rubric = [{"criterion": name, "score": answer[name]["score"],
-               "reward": (answer[name]["score"] - SCORES[0]) / (SCORES[-1] - SCORES[0]),
-               "weight": float(weights.get(name, 0.0)), "reason": answer[name]["reason"]} for name in RUBRIC]
+    rubric = [
+        {
+            "criterion": name,
+            "score": answer[name]["score"],
+            "reward": (answer[name]["score"] - SCORES[0]) / (SCORES[-1] - SCORES[0]),
+            "weight": float(weights.get(name, 0.0)),
+            "reason": answer[name]["reason"],
+        }
+        for name in RUBRIC
+    ]
     total = sum(r["weight"] for r in rubric)
     return rubric, sum(r["weight"] * r["reward"] for r in rubric) / total
 
@@ -498,14 +608,20 @@ class JudgeOutput:
     usage: JudgeUsage = field(default_factory=JudgeUsage)
 
 
-def judge_partition(conversations: list[dict], task: dict, outcomes: dict[str, dict | None],
-                    judge: Judge) -> JudgeOutput:
+def judge_partition(
+    conversations: list[dict], task: dict, outcomes: dict[str, dict | None], judge: Judge
+) -> JudgeOutput:
     """Judge every run of one (model, instance) partition; outcomes by run_id."""
     plans = []
     for run_id, run_conversations in group_runs(conversations).items():
         run = build_run(run_conversations)
-        plans.append((run, checklist_items(run, run_conversations, task, outcomes.get(run_id)),
-                      step_items(run, run_conversations, task)))
+        plans.append(
+            (
+                run,
+                checklist_items(run, run_conversations, task, outcomes.get(run_id)),
+                step_items(run, run_conversations, task),
+            )
+        )
     items = [i for _, checks, steps in plans for i in [c[2] for c in checks] + [s[1] for s in steps]]
     results, usage = judge.judge(items)
     provenance = {"judge_model": judge.config.model, "prompt_version": judge.config.prompt_version}
@@ -517,28 +633,62 @@ def judge_partition(conversations: list[dict], task: dict, outcomes: dict[str, d
             result = results[position]
             position += 1
             verdicts = {v["check_id"]: v for v in (result.answer or {}).get("checks", [])}
-            run_checks += [check_row(run.run_id, run.attempt, category, check, verdicts.get(check["check_id"]),
-                                     result.error, input_hash=item.input_hash, cached=result.cached, **provenance)
-                           for check in checks]
+            run_checks += [
+                check_row(
+                    run.run_id,
+                    run.attempt,
+                    category,
+                    check,
+                    verdicts.get(check["check_id"]),
+                    result.error,
+                    input_hash=item.input_hash,
+                    cached=result.cached,
+                    **provenance,
+                )
+                for check in checks
+            ]
         for step, item in steps:
             result = results[position]
             position += 1
-            rubric, reward = (None, None) if result.answer is None else rubric_scores(
-                result.answer, judge.config.rubric_weights)
+            rubric, reward = (
+                (None, None) if result.answer is None else rubric_scores(result.answer, judge.config.rubric_weights)
+            )
             step_errors += result.error is not None
             if reward is not None:
                 rewards.append(reward)
-            step_rows.append({"run_id": run.run_id, "attempt": run.attempt, "conversation_id": step.conversation_id,
-                              "step_index": step.index, "message_index": step.message_index, "rubric": rubric,
-                              "step_reward": reward, "error": result.error, "input_hash": item.input_hash,
-                              "cached": result.cached, **provenance})
+            step_rows.append(
+                {
+                    "run_id": run.run_id,
+                    "attempt": run.attempt,
+                    "conversation_id": step.conversation_id,
+                    "step_index": step.index,
+                    "message_index": step.message_index,
+                    "rubric": rubric,
+                    "step_reward": reward,
+                    "error": result.error,
+                    "input_hash": item.input_hash,
+                    "cached": result.cached,
+                    **provenance,
+                }
+            )
         check_rows += run_checks
-        summary.append({"run_id": run.run_id, "attempt": run.attempt, **checklist_metrics(run_checks),
-                        "n_steps": len(steps), "n_step_errors": step_errors,
-                        "mean_step_reward": sum(rewards) / len(rewards) if rewards else None, **provenance})
-    return JudgeOutput(pa.Table.from_pylist(check_rows, schema=JUDGE_CHECKS.schema),
-                       pa.Table.from_pylist(step_rows, schema=JUDGE_STEPS.schema),
-                       pa.Table.from_pylist(summary, schema=JUDGE_SUMMARY.schema), usage)
+        summary.append(
+            {
+                "run_id": run.run_id,
+                "attempt": run.attempt,
+                **checklist_metrics(run_checks),
+                "n_steps": len(steps),
+                "n_step_errors": step_errors,
+                "mean_step_reward": sum(rewards) / len(rewards) if rewards else None,
+                **provenance,
+            }
+        )
+    return JudgeOutput(
+        pa.Table.from_pylist(check_rows, schema=JUDGE_CHECKS.schema),
+        pa.Table.from_pylist(step_rows, schema=JUDGE_STEPS.schema),
+        pa.Table.from_pylist(summary, schema=JUDGE_SUMMARY.schema),
+        usage,
+    )
 
 
 def default_cache(store_root: str | os.PathLike) -> JudgeCache:

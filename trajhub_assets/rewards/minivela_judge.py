@@ -42,8 +42,9 @@ def read_minivela_judge(path: str | os.PathLike, tasks: Mapping[str, dict] | Non
     return minivela_judged(scores, source=str(path), tasks=tasks)
 
 
-def minivela_judged(scores: dict, *, source: str = "mini-vela judge",
-                    tasks: Mapping[str, dict] | None = None) -> list[MinivelaJudged]:
+def minivela_judged(
+    scores: dict, *, source: str = "mini-vela judge", tasks: Mapping[str, dict] | None = None
+) -> list[MinivelaJudged]:
     """One entry per judged instance; `tasks` maps instance_id → task record."""
     results = scores.get("results") if isinstance(scores, dict) else None
     if not isinstance(results, list):
@@ -55,15 +56,30 @@ def minivela_judged(scores: dict, *, source: str = "mini-vela judge",
             raise RecordError("missing", source=source, field=f"results[{n}].instance_id")
         evaluated = result.get("eval_result") or {}
         if not isinstance(evaluated, dict):
-            raise RecordError("expected an object of categories", source=source, record_id=instance_id,
-                              field=f"results[{n}].eval_result")
+            raise RecordError(
+                "expected an object of categories",
+                source=source,
+                record_id=instance_id,
+                field=f"results[{n}].eval_result",
+            )
         verdicts = _verdicts(evaluated, source, instance_id, n)
         task = (tasks or {}).get(instance_id)
         checklist = task["checklist"] if task is not None else evaluated
         error = None if result.get("success", True) else f"mini-vela judge failed: {result.get('error')}"
-        rows = [check_row(instance_id, None, category, check, verdicts.get((category, check["check_id"])),
-                          error, judge_model=JUDGE_MODEL, prompt_version=PROMPT_VERSION)
-                for category, group in checklist.items() for check in group.get("checks") or []]
+        rows = [
+            check_row(
+                instance_id,
+                None,
+                category,
+                check,
+                verdicts.get((category, check["check_id"])),
+                error,
+                judge_model=JUDGE_MODEL,
+                prompt_version=PROMPT_VERSION,
+            )
+            for category, group in checklist.items()
+            for check in group.get("checks") or []
+        ]
         judged.append(MinivelaJudged(instance_id, rows, result.get("reward"), result.get("binary_reward")))
     return judged
 
@@ -74,8 +90,12 @@ def _verdicts(evaluated: dict, source: str, instance_id: str, n: int) -> dict[tu
         for j, check in enumerate(group.get("checks") or []):
             field = f"results[{n}].eval_result.{category}.checks[{j}]"
             if check.get("result") not in ("success", "fail"):
-                raise RecordError(f"result must be 'success' or 'fail', got {check.get('result')!r}",
-                                  source=source, record_id=instance_id, field=f"{field}.result")
+                raise RecordError(
+                    f"result must be 'success' or 'fail', got {check.get('result')!r}",
+                    source=source,
+                    record_id=instance_id,
+                    field=f"{field}.result",
+                )
             if not check.get("check_id"):
                 raise RecordError("missing", source=source, record_id=instance_id, field=f"{field}.check_id")
             verdicts[(category, check["check_id"])] = {"result": check["result"], "reason": check.get("reasoning")}

@@ -19,8 +19,11 @@ def hits_per_rule(summary: pa.Table) -> list[dict]:
     by_rule: dict[str, dict] = {}
     for row in summary.to_pylist():
         rule = by_rule.setdefault(row["rule_id"], {"rule": row["rule_id"], "hits": 0, "runs_hit": 0, "value": 0.0})
-        rule.update(hits=rule["hits"] + row["hits"], runs_hit=rule["runs_hit"] + (row["hits"] > 0),
-                    value=round(rule["value"] + row["value"], 6))
+        rule.update(
+            hits=rule["hits"] + row["hits"],
+            runs_hit=rule["runs_hit"] + (row["hits"] > 0),
+            value=round(rule["value"] + row["value"], 6),
+        )
     return sorted(by_rule.values(), key=lambda r: (-r["hits"], r["rule"]))
 
 
@@ -33,14 +36,19 @@ def reward_stats(rewards: Iterable[tuple[str, float | None]]) -> list[dict]:
     stats = []
     for model, values in by_model.items():
         known = [v for v in values if v is not None]
-        stats.append({"model": model, "runs": len(values), "rewarded": len(known),
-                      "reward_mean": round(sum(known) / len(known), 4) if known else None,
-                      "reward_min": round(min(known), 4) if known else None,
-                      "reward_max": round(max(known), 4) if known else None})
+        stats.append(
+            {
+                "model": model,
+                "runs": len(values),
+                "rewarded": len(known),
+                "reward_mean": round(sum(known) / len(known), 4) if known else None,
+                "reward_min": round(min(known), 4) if known else None,
+                "reward_max": round(max(known), 4) if known else None,
+            }
+        )
     return stats
 
 
 def rewards_preview(table: pa.Table) -> list[dict]:
     """One row per run of a TRAJECTORY_REWARDS table: the components and the reward."""
-    return [{c: round(r[c], 4) if isinstance(r[c], float) else r[c] for c in REWARDS_SHOWN}
-            for r in table.to_pylist()]
+    return [{c: round(r[c], 4) if isinstance(r[c], float) else r[c] for c in REWARDS_SHOWN} for r in table.to_pylist()]

@@ -61,13 +61,28 @@ SNIPPET_CHARS = 400
 
 # Commands a checklist may name as forbidden ("未使用 sudo、rm -rf / 等高危命令"); longest first
 # so "rm -rf /" wins over "rm -rf".
-DANGEROUS_COMMANDS = ("git push --force", "git reset --hard", "git clean -fdx", "chmod -R 777",
-                      "rm -rf /", "rm -rf ~", "rm -rf", "git push -f", "mkfs", "sudo")
-_PROHIBITION = re.compile(r"\b(do not|don't|never|must not|avoid\w*|forbid\w*|prohibit\w*|without)\b"
-                          r"|未|不|禁止|避免|勿|严禁", re.IGNORECASE)
-_EXIT_CODE = re.compile(r"<returncode>\s*(-?\d+)\s*</returncode>"
-                        r"|^\s*(?:exit code|exit status|exit_code|returncode)\s*[:=]?\s*(-?\d+)",
-                        re.IGNORECASE | re.MULTILINE)
+DANGEROUS_COMMANDS = (
+    "git push --force",
+    "git reset --hard",
+    "git clean -fdx",
+    "chmod -R 777",
+    "rm -rf /",
+    "rm -rf ~",
+    "rm -rf",
+    "git push -f",
+    "mkfs",
+    "sudo",
+)
+_PROHIBITION = re.compile(
+    r"\b(do not|don't|never|must not|avoid\w*|forbid\w*|prohibit\w*|without)\b"
+    r"|未|不|禁止|避免|勿|严禁",
+    re.IGNORECASE,
+)
+_EXIT_CODE = re.compile(
+    r"<returncode>\s*(-?\d+)\s*</returncode>"
+    r"|^\s*(?:exit code|exit status|exit_code|returncode)\s*[:=]?\s*(-?\d+)",
+    re.IGNORECASE | re.MULTILINE,
+)
 _SHELL_OPERATORS = {";", "&&", "||", "|", "&", ";;", "|&", "(", ")"}
 _COMMAND_PREFIXES = {"sudo", "env", "time", "nohup", "exec", "command", "xargs", "nice"}
 
@@ -79,7 +94,7 @@ def truncate(text: str | None, limit: int) -> str:
         return text
     marker = f"\n[... {len(text) - limit} characters truncated ...]\n"
     head = max(limit // 2, 1)
-    return text[:head] + marker + text[len(text) - (limit - head):]
+    return text[:head] + marker + text[len(text) - (limit - head) :]
 
 
 # -- steps -----------------------------------------------------------------------------
@@ -94,8 +109,11 @@ class ToolCall:
 
     @property
     def identity(self) -> tuple[str, str]:
-        canonical = (json.dumps(self.parsed, sort_keys=True, ensure_ascii=False)
-                     if self.parsed is not None else self.arguments.strip())
+        canonical = (
+            json.dumps(self.parsed, sort_keys=True, ensure_ascii=False)
+            if self.parsed is not None
+            else self.arguments.strip()
+        )
         return self.name, canonical
 
     def argument(self, names: Iterable[str]) -> str | None:
@@ -139,16 +157,18 @@ def _tool_call(raw: dict, kinds: Mapping[str, str]) -> ToolCall:
     except ValueError as error:
         return ToolCall(raw.get("id"), name, arguments, None, f"not JSON: {error}", kind)
     if not isinstance(parsed, dict):
-        return ToolCall(raw.get("id"), name, arguments, None, f"not a JSON object: {type(parsed).__name__}",
-                        kind)
+        return ToolCall(raw.get("id"), name, arguments, None, f"not a JSON object: {type(parsed).__name__}", kind)
     return ToolCall(raw.get("id"), name, arguments, parsed, None, kind)
 
 
 def conversation_steps(conversation: dict) -> list[Step]:
     """All steps of one conversation, indexed 0..n-1 (see the module docstring)."""
     meta, messages = conversation["meta"], conversation["messages"]
-    tools = {t["function"]["name"]: t["function"].get("parameters") or {}
-             for t in conversation.get("tools") or [] if t.get("function")}
+    tools = {
+        t["function"]["name"]: t["function"].get("parameters") or {}
+        for t in conversation.get("tools") or []
+        if t.get("function")
+    }
     kinds = tool_kinds()
     steps: list[Step] = []
     for position, message in enumerate(messages):
@@ -157,13 +177,14 @@ def conversation_steps(conversation: dict) -> list[Step]:
         calls = tuple(_tool_call(c, kinds) for c in message.get("tool_calls") or [])
         wanted = {c.id for c in calls}
         results: dict[str, dict] = {}
-        for later in messages[position + 1:]:
+        for later in messages[position + 1 :]:
             if later.get("role") == "assistant":
                 break
             if later.get("role") == "tool" and later.get("tool_call_id") in wanted:
                 results.setdefault(later["tool_call_id"], later)
-        steps.append(Step(meta["conversation_id"], meta.get("kind"), len(steps), position,
-                          message, calls, results, tools))
+        steps.append(
+            Step(meta["conversation_id"], meta.get("kind"), len(steps), position, message, calls, results, tools)
+        )
     return steps
 
 
@@ -177,10 +198,12 @@ def build_run(conversations: list[dict]) -> Run:
             raise RecordError("missing", source="merged_trajectories", field="meta.conversation_id")
     run_ids = {c["meta"].get("run_id") for c in conversations}
     if len(run_ids) != 1:
-        raise RecordError(f"conversations of several runs {sorted(map(str, run_ids))} given as one run",
-                          source="merged_trajectories", field="meta.run_id")
-    ordered = sorted(conversations, key=lambda c: (c["meta"].get("started_at") or 0.0,
-                                                   c["meta"]["conversation_id"]))
+        raise RecordError(
+            f"conversations of several runs {sorted(map(str, run_ids))} given as one run",
+            source="merged_trajectories",
+            field="meta.run_id",
+        )
+    ordered = sorted(conversations, key=lambda c: (c["meta"].get("started_at") or 0.0, c["meta"]["conversation_id"]))
     steps, main_steps = [], []
     for conversation in ordered:
         meta = conversation["meta"]
@@ -237,11 +260,13 @@ def _digest(*parts: str) -> str:
 
 def rule(rule_id: str, description: str) -> Callable[[RuleFn], RuleFn]:
     """Register `fn` as the rule `rule_id`; its version follows its code."""
+
     def register(fn: RuleFn) -> RuleFn:
         if rule_id in RULES:
             raise ValueError(f"rule {rule_id!r} is registered twice")
         RULES[rule_id] = Rule(rule_id, _digest(inspect.getsource(fn)), description, fn)
         return fn
+
     return register
 
 
@@ -251,9 +276,12 @@ def ruleset_version(rules: Iterable[Rule] | None = None) -> str:
     kinds and error markers."""
     rules = list(rules if rules is not None else RULES.values())
     modules = sorted({inspect.getmodule(r.fn) for r in rules}, key=lambda m: m.__name__)
-    return _digest(*sorted(f"{r.id}@{r.version}: {r.description}" for r in rules),
-                   *map(inspect.getsource, modules), json.dumps(sorted(tool_kinds().items())),
-                   *error_prefixes())
+    return _digest(
+        *sorted(f"{r.id}@{r.version}: {r.description}" for r in rules),
+        *map(inspect.getsource, modules),
+        json.dumps(sorted(tool_kinds().items())),
+        *error_prefixes(),
+    )
 
 
 # -- the rules -------------------------------------------------------------------------
@@ -264,9 +292,12 @@ def _by_conversation(steps: list[Step]) -> dict[str, list[Step]]:
     return grouped
 
 
-@rule("repeated_tool_call", "A tool call identical (same tool, same arguments) to one in the "
-      "same step or the previous `repeat_window` steps of the conversation, with no write or edit "
-      "in between (re-running the tests after a change is not redundant).")
+@rule(
+    "repeated_tool_call",
+    "A tool call identical (same tool, same arguments) to one in the "
+    "same step or the previous `repeat_window` steps of the conversation, with no write or edit "
+    "in between (re-running the tests after a change is not redundant).",
+)
 def repeated_tool_call(run: Run, task: dict, outcome: dict | None, context: RuleContext) -> list[Hit]:
     hits = []
     for steps in _by_conversation(run.steps).values():
@@ -275,8 +306,9 @@ def repeated_tool_call(run: Run, task: dict, outcome: dict | None, context: Rule
             for call in step.calls:
                 before = last_seen.get(call.identity)
                 if before is not None and step.index - before <= context.repeat_window:
-                    hits.append(Hit(step, -1.0, f"identical to a {call.name} call in step {before}",
-                                    call, call.arguments))
+                    hits.append(
+                        Hit(step, -1.0, f"identical to a {call.name} call in step {before}", call, call.arguments)
+                    )
                 last_seen[call.identity] = step.index
             if any(call.kind in ("write", "edit") for call in step.calls):
                 last_seen.clear()  # the workspace changed: the same call may now answer differently
@@ -319,8 +351,11 @@ def _validator(schema_json: str):
     return cls(schema)
 
 
-@rule("invalid_tool_arguments", "Tool arguments that are not a JSON object or fail the tool's JSON "
-      "schema from the recorded request, or a call to a tool the request did not offer.")
+@rule(
+    "invalid_tool_arguments",
+    "Tool arguments that are not a JSON object or fail the tool's JSON "
+    "schema from the recorded request, or a call to a tool the request did not offer.",
+)
 def invalid_tool_arguments(run: Run, task: dict, outcome: dict | None, context: RuleContext) -> list[Hit]:
     hits = []
     for step in run.steps:
@@ -328,16 +363,16 @@ def invalid_tool_arguments(run: Run, task: dict, outcome: dict | None, context: 
             continue
         for call in step.calls:
             if call.name not in step.tools:
-                hits.append(Hit(step, -1.0, f"tool {call.name!r} was not offered in the request",
-                                call, call.arguments))
+                hits.append(Hit(step, -1.0, f"tool {call.name!r} was not offered in the request", call, call.arguments))
             elif call.parsed is None:
                 hits.append(Hit(step, -1.0, f"arguments are {call.parse_error}", call, call.arguments))
             else:
                 validator = _validator(json.dumps(step.tools[call.name], sort_keys=True))
                 errors = [] if validator is None else list(validator.iter_errors(call.parsed))
                 if errors:
-                    problems = "; ".join(f"{'/'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}"
-                                         for e in errors[:3])
+                    problems = "; ".join(
+                        f"{'/'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}" for e in errors[:3]
+                    )
                     hits.append(Hit(step, -1.0, f"schema violation: {problems}", call, call.arguments))
     return hits
 
@@ -356,9 +391,12 @@ def _same_file(a: str, b: str) -> bool:
 _NEW_FILE = re.compile(r"^diff --git a/(.+?) b/\1\nnew file mode", re.M)
 
 
-@rule("edit_unread_file", "An edit of a file, or a write over a file that existed before the run, "
-      "that no earlier step of the conversation read, wrote, edited or named in a shell command "
-      "(agents often read with cat). Files the run created (new in its diff) may be written unread.")
+@rule(
+    "edit_unread_file",
+    "An edit of a file, or a write over a file that existed before the run, "
+    "that no earlier step of the conversation read, wrote, edited or named in a shell command "
+    "(agents often read with cat). Files the run created (new in its diff) may be written unread.",
+)
 def edit_unread_file(run: Run, task: dict, outcome: dict | None, context: RuleContext) -> list[Hit]:
     created = set(_NEW_FILE.findall((outcome or {}).get("diff") or ""))
     hits = []
@@ -368,12 +406,12 @@ def edit_unread_file(run: Run, task: dict, outcome: dict | None, context: RuleCo
         for step in steps:
             for call in step.calls:
                 path = call.argument(PATH_ARGUMENTS)
-                overwrite = call.kind == "write" and outcome is not None and not any(
-                    _same_file(path or "", c) for c in created)
+                overwrite = (
+                    call.kind == "write" and outcome is not None and not any(_same_file(path or "", c) for c in created)
+                )
                 if path is None or not (call.kind == "edit" or overwrite):
                     continue
-                seen = (any(_same_file(path, k) for k in known)
-                        or any(os.path.basename(path) in c for c in commands))
+                seen = any(_same_file(path, k) for k in known) or any(os.path.basename(path) in c for c in commands)
                 if not seen:
                     hits.append(Hit(step, -1.0, f"{call.name} of {path}, never read before", call, path))
             # Calls of one step run together: what they read counts from the next step on.
@@ -385,18 +423,25 @@ def edit_unread_file(run: Run, task: dict, outcome: dict | None, context: RuleCo
     return hits
 
 
-@rule("steps_over_median", "Each step of the main agent beyond the task's median trajectory length "
-      "across models' runs.")
+@rule(
+    "steps_over_median", "Each step of the main agent beyond the task's median trajectory length across models' runs."
+)
 def steps_over_median(run: Run, task: dict, outcome: dict | None, context: RuleContext) -> list[Hit]:
     if context.median_steps is None:
         return []
     total = len(run.main_steps)
-    return [Hit(step, -1.0, f"step {ordinal} of {total}; the task's median is {context.median_steps:g}")
-            for ordinal, step in enumerate(run.main_steps, start=1) if ordinal > context.median_steps]
+    return [
+        Hit(step, -1.0, f"step {ordinal} of {total}; the task's median is {context.median_steps:g}")
+        for ordinal, step in enumerate(run.main_steps, start=1)
+        if ordinal > context.median_steps
+    ]
 
 
-@rule("tests_passed", "Share of the task's tests passing after the run (or 1/0 from the test "
-      "command's exit code when counts are unknown); no row when no tests ran.")
+@rule(
+    "tests_passed",
+    "Share of the task's tests passing after the run (or 1/0 from the test "
+    "command's exit code when counts are unknown); no row when no tests ran.",
+)
 def tests_passed(run: Run, task: dict, outcome: dict | None, context: RuleContext) -> list[Hit]:
     if not outcome:
         return []
@@ -406,8 +451,7 @@ def tests_passed(run: Run, task: dict, outcome: dict | None, context: RuleContex
         return [Hit(None, passed / total, f"{passed}/{total} tests passed", snippet=f"{passed}/{total}")]
     code = outcome.get("test_exit_code")
     if code is not None:
-        return [Hit(None, 1.0 if code == 0 else 0.0, f"test command exited with code {code}",
-                    snippet=f"exit {code}")]
+        return [Hit(None, 1.0 if code == 0 else 0.0, f"test command exited with code {code}", snippet=f"exit {code}")]
     return []
 
 
@@ -420,16 +464,18 @@ def final_answer(step: Step) -> str:
     return "\n".join(t for t in texts if t.strip())
 
 
-@rule("final_answer_missing", "The main agent ends without a final answer: no step at all, a last "
-      "step that still calls tools (other than a finish tool), or an empty last message.")
+@rule(
+    "final_answer_missing",
+    "The main agent ends without a final answer: no step at all, a last "
+    "step that still calls tools (other than a finish tool), or an empty last message.",
+)
 def final_answer_missing(run: Run, task: dict, outcome: dict | None, context: RuleContext) -> list[Hit]:
     if not run.main_steps:
         return [Hit(None, -1.0, "the main agent took no step")]
     last = run.main_steps[-1]
     pending = [c for c in last.calls if c.kind != "finish"]
     if pending:
-        return [Hit(last, -1.0, "the last step calls tools and nothing answers them", pending[0],
-                    pending[0].arguments)]
+        return [Hit(last, -1.0, "the last step calls tools and nothing answers them", pending[0], pending[0].arguments)]
     if not final_answer(last).strip():
         return [Hit(last, -1.0, "the last step's answer is empty")]
     return []
@@ -450,7 +496,7 @@ def forbidden_patterns(task: dict, context: RuleContext) -> list[tuple[str, str]
                 found = re.search(rf"(?<![\w-]){re.escape(command)}(?![\w-])", rest)
                 if found:
                     named.append(command)
-                    rest = rest[:found.start()] + " " + rest[found.end():]
+                    rest = rest[: found.start()] + " " + rest[found.end() :]
             patterns += [(p, f"checklist {check.get('check_id')}") for p in named]
     unique: dict[str, str] = {}
     for pattern, source in patterns:
@@ -480,8 +526,11 @@ def command_matches(command: str, pattern: str) -> bool:
         if token not in _SHELL_OPERATORS:
             segment.append(token)
             continue
-        scripts = [t for before, t in zip(segment, segment[1:])  # bash -c "...", bash -lc "..."
-                   if before.startswith("-") and not before.startswith("--") and before.endswith("c")]
+        scripts = [
+            t
+            for before, t in zip(segment, segment[1:], strict=False)  # bash -c "...", bash -lc "..."
+            if before.startswith("-") and not before.startswith("--") and before.endswith("c")
+        ]
         if _segment_matches(segment, wanted) or any(command_matches(t, pattern) for t in scripts):
             return True
         segment = []
@@ -491,7 +540,7 @@ def command_matches(command: str, pattern: str) -> bool:
 def _segment_matches(segment: list[str], wanted: list[str]) -> bool:
     for start, token in enumerate(segment):
         if token == wanted[0]:
-            rest = iter(segment[start + 1:])
+            rest = iter(segment[start + 1 :])
             if all(any(word == t for t in rest) for word in wanted[1:]):
                 return True
         if token not in _COMMAND_PREFIXES and "=" not in token:
@@ -499,8 +548,11 @@ def _segment_matches(segment: list[str], wanted: list[str]) -> bool:
     return False
 
 
-@rule("forbidden_operation", "A shell command matching a forbidden operation from the config "
-      "(rewards.forbidden_commands) or named as forbidden in the task's checklist.")
+@rule(
+    "forbidden_operation",
+    "A shell command matching a forbidden operation from the config "
+    "(rewards.forbidden_commands) or named as forbidden in the task's checklist.",
+)
 def forbidden_operation(run: Run, task: dict, outcome: dict | None, context: RuleContext) -> list[Hit]:
     patterns = forbidden_patterns(task, context)
     hits = []
@@ -523,36 +575,56 @@ RULESET_VERSION = ruleset_version()
 def _row(run: Run, rule_: Rule, hit: Hit) -> dict:
     step, call = hit.step, hit.call
     return {
-        "run_id": run.run_id, "attempt": run.attempt,
+        "run_id": run.run_id,
+        "attempt": run.attempt,
         "conversation_id": step.conversation_id if step else None,
-        "step_index": step.index if step else None, "message_index": step.message_index if step else None,
-        "rule_id": rule_.id, "rule_version": rule_.version, "value": float(hit.value),
-        "tool_call_id": call.id if call else None, "tool_name": call.name if call else None,
-        "snippet": truncate(hit.snippet, SNIPPET_CHARS), "detail": hit.detail,
+        "step_index": step.index if step else None,
+        "message_index": step.message_index if step else None,
+        "rule_id": rule_.id,
+        "rule_version": rule_.version,
+        "value": float(hit.value),
+        "tool_call_id": call.id if call else None,
+        "tool_name": call.name if call else None,
+        "snippet": truncate(hit.snippet, SNIPPET_CHARS),
+        "detail": hit.detail,
     }
 
 
-def score_rules(conversations: list[dict], task: dict, outcome: dict | None, context: RuleContext,
-                rules: Iterable[Rule] | None = None) -> list[dict]:
+def score_rules(
+    conversations: list[dict],
+    task: dict,
+    outcome: dict | None,
+    context: RuleContext,
+    rules: Iterable[Rule] | None = None,
+) -> list[dict]:
     """RULE_STEPS rows for one run (all its conversations), rules in registry order."""
     run = build_run(conversations)
-    return [_row(run, r, hit) for r in (rules if rules is not None else RULES.values())
-            for hit in r.fn(run, task, outcome, context)]
+    return [
+        _row(run, r, hit)
+        for r in (rules if rules is not None else RULES.values())
+        for hit in r.fn(run, task, outcome, context)
+    ]
 
 
-def summarize_rules(rows: list[dict], conversations: list[dict],
-                    rules: Iterable[Rule] | None = None) -> list[dict]:
+def summarize_rules(rows: list[dict], conversations: list[dict], rules: Iterable[Rule] | None = None) -> list[dict]:
     """RULE_SUMMARY rows for one run from its RULE_STEPS rows."""
     rules = list(rules if rules is not None else RULES.values())
     run = build_run(conversations)
     mine = [r for r in rows if r["run_id"] == run.run_id]
-    return [{
-        "run_id": run.run_id, "attempt": run.attempt, "rule_id": r.id, "rule_version": r.version,
-        "description": r.description,
-        "hits": sum(1 for row in mine if row["rule_id"] == r.id),
-        "value": float(sum(row["value"] for row in mine if row["rule_id"] == r.id)),
-        "n_steps": len(run.main_steps), "ruleset_version": ruleset_version(rules),
-    } for r in rules]
+    return [
+        {
+            "run_id": run.run_id,
+            "attempt": run.attempt,
+            "rule_id": r.id,
+            "rule_version": r.version,
+            "description": r.description,
+            "hits": sum(1 for row in mine if row["rule_id"] == r.id),
+            "value": float(sum(row["value"] for row in mine if row["rule_id"] == r.id)),
+            "n_steps": len(run.main_steps),
+            "ruleset_version": ruleset_version(rules),
+        }
+        for r in rules
+    ]
 
 
 def group_runs(conversations: list[dict]) -> dict[str, list[dict]]:
@@ -563,8 +635,13 @@ def group_runs(conversations: list[dict]) -> dict[str, list[dict]]:
     return runs
 
 
-def rule_tables(conversations: list[dict], outcomes: Mapping[str, dict | None], task: dict,
-                context: RuleContext, rules: Iterable[Rule] | None = None) -> tuple[pa.Table, pa.Table]:
+def rule_tables(
+    conversations: list[dict],
+    outcomes: Mapping[str, dict | None],
+    task: dict,
+    context: RuleContext,
+    rules: Iterable[Rule] | None = None,
+) -> tuple[pa.Table, pa.Table]:
     """(RULE_STEPS, RULE_SUMMARY) tables for one partition; outcomes by run_id (a run with
     no outcome gets no tests row)."""
     rules = list(rules if rules is not None else RULES.values())
@@ -573,8 +650,10 @@ def rule_tables(conversations: list[dict], outcomes: Mapping[str, dict | None], 
         rows = score_rules(run_conversations, task, outcomes.get(run_id), context, rules)
         steps += rows
         summary += summarize_rules(rows, run_conversations, rules)
-    return (pa.Table.from_pylist(steps, schema=RULE_STEPS.schema),
-            pa.Table.from_pylist(summary, schema=RULE_SUMMARY.schema))
+    return (
+        pa.Table.from_pylist(steps, schema=RULE_STEPS.schema),
+        pa.Table.from_pylist(summary, schema=RULE_SUMMARY.schema),
+    )
 
 
 def trajectory_lengths(conversations: list[dict]) -> dict[str, int]:

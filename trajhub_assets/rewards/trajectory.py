@@ -55,8 +55,12 @@ def trajectory_reward(values: Mapping[str, float | None], weights: Mapping[str, 
     return {"components": used, "reward": reward}
 
 
-def trajectory_rewards(judge_summary: pa.Table | Iterable[dict], rule_summary: pa.Table | Iterable[dict],
-                       outcomes: Mapping[str, Mapping | None], rewards: RewardConfig) -> pa.Table:
+def trajectory_rewards(
+    judge_summary: pa.Table | Iterable[dict],
+    rule_summary: pa.Table | Iterable[dict],
+    outcomes: Mapping[str, Mapping | None],
+    rewards: RewardConfig,
+) -> pa.Table:
     """TRAJECTORY_REWARDS for one partition from its JUDGE_SUMMARY and RULE_SUMMARY rows and
     its outcomes by run_id; every run that any of them knows gets a row."""
     judged = {r["run_id"]: r for r in _rows(judge_summary)}
@@ -67,14 +71,26 @@ def trajectory_rewards(judge_summary: pa.Table | Iterable[dict], rule_summary: p
     out = []
     for run_id in dict.fromkeys([*judged, *ruled, *outcomes]):
         judge = judged.get(run_id, {})
-        values = {"outcome": outcome_score(outcomes.get(run_id)), "rules": rule_score(ruled.get(run_id, [])),
-                  "step": judge.get("mean_step_reward"), "checklist": judge.get("csr")}
+        values = {
+            "outcome": outcome_score(outcomes.get(run_id)),
+            "rules": rule_score(ruled.get(run_id, [])),
+            "step": judge.get("mean_step_reward"),
+            "checklist": judge.get("csr"),
+        }
         attempt = judge.get("attempt", next((r["attempt"] for r in ruled.get(run_id, [])), None))
-        out.append({"run_id": run_id, "attempt": attempt, "outcome": values["outcome"],
-                    "rule_score": values["rules"], "mean_step_reward": values["step"],
-                    "checklist_pass_rate": values["checklist"],
-                    **{f"weight_{c}": float(weights.get(c, 0.0)) for c in COMPONENTS},
-                    **trajectory_reward(values, weights), "reward_version": version})
+        out.append(
+            {
+                "run_id": run_id,
+                "attempt": attempt,
+                "outcome": values["outcome"],
+                "rule_score": values["rules"],
+                "mean_step_reward": values["step"],
+                "checklist_pass_rate": values["checklist"],
+                **{f"weight_{c}": float(weights.get(c, 0.0)) for c in COMPONENTS},
+                **trajectory_reward(values, weights),
+                "reward_version": version,
+            }
+        )
     return pa.Table.from_pylist(out, schema=TRAJECTORY_REWARDS.schema)
 
 

@@ -9,7 +9,13 @@ does not, and says so in the log.
 """
 
 from trajhub_assets.sandbox.base import (
-    ExecResult, Limits, Outcome, Sandbox, SandboxError, SandboxTimeout, collect_outcome,
+    ExecResult,
+    Limits,
+    Outcome,
+    Sandbox,
+    SandboxError,
+    SandboxTimeout,
+    collect_outcome,
     parse_test_counts,
 )
 from trajhub_assets.sandbox.docker import DockerSandbox, docker_available, remove_orphans
@@ -30,7 +36,18 @@ def make_sandbox(task: dict, *, backend: str = "docker", **options) -> Sandbox:
 
 
 __all__ = [
-    "BACKENDS", "DockerSandbox", "ExecResult", "Limits", "LocalSandbox", "Outcome", "Sandbox",
-    "SandboxError", "SandboxTimeout", "collect_outcome", "docker_available", "make_sandbox",
-    "parse_test_counts", "remove_orphans",
+    "BACKENDS",
+    "DockerSandbox",
+    "ExecResult",
+    "Limits",
+    "LocalSandbox",
+    "Outcome",
+    "Sandbox",
+    "SandboxError",
+    "SandboxTimeout",
+    "collect_outcome",
+    "docker_available",
+    "make_sandbox",
+    "parse_test_counts",
+    "remove_orphans",
 ]

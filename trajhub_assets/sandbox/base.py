@@ -81,8 +81,7 @@ class CappedBuffer:
 
     def text(self) -> str:
         middle = f"\n[trajhub: {self.dropped} bytes of output dropped]\n" if self.dropped else ""
-        return (self.head.decode(errors="replace") + middle
-                + self.tail.decode(errors="replace"))
+        return self.head.decode(errors="replace") + middle + self.tail.decode(errors="replace")
 
 
 # Run inside the workspace by every backend: the initial state becomes a commit so the
@@ -101,8 +100,12 @@ GIT_DIFF = "git add -A && git diff --cached --binary HEAD"
 def task_field(task: dict, field: str) -> str:
     value = task.get(field)
     if not isinstance(value, str) or not value:
-        raise RecordError("the sandbox needs this field", source=task.get("source", "task record"),
-                          record_id=task.get("instance_id"), field=field)
+        raise RecordError(
+            "the sandbox needs this field",
+            source=task.get("source", "task record"),
+            record_id=task.get("instance_id"),
+            field=field,
+        )
     return value
 
 
@@ -130,8 +133,7 @@ class Sandbox(abc.ABC):
         """
 
     @abc.abstractmethod
-    def _exec(self, argv: list[str], *, timeout: float, cwd: str,
-              env: dict[str, str]) -> ExecResult: ...
+    def _exec(self, argv: list[str], *, timeout: float, cwd: str, env: dict[str, str]) -> ExecResult: ...
 
     @abc.abstractmethod
     def _read_file(self, path: str) -> bytes: ...
@@ -153,8 +155,12 @@ class Sandbox(abc.ABC):
             raise
         self.has_git_baseline = baseline.success
         if not baseline.success:
-            log.warning("run %s: no git baseline in %s (%s); no diff will be recorded",
-                        self.run_id, self.workspace, (baseline.stderr or baseline.stdout)[-300:])
+            log.warning(
+                "run %s: no git baseline in %s (%s); no diff will be recorded",
+                self.run_id,
+                self.workspace,
+                (baseline.stderr or baseline.stdout)[-300:],
+            )
         return self
 
     def __enter__(self) -> Self:
@@ -168,8 +174,14 @@ class Sandbox(abc.ABC):
                 raise
             log.exception("run %s: cleanup failed while handling %r", self.run_id, exc)
 
-    def exec(self, cmd: str | list[str], *, timeout: float | None = None, cwd: str | None = None,
-             env: dict[str, str] | None = None) -> ExecResult:
+    def exec(
+        self,
+        cmd: str | list[str],
+        *,
+        timeout: float | None = None,
+        cwd: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> ExecResult:
         """Run a command; a string runs with `sh -c`. Relative cwd is taken from the workspace.
 
         A command still running at its timeout is killed with its children and comes back
@@ -188,8 +200,7 @@ class Sandbox(abc.ABC):
     def write_file(self, path: str, contents: str | bytes) -> None:
         """Creates missing parent directories."""
         self._time_left()
-        self._write_file(self.resolve(path),
-                         contents.encode() if isinstance(contents, str) else contents)
+        self._write_file(self.resolve(path), contents.encode() if isinstance(contents, str) else contents)
 
     def resolve(self, path: str) -> str:
         return str(PurePosixPath(self.workspace, path))  # an absolute path wins
@@ -207,16 +218,17 @@ class Sandbox(abc.ABC):
 
     def _time_left(self) -> float:
         if self._started_at is None:
-            raise SandboxError(f"run {self.run_id}: sandbox used before start() "
-                               "(use it as a context manager)")
+            raise SandboxError(f"run {self.run_id}: sandbox used before start() (use it as a context manager)")
         left = self.limits.run_timeout - self.seconds
         if left <= 0:
-            raise SandboxTimeout(f"run {self.run_id} ({self.instance_id}): wall-clock limit of "
-                                 f"{self.limits.run_timeout:g}s reached")
+            raise SandboxTimeout(
+                f"run {self.run_id} ({self.instance_id}): wall-clock limit of {self.limits.run_timeout:g}s reached"
+            )
         return left
 
 
 # -- after the agent stops -----------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Outcome:
@@ -239,8 +251,7 @@ class Outcome:
 
     @property
     def resolved(self) -> bool:
-        return (self.test_exit_code == 0 and not self.timed_out
-                and bool(self.tests_total) and self.tests_failed == 0)
+        return self.test_exit_code == 0 and not self.timed_out and bool(self.tests_total) and self.tests_failed == 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -258,10 +269,12 @@ def parse_test_counts(output: str) -> tuple[int, int, int] | None:
     """(passed, failed, total) from unittest and pytest summaries, summed over every run seen."""
     passed = failed = 0
     found = False
-    for ran, verdict in zip(_UNITTEST_RAN.finditer(output), _UNITTEST_VERDICT.finditer(output)):
+    for ran, verdict in zip(_UNITTEST_RAN.finditer(output), _UNITTEST_VERDICT.finditer(output), strict=False):
         found = True
-        counts = {k.strip(): int(v) for k, v in
-                  (part.split("=") for part in (verdict.group(1) or "").split(",") if "=" in part)}
+        counts = {
+            k.strip(): int(v)
+            for k, v in (part.split("=") for part in (verdict.group(1) or "").split(",") if "=" in part)
+        }
         bad = counts.get("failures", 0) + counts.get("errors", 0) + counts.get("unexpected successes", 0)
         total = int(ran.group(1)) - counts.get("skipped", 0)
         passed, failed = passed + total - bad, failed + bad
@@ -293,8 +306,9 @@ def collect_outcome(sandbox: Sandbox, task: dict, *, test_timeout: float = 600.0
             # a same-size edit in the same second, and tests would run the old code.
             pycache = sandbox.resolve(f"../.trajhub-pycache-{uuid.uuid4().hex[:8]}")
             # One stream keeps the order of the runner's lines; braces keep `a; b` whole.
-            result = sandbox.exec(f"{{ {test_command}\n}} 2>&1", timeout=test_timeout,
-                                  env={"PYTHONPYCACHEPREFIX": pycache})
+            result = sandbox.exec(
+                f"{{ {test_command}\n}} 2>&1", timeout=test_timeout, env={"PYTHONPYCACHEPREFIX": pycache}
+            )
             test_exit_code, test_seconds = result.returncode, result.seconds
             test_timed_out = result.timed_out
             test_output = result.stdout[-OUTPUT_TAIL_CHARS:]
@@ -303,9 +317,20 @@ def collect_outcome(sandbox: Sandbox, task: dict, *, test_timeout: float = 600.0
         error = str(timeout)
     passed, failed, total = counts or (None, None, None)
     return Outcome(
-        instance_id=sandbox.instance_id, run_id=sandbox.run_id, backend=sandbox.backend,
-        diff=diff, diff_exit_code=diff_exit_code, test_command=test_command,
-        test_exit_code=test_exit_code, tests_passed=passed, tests_failed=failed,
-        tests_total=total, test_output_tail=test_output, test_seconds=test_seconds,
-        test_timed_out=test_timed_out, run_seconds=sandbox.seconds,
-        timed_out=test_timed_out or sandbox.timed_out, error=error)
+        instance_id=sandbox.instance_id,
+        run_id=sandbox.run_id,
+        backend=sandbox.backend,
+        diff=diff,
+        diff_exit_code=diff_exit_code,
+        test_command=test_command,
+        test_exit_code=test_exit_code,
+        tests_passed=passed,
+        tests_failed=failed,
+        tests_total=total,
+        test_output_tail=test_output,
+        test_seconds=test_seconds,
+        test_timed_out=test_timed_out,
+        run_seconds=sandbox.seconds,
+        timed_out=test_timed_out or sandbox.timed_out,
+        error=error,
+    )

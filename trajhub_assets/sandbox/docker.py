@@ -43,7 +43,13 @@ from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 
 from trajhub_assets.errors import RecordError
 from trajhub_assets.sandbox.base import (
-    CappedBuffer, ExecResult, Sandbox, SandboxError, SandboxTimeout, cache_dir, task_field,
+    CappedBuffer,
+    ExecResult,
+    Sandbox,
+    SandboxError,
+    SandboxTimeout,
+    cache_dir,
+    task_field,
 )
 
 log = logging.getLogger(__name__)
@@ -82,13 +88,16 @@ def connect(docker_host: str | None = None, *, timeout: float | None = 120) -> d
     """A client for `docker_host` (default: the environment's), or SandboxError when none answers."""
     try:
         # from_env, so that DOCKER_TLS_VERIFY / DOCKER_CERT_PATH apply to a configured tcp:// host too.
-        client = docker.from_env(timeout=timeout, environment={**os.environ, "DOCKER_HOST": docker_host}
-                                 if docker_host else None)
+        client = docker.from_env(
+            timeout=timeout, environment={**os.environ, "DOCKER_HOST": docker_host} if docker_host else None
+        )
         client.ping()
     except DockerException as error:
-        raise SandboxError(f"no Docker engine answers at {engine_url(docker_host)} ({reason(error)}): "
-                           "start it (scripts/docker_setup.sh as root), point sandbox.docker_host at one "
-                           "that runs, or set sandbox.backend: local") from error
+        raise SandboxError(
+            f"no Docker engine answers at {engine_url(docker_host)} ({reason(error)}): "
+            "start it (scripts/docker_setup.sh as root), point sandbox.docker_host at one "
+            "that runs, or set sandbox.backend: local"
+        ) from error
     return client
 
 
@@ -103,8 +112,7 @@ def docker_available(docker_host: str | None = None) -> bool:
 class DockerSandbox(Sandbox):
     backend = "docker"
 
-    def __init__(self, task: dict, *, network: str = "internal", docker_host: str | None = None,
-                 **kwargs):
+    def __init__(self, task: dict, *, network: str = "internal", docker_host: str | None = None, **kwargs):
         super().__init__(task, **kwargs)
         if network not in NETWORKS:
             raise SandboxError(f"sandbox network {network!r} is not one of {', '.join(NETWORKS)}")
@@ -121,8 +129,12 @@ class DockerSandbox(Sandbox):
         image = task_field(self.task, "image")
         workspace = task_field(self.task, "workspace_abs_path")
         if not workspace.startswith("/"):
-            raise RecordError("must be an absolute path", source=self.task.get("source", "task record"),
-                              record_id=self.instance_id, field="workspace_abs_path")
+            raise RecordError(
+                "must be an absolute path",
+                source=self.task.get("source", "task record"),
+                record_id=self.instance_id,
+                field="workspace_abs_path",
+            )
         self._client = connect(self.docker_host)
         self._exec_client = connect(self.docker_host, timeout=None)
         try:
@@ -138,17 +150,23 @@ class DockerSandbox(Sandbox):
             raise SandboxError(
                 f"task {self.instance_id}: image {image!r} is not on this Docker engine; pull it "
                 "(docker pull), or for the demo tasks build it with "
-                "trajhub_assets.sandbox.images.ensure_demo_image()") from None
+                "trajhub_assets.sandbox.images.ensure_demo_image()"
+            ) from None
         limits = self.limits
         self.container = self._client.containers.create(
             image,
             ["sleep", str(math.ceil(limits.run_timeout))],
-            name=(f"trajhub-{_safe_name(self.instance_id)[:40]}-{_safe_name(self.run_id)[:40]}"
-                  f"-{uuid.uuid4().hex[:6]}"),  # the same run id may start twice
-            labels={LABEL_CREATED_BY: CREATED_BY, LABEL_RUN_ID: self.run_id,
-                    LABEL_INSTANCE_ID: self.instance_id, LABEL_HOST: socket.gethostname(),
-                    LABEL_PID: str(os.getpid()),
-                    LABEL_EXPIRES_AT: str(int(time.time() + limits.run_timeout + SETUP_SECONDS))},
+            name=(
+                f"trajhub-{_safe_name(self.instance_id)[:40]}-{_safe_name(self.run_id)[:40]}-{uuid.uuid4().hex[:6]}"
+            ),  # the same run id may start twice
+            labels={
+                LABEL_CREATED_BY: CREATED_BY,
+                LABEL_RUN_ID: self.run_id,
+                LABEL_INSTANCE_ID: self.instance_id,
+                LABEL_HOST: socket.gethostname(),
+                LABEL_PID: str(os.getpid()),
+                LABEL_EXPIRES_AT: str(int(time.time() + limits.run_timeout + SETUP_SECONDS)),
+            },
             working_dir=workspace,
             init=True,
             nano_cpus=int(limits.cpus * 1e9),
@@ -156,7 +174,8 @@ class DockerSandbox(Sandbox):
             memswap_limit=limits.memory,
             pids_limit=limits.pids,
             extra_hosts={"host.docker.internal": "host-gateway"},
-            network=ensure_internal_network(self._client) if self.network == "internal"
+            network=ensure_internal_network(self._client)
+            if self.network == "internal"
             else self.network,  # by id: a duplicate name can never make it ambiguous
             detach=True,
         )
@@ -174,14 +193,20 @@ class DockerSandbox(Sandbox):
         if has_timeout:
             self._timeout_prefix = ["timeout", "-k", "5"]
         else:
-            log.warning("run %s: image %s has no coreutils `timeout`; an exec that outlives its "
-                        "timeout ends the whole run", self.run_id, image)
+            log.warning(
+                "run %s: image %s has no coreutils `timeout`; an exec that outlives its timeout ends the whole run",
+                self.run_id,
+                image,
+            )
 
     def _copy_workspace(self, source: str, workspace: str) -> None:
         if not os.path.isdir(source):
-            raise RecordError(f"{source} is not a directory",
-                              source=self.task.get("source", "task record"),
-                              record_id=self.instance_id, field="workspace_source")
+            raise RecordError(
+                f"{source} is not a directory",
+                source=self.task.get("source", "task record"),
+                record_id=self.instance_id,
+                field="workspace_source",
+            )
 
         def as_root(info: tarfile.TarInfo) -> tarfile.TarInfo:
             # Host uids mean nothing in the image; root-owned files keep git from refusing them.
@@ -201,8 +226,7 @@ class DockerSandbox(Sandbox):
         # `timeout 0` would mean no timeout at all.
         prefix = self._timeout_prefix + [f"{max(timeout, 0.01):.3f}"] if self._timeout_prefix else []
         try:
-            exec_id = api.exec_create(self.container.id, prefix + argv, workdir=cwd,
-                                      environment=env or None)["Id"]
+            exec_id = api.exec_create(self.container.id, prefix + argv, workdir=cwd, environment=env or None)["Id"]
         except APIError as error:
             raise self._api_error("exec", error) from error
         stdout, stderr = CappedBuffer(self.limits.output_bytes), CappedBuffer(self.limits.output_bytes)
@@ -220,8 +244,12 @@ class DockerSandbox(Sandbox):
         reader.start()
         reader.join(timeout + EXEC_GRACE_SECONDS)
         if reader.is_alive():
-            log.error("run %s: exec %s did not return %ss past its timeout; killing the container",
-                      self.run_id, argv[:3], EXEC_GRACE_SECONDS)
+            log.error(
+                "run %s: exec %s did not return %ss past its timeout; killing the container",
+                self.run_id,
+                argv[:3],
+                EXEC_GRACE_SECONDS,
+            )
             self._kill()
             reader.join(30)
         if failure and not self.timed_out:
@@ -272,9 +300,11 @@ class DockerSandbox(Sandbox):
 
     def _api_error(self, what: str, error: APIError) -> SandboxError:
         if self.timed_out or "is not running" in str(error):
-            return SandboxTimeout(f"run {self.run_id} ({self.instance_id}): the container is not "
-                                  f"running ({what}): its wall-clock limit of "
-                                  f"{self.limits.run_timeout:g}s ran out, or a hung exec killed it")
+            return SandboxTimeout(
+                f"run {self.run_id} ({self.instance_id}): the container is not "
+                f"running ({what}): its wall-clock limit of "
+                f"{self.limits.run_timeout:g}s ran out, or a hung exec killed it"
+            )
         return SandboxError(f"run {self.run_id} ({self.instance_id}): {what} failed: {error}")
 
     def cleanup(self) -> None:
@@ -284,8 +314,10 @@ class DockerSandbox(Sandbox):
             except NotFound:
                 pass
             except APIError as error:
-                raise SandboxError(f"run {self.run_id}: container {self.container.name} could "
-                                   f"not be removed: {error}; remove_orphans() retries") from error
+                raise SandboxError(
+                    f"run {self.run_id}: container {self.container.name} could "
+                    f"not be removed: {error}; remove_orphans() retries"
+                ) from error
             self.container = None
         for client in (self._client, self._exec_client):
             if client is not None:
@@ -313,32 +345,44 @@ def ensure_internal_network(client: docker.DockerClient) -> str:
                 create_internal_network(client)
             except APIError as error:
                 if not _internal_networks(client):  # lost a race with another host: fine
-                    raise SandboxError(f"cannot create Docker network {INTERNAL_NETWORK} ({reason(error)}): "
-                                       "remove unused networks there (docker network prune)") from error
+                    raise SandboxError(
+                        f"cannot create Docker network {INTERNAL_NETWORK} ({reason(error)}): "
+                        "remove unused networks there (docker network prune)"
+                    ) from error
     keep, *duplicates = _internal_networks(client)
     for network in duplicates:
         if network.attrs.get("Labels", {}).get(LABEL_CREATED_BY) != CREATED_BY:
             continue  # not ours to remove
         try:
             network.remove()
-            log.warning("removed duplicate Docker network %s (%s); kept %s", INTERNAL_NETWORK,
-                        network.id[:12], keep.id[:12])
+            log.warning(
+                "removed duplicate Docker network %s (%s); kept %s", INTERNAL_NETWORK, network.id[:12], keep.id[:12]
+            )
         except APIError as error:  # in use, or already gone: the next batch tries again
-            log.warning("duplicate Docker network %s (%s) not removed yet: %s", INTERNAL_NETWORK,
-                        network.id[:12], error)
+            log.warning(
+                "duplicate Docker network %s (%s) not removed yet: %s", INTERNAL_NETWORK, network.id[:12], error
+            )
     if not keep.attrs.get("Internal") or keep.attrs.get("Options", {}).get(ICC_OPTION) != "false":
-        raise SandboxError(f"Docker network {INTERNAL_NETWORK} ({keep.id[:12]}) exists but does not isolate "
-                           f"(Internal={keep.attrs.get('Internal')}, {ICC_OPTION}="
-                           f"{keep.attrs.get('Options', {}).get(ICC_OPTION)}); remove it "
-                           f"(docker network rm {keep.id[:12]}) and trajhub makes it anew")
+        raise SandboxError(
+            f"Docker network {INTERNAL_NETWORK} ({keep.id[:12]}) exists but does not isolate "
+            f"(Internal={keep.attrs.get('Internal')}, {ICC_OPTION}="
+            f"{keep.attrs.get('Options', {}).get(ICC_OPTION)}); remove it "
+            f"(docker network rm {keep.id[:12]}) and trajhub makes it anew"
+        )
     return keep.id
 
 
 def create_internal_network(client: docker.DockerClient, *, check_duplicate: bool = True):
     """No route out (internal) and no traffic between sandboxes (icc off). Without
     `check_duplicate` the engine makes a second one of the name, as two hosts racing do."""
-    return client.networks.create(INTERNAL_NETWORK, driver="bridge", internal=True, check_duplicate=check_duplicate,
-                                  labels={LABEL_CREATED_BY: CREATED_BY}, options={ICC_OPTION: "false"})
+    return client.networks.create(
+        INTERNAL_NETWORK,
+        driver="bridge",
+        internal=True,
+        check_duplicate=check_duplicate,
+        labels={LABEL_CREATED_BY: CREATED_BY},
+        options={ICC_OPTION: "false"},
+    )
 
 
 def _internal_networks(client: docker.DockerClient) -> list:
@@ -347,8 +391,9 @@ def _internal_networks(client: docker.DockerClient) -> list:
     return sorted(found, key=lambda n: (n.attrs.get("Created", ""), n.id))
 
 
-def remove_orphans(client: docker.DockerClient | None = None, *, mine: bool = False,
-                   docker_host: str | None = None) -> list[str]:
+def remove_orphans(
+    client: docker.DockerClient | None = None, *, mine: bool = False, docker_host: str | None = None
+) -> list[str]:
     """Remove sandbox containers nobody will clean up; return their names.
 
     An orphan was made by a process of this host that no longer exists, or has outlived
@@ -360,8 +405,7 @@ def remove_orphans(client: docker.DockerClient | None = None, *, mine: bool = Fa
     try:
         removed = []
         host, now = socket.gethostname(), time.time()
-        for container in client.containers.list(
-                all=True, filters={"label": f"{LABEL_CREATED_BY}={CREATED_BY}"}):
+        for container in client.containers.list(all=True, filters={"label": f"{LABEL_CREATED_BY}={CREATED_BY}"}):
             labels = container.labels
             expired = now > float(labels.get(LABEL_EXPIRES_AT, 0))
             creator_gone = labels.get(LABEL_HOST) == host and not _pid_alive(labels.get(LABEL_PID))
@@ -372,8 +416,12 @@ def remove_orphans(client: docker.DockerClient | None = None, *, mine: bool = Fa
                 container.remove(force=True, v=True)
             except NotFound:
                 continue  # its owner got there first
-            log.info("removed orphan sandbox %s (run %s, pid %s)", container.name,
-                     labels.get(LABEL_RUN_ID), labels.get(LABEL_PID))
+            log.info(
+                "removed orphan sandbox %s (run %s, pid %s)",
+                container.name,
+                labels.get(LABEL_RUN_ID),
+                labels.get(LABEL_PID),
+            )
             removed.append(container.name)
         return removed
     finally:
@@ -422,8 +470,10 @@ def gateway_of(bridge: dict, *, local_engine: bool) -> str:
         looked_at += f"; interface {interface} has no IPv4 address on this host"
     else:
         looked_at += f"; the engine is remote, so its interface {interface} cannot be read here"
-    raise SandboxError(f"cannot tell the host's address on Docker's bridge network ({looked_at}); "
-                       "sandboxes could not reach the proxy. Set proxy.url to an address they reach")
+    raise SandboxError(
+        f"cannot tell the host's address on Docker's bridge network ({looked_at}); "
+        "sandboxes could not reach the proxy. Set proxy.url to an address they reach"
+    )
 
 
 def interface_address(name: str) -> str | None:

@@ -19,8 +19,14 @@ from docker.errors import APIError, BuildError, DockerException, ImageNotFound
 from requests import RequestException
 
 from trajhub_assets.sandbox.base import SandboxError, cache_dir
-from trajhub_assets.sandbox.docker import (bridge_gateway, connect, engine_url, ensure_internal_network, reason,
-                                           remove_orphans)
+from trajhub_assets.sandbox.docker import (
+    bridge_gateway,
+    connect,
+    engine_url,
+    ensure_internal_network,
+    reason,
+    remove_orphans,
+)
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +35,11 @@ DOCKERFILE = Path(__file__).with_name("Dockerfile")
 SUITE = "bookworm"  # Python 3.11
 PACKAGES = ("python3", "python-is-python3", "python3-pytest", "git")
 # `docker import` makes an image with an empty config; give it what a container expects.
-IMPORT_CHANGES = ["ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                  "ENV LANG=C.UTF-8", 'CMD ["/bin/bash"]']
+IMPORT_CHANGES = [
+    "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "ENV LANG=C.UTF-8",
+    'CMD ["/bin/bash"]',
+]
 
 
 def ensure_demo_image(client=None, *, tag: str = DEMO_IMAGE) -> str:
@@ -50,8 +59,9 @@ def ensure_demo_image(client=None, *, tag: str = DEMO_IMAGE) -> str:
         log.info("importing %s as %s", rootfs_tar, tag)
         repository, _, version = tag.rpartition(":")
         try:
-            client.api.import_image_from_file(str(rootfs_tar), repository=repository, tag=version,
-                                              changes=IMPORT_CHANGES)
+            client.api.import_image_from_file(
+                str(rootfs_tar), repository=repository, tag=version, changes=IMPORT_CHANGES
+            )
         except APIError as error:
             raise SandboxError(f"docker import of {rootfs_tar} as {tag} failed: {error}") from error
     if not _image_exists(client, tag):
@@ -61,16 +71,16 @@ def ensure_demo_image(client=None, *, tag: str = DEMO_IMAGE) -> str:
 
 def _debootstrap_tarball(target: Path) -> None:
     if shutil.which("debootstrap") is None:
-        raise SandboxError("debootstrap is not installed: run scripts/docker_setup.sh as root "
-                           "(or apt-get install debootstrap)")
+        raise SandboxError(
+            "debootstrap is not installed: run scripts/docker_setup.sh as root (or apt-get install debootstrap)"
+        )
     if os.geteuid() != 0:
         raise SandboxError("building the demo image with debootstrap needs root")
     mirror = os.environ.get("TRAJHUB_DEBIAN_MIRROR", "http://deb.debian.org/debian")
     work = Path(tempfile.mkdtemp(dir=target.parent, prefix="rootfs-"))
     try:
         rootfs = work / "rootfs"
-        command = ["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}",
-                   SUITE, str(rootfs), mirror]
+        command = ["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", SUITE, str(rootfs), mirror]
         log.info("building the demo root file system (about a minute): %s", " ".join(command))
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=1800)
@@ -82,8 +92,11 @@ def _debootstrap_tarball(target: Path) -> None:
             raise SandboxError(f"debootstrap failed ({done.returncode}): {_last_line(output)}")
         partial = work / "rootfs.tar"
         # GNU tar keeps what the root file system holds (owners, devices, capabilities).
-        packed = subprocess.run(["tar", "--numeric-owner", "--xattrs", "-C", str(rootfs),
-                                 "-cf", str(partial), "."], capture_output=True, text=True)
+        packed = subprocess.run(
+            ["tar", "--numeric-owner", "--xattrs", "-C", str(rootfs), "-cf", str(partial), "."],
+            capture_output=True,
+            text=True,
+        )
         if packed.returncode != 0:
             raise SandboxError(f"tar of {rootfs} failed: {_last_line(packed.stderr)}")
         partial.rename(target)  # readers never see half a tarball
@@ -145,15 +158,18 @@ def prepare_engine(docker_host: str | None, images: set[str], network: str = "in
             ensure_demo_image(client)
         for image in sorted(images - {DEMO_IMAGE}):
             if not _image_exists(client, image):
-                raise SandboxError(f"image {image!r} is missing: pull it there (docker pull {image}), "
-                                   "or fix the task's image")
+                raise SandboxError(
+                    f"image {image!r} is missing: pull it there (docker pull {image}), or fix the task's image"
+                )
         if network == "internal":
             ensure_internal_network(client)
         return bridge_gateway(docker_host)
     except SandboxError as error:
         raise SandboxError(f"Docker engine at {url}: {error}") from error
     except (DockerException, RequestException) as error:  # a call the engine refused or dropped
-        raise SandboxError(f"Docker engine at {url}: preparing it for the sandboxes failed "
-                           f"({reason(error)}); `docker info` there shows its state") from error
+        raise SandboxError(
+            f"Docker engine at {url}: preparing it for the sandboxes failed "
+            f"({reason(error)}); `docker info` there shows its state"
+        ) from error
     finally:
         client.close()

@@ -38,13 +38,20 @@ class LocalSandbox(Sandbox):
     def _start(self) -> None:
         source = Path(task_field(self.task, "workspace_source"))
         if not source.is_dir():
-            raise RecordError(f"{source} is not a directory",
-                              source=self.task.get("source", "task record"),
-                              record_id=self.instance_id, field="workspace_source")
-        log.warning("run %s (%s): LOCAL sandbox, weak isolation: commands run as user %r on this "
-                    "machine with no CPU, memory, process or network limits; use the docker "
-                    "backend for agents you do not trust", self.run_id, self.instance_id,
-                    getpass.getuser())
+            raise RecordError(
+                f"{source} is not a directory",
+                source=self.task.get("source", "task record"),
+                record_id=self.instance_id,
+                field="workspace_source",
+            )
+        log.warning(
+            "run %s (%s): LOCAL sandbox, weak isolation: commands run as user %r on this "
+            "machine with no CPU, memory, process or network limits; use the docker "
+            "backend for agents you do not trust",
+            self.run_id,
+            self.instance_id,
+            getpass.getuser(),
+        )
         self._root = Path(tempfile.mkdtemp(prefix=f"trajhub-{self.run_id[:12]}-"))
         try:
             name = PurePosixPath(task_field(self.task, "workspace_abs_path")).name or "workspace"
@@ -62,11 +69,17 @@ class LocalSandbox(Sandbox):
         # Files, not pipes: a background child holding stdout cannot make us wait.
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
             try:
-                process = subprocess.Popen(argv, cwd=cwd, env=full_env, stdin=subprocess.DEVNULL,
-                                           stdout=out, stderr=err, start_new_session=True)
+                process = subprocess.Popen(
+                    argv,
+                    cwd=cwd,
+                    env=full_env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=err,
+                    start_new_session=True,
+                )
             except OSError as error:  # no such program or directory: what a shell says
-                return ExecResult(127, "", f"{argv[0]}: {error}", False,
-                                  time.monotonic() - started)
+                return ExecResult(127, "", f"{argv[0]}: {error}", False, time.monotonic() - started)
             self._groups.add(process.pid)
             try:
                 returncode, timed_out = process.wait(timeout), False
@@ -75,10 +88,13 @@ class LocalSandbox(Sandbox):
                 returncode, timed_out = process.wait(), True
             if not _group_alive(process.pid):
                 self._groups.discard(process.pid)  # nothing left to kill at cleanup
-            return ExecResult(128 - returncode if returncode < 0 else returncode,
-                              _read_capped(out, self.limits.output_bytes),
-                              _read_capped(err, self.limits.output_bytes),
-                              timed_out, time.monotonic() - started)
+            return ExecResult(
+                128 - returncode if returncode < 0 else returncode,
+                _read_capped(out, self.limits.output_bytes),
+                _read_capped(err, self.limits.output_bytes),
+                timed_out,
+                time.monotonic() - started,
+            )
 
     def _read_file(self, path: str) -> bytes:
         return Path(path).read_bytes()

@@ -55,9 +55,12 @@ def user_queries(task: dict) -> list[str]:
     if isinstance(queries, str):
         queries = [queries]
     if not queries or not all(isinstance(q, str) and q.strip() for q in queries):
-        raise RecordError("needs a non-empty list of non-empty strings",
-                          source=task.get("source", "task record"),
-                          record_id=task.get("instance_id"), field="user_query")
+        raise RecordError(
+            "needs a non-empty list of non-empty strings",
+            source=task.get("source", "task record"),
+            record_id=task.get("instance_id"),
+            field="user_query",
+        )
     return queries
 
 
@@ -75,8 +78,9 @@ class Scaffold(abc.ABC):
         """The client's own version string, recorded with every run."""
 
     @abc.abstractmethod
-    def run(self, sandbox, task: dict, endpoint: Endpoint, model_route: str, sampling: dict,
-            timeout: float) -> AgentRun:
+    def run(
+        self, sandbox, task: dict, endpoint: Endpoint, model_route: str, sampling: dict, timeout: float
+    ) -> AgentRun:
         """Run every user query of `task` in `sandbox`; `timeout` bounds the whole agent."""
 
 
@@ -120,43 +124,78 @@ def _kinds(**names: tuple[str, ...]) -> dict[str, str]:
 
 BUILTIN_ERROR_PREFIX = "ERROR: "  # the OpenAI chat format has no error flag on a tool result
 
-SCAFFOLDS: dict[str, ScaffoldEntry] = {entry.name: entry for entry in (
-    ScaffoldEntry(
-        "claudecode", "trajhub_assets.scaffolds.claudecode:ClaudeCode",
-        clients.Client("claude-code", "npm", f"@anthropic-ai/claude-code-linux-{clients.ARCH}", "2.1.330",
-                       "claude"),
-        _kinds(read=("Read", "NotebookRead"), edit=("Edit", "MultiEdit", "NotebookEdit"), write=("Write",),
-               shell=("Bash",), search=("Grep", "Glob", "LS"))),
-    ScaffoldEntry(
-        "kilo-dev", "trajhub_assets.scaffolds.kilo:Kilo",
-        clients.Client("kilo", "npm", f"@kilocode/cli-linux-{clients.ARCH}", "7.7.9", "bin/kilo"),
-        _kinds(shell=("bash",))),
-    ScaffoldEntry(
-        "droid", "trajhub_assets.scaffolds.droid:Droid",
-        clients.Client("droid", "npm", f"@factory/cli-linux-{clients.ARCH}", "0.225.2", "bin/droid"),
-        _kinds(read=("Read",), edit=("Edit", "MultiEdit"), write=("Create",), shell=("Execute",),
-               search=("Grep", "Glob", "LS"))),
-    ScaffoldEntry(
-        "mini-swe-agent", "trajhub_assets.scaffolds.mini_swe_agent:MiniSweAgent",
-        # mini-swe-agent leaves litellm unpinned; pin it, with the `mcp` extra: litellm 1.106
-        # imports mcp on every completion that has tools.
-        clients.Client("mini-swe-agent", "pip", "mini-swe-agent", "2.4.6", "bin/python",
-                       also=("litellm[mcp]==1.106.2",)),
-        _kinds(shell=("bash",))),
-    ScaffoldEntry(
-        "builtin", "trajhub_assets.scaffolds.builtin:Builtin", None,
-        _kinds(read=("read_file",), edit=("edit_file",), write=("write_file",), shell=("shell",),
-               search=("search",), finish=("finish",)),
-        error_prefix=BUILTIN_ERROR_PREFIX),
-)}
+SCAFFOLDS: dict[str, ScaffoldEntry] = {
+    entry.name: entry
+    for entry in (
+        ScaffoldEntry(
+            "claudecode",
+            "trajhub_assets.scaffolds.claudecode:ClaudeCode",
+            clients.Client(
+                "claude-code", "npm", f"@anthropic-ai/claude-code-linux-{clients.ARCH}", "2.1.330", "claude"
+            ),
+            _kinds(
+                read=("Read", "NotebookRead"),
+                edit=("Edit", "MultiEdit", "NotebookEdit"),
+                write=("Write",),
+                shell=("Bash",),
+                search=("Grep", "Glob", "LS"),
+            ),
+        ),
+        ScaffoldEntry(
+            "kilo-dev",
+            "trajhub_assets.scaffolds.kilo:Kilo",
+            clients.Client("kilo", "npm", f"@kilocode/cli-linux-{clients.ARCH}", "7.7.9", "bin/kilo"),
+            _kinds(shell=("bash",)),
+        ),
+        ScaffoldEntry(
+            "droid",
+            "trajhub_assets.scaffolds.droid:Droid",
+            clients.Client("droid", "npm", f"@factory/cli-linux-{clients.ARCH}", "0.225.2", "bin/droid"),
+            _kinds(
+                read=("Read",),
+                edit=("Edit", "MultiEdit"),
+                write=("Create",),
+                shell=("Execute",),
+                search=("Grep", "Glob", "LS"),
+            ),
+        ),
+        ScaffoldEntry(
+            "mini-swe-agent",
+            "trajhub_assets.scaffolds.mini_swe_agent:MiniSweAgent",
+            # mini-swe-agent leaves litellm unpinned; pin it, with the `mcp` extra: litellm 1.106
+            # imports mcp on every completion that has tools.
+            clients.Client(
+                "mini-swe-agent", "pip", "mini-swe-agent", "2.4.6", "bin/python", also=("litellm[mcp]==1.106.2",)
+            ),
+            _kinds(shell=("bash",)),
+        ),
+        ScaffoldEntry(
+            "builtin",
+            "trajhub_assets.scaffolds.builtin:Builtin",
+            None,
+            _kinds(
+                read=("read_file",),
+                edit=("edit_file",),
+                write=("write_file",),
+                shell=("shell",),
+                search=("search",),
+                finish=("finish",),
+            ),
+            error_prefix=BUILTIN_ERROR_PREFIX,
+        ),
+    )
+}
 
 # Tool names of agents trajhub imports trajectories of but does not run (Kilo Code and Cline
 # in an editor, SWE-agent, Gemini CLI): the rules read imported runs too.
 IMPORTED_TOOL_KINDS = _kinds(
     read=("view_file", "open_file"),
     edit=("apply_diff", "replace_in_file", "insert_content", "search_and_replace"),
-    write=("write_to_file", "create_file"), shell=("execute_command", "run_shell_command"),
-    search=("search_files", "list_files"), finish=("attempt_completion", "submit"))
+    write=("write_to_file", "create_file"),
+    shell=("execute_command", "run_shell_command"),
+    search=("search_files", "list_files"),
+    finish=("attempt_completion", "submit"),
+)
 
 
 def tool_kinds() -> dict[str, str]:
@@ -166,11 +205,11 @@ def tool_kinds() -> dict[str, str]:
     for owner, names in owners:
         for tool, kind in names.items():
             if kind not in TOOL_KINDS:
-                raise ConfigError(f"scaffold {owner}: tool {tool!r} has kind {kind!r}; "
-                                  f"kinds: {', '.join(TOOL_KINDS)}")
+                raise ConfigError(f"scaffold {owner}: tool {tool!r} has kind {kind!r}; kinds: {', '.join(TOOL_KINDS)}")
             if kinds.setdefault(tool, kind) != kind:  # the rules read calls by name, whoever made them
-                raise ConfigError(f"scaffold {owner}: tool {tool!r} is {kind!r} here but {kinds[tool]!r} "
-                                  "in another entry")
+                raise ConfigError(
+                    f"scaffold {owner}: tool {tool!r} is {kind!r} here but {kinds[tool]!r} in another entry"
+                )
     return kinds
 
 

@@ -38,8 +38,7 @@ ROUTES = (ROUTE_PREFIX, "baseline/")  # the bundled proxy config routes both to 
 def uses_baselines(config) -> bool:
     """Whether a project (ProjectConfig) runs a baseline or judges with the baseline judge: the
     demo environment, whose proxy serves them (definitions.py)."""
-    return (any(model.route.startswith(ROUTES) for model in config.models)
-            or config.judge.model.startswith(ROUTES))
+    return any(model.route.startswith(ROUTES) for model in config.models) or config.judge.model.startswith(ROUTES)
 
 
 @functools.lru_cache(maxsize=64)
@@ -60,8 +59,11 @@ def _text(content) -> str:
 
 
 def _call(name: str, **arguments) -> dict:
-    return {"id": f"call_{uuid.uuid4().hex[:12]}", "type": "function",
-            "function": {"name": name, "arguments": json.dumps(arguments)}}
+    return {
+        "id": f"call_{uuid.uuid4().hex[:12]}",
+        "type": "function",
+        "function": {"name": name, "arguments": json.dumps(arguments)},
+    }
 
 
 class BaselinePolicies:
@@ -78,7 +80,7 @@ class BaselinePolicies:
         if task is None:
             return {"role": "assistant", "content": "baseline: this is not a known task."}
         turn = len(users) - 1
-        step = sum(m.get("role") == "assistant" for m in messages[users[-1]:])
+        step = sum(m.get("role") == "assistant" for m in messages[users[-1] :])
         plan = getattr(self, f"_{policy}")(task, turn)
         if step >= len(plan):
             return {"role": "assistant", "content": "Done."}
@@ -87,28 +89,35 @@ class BaselinePolicies:
     def _careful(self, task: dict, turn: int) -> list[dict]:
         tests = task.get("test_command") or "ls"
         if turn > 0:  # later queries: the fix already covers them; check and report
-            return [_call("shell", command=tests),
-                    _call("finish", summary="Checked the request against the change; tests pass.")]
+            return [
+                _call("shell", command=tests),
+                _call("finish", summary="Checked the request against the change; tests pass."),
+            ]
         fix = reference_fix(task["workspace_source"], task["reference_patch"])
         source = Path(task["workspace_source"])
-        return ([_call("shell", command="ls -R")]
-                + [_call("read_file", path=path) for path, _ in fix if (source / path).exists()]
-                + [_call("shell", command=tests)]
-                + [_call("write_file", path=path, content=content) for path, content in fix]
-                + [_call("shell", command=tests),
-                   _call("finish", summary=f"Fixed the issue in {', '.join(p for p, _ in fix)}; "
-                                           "the test suite passes.")])
+        return (
+            [_call("shell", command="ls -R")]
+            + [_call("read_file", path=path) for path, _ in fix if (source / path).exists()]
+            + [_call("shell", command=tests)]
+            + [_call("write_file", path=path, content=content) for path, content in fix]
+            + [
+                _call("shell", command=tests),
+                _call("finish", summary=f"Fixed the issue in {', '.join(p for p, _ in fix)}; the test suite passes."),
+            ]
+        )
 
     def _hasty(self, task: dict, turn: int) -> list[dict]:
         if turn > 0:
             return [_call("finish", summary="")]
         fix = reference_fix(task["workspace_source"], task["reference_patch"])
         # the first source file of the fix: often enough to pass, never checked
-        path, content = next(((p, c) for p, c in fix
-                              if p.endswith(".py") and not p.startswith("tests")), fix[0])
-        return [_call("shell", command="ls"), _call("shell", command="ls"),
-                _call("write_file", path=path, content=content),
-                _call("finish", summary="")]
+        path, content = next(((p, c) for p, c in fix if p.endswith(".py") and not p.startswith("tests")), fix[0])
+        return [
+            _call("shell", command="ls"),
+            _call("shell", command="ls"),
+            _call("write_file", path=path, content=content),
+            _call("finish", summary=""),
+        ]
 
 
 def _section(prompt: str, title: str) -> str:
@@ -117,7 +126,7 @@ def _section(prompt: str, title: str) -> str:
     if start < 0:
         return ""
     end = prompt.find("\n## ", start + 3)
-    return prompt[start:end if end >= 0 else None]
+    return prompt[start : end if end >= 0 else None]
 
 
 def judge_answer(request: dict) -> dict:
@@ -129,12 +138,19 @@ def judge_answer(request: dict) -> dict:
         tests_run = "unittest" in trajectory or "pytest" in trajectory
         ids = schema["properties"]["checks"]["items"]["properties"]["check_id"]["enum"]
         types = dict(re.findall(r"^- (\S+) \[(\w+)\]", prompt, flags=re.M))
-        checks = [{"check_id": i, "result": "fail" if types.get(i) == "testing" and not tests_run
-                   else "success",
-                   "reason": "baseline judge: " + ("no test run in the trajectory"
-                                                   if types.get(i) == "testing" and not tests_run
-                                                   else "no evidence against it")}
-                  for i in ids]
+        checks = [
+            {
+                "check_id": i,
+                "result": "fail" if types.get(i) == "testing" and not tests_run else "success",
+                "reason": "baseline judge: "
+                + (
+                    "no test run in the trajectory"
+                    if types.get(i) == "testing" and not tests_run
+                    else "no evidence against it"
+                ),
+            }
+            for i in ids
+        ]
         return {"checks": checks}
     step, before = _section(prompt, "The step to grade"), _section(prompt, "Trajectory before")
     calls = re.findall(r"^-> call (\w+) \(id [^)]*\): (.*)$", step, flags=re.M)
@@ -148,16 +164,21 @@ def judge_answer(request: dict) -> dict:
             continue
         if isinstance(value, dict):
             parsed.append((name, value))
-    blind_write = any(name in ("write_file", "edit_file") and value.get("path", "") not in before
-                      for name, value in parsed)
+    blind_write = any(
+        name in ("write_file", "edit_file") and value.get("path", "") not in before for name, value in parsed
+    )
     empty_finish = any(name == "finish" and not value.get("summary") for name, value in parsed)
-    scores = {"goal_progress": 1 if empty_finish else 4,
-              "tool_choice": 2 if blind_write else 4,
-              "argument_correctness": 2 if errored else 4,
-              "use_of_information": 2 if blind_write or repeated else 4,
-              "non_redundancy": 1 if repeated else 5}
-    return {name: {"score": scores.get(name, 3), "reason": "baseline judge: surface evidence only"}
-            for name in schema["properties"]}
+    scores = {
+        "goal_progress": 1 if empty_finish else 4,
+        "tool_choice": 2 if blind_write else 4,
+        "argument_correctness": 2 if errored else 4,
+        "use_of_information": 2 if blind_write or repeated else 4,
+        "non_redundancy": 1 if repeated else 5,
+    }
+    return {
+        name: {"score": scores.get(name, 3), "reason": "baseline judge: surface evidence only"}
+        for name in schema["properties"]
+    }
 
 
 def upstream_policy(policies: BaselinePolicies):

@@ -33,24 +33,43 @@ DEFAULT_SYSTEM_PROMPT = (
 
 
 def _tool(name: str, description: str, **properties: str) -> dict:
-    return {"type": "function", "function": {
-        "name": name, "description": description,
-        "parameters": {"type": "object", "additionalProperties": False,
-                       "required": list(properties),
-                       "properties": {p: {"type": "string", "description": d}
-                                      for p, d in properties.items()}}}}
+    return {
+        "type": "function",
+        "function": {
+            "name": name,
+            "description": description,
+            "parameters": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": list(properties),
+                "properties": {p: {"type": "string", "description": d} for p, d in properties.items()},
+            },
+        },
+    }
 
 
 TOOLS = [
     _tool("read_file", "Read a text file of the workspace.", path="path relative to the workspace"),
-    _tool("write_file", "Create or overwrite a file.", path="path relative to the workspace",
-          content="the whole new content"),
-    _tool("edit_file", "Replace one exact, unique occurrence of `old` with `new` in a file.",
-          path="path relative to the workspace", old="text to replace, exactly once in the file",
-          new="replacement text"),
+    _tool(
+        "write_file",
+        "Create or overwrite a file.",
+        path="path relative to the workspace",
+        content="the whole new content",
+    ),
+    _tool(
+        "edit_file",
+        "Replace one exact, unique occurrence of `old` with `new` in a file.",
+        path="path relative to the workspace",
+        old="text to replace, exactly once in the file",
+        new="replacement text",
+    ),
     _tool("shell", "Run a shell command at the workspace root.", command="the command"),
-    _tool("search", "Search file contents (grep -rn) below a directory.", pattern="a regular expression",
-          path="directory relative to the workspace, e.g. ."),
+    _tool(
+        "search",
+        "Search file contents (grep -rn) below a directory.",
+        pattern="a regular expression",
+        path="directory relative to the workspace, e.g. .",
+    ),
     _tool("finish", "End the task with a summary for the user.", summary="what was done"),
 ]
 
@@ -153,8 +172,9 @@ def truncate(text: str, limit: int) -> str:
     return f"{text[:half]}\n[... {len(text) - 2 * half} characters cut ...]\n{text[-half:]}"
 
 
-def run_agent(sandbox, task: dict, client: OpenAI, model: str, *,
-              sampling: dict | None = None, limits: AgentLimits | None = None) -> AgentResult:
+def run_agent(
+    sandbox, task: dict, client: OpenAI, model: str, *, sampling: dict | None = None, limits: AgentLimits | None = None
+) -> AgentResult:
     """Run every user query of `task` as successive turns of one conversation."""
     limits = limits or AgentLimits()
     toolbox = Toolbox(sandbox, limits)
@@ -170,16 +190,17 @@ def run_agent(sandbox, task: dict, client: OpenAI, model: str, *,
             if result.tokens >= limits.max_tokens:
                 result.stop_reason = "token_limit"
                 return result
-            response = client.chat.completions.create(
-                model=model, messages=messages, tools=TOOLS, **(sampling or {}))
+            response = client.chat.completions.create(model=model, messages=messages, tools=TOOLS, **(sampling or {}))
             result.steps += 1
             result.tokens += response.usage.total_tokens if response.usage else 0
             message = response.choices[0].message
             tool_calls = message.tool_calls or []
             # content as the model gave it (None beside tool calls): an invented "" reaches an
             # Anthropic route as placeholder text the model never wrote.
-            messages.append({"role": "assistant", "content": message.content}
-                            | ({"tool_calls": [c.model_dump() for c in tool_calls]} if tool_calls else {}))
+            messages.append(
+                {"role": "assistant", "content": message.content}
+                | ({"tool_calls": [c.model_dump() for c in tool_calls]} if tool_calls else {})
+            )
             if not tool_calls:
                 result.stop_reason, result.final_answer = "no_tool_call", message.content or ""
                 break
@@ -189,8 +210,9 @@ def run_agent(sandbox, task: dict, client: OpenAI, model: str, *,
                     output = toolbox.call(call.function.name, call.function.arguments)
                 except ToolError as error:
                     output = f"{ERROR_PREFIX}{error}"
-                messages.append({"role": "tool", "tool_call_id": call.id,
-                                 "content": truncate(output, limits.output_chars)})
+                messages.append(
+                    {"role": "tool", "tool_call_id": call.id, "content": truncate(output, limits.output_chars)}
+                )
                 if call.function.name == "finish" and not output.startswith(ERROR_PREFIX):
                     finished, result.final_answer = True, output
             if finished:
@@ -210,8 +232,12 @@ class Builtin(Scaffold):
 
     def run(self, sandbox, task, endpoint, model_route, sampling, timeout) -> AgentRun:
         user_queries(task)
-        client = OpenAI(base_url=endpoint.base_url_host + "/v1", api_key=endpoint.api_key,
-                        default_headers={RUN_HEADER: endpoint.run_id}, timeout=timeout)
+        client = OpenAI(
+            base_url=endpoint.base_url_host + "/v1",
+            api_key=endpoint.api_key,
+            default_headers={RUN_HEADER: endpoint.run_id},
+            timeout=timeout,
+        )
         try:
             result = run_agent(sandbox, task, client, model_route, sampling=sampling or None)
         except SandboxTimeout as error:
@@ -219,6 +245,5 @@ class Builtin(Scaffold):
             return AgentRun(None, "timeout", str(error), "", self.version(), True)
         except APIError as error:  # the model call failed: the agent's crash
             log.error("run %s: builtin agent failed: %s", sandbox.run_id, error)
-            return AgentRun(1, "error", clients.tail(f"{type(error).__name__}: {error}"), "",
-                            self.version(), False)
+            return AgentRun(1, "error", clients.tail(f"{type(error).__name__}: {error}"), "", self.version(), False)
         return AgentRun(0, result.stop_reason, "", result.final_answer, self.version(), False)

@@ -40,9 +40,9 @@ QUIET_ENV = {
 
 
 class ClaudeCode(CliScaffold):
-
-    def prepare(self, sandbox, task: dict, endpoint: Endpoint, model_route: str,
-                sampling: dict) -> tuple[list[str], dict[str, str]]:
+    def prepare(
+        self, sandbox, task: dict, endpoint: Endpoint, model_route: str, sampling: dict
+    ) -> tuple[list[str], dict[str, str]]:
         home = clients.agent_home(sandbox, self.name)
         claude = clients.place(sandbox, self.client, home)
         env = {
@@ -63,14 +63,21 @@ class ClaudeCode(CliScaffold):
             env["CLAUDE_CODE_MAX_OUTPUT_TOKENS"] = str(sampling["max_tokens"])
         ignored = sorted(k for k, v in sampling.items() if v is not None and k != "max_tokens")
         if ignored:
-            log.warning("run %s: claudecode has no flag for %s; set them on the proxy route",
-                        sandbox.run_id, ", ".join(ignored))
+            log.warning(
+                "run %s: claudecode has no flag for %s; set them on the proxy route", sandbox.run_id, ", ".join(ignored)
+            )
         return [claude], env
 
-    def turn_argv(self, task: dict, model_route: str, query: str, index: int,
-                  session_id: str | None) -> list[str]:
-        argv = ["-p", "--output-format", "stream-json", "--verbose", "--model", model_route,
-                "--dangerously-skip-permissions"]
+    def turn_argv(self, task: dict, model_route: str, query: str, index: int, session_id: str | None) -> list[str]:
+        argv = [
+            "-p",
+            "--output-format",
+            "stream-json",
+            "--verbose",
+            "--model",
+            model_route,
+            "--dangerously-skip-permissions",
+        ]
         if task.get("system_prompt"):
             argv += ["--system-prompt", task["system_prompt"]]
         return argv + (["-c"] if index else []) + ["--", query]  # a query may start with "-"
@@ -87,4 +94,3 @@ class ClaudeCode(CliScaffold):
         if not turn.stop_reason:
             turn.error = "no result event in claude's output"
         return turn
-

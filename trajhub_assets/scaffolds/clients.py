@@ -36,7 +36,8 @@ log = logging.getLogger(__name__)
 
 # The npm CLIs ship one platform package per architecture, named with this.
 ARCH = {"x86_64": "x64", "amd64": "x64", "aarch64": "arm64", "arm64": "arm64"}.get(
-    platform.machine().lower(), platform.machine().lower())
+    platform.machine().lower(), platform.machine().lower()
+)
 
 
 class ClientError(TrajhubError):
@@ -88,13 +89,35 @@ def install(client: Client) -> Path:
         log.info("installing %s into %s", client.spec, client.directory)
         try:
             if client.kind == "npm":
-                _run(["npm", "install", "--prefix", str(client.directory), "--no-save",
-                      "--no-package-lock", "--ignore-scripts", "--no-audit", "--no-fund",
-                      "--loglevel=error", client.spec], client)
+                _run(
+                    [
+                        "npm",
+                        "install",
+                        "--prefix",
+                        str(client.directory),
+                        "--no-save",
+                        "--no-package-lock",
+                        "--ignore-scripts",
+                        "--no-audit",
+                        "--no-fund",
+                        "--loglevel=error",
+                        client.spec,
+                    ],
+                    client,
+                )
             else:
                 _run([sys.executable, "-m", "venv", str(client.directory)], client)
-                _run([str(client.directory / "bin" / "pip"), "install", "--quiet",
-                      "--disable-pip-version-check", client.spec, *client.also], client)
+                _run(
+                    [
+                        str(client.directory / "bin" / "pip"),
+                        "install",
+                        "--quiet",
+                        "--disable-pip-version-check",
+                        client.spec,
+                        *client.also,
+                    ],
+                    client,
+                )
             if not os.access(client.path, os.X_OK):
                 raise ClientError(f"{client.spec} installed, but {client.path} is not an executable")
         except BaseException:
@@ -119,8 +142,10 @@ def _run(argv: list[str], client: Client) -> None:
     except (OSError, subprocess.TimeoutExpired) as error:
         raise ClientError(f"installing {client.spec}: {argv[0]} failed: {error}") from error
     if result.returncode != 0:
-        raise ClientError(f"installing {client.spec}: `{' '.join(argv[:3])} ...` exited with "
-                          f"{result.returncode}:\n{tail(result.stderr or result.stdout, 2000)}")
+        raise ClientError(
+            f"installing {client.spec}: `{' '.join(argv[:3])} ...` exited with "
+            f"{result.returncode}:\n{tail(result.stderr or result.stdout, 2000)}"
+        )
 
 
 @functools.cache
@@ -134,15 +159,24 @@ def version(client: Client) -> str:
     # An empty HOME: a CLI must not read or write the user's own settings to say its version.
     home = cache_dir() / ".version-home"
     home.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=120,
-                            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home)})
+    result = subprocess.run(
+        argv,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home)},
+    )
     if result.returncode != 0 or not result.stdout.strip():
-        raise ClientError(f"{client.spec}: `{path.name} --version` exited with {result.returncode}: "
-                          f"{tail(result.stderr or result.stdout, 1000)}")
+        raise ClientError(
+            f"{client.spec}: `{path.name} --version` exited with {result.returncode}: "
+            f"{tail(result.stderr or result.stdout, 1000)}"
+        )
     said = result.stdout.strip().splitlines()[-1].strip()
     if client.version not in said:
-        raise ClientError(f"{client.spec}: the installed client says it is {said!r}; "
-                          f"remove {client.directory} and install again")
+        raise ClientError(
+            f"{client.spec}: the installed client says it is {said!r}; remove {client.directory} and install again"
+        )
     return said
 
 
@@ -157,11 +191,9 @@ def place(sandbox, client: Client, home: str) -> str:
     sandbox.write_file(upload, host_path.read_bytes())
     # Uploaded files belong to root and are not executable; a copy made by the sandbox's own
     # user is its own to chmod, whoever that user is.
-    result = sandbox.exec(["sh", "-c", 'cp "$0" "$1" && chmod 755 "$1" && rm -f "$0"', upload, target],
-                          timeout=300)
+    result = sandbox.exec(["sh", "-c", 'cp "$0" "$1" && chmod 755 "$1" && rm -f "$0"', upload, target], timeout=300)
     if not result.success:
-        raise ClientError(f"{client.spec}: installing {target} in the sandbox failed: "
-                          f"{tail(result.stderr, 1000)}")
+        raise ClientError(f"{client.spec}: installing {target} in the sandbox failed: {tail(result.stderr, 1000)}")
     return target
 
 

@@ -46,9 +46,17 @@ MODEL_ID = "custom:trajhub-0"
 # sandbox's internal network): ~100 s a run.
 NOWHERE = "http://127.0.0.1:9"
 QUIET_ENV = {
-    **{name: NOWHERE for name in (
-        "FACTORY_API_BASE_URL", "FACTORY_API_BASE_URL_EU", "FACTORY_APP_BASE_URL",
-        "FACTORY_TELEMETRY_INGEST_BASE_URL", "FACTORY_RELAY_BASE_URL", "FACTORY_WORKOS_BASE_URL")},
+    **{
+        name: NOWHERE
+        for name in (
+            "FACTORY_API_BASE_URL",
+            "FACTORY_API_BASE_URL_EU",
+            "FACTORY_APP_BASE_URL",
+            "FACTORY_TELEMETRY_INGEST_BASE_URL",
+            "FACTORY_RELAY_BASE_URL",
+            "FACTORY_WORKOS_BASE_URL",
+        )
+    },
     "FACTORY_DROID_AUTO_UPDATE_ENABLED": "false",
     "FACTORY_DISABLE_KEYRING": "1",
 }
@@ -69,15 +77,16 @@ INSTALL_PS = 'command -v ps >/dev/null || { mkdir -p "$0" && printf %s "$1" > "$
 
 
 class Droid(CliScaffold):
-
-    def prepare(self, sandbox, task: dict, endpoint: Endpoint, model_route: str,
-                sampling: dict) -> tuple[list[str], dict[str, str]]:
+    def prepare(
+        self, sandbox, task: dict, endpoint: Endpoint, model_route: str, sampling: dict
+    ) -> tuple[list[str], dict[str, str]]:
         home = clients.agent_home(sandbox, self.name)
         droid = clients.place(sandbox, self.client, home)
         result = sandbox.exec(["sh", "-c", INSTALL_PS, f"{home}/.factory/bin", PS_STAND_IN], timeout=60)
         if not result.success:
-            raise clients.ClientError(f"droid: cannot place a `ps` stand-in in {home}/.factory/bin: "
-                                      f"{clients.tail(result.stderr, 1000)}")
+            raise clients.ClientError(
+                f"droid: cannot place a `ps` stand-in in {home}/.factory/bin: {clients.tail(result.stderr, 1000)}"
+            )
         model = {
             "model": model_route,
             "displayName": "trajhub",
@@ -93,14 +102,12 @@ class Droid(CliScaffold):
             model["extraArgs"] = extra
         settings = f"{home}/trajhub-settings.json"
         sandbox.write_file(settings, json.dumps({"customModels": [model]}, indent=2))
-        argv = [droid, "exec", "--settings", settings, "-o", "stream-json",
-                "--skip-permissions-unsafe", "-m", MODEL_ID]
+        argv = [droid, "exec", "--settings", settings, "-o", "stream-json", "--skip-permissions-unsafe", "-m", MODEL_ID]
         if task.get("system_prompt"):
             argv += ["--append-system-prompt", task["system_prompt"]]
         return argv, {"HOME": home, "TRAJHUB_PROXY_KEY": endpoint.api_key, **QUIET_ENV}
 
-    def turn_argv(self, task: dict, model_route: str, query: str, index: int,
-                  session_id: str | None) -> list[str]:
+    def turn_argv(self, task: dict, model_route: str, query: str, index: int, session_id: str | None) -> list[str]:
         return (["--fork", session_id] if index and session_id else []) + ["--", query]
 
     def parse(self, stdout: str) -> Turn:

@@ -46,21 +46,26 @@ FIXED_ENV = {
 
 
 class Kilo(CliScaffold):
-
-    def prepare(self, sandbox, task: dict, endpoint: Endpoint, model_route: str,
-                sampling: dict) -> tuple[list[str], dict[str, str]]:
+    def prepare(
+        self, sandbox, task: dict, endpoint: Endpoint, model_route: str, sampling: dict
+    ) -> tuple[list[str], dict[str, str]]:
         home = clients.agent_home(sandbox, self.name)
         kilo = clients.place(sandbox, self.client, home)
         model = f"{PROVIDER}/{model_route}"
         config = {
             "$schema": "https://kilo.ai/config.json",
-            "provider": {PROVIDER: {
-                "npm": "@ai-sdk/openai-compatible",
-                "name": "trajhub proxy",
-                "options": {"baseURL": endpoint.base_url_sandbox + "/v1", "apiKey": endpoint.api_key,
-                            "headers": {RUN_HEADER: endpoint.run_id}},
-                "models": {model_route: {"name": model_route, "temperature": True, "tool_call": True}},
-            }},
+            "provider": {
+                PROVIDER: {
+                    "npm": "@ai-sdk/openai-compatible",
+                    "name": "trajhub proxy",
+                    "options": {
+                        "baseURL": endpoint.base_url_sandbox + "/v1",
+                        "apiKey": endpoint.api_key,
+                        "headers": {RUN_HEADER: endpoint.run_id},
+                    },
+                    "models": {model_route: {"name": model_route, "temperature": True, "tool_call": True}},
+                }
+            },
             "enabled_providers": [PROVIDER],
             "model": model,
             "small_model": model,
@@ -72,12 +77,16 @@ class Kilo(CliScaffold):
             config["agent"] = {AGENT: agent}
         if sampling.get("max_tokens"):
             config["provider"][PROVIDER]["models"][model_route]["limit"] = {
-                "context": 0, "output": int(sampling["max_tokens"])}  # 0: Kilo's "unknown" default
-        ignored = sorted(k for k, v in sampling.items()
-                         if v is not None and k not in agent and k != "max_tokens")
+                "context": 0,
+                "output": int(sampling["max_tokens"]),
+            }  # 0: Kilo's "unknown" default
+        ignored = sorted(k for k, v in sampling.items() if v is not None and k not in agent and k != "max_tokens")
         if ignored:
-            log.warning("run %s: kilo-dev has no setting for %s; set them on the proxy route",
-                        sandbox.run_id, ", ".join(ignored))
+            log.warning(
+                "run %s: kilo-dev has no setting for %s; set them on the proxy route",
+                sandbox.run_id,
+                ", ".join(ignored),
+            )
         if task.get("system_prompt"):
             path = f"{home}/trajhub-system-prompt.md"
             sandbox.write_file(path, task["system_prompt"])
@@ -85,8 +94,7 @@ class Kilo(CliScaffold):
         env = {"HOME": home, "KILO_CONFIG_CONTENT": json.dumps(config), **FIXED_ENV}
         return [kilo, "run", "--format", "json", "--auto", "--agent", AGENT, "-m", model], env
 
-    def turn_argv(self, task: dict, model_route: str, query: str, index: int,
-                  session_id: str | None) -> list[str]:
+    def turn_argv(self, task: dict, model_route: str, query: str, index: int, session_id: str | None) -> list[str]:
         return (["-c"] if index else []) + ["--", query]
 
     def parse(self, stdout: str) -> Turn:

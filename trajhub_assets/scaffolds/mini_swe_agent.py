@@ -66,8 +66,14 @@ def _driver() -> None:  # pragma: no cover - runs in the client's own interprete
 
     class SandboxEnvironment(LocalEnvironment):
         def execute(self, action, cwd="", *, timeout=None):
-            output = call({"exec": action.get("command", ""), "cwd": cwd or self.config.cwd,
-                           "timeout": timeout or self.config.timeout, "env": self.config.env})
+            output = call(
+                {
+                    "exec": action.get("command", ""),
+                    "cwd": cwd or self.config.cwd,
+                    "timeout": timeout or self.config.timeout,
+                    "env": self.config.env,
+                }
+            )
             self._check_finished(output)  # raises Submitted on COMPLETE_TASK_AND_SUBMIT_FINAL_OUTPUT
             return output
 
@@ -91,11 +97,19 @@ def _driver() -> None:  # pragma: no cover - runs in the client's own interprete
     agent_config = config["agent"] | {"step_limit": spec["step_limit"], "cost_limit": 0}
     if spec["system_prompt"]:
         agent_config["system_template"] = "{% raw %}" + spec["system_prompt"] + "{% endraw %}"
-    model = LitellmModel(**(config["model"] | {
-        "model_name": spec["model_name"], "cost_tracking": "ignore_errors",
-        "model_kwargs": config["model"].get("model_kwargs", {}) | spec["model_kwargs"]}))
-    environment = SandboxEnvironment(**(config["environment"] | {
-        "cwd": spec["cwd"], "timeout": spec["command_timeout"]}))
+    model = LitellmModel(
+        **(
+            config["model"]
+            | {
+                "model_name": spec["model_name"],
+                "cost_tracking": "ignore_errors",
+                "model_kwargs": config["model"].get("model_kwargs", {}) | spec["model_kwargs"],
+            }
+        )
+    )
+    environment = SandboxEnvironment(
+        **(config["environment"] | {"cwd": spec["cwd"], "timeout": spec["command_timeout"]})
+    )
     agent = FollowUpAgent(model, environment, **agent_config)
     result = {}
     for query in spec["queries"]:
@@ -103,41 +117,67 @@ def _driver() -> None:  # pragma: no cover - runs in the client's own interprete
         if result.get("exit_status") != "Submitted":
             break
     said = [m.get("content") for m in agent.messages if m.get("role") == "assistant" and m.get("content")]
-    rpc.write(json.dumps({"done": {
-        "exit_status": result.get("exit_status", ""), "version": __version__, "steps": agent.n_calls,
-        "final_answer": (result.get("submission") or "").strip() or (said[-1] if said else "")}}) + "\n")
+    rpc.write(
+        json.dumps(
+            {
+                "done": {
+                    "exit_status": result.get("exit_status", ""),
+                    "version": __version__,
+                    "steps": agent.n_calls,
+                    "final_answer": (result.get("submission") or "").strip() or (said[-1] if said else ""),
+                }
+            }
+        )
+        + "\n"
+    )
 
 
 class MiniSweAgent(Scaffold):
-
     def install(self) -> None:
         clients.install(self.client)
 
     def version(self) -> str:
         return clients.version(self.client)
 
-    def run(self, sandbox, task: dict, endpoint: Endpoint, model_route: str, sampling: dict,
-            timeout: float) -> AgentRun:
+    def run(
+        self, sandbox, task: dict, endpoint: Endpoint, model_route: str, sampling: dict, timeout: float
+    ) -> AgentRun:
         queries, version = user_queries(task), self.version()
         deadline = time.monotonic() + timeout
         spec = {
-            "queries": queries, "system_prompt": task.get("system_prompt") or "",
+            "queries": queries,
+            "system_prompt": task.get("system_prompt") or "",
             "model_name": f"openai/{model_route}",
-            "model_kwargs": {k: v for k, v in (sampling or {}).items() if v is not None} | {
-                "api_base": endpoint.base_url_host + "/v1", "api_key": endpoint.api_key,
-                "extra_headers": {RUN_HEADER: endpoint.run_id}},
-            "cwd": sandbox.workspace, "command_timeout": COMMAND_TIMEOUT, "step_limit": STEP_LIMIT,
+            "model_kwargs": {k: v for k, v in (sampling or {}).items() if v is not None}
+            | {
+                "api_base": endpoint.base_url_host + "/v1",
+                "api_key": endpoint.api_key,
+                "extra_headers": {RUN_HEADER: endpoint.run_id},
+            },
+            "cwd": sandbox.workspace,
+            "command_timeout": COMMAND_TIMEOUT,
+            "step_limit": STEP_LIMIT,
         }
         config_dir = clients.cache_dir() / "mini-swe-agent-config"  # empty: no user .env is read
         config_dir.mkdir(parents=True, exist_ok=True)
-        env = {"PATH": "/usr/bin:/bin", "HOME": str(config_dir), "MSWEA_SILENT_STARTUP": "1",
-               "MSWEA_GLOBAL_CONFIG_DIR": str(config_dir), "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+        env = {
+            "PATH": "/usr/bin:/bin",
+            "HOME": str(config_dir),
+            "MSWEA_SILENT_STARTUP": "1",
+            "MSWEA_GLOBAL_CONFIG_DIR": str(config_dir),
+            "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+        }
         source = inspect.getsource(_driver) + "\n_driver()\n"
         expired = threading.Event()
         with tempfile.TemporaryFile() as stderr:
-            agent = subprocess.Popen([str(clients.install(self.client)), "-c", source], env=env,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,
-                                     text=True)
+            agent = subprocess.Popen(
+                [str(clients.install(self.client)), "-c", source],
+                env=env,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                text=True,
+            )
             watchdog = threading.Timer(timeout, lambda: (expired.set(), agent.kill()))
             watchdog.start()
             try:
@@ -154,13 +194,14 @@ class MiniSweAgent(Scaffold):
         if why or expired.is_set():
             why = why or f"the agent's timeout of {timeout:g}s ran out"
             log.error("run %s: mini-swe-agent stopped: %s", sandbox.run_id, why)
-            return AgentRun(None, "timeout", clients.tail(f"{stderr_text}\n[trajhub] {why}"), answer,
-                            version, True)
+            return AgentRun(None, "timeout", clients.tail(f"{stderr_text}\n[trajhub] {why}"), answer, version, True)
         if returncode != 0 or done is None:
-            log.error("run %s: mini-swe-agent exited with %s: %s", sandbox.run_id, returncode,
-                      clients.tail(stderr_text, 1000))
-            return AgentRun(returncode, "error", clients.tail(stderr_text or "no result from the agent"),
-                            answer, version, False)
+            log.error(
+                "run %s: mini-swe-agent exited with %s: %s", sandbox.run_id, returncode, clients.tail(stderr_text, 1000)
+            )
+            return AgentRun(
+                returncode, "error", clients.tail(stderr_text or "no result from the agent"), answer, version, False
+            )
         return AgentRun(0, done["exit_status"], clients.tail(stderr_text), answer, version, False)
 
     def _serve(self, agent, sandbox, spec: dict, deadline: float) -> tuple[dict | None, str]:
@@ -190,11 +231,14 @@ class MiniSweAgent(Scaffold):
         left = deadline - time.monotonic()
         if left <= 0:
             raise SandboxTimeout(f"run {sandbox.run_id}: the agent's timeout ran out")
-        result = sandbox.exec(f"{{ {command}\n}} 2>&1", cwd=request["cwd"], env=request["env"],
-                              timeout=min(timeout, left))
+        result = sandbox.exec(
+            f"{{ {command}\n}} 2>&1", cwd=request["cwd"], env=request["env"], timeout=min(timeout, left)
+        )
         if result.timed_out:
-            return {"output": result.stdout, "returncode": -1,
-                    "exception_info": f"An error occurred while executing the command: Command "
-                                      f"'{command}' timed out after {timeout:g} seconds"}
-        return {"output": result.stdout + result.stderr, "returncode": result.returncode,
-                "exception_info": ""}
+            return {
+                "output": result.stdout,
+                "returncode": -1,
+                "exception_info": f"An error occurred while executing the command: Command "
+                f"'{command}' timed out after {timeout:g} seconds",
+            }
+        return {"output": result.stdout + result.stderr, "returncode": result.returncode, "exception_info": ""}

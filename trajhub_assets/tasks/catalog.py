@@ -25,8 +25,16 @@ _OPTIONAL_TEXT = {"type": ["string", "null"]}
 TASK_RECORD_SCHEMA = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "type": "object",
-    "required": ["instance_id", "user_query", "system_prompt", "category", "image",
-                 "workspace_abs_path", "scaffold", "checklist"],
+    "required": [
+        "instance_id",
+        "user_query",
+        "system_prompt",
+        "category",
+        "image",
+        "workspace_abs_path",
+        "scaffold",
+        "checklist",
+    ],
     "properties": {
         # Same rule as partition keys (trajhub_assets.partitions): ids become directory names.
         "instance_id": {"type": "string", "pattern": r"^[A-Za-z0-9._:@+-]+$"},
@@ -35,13 +43,25 @@ TASK_RECORD_SCHEMA = {
         "category": _TEXT,
         "image": _TEXT,
         "workspace_abs_path": {"type": "string", "pattern": "^/"},
-        "scaffold": {"type": "object", "required": ["name"],
-                     "properties": {"name": _TEXT, "version": _OPTIONAL_TEXT}},
-        "checklist": {"type": "object", "additionalProperties": {
-            "type": "object", "required": ["description", "checks"],
-            "properties": {"description": _TEXT, "checks": {"type": "array", "items": {
-                "type": "object", "required": ["check_id", "description", "check_type"],
-                "properties": {"check_id": _TEXT, "description": _TEXT, "check_type": _TEXT}}}}}},
+        "scaffold": {"type": "object", "required": ["name"], "properties": {"name": _TEXT, "version": _OPTIONAL_TEXT}},
+        "checklist": {
+            "type": "object",
+            "additionalProperties": {
+                "type": "object",
+                "required": ["description", "checks"],
+                "properties": {
+                    "description": _TEXT,
+                    "checks": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["check_id", "description", "check_type"],
+                            "properties": {"check_id": _TEXT, "description": _TEXT, "check_type": _TEXT},
+                        },
+                    },
+                },
+            },
+        },
         "expected_skill": _OPTIONAL_TEXT,
         # Runnable tasks: where the workspace comes from and how its tests run.
         "workspace_source": _OPTIONAL_TEXT,
@@ -64,16 +84,14 @@ class TaskRecord:
 def validate_record(record: object, *, source: str, line: int) -> dict:
     """Return the record if it fits the task schema, else raise RecordError naming the field."""
     if not isinstance(record, dict):
-        raise RecordError(f"a task record must be a JSON object, got {type(record).__name__}",
-                          source=source, line=line)
+        raise RecordError(f"a task record must be a JSON object, got {type(record).__name__}", source=source, line=line)
     record_id = record.get("instance_id") if isinstance(record.get("instance_id"), str) else None
     error = jsonschema.exceptions.best_match(_VALIDATOR.iter_errors(record))
     if error is not None:
         path = [str(p) for p in error.absolute_path]
         if error.validator == "required":
             path.append(next(f for f in error.validator_value if f not in error.instance))
-        raise RecordError(error.message, source=source, line=line, record_id=record_id,
-                          field=".".join(path) or None)
+        raise RecordError(error.message, source=source, line=line, record_id=record_id, field=".".join(path) or None)
     return record
 
 
@@ -84,8 +102,9 @@ def read_jsonl(path: str | Path) -> Iterator[TaskRecord]:
         # utf-8-sig: editors on Windows start the file with a byte-order mark and end lines
         # with CRLF. Split on "\n" only: JSON strings may hold U+2028 and other characters
         # that str.splitlines() would also break at.
-        lines = [line.removesuffix("\r") for line in
-                 path.read_text(encoding="utf-8-sig").removesuffix("\n").split("\n")]
+        lines = [
+            line.removesuffix("\r") for line in path.read_text(encoding="utf-8-sig").removesuffix("\n").split("\n")
+        ]
     except (OSError, UnicodeDecodeError) as error:
         raise RecordError(f"cannot read task file: {error}", source=source) from error
     for number, text in enumerate(lines, start=1):
@@ -95,8 +114,9 @@ def read_jsonl(path: str | Path) -> Iterator[TaskRecord]:
             record = json.loads(text)
         except json.JSONDecodeError as error:
             hint = " (truncated last line?)" if number == len(lines) else ""
-            raise RecordError(f"invalid JSON{hint}: {error.msg} at column {error.colno}",
-                              source=source, line=number) from None
+            raise RecordError(
+                f"invalid JSON{hint}: {error.msg} at column {error.colno}", source=source, line=number
+            ) from None
         record = validate_record(record, source=source, line=number)
         for field in _LOCAL_PATH_FIELDS:  # relative to the task file, like imports
             if record.get(field):
@@ -104,8 +124,7 @@ def read_jsonl(path: str | Path) -> Iterator[TaskRecord]:
         yield TaskRecord(record, source, number)
 
 
-def read_hf_dataset(dataset_id: str, split: str = "train",
-                    revision: str | None = None) -> Iterator[TaskRecord]:
+def read_hf_dataset(dataset_id: str, split: str = "train", revision: str | None = None) -> Iterator[TaskRecord]:
     import datasets  # heavy; only needed for this source
 
     source = f"hf:{dataset_id}[{split}]"
@@ -125,9 +144,13 @@ def check_unique(records: Iterable[TaskRecord]) -> list[TaskRecord]:
         instance_id = item.record["instance_id"]
         if instance_id in first_seen:
             first = first_seen[instance_id]
-            raise RecordError(f"duplicate instance_id, first seen at {first.source}:{first.line}",
-                              source=item.source, line=item.line, record_id=instance_id,
-                              field="instance_id")
+            raise RecordError(
+                f"duplicate instance_id, first seen at {first.source}:{first.line}",
+                source=item.source,
+                line=item.line,
+                record_id=instance_id,
+                field="instance_id",
+            )
         first_seen[instance_id] = item
     return list(first_seen.values())
 
@@ -136,30 +159,38 @@ def tasks_to_table(items: list[TaskRecord]) -> pa.Table:
     rows = []
     for item in items:
         r = item.record
-        rows.append({
-            "instance_id": r["instance_id"],
-            "category": r["category"],
-            "user_query": r["user_query"],
-            "system_prompt": r["system_prompt"],
-            "image": r["image"],
-            "workspace_abs_path": r["workspace_abs_path"],
-            "scaffold_name": r["scaffold"]["name"],
-            "scaffold_version": r["scaffold"].get("version"),
-            "checklist": [{"category": name, "description": part["description"],
-                           "checks": [{k: c[k] for k in ("check_id", "description", "check_type")}
-                                      for c in part["checks"]]}
-                          for name, part in r["checklist"].items()],
-            "expected_skill": r.get("expected_skill"),
-            "workspace_source": r.get("workspace_source"),
-            "test_command": r.get("test_command"),
-            "reference_patch": r.get("reference_patch"),
-            "extra_json": json.dumps({k: v for k, v in r.items() if k not in _KNOWN_FIELDS},
-                                     ensure_ascii=False, sort_keys=True),
-            "source": item.source,
-            "source_line": item.line,
-            "record_sha256": hashlib.sha256(
-                json.dumps(r, ensure_ascii=False, sort_keys=True).encode()).hexdigest(),
-        })
+        rows.append(
+            {
+                "instance_id": r["instance_id"],
+                "category": r["category"],
+                "user_query": r["user_query"],
+                "system_prompt": r["system_prompt"],
+                "image": r["image"],
+                "workspace_abs_path": r["workspace_abs_path"],
+                "scaffold_name": r["scaffold"]["name"],
+                "scaffold_version": r["scaffold"].get("version"),
+                "checklist": [
+                    {
+                        "category": name,
+                        "description": part["description"],
+                        "checks": [
+                            {k: c[k] for k in ("check_id", "description", "check_type")} for c in part["checks"]
+                        ],
+                    }
+                    for name, part in r["checklist"].items()
+                ],
+                "expected_skill": r.get("expected_skill"),
+                "workspace_source": r.get("workspace_source"),
+                "test_command": r.get("test_command"),
+                "reference_patch": r.get("reference_patch"),
+                "extra_json": json.dumps(
+                    {k: v for k, v in r.items() if k not in _KNOWN_FIELDS}, ensure_ascii=False, sort_keys=True
+                ),
+                "source": item.source,
+                "source_line": item.line,
+                "record_sha256": hashlib.sha256(json.dumps(r, ensure_ascii=False, sort_keys=True).encode()).hexdigest(),
+            }
+        )
     return pa.Table.from_pylist(rows, schema=TASKS.schema)
 
 
@@ -168,14 +199,18 @@ def table_to_records(table: pa.Table) -> list[dict]:
     records = []
     for row in table.to_pylist():
         record = {
-            "instance_id": row["instance_id"], "user_query": row["user_query"],
-            "system_prompt": row["system_prompt"], "category": row["category"],
-            "image": row["image"], "workspace_abs_path": row["workspace_abs_path"],
+            "instance_id": row["instance_id"],
+            "user_query": row["user_query"],
+            "system_prompt": row["system_prompt"],
+            "category": row["category"],
+            "image": row["image"],
+            "workspace_abs_path": row["workspace_abs_path"],
             "scaffold": {"name": row["scaffold_name"]}
             | ({"version": row["scaffold_version"]} if row["scaffold_version"] is not None else {}),
-            "checklist": {part["category"]: {"description": part["description"],
-                                             "checks": part["checks"]}
-                          for part in row["checklist"]},
+            "checklist": {
+                part["category"]: {"description": part["description"], "checks": part["checks"]}
+                for part in row["checklist"]
+            },
         }
         for field in ("expected_skill", "workspace_source", "test_command", "reference_patch"):
             if row[field] is not None:
