@@ -39,7 +39,10 @@ import urllib.request
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-import websocket  # websocket-client, installed with the kubernetes client
+try:
+    import websocket  # websocket-client: the test extra (scripts/setup_venv.sh test)
+except ModuleNotFoundError:
+    sys.exit("ui_screenshots.py: needs websocket-client; run scripts/setup_venv.sh test")
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_ID = re.compile(r"[A-Za-z0-9._:@+-]+~[A-Za-z0-9._:@+-]+~\d+~[0-9a-f]{8}")
