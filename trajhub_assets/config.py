@@ -155,10 +155,12 @@ class RefreshConfig(_Strict):
     @field_validator("cron")
     @classmethod
     def _check_cron(cls, cron: str) -> str:
-        from dagster._utils.schedules import is_valid_cron_string
+        from dagster import DagsterInvalidDefinitionError, ScheduleDefinition
 
-        if not is_valid_cron_string(cron):
-            raise ValueError(f"{cron!r} is not a cron schedule (five fields, e.g. '0 2 * * *')")
+        try:  # what Dagster itself accepts, checked where it builds a schedule
+            ScheduleDefinition(name="check", cron_schedule=cron, job_name="check")
+        except DagsterInvalidDefinitionError:
+            raise ValueError(f"{cron!r} is not a cron schedule (five fields, e.g. '0 2 * * *')") from None
         return cron
 
 
