@@ -291,6 +291,23 @@ def test_missing_and_extra_calls_lower_the_fidelity():
     assert extra.first_divergence.expected == NO_CALL_RECORDED and '"c"' in extra.first_divergence.actual
 
 
+def test_a_call_the_client_retried_after_a_transport_error_is_not_a_divergence():
+    recorded = conversation("fix the cache", ["a", "b"])
+    replayed = [dict(record) for record in recorded]
+    hiccup = dict(replayed[1], status="error", response=None, error={"message": "Can not write request body"})
+    replayed = [replayed[0], hiccup] + [dict(r, seq=r["seq"] + 1) for r in replayed[1:]]
+    report = compare_run(recorded_run(recorded), replayed, replay_row())
+    assert report.reproduced and report.client_retries == 1 and report.extra_calls == 0
+    assert "1 failed call(s) the client retried" in report.text()
+    # A failure the recording has too is part of the run: it is compared, not dropped.
+    recorded_hiccup = [recorded[0], dict(hiccup)] + [dict(r, seq=r["seq"] + 1) for r in recorded[1:]]
+    same = compare_run(recorded_run(recorded_hiccup), replayed, replay_row())
+    assert same.reproduced and same.client_retries == 0 and same.recorded_calls == 4
+    # A failure the client did not retry with the same request is not a retry.
+    gave_up = compare_run(recorded_run(recorded), replayed[:2], replay_row())
+    assert gave_up.client_retries == 0 and not gave_up.reproduced
+
+
 def test_first_difference_names_the_path():
     assert first_difference({"a": [1, {"b": "xyz"}]}, {"a": [1, {"b": "xYz"}]}) == ("a[1].b", "xyz", "xYz")
     assert first_difference({"a": 1}, {"a": 1, "c": 2}) == ("c", "(absent)", "2")

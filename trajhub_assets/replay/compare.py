@@ -102,6 +102,7 @@ class ReplayReport:
     first_raw_difference: Divergence | None  # in a call that matched only after masking
     outcome_differences: list[Difference] = field(default_factory=list)
     error: str | None = None  # why the replayed run failed, if it did
+    client_retries: int = 0  # replayed calls that failed in transport and that the client sent again
 
     @property
     def fidelity(self) -> float:
@@ -123,6 +124,7 @@ class ReplayReport:
             f"fidelity {self.fidelity:.3f}: {self.matched_calls} of {self.recorded_calls} recorded "
             f"agent calls sent the same request (masked; {self.raw_matched_calls} byte-identical)"
             + (f", {self.extra_calls} extra call(s)" if self.extra_calls else "")
+            + (f", {self.client_retries} failed call(s) the client retried, not counted" if self.client_retries else "")
         )
         lines.append("first divergence: " + (self.first_divergence.text() if self.first_divergence else "none"))
         if self.first_raw_difference:
@@ -193,6 +195,24 @@ def _last_message(request: dict) -> str:
 
 
 # -- the comparison -----------------------------------------------------------------------
+def _request_key(record: dict) -> str:
+    return json.dumps(mask_value(record["request"]), sort_keys=True)
+
+
+def client_retries(replayed: list[dict], recorded: list[dict]) -> set[int]:
+    """Indices of replayed calls (in seq order) that failed and that the client at once sent again
+    with the same request, where the recording has no such failure: a transport hiccup of the
+    replay (the proxy could not reach the upstream), not something the agent did."""
+    failed_in_recording = {_request_key(r) for r in recorded if r.get("status") != "ok"}
+    return {
+        index
+        for index, (call, following) in enumerate(zip(replayed, replayed[1:], strict=False))
+        if call.get("status") != "ok"
+        and _request_key(call) == _request_key(following)
+        and _request_key(call) not in failed_in_recording
+    }
+
+
 def pair_calls(recorded: list[dict], replayed: list[dict]) -> tuple[dict[int, int], list[int]]:
     """{recorded index: replayed index} and the replayed indices with no recorded call."""
     matcher = CallMatcher(recorded)
@@ -222,6 +242,8 @@ def compare_outcome(recorded_row: dict, replay_row: dict) -> list[Difference]:
 def compare_run(recorded: RecordedRun, replayed: list[dict], replay_row: dict) -> ReplayReport:
     """The report of a replay: its calls (the proxy's records) and its `runs` row."""
     replayed = sorted(replayed, key=lambda r: r["seq"])
+    retried = client_retries(replayed, recorded.records)
+    replayed = [record for index, record in enumerate(replayed) if index not in retried]
     pairs, extras = pair_calls(recorded.records, replayed)
     matched = raw_matched = side_differences = 0
     first = first_raw = None
@@ -270,6 +292,7 @@ def compare_run(recorded: RecordedRun, replayed: list[dict], replay_row: dict) -
         first_raw_difference=first_raw,
         outcome_differences=compare_outcome(row, replay_row),
         error=replay_row.get("error"),
+        client_retries=len(retried),
     )
 
 
