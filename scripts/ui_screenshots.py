@@ -307,7 +307,8 @@ def check_partitions(dagster: Dagster, store, asset: str, partitions: list[str],
     by_instance = asset == "preference_pairs"
     for partition, materialization in latest.items():
         # Multi-partition keys are `instance|model` (dimensions in name order).
-        dimensions = dict(zip(("instance", "model"), partition.split("|"), strict=True))
+        # "<instance>|<model>", or an instance alone (preference_pairs)
+        dimensions = dict(zip(("instance", "model"), partition.split("|"), strict=False))
         where, params = partition_where(by_instance, partition, dimensions)
         found = entries(materialization)
         for _, label, sql in [c for c in PARTITION_COUNTS if c[0] == asset]:
