@@ -724,8 +724,8 @@ def print_report(
     print("\npipeline stages (Dagster, SQLite instance, batched runs):")
     print_table(stages)
     print(
-        "\nbackfill of one new model over every instance (merged_trajectories + rule_rewards + judge_rewards,"
-        " judge from the cache):"
+        "\nbackfill of one new model over every instance (merged_trajectories + rule_rewards + judge_rewards"
+        " + trajectory_rewards, judge from the cache):"
     )
     print_table([batched, per_partition])
     judge_live = next(s for s in stages if s.note.startswith("live"))
