@@ -20,6 +20,7 @@ An asset's code includes its domain's schema.py, which declares the tables it wr
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import json
@@ -34,11 +35,17 @@ def digest(*parts) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
+@functools.cache
+def _file_sha256(path: str) -> bytes:
+    # trajectory_rewards stamps every partition's rows with a version: read each source once.
+    return hashlib.sha256(Path(path).read_bytes()).digest()
+
+
 def source_digest(*modules: str) -> str:
     """A short hash of the source files of the named modules (`trajhub_assets.` omitted)."""
     sha = hashlib.sha256()
     for name in modules:
-        sha.update(Path(importlib.import_module(f"trajhub_assets.{name}").__file__).read_bytes())
+        sha.update(_file_sha256(importlib.import_module(f"trajhub_assets.{name}").__file__))
     return sha.hexdigest()[:12]
 
 

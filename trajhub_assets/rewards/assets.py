@@ -42,11 +42,15 @@ from trajhub_assets.tasks.catalog import stored_tasks
 from trajhub_assets.tasks.schema import TASKS
 
 
+def run_outcomes(store: Store, partition: dict) -> dict[str, dict]:
+    """The `runs` rows of one (model, instance) partition by run_id."""
+    return {row["run_id"]: row for row in store.read(RUNS, partition).to_pylist()}
+
+
 def partition_inputs(store: Store, partition: dict) -> tuple[list[dict], dict[str, dict]]:
     """(conversations, outcomes by run_id) of one (model, instance) partition."""
     conversations = table_to_conversations(store.read(MERGED_TRAJECTORIES, partition), **partition)
-    outcomes = {row["run_id"]: row for row in store.read(RUNS, partition).to_pylist()}
-    return conversations, outcomes
+    return conversations, run_outcomes(store, partition)
 
 
 def instance_median_steps(store: Store, instance: str) -> float | None:
@@ -190,9 +194,11 @@ def trajectory_rewards_asset(
     store, config = store.get(), project.load()
     partitions, rewards = run_partitions_of(context), []
     for partition in partitions:
-        outcomes = {row["run_id"]: row for row in store.read(RUNS, partition).to_pylist()}
         rewarded = trajectory_rewards(
-            store.read(JUDGE_SUMMARY, partition), store.read(RULE_SUMMARY, partition), outcomes, config.rewards
+            store.read(JUDGE_SUMMARY, partition),
+            store.read(RULE_SUMMARY, partition),
+            run_outcomes(store, partition),
+            config.rewards,
         )
         store.write(TRAJECTORY_REWARDS, rewarded, partition)
         partition_rewards = [(model_name(partition["model"]), r["reward"]) for r in rewarded.to_pylist()]
