@@ -501,16 +501,3 @@ def preference_pairs(
         pa.Table.from_pylist(rows, schema=PREFERENCE_PAIRS.schema),
         {**dict(stats), "model_coverage": dict(sorted(coverage.items()))},
     )
-
-
-def preview_markdown(table: pa.Table, limit: int = 10) -> str:
-    """A short table of pairs for the asset's metadata."""
-    lines = ["| kind | chosen | rejected | rewards | margin | shared prompt |", "|---|---|---|---|---|---|"]
-    for r in table.slice(0, limit).to_pylist():
-        lines.append(
-            f"| {r['kind']} | {r['chosen_model']} #{r['chosen_attempt']} | "
-            f"{r['rejected_model']} #{r['rejected_attempt']} | "
-            f"{r['chosen_reward']:.3f} / {r['rejected_reward']:.3f} | {r['margin']:.3f} | "
-            f"{'yes' if r['prompt_shared'] else 'no'} |"
-        )
-    return "\n".join(lines)

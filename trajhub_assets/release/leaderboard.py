@@ -12,7 +12,6 @@ in a Dagster worker without a display.
 
 from __future__ import annotations
 
-import base64
 import html
 import io
 import logging
@@ -186,19 +185,6 @@ def _cell(value) -> str:
 class Leaderboard:
     table: pa.Table
     figures: dict[str, bytes] = field(default_factory=dict)  # file name -> PNG
-
-    def markdown_table(self) -> str:
-        lines = ["| " + " | ".join(title for _, title in COLUMNS_SHOWN) + " |", "|" + "---|" * len(COLUMNS_SHOWN)]
-        for row in self.table.to_pylist():
-            lines.append("| " + " | ".join(_cell(row[name]) for name, _ in COLUMNS_SHOWN) + " |")
-        return "\n".join(lines)
-
-    def markdown(self) -> str:
-        """For Dagster's metadata (MetadataValue.md): the table and the plots inline."""
-        images = [
-            f"![{name}](data:image/png;base64,{base64.b64encode(png).decode()})" for name, png in self.figures.items()
-        ]
-        return "\n\n".join([self.markdown_table(), *images])
 
     def html(self) -> str:
         head = "".join(f"<th>{html.escape(title)}</th>" for _, title in COLUMNS_SHOWN)
