@@ -36,16 +36,16 @@ def digest(*parts) -> str:
 
 
 @functools.cache
-def _file_sha256(path: str) -> bytes:
+def _source(path: str) -> bytes:
     # trajectory_rewards stamps every partition's rows with a version: read each source once.
-    return hashlib.sha256(Path(path).read_bytes()).digest()
+    return Path(path).read_bytes()
 
 
 def source_digest(*modules: str) -> str:
     """A short hash of the source files of the named modules (`trajhub_assets.` omitted)."""
     sha = hashlib.sha256()
     for name in modules:
-        sha.update(_file_sha256(importlib.import_module(f"trajhub_assets.{name}").__file__))
+        sha.update(_source(importlib.import_module(f"trajhub_assets.{name}").__file__))
     return sha.hexdigest()[:12]
 
 
