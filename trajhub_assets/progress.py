@@ -1,6 +1,9 @@
 """Progress of a long step, in the Dagster log (which the `trajhub` CLI prints as it goes):
 items done out of the total, the LLM tokens and dollars spent so far, and an estimate of the
-time left. Safe to call from the worker threads of a step."""
+time left. Safe to call from the worker threads of a step.
+
+A line at most every `every_s` seconds, and always for the last item: each line is an event
+Dagster stores, and one per item of a batch of fast items cost more than the items."""
 
 from __future__ import annotations
 
@@ -13,11 +16,11 @@ from trajhub_assets.recording.raw_calls import read_run
 
 
 class Progress:
-    def __init__(self, log, total: int, unit: str):
-        self.log, self.total, self.unit = log, total, unit
+    def __init__(self, log, total: int, unit: str, every_s: float = 5.0):
+        self.log, self.total, self.unit, self.every_s = log, total, unit, every_s
         self.done = 0
         self.totals: Counter = Counter()
-        self._started = time.monotonic()
+        self._started = self._logged = time.monotonic()
         self._lock = threading.Lock()
 
     def advance(self, what: str = "", **amounts: float) -> None:
@@ -25,7 +28,10 @@ class Progress:
         with self._lock:
             self.done += 1
             self.totals.update({k: v for k, v in amounts.items() if v})
-            elapsed = time.monotonic() - self._started
+            now = time.monotonic()
+            if self.done < self.total and now - self._logged < self.every_s:
+                return
+            self._logged, elapsed = now, now - self._started
             left = elapsed / self.done * (self.total - self.done)
             self.log.info(
                 "progress: %d/%d %s done%s | %s | %.0fs elapsed, ~%.0fs left",

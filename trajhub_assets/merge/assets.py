@@ -11,7 +11,7 @@ from trajhub_assets.merge.merge import merge_calls
 from trajhub_assets.merge.schema import MERGED_TRAJECTORIES, conversations_to_table
 from trajhub_assets.metadata import batch_totals, table
 from trajhub_assets.partitions import BATCHED, run_key, run_partitions, run_partitions_of
-from trajhub_assets.progress import fail_if_all_failed
+from trajhub_assets.progress import Progress, fail_if_all_failed
 from trajhub_assets.recording.raw_calls import rebuild_records
 from trajhub_assets.recording.run_id import parse_run_id
 from trajhub_assets.recording.schema import MESSAGE_BLOBS, RAW_CALLS
@@ -56,6 +56,7 @@ def merged_trajectories(context: AssetExecutionContext, store: StoreResource) ->
     store = store.get()
     totals, written, empty = Counter(), [], []
     partitions = run_partitions_of(context)
+    progress = Progress(context.log, len(partitions), "partitions merged")
     for partition in partitions:
         records = rebuild_records(store.read(RAW_CALLS, partition), store.read(MESSAGE_BLOBS, partition))
         conversations = merge_partition(records, partition["model"], partition["instance"])
@@ -69,7 +70,7 @@ def merged_trajectories(context: AssetExecutionContext, store: StoreResource) ->
         written += conversations
         if not conversations:
             empty.append(key)
-        context.log.info("%s: %d calls -> %d conversations", partition, len(records), len(conversations))
+        progress.advance(calls=len(records), conversations=len(conversations))
     fail_if_all_failed(
         "partitions of this batch",
         len(partitions),
