@@ -3,6 +3,7 @@ import os
 
 import duckdb
 import pyarrow as pa
+import pyarrow.parquet
 import pytest
 
 from trajhub_assets.errors import StoreError
@@ -110,3 +111,11 @@ def test_two_processes_write_different_partitions_while_a_reader_queries(store):
     )
     assert counts == [("m1", 40, 160), ("m2", 40, 160)]
     assert not any(name.endswith(".tmp") for _, _, files in os.walk(store.root) for name in files)
+
+
+def test_a_partition_written_under_an_older_schema_reads_with_nulls_for_new_columns(store):
+    partition = {"model": "m", "instance": "a"}
+    older = store.partition_file(RUNS, partition)
+    older.parent.mkdir(parents=True)
+    pa.parquet.write_table(pa.table({"attempt": [1, 2]}), older)  # before `text` was declared
+    assert store.read(RUNS, partition).to_pylist() == [{"attempt": 1, "text": None}, {"attempt": 2, "text": None}]
