@@ -366,6 +366,8 @@ def _last_modified(metadata: Mapping[str, bytes]) -> datetime | None:
 
 def conform(table: Table, data: pa.Table) -> pa.Table:
     """Check `data` has exactly the table's columns and cast it to the declared schema."""
+    if data.schema.equals(table.schema):  # the usual case; a cast of nested columns copies them
+        return data
     expected, got = table.schema.names, data.column_names
     missing = [c for c in expected if c not in got]
     extra = [c for c in got if c not in expected]

@@ -250,15 +250,23 @@ def build_tables(records: Sequence[dict], model_key: str, instance_id: str) -> t
 
 # -- tables -> records ----------------------------------------------------------------------
 def rebuild_records(calls: pa.Table, blobs: pa.Table) -> list[dict]:
-    """The exact records `build_tables` was given, ordered by (run_id, seq)."""
+    """The exact records `build_tables` was given, ordered by (run_id, seq).
+
+    Each blob is decoded once: every call repeats the history before it, so the records share
+    those message objects. Treat them as read-only."""
     texts = dict(zip(blobs.column("sha256").to_pylist(), blobs.column("json").to_pylist(), strict=True))
+    decoded: dict[str, object] = {}
 
     def blob(ref: str | None, call_id: str):
         if ref is None:
             return None
-        if ref not in texts:
-            raise RecordError(f"references blob {ref} which message_blobs lacks", source="raw_calls", record_id=call_id)
-        return json.loads(texts[ref])
+        if ref not in decoded:
+            if ref not in texts:
+                raise RecordError(
+                    f"references blob {ref} which message_blobs lacks", source="raw_calls", record_id=call_id
+                )
+            decoded[ref] = json.loads(texts[ref])
+        return decoded[ref]
 
     def request(refs: dict, call_id: str) -> dict:
         params = blob(refs["params_ref"], call_id)
