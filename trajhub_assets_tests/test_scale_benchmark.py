@@ -24,7 +24,10 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 from synthetic_runs import model_profiles, run_records, task_records  # noqa: E402 (a script beside the package)
 
-LAST_LINE = re.compile(r"^trajectories_per_s=(\d+\.\d+) backfill_batched_vs_per_partition=(\d+\.\d+)$")
+LAST_LINE = re.compile(
+    r"^trajectories_per_s=(\d+\.\d+) slowest_stage_per_s=(\d+\.\d+) "
+    r"judge_requests_per_trajectory=(\d+\.\d+) backfill_batched_vs_per_partition=(\d+\.\d+)$"
+)
 
 
 @pytest.fixture(scope="module")
@@ -40,11 +43,30 @@ def quick_run(tmp_path_factory):
     return root, done.stdout.strip().splitlines()
 
 
-def test_last_line_has_both_figures(quick_run):
+def last_line(lines: list[str]) -> re.Match:
+    line = next(line for line in reversed(lines) if line.startswith("trajectories_per_s="))
+    match = LAST_LINE.match(line)
+    assert match, line
+    return match
+
+
+def test_last_line_has_every_figure(quick_run):
     _, lines = quick_run
-    match = LAST_LINE.match(lines[-1])
-    assert match, lines[-1]
-    assert float(match.group(1)) > 0 and float(match.group(2)) > 0
+    assert lines[-1].startswith("trajectories_per_s=")
+    figures = [float(f) for f in last_line(lines).groups()]
+    assert all(f > 0 for f in figures), figures
+
+
+def test_each_stage_is_compared_with_dagsters_floor(quick_run):
+    _, lines = quick_run
+    floor_row = next(line for line in lines if line.startswith("dagster floor (no-op body)"))
+    assert columns(floor_row)[:3] == ["2", "8", "8"]  # the same batched runs as the stages: 2 models x 4
+    floor = float(re.search(r"Dagster's floor: (\d+\.\d+) partitions/s", "\n".join(lines)).group(1))
+    compared = {line.split()[0]: line for line in lines if " x floor; target >= " in line}
+    assert set(compared) >= {"merged_trajectories", "rule_rewards", "trajectory_rewards", "preference_pairs"}
+    slowest = float(last_line(lines).group(2))
+    rates = [float(re.search(r"(\d+\.\d+) traj/s", line).group(1)) for line in compared.values()]
+    assert slowest <= max(rates) and floor > 0
 
 
 def columns(line: str) -> list[str]:
