@@ -101,6 +101,7 @@ class ModelProfile:
     invalid_args_rate: float
     skill: float  # chance the tests pass at the end
     thinking: bool
+    max_steps: int = 60  # raised by benchmarks that grow the calls per run
 
     @property
     def key(self) -> str:
@@ -494,7 +495,7 @@ def run_records(profile: ModelProfile, task: dict, seed: int) -> tuple[list[dict
     """The recorded calls of one run of `task` by `profile`, and its `runs` row."""
     rng = random.Random(f"{seed}:{profile.name}:{task['instance_id']}")
     run_id = run_id_for(profile, task["instance_id"], rng)
-    steps = max(3, min(60, round(rng.gauss(profile.mean_steps, profile.mean_steps * 0.35))))
+    steps = max(3, min(profile.max_steps, round(rng.gauss(profile.mean_steps, profile.mean_steps * 0.35))))
     writer, plan = _RunWriter(profile, task, run_id, rng), _Plan(profile, rng)
     if writer.anthropic:
         writer.title_call()
