@@ -42,6 +42,15 @@ def rows(store: Store, table: Table, where: str, params: list) -> list[dict]:
     return store.sql(f"SELECT * FROM {table.name} WHERE {where}", params).to_pylist()
 
 
+def instance_inputs(store: Store, instance: str) -> tuple[list[dict], list[dict], list[dict]]:
+    """(trajectories, trajectory rewards, step rewards) of every model's runs of one instance."""
+    return (
+        main_trajectories(store, "instance = ?", [instance]),
+        rows(store, TRAJECTORY_REWARDS, "instance = ?", [instance]),
+        rows(store, JUDGE_STEPS, "instance = ?", [instance]),
+    )
+
+
 @asset(
     name="preference_pairs",
     partitions_def=instances_partitions,
@@ -60,12 +69,7 @@ def preference_pairs_asset(
     policy = PairPolicy.from_config(config.release)
     stats, coverage = Counter(), Counter()
     for instance in context.partition_keys:
-        result = preference_pairs(
-            main_trajectories(store, "instance = ?", [instance]),
-            rows(store, TRAJECTORY_REWARDS, "instance = ?", [instance]),
-            rows(store, JUDGE_STEPS, "instance = ?", [instance]),
-            policy,
-        )
+        result = preference_pairs(*instance_inputs(store, instance), policy)
         store.write(PREFERENCE_PAIRS, result.table, {"instance": instance})
         counts = {k: v for k, v in result.stats.items() if isinstance(v, int)} | {"pairs": result.table.num_rows}
         preview = (

@@ -1,7 +1,10 @@
 """The reward assets: rule_rewards (free, deterministic), judge_rewards (LLM judge), and
 trajectory_rewards, the configured weighting of both with the run's outcome."""
 
+from collections.abc import Iterator, Mapping
+
 import duckdb
+import pyarrow as pa
 from dagster import AssetExecutionContext, MaterializeResult, asset
 
 from trajhub_assets.automation import FOLLOW_INPUTS, JUDGE_POOL
@@ -15,7 +18,7 @@ from trajhub_assets.checks import (
     rule_values_in_range,
     trajectory_rewards_in_range,
 )
-from trajhub_assets.config import JudgeConfig
+from trajhub_assets.config import JudgeConfig, RewardConfig
 from trajhub_assets.lineage import reading
 from trajhub_assets.merge.schema import MERGED_TRAJECTORIES, table_to_conversations
 from trajhub_assets.metadata import batch_totals, table
@@ -72,6 +75,23 @@ def instance_median_steps(store: Store, instance: str) -> float | None:
     return median_steps(trajectory_lengths(table_to_conversations(table)).values())
 
 
+def score_rule_partitions(
+    store: Store, partitions: list[dict], tasks: Mapping[str, dict], rewards: RewardConfig
+) -> Iterator[tuple[dict, pa.Table, pa.Table]]:
+    """rule_rewards' work: score and write each partition; yields (partition, steps, summary)."""
+    medians = {}
+    for partition in partitions:
+        conversations, outcomes = partition_inputs(store, partition)
+        instance = partition["instance"]
+        if instance not in medians:  # every model's runs of it: read once per batch
+            medians[instance] = instance_median_steps(store, instance)
+        rule_context = RuleContext.from_config(rewards, median_steps=medians[instance])
+        steps, summary = rule_tables(conversations, outcomes, tasks[instance], rule_context)
+        store.write(RULE_STEPS, steps, partition)
+        store.write(RULE_SUMMARY, summary, partition)
+        yield partition, steps, summary
+
+
 # Also reads every model's merged partitions of the instance, for its median trajectory length;
 # the dep stays on its own partition so a model that has not run yet holds nothing back.
 @asset(
@@ -86,18 +106,9 @@ def instance_median_steps(store: Store, instance: str) -> float | None:
 )
 def rule_rewards(context: AssetExecutionContext, store: StoreResource, project: ProjectResource) -> MaterializeResult:
     store, config = store.get(), project.load()
-    tasks = stored_tasks(store)
-    hits, medians = 0, {}
+    hits = 0
     partitions = run_partitions_of(context)
-    for partition in partitions:
-        conversations, outcomes = partition_inputs(store, partition)
-        instance = partition["instance"]
-        if instance not in medians:  # every model's runs of it: read once per batch
-            medians[instance] = instance_median_steps(store, instance)
-        rule_context = RuleContext.from_config(config.rewards, median_steps=medians[instance])
-        steps, summary = rule_tables(conversations, outcomes, tasks[partition["instance"]], rule_context)
-        store.write(RULE_STEPS, steps, partition)
-        store.write(RULE_SUMMARY, summary, partition)
+    for partition, steps, summary in score_rule_partitions(store, partitions, stored_tasks(store), config.rewards):
         context.add_asset_metadata(
             {"rule_hits": steps.num_rows, "hits_per_rule": table(hits_per_rule(summary))},
             partition_key=run_key(partition["model"], partition["instance"]),
