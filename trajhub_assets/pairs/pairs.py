@@ -47,7 +47,7 @@ import logging
 import math
 import random
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Literal
@@ -70,7 +70,7 @@ class PairPolicy:
     min_margin: float = 0.05
     ties: Literal["skip", "shorter"] = "skip"
     step_pairs: bool = True
-    candidates_per_run: int = 8  # partners each run is compared with, per kind (see _partners)
+    candidates_per_run: int = 8  # at most this many partners per run and kind (_Comparisons, _partners)
 
     @classmethod
     def from_config(cls, release, **overrides) -> PairPolicy:
@@ -448,9 +448,9 @@ class _Comparisons:
 
 
 def _partners(
-    run: _Run, pool: Mapping[str, list[_Run]], k: int, rng: random.Random, eligible=lambda other: True
+    run: _Run, pool: Mapping[str, list[_Run]], k: int, rng: random.Random, eligible: Callable[[_Run], bool]
 ) -> list[_Run]:
-    """Up to k runs of `pool` (model -> runs) for `run` to be compared with, `run` excluded.
+    """Up to k `eligible` runs of `pool` (model -> runs) for `run` to be compared with, `run` excluded.
 
     The other models take turns from a random start, each turn a run of each (from a random
     offset in its list, without repeats), so partners spread over models; the run's own
