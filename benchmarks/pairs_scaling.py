@@ -3,17 +3,18 @@
 Builds two stores of synthetic runs (benchmarks/synthetic_runs.py, loaded with the real load
 code and merged with the real merge) over the same instances: one with 4 models per instance,
 one with 20. The 4-model store draws its 4 models per instance in rotation from the same 20
-profiles (two pairs of same-client models, so pairs of same-tool runs exist), so both stores
-hold the same mix of run lengths. Trajectory rewards and step rewards are seeded random
+profiles, two of each client style so that runs with the same tools exist, so both stores hold
+the same mix of run lengths. Trajectory rewards and step rewards are seeded random
 numbers written as TRAJECTORY_REWARDS and JUDGE_STEPS rows (the judge is not what is timed).
 
 Then times, without Dagster:
 - rules: the rule_rewards asset's body (rewards.assets.score_rule_partitions) over batches of
   one model and every instance, as BackfillPolicy.multi_run batches a backfill;
-- pairs: the preference_pairs asset's body per instance (pairs.assets.instance_pairs: reading
-  every model's partition of the instance, then pairing), reading and pairing apart.
+- pairs: the preference_pairs asset's body per instance: reading every model's partition of the
+  instance (pairs.assets.instance_inputs), then pairing (pairs.preference_pairs), timed apart.
 
-Prints per-trajectory milliseconds at 4 and 20 models, then the last line
+Prints per-trajectory milliseconds at 4 and 20 models (wall time; the machine may be shared, so
+expect noise of tens of percent), then the last line
     pairs_growth_4_to_20=X rules_growth_4_to_20=Y
 X, Y: per-trajectory seconds at 20 models over the same at 4 (about 1 when linear).
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -123,21 +125,24 @@ def time_rules(store: Store, ran: dict[str, list[str]], config: RewardConfig) ->
     return time.perf_counter() - started
 
 
-def time_pairs(store: Store, instances: list[str], policy: PairPolicy) -> tuple[float, float, int]:
-    """(reading seconds, pairing seconds, pairs) of the preference_pairs body over every instance."""
+def time_pairs(store: Store, instances: list[str], policy: PairPolicy) -> tuple[float, float, int, int]:
+    """(reading seconds, pairing seconds, pairs, comparisons) of the preference_pairs body over
+    every instance."""
     from trajhub_assets.pairs.assets import instance_inputs
     from trajhub_assets.pairs.pairs import preference_pairs
 
     read_s = pair_s = 0.0
-    pairs = 0
+    pairs = compared = 0
     for instance in instances:
         started = time.perf_counter()
         inputs = instance_inputs(store, instance)
         middle = time.perf_counter()
         read_s += middle - started
-        pairs += preference_pairs(*inputs, policy).table.num_rows
+        result = preference_pairs(*inputs, policy)
         pair_s += time.perf_counter() - middle
-    return read_s, pair_s, pairs
+        pairs += result.table.num_rows
+        compared += result.stats.get("compared_trajectory", 0) + result.stats.get("compared_step", 0)
+    return read_s, pair_s, pairs, compared
 
 
 def main() -> None:
@@ -151,6 +156,9 @@ def main() -> None:
     per_trajectory: dict[str, dict[int, float]] = {"rules": {}, "pairs": {}}
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
+        # Untimed: the first call of each body pays for imports, which would count against 4 models.
+        store, ran = build_store(work / "warm-up", tasks[:1], 4, args.seed)
+        time_rules(store, ran, config), time_pairs(store, [tasks[0]["instance_id"]], policy)
         for models in (4, PROFILES):
             started = time.perf_counter()
             store, ran = build_store(work / f"models{models}", tasks, models, args.seed)
@@ -160,14 +168,15 @@ def main() -> None:
                 f"{time.perf_counter() - started:.0f} s",
                 flush=True,
             )
+            shutil.rmtree(store.root / "cache", ignore_errors=True)  # cold, as in a first backfill
             rules_s = time_rules(store, ran, config)
-            read_s, pair_s, pairs = time_pairs(store, [t["instance_id"] for t in tasks], policy)
+            read_s, pair_s, pairs, compared = time_pairs(store, [t["instance_id"] for t in tasks], policy)
             per_trajectory["rules"][models] = rules_s / runs
             per_trajectory["pairs"][models] = (read_s + pair_s) / runs
             print(
                 f"  rules {rules_s:.2f} s ({rules_s / runs * 1e3:.2f} ms/run); pairs {read_s + pair_s:.2f} s "
                 f"({(read_s + pair_s) / runs * 1e3:.2f} ms/run: read {read_s / runs * 1e3:.2f}, "
-                f"pair {pair_s / runs * 1e3:.2f}), {pairs} pairs",
+                f"pair {pair_s / runs * 1e3:.2f}), {pairs} pairs, {compared / runs:.1f} comparisons per run",
                 flush=True,
             )
     growth = {stage: times[PROFILES] / times[4] for stage, times in per_trajectory.items()}
