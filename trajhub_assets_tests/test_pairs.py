@@ -442,3 +442,35 @@ def test_few_runs_are_all_compared_as_before():
         assert bounded.table.equals(unbounded.table)
         assert bounded.stats == unbounded.stats
         assert bounded.stats["compared_trajectory"] == bounded.stats["compared_step"] == n * (n - 1) // 2
+
+
+def test_the_asset_reads_the_main_runs_of_every_model_of_its_instance_only(store):
+    import pyarrow as pa
+
+    from trajhub_assets.merge.schema import MERGED_TRAJECTORIES
+    from trajhub_assets.pairs.assets import instance_inputs
+    from trajhub_assets.rewards.schema import TRAJECTORY_REWARDS
+
+    assert instance_inputs(store, "inst-1") == ([], [], [])  # nothing stored yet
+    for instance in ("inst-1", "inst-2"):
+        for model in ("claude-a", "claude-b"):
+            run_id = f"{model}@{instance}"
+            main = claude_trajectory(run_id, model, 0, ["ls"])
+            side = main | {"meta": main["meta"] | {"conversation_id": f"{run_id}-title", "kind": "title"}}
+            partition = {"model": model, "instance": instance}
+            store.write(MERGED_TRAJECTORIES, conversations_to_table([main, side]), partition)
+            row = {name: None for name in TRAJECTORY_REWARDS.schema.names} | {
+                "run_id": run_id,
+                **{f"weight_{c}": 0.25 for c in ("outcome", "rules", "step", "checklist")},
+                "components": ["outcome"],
+                "reward": 0.5,
+                "reward_version": "v1",
+            }
+            store.write(TRAJECTORY_REWARDS, pa.Table.from_pylist([row], schema=TRAJECTORY_REWARDS.schema), partition)
+    trajectories, rewards, steps = instance_inputs(store, "inst-1")
+    assert sorted((t["meta"]["run_id"], t["meta"]["kind"]) for t in trajectories) == [
+        ("claude-a@inst-1", "main"),
+        ("claude-b@inst-1", "main"),
+    ]
+    assert sorted(r["run_id"] for r in rewards) == ["claude-a@inst-1", "claude-b@inst-1"]
+    assert steps == []  # no judge_steps table yet: no step rewards, not an error

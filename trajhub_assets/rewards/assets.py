@@ -97,7 +97,7 @@ def instance_lengths(store: Store, instance: str) -> dict[str, int]:
     if stale := [path for path in files if path not in fresh]:
         main_kinds = ", ".join(f"'{kind}'" for kind in MAIN_AGENT_KINDS if kind)
         with store.connect([]) as con:
-            rows = con.sql(
+            counted = con.sql(
                 "SELECT filename, coalesce(run_id, '') AS run_id, CAST(coalesce(sum(n_generations) "
                 f"FILTER (kind IS NULL OR kind IN ({main_kinds})), 0) AS BIGINT) AS steps "
                 "FROM read_parquet(?, filename = true, union_by_name = true) GROUP BY ALL",
@@ -105,7 +105,7 @@ def instance_lengths(store: Store, instance: str) -> dict[str, int]:
             ).to_arrow_table()
         for path in stale:
             fresh[path] = {"version": files[path], "lengths": {}}
-        for row in rows.to_pylist():
+        for row in counted.to_pylist():
             fresh[row["filename"].removeprefix("s3://")]["lengths"][row["run_id"]] = row["steps"]
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_name(f".{uuid.uuid4().hex}.tmp")
