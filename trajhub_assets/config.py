@@ -140,6 +140,12 @@ class ReleaseConfig(_Strict):
     hf_token_env: str = "HF_TOKEN"
     max_pairs_per_instance: int = Field(16, ge=1)
     min_margin: float = Field(0.05, ge=0)
+    pair_candidates_per_run: int = Field(
+        8,
+        ge=1,
+        description="Runs each run of an instance is compared with when looking for pairs, per kind "
+        "(spread over the other models, seeded by the instance): candidates grow with runs, not runs squared.",
+    )
     replay_sample: int = Field(2, ge=0, description="Runs of each release replayed by release_replay.")
 
 

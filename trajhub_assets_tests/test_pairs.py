@@ -370,3 +370,107 @@ def test_null_content_stays_null_in_pairs(store):
     assert row["chosen"][0]["content"] is None and row["rejected"][0]["content"] is None
     assert row["chosen"][-1]["content"] == "done" and row["prompt"][0]["content"] == "You are a coding agent."
     assert_trl_preference(row)
+
+
+# -- bounded candidates: each run compared with at most candidates_per_run others ----------------
+def many_runs(models: int, attempts: int):
+    """Runs of one instance with the same tools, all different (so all pairs differ in actions),
+    distinct rewards and rewarded steps; every run diverges from every other at its first step."""
+    runs, rewards, steps = [], [], []
+    for m in range(models):
+        for attempt in range(attempts):
+            run_id = f"m{m:02d}-{attempt}"
+            runs.append(trajectory(run_id, f"m-{m:02d}", attempt, [f"cmd {run_id}", "pytest"]))
+            rewards.append(reward(run_id, (m * attempts + attempt) / (models * attempts)))
+            steps += [{"run_id": run_id, "step_index": k, "step_reward": rewards[-1]["reward"]} for k in (0, 1)]
+    return runs, rewards, steps
+
+
+def compared(result, kind):
+    """The compared pairs of one kind as (model, model) pairs, from a result that kept them all."""
+    return [(r["chosen_model"], r["rejected_model"]) for r in result.table.to_pylist() if r["kind"] == kind]
+
+
+def everything(k):
+    """A policy under which every compared pair becomes a row (no margin, no limit)."""
+    return PairPolicy(max_pairs=10**6, min_margin=0.0, candidates_per_run=k)
+
+
+def test_candidates_per_instance_are_bounded_by_runs_times_k():
+    runs, rewards, steps = many_runs(models=10, attempts=3)
+    result = preference_pairs(runs, rewards, steps, everything(4))
+    for kind in ("trajectory", "step"):
+        # 30 runs: all pairs would be 435; each run is in at most 4 comparisons
+        assert 0 < result.stats[f"compared_{kind}"] <= 30 * 4 // 2
+        assert result.stats[f"candidates_{kind}"] == result.stats[f"compared_{kind}"]
+        rows = [r for r in result.table.to_pylist() if r["kind"] == kind]
+        per_run = Counter(r[f"{side}_run_id"] for r in rows for side in ("chosen", "rejected"))
+        assert max(per_run.values()) <= 4
+    unbounded = preference_pairs(runs, rewards, steps, everything(10**6))
+    assert unbounded.stats["compared_trajectory"] == unbounded.stats["compared_step"] == 30 * 29 // 2
+
+
+def test_candidates_spread_over_every_model():
+    runs, rewards, steps = many_runs(models=12, attempts=3)
+    result = preference_pairs(runs, rewards, steps, everything(4))
+    for kind in ("trajectory", "step"):
+        pairs = compared(result, kind)
+        models = Counter(model for pair in pairs for model in pair)
+        assert set(models) == {f"m-{m:02d}" for m in range(12)}  # every model is compared
+        assert max(models.values()) <= 2 * min(models.values())  # and about as often as the others
+        # other models before a model's own attempts: no pair within one model while others have room
+        assert all(a != b for a, b in pairs)
+        partners = {m: {b if a == m else a for a, b in pairs if m in (a, b)} for m in models}
+        assert all(len(p) >= 4 for p in partners.values())  # each model meets several others
+
+
+def test_candidates_are_the_same_on_every_run():
+    runs, rewards, steps = many_runs(models=8, attempts=3)
+    first = preference_pairs(runs, rewards, steps, everything(3))
+    again = preference_pairs(list(reversed(runs)), list(reversed(rewards)), steps, everything(3))
+    assert again.table.equals(first.table)
+    assert again.stats == first.stats and first.stats["compared_trajectory"] < 24 * 23 // 2
+
+
+def test_few_runs_are_all_compared_as_before():
+    # with at most k + 1 runs every run has room for every other: all pairs, as before the bound
+    for models, attempts in ((3, 1), (2, 2), (5, 1), (3, 3)):
+        runs, rewards, steps = many_runs(models, attempts)
+        n = models * attempts
+        bounded = preference_pairs(runs, rewards, steps, PairPolicy(candidates_per_run=max(n - 1, 1)))
+        unbounded = preference_pairs(runs, rewards, steps, PairPolicy(candidates_per_run=10**6))
+        assert bounded.table.equals(unbounded.table)
+        assert bounded.stats == unbounded.stats
+        assert bounded.stats["compared_trajectory"] == bounded.stats["compared_step"] == n * (n - 1) // 2
+
+
+def test_the_asset_reads_the_main_runs_of_every_model_of_its_instance_only(store):
+    import pyarrow as pa
+
+    from trajhub_assets.merge.schema import MERGED_TRAJECTORIES
+    from trajhub_assets.pairs.assets import instance_inputs
+    from trajhub_assets.rewards.schema import TRAJECTORY_REWARDS
+
+    assert instance_inputs(store, "inst-1") == ([], [], [])  # nothing stored yet
+    for instance in ("inst-1", "inst-2"):
+        for model in ("claude-a", "claude-b"):
+            run_id = f"{model}@{instance}"
+            main = claude_trajectory(run_id, model, 0, ["ls"])
+            side = main | {"meta": main["meta"] | {"conversation_id": f"{run_id}-title", "kind": "title"}}
+            partition = {"model": model, "instance": instance}
+            store.write(MERGED_TRAJECTORIES, conversations_to_table([main, side]), partition)
+            row = {name: None for name in TRAJECTORY_REWARDS.schema.names} | {
+                "run_id": run_id,
+                **{f"weight_{c}": 0.25 for c in ("outcome", "rules", "step", "checklist")},
+                "components": ["outcome"],
+                "reward": 0.5,
+                "reward_version": "v1",
+            }
+            store.write(TRAJECTORY_REWARDS, pa.Table.from_pylist([row], schema=TRAJECTORY_REWARDS.schema), partition)
+    trajectories, rewards, steps = instance_inputs(store, "inst-1")
+    assert sorted((t["meta"]["run_id"], t["meta"]["kind"]) for t in trajectories) == [
+        ("claude-a@inst-1", "main"),
+        ("claude-b@inst-1", "main"),
+    ]
+    assert sorted(r["run_id"] for r in rewards) == ["claude-a@inst-1", "claude-b@inst-1"]
+    assert steps == []  # no judge_steps table yet: no step rewards, not an error

@@ -662,3 +662,53 @@ def test_evidence_rows_point_at_their_step(plan):
             points_at(row, [conv])
     errors = sum(failed for calls in plan for _, _, failed in calls)
     assert sum(r["rule_id"] == "tool_error" for r in rows) == errors
+
+
+# -- the instance's lengths, as rule_rewards reads them ---------------------------------------
+def _stored(store, model: str, *conversations: dict) -> list[dict]:
+    """Write one model's partition of instance "i"; the conversations as the merge leaves them."""
+    from trajhub_assets.merge.schema import MERGED_TRAJECTORIES, MESSAGE, META_FIELDS, conversations_to_table
+
+    full = []
+    for c in conversations:
+        messages = [{f.name: None for f in MESSAGE} | m for m in c["messages"]]
+        meta = {name: None for name in META_FIELDS} | c["meta"] | {"model": model}
+        meta["n_generations"] = sum(bool(m["generation"]) for m in messages)
+        full.append(c | {"meta": meta, "messages": messages})
+    store.write(MERGED_TRAJECTORIES, conversations_to_table(full), {"model": model, "instance": "i"})
+    return full
+
+
+def _run_of(run_id: str, steps: int, *extra_kinds: str) -> list[dict]:
+    """A run's main conversation of `steps` steps and one more conversation of each extra kind."""
+    main = _long(steps)
+    main["meta"] |= {"run_id": run_id, "conversation_id": f"{run_id}-main"}
+    more = []
+    for n, kind in enumerate(extra_kinds):
+        other = _long(3)
+        other["meta"] |= {"run_id": run_id, "conversation_id": f"{run_id}-{kind}", "kind": kind, "started_at": n + 1.0}
+        more.append(other)
+    return [main, *more]
+
+
+def test_instance_lengths_are_the_rules_lengths_of_every_model_read_once(store, monkeypatch):
+    from trajhub_assets.rewards import assets
+
+    assert assets.instance_median_steps(store, "i") is None  # nothing merged yet
+    written = _stored(store, "m-a", *_run_of("a0", 2, "title"), *_run_of("a1", 5, "continuation"))
+    written += _stored(store, "m-b", *_run_of("b0", 7, "subagent", "warmup"))
+    written += _stored(store, "m-c", *_run_of("c0", 4, "compaction"))
+    expected = trajectory_lengths(written)
+    assert expected == {"a0": 2, "a1": 8, "b0": 7, "c0": 7}  # continuation and compaction count, side kinds do not
+    assert assets.instance_lengths(store, "i") == expected
+    assert assets.instance_median_steps(store, "i") == median_steps(expected.values())
+
+    # Another model's batch: nothing changed, so no file is read again.
+    reads = []
+    connect = store.connect
+    monkeypatch.setattr(store, "connect", lambda tables=None: reads.append(1) or connect(tables))
+    assert assets.instance_lengths(store, "i") == expected and reads == []
+    # A partition re-merged with other runs: read again, the others still not.
+    written = [c for c in written if c["meta"]["model"] != "m-b"] + _stored(store, "m-b", *_run_of("b1", 3))
+    assert assets.instance_lengths(store, "i") == trajectory_lengths(written) and len(reads) == 1
+    assert assets.instance_lengths(store, "never-run") == {}

@@ -2,6 +2,8 @@
 
 from collections import Counter
 
+import duckdb
+import pyarrow as pa
 from dagster import (
     AssetExecutionContext,
     MaterializeResult,
@@ -26,20 +28,56 @@ from trajhub_assets.store import Store, Table
 _EVERY_MODEL = MultiToSingleDimensionPartitionMapping(partition_dimension_name="instance")
 
 
-def main_trajectories(store: Store, where: str = "TRUE", params: list | None = None) -> list[dict]:
-    """Each run's main conversation, with meta.model the model's name (not its key)."""
-    table = store.sql(
-        f"SELECT * FROM {MERGED_TRAJECTORIES.name} WHERE kind = 'main' AND {where} ORDER BY model, instance, run_id",
-        params,
-    )
+def named_conversations(table: pa.Table) -> list[dict]:
+    """The table's conversations, with meta.model the model's name (not its key)."""
     conversations = table_to_conversations(table)
     for conversation in conversations:
         conversation["meta"]["model"] = model_name(conversation["meta"]["model"])
     return conversations
 
 
-def rows(store: Store, table: Table, where: str, params: list) -> list[dict]:
-    return store.sql(f"SELECT * FROM {table.name} WHERE {where}", params).to_pylist()
+def main_trajectories(store: Store, where: str = "TRUE", params: list | None = None) -> list[dict]:
+    """Each run's main conversation, with meta.model the model's name (not its key)."""
+    table = store.sql(
+        f"SELECT * FROM {MERGED_TRAJECTORIES.name} WHERE kind = 'main' AND {where} ORDER BY model, instance, run_id",
+        params,
+    )
+    return named_conversations(table)
+
+
+def instance_rows(
+    con: duckdb.DuckDBPyConnection, store: Store, table: Table, instance: str, where: str = "TRUE"
+) -> pa.Table | None:
+    """Every model's partition of one instance, in one query over just those files (None when there
+    are none): a view of the whole table would list, and open, every partition of every instance."""
+    files = f"{store.table_dir(table)}/model=*/instance={instance}/*.parquet"
+    try:
+        return con.sql(
+            "SELECT * FROM read_parquet(?, hive_partitioning = true, hive_types_autocast = false, "
+            f"union_by_name = true) WHERE {where}",
+            params=[files],
+        ).to_arrow_table()
+    except duckdb.IOException:  # no model has that partition yet
+        return None
+
+
+def instance_inputs(store: Store, instance: str) -> tuple[list[dict], list[dict], list[dict]]:
+    """(main trajectories, trajectory rewards, step rewards) of every model's runs of one instance,
+    in no particular order (preference_pairs orders the runs itself)."""
+    with store.connect([]) as con:  # one connection: opening one costs more than a small query
+        merged, rewards, steps = (
+            instance_rows(con, store, table, instance, where)
+            for table, where in (
+                (MERGED_TRAJECTORIES, "kind = 'main'"),
+                (TRAJECTORY_REWARDS, "TRUE"),
+                (JUDGE_STEPS, "TRUE"),
+            )
+        )
+    return (
+        named_conversations(merged) if merged is not None else [],
+        rewards.to_pylist() if rewards is not None else [],
+        steps.to_pylist() if steps is not None else [],
+    )
 
 
 @asset(
@@ -60,12 +98,7 @@ def preference_pairs_asset(
     policy = PairPolicy.from_config(config.release)
     stats, coverage = Counter(), Counter()
     for instance in context.partition_keys:
-        result = preference_pairs(
-            main_trajectories(store, "instance = ?", [instance]),
-            rows(store, TRAJECTORY_REWARDS, "instance = ?", [instance]),
-            rows(store, JUDGE_STEPS, "instance = ?", [instance]),
-            policy,
-        )
+        result = preference_pairs(*instance_inputs(store, instance), policy)
         store.write(PREFERENCE_PAIRS, result.table, {"instance": instance})
         counts = {k: v for k, v in result.stats.items() if isinstance(v, int)} | {"pairs": result.table.num_rows}
         preview = (

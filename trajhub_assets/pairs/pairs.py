@@ -10,7 +10,7 @@ Inputs, all for one instance (`preference_pairs` reads every model's partition o
   with `generation` true in the main conversation.
 
 Two kinds of pair:
-- `trajectory`: any two rewarded runs with the same tool names. Chosen has the higher trajectory
+- `trajectory`: two rewarded runs with the same tool names. Chosen has the higher trajectory
   reward, by at least `min_margin`; exact ties are skipped, or (`ties="shorter"`) go to the run
   with fewer steps. The prompt is the longest shared prefix that ends before an assistant message
   of both; chosen/rejected are the rest of each conversation. Scaffolds put dates and paths in the
@@ -19,6 +19,14 @@ Two kinds of pair:
 - `step`: two runs that share every message up to an index where both continue with a generated
   assistant message. Prompt = the shared prefix, chosen/rejected = those two assistant messages,
   ranked by step reward with the same margin rule. Equal (prompt, chosen, rejected) are kept once.
+
+Candidates are bounded: each run is compared with at most `candidates_per_run` (K) others per
+kind (release.pair_candidates_per_run), so an instance costs O(runs x K), not O(runs^2). A run
+takes its partners from the other models in turn (a random start, a random attempt of each),
+its own model's other attempts last, seeded by the instance and the run: re-runs pick the same
+pairs. With at most K + 1 runs every pair is compared. Step partners are found by hashing
+message prefixes (runs that share the prefix before a step meet in one bucket), not by
+comparing runs two by two. `compared_trajectory` / `compared_step` count the comparisons.
 
 Each kind keeps at most `max_pairs` pairs, picked greedily so that every model appears about as
 often as the others (then every run, then the larger margin first).
@@ -36,10 +44,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
+import random
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from itertools import combinations
+from functools import partial
 from typing import Literal
 
 import pyarrow as pa
@@ -60,6 +70,7 @@ class PairPolicy:
     min_margin: float = 0.05
     ties: Literal["skip", "shorter"] = "skip"
     step_pairs: bool = True
+    candidates_per_run: int = 8  # at most this many partners per run and kind (_Comparisons, _partners)
 
     @classmethod
     def from_config(cls, release, **overrides) -> PairPolicy:
@@ -69,6 +80,7 @@ class PairPolicy:
             "min_margin": release.min_margin,
             "ties": getattr(release, "pair_ties", "skip"),
             "step_pairs": getattr(release, "step_pairs", True),
+            "candidates_per_run": release.pair_candidates_per_run,
         }
         return cls(**(values | overrides))
 
@@ -296,9 +308,10 @@ def _row(
         "pair_id": _pair_id(kind, chosen, rejected, cut),
         "kind": kind,
         "instance_id": instance,
-        "prompt": [chat_message(m) for m in prompt],
-        "chosen": [chat_message(m) for m in chosen_msgs],
-        "rejected": [chat_message(m) for m in rejected_msgs],
+        # The merged messages; in TRL's form only once picked (_in_chat_form): most candidates are not.
+        "prompt": prompt,
+        "chosen": chosen_msgs,
+        "rejected": rejected_msgs,
         "tools_json": tools_json(chosen.tools),
         "chosen_run_id": chosen.run_id,
         "rejected_run_id": rejected.run_id,
@@ -337,22 +350,9 @@ def _trajectory_candidate(a: _Run, b: _Run, instance: str, policy: PairPolicy, s
         ),
         None,
     )
-    if cut is not None:
-        prompt, c_rest, r_rest, prompt_shared = (
-            chosen.messages[:cut],
-            chosen.messages[cut:],
-            rejected.messages[cut:],
-            True,
-        )
-    else:
-        prompt, c_rest, r_rest, prompt_shared = (
-            chosen.messages[: chosen.first_step],
-            chosen.messages[chosen.first_step :],
-            rejected.messages[rejected.first_step :],
-            False,
-        )
-        cut = chosen.first_step
-    if [message_key(m) for m in c_rest] == [message_key(m) for m in r_rest]:
+    prompt_shared = cut is not None
+    c_start, r_start = (cut, cut) if prompt_shared else (chosen.first_step, rejected.first_step)
+    if chosen.keys[c_start:] == rejected.keys[r_start:]:
         stats["skipped_same_actions"] += 1  # rewards differ (flaky tests?) but the runs do not
         return None
     return _row(
@@ -360,15 +360,15 @@ def _trajectory_candidate(a: _Run, b: _Run, instance: str, policy: PairPolicy, s
         instance,
         chosen,
         rejected,
-        prompt=prompt,
-        chosen_msgs=c_rest,
-        rejected_msgs=r_rest,
+        prompt=chosen.messages[:c_start],
+        chosen_msgs=chosen.messages[c_start:],
+        rejected_msgs=rejected.messages[r_start:],
         rewards=(chosen.reward, rejected.reward),
         steps=(None, None),
         prompt_shared=prompt_shared,
         basis=basis,
         version=version,
-        cut=cut,
+        cut=c_start,
     )
 
 
@@ -407,6 +407,121 @@ def _step_candidate(a: _Run, b: _Run, instance: str, policy: PairPolicy, stats: 
         version=version,
         cut=d,
     )
+
+
+def _by_tools(runs: list[_Run]) -> list[list[_Run]]:
+    """Runs grouped by their tool names (only runs offered the same tools are paired)."""
+    groups: dict[tuple[str, ...], list[_Run]] = {}
+    for run in runs:
+        groups.setdefault(run.tool_names, []).append(run)
+    return list(groups.values())
+
+
+def _by_model(runs: Iterable[_Run]) -> dict[str, list[_Run]]:
+    pool: dict[str, list[_Run]] = {}
+    for run in runs:
+        pool.setdefault(run.model, []).append(run)
+    return dict(sorted(pool.items()))
+
+
+class _Comparisons:
+    """The run pairs of one kind to compare, each run in at most k of them (so at most
+    runs * k / 2 per instance), kept as positions in run order."""
+
+    def __init__(self, runs: list[_Run], k: int):
+        self.index = {run.run_id: i for i, run in enumerate(runs)}
+        self.k, self.degree, self.pairs = k, Counter(), set()
+
+    def _pair(self, a: _Run, b: _Run) -> tuple[int, int]:
+        return tuple(sorted((self.index[a.run_id], self.index[b.run_id])))
+
+    def room(self, run: _Run) -> int:
+        return self.k - self.degree[run.run_id]
+
+    def open(self, run: _Run, other: _Run) -> bool:
+        return self.room(other) > 0 and self._pair(run, other) not in self.pairs
+
+    def add(self, run: _Run, others: list[_Run]) -> None:
+        for other in others:
+            self.pairs.add(self._pair(run, other))
+            self.degree.update((run.run_id, other.run_id))
+
+
+def _partners(
+    run: _Run, pool: Mapping[str, list[_Run]], k: int, rng: random.Random, eligible: Callable[[_Run], bool]
+) -> list[_Run]:
+    """Up to k `eligible` runs of `pool` (model -> runs) for `run` to be compared with, `run` excluded.
+
+    The other models take turns from a random start, each turn a run of each (from a random
+    offset in its list, without repeats), so partners spread over models; the run's own
+    model's other attempts come only after every other model's runs. Picking costs about
+    O(k + models), not O(runs), unless `eligible` turns most runs down.
+    """
+    if k <= 0:
+        return []
+    others = [m for m in pool if m != run.model]
+    start = rng.randrange(len(others)) if others else 0
+    picked: list[_Run] = []
+    for models in (others[start:] + others[:start], [run.model] if run.model in pool else []):
+        offsets: dict[str, int] = {}
+        for turn in range(max((len(pool[m]) for m in models), default=0)):
+            for model in models:
+                runs = pool[model]
+                if turn >= len(runs):
+                    continue
+                if model not in offsets:
+                    offsets[model] = rng.randrange(len(runs))
+                other = runs[(offsets[model] + turn) % len(runs)]
+                if other is not run and eligible(other):
+                    picked.append(other)
+                    if len(picked) == k:
+                        return picked
+    return picked
+
+
+def _prefix_hashes(run: _Run) -> list[bytes]:
+    """hashes[i]: a digest of the message keys before index i; equal hashes, equal prefixes."""
+    hashes, digest = [], b""
+    for key in run.keys:
+        hashes.append(digest)
+        digest = hashlib.blake2b(digest + key.encode(), digest_size=16).digest()
+    return hashes
+
+
+def _step_comparisons(runs: list[_Run], instance: str, comparisons: _Comparisons) -> None:
+    """Pairs of runs that share a prefix and diverge at a generated step of both.
+
+    Runs are bucketed by (tools, prefix hash) at each of their steps that follows a user or
+    tool message, so runs sharing a prefix are found in one pass over the messages; within a
+    bucket, runs whose next message differs diverge exactly there. Each run takes partners
+    from its buckets, the longest shared prefix first, while it has room.
+    """
+    buckets: dict[tuple, list[_Run]] = {}
+    positions: dict[str, list[tuple]] = {}
+    for run in runs:
+        hashes = _prefix_hashes(run)
+        for d in run.step_of:
+            if d > 0 and run.messages[d - 1]["role"] in PROMPT_END_ROLES:
+                key = (run.tool_names, d, hashes[d])
+                buckets.setdefault(key, []).append(run)
+                positions.setdefault(run.run_id, []).append(key)
+    pools = {key: _by_model(members) for key, members in buckets.items() if len(members) > 1}
+    for run in runs:
+        rng = random.Random(f"{instance}|step|{run.run_id}")
+        for key in sorted((key for key in positions.get(run.run_id, ()) if key in pools), key=lambda key: -key[1]):
+            d, mine = key[1], run.keys[key[1]]
+            found = _partners(
+                run,
+                pools[key],
+                comparisons.room(run),
+                rng,
+                lambda other, d=d, mine=mine, run=run: other.keys[d] != mine and comparisons.open(run, other),
+            )
+            comparisons.add(run, found)
+
+
+def _in_chat_form(row: dict) -> dict:
+    return row | {side: [chat_message(m) for m in row[side]] for side in ("prompt", "chosen", "rejected")}
 
 
 def select_fairly(candidates: list[dict], limit: int) -> list[dict]:
@@ -453,20 +568,29 @@ def preference_pairs(
     stats["skipped_unrewarded"] = len(usable) - len(rewarded)
 
     by_kind: dict[str, list[dict]] = {"trajectory": [], "step": []}
-    seen_steps: set[str] = set()
-    for a, b in combinations(rewarded, 2):
-        if a.tool_names != b.tool_names:
-            stats["skipped_tools_differ"] += 1
-            continue
-        if (pair := _trajectory_candidate(a, b, instance, policy, stats)) is not None:
+    same_tools = _by_tools(rewarded)
+    # Counted, not enumerated: pairs of rewarded runs that were offered different tools.
+    if differ := math.comb(len(rewarded), 2) - sum(math.comb(len(g), 2) for g in same_tools):
+        stats["skipped_tools_differ"] = differ
+    trajectory = _Comparisons(usable, policy.candidates_per_run)
+    for group in same_tools:
+        pool = _by_model(group)
+        for run in group:
+            rng = random.Random(f"{instance}|trajectory|{run.run_id}")
+            trajectory.add(run, _partners(run, pool, trajectory.room(run), rng, partial(trajectory.open, run)))
+    stats["compared_trajectory"] = len(trajectory.pairs)
+    for i, j in sorted(trajectory.pairs):  # in run order, as all pairs were compared before
+        if (pair := _trajectory_candidate(usable[i], usable[j], instance, policy, stats)) is not None:
             by_kind["trajectory"].append(pair)
     if policy.step_pairs:
-        for a, b in combinations(usable, 2):
-            if a.tool_names != b.tool_names:
-                continue
-            pair = _step_candidate(a, b, instance, policy, stats)
+        step, seen_steps = _Comparisons(usable, policy.candidates_per_run), set()
+        _step_comparisons(usable, instance, step)
+        stats["compared_step"] = len(step.pairs)
+        for i, j in sorted(step.pairs):  # in run order: the first of equal step pairs stays
+            pair = _step_candidate(usable[i], usable[j], instance, policy, stats)
             if pair is None:
                 continue
+            pair = _in_chat_form(pair)  # step rows are short: a prefix and one message each side
             same = json.dumps([pair["prompt"], pair["chosen"], pair["rejected"]], sort_keys=True)
             if same in seen_steps:
                 stats["skipped_step_duplicate"] += 1
@@ -478,6 +602,8 @@ def preference_pairs(
     for kind, candidates in by_kind.items():
         stats[f"candidates_{kind}"] = len(candidates)
         picked = select_fairly(candidates, policy.max_pairs)
+        if kind == "trajectory":
+            picked = [_in_chat_form(row) for row in picked]
         stats[f"pairs_{kind}"] = len(picked)
         rows.extend(picked)
     rows.sort(

@@ -1,7 +1,13 @@
 """The reward assets: rule_rewards (free, deterministic), judge_rewards (LLM judge), and
 trajectory_rewards, the configured weighting of both with the run's outcome."""
 
-import duckdb
+import json
+import os
+import uuid
+from collections.abc import Iterator, Mapping
+
+import pyarrow as pa
+import pyarrow.fs as pafs
 from dagster import AssetExecutionContext, MaterializeResult, asset
 
 from trajhub_assets.automation import FOLLOW_INPUTS, JUDGE_POOL
@@ -15,7 +21,7 @@ from trajhub_assets.checks import (
     rule_values_in_range,
     trajectory_rewards_in_range,
 )
-from trajhub_assets.config import JudgeConfig
+from trajhub_assets.config import JudgeConfig, RewardConfig
 from trajhub_assets.lineage import reading
 from trajhub_assets.merge.schema import MERGED_TRAJECTORIES, table_to_conversations
 from trajhub_assets.metadata import batch_totals, table
@@ -27,7 +33,7 @@ from trajhub_assets.recording.schema import RUNS
 from trajhub_assets.resources import ProjectResource, StoreResource
 from trajhub_assets.rewards.judge import Judge, JudgeUsage, default_cache, judge_partition
 from trajhub_assets.rewards.preview import REWARDS_SHOWN, hits_per_rule, reward_stats, rewards_preview
-from trajhub_assets.rewards.rules import RULESET_VERSION, RuleContext, median_steps, rule_tables, trajectory_lengths
+from trajhub_assets.rewards.rules import MAIN_AGENT_KINDS, RULESET_VERSION, RuleContext, median_steps, rule_tables
 from trajhub_assets.rewards.schema import (
     JUDGE_CHECKS,
     JUDGE_STEPS,
@@ -37,9 +43,11 @@ from trajhub_assets.rewards.schema import (
     TRAJECTORY_REWARDS,
 )
 from trajhub_assets.rewards.trajectory import trajectory_rewards
-from trajhub_assets.store import Store
+from trajhub_assets.store import DATA_FILE, Store, Table
 from trajhub_assets.tasks.catalog import stored_tasks
 from trajhub_assets.tasks.schema import TASKS
+
+LOCAL = pafs.LocalFileSystem()
 
 
 def run_outcomes(store: Store, partition: dict) -> dict[str, dict]:
@@ -53,27 +61,84 @@ def partition_inputs(store: Store, partition: dict) -> tuple[list[dict], dict[st
     return conversations, run_outcomes(store, partition)
 
 
-def instance_median_steps(store: Store, instance: str) -> float | None:
-    """The median trajectory length of an instance across every model stored so far.
+def model_files(store: Store, table: Table, instance: str) -> dict[str, str]:
+    """Each model's partition file of one instance (its path for the store's filesystem) with its
+    version, "<size>:<mtime_ns>": one listing of the table's model directories and one look-up per
+    model, never a listing of every instance."""
+    fs, base = (
+        (store.objects.fs, f"{store.objects.base}/{table.name}")
+        if store.objects
+        else (LOCAL, str(store.table_dir(table)))
+    )
+    models = [
+        d for d in fs.get_file_info(pafs.FileSelector(base, allow_not_found=True)) if d.type == pafs.FileType.Directory
+    ]
+    files = fs.get_file_info([f"{d.path}/instance={instance}/{DATA_FILE}" for d in models])
+    return {f.path: f"{f.size}:{f.mtime_ns}" for f in files if f.type == pafs.FileType.File}
 
-    Reads only the instance's partitions (one file per model): a view of the whole table
-    opens every partition's file, which at 20,000 partitions took seconds per instance.
+
+def instance_lengths(store: Store, instance: str) -> dict[str, int]:
+    """Main-agent steps (trajectory_lengths) of every model's runs of one instance, by run_id.
+
+    Every model's batch needs them, so each partition's lengths are kept under
+    <root>/cache/trajectory_lengths/<instance>.json with the file's version, and a file is read
+    again only when it changed: per run, rule_rewards reads the instance's other partitions once,
+    not once per model. A read takes three columns: a conversation's `n_generations` counts its
+    generated assistant messages (merged_trajectories' blocking check
+    generation_flags_consistent holds it to them), and side or subagent conversations add none.
     """
-    files = f"{store.table_dir(MERGED_TRAJECTORIES)}/model=*/instance={instance}/*.parquet"
-    with store.connect([]) as con:
-        try:
-            table = con.sql(
-                "SELECT * EXCLUDE (model, instance) FROM read_parquet(?, hive_partitioning = true, "
-                "hive_types_autocast = false, union_by_name = true)",
-                params=[files],
+    cache = store.root / "cache" / "trajectory_lengths" / f"{instance}.json"
+    try:
+        known = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        known = {}
+    files = model_files(store, MERGED_TRAJECTORIES, instance)
+    fresh = {path: known[path] for path, version in files.items() if known.get(path, {}).get("version") == version}
+    if stale := [path for path in files if path not in fresh]:
+        main_kinds = ", ".join(f"'{kind}'" for kind in MAIN_AGENT_KINDS if kind)
+        with store.connect([]) as con:
+            counted = con.sql(
+                "SELECT filename, coalesce(run_id, '') AS run_id, CAST(coalesce(sum(n_generations) "
+                f"FILTER (kind IS NULL OR kind IN ({main_kinds})), 0) AS BIGINT) AS steps "
+                "FROM read_parquet(?, filename = true, union_by_name = true) GROUP BY ALL",
+                params=[[path if not store.objects else f"s3://{path}" for path in stale]],
             ).to_arrow_table()
-        except duckdb.IOException:  # no model has run the instance yet
-            return None
-    return median_steps(trajectory_lengths(table_to_conversations(table)).values())
+        for path in stale:
+            fresh[path] = {"version": files[path], "lengths": {}}
+        for row in counted.to_pylist():
+            fresh[row["filename"].removeprefix("s3://")]["lengths"][row["run_id"]] = row["steps"]
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(f".{uuid.uuid4().hex}.tmp")
+        tmp.write_text(json.dumps(fresh, sort_keys=True))
+        os.replace(tmp, cache)  # whole or not at all: batches of other models read it too
+    return {run_id: steps for entry in fresh.values() for run_id, steps in entry["lengths"].items()}
 
 
-# Also reads every model's merged partitions of the instance, for its median trajectory length;
-# the dep stays on its own partition so a model that has not run yet holds nothing back.
+def instance_median_steps(store: Store, instance: str) -> float | None:
+    """The median trajectory length of an instance across every model stored so far."""
+    return median_steps(instance_lengths(store, instance).values())
+
+
+def score_rule_partitions(
+    store: Store, partitions: list[dict], tasks: Mapping[str, dict], rewards: RewardConfig
+) -> Iterator[tuple[dict, pa.Table, pa.Table]]:
+    """rule_rewards' work: score and write each partition; yields (partition, steps, summary)."""
+    medians = {}
+    for partition in partitions:
+        conversations, outcomes = partition_inputs(store, partition)
+        instance = partition["instance"]
+        if instance not in medians:  # every model's runs of it: from the lengths cache, once per batch
+            medians[instance] = instance_median_steps(store, instance)
+        rule_context = RuleContext.from_config(rewards, median_steps=medians[instance])
+        steps, summary = rule_tables(conversations, outcomes, tasks[instance], rule_context)
+        store.write(RULE_STEPS, steps, partition)
+        store.write(RULE_SUMMARY, summary, partition)
+        yield partition, steps, summary
+
+
+# Also reads every model's merged partitions of the instance (three columns, each file once while
+# it is unchanged: instance_lengths), for its median trajectory length; the dep stays on its own
+# partition so a model that has not run yet holds nothing back.
 @asset(
     partitions_def=run_partitions,
     backfill_policy=BATCHED,
@@ -86,18 +151,9 @@ def instance_median_steps(store: Store, instance: str) -> float | None:
 )
 def rule_rewards(context: AssetExecutionContext, store: StoreResource, project: ProjectResource) -> MaterializeResult:
     store, config = store.get(), project.load()
-    tasks = stored_tasks(store)
-    hits, medians = 0, {}
+    hits = 0
     partitions = run_partitions_of(context)
-    for partition in partitions:
-        conversations, outcomes = partition_inputs(store, partition)
-        instance = partition["instance"]
-        if instance not in medians:  # every model's runs of it: read once per batch
-            medians[instance] = instance_median_steps(store, instance)
-        rule_context = RuleContext.from_config(config.rewards, median_steps=medians[instance])
-        steps, summary = rule_tables(conversations, outcomes, tasks[partition["instance"]], rule_context)
-        store.write(RULE_STEPS, steps, partition)
-        store.write(RULE_SUMMARY, summary, partition)
+    for partition, steps, summary in score_rule_partitions(store, partitions, stored_tasks(store), config.rewards):
         context.add_asset_metadata(
             {"rule_hits": steps.num_rows, "hits_per_rule": table(hits_per_rule(summary))},
             partition_key=run_key(partition["model"], partition["instance"]),
