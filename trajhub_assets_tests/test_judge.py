@@ -1,6 +1,7 @@
 """The LLM judge against the scripted upstream (real HTTP, OpenAI chat wire format):
-good, malformed and incomplete answers, a rate limit, a timeout, the cache; and mini-vela's
-real judge output parsed into our schema."""
+batched requests, good, malformed and incomplete answers item by item, rate limits and
+retry-after, chunking, budgets, the cache; and mini-vela's real judge output parsed into
+our schema."""
 
 from __future__ import annotations
 
@@ -19,12 +20,10 @@ from trajhub_assets.rewards.judge import (
     REPAIR,
     RUBRIC,
     Judge,
-    JudgeItem,
-    _MalformedAnswer,
-    checklist_schema,
+    JudgeRequest,
     default_cache,
     judge_partition,
-    parse_answer,
+    read_answer,
     render_transcript,
 )
 from trajhub_assets.rewards.minivela_judge import minivela_judged, read_minivela_judge
@@ -82,12 +81,33 @@ def verdicts(*pairs) -> str:
     return json.dumps({"checks": [{"check_id": c, "result": r, "reason": f"{c} looked at"} for c, r in pairs]})
 
 
-def rubric(score: int) -> str:
-    return json.dumps({name: {"score": score, "reason": f"{name} is fine"} for name in RUBRIC})
+def criteria(score: int) -> dict:
+    return {name: {"score": score, "reason": f"{name} is fine"} for name in RUBRIC}
+
+
+def graded(*pairs) -> str:
+    """A steps answer: (step_id, score) pairs."""
+    return json.dumps({"steps": [{"step_id": sid, **criteria(score)} for sid, score in pairs]})
+
+
+def asked_ids(body: dict) -> list[str]:
+    """The ids a judge request's schema asks about."""
+    schema = body["response_format"]["json_schema"]["schema"]
+    array = next(iter(schema["properties"]))
+    item = schema["properties"][array]["items"]["properties"]
+    return item["check_id" if array == "checks" else "step_id"]["enum"]
+
+
+def every_step(score: int, **kwargs):
+    """A policy that grades every step asked about with `score`."""
+    return lambda request: say(graded(*[(sid, score) for sid in asked_ids(request.body)]), **kwargs)
+
+
+CHECKLIST, STEPS = "## Checks\n", "## The steps to grade"
 
 
 class Script:
-    """Answers by what a request judges (category or step), in turn per item; counts requests."""
+    """Answers by what a request judges (checklist or steps), in turn per kind; counts requests."""
 
     def __init__(self, answers: dict[str, list]):
         self.answers, self.seen, self.lock = answers, {}, threading.Lock()
@@ -98,7 +118,8 @@ class Script:
         with self.lock:
             n = self.seen[key] = self.seen.get(key, -1) + 1
         turns = self.answers[key]
-        return turns[min(n, len(turns) - 1)]
+        turn = turns[min(n, len(turns) - 1)]
+        return turn(request) if callable(turn) else turn
 
 
 @pytest.fixture
@@ -109,16 +130,25 @@ def judge_config(upstream) -> JudgeConfig:
 
 
 def test_judge_scenario_then_a_second_materialization_makes_no_call(upstream, judge_config, tmp_path, store):
+    checks_first = json.dumps(
+        {
+            "checks": [
+                {"check_id": "SP_read_first", "result": "success", "reason": "SP_read_first looked at"},
+                {"check_id": "SP_no_emoji", "result": "fail", "reason": "SP_no_emoji looked at"},
+                {"check_id": "UQ_fixed", "result": "success", "reason": "once"},
+                {"check_id": "UQ_fixed", "result": "fail", "reason": "twice"},  # answered twice
+                {"check_id": "TS_paths", "result": "maybe", "reason": "?"},  # malformed
+            ]  # UQ_reported left out: omitted, counted as failed, not asked again
+        }
+    )
     script = Script(
         {
-            "category 'SP'": [say(verdicts(("SP_read_first", "success"), ("SP_no_emoji", "fail")))],
-            "category 'User query'": [
-                say("Sure! Here is my verdict: all good."),  # malformed, then it omits one
-                say(verdicts(("UQ_fixed", "success"))),
+            CHECKLIST: [say(checks_first), say(verdicts(("UQ_fixed", "success"), ("TS_paths", "success")))],
+            STEPS: [
+                Fail(429, "rate limited"),  # retried by the client
+                say(json.dumps({"steps": [{"step_id": "c-main#0", **criteria(4)}, {"step_id": "c-main#1"}]})),
+                say('{"steps": [{"step_id": "c-main#1", "goal_progress": {"score": 9}}]}'),  # still malformed
             ],
-            "category 'Tool schema'": [Fail(429, "rate limited"), say(verdicts(("TS_paths", "success")))],
-            "step 0 of conversation": [say(rubric(5), delay=2.0), say(rubric(4))],  # the first one times out
-            "step 1 of conversation": [say('{"goal_progress": {"score": 9}}')],  # always malformed
         }
     )
     upstream.set_script(script)
@@ -136,6 +166,7 @@ def test_judge_scenario_then_a_second_materialization_makes_no_call(upstream, ju
     ]
     assert checks["UQ_reported"]["omitted"] and checks["UQ_reported"]["passed"] is False
     assert checks["SP_no_emoji"]["reason"] == "SP_no_emoji looked at"
+    assert len({r["input_hash"] for r in checks.values()}) == 1  # the whole checklist in one request
     [summary] = out.summary.to_pylist()
     assert (summary["n_checks"], summary["n_passed"], summary["n_omitted"]) == (5, 3, 1)
     assert summary["csr"] == pytest.approx(3 / 5) and summary["isr"] == 0.0
@@ -144,19 +175,22 @@ def test_judge_scenario_then_a_second_materialization_makes_no_call(upstream, ju
     assert [(s["step_index"], s["message_index"]) for s in steps] == [(0, 2), (1, 4)]
     assert steps[0]["step_reward"] == pytest.approx(0.75) and steps[0]["error"] is None  # score 4 → (4-1)/4
     assert {r["criterion"]: r["reason"] for r in steps[0]["rubric"]}["tool_choice"] == "tool_choice is fine"
-    assert steps[1]["step_reward"] is None and steps[1]["rubric"] is None
+    assert steps[1]["step_reward"] is None and steps[1]["rubric"] is None  # only the malformed step errs
     assert "malformed judge answer after 2 attempts" in steps[1]["error"]
     assert (summary["n_step_errors"], summary["mean_step_reward"]) == (1, pytest.approx(0.75))
 
-    # 1 SP + 2 User query + 2 Tool schema (429, retry) + 2 step 0 (timeout, retry) + 2 step 1 (malformed twice)
-    assert upstream.calls == 9 == out.usage.requests
-    assert (out.usage.items, out.usage.cache_hits, out.usage.errors) == (5, 0, 1)
-    assert out.usage.prompt_tokens > 0 and out.usage.calls_without_cost == 7  # the upstream reports no price
-    repair = [
-        s.request.body["messages"] for s in upstream.served if "User query" in s.request.body["messages"][1]["content"]
-    ][1]
-    assert len(repair) == 4 and repair[3]["content"].startswith(REPAIR.split("{")[0])
-    assert upstream.served[0].request.body["response_format"]["type"] == "json_schema"
+    # checklist: answer + repair; steps: 429, answer, repair
+    assert upstream.calls == 5 == out.usage.requests
+    assert (out.usage.runs, out.usage.prompts, out.usage.items) == (1, 2, 7)
+    assert (out.usage.cache_hits, out.usage.errors) == (0, 1)
+    assert out.usage.prompt_tokens > 0 and out.usage.calls_without_cost == 4  # the upstream reports no price
+    repairs = [s.request.body for s in upstream.served if len(s.request.body["messages"]) == 4]
+    checklist_repair = next(b for b in repairs if CHECKLIST in b["messages"][1]["content"])
+    assert checklist_repair["messages"][3]["content"].startswith(REPAIR.split("{")[0])
+    assert asked_ids(checklist_repair) == ["UQ_fixed", "TS_paths"]  # only the unusable ones asked again
+    assert "UQ_fixed answered 2 times" in checklist_repair["messages"][3]["content"]
+    assert asked_ids(next(b for b in repairs if STEPS in b["messages"][1]["content"])) == ["c-main#1"]
+    assert upstream.served[0].request.body["response_format"]["json_schema"]["strict"] is True
 
     partition = {"model": "m", "instance": "i"}
     for table, data in ((JUDGE_CHECKS, out.checks), (JUDGE_STEPS, out.steps), (JUDGE_SUMMARY, out.summary)):
@@ -164,18 +198,16 @@ def test_judge_scenario_then_a_second_materialization_makes_no_call(upstream, ju
 
     with Judge(judge_config, default_cache(store.root)) as judge:  # a new process would do the same
         again = judge_partition(conversations, TASK, {"run-1": OUTCOME}, judge)
-    assert upstream.calls == 9 and again.usage.requests == 0  # counted at the upstream: no new call
-    assert again.usage.cache_hits == 5
+    assert upstream.calls == 5 and again.usage.requests == 0  # counted at the upstream: no new call
+    assert again.usage.cache_hits == 2 and judge.client is None  # no HTTP client was even made
     drop = ["cached"]
     assert again.checks.drop(drop).equals(out.checks.drop(drop))
     assert again.steps.drop(drop).equals(out.steps.drop(drop))
     assert again.summary.equals(out.summary)
 
 
-def test_a_persistent_rate_limit_is_an_item_error_and_is_asked_again_next_time(upstream, judge_config, store):
-    upstream.set_script(
-        Script({"category": [Fail(429, "slow down")], "step 0": [say(rubric(3))], "step 1": [say(rubric(5))]})
-    )
+def test_a_persistent_rate_limit_is_an_error_of_its_request_only_and_is_asked_again(upstream, judge_config, store):
+    upstream.set_script(Script({CHECKLIST: [Fail(429, "slow down")], STEPS: [every_step(3)]}))
     task = {**TASK, "checklist": {"SP": TASK["checklist"]["SP"]}}
     with Judge(judge_config, default_cache(store.root)) as judge:
         out = judge_partition([run_conversation()], task, {}, judge)
@@ -183,12 +215,38 @@ def test_a_persistent_rate_limit_is_an_item_error_and_is_asked_again_next_time(u
     assert "RateLimitError" in out.checks.to_pylist()[0]["error"]
     [summary] = out.summary.to_pylist()
     assert summary["csr"] is None and summary["isr"] is None and summary["n_check_errors"] == 2
-    assert summary["mean_step_reward"] == pytest.approx((0.5 + 1.0) / 2)
+    assert summary["mean_step_reward"] == pytest.approx(0.5)
     calls = upstream.calls
-    assert calls == 2 + 2  # 429 and one client retry; one call per step
+    assert calls == 2 + 1  # 429 and one client retry; one request for both steps
     with Judge(judge_config, default_cache(store.root)) as judge:
         judge_partition([run_conversation()], task, {}, judge)
-    assert upstream.calls == calls + 2  # only the rate-limited item is asked again
+    assert upstream.calls == calls + 2  # only the rate-limited request is asked again
+
+
+def test_retry_after_of_a_429_is_waited_for(upstream, judge_config, store):
+    """The openai client honours retry-after (up to 120 s; it does not retry a longer wait)."""
+    arrivals = []
+
+    def policy(request: ScriptedRequest):
+        arrivals.append(time.monotonic())
+        if len(arrivals) == 1:
+            return Fail(429, "slow down", headers={"retry-after": "1.5"})
+        return every_step(4)(request)
+
+    upstream.set_script(policy)
+    config = judge_config.model_copy(update={"max_retries": 1, "timeout_s": 5})
+    with Judge(config, default_cache(store.root)) as judge:
+        out = judge_partition([run_conversation()], {"checklist": {}}, {}, judge)
+    assert arrivals[1] - arrivals[0] >= 1.5  # the client's own backoff would be about 0.5 s
+    assert out.usage.requests == 2 == upstream.calls
+    assert out.usage.errors == 0 and out.summary.to_pylist()[0]["mean_step_reward"] == pytest.approx(0.75)
+
+
+def long_conversation(n: int, run_id: str = "run-1") -> dict:
+    return conversation(
+        *steps_of(*[(assistant("", call(f"s{i}", "shell", command=f"echo {i}")), [result(f"s{i}")]) for i in range(n)]),
+        run_id=run_id,
+    )
 
 
 @pytest.mark.parametrize("max_concurrent", [1, 3])
@@ -197,34 +255,75 @@ def test_concurrency_is_bounded(upstream, judge_config, store, max_concurrent):
 
     def slow(request: ScriptedRequest):
         arrivals.append(time.monotonic())
-        return say(rubric(3), delay=0.3)
+        return every_step(3, delay=0.3)(request)
 
     upstream.set_script(slow)
-    conv = conversation(
-        *steps_of(*[(assistant("", call(f"s{i}", "shell", command=f"echo {i}")), [result(f"s{i}")]) for i in range(3)])
+    config = judge_config.model_copy(
+        update={"max_concurrent": max_concurrent, "timeout_s": 5, "max_steps_per_request": 1}
     )
-    config = judge_config.model_copy(update={"max_concurrent": max_concurrent, "timeout_s": 5})
     with Judge(config, default_cache(store.root)) as judge:
-        out = judge_partition([conv], {"checklist": {}}, {}, judge)
+        out = judge_partition([long_conversation(3)], {"checklist": {}}, {}, judge)
     assert out.summary.to_pylist()[0]["mean_step_reward"] == 0.5
     spread = max(arrivals) - min(arrivals)  # one at a time: 3 requests arrive at least 2 × 0.3 s apart
     assert spread >= 0.55 if max_concurrent == 1 else spread < 0.3
 
 
-def test_parse_answer_validates_against_the_schema_sent():
-    item = JudgeItem("x", "checklist", (), checklist_schema(["A", "B"]))
+def test_a_run_that_fits_is_two_requests_and_a_long_one_is_split_at_step_boundaries(upstream, judge_config, store):
+    upstream.set_script(
+        lambda r: (
+            say(verdicts(*[(i, "success") for i in asked_ids(r.body)]))
+            if CHECKLIST in r.body["messages"][1]["content"]
+            else every_step(5)(r)
+        )
+    )
+    with Judge(judge_config, default_cache(store.root)) as judge:
+        out = judge_partition([long_conversation(12)], TASK, {}, judge)
+    assert out.usage.requests == 2 == upstream.calls and out.usage.errors == 0
+    assert out.steps.num_rows == 12 and out.checks.num_rows == 5
+
+    for update, sizes in (({"max_steps_per_request": 5}, [5, 5, 2]), ({"max_prompt_chars": 1000}, None)):
+        upstream.set_script(every_step(5))
+        with Judge(judge_config.model_copy(update=update), default_cache(store.root)) as judge:
+            out = judge_partition([long_conversation(12)], {"checklist": {}}, {}, judge)
+        asked = [asked_ids(s.request.body) for s in upstream.served]
+        assert [sid for ids in asked for sid in ids] == [f"c-main#{i}" for i in range(12)]  # each once, in order
+        if sizes:
+            assert [len(ids) for ids in asked] == sizes
+        else:  # a step here renders to ~150 characters: several per chunk, and every chunk within bounds
+            assert 1 < len(asked) < 12
+            for served in upstream.served:
+                listed = served.request.body["messages"][1]["content"].split("=== conversation c-main (main) ===")[1]
+                first = listed.index(f"[{2 * int(asked_ids(served.request.body)[0].split('#')[1]) + 2}] assistant")
+                assert len(listed[first:].split("\n\n## The steps to grade")[0]) <= 1000
+        assert out.usage.errors == 0 and {r["step_reward"] for r in out.steps.to_pylist()} == {1.0}
+
+
+def test_read_answer_validates_each_item_on_its_own():
+    request = JudgeRequest("x", "checklist", (), ("A", "B", "C"))
     good = verdicts(("A", "success"))
-    assert parse_answer(f"```json\n{good}\n```", item)["checks"][0]["check_id"] == "A"
-    for bad, problem in [
-        ("", "empty"),
-        ("{", "not JSON"),
-        (verdicts(("C", "success")), "is not one of"),
-        (verdicts(("A", "maybe")), "is not one of"),
-        (verdicts(("A", "fail"), ("A", "success")), "more than once"),
-        ('{"checks": [{"check_id": "A", "result": "fail"}]}', "reason"),
+    verdicts_, problems = read_answer(f"```json\n{good}\n```", request)
+    assert verdicts_["A"]["result"] == "success" and problems == {}  # B and C left out: omitted
+    for bad, problem, usable in [
+        ("", "empty", set()),
+        ("{", "not JSON", set()),
+        ('{"verdicts": []}', "no 'checks' array", set()),
+        (verdicts(("A", "maybe"), ("B", "fail")), "is not one of", {"B"}),
+        (verdicts(("A", "fail"), ("A", "success"), ("B", "fail")), "answered 2 times", {"B"}),
+        (
+            '{"checks": [{"check_id": "A", "result": "fail"}, {"check_id": "B", "result": "fail", "reason": ""}]}',
+            "reason",
+            {"B"},
+        ),
     ]:
-        with pytest.raises(_MalformedAnswer, match=problem):
-            parse_answer(bad, item)
+        verdicts_, problems = read_answer(bad, request)
+        assert set(verdicts_) == usable and problem in problems["A"], bad
+    # An item naming no asked check: the checks left out may be it, so they are unusable, not omitted.
+    verdicts_, problems = read_answer(verdicts(("A", "success"), ("D", "fail")), request)
+    assert set(verdicts_) == {"A"} and set(problems) == {"B", "C"} and "'D', not one asked for" in problems["B"]
+    # A step left out is unusable (there is no "omitted" step).
+    steps = JudgeRequest("x", "steps", (), ("c#0", "c#1"))
+    verdicts_, problems = read_answer(graded(("c#0", 3)), steps)
+    assert set(verdicts_) == {"c#0"} and problems == {"c#1": "c#1 not answered"}
 
 
 def test_long_transcripts_keep_the_start_and_the_end_with_a_marker():
