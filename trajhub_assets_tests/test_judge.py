@@ -6,20 +6,30 @@ our schema."""
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 import time
 from pathlib import Path
 
 import pyarrow as pa
 import pytest
+from dagster import DagsterInstance, materialize
 
-from trajhub_assets.config import JudgeConfig
+from trajhub_assets.config import JudgeConfig, load_config
 from trajhub_assets.errors import ConfigError, RecordError
+from trajhub_assets.merge.schema import MERGED_TRAJECTORIES, META_FIELDS, conversations_to_table
+from trajhub_assets.orchestration import prepare
+from trajhub_assets.partitions import run_key
+from trajhub_assets.recording.resources import ProxyResource
+from trajhub_assets.recording.schema import RUNS
 from trajhub_assets.recording.scripted_upstream import Fail, ScriptedRequest, say
+from trajhub_assets.rewards.assets import judge_rewards, partition_inputs
 from trajhub_assets.rewards.judge import (
+    COST_HEADER,
     REPAIR,
     RUBRIC,
     Judge,
+    JudgeCache,
     JudgeRequest,
     default_cache,
     judge_partition,
@@ -28,6 +38,11 @@ from trajhub_assets.rewards.judge import (
 )
 from trajhub_assets.rewards.minivela_judge import minivela_judged, read_minivela_judge
 from trajhub_assets.rewards.schema import JUDGE_CHECKS, JUDGE_STEPS, JUDGE_SUMMARY
+from trajhub_assets.scaffolds.baselines import POLICIES, BaselinePolicies, judge_answer, upstream_policy
+from trajhub_assets.scaffolds.builtin import DEFAULT_SYSTEM_PROMPT
+from trajhub_assets.scaffolds.builtin import TOOLS as BUILTIN_TOOLS
+from trajhub_assets.tasks.catalog import load_catalog, stored_tasks
+from trajhub_assets_tests.test_pipeline import resources, write_project
 from trajhub_assets_tests.test_rules import assistant, call, conversation, octocoding_task, result, steps_of
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -124,9 +139,7 @@ class Script:
 
 @pytest.fixture
 def judge_config(upstream) -> JudgeConfig:
-    return JudgeConfig(
-        model="judge-test", base_url=f"{upstream.url}/v1", max_concurrent=2, max_retries=1, timeout_s=0.5
-    )
+    return JudgeConfig(model="judge-test", base_url=f"{upstream.url}/v1", max_concurrent=2, max_retries=1, timeout_s=5)
 
 
 def test_judge_scenario_then_a_second_materialization_makes_no_call(upstream, judge_config, tmp_path, store):
@@ -223,6 +236,14 @@ def test_a_persistent_rate_limit_is_an_error_of_its_request_only_and_is_asked_ag
     assert upstream.calls == calls + 2  # only the rate-limited request is asked again
 
 
+def test_a_timed_out_request_is_retried_by_the_client(upstream, judge_config, store):
+    upstream.set_script(Script({STEPS: [every_step(5, delay=2.0), every_step(4)]}))
+    with Judge(judge_config.model_copy(update={"timeout_s": 0.5}), default_cache(store.root)) as judge:
+        out = judge_partition([run_conversation()], {"checklist": {}}, {}, judge)
+    assert out.usage.requests == 2 and out.usage.errors == 0
+    assert out.summary.to_pylist()[0]["mean_step_reward"] == pytest.approx(0.75)
+
+
 def test_retry_after_of_a_429_is_waited_for(upstream, judge_config, store):
     """The openai client honours retry-after (up to 120 s; it does not retry a longer wait)."""
     arrivals = []
@@ -285,7 +306,8 @@ def test_a_run_that_fits_is_two_requests_and_a_long_one_is_split_at_step_boundar
         upstream.set_script(every_step(5))
         with Judge(judge_config.model_copy(update=update), default_cache(store.root)) as judge:
             out = judge_partition([long_conversation(12)], {"checklist": {}}, {}, judge)
-        asked = [asked_ids(s.request.body) for s in upstream.served]
+        # requests run concurrently: in the order of their first step
+        asked = sorted((asked_ids(s.request.body) for s in upstream.served), key=lambda ids: int(ids[0].split("#")[1]))
         assert [sid for ids in asked for sid in ids] == [f"c-main#{i}" for i in range(12)]  # each once, in order
         if sizes:
             assert [len(ids) for ids in asked] == sizes
@@ -296,6 +318,52 @@ def test_a_run_that_fits_is_two_requests_and_a_long_one_is_split_at_step_boundar
                 first = listed.index(f"[{2 * int(asked_ids(served.request.body)[0].split('#')[1]) + 2}] assistant")
                 assert len(listed[first:].split("\n\n## The steps to grade")[0]) <= 1000
         assert out.usage.errors == 0 and {r["step_reward"] for r in out.steps.to_pylist()} == {1.0}
+
+
+def priced(request: ScriptedRequest):
+    """Every step asked about graded 4, each answer priced $0.01 as our proxy would."""
+    return every_step(4, headers={COST_HEADER: "0.01"})(request)
+
+
+def test_the_run_budget_stops_judging_and_a_raised_budget_judges_the_rest(upstream, judge_config, store):
+    upstream.set_script(priced)
+    config = judge_config.model_copy(
+        update={"max_concurrent": 1, "max_steps_per_request": 1, "max_cost_per_run_usd": 0.015}
+    )
+    with Judge(config, default_cache(store.root)) as judge:
+        out = judge_partition([long_conversation(4)], {"checklist": {}}, {}, judge)
+    assert upstream.calls == 2  # $0.01 spent after the first, $0.02 after the second: then no more
+    assert judge.budget_reached == (
+        "judge budget judge.max_cost_per_run_usd = $0.015 reached: this run spent $0.0200; not judged"
+    )
+    errors = [r["error"] for r in out.steps.to_pylist()]
+    assert errors[:2] == [None, None] and errors[2:] == [judge.budget_reached] * 2
+    assert out.usage.cost_usd == pytest.approx(0.02) and out.usage.errors == 2
+    with Judge(config.model_copy(update={"max_cost_per_run_usd": None}), default_cache(store.root)) as judge:
+        again = judge_partition([long_conversation(4)], {"checklist": {}}, {}, judge)
+    assert upstream.calls == 4 and again.usage.cache_hits == 2  # the unjudged steps were not cached
+    assert again.usage.errors == 0
+
+
+def test_the_release_budget_counts_what_the_store_s_judge_cache_recorded(upstream, judge_config, store):
+    upstream.set_script(priced)
+    config = judge_config.model_copy(update={"max_concurrent": 1, "max_steps_per_request": 1})
+    with Judge(config, default_cache(store.root)) as judge:  # $0.02 recorded in the cache
+        judge_partition([long_conversation(2, run_id="run-0")], {"checklist": {}}, {}, judge)
+    assert upstream.calls == 2
+    other = long_conversation(3, run_id="run-1")
+    other["messages"][1]["content"] = "Another task."  # other requests: not in the cache
+    with Judge(config.model_copy(update={"max_cost_per_release_usd": 0.02}), default_cache(store.root)) as judge:
+        out = judge_partition([other], {"checklist": {}}, {}, judge)
+    assert upstream.calls == 2 and out.usage.requests == 0
+    assert {r["error"] for r in out.steps.to_pylist()} == {
+        f"judge budget judge.max_cost_per_release_usd = $0.02 reached: the judge cache under "
+        f"{default_cache(store.root).root} records $0.0200; not judged"
+    }
+    with Judge(config.model_copy(update={"max_cost_per_release_usd": 0.025}), default_cache(store.root)) as judge:
+        out = judge_partition([other], {"checklist": {}}, {}, judge)
+    assert upstream.calls == 3 and [r["error"] is None for r in out.steps.to_pylist()] == [True, False, False]
+    assert "$0.0300" in judge.budget_reached
 
 
 def test_read_answer_validates_each_item_on_its_own():
@@ -378,3 +446,104 @@ def test_minivela_judge_rejects_unknown_results():
     scores["results"][0]["eval_result"]["SP"]["checks"][0]["result"] = "partial"
     with pytest.raises(RecordError, match=r"eval_result.SP.checks\[0\].result"):
         minivela_judged(scores, source="scores.json")
+
+
+# -- the demo: batched and per-item judging agree; a cached run never starts the proxy ------------
+def demo_tasks() -> list[dict]:
+    return [item.record for item in load_catalog(load_config())]
+
+
+def baseline_conversation(task: dict, policy: str, run_id: str) -> dict:
+    """What the builtin agent would record running a baseline policy on a demo task, with the
+    tool results made up from the task's workspace (tests fail until a file is written)."""
+    policies, source, written = BaselinePolicies([task]), Path(task["workspace_source"]), set()
+    messages = [assistant(DEFAULT_SYSTEM_PROMPT) | {"role": "system", "generation": None}]
+    for query in task["user_query"]:
+        messages.append(assistant(query) | {"role": "user", "generation": None})
+        while calls := policies.respond(policy, {"messages": messages}).get("tool_calls"):
+            messages.append(assistant("", *calls))
+            for c in calls:
+                name, arguments = c["function"]["name"], json.loads(c["function"]["arguments"])
+                failed = False
+                if name == "read_file":
+                    path = source / arguments["path"]
+                    failed = not path.exists()
+                    output = f"no such file: {arguments['path']}" if failed else path.read_text()
+                elif name == "write_file":
+                    written.add(arguments["path"])
+                    output = f"wrote {len(arguments['content'])} characters to {arguments['path']}"
+                elif name == "shell" and arguments["command"] == task["test_command"]:
+                    output = "Ran 5 tests in 0.01s\n\n" + ("OK" if written else "FAILED (failures=1)")
+                elif name == "shell":
+                    output = "\n".join(sorted(p.name for p in source.iterdir()))
+                else:
+                    output = "finished"
+                messages.append(result(c["id"], output, name=name, is_error=failed))
+            if any(c["function"]["name"] == "finish" for c in calls):
+                break
+    conv = conversation(run_id=run_id, conversation_id=f"{run_id}-main", tools=BUILTIN_TOOLS)
+    return conv | {"messages": messages}
+
+
+def test_batched_and_per_item_judging_give_the_same_verdicts_on_the_demo(upstream, tmp_path):
+    tasks = demo_tasks()
+    upstream.set_script(upstream_policy(BaselinePolicies(tasks)))
+    batched = JudgeConfig(model="trajhub-baseline/judge", base_url=f"{upstream.url}/v1", max_retries=0)
+    per_item = batched.model_copy(update={"max_steps_per_request": 1, "checklist_per_category": True})
+    provenance = ["input_hash", "cached"]
+    seen_scores, seen_results = set(), set()
+    for task in tasks:
+        conversations = [baseline_conversation(task, policy, policy) for policy in POLICIES]
+        outs = {}
+        for name, config in (("batched", batched), ("per_item", per_item)):
+            with Judge(config, JudgeCache(tmp_path / name)) as judge:
+                outs[name] = judge_partition(conversations, task, {}, judge)
+            assert outs[name].usage.errors == 0
+        one, other = outs["batched"], outs["per_item"]
+        assert one.usage.requests == 2 * len(POLICIES)  # a checklist and a steps request per run
+        assert other.usage.requests == len(POLICIES) * len(task["checklist"]) + other.steps.num_rows
+        assert one.checks.drop(provenance).to_pylist() == other.checks.drop(provenance).to_pylist()
+        assert one.steps.drop(provenance).to_pylist() == other.steps.drop(provenance).to_pylist()
+        assert one.summary.to_pylist() == other.summary.to_pylist()
+        seen_scores |= {r["score"] for s in one.steps.to_pylist() for r in s["rubric"]}
+        seen_results |= {r["result"] for r in one.checks.to_pylist()}
+    # The verdicts compared are not all alike: hasty's repeated, blind and empty steps score low.
+    assert {1, 2, 4, 5} <= seen_scores and seen_results == {"success", "fail"}
+
+
+def test_a_fully_cached_judge_rewards_run_never_starts_the_proxy(upstream, tmp_path, monkeypatch):
+    instance_id, model = "demo-lru-eviction", "baseline__careful"
+    res = resources(tmp_path, write_project(tmp_path, backend="local", instances=(instance_id,)))
+    instance = DagsterInstance.ephemeral()
+    prepare(instance, res)
+    store, config = res["store"].get(), res["project"].load()
+    partition = {"model": model, "instance": instance_id}
+    task = stored_tasks(store)[instance_id]
+    merged = baseline_conversation(task, "careful", "r")
+    merged = merged | {"meta": dict.fromkeys(META_FIELDS) | merged["meta"], "tools": []}  # as the merge stores it
+    store.write(MERGED_TRAJECTORIES, conversations_to_table([merged]), partition)
+    store.write(RUNS, RUNS.schema.empty_table(), partition)
+    # Fill the cache with the judge the project names, reached directly (no proxy) for once.
+    upstream.set_script(lambda request: say(json.dumps(judge_answer(request.body))))
+    direct = config.judge.model_copy(update={"base_url": f"{upstream.url}/v1"})
+    conversations, outcomes = partition_inputs(store, partition)
+    with Judge(direct, default_cache(store.root)) as judge:
+        assert judge_partition(conversations, task, outcomes, judge).usage.requests == 2
+
+    started = []
+
+    def start(self):
+        started.append(self)
+        raise RuntimeError("the proxy was started")
+
+    monkeypatch.setattr(ProxyResource, "_started", start)
+    key = run_key(model, instance_id)
+    done = materialize([judge_rewards], partition_key=key, instance=instance, resources=res)
+    assert done.success and started == []
+    [materialization] = done.asset_materializations_for_node("judge_rewards")
+    assert materialization.metadata["judge_requests"].value == 0
+    assert materialization.metadata["judge_cache_hits"].value == 2
+    # The control: with nothing cached the same run needs the proxy and starts it on its first miss.
+    shutil.rmtree(default_cache(store.root).root)
+    failed = materialize([judge_rewards], partition_key=key, instance=instance, resources=res, raise_on_error=False)
+    assert not failed.success and len(started) == 1

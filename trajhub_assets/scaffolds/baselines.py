@@ -122,13 +122,11 @@ class BaselinePolicies:
         ]
 
 
-def _section(prompt: str, title: str) -> str:
-    """The text of a `## title` section of a judge prompt."""
-    start = prompt.find(f"## {title}")
-    if start < 0:
-        return ""
-    end = prompt.find("\n## ", start + 3)
-    return prompt[start : end if end >= 0 else None]
+def _section(prompt: str, title: str, until: str) -> str:
+    """The text of a judge prompt's `## title` section, up to its `## until` heading: the
+    last one, since the messages of a transcript may hold `## ` lines of their own."""
+    start, end = prompt.find(f"## {title}"), prompt.rfind(f"\n## {until}")
+    return "" if start < 0 else prompt[start : end if end > start else None]
 
 
 def _step_scores(step: str, before: str) -> dict[str, int]:
@@ -181,7 +179,7 @@ def judge_answer(request: dict) -> dict:
     schema = request["response_format"]["json_schema"]["schema"]
     prompt = _text(request["messages"][-1]["content"])
     if "checks" in schema["properties"]:
-        trajectory = _section(prompt, "Trajectory")
+        trajectory = _section(prompt, "Trajectory", "Outcome after the run")
         tests_run = "unittest" in trajectory or "pytest" in trajectory
         ids = schema["properties"]["checks"]["items"]["properties"]["check_id"]["enum"]
         types = dict(re.findall(r"^- (\S+) \[(\w+)\]", prompt, flags=re.M))
@@ -202,12 +200,12 @@ def judge_answer(request: dict) -> dict:
     item = schema["properties"]["steps"]["items"]
     # The original prompt (a repair's is the last message): the trajectory and the steps listed.
     original = _text(next(m["content"] for m in request["messages"] if m.get("role") == "user"))
-    trajectory = _section(original, "Trajectory")
+    trajectory = _section(original, "Trajectory", "The steps to grade")
     listed = {
         sid: (conversation, int(index))
         for sid, index, conversation in re.findall(
             r"^- step (\S+): message \[(\d+)\] of conversation (.+)$",
-            _section(original, "The steps to grade"),
+            original[original.rfind("\n## The steps to grade") :],
             flags=re.M,
         )
     }
