@@ -325,25 +325,22 @@ def step_requests(
     of at most `max_steps` steps and `max_chars` characters of rendered step messages."""
     by_id = {c["meta"]["conversation_id"]: c for c in conversations}
     rendered = {cid: [render_message(i, m) for i, m in enumerate(c["messages"])] for cid, c in by_id.items()}
-    chunks: list[list[Step]] = []
-    size, ends = 0, {}  # characters in the current chunk; its end per conversation
+    chunks: list[list[Step]] = [[]]
+    size, ends = 0, {}  # characters shown in the current chunk; where it ends per conversation
     for step in run.steps:
         blocks, end = rendered[step.conversation_id], _step_end(step, by_id[step.conversation_id]["messages"])
-        start = ends.get(step.conversation_id, step.message_index)
-        cost = sum(len(b) + 2 for b in blocks[start:end])
-        if chunks and chunks[-1] and (len(chunks[-1]) >= max_steps or size + cost > max_chars):
+        cost = sum(len(b) + 2 for b in blocks[ends.get(step.conversation_id, step.message_index) : end])
+        if chunks[-1] and (len(chunks[-1]) >= max_steps or size + cost > max_chars):
             chunks.append([])
             size, ends = 0, {}
             cost = sum(len(b) + 2 for b in blocks[step.message_index : end])
-        if not chunks:
-            chunks.append([])
         chunks[-1].append(step)
         size, ends[step.conversation_id] = size + cost, max(end, ends.get(step.conversation_id, 0))
     criteria = "\n".join(f"- {name}: {question}" for name, question in RUBRIC.items())
     shape = ", ".join(f'"{name}": {{"score": 1-5, "reason": "..."}}' for name in RUBRIC)
     system = STEP_SYSTEM.format(criteria=criteria, shape=shape)
     requests, first = [], 0
-    for steps in chunks:
+    for steps in filter(None, chunks):  # a run without steps asks nothing
         sections = []
         for cid in dict.fromkeys(s.conversation_id for s in steps):
             own = [s for s in steps if s.conversation_id == cid]
