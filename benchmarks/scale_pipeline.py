@@ -423,18 +423,17 @@ def _judge_inputs(store, partition: dict) -> tuple[list[dict], dict]:
 
 
 def _fill_judge_cache(job) -> int:
-    """Cache the scripted baseline judge's answers for one partition's judge items, keyed as
+    """Cache the scripted baseline judge's answers for one partition's judge requests, keyed as
     the Judge keys them: the function the scripted upstream runs, called without HTTP."""
     root, config_path, partition = job
     from trajhub_assets.config import load_config
     from trajhub_assets.rewards.judge import (
-        build_run,
+        JudgeResult,
+        cache_entry,
         cache_key,
-        checklist_items,
         default_cache,
-        group_runs,
-        parse_answer,
-        step_items,
+        plan_partition,
+        read_answer,
     )
     from trajhub_assets.scaffolds.baselines import judge_answer
     from trajhub_assets.store import Store
@@ -446,39 +445,20 @@ def _fill_judge_cache(job) -> int:
     task = _TASKS["tasks"][partition["instance"]]
     cache = default_cache(store.root)
     conversations, outcomes = _judge_inputs(store, partition)
-    items = []
-    for run_id, run_conversations in group_runs(conversations).items():
-        run = build_run(run_conversations)
-        items += [c[2] for c in checklist_items(run, run_conversations, task, outcomes.get(run_id))]
-        items += [s[1] for s in step_items(run, run_conversations, task)]
-    for item in items:
-        request = {
+    requests = [r for plan in plan_partition(conversations, task, outcomes, config.judge) for r in plan.requests]
+    for request in requests:
+        body = {
             "model": config.judge.model,
-            "messages": list(item.messages),
-            "response_format": {
-                "type": "json_schema",
-                "json_schema": {"name": f"trajhub_{item.kind}", "schema": item.schema, "strict": True},
-            },
+            "messages": list(request.messages),
+            "response_format": request.response_format(),
         }
-        answer = parse_answer(json.dumps(judge_answer(request)), item)
+        verdicts, problems = read_answer(json.dumps(judge_answer(body)), request)
+        entry = cache_entry(config.judge, request, JudgeResult(verdicts, problems, attempts=1))
         cache.put(
-            cache_key(config.judge.model, config.judge.prompt_version, item.input_hash),
-            {
-                "judge_model": config.judge.model,
-                "prompt_version": config.judge.prompt_version,
-                "input_hash": item.input_hash,
-                "label": item.label,
-                "answer": answer,
-                "error": None,
-                "attempts": 1,
-                "prompt_tokens": 0,
-                "completion_tokens": 0,
-                "cost_usd": None,
-                "created_at": time.time(),
-                "filled_by": "benchmarks/scale_pipeline.py (no HTTP)",
-            },
+            cache_key(config.judge.model, config.judge.prompt_version, request.input_hash),
+            entry | {"filled_by": "benchmarks/scale_pipeline.py (no HTTP)"},
         )
-    return len(items)
+    return len(requests)
 
 
 _TASKS: dict = {}
@@ -706,7 +686,7 @@ def pipeline(bench: Bench) -> tuple[list[StageTiming], StageTiming]:
     cached = [{"model": p.key, "instance": i} for p in bench.known for i in ids if run_key(p.key, i) not in live_keys]
     items, seconds = fill_judge_cache(bench.root, bench.config_path, cached, args.workers)
     bench.add_setup(
-        "judge cache fill (in-process)", len(cached), seconds, f"{items} judge items, scripted judge, no HTTP"
+        "judge cache fill (in-process)", len(cached), seconds, f"{items} judge requests, scripted judge, no HTTP"
     )
     judge_live = bench.stage(["judge_rewards"], live, len(live_keys), "live: real proxy + scripted baseline judge")
     judge_cached = bench.stage(
@@ -770,7 +750,7 @@ def backfill(bench: Bench) -> tuple[StageTiming, StageTiming]:
     items, seconds = fill_judge_cache(
         bench.root, bench.config_path, [{"model": new.key, "instance": i} for i in ids], args.workers
     )
-    bench.add_setup(f"judge cache fill of {new.name}", len(ids), seconds, f"{items} judge items, no HTTP")
+    bench.add_setup(f"judge cache fill of {new.name}", len(ids), seconds, f"{items} judge requests, no HTTP")
 
     batched = bench.stage(
         PER_RUN_STAGES,

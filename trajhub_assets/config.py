@@ -104,6 +104,16 @@ class JudgeConfig(_Strict):
     max_concurrent: int = Field(4, ge=1)
     max_retries: int = Field(3, ge=0)
     timeout_s: float = Field(120, gt=0)
+    # Requests: a run's steps in one, its checklist in one (rewards/judge.py).
+    max_steps_per_request: int = Field(40, ge=1, description="Steps graded per request; 1: one request per step.")
+    max_prompt_chars: int = Field(
+        150_000, ge=1000, description="Characters of steps per request (what precedes them is cut to 60,000 apart)."
+    )
+    checklist_per_category: bool = Field(False, description="One checklist request per category, not per run.")
+    max_cost_per_run_usd: float | None = Field(None, ge=0, description="No judge request once a run spent this.")
+    max_cost_per_release_usd: float | None = Field(
+        None, ge=0, description="No judge request once the store's judge cache records this cost."
+    )
     rubric_weights: dict[str, float] = {
         "goal_progress": 0.3,
         "tool_choice": 0.2,

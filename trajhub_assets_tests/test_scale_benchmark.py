@@ -16,9 +16,10 @@ from trajhub_assets.merge.schema import (
     table_to_conversations,
 )
 from trajhub_assets.rewards.assets import instance_median_steps
-from trajhub_assets.rewards.judge import STEP_SCHEMA
-from trajhub_assets.rewards.rules import median_steps, trajectory_lengths
+from trajhub_assets.rewards.judge import LIMITS, STEP_SCHEMA, read_answer, step_requests
+from trajhub_assets.rewards.rules import build_run, median_steps, trajectory_lengths
 from trajhub_assets.scaffolds.baselines import judge_answer
+from trajhub_assets_tests.test_rules import assistant, call, conversation, result
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
@@ -103,16 +104,13 @@ def test_backfill_batched_and_per_partition_extrapolated(quick_run):
 
 def test_baseline_judge_answers_a_step_whose_arguments_were_truncated():
     """Found by the benchmark: a long Write shortened in the judge prompt is no JSON any more."""
-    arguments = json.dumps({"path": "src/a.py", "content": "x" * 50})
-    shortened = arguments[:30] + "\n[... 40 characters truncated ...]\n" + arguments[-10:]
-    prompt = (
-        "## Trajectory before the step\n[0] user\nFix it.\n\n"
-        f"## The step to grade (step 0 of conversation c)\n[1] assistant\n-> call write_file (id c1): {shortened}"
-    )
-    answer = judge_answer(
-        {"messages": [{"role": "user", "content": prompt}], "response_format": {"json_schema": {"schema": STEP_SCHEMA}}}
-    )
-    assert set(answer) == set(STEP_SCHEMA["properties"])
+    content = "x" * (LIMITS["assistant"] + 100)
+    conv = conversation(assistant("", call("c1", "write_file", path="src/a.py", content=content)), result("c1"))
+    [(request, _)] = step_requests(build_run([conv]), [conv], {"user_query": ["Fix it."]}, 40, 150_000)
+    assert "characters truncated" in request.messages[1]["content"]
+    body = {"messages": list(request.messages), "response_format": request.response_format()}
+    [verdict] = read_answer(json.dumps(judge_answer(body)), request)[0].values()
+    assert set(verdict) == {"step_id", *STEP_SCHEMA["properties"]}
 
 
 def test_instance_median_reads_the_instance_of_every_model_and_nothing_else(store):

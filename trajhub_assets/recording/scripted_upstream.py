@@ -8,9 +8,10 @@ Anthropic-style content blocks, and rendered in the wire format the caller asked
 so a test can compare what the proxy recorded with what this server sent
 (`served[i].body`, the non-stream body equivalent of what went on the wire).
 
-Failures on demand: `Fail(429 | 500 | ...)`; a long `delay` (on a Fail or a Reply) is a
-timeout for the caller; `Reply(break_after=n)` drops a stream after n events (uvicorn logs
-that as an ASGI error, on purpose). `calls` counts what was served, failures included.
+Failures on demand: `Fail(429 | 500 | ...)`, with headers such as `retry-after`; a long
+`delay` (on a Fail or a Reply) is a timeout for the caller; `Reply(break_after=n)` drops a
+stream after n events (uvicorn logs that as an ASGI error, on purpose). `calls` counts what
+was served, failures included.
 
 The server runs uvicorn in a background thread on a free loopback port.
 """
@@ -50,6 +51,7 @@ class Reply:
     delay: float = 0.0  # seconds before the first byte
     chunk_delay: float = 0.0  # seconds between stream events
     break_after: int | None = None  # streams: drop the connection after this many events
+    headers: dict[str, str] | None = None  # non-stream replies: e.g. a price in x-litellm-response-cost
 
 
 @dataclass
@@ -59,6 +61,7 @@ class Fail:
     status: int = 500
     message: str = "scripted failure"
     delay: float = 0.0
+    headers: dict[str, str] | None = None  # e.g. {"retry-after": "2"} on a 429
 
 
 @dataclass
@@ -201,7 +204,7 @@ class ScriptedUpstream:
         else:
             body = {"error": {"message": fail.message, "type": "scripted_error", "code": str(fail.status)}}
         self._serve(scripted, fail.status, False, body)
-        return JSONResponse(body, status_code=fail.status)
+        return JSONResponse(body, status_code=fail.status, headers=fail.headers)
 
     async def _count_tokens(self, request: Request) -> Response:
         scripted, step = await self._take(request, "count_tokens")
@@ -220,7 +223,7 @@ class ScriptedUpstream:
         self._serve(scripted, 200, stream, message)
         await asyncio.sleep(step.delay)
         if not stream:
-            return JSONResponse(message)
+            return JSONResponse(message, headers=step.headers)
         return self._sse(step, anthropic_events(message))
 
     async def _chat(self, request: Request) -> Response:
@@ -232,7 +235,7 @@ class ScriptedUpstream:
         self._serve(scripted, 200, stream, completion)
         await asyncio.sleep(step.delay)
         if not stream:
-            return JSONResponse(completion)
+            return JSONResponse(completion, headers=step.headers)
         return self._sse(step, openai_chunks(completion))
 
     def _sse(self, step: Reply, frames: list[str]) -> StreamingResponse:

@@ -4,7 +4,7 @@ trajectory_rewards, the configured weighting of both with the run's outcome."""
 import json
 import os
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -166,14 +166,20 @@ def rule_rewards(context: AssetExecutionContext, store: StoreResource, project: 
     )
 
 
-def judge_endpoint(judge: JudgeConfig, proxy: ProxyResource, instance: str) -> dict:
-    """Judge arguments: nothing for a judge with its own endpoint (it takes its own key from
-    the config), else our proxy, its key, and a run id under which the proxy records the
-    judge's calls."""
+def judge_endpoint(judge: JudgeConfig, proxy: ProxyResource) -> Callable[[], tuple[str, str]] | None:
+    """None for a judge with its own endpoint (it takes its own key from the config), else
+    our proxy's URL and key, as a callable: the Judge calls it on its first cache miss, so a
+    fully cached run never starts the proxy."""
+    if judge.base_url:
+        return None
+    return lambda: (proxy.openai_base_url, proxy.key)
+
+
+def judge_headers(judge: JudgeConfig, instance: str) -> dict[str, str]:
+    """The run id under which our proxy records the judge's calls for an instance."""
     if judge.base_url:
         return {}
-    judge_run = make_run_id(model_key(f"judge/{judge.model}"), instance, 0)
-    return {"proxy_url": proxy.openai_base_url, "proxy_key": proxy.key, "extra_headers": run_headers(judge_run)}
+    return run_headers(make_run_id(model_key(f"judge/{judge.model}"), instance, 0))
 
 
 @asset(
@@ -195,37 +201,44 @@ def judge_rewards(
     usage, first_error = JudgeUsage(), None
     partitions = run_partitions_of(context)
     progress = Progress(context.log, len(partitions), "partitions judged")
-    for partition in partitions:
-        conversations, outcomes = partition_inputs(store, partition)
-        with Judge(
-            config.judge, default_cache(store.root), **judge_endpoint(config.judge, proxy, partition["instance"])
-        ) as judge:
-            out = judge_partition(conversations, tasks[partition["instance"]], outcomes, judge)
-        store.write(JUDGE_CHECKS, out.checks, partition)
-        store.write(JUDGE_STEPS, out.steps, partition)
-        store.write(JUDGE_SUMMARY, out.summary, partition)
-        usage = usage + out.usage
-        context.add_asset_metadata(
-            out.usage.metadata(), partition_key=run_key(partition["model"], partition["instance"])
-        )
-        first_error = first_error or next(
-            (
-                f"{row['run_id']}: {row['error']}"
-                for judged in (out.steps, out.checks)
-                for row in judged.to_pylist()
-                if row.get("error")
-            ),
-            None,
-        )
-        progress.advance(
-            f"{partition['model']} on {partition['instance']}",
-            tokens_in=out.usage.prompt_tokens,
-            tokens_out=out.usage.completion_tokens,
-            cost_usd=out.usage.cost_usd,
-            judge_calls=out.usage.requests,
-            cache_hits=out.usage.cache_hits,
-        )
-    fail_if_all_failed("judge requests of this batch", usage.items, usage.errors, first_error or "")
+    # One Judge for the batch: the run budget spans it, and the proxy starts on its first miss only.
+    with Judge(config.judge, default_cache(store.root), proxy=judge_endpoint(config.judge, proxy)) as judge:
+        for partition in partitions:
+            conversations, outcomes = partition_inputs(store, partition)
+            out = judge_partition(
+                conversations,
+                tasks[partition["instance"]],
+                outcomes,
+                judge,
+                judge_headers(config.judge, partition["instance"]),
+            )
+            store.write(JUDGE_CHECKS, out.checks, partition)
+            store.write(JUDGE_STEPS, out.steps, partition)
+            store.write(JUDGE_SUMMARY, out.summary, partition)
+            usage = usage + out.usage
+            context.add_asset_metadata(
+                out.usage.metadata(), partition_key=run_key(partition["model"], partition["instance"])
+            )
+            first_error = first_error or next(
+                (
+                    f"{row['run_id']}: {row['error']}"
+                    for judged in (out.steps, out.checks)
+                    for row in judged.to_pylist()
+                    if row.get("error")
+                ),
+                None,
+            )
+            progress.advance(
+                f"{partition['model']} on {partition['instance']}",
+                tokens_in=out.usage.prompt_tokens,
+                tokens_out=out.usage.completion_tokens,
+                cost_usd=out.usage.cost_usd,
+                judge_calls=out.usage.requests,
+                cache_hits=out.usage.cache_hits,
+            )
+    if judge.budget_reached:
+        context.log.warning(judge.budget_reached)
+    fail_if_all_failed("judge items of this batch", usage.items, usage.errors, first_error or "")
     check = judge_values_in_range(
         read_batch(store, JUDGE_STEPS, partitions), read_batch(store, JUDGE_SUMMARY, partitions)
     )

@@ -1,31 +1,54 @@
 """judge_rewards: an LLM judge, through the `openai` client, over a partition's runs.
 
-Two kinds of judge items per run:
-- checklist: one call per checklist category of the task (OctoCodingBench style). The judge
-  answers each check success/fail with a reason. A check it leaves out counts as failed
-  (`omitted`), never ignored. CSR = share of checks passed, ISR = 1 when all pass.
-- step: one call per scored step (steps as in rewards.rules: generated assistant messages,
-  indexed per conversation). The rubric scores goal progress, tool choice, argument
-  correctness, use of earlier information and non-redundancy 1..5, each with a reason;
-  r_i = (score - 1) / 4 and step_reward = Σ w_i·r_i / Σ w_i with the config's weights
-  (the plain weighted sum when they add up to 1).
+Two kinds of judge requests per run, each answered with one JSON array:
+- checklist: ONE request for every category of the task's checklist (OctoCodingBench
+  style; `checklist_per_category` asks category by category). The judge answers each check
+  success/fail with a reason. A check it leaves out counts as failed (`omitted`), never
+  ignored. CSR = share of checks passed, ISR = 1 when all pass. Categories whose check ids
+  collide go to separate requests, since the answer names checks by id.
+- steps: ONE request for every scored step of the run (steps as in rewards.rules: generated
+  assistant messages, indexed per conversation), the trajectory shown once with the steps
+  listed by id ("<conversation>#<index>"); each step is graded from what came before it and
+  its own tool results. The rubric scores goal progress, tool choice, argument correctness,
+  use of earlier information and non-redundancy 1..5, each with a reason; r_i = (score -
+  1) / 4 and step_reward = Σ w_i·r_i / Σ w_i with the config's weights. A run longer than
+  `max_steps_per_request` steps or `max_prompt_chars` characters of steps is split into
+  chunks at step boundaries, the trajectory before a chunk shortened to TRANSCRIPT_CHARS;
+  `max_steps_per_request: 1` is the per-step judge.
+So a run that fits costs 2 requests. The answers are strict structured output
+(response_format json_schema, strict: true); the root is an object holding the array
+({"checks": [...]}, {"steps": [...]}) because strict schemas need an object root.
 
-Answers are structured output (response_format json_schema) validated with jsonschema
-against the very schema sent. A malformed answer is asked again (judge.max_retries times)
-with the problem named; when retries run out the item is a judge error: its rows carry
-the error and null scores, never a silent 0. A run with an errored check has null CSR/ISR;
-its mean step reward is over the steps judged, with n_step_errors beside it. Transport errors
-(rate limits, timeouts, 5xx) are retried with backoff by the openai client itself
-(max_retries, timeout_s); when they persist the item is an error too, and never the
-whole partition.
+Answers are validated item by item against the item schema sent: an item missing (a
+step), malformed, answered twice, or named by an id not asked for leaves only the items
+concerned unusable (a check left out is `omitted`, unless the answer also holds an item
+naming no asked check: then the missing checks are unusable too). The judge is asked again
+(judge.max_retries times) for the unusable items only, with the problems named (REPAIR);
+when retries run out each such item is a judge error: its row carries the error and null
+scores, never a silent 0. A run with an errored check has null CSR/ISR; its mean step reward
+is over the steps judged, with n_step_errors beside it. Transport errors (rate limits,
+timeouts, 5xx) are retried with backoff by the openai client itself (max_retries,
+timeout_s), which waits as long as a 429's `retry-after`/`retry-after-ms` asks up to 120 s
+and does not retry a longer wait; when they persist every item still unanswered in the
+request is an error, and never the whole partition.
 
-Cache: one JSON file per item under <store root>/cache/judge/, named by
+Budgets (judge.max_cost_per_run_usd, judge.max_cost_per_release_usd) are checked before
+every request against the cost the endpoint reported (our proxy prices each call in
+COST_HEADER; an endpoint that reports none spends nothing here): this Judge's spending,
+plus, for the release budget, the cost recorded in every cache entry of the store. Once one
+is reached no request is sent: the items left are error rows naming the budget, its value
+and the amount spent, and are not cached. Requests in flight finish, so a run may overshoot
+by up to max_concurrent requests.
+
+Cache: one JSON file per request under <store root>/cache/judge/, named by
 sha256(judge model, prompt version, input hash), where the input hash covers the exact
 messages and schema sent. Files are written to a temporary name and renamed, so parallel
-processes never see half an entry (two processes judging the same item at once both pay
-for it and the last rename wins). Answers and malformed-answer errors are cached, so
-re-materializing a partition makes zero calls; transport errors are not (the endpoint
-failed, not the judge), and `retry_errors=True` re-asks items cached as errors.
+processes never see half an entry (two processes judging the same request at once both pay
+for it and the last rename wins). Verdicts and malformed-answer errors are cached, so
+re-materializing a partition makes zero calls; transport and budget errors are not, and
+`retry_errors=True` re-asks requests cached with errors. The endpoint (for our proxy: its
+URL and key, which start it) and the HTTP client are set up on the first cache miss only,
+so a fully cached run never starts the proxy.
 """
 
 from __future__ import annotations
@@ -37,8 +60,9 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -80,14 +104,19 @@ trajectory shows it was met; when the evidence is missing or contradicts it, it 
 a "[... N characters truncated ...]" marker shows where.
 Reply with JSON only: {"checks": [{"check_id": "...", "result": "success" | "fail", "reason": "..."}]}"""
 
-STEP_SYSTEM = """You grade one step of a coding agent's trajectory: one assistant message and
-the results of the tools it called, given the trajectory before it. Score each criterion
-with an integer from 1 (bad) to 5 (excellent) and a one-sentence reason:
+STEP_SYSTEM = """You grade steps of a coding agent's trajectory. A step is one assistant message
+and the results of the tools it called. Grade every step listed under "The steps to grade",
+each exactly once, given only the trajectory before it and its own tool results (what came
+after it does not count). Score each criterion with an integer from 1 (bad) to 5 (excellent)
+and a one-sentence reason:
 {criteria}
 Long texts were shortened; a "[... N characters truncated ...]" marker shows where.
-Reply with JSON only: {{{shape}}}"""
+Reply with JSON only: {{"steps": [{{"step_id": "...", {shape}}}]}}"""
 
-REPAIR = "Your answer could not be used: {problem}. Reply again with only the JSON object the schema asks for."
+REPAIR = (
+    "Part of your answer could not be used: {problems}. Reply again with only the JSON object "
+    "the schema asks for, holding only these {what}: {ids}."
+)
 
 
 # -- prompts -----------------------------------------------------------------------------
@@ -152,47 +181,58 @@ def _outcome_text(outcome: dict | None) -> str:
     )
 
 
-def checklist_schema(check_ids: list[str]) -> dict:
-    verdict = {
+def _criterion() -> dict:
+    return {
         "type": "object",
         "additionalProperties": False,
-        "required": ["check_id", "result", "reason"],
-        "properties": {
-            "check_id": {"type": "string", "enum": check_ids},
+        "required": ["score", "reason"],
+        "properties": {"score": {"type": "integer", "enum": list(SCORES)}, "reason": {"type": "string"}},
+    }
+
+
+STEP_SCHEMA = {  # the rubric of one step: each item of a steps answer holds it beside its step_id
+    "type": "object",
+    "additionalProperties": False,
+    "required": list(RUBRIC),
+    "properties": {name: _criterion() for name in RUBRIC},
+}
+ARRAYS = {"checklist": ("checks", "check_id"), "steps": ("steps", "step_id")}  # kind -> (array, id field)
+
+
+def answer_schema(kind: str, ids: list[str] | tuple[str, ...]) -> dict:
+    """The strict schema of an answer about `ids`: {"<array>": [one object per item]}."""
+    array, id_field = ARRAYS[kind]
+    if kind == "checklist":
+        properties = {
             "result": {"type": "string", "enum": ["success", "fail"]},
             "reason": {"type": "string"},
-        },
+        }
+    else:
+        properties = STEP_SCHEMA["properties"]
+    item = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": [id_field, *properties],
+        "properties": {id_field: {"type": "string", "enum": list(ids)}, **properties},
     }
     return {
         "type": "object",
         "additionalProperties": False,
-        "required": ["checks"],
-        "properties": {"checks": {"type": "array", "items": verdict}},
+        "required": [array],
+        "properties": {array: {"type": "array", "items": item}},
     }
 
 
-STEP_SCHEMA = {
-    "type": "object",
-    "additionalProperties": False,
-    "required": list(RUBRIC),
-    "properties": {
-        name: {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["score", "reason"],
-            "properties": {"score": {"type": "integer", "enum": list(SCORES)}, "reason": {"type": "string"}},
-        }
-        for name in RUBRIC
-    },
-}
-
-
 @dataclass(frozen=True)
-class JudgeItem:
-    label: str  # for logs: "<run> checklist SP", "<run> <conversation> step 3"
-    kind: str  # "checklist" | "step"
+class JudgeRequest:
+    label: str  # for logs: "<run> checklist", "<run> steps 1-40"
+    kind: str  # "checklist" | "steps"
     messages: tuple[dict, ...]
-    schema: dict
+    ids: tuple[str, ...]  # the check ids or step ids it asks about, in order
+
+    @cached_property
+    def schema(self) -> dict:
+        return answer_schema(self.kind, self.ids)
 
     @cached_property  # prompts are long: hash each once
     def input_hash(self) -> str:
@@ -201,9 +241,34 @@ class JudgeItem:
             json.dumps(payload, sort_keys=True, ensure_ascii=False).encode("utf-8", "surrogatepass")
         ).hexdigest()
 
+    def response_format(self) -> dict:
+        return {
+            "type": "json_schema",
+            "json_schema": {"name": f"trajhub_{self.kind}", "schema": self.schema, "strict": True},
+        }
 
-def checklist_items(run: Run, conversations: list[dict], task: dict, outcome: dict | None) -> list[tuple]:
-    """(category, checks, item) per non-empty category of the task's checklist."""
+
+def _checklist_groups(checklist: dict, per_category: bool) -> list[list[tuple[str, dict]]]:
+    """(category, check) lists, one per request: every category in one, unless asked per
+    category or check ids collide (the answer names checks by id alone)."""
+    groups: list[list[tuple[str, dict]]] = []
+    for category, group in checklist.items():
+        checks = [(category, c) for c in group.get("checks") or []]
+        if not checks:
+            continue
+        ids = {c["check_id"] for _, c in checks}
+        if per_category or not groups or ids & {c["check_id"] for _, c in groups[-1]}:
+            groups.append(checks)
+        else:
+            groups[-1] += checks
+    return groups
+
+
+def checklist_requests(
+    run: Run, conversations: list[dict], task: dict, outcome: dict | None, per_category: bool = False
+) -> list[tuple[JudgeRequest, list[tuple[str, dict]]]]:
+    """(request, its (category, check) list) for the task's checklist: one request unless
+    `per_category`."""
     main = sorted(
         (c for c in conversations if c["meta"].get("kind") in MAIN_AGENT_KINDS),
         key=lambda c: (c["meta"].get("started_at") or 0.0, c["meta"]["conversation_id"]),
@@ -215,91 +280,173 @@ def checklist_items(run: Run, conversations: list[dict], task: dict, outcome: di
         )
         blocks += [render_message(i, m) for i, m in enumerate(conversation["messages"])]
     transcript = render_transcript(blocks)
-    items = []
-    for category, group in (task.get("checklist") or {}).items():
-        checks = group.get("checks") or []
-        if not checks:
-            continue
-        listed = "\n".join(f"- {c['check_id']} [{c.get('check_type')}]: {c['description']}" for c in checks)
+    checklist = task.get("checklist") or {}
+    requests = []
+    for checks in _checklist_groups(checklist, per_category):
+        sections = []
+        for category in dict.fromkeys(category for category, _ in checks):
+            listed = "\n".join(
+                f"- {c['check_id']} [{c.get('check_type')}]: {c['description']}" for cat, c in checks if cat == category
+            )
+            description = truncate(checklist[category].get("description") or "", 3000)
+            sections.append(f"### Checks of category {category!r}\n{description}\n\n{listed}")
         prompt = (
             f"## The user's request\n{truncate(user_request(task), LIMITS['user'])}\n\n"
-            f"## Checks of category {category!r}\n{truncate(group.get('description') or '', 3000)}\n\n"
-            f"{listed}\n\n## Trajectory\n{transcript}\n\n## Outcome after the run\n{_outcome_text(outcome)}"
+            "## Checks\n" + "\n\n".join(sections) + "\n\n"
+            f"## Trajectory\n{transcript}\n\n## Outcome after the run\n{_outcome_text(outcome)}"
         )
-        item = JudgeItem(
-            f"{run.run_id} checklist {category}",
+        categories = ", ".join(dict.fromkeys(category for category, _ in checks))
+        request = JudgeRequest(
+            f"{run.run_id} checklist {categories}",
             "checklist",
             ({"role": "system", "content": CHECKLIST_SYSTEM}, {"role": "user", "content": prompt}),
-            checklist_schema([c["check_id"] for c in checks]),
+            tuple(dict.fromkeys(c["check_id"] for _, c in checks)),
         )
-        items.append((category, checks, item))
-    return items
+        requests.append((request, checks))
+    return requests
 
 
-def step_items(run: Run, conversations: list[dict], task: dict) -> list[tuple[Step, JudgeItem]]:
+def step_id(step: Step) -> str:
+    return f"{step.conversation_id}#{step.index}"
+
+
+def _step_end(step: Step, messages: list[dict]) -> int:
+    """One past the last message of the step: its assistant message and its tool results."""
+    answered = [
+        i for i, m in enumerate(messages) if i > step.message_index and any(m is r for r in step.results.values())
+    ]
+    return max(answered, default=step.message_index) + 1
+
+
+def step_requests(
+    run: Run, conversations: list[dict], task: dict, max_steps: int, max_chars: int
+) -> list[tuple[JudgeRequest, list[Step]]]:
+    """(request, its steps) for the run's steps: one request, or chunks of consecutive steps
+    of at most `max_steps` steps and `max_chars` characters of rendered step messages."""
     by_id = {c["meta"]["conversation_id"]: c for c in conversations}
+    rendered = {cid: [render_message(i, m) for i, m in enumerate(c["messages"])] for cid, c in by_id.items()}
+    chunks: list[list[Step]] = [[]]
+    size, ends = 0, {}  # characters shown in the current chunk; where it ends per conversation
+    for step in run.steps:
+        blocks, end = rendered[step.conversation_id], _step_end(step, by_id[step.conversation_id]["messages"])
+        cost = sum(len(b) + 2 for b in blocks[ends.get(step.conversation_id, step.message_index) : end])
+        if chunks[-1] and (len(chunks[-1]) >= max_steps or size + cost > max_chars):
+            chunks.append([])
+            size, ends = 0, {}
+            cost = sum(len(b) + 2 for b in blocks[step.message_index : end])
+        chunks[-1].append(step)
+        size, ends[step.conversation_id] = size + cost, max(end, ends.get(step.conversation_id, 0))
     criteria = "\n".join(f"- {name}: {question}" for name, question in RUBRIC.items())
     shape = ", ".join(f'"{name}": {{"score": 1-5, "reason": "..."}}' for name in RUBRIC)
     system = STEP_SYSTEM.format(criteria=criteria, shape=shape)
-    items = []
-    for step in run.steps:
-        messages = by_id[step.conversation_id]["messages"]
-        before = render_transcript([render_message(i, m) for i, m in enumerate(messages[: step.message_index])])
-        answered = [
-            render_message(i, m)
-            for i, m in enumerate(messages)
-            if i > step.message_index and any(m is r for r in step.results.values())
-        ]
-        judged = "\n\n".join([render_message(step.message_index, step.message)] + answered)
+    requests, first = [], 0
+    for steps in filter(None, chunks):  # a run without steps asks nothing
+        sections = []
+        for cid in dict.fromkeys(s.conversation_id for s in steps):
+            own = [s for s in steps if s.conversation_id == cid]
+            blocks, begin = rendered[cid], own[0].message_index
+            end = max(_step_end(s, by_id[cid]["messages"]) for s in own)
+            before = render_transcript(blocks[:begin]) if begin else ""
+            shown = "\n\n".join(part for part in (before, "\n\n".join(blocks[begin:end])) if part)
+            sections.append(f"=== conversation {cid} ({by_id[cid]['meta'].get('kind')}) ===\n{shown}")
+        listed = "\n".join(
+            f"- step {step_id(s)}: message [{s.message_index}] of conversation {s.conversation_id}" for s in steps
+        )
         prompt = (
             f"## The user's request\n{truncate(user_request(task), LIMITS['user'])}\n\n"
-            f"## Trajectory before the step\n{before}\n\n"
-            f"## The step to grade (step {step.index} of conversation {step.conversation_id})\n{judged}"
+            "## Trajectory\n" + "\n\n".join(sections) + f"\n\n## The steps to grade\n{listed}"
         )
-        items.append(
+        requests.append(
             (
-                step,
-                JudgeItem(
-                    f"{run.run_id} {step.conversation_id} step {step.index}",
-                    "step",
+                JudgeRequest(
+                    f"{run.run_id} steps {first + 1}-{first + len(steps)} of {len(run.steps)}",
+                    "steps",
                     ({"role": "system", "content": system}, {"role": "user", "content": prompt}),
-                    STEP_SCHEMA,
+                    tuple(step_id(s) for s in steps),
                 ),
+                steps,
             )
         )
-    return items
+        first += len(steps)
+    return requests
+
+
+@dataclass
+class RunPlan:
+    """One run's judge requests, each with the checks or steps it answers."""
+
+    run: Run
+    checklist: list[tuple[JudgeRequest, list[tuple[str, dict]]]]
+    steps: list[tuple[JudgeRequest, list[Step]]]
+
+    @property
+    def requests(self) -> list[JudgeRequest]:
+        return [request for request, _ in self.checklist + self.steps]
+
+
+def plan_partition(
+    conversations: list[dict], task: dict, outcomes: dict[str, dict | None], config: JudgeConfig
+) -> list[RunPlan]:
+    plans = []
+    for run_id, run_conversations in group_runs(conversations).items():
+        run = build_run(run_conversations)
+        plans.append(
+            RunPlan(
+                run,
+                checklist_requests(run, run_conversations, task, outcomes.get(run_id), config.checklist_per_category),
+                step_requests(run, run_conversations, task, config.max_steps_per_request, config.max_prompt_chars),
+            )
+        )
+    return plans
 
 
 # -- answers -----------------------------------------------------------------------------
-class _MalformedAnswer(ValueError):
-    """The judge's answer does not fit the schema; an item's failure, handled as data."""
-
-
-def parse_answer(content: str | None, item: JudgeItem) -> dict:
+def read_answer(content: str | None, request: JudgeRequest) -> tuple[dict[str, dict], dict[str, str]]:
+    """(verdict by id, problem by id) from one answer; an id in neither was left out (a
+    check: omitted). Each item is validated on its own against the schema's item schema."""
+    array, id_field = ARRAYS[request.kind]
     text = (content or "").strip()
     if text.startswith("```"):  # a fenced block, as many models write even when asked not to
         text = text.strip("`").removeprefix("json").strip()
-    if not text:
-        raise _MalformedAnswer("the answer is empty")
     try:
-        answer = json.loads(text)
+        answer = json.loads(text) if text else None
+        problem = None if text else "the answer is empty"
     except ValueError as error:
-        raise _MalformedAnswer(f"not JSON ({error})") from None
-    problem = next(iter(jsonschema.Draft202012Validator(item.schema).iter_errors(answer)), None)
-    if problem is not None:
-        where = "/".join(map(str, problem.absolute_path)) or "(root)"
-        raise _MalformedAnswer(f"at {where}: {problem.message}")
-    if item.kind == "checklist":
-        ids = [v["check_id"] for v in answer["checks"]]
-        twice = sorted({i for i in ids if ids.count(i) > 1})
-        if twice:
-            raise _MalformedAnswer(f"checks answered more than once: {twice}")
-    return answer
+        answer, problem = None, f"not JSON ({error})"
+    items = answer.get(array) if isinstance(answer, dict) else None
+    if not isinstance(items, list):
+        return {}, dict.fromkeys(request.ids, problem or f"the answer holds no {array!r} array")
+    answered: dict[str, list[tuple[int, dict]]] = {}
+    strays = []
+    for position, item in enumerate(items):
+        named = item.get(id_field) if isinstance(item, dict) else None
+        if named in request.ids:
+            answered.setdefault(named, []).append((position, item))
+        else:
+            strays.append(f"{array}/{position} names {id_field} {named!r}, not one asked for")
+    validator = jsonschema.Draft202012Validator(request.schema["properties"][array]["items"])
+    verdicts, problems = {}, {}
+    for named, found in answered.items():
+        if len(found) > 1:
+            problems[named] = f"{named} answered {len(found)} times"
+            continue
+        position, item = found[0]
+        error = next(iter(validator.iter_errors(item)), None)
+        if error is None:
+            verdicts[named] = item
+        else:
+            where = "/".join(map(str, [array, position, *error.absolute_path]))
+            problems[named] = f"at {where}: {error.message}"
+    if request.kind == "steps" or strays:  # a check left out is the judge's verdict, unless mangled
+        for named in request.ids:
+            if named not in answered:
+                problems[named] = f"{named} not answered" + (f" ({'; '.join(strays)})" if strays else "")
+    return verdicts, problems
 
 
 # -- cache -------------------------------------------------------------------------------
 class JudgeCache:
-    """One JSON file per judged item; see the module docstring."""
+    """One JSON file per judge request; see the module docstring."""
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
@@ -327,6 +474,16 @@ class JudgeCache:
         finally:
             tmp.unlink(missing_ok=True)
 
+    def spent_usd(self) -> float:
+        """The judge cost recorded in every entry: what this store's judging has paid."""
+        total = 0.0
+        for path in self.root.glob("*/*.json"):
+            try:
+                total += json.loads(path.read_text(encoding="utf-8")).get("cost_usd") or 0.0
+            except (OSError, ValueError):
+                continue  # unreadable entries are asked again (get) and priced then
+        return total
+
 
 def cache_key(model: str, prompt_version: str, input_hash: str) -> str:
     return hashlib.sha256(f"{model}\0{prompt_version}\0{input_hash}".encode()).hexdigest()
@@ -335,24 +492,43 @@ def cache_key(model: str, prompt_version: str, input_hash: str) -> str:
 # -- the judge ---------------------------------------------------------------------------
 @dataclass
 class JudgeResult:
-    answer: dict | None = None
-    error: str | None = None
+    verdicts: dict[str, dict] = field(default_factory=dict)  # by check or step id
+    errors: dict[str, str] = field(default_factory=dict)  # by id: items that have no usable verdict
     cached: bool = False
-    cacheable: bool = True  # False for transport errors: the next run asks again
+    cacheable: bool = True  # False for transport and budget errors: the next run asks again
     attempts: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float | None = None
 
 
+def cache_entry(config: JudgeConfig, request: JudgeRequest, result: JudgeResult) -> dict:
+    return {
+        "judge_model": config.model,
+        "prompt_version": config.prompt_version,
+        "input_hash": request.input_hash,
+        "label": request.label,
+        "verdicts": result.verdicts,
+        "errors": result.errors,
+        "attempts": result.attempts,
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": result.completion_tokens,
+        "cost_usd": result.cost_usd,
+        "created_at": time.time(),
+    }
+
+
 @dataclass
 class JudgeUsage:
-    """Totals for one partition, for the asset's metadata."""
+    """Totals for one partition, for the asset's metadata; requests / runs is the judge's
+    requests per trajectory."""
 
-    items: int = 0
-    cache_hits: int = 0
+    runs: int = 0
+    items: int = 0  # checks and steps to judge
+    prompts: int = 0  # judge requests planned, each one cache entry
+    cache_hits: int = 0  # prompts answered from the cache
     requests: int = 0  # HTTP requests sent, retries included (counted by an httpx hook)
-    errors: int = 0
+    errors: int = 0  # items without a verdict
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0
@@ -366,48 +542,58 @@ class JudgeUsage:
 
 
 class Judge:
-    """A judge model behind an OpenAI-compatible endpoint, with a cache and a thread pool."""
+    """A judge model behind an OpenAI-compatible endpoint, with a cache, a thread pool and
+    the config's cost budgets; one per materialization, so the run budget spans its batch."""
 
     def __init__(
         self,
         config: JudgeConfig,
         cache: JudgeCache,
         *,
-        proxy_url: str | None = None,
-        proxy_key: str | None = None,
-        extra_headers: dict[str, str] | None = None,
+        proxy: Callable[[], tuple[str, str | None]] | None = None,
         retry_errors: bool = False,
     ):
         """The judge calls `config.base_url` with the key in `config.api_key_env`, else our
-        proxy at `proxy_url` with `proxy_key`: the proxy's key never goes anywhere else."""
+        proxy: `proxy()` gives its URL and key, and is called on the first cache miss (it
+        starts the proxy). The proxy's key never goes anywhere else."""
         unknown = set(config.rubric_weights) - set(RUBRIC)
         if unknown:
             raise ConfigError(f"judge.rubric_weights: unknown criteria {sorted(unknown)}; known: {list(RUBRIC)}")
         if config.base_url:
-            url, api_key = config.base_url, None
+            api_key = None
             if config.api_key_env:
                 api_key = os.environ.get(config.api_key_env)
                 if not api_key:
                     raise ConfigError(f"judge.api_key_env: environment variable {config.api_key_env!r} is not set")
-        elif proxy_url:
-            url, api_key = proxy_url, proxy_key
+            self._endpoint = lambda: (config.base_url, api_key)
+        elif proxy is not None:
+            self._endpoint = proxy
         else:
-            raise ConfigError("judge.base_url is not set and no proxy URL was given to route the judge through")
+            raise ConfigError("judge.base_url is not set and no proxy was given to route the judge through")
         self.config, self.cache = config, cache
-        self.extra_headers = dict(extra_headers or {})
         self.retry_errors = retry_errors
+        self.spent_usd = 0.0  # reported cost of this Judge's requests
+        self.budget_reached: str | None = None  # the message, once a budget stopped judging
+        self._release_spent: float | None = None  # the cache's recorded cost, read on first need
         self._requests = 0
         self._lock = threading.Lock()
-        self.client = openai.OpenAI(
-            base_url=url,
-            api_key=api_key or "no-key",  # a local endpoint or our proxy may need none
-            timeout=config.timeout_s,
-            max_retries=config.max_retries,
-            http_client=openai.DefaultHttpxClient(event_hooks={"request": [self._count_request]}),
-        )
+        self.client: openai.OpenAI | None = None
+
+    def _open(self) -> openai.OpenAI:
+        if self.client is None:
+            url, api_key = self._endpoint()
+            self.client = openai.OpenAI(
+                base_url=url,
+                api_key=api_key or "no-key",  # a local endpoint or our proxy may need none
+                timeout=self.config.timeout_s,
+                max_retries=self.config.max_retries,
+                http_client=openai.DefaultHttpxClient(event_hooks={"request": [self._count_request]}),
+            )
+        return self.client
 
     def close(self) -> None:
-        self.client.close()
+        if self.client is not None:
+            self.client.close()
 
     def __enter__(self) -> Judge:
         return self
@@ -419,88 +605,98 @@ class Judge:
         with self._lock:
             self._requests += 1
 
-    def key(self, item: JudgeItem) -> str:
-        return cache_key(self.config.model, self.config.prompt_version, item.input_hash)
+    def key(self, request: JudgeRequest) -> str:
+        return cache_key(self.config.model, self.config.prompt_version, request.input_hash)
 
-    def judge(self, items: list[JudgeItem]) -> tuple[list[JudgeResult], JudgeUsage]:
-        """Results in the order of `items`; identical items are asked once."""
-        usage = JudgeUsage(items=len(items))
+    def judge(
+        self, requests: list[JudgeRequest], headers: dict[str, str] | None = None
+    ) -> tuple[list[JudgeResult], JudgeUsage]:
+        """Results in the order of `requests`; identical requests are asked once. `headers`
+        go with every request (the run id under which our proxy records the judge)."""
+        usage = JudgeUsage(prompts=len(requests))
         started, requests_before = time.monotonic(), self._requests
         results: dict[str, JudgeResult] = {}
-        todo: dict[str, JudgeItem] = {}
-        for item in items:
-            key = self.key(item)
+        todo: dict[str, JudgeRequest] = {}
+        for request in requests:
+            key = self.key(request)
             entry = self.cache.get(key)
-            if entry is not None and (entry.get("answer") is not None or not self.retry_errors):
+            if entry is not None and "verdicts" in entry and not (entry["errors"] and self.retry_errors):
                 results[key] = JudgeResult(
-                    entry.get("answer"), entry.get("error"), cached=True, attempts=entry.get("attempts", 0)
+                    entry["verdicts"], entry["errors"], cached=True, attempts=entry.get("attempts", 0)
                 )
             else:
-                todo.setdefault(key, item)
+                todo.setdefault(key, request)
+        if todo:
+            self._open()  # the first miss: only now is the endpoint (our proxy) needed
         with ThreadPoolExecutor(max_workers=self.config.max_concurrent, thread_name_prefix="judge") as pool:
-            futures = {pool.submit(self._ask, item): (key, item) for key, item in todo.items()}
+            futures = {pool.submit(self._ask, request, headers): (key, request) for key, request in todo.items()}
             for future in as_completed(futures):
-                key, item = futures[future]
+                key, request = futures[future]
                 result = results[key] = future.result()
                 if result.cacheable:  # written as results arrive: a crash keeps what was paid for
-                    self.cache.put(
-                        key,
-                        {
-                            "judge_model": self.config.model,
-                            "prompt_version": self.config.prompt_version,
-                            "input_hash": item.input_hash,
-                            "label": item.label,
-                            "answer": result.answer,
-                            "error": result.error,
-                            "attempts": result.attempts,
-                            "prompt_tokens": result.prompt_tokens,
-                            "completion_tokens": result.completion_tokens,
-                            "cost_usd": result.cost_usd,
-                            "created_at": time.time(),
-                        },
-                    )
+                    self.cache.put(key, cache_entry(self.config, request, result))
                 usage.prompt_tokens += result.prompt_tokens
                 usage.completion_tokens += result.completion_tokens
                 if result.cost_usd is None:
                     usage.calls_without_cost += result.attempts
                 else:
                     usage.cost_usd += result.cost_usd
-        ordered = [results[self.key(item)] for item in items]
+        ordered = [results[self.key(request)] for request in requests]
         usage.cache_hits = sum(r.cached for r in ordered)
-        usage.errors = sum(r.error is not None for r in ordered)
         usage.requests = self._requests - requests_before
         log.info(
-            "judge %s: %d items, %d from cache, %d requests, %d errors in %.1fs",
+            "judge %s: %d prompts, %d from cache, %d requests in %.1fs",
             self.config.model,
-            usage.items,
+            usage.prompts,
             usage.cache_hits,
             usage.requests,
-            usage.errors,
             time.monotonic() - started,
         )
         return ordered, usage
 
-    def _ask(self, item: JudgeItem) -> JudgeResult:
+    def _over_budget(self) -> str | None:
+        """The message of the first budget reached, else None."""
+        config = self.config
+        with self._lock:
+            if self.budget_reached is None and config.max_cost_per_run_usd is not None:
+                if self.spent_usd >= config.max_cost_per_run_usd:
+                    self.budget_reached = (
+                        f"judge budget judge.max_cost_per_run_usd = ${config.max_cost_per_run_usd:g} reached: "
+                        f"this run spent ${self.spent_usd:.4f}; not judged"
+                    )
+            if self.budget_reached is None and config.max_cost_per_release_usd is not None:
+                if self._release_spent is None:  # before this Judge wrote any entry
+                    self._release_spent = self.cache.spent_usd()
+                spent = self._release_spent + self.spent_usd
+                if spent >= config.max_cost_per_release_usd:
+                    self.budget_reached = (
+                        f"judge budget judge.max_cost_per_release_usd = ${config.max_cost_per_release_usd:g} "
+                        f"reached: the judge cache under {self.cache.root} records ${spent:.4f}; not judged"
+                    )
+            return self.budget_reached
+
+    def _ask(self, request: JudgeRequest, headers: dict[str, str] | None) -> JudgeResult:
         result = JudgeResult()
-        messages = list(item.messages)
-        problem = None
-        response_format = {
-            "type": "json_schema",
-            "json_schema": {"name": f"trajhub_{item.kind}", "schema": item.schema, "strict": True},
-        }
+        asked, messages, problems = request, list(request.messages), {}
         for _ in range(self.config.max_retries + 1):
+            stop = self._over_budget()
+            if stop is not None:
+                result.errors.update(dict.fromkeys(asked.ids, stop))
+                result.cacheable = False
+                return result
             try:
                 raw = self.client.chat.completions.with_raw_response.create(
                     model=self.config.model,
                     messages=messages,
-                    response_format=response_format,
+                    response_format=asked.response_format(),
                     temperature=TEMPERATURE,
-                    extra_headers=self.extra_headers or None,
+                    extra_headers=headers or None,
                 )
                 completion = raw.parse()
             except openai.APIError as error:  # the client already retried what is worth retrying
-                log.warning("judge %s: %s", item.label, error)
-                result.error, result.cacheable = f"{type(error).__name__}: {error}", False
+                log.warning("judge %s: %s", request.label, error)
+                result.errors.update(dict.fromkeys(asked.ids, f"{type(error).__name__}: {error}"))
+                result.cacheable = False
                 return result
             result.attempts += 1
             if completion.usage is not None:
@@ -509,19 +705,30 @@ class Judge:
             cost = _float(raw.headers.get(COST_HEADER))
             if cost is not None:
                 result.cost_usd = (result.cost_usd or 0.0) + cost
+                with self._lock:
+                    self.spent_usd += cost
             content = completion.choices[0].message.content if completion.choices else None
-            try:
-                result.answer = parse_answer(content, item)
+            verdicts, problems = read_answer(content, asked)
+            result.verdicts.update(verdicts)
+            if not problems:
                 return result
-            except _MalformedAnswer as malformed:
-                problem = str(malformed)
-                log.warning("judge %s: malformed answer (attempt %d): %s", item.label, result.attempts, problem)
-                messages = [
-                    *item.messages,
-                    {"role": "assistant", "content": content or ""},
-                    {"role": "user", "content": REPAIR.format(problem=problem)},
-                ]
-        result.error = f"malformed judge answer after {result.attempts} attempts: {problem}"
+            log.warning("judge %s: unusable items (attempt %d): %s", request.label, result.attempts, problems)
+            # Ask again for the unusable items only, the earlier answer and its problems in view.
+            asked = replace(request, ids=tuple(i for i in request.ids if i in problems))
+            what = "checks" if request.kind == "checklist" else "steps"
+            messages = [
+                *request.messages,
+                {"role": "assistant", "content": content or ""},
+                {
+                    "role": "user",
+                    "content": REPAIR.format(
+                        problems="; ".join(problems.values()), what=what, ids=", ".join(asked.ids)
+                    ),
+                },
+            ]
+        result.errors.update(
+            {i: f"malformed judge answer after {result.attempts} attempts: {p}" for i, p in problems.items()}
+        )
         return result
 
 
@@ -609,80 +816,75 @@ class JudgeOutput:
 
 
 def judge_partition(
-    conversations: list[dict], task: dict, outcomes: dict[str, dict | None], judge: Judge
+    conversations: list[dict],
+    task: dict,
+    outcomes: dict[str, dict | None],
+    judge: Judge,
+    headers: dict[str, str] | None = None,
 ) -> JudgeOutput:
     """Judge every run of one (model, instance) partition; outcomes by run_id."""
-    plans = []
-    for run_id, run_conversations in group_runs(conversations).items():
-        run = build_run(run_conversations)
-        plans.append(
-            (
-                run,
-                checklist_items(run, run_conversations, task, outcomes.get(run_id)),
-                step_items(run, run_conversations, task),
-            )
-        )
-    items = [i for _, checks, steps in plans for i in [c[2] for c in checks] + [s[1] for s in steps]]
-    results, usage = judge.judge(items)
+    plans = plan_partition(conversations, task, outcomes, judge.config)
+    results, usage = judge.judge([r for plan in plans for r in plan.requests], headers)
+    answers = iter(results)
     provenance = {"judge_model": judge.config.model, "prompt_version": judge.config.prompt_version}
     check_rows, step_rows, summary = [], [], []
-    position = 0
-    for run, categories, steps in plans:
-        run_checks, rewards, step_errors = [], [], 0
-        for category, checks, item in categories:
-            result = results[position]
-            position += 1
-            verdicts = {v["check_id"]: v for v in (result.answer or {}).get("checks", [])}
+    for plan in plans:
+        run, run_checks, rewards, step_errors = plan.run, [], [], 0
+        for request, checks in plan.checklist:
+            result = next(answers)
             run_checks += [
                 check_row(
                     run.run_id,
                     run.attempt,
                     category,
                     check,
-                    verdicts.get(check["check_id"]),
-                    result.error,
-                    input_hash=item.input_hash,
+                    result.verdicts.get(check["check_id"]),
+                    result.errors.get(check["check_id"]),
+                    input_hash=request.input_hash,
                     cached=result.cached,
                     **provenance,
                 )
-                for check in checks
+                for category, check in checks
             ]
-        for step, item in steps:
-            result = results[position]
-            position += 1
-            rubric, reward = (
-                (None, None) if result.answer is None else rubric_scores(result.answer, judge.config.rubric_weights)
-            )
-            step_errors += result.error is not None
-            if reward is not None:
-                rewards.append(reward)
-            step_rows.append(
-                {
-                    "run_id": run.run_id,
-                    "attempt": run.attempt,
-                    "conversation_id": step.conversation_id,
-                    "step_index": step.index,
-                    "message_index": step.message_index,
-                    "rubric": rubric,
-                    "step_reward": reward,
-                    "error": result.error,
-                    "input_hash": item.input_hash,
-                    "cached": result.cached,
-                    **provenance,
-                }
-            )
+        for request, steps in plan.steps:
+            result = next(answers)
+            for step in steps:
+                verdict, error = result.verdicts.get(step_id(step)), result.errors.get(step_id(step))
+                rubric, reward = (
+                    (None, None) if error is not None else rubric_scores(verdict, judge.config.rubric_weights)
+                )
+                step_errors += error is not None
+                if reward is not None:
+                    rewards.append(reward)
+                step_rows.append(
+                    {
+                        "run_id": run.run_id,
+                        "attempt": run.attempt,
+                        "conversation_id": step.conversation_id,
+                        "step_index": step.index,
+                        "message_index": step.message_index,
+                        "rubric": rubric,
+                        "step_reward": reward,
+                        "error": error,
+                        "input_hash": request.input_hash,
+                        "cached": result.cached,
+                        **provenance,
+                    }
+                )
         check_rows += run_checks
         summary.append(
             {
                 "run_id": run.run_id,
                 "attempt": run.attempt,
                 **checklist_metrics(run_checks),
-                "n_steps": len(steps),
+                "n_steps": len(run.steps),
                 "n_step_errors": step_errors,
                 "mean_step_reward": sum(rewards) / len(rewards) if rewards else None,
                 **provenance,
             }
         )
+    usage.runs, usage.items = len(plans), len(check_rows) + len(step_rows)
+    usage.errors = sum(r["error"] is not None for r in check_rows + step_rows)
     return JudgeOutput(
         pa.Table.from_pylist(check_rows, schema=JUDGE_CHECKS.schema),
         pa.Table.from_pylist(step_rows, schema=JUDGE_STEPS.schema),

@@ -12,10 +12,12 @@ the builtin agent's tools:
 
 The difference is deliberate: rewards and preference pairs need something real to separate.
 
-`judge` is a baseline judge for the demo, equally scripted: it reads the judge's prompt
-and answers from surface evidence (a tool call repeated verbatim, a tool error, a write to
-a file never mentioned before, tests never run, an empty summary). Its verdicts are
-placeholders that exercise the judge pipeline end to end, not judgements.
+`judge` is a baseline judge for the demo, equally scripted: it reads the judge's prompt (a
+run's checklist, or its steps listed by id over one transcript) and answers each check and
+each step on its own, whatever else the request asks, from surface evidence (a tool call
+repeated verbatim, a tool error, a write to a file never mentioned before, tests never run,
+an empty summary). Its verdicts are placeholders that exercise the judge pipeline end to
+end, not judgements.
 """
 
 from __future__ import annotations
@@ -120,21 +122,64 @@ class BaselinePolicies:
         ]
 
 
-def _section(prompt: str, title: str) -> str:
-    """The text of a `## title` section of a judge prompt."""
-    start = prompt.find(f"## {title}")
-    if start < 0:
-        return ""
-    end = prompt.find("\n## ", start + 3)
-    return prompt[start : end if end >= 0 else None]
+def _section(prompt: str, title: str, until: str) -> str:
+    """The text of a judge prompt's `## title` section, up to its `## until` heading: the
+    last one, since the messages of a transcript may hold `## ` lines of their own."""
+    start, end = prompt.find(f"## {title}"), prompt.rfind(f"\n## {until}")
+    return "" if start < 0 else prompt[start : end if end > start else None]
+
+
+def _step_scores(step: str, before: str) -> dict[str, int]:
+    """The rubric scores of one step (its message and results) given the transcript before it."""
+    calls = re.findall(r"^-> call (\w+) \(id [^)]*\): (.*)$", step, flags=re.M)
+    repeated = any(f"-> call {name} " in before and arguments in before for name, arguments in calls)
+    errored = "ERROR" in step
+    parsed = []
+    for name, arguments in calls:
+        try:  # long arguments reach the judge shortened (a truncation marker): no JSON left to read
+            value = json.loads(arguments)
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            parsed.append((name, value))
+    blind_write = any(
+        name in ("write_file", "edit_file") and value.get("path", "") not in before for name, value in parsed
+    )
+    empty_finish = any(name == "finish" and not value.get("summary") for name, value in parsed)
+    return {
+        "goal_progress": 1 if empty_finish else 4,
+        "tool_choice": 2 if blind_write else 4,
+        "argument_correctness": 2 if errored else 4,
+        "use_of_information": 2 if blind_write or repeated else 4,
+        "non_redundancy": 1 if repeated else 5,
+    }
+
+
+def _graded_step(trajectory: str, conversation_id: str, message_index: int) -> tuple[str, str]:
+    """(the step: its message and the tool results answering it, the transcript before it)
+    from the judge prompt's trajectory, the way a per-step prompt would show them."""
+    start = trajectory.find(f"=== conversation {conversation_id} (")
+    end = trajectory.find("\n=== conversation ", start + 1)
+    shown = trajectory[start : end if end >= 0 else None].split("\n", 1)[1]  # after the header line
+    blocks = re.split(r"\n\n(?=\[\d+\] )", shown)
+    position = next(i for i, b in enumerate(blocks) if b.startswith(f"[{message_index}] assistant"))
+    message = blocks[position]
+    call_ids = set(re.findall(r"^-> call \w+ \(id ([^)]*)\):", message, flags=re.M))
+    results = [
+        b
+        for b in blocks[position + 1 :]
+        if (answers := re.match(r"\[\d+\] tool .*\(answers ([^)]*)\)", b)) and answers.group(1) in call_ids
+    ]
+    return "\n\n".join([message, *results]), "\n\n".join(blocks[:position])
 
 
 def judge_answer(request: dict) -> dict:
-    """A schema-valid answer to a checklist or step-rubric request of the judge."""
+    """A schema-valid answer to a checklist or steps request of the judge: for each check or
+    step, what it answers whichever other items share the request."""
     schema = request["response_format"]["json_schema"]["schema"]
     prompt = _text(request["messages"][-1]["content"])
     if "checks" in schema["properties"]:
-        trajectory = _section(prompt, "Trajectory")
+        trajectory = _section(prompt, "Trajectory", "Outcome after the run")
         tests_run = "unittest" in trajectory or "pytest" in trajectory
         ids = schema["properties"]["checks"]["items"]["properties"]["check_id"]["enum"]
         types = dict(re.findall(r"^- (\S+) \[(\w+)\]", prompt, flags=re.M))
@@ -152,33 +197,30 @@ def judge_answer(request: dict) -> dict:
             for i in ids
         ]
         return {"checks": checks}
-    step, before = _section(prompt, "The step to grade"), _section(prompt, "Trajectory before")
-    calls = re.findall(r"^-> call (\w+) \(id [^)]*\): (.*)$", step, flags=re.M)
-    repeated = any(f"-> call {name} " in before and arguments in before for name, arguments in calls)
-    errored = "ERROR" in step
-    parsed = []
-    for name, arguments in calls:
-        try:  # long arguments reach the judge shortened (a truncation marker): no JSON left to read
-            value = json.loads(arguments)
-        except ValueError:
-            continue
-        if isinstance(value, dict):
-            parsed.append((name, value))
-    blind_write = any(
-        name in ("write_file", "edit_file") and value.get("path", "") not in before for name, value in parsed
-    )
-    empty_finish = any(name == "finish" and not value.get("summary") for name, value in parsed)
-    scores = {
-        "goal_progress": 1 if empty_finish else 4,
-        "tool_choice": 2 if blind_write else 4,
-        "argument_correctness": 2 if errored else 4,
-        "use_of_information": 2 if blind_write or repeated else 4,
-        "non_redundancy": 1 if repeated else 5,
+    item = schema["properties"]["steps"]["items"]
+    # The original prompt (a repair's is the last message): the trajectory and the steps listed.
+    original = _text(next(m["content"] for m in request["messages"] if m.get("role") == "user"))
+    trajectory = _section(original, "Trajectory", "The steps to grade")
+    listed = {
+        sid: (conversation, int(index))
+        for sid, index, conversation in re.findall(
+            r"^- step (\S+): message \[(\d+)\] of conversation (.+)$",
+            original[original.rfind("\n## The steps to grade") :],
+            flags=re.M,
+        )
     }
-    return {
-        name: {"score": scores.get(name, 3), "reason": "baseline judge: surface evidence only"}
-        for name in schema["properties"]
-    }
+    steps = []
+    for sid in item["properties"]["step_id"]["enum"]:
+        scores = _step_scores(*_graded_step(trajectory, *listed[sid]))
+        steps.append(
+            {"step_id": sid}
+            | {
+                name: {"score": scores.get(name, 3), "reason": "baseline judge: surface evidence only"}
+                for name in item["properties"]
+                if name != "step_id"
+            }
+        )
+    return {"steps": steps}
 
 
 def upstream_policy(policies: BaselinePolicies):
