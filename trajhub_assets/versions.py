@@ -5,7 +5,7 @@
 | tasks | the catalog loader, the config's task sources |
 | merged_trajectories | the merge's code |
 | rule_rewards | the ruleset, the config's forbidden commands |
-| judge_rewards | the judge's code (prompts, rubric, answer schema), model, prompt version, rubric weights |
+| judge_rewards | the judge's code (prompts, rubric, answer schema), model, prompt version, rubric weights, how steps and checks are grouped into requests |
 | trajectory_rewards | the reward's code, the config's trajectory weights |
 | preference_pairs | the pairing code, the pair policy from the config |
 | reward_calibration, leaderboard | their code |
@@ -67,7 +67,14 @@ def code_versions(config: ProjectConfig) -> dict[str, str]:
         "merged_trajectories": source_digest("merge.merge", "merge.normalize", "merge.schema"),
         "rule_rewards": digest(RULESET_VERSION, config.rewards.forbidden_commands),
         "judge_rewards": digest(
-            source_digest("rewards.judge", "rewards.schema"), judge.model, judge.prompt_version, judge.rubric_weights
+            source_digest("rewards.judge", "rewards.schema"),
+            judge.model,
+            judge.prompt_version,
+            judge.rubric_weights,
+            # what one request holds changes the prompt a verdict is given for
+            judge.max_steps_per_request,
+            judge.max_prompt_chars,
+            judge.checklist_per_category,
         ),
         "trajectory_rewards": trajectory_reward_version(config.rewards),
         "preference_pairs": digest(

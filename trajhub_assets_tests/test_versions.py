@@ -28,10 +28,13 @@ def changed(section: str, **values):
         (changed("judge", model="openai/gpt-5-mini"), {"judge_rewards"}),
         (changed("judge", prompt_version="v2"), {"judge_rewards"}),
         (changed("judge", rubric_weights={"goal_progress": 1.0}), {"judge_rewards"}),
+        (changed("judge", max_steps_per_request=1, checklist_per_category=True), {"judge_rewards"}),
         (changed("judge", max_concurrent=9, timeout_s=5), set()),  # how, not what: nothing stale
+        (changed("judge", max_cost_per_run_usd=1.0), set()),  # a budget stops judging; it judges nothing else
         (changed("rewards", trajectory_weights={"outcome": 1.0}), {"trajectory_rewards"}),
         (changed("release", min_margin=0.2), {"preference_pairs"}),
         (changed("release", max_pairs_per_instance=3), {"preference_pairs"}),
+        (changed("release", pair_candidates_per_run=2), {"preference_pairs"}),
         (changed("release", name="other"), {"hf_dataset_release"}),
         (changed("sandbox", max_concurrent=7), set()),
     ],
