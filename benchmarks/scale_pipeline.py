@@ -789,8 +789,8 @@ def print_report(
 ) -> None:
     print("\nsetup (not pipeline stages):")
     print_table(bench.setup)
-    print("\npipeline stages (Dagster, SQLite instance, batched runs):")
-    print_table(stages)
+    print("\npipeline stages (Dagster, SQLite instance, batched runs), after Dagster's floor:")
+    print_table([bench.floor, *stages])
     print(
         "\nbackfill of one new model over every instance (merged_trajectories + rule_rewards + judge_rewards"
         " + trajectory_rewards, judge from the cache):"
