@@ -5,7 +5,7 @@
 | tasks | the catalog loader, the config's task sources |
 | merged_trajectories | the merge's code |
 | rule_rewards | the ruleset, the config's forbidden commands |
-| judge_rewards | the judge's code (prompts, rubric, answer schema), model, prompt version, rubric weights, how steps and checks are grouped into requests |
+| judge_rewards | the judge's code (prompts, rubric, schema), model, prompt version, weights, request grouping |
 | trajectory_rewards | the reward's code, the config's trajectory weights |
 | preference_pairs | the pairing code, the pair policy from the config |
 | reward_calibration, leaderboard | their code |
