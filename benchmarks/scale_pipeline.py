@@ -598,12 +598,20 @@ class Bench:
         print(f"  done: {format_row(self.setup[-1])}", flush=True)
 
     def stage(
-        self, selection: list[str], batches: list[list[str]], partitions: int, note: str = "", name: str | None = None
+        self,
+        selection: list[str],
+        batches: list[list[str]],
+        partitions: int,
+        note: str = "",
+        name: str | None = None,
+        trajectories: int | None = None,
     ) -> StageTiming:
-        """Dagster runs of `selection`, one per batch, as one stage row."""
+        """Dagster runs of `selection`, one per batch, as one stage row (over every known run
+        unless `trajectories` says how many the batches hold)."""
         self.memory.stage()
         timing = run_batches(self.instance, self.resources, selection, batches)
-        timing.name, timing.partitions, timing.trajectories = name or selection[0], partitions, self.trajectories
+        timing.name, timing.partitions = name or selection[0], partitions
+        timing.trajectories = trajectories if trajectories is not None else self.trajectories
         timing.peak_mb, timing.note = self.memory.stage(), note
         print(f"  done: {format_row(timing)}", flush=True)
         return timing
@@ -688,9 +696,11 @@ def pipeline(bench: Bench) -> tuple[list[StageTiming], StageTiming]:
     bench.add_setup(
         "judge cache fill (in-process)", len(cached), seconds, f"{items} judge requests, scripted judge, no HTTP"
     )
-    judge_live = bench.stage(["judge_rewards"], live, len(live_keys), "live: real proxy + scripted baseline judge")
+    judge_live = bench.stage(
+        ["judge_rewards"], live, len(live_keys), "live: real proxy + scripted baseline judge", None, len(live_keys)
+    )
     judge_cached = bench.stage(
-        ["judge_rewards"], batches[len(live) :], len(cached), "every verdict from the judge cache"
+        ["judge_rewards"], batches[len(live) :], len(cached), "every verdict from the judge cache", None, len(cached)
     )
     judge = StageTiming(
         "judge_rewards (all)",
@@ -699,7 +709,6 @@ def pipeline(bench: Bench) -> tuple[list[StageTiming], StageTiming]:
         peak_mb=max(judge_live.peak_mb, judge_cached.peak_mb),
     )
     for part in (judge_live, judge_cached):
-        part.trajectories = part.partitions
         part.note += f", {part.judge_requests} judge requests"
         judge.add(part)
     rewards = bench.stage(["trajectory_rewards"], batches, bench.trajectories)
@@ -758,8 +767,8 @@ def backfill(bench: Bench) -> tuple[StageTiming, StageTiming]:
         len(ids),
         f"runs of up to {args.batch} partitions",
         name=f"{new.name}: batched",
+        trajectories=len(ids),
     )
-    batched.trajectories = len(ids)
 
     # The batched outputs stay: each run below recomputes and overwrites its partition, the same work.
     bench.memory.stage()
