@@ -5,7 +5,11 @@ on text like a release's (prose and code, a few real key shapes, long base64 sig
 thinking blocks), in one run, against `_SECRET.finditer` over the same text (every pattern
 tried at every position), and over rows with signed thinking whose base64 is skipped.
 
-Prints MB/s of each, then the last line
+Then, as an import scans them, 120 calls of one conversation (each repeats the history, as
+clients send it): one SecretScanner over all of them, which searches each distinct text once,
+against scan_text over every text of every call (the scan before issue 14).
+
+Prints MB/s of each and the history figures, then the last line
     scan_vs_full_regex=X rows_mb_per_s=Y
 X: scan_text time over the full pattern's time on the same text (below 1: faster);
 Y: scan_rows throughput over rows with 4 MB of thinking signatures.
@@ -20,7 +24,7 @@ import base64
 import random
 import time
 
-from trajhub_assets.release.secrets import _SECRET, scan_rows, scan_text
+from trajhub_assets.release.secrets import _SECRET, SecretScanner, scan_rows, scan_text
 
 WORDS = (
     "def return self value import from test error path file line data merge call run assert "
@@ -39,6 +43,26 @@ def sample_text(megabytes: float, rng: random.Random) -> str:
         parts.append(piece)
         size += len(piece)
     return "\n".join(parts)
+
+
+def history_calls(calls: int, rng: random.Random) -> list[dict]:
+    """Call records of one conversation: call k repeats the k exchanges before it."""
+    history, records = [{"role": "user", "content": sample_text(0.002, rng)}], []
+    for k in range(calls):
+        records.append({"call_id": f"c{k}", "request": {"messages": list(history)}})
+        history += [{"role": "assistant", "content": f"step {k}"}, {"role": "user", "content": sample_text(0.002, rng)}]
+    return records
+
+
+def every_text(value):
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from every_text(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from every_text(item)
 
 
 def timed(fn) -> float:
@@ -73,6 +97,15 @@ def main() -> None:
     print(
         f"scan_text: {mb / ours:.1f} MB/s; full pattern: {mb / full:.1f} MB/s; "
         f"rows with signatures: {row_mb / rows_seconds:.1f} MB/s"
+    )
+    calls = history_calls(120, rng)
+    history_mb = sum(len(t) for c in calls for t in every_text(c)) / 1e6
+    scanner = SecretScanner()
+    once = timed(lambda: [scanner.value(call) for call in calls])
+    again = timed(lambda: [list(scan_text(t)) for c in calls for t in every_text(c)])
+    print(
+        f"120 calls sharing a history ({history_mb:.1f} MB of text, {scanner.chars_scanned / 1e6:.2f} MB distinct): "
+        f"one scanner {once:.3f} s, every text of every call {again:.3f} s ({again / once:.0f}x)"
     )
     print(f"scan_vs_full_regex={ours / full:.3f} rows_mb_per_s={row_mb / rows_seconds:.1f}")
 

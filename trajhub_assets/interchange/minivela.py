@@ -10,6 +10,13 @@ Each distinct call becomes one record in trajhub's call format (see
 trajhub_assets.merge.merge), with a call_id derived from its content, so the two copies
 collapse into one, and a `provenance` field that keeps where it came from: file, lines,
 session_id, biz_id and every request_time.
+
+Every call repeats the whole conversation, so a file is mostly text already seen on the line
+before. `read_minivela` parses a line's new parts only: a message, tool, system block or
+content block whose JSON text is the one at the same place of a recent line is that line's
+object (`_SharedLines`), so the parse, the call ids (`_CallDigests`), the secret scan and
+the blob table see each repeated part once. The records are equal to parsing every line
+with json.loads; a line the shortcut cannot read is parsed with json.loads.
 """
 
 from __future__ import annotations
@@ -17,9 +24,216 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterable
 
 from trajhub_assets.errors import RecordError
+
+_WHITESPACE = re.compile(r"[ \t\n\r]*")  # json's own
+_SPACE = " \t\n\r"
+_DIGITS = frozenset("0123456789")
+_NUMBER_GOES_ON = frozenset("0123456789.eE+-")
+_DECODER = json.JSONDecoder()
+_scanstring = json.decoder.scanstring
+
+
+class _Node:
+    """A parsed value and where it came from: its JSON text (a leaf) or its children (an object
+    or array read part by part; an array also keeps its text up to its last item, `head`)."""
+
+    __slots__ = ("text", "value", "children", "head")
+
+    def __init__(self, text: str | None, value, children=None, head: str | None = None):
+        self.text, self.value, self.children, self.head = text, value, children, head
+
+
+def _here(leaf: str | None, text: str, pos: int) -> bool:
+    """Whether the value at text[pos] is the one this leaf's JSON text was (a number must end
+    where the leaf's does: "0" is not the start of 0.5)."""
+    return (
+        leaf is not None
+        and text.startswith(leaf, pos)
+        and (leaf[-1] not in _DIGITS or text[pos + len(leaf) : pos + len(leaf) + 1] not in _NUMBER_GOES_ON)
+    )
+
+
+class _SharedLines:
+    """json.loads of line after line, where a part whose JSON text is the text at the same
+    place (same keys, same index) of one of the last few lines is that line's object.
+
+    Objects and arrays down to `depth` levels are read part by part (the line, request_body and
+    response_body, their messages, system, tools and content); deeper values are a leaf: parsed
+    by json's decoder or, same text, taken from the earlier line. An object or array whose parts
+    all came from one earlier one, in the same order, is that earlier object. Anything the
+    reader does not expect falls back to json.loads of the whole line: same value, same error."""
+
+    def __init__(self, depth: int = 3, keep: int = 4):
+        self.depth, self.keep = depth, keep
+        self.recent: list[_Node] = []
+
+    def loads(self, text: str):
+        try:
+            start = _WHITESPACE.match(text).end()
+            if not text.startswith("{", start):
+                return json.loads(text)
+            value, node, end = self._container(text, start, self.recent, 0)
+            if _WHITESPACE.match(text, end).end() != len(text):
+                raise ValueError("extra data")
+        except (ValueError, IndexError):
+            return json.loads(text)  # the error json gives, or (never expected) its value
+        self.recent = [node, *self.recent[: self.keep - 1]]
+        return value
+
+    def _value(self, text: str, pos: int, candidates: list[_Node], level: int, tried: bool = False):
+        if not tried:
+            for candidate in candidates:
+                if _here(candidate.text, text, pos):
+                    return candidate.value, candidate, pos + len(candidate.text)
+        if level < self.depth and text[pos] in "{[":
+            return self._container(text, pos, candidates, level)
+        value, end = _DECODER.raw_decode(text, pos)
+        return value, _Node(text[pos:end], value), end
+
+    def _container(self, text: str, pos: int, candidates: list[_Node], level: int):
+        """The object or array at text[pos]: (value, node, end)."""
+        is_object = text[pos] == "{"
+        close = "}" if is_object else "]"
+        shapes = [c for c in candidates if isinstance(c.children, dict if is_object else list)]
+        start, keys, nodes, values = pos, [], [], []
+        # An array that begins as an earlier one did, item for item (a history one call longer):
+        # all those items at once, then read on after the last of them.
+        jumped = next((c for c in shapes if _here(c.head, text, pos)), None)
+        if jumped is not None:
+            nodes, values = list(jumped.children), list(jumped.value)
+            pos += len(jumped.head)
+        else:
+            pos += 1
+            if text[pos] in _SPACE:
+                pos = _WHITESPACE.match(text, pos).end()
+        last = None
+        if jumped is None and text[pos] == close:
+            pos += 1
+        else:
+            while True:
+                if jumped is not None:  # after the items taken: the separator, or the end
+                    jumped = None
+                elif is_object:
+                    if text[pos] != '"':
+                        raise ValueError("expected a key")
+                    key, pos = _scanstring(text, pos + 1)
+                    if text[pos] != ":":
+                        pos = _WHITESPACE.match(text, pos).end()
+                        if text[pos] != ":":
+                            raise ValueError("expected ':'")
+                    pos += 1
+                    if text[pos] in _SPACE:
+                        pos = _WHITESPACE.match(text, pos).end()
+                    keys.append(key)
+                    value, node, pos = self._value(
+                        text, pos, [c.children[key] for c in shapes if key in c.children], level + 1
+                    )
+                    values.append(value)
+                    nodes.append(node)
+                else:  # the hot loop: a message, tool or block, most often the one of the line before
+                    index, node = len(nodes), None
+                    for c in shapes:
+                        if index < len(c.children):
+                            candidate = c.children[index]
+                            if _here(candidate.text, text, pos):
+                                node = candidate
+                                break
+                    if node is not None:
+                        value = node.value
+                        pos += len(node.text)
+                    else:
+                        value, node, pos = self._value(
+                            text,
+                            pos,
+                            [c.children[index] for c in shapes if index < len(c.children)],
+                            level + 1,
+                            tried=True,
+                        )
+                    values.append(value)
+                    nodes.append(node)
+                last = pos  # the end of the last item
+                char = text[pos]
+                if char in _SPACE:
+                    pos = _WHITESPACE.match(text, pos).end()
+                    char = text[pos]
+                if char == close:
+                    pos += 1
+                    break
+                if char != ",":
+                    raise ValueError("expected ',' or the end")
+                pos += 1
+                if text[pos] in _SPACE:
+                    pos = _WHITESPACE.match(text, pos).end()
+        for c in shapes:  # the very object of an earlier line, when it is all that line's parts
+            same = c.children.values() if is_object else c.children
+            if len(same) == len(nodes) and all(a is b for a, b in zip(same, nodes, strict=True)):
+                if not is_object or list(c.children) == keys:
+                    return c.value, c, pos
+        if is_object:
+            value, children = {}, {}
+            for key, item, node in zip(keys, values, nodes, strict=True):
+                value[key] = item  # a repeated key: the last value, at the first place, as json does
+                children[key] = node
+            return value, _Node(None, value, children), pos
+        return values, _Node(None, values, nodes, text[start:last] if last is not None else None), pos
+
+
+class _CallDigests:
+    """The call id's digest, sha256 of json.dumps([request, response], sort_keys=True,
+    ensure_ascii=False), written part by part: the sorted JSON of each message, tool, system
+    block and content block is made once per object, and lines share their repeated parts."""
+
+    def __init__(self) -> None:
+        self._parts: dict[int, tuple[object, bytes]] = {}
+        self._last: tuple[object, object, str] | None = None  # the copy of a call is the same objects
+
+    def digest(self, request, response) -> str:
+        last = self._last
+        if last is not None and last[0] is request and last[1] is response:
+            return last[2]
+        chunks = [b"["]
+        self._chunks(request, 2, chunks)
+        chunks.append(b", ")
+        self._chunks(response, 2, chunks)
+        chunks.append(b"]")
+        digest = hashlib.sha256(b"".join(chunks)).hexdigest()
+        self._last = (request, response, digest)
+        return digest
+
+    def _chunks(self, value, depth: int, out: list[bytes]) -> None:
+        """json.dumps(value, sort_keys=True, ensure_ascii=False), encoded, onto `out`: `depth`
+        levels of objects and arrays put together here, the values below them made once per object."""
+        if depth and isinstance(value, dict) and all(isinstance(k, str) for k in value):
+            out.append(b"{")
+            for i, (key, item) in enumerate(sorted(value.items())):
+                out.append((b", " if i else b"") + _encode(json.dumps(key, ensure_ascii=False)) + b": ")
+                self._chunks(item, depth - 1, out)
+            out.append(b"}")
+        elif depth and isinstance(value, list):
+            out.append(b"[")
+            parts = self._parts
+            for i, item in enumerate(value):
+                if i:
+                    out.append(b", ")
+                found = parts.get(id(item))
+                if found is not None and found[0] is item:
+                    out.append(found[1])
+                else:
+                    self._chunks(item, depth - 1, out)
+            out.append(b"]")
+        else:
+            text = _encode(json.dumps(value, sort_keys=True, ensure_ascii=False))
+            if isinstance(value, (dict, list)):
+                self._parts[id(value)] = (value, text)
+            out.append(text)
+
+
+def _encode(text: str) -> bytes:
+    return text.encode("utf-8", "surrogatepass")
 
 
 def _body(line: dict, name: str, source: str, number: int) -> dict:
@@ -40,6 +254,7 @@ def minivela_to_calls(
     """Call records from parsed mini-vela lines, numbered from 1 in errors and provenance
     (None stands for a blank line: skipped, but counted)."""
     calls: dict[str, dict] = {}
+    digests = _CallDigests()
     for number, line in enumerate(lines, start=1):
         if line is None:
             continue
@@ -59,10 +274,7 @@ def minivela_to_calls(
                 line=number,
                 field="request_time",
             )
-        digest = hashlib.sha256(
-            json.dumps([request, response], sort_keys=True, ensure_ascii=False).encode("utf-8", "surrogatepass")
-        ).hexdigest()
-        call_id = f"mv-{digest[:20]}"
+        call_id = f"mv-{digests.digest(request, response)[:20]}"
         seen = calls.get(call_id)
         if seen is not None:
             seen["provenance"]["lines"].append(number)
@@ -100,15 +312,17 @@ def minivela_to_calls(
 
 
 def read_minivela(path: str | os.PathLike, *, run_id: str | None = None) -> list[dict]:
-    """Call records from a mini-vela raw .jsonl file."""
+    """Call records from a mini-vela raw .jsonl file. What the calls repeat (history, system,
+    tools) is one object shared by the records: read them, do not change their parts in place."""
     lines = []
+    reader = _SharedLines()
     with open(path, encoding="utf-8", errors="surrogatepass") as f:
         for number, text in enumerate(f, start=1):
-            if not text.strip():
+            if text.isspace():  # a line read from a file is never empty; no stripped copy of a long line
                 lines.append(None)
                 continue
             try:
-                lines.append(json.loads(text))
+                lines.append(reader.loads(text))
             except ValueError as error:
                 raise RecordError(f"not JSON: {error}", source=str(path), line=number) from error
     return minivela_to_calls(lines, source=str(path), run_id=run_id)

@@ -51,7 +51,7 @@ from trajhub_assets.partitions import (
 from trajhub_assets.recording.raw_calls import build_tables, rebuild_records
 from trajhub_assets.recording.run_id import RunId, parse_run_id
 from trajhub_assets.recording.schema import MESSAGE_BLOBS, RAW_CALLS, RUNS
-from trajhub_assets.release.secrets import scan_rows
+from trajhub_assets.release.secrets import SecretScanner
 from trajhub_assets.store import Store, Table
 
 IMPORTED = "imported"  # runs.stop_reason of an imported run
@@ -143,11 +143,13 @@ def _provenance(file: _File, fmt: str, run_id: str, **fields) -> dict:
     )
 
 
-def _call_runs(fmt: Format, file: _File, model: str | None, instance: str | None) -> list[ImportedRun]:
+def _call_runs(
+    fmt: Format, file: _File, model: str | None, instance: str | None, scanner: SecretScanner
+) -> list[ImportedRun]:
     """A file of recorded calls: one run per session (the calls' run_id in the file)."""
     sessions: dict[str, list[dict]] = {}
     for call in fmt.read_calls(file.path):
-        _refuse_secrets(call, source=file.source, line=call["provenance"]["lines"][0])
+        _refuse_secrets(scanner, call, source=file.source, line=call["provenance"]["lines"][0])
         sessions.setdefault(call["run_id"], []).append(call)
     runs = []
     for position, (session, calls) in enumerate(sessions.items()):
@@ -181,7 +183,7 @@ class _Item:
     details: dict  # ATIF: agent name and version, schema version
 
 
-def _read_conversations(fmt: Format, file: _File) -> list[_Item]:
+def _read_conversations(fmt: Format, file: _File, scanner: SecretScanner) -> list[_Item]:
     found = []
     for line, document in read_documents(file.path):
         conversations, details = fmt.read_document(document, source=file.source, line=line)
@@ -195,19 +197,21 @@ def _read_conversations(fmt: Format, file: _File) -> list[_Item]:
                     line=line,
                     record_id=conversation["meta"].get("conversation_id"),
                 ) from None
-            _refuse_secrets(conversation, source=file.source, line=line)
+            _refuse_secrets(scanner, conversation, source=file.source, line=line)
             found.append(_Item(file, line, conversation, details))
     return found
 
 
-def _conversation_runs(fmt: Format, files: list[_File], model: str | None, instance: str | None) -> list[ImportedRun]:
+def _conversation_runs(
+    fmt: Format, files: list[_File], model: str | None, instance: str | None, scanner: SecretScanner
+) -> list[ImportedRun]:
     """Conversations grouped into runs across all files (an export to a directory spreads a run
     over several): one ATIF session or one trajhub run is one run; a record without either is
     a run of its own."""
     groups: dict[object, list[_Item]] = {}
     firsts: dict[object, tuple[_File, int]] = {}  # where each run starts: file, k-th run of it
     for file in files:
-        for n, item in enumerate(_read_conversations(fmt, file)):
+        for n, item in enumerate(_read_conversations(fmt, file, scanner)):
             original = item.conversation["meta"]["run_id"]
             group = original if original is not None else (file.path, n)
             if group not in groups:
@@ -293,16 +297,22 @@ def _name_generations(conversation: dict) -> None:
             k += 1
 
 
-def _refuse_secrets(record: dict, *, source: str, line: int | None) -> None:
-    """Secrets never reach the store: refuse a record with anything that looks like a key."""
-    hits = scan_rows("import", [{k: v for k, v in record.items() if k != "provenance"}])
+def _refuse_secrets(scanner: SecretScanner, record: dict, *, source: str, line: int | None) -> None:
+    """Secrets never reach the store: refuse a record with anything that looks like a key.
+
+    One scanner reads all the files of an import: what calls repeat (their history, the system
+    prompt, the tools; one object when the reader shares them) is searched once."""
+    hits = [
+        hit for key, value in record.items() if key != "provenance" for hit in scanner.value(value, key, shared=True)
+    ]
     if hits:
+        field, kind, masked = hits[0]
         raise RecordError(
-            f"looks like a credential ({hits[0].kind} key {hits[0].masked}); redact it in the "
+            f"looks like a credential ({kind} key {masked}); redact it in the "
             f"file, then import again ({len(hits)} hit(s) in this record)",
             source=source,
             line=line,
-            field=hits[0].field,
+            field=field,
         )
 
 
@@ -314,7 +324,8 @@ def read_files(
     files = []
     for path in paths:
         try:
-            files.append(_File(Path(path), hashlib.sha256(Path(path).read_bytes()).hexdigest()))
+            with open(path, "rb") as f:  # in chunks: a file of hundreds of MB is not held twice
+                files.append(_File(Path(path), hashlib.file_digest(f, "sha256").hexdigest()))
         except OSError as error:
             raise RecordError(f"cannot read: {error}", source=str(path)) from None
     if len({f.sha256 for f in files}) < len(files):
@@ -322,9 +333,10 @@ def read_files(
             "the same file content is given twice: "
             + ", ".join(str(f.path) for f in files if [g.sha256 for g in files].count(f.sha256) > 1)
         )
+    scanner = SecretScanner()
     if entry.read_calls:
-        return [run for file in files for run in _call_runs(entry, file, model, instance)]
-    return _conversation_runs(entry, files, model, instance)
+        return [run for file in files for run in _call_runs(entry, file, model, instance, scanner)]
+    return _conversation_runs(entry, files, model, instance, scanner)
 
 
 # -- storing --------------------------------------------------------------------------------

@@ -153,11 +153,20 @@ def run_files(recordings_dir: str | Path, model_key: str, instance_id: str) -> l
 class _Blobs:
     def __init__(self) -> None:
         self.rows: dict[str, tuple[str, str]] = {}
+        # id -> (value, its key): records that share a repeated part as one object (an import's
+        # history, interchange/minivela.py) have it encoded and hashed once. The value is kept
+        # so that its id is not reused.
+        self._seen: dict[int, tuple[object, str]] = {}
 
     def add(self, kind: str, value) -> str:
+        seen = self._seen.get(id(value))
+        if seen is not None and seen[0] is value:
+            return seen[1]
         text = encode(value)
         key = hashlib.sha256(text.encode()).hexdigest()
         self.rows.setdefault(key, (kind, text))
+        if isinstance(value, (dict, list)):
+            self._seen[id(value)] = (value, key)
         return key
 
     def table(self) -> pa.Table:
