@@ -156,3 +156,36 @@ def test_no_pairs_reason_names_what_was_skipped():
 def test_card_body_drops_the_yaml_header():
     assert card_body("---\nlicense: mit\n---\n\n# trajhub-demo\n\ntext\n") == "# trajhub-demo\n\ntext\n"
     assert card_body("# no header\n") == "# no header\n"
+
+
+def test_partition_metadata_is_per_partition_in_small_runs_and_batch_only_in_large_ones():
+    from dagster import DagsterInstance, Definitions, MaterializeResult, asset, define_asset_job
+
+    from trajhub_assets.jobs import RANGE_END_TAG, RANGE_START_TAG
+    from trajhub_assets.metadata import PER_PARTITION_LIMIT, PartitionMetadata
+    from trajhub_assets.partitions import run_key, run_partitions
+
+    @asset(partitions_def=run_partitions)
+    def counted(context) -> MaterializeResult:
+        metadata = PartitionMetadata(context, len(context.partition_keys))
+        for key in context.partition_keys:
+            metadata.add(key, {"instance": key.keys_by_dimension["instance"]})
+        return MaterializeResult(metadata={"batch_partitions": len(context.partition_keys)} | metadata.batch())
+
+    instance = DagsterInstance.ephemeral()
+    instances = [f"i{n:03d}" for n in range(PER_PARTITION_LIMIT + 1)]
+    instance.add_dynamic_partitions("models", ["m"])
+    instance.add_dynamic_partitions("instances", instances)
+    job = Definitions(assets=[counted], jobs=[define_asset_job("j", [counted])]).resolve_job_def("j")
+
+    def materialized(last: int) -> list[dict]:
+        tags = {RANGE_START_TAG: run_key("m", instances[0]), RANGE_END_TAG: run_key("m", instances[last])}
+        result = job.execute_in_process(instance=instance, tags=tags)
+        return [{k: v.value for k, v in m.metadata.items()} for m in result.asset_materializations_for_node("counted")]
+
+    small = materialized(2)
+    assert sorted(m["instance"] for m in small) == instances[:3]
+    assert all("batch_partition_metadata" not in m for m in small)
+    large = materialized(PER_PARTITION_LIMIT)
+    assert len(large) == PER_PARTITION_LIMIT + 1 and all("instance" not in m for m in large)
+    assert all(f"a run of {PER_PARTITION_LIMIT + 1} partitions" in m["batch_partition_metadata"] for m in large)

@@ -9,7 +9,7 @@ from trajhub_assets.checks import MERGED_CHECK_SPECS, generation_flags_consisten
 from trajhub_assets.lineage import reading
 from trajhub_assets.merge.merge import merge_calls
 from trajhub_assets.merge.schema import MERGED_TRAJECTORIES, conversations_to_table
-from trajhub_assets.metadata import batch_totals, table
+from trajhub_assets.metadata import PartitionMetadata, batch_totals, table
 from trajhub_assets.partitions import BATCHED, run_key, run_partitions, run_partitions_of
 from trajhub_assets.progress import Progress, fail_if_all_failed
 from trajhub_assets.recording.raw_calls import rebuild_records
@@ -57,15 +57,14 @@ def merged_trajectories(context: AssetExecutionContext, store: StoreResource) ->
     totals, written, empty = Counter(), [], []
     partitions = run_partitions_of(context)
     progress = Progress(context.log, len(partitions), "partitions merged")
+    metadata = PartitionMetadata(context, len(partitions))
     for partition in partitions:
         records = rebuild_records(store.read(RAW_CALLS, partition), store.read(MESSAGE_BLOBS, partition))
         conversations = merge_partition(records, partition["model"], partition["instance"])
         store.write(MERGED_TRAJECTORIES, conversations_to_table(conversations), partition)
         summary = conversations_summary(conversations)
         key = run_key(partition["model"], partition["instance"])
-        context.add_asset_metadata(
-            summary | {"kinds": table(summary["kinds"], ["kind", "conversations"])}, partition_key=key
-        )
+        metadata.add(key, summary | {"kinds": table(summary["kinds"], ["kind", "conversations"])})
         totals.update(conversations=summary["conversations"], messages=summary["messages"])
         written += conversations
         if not conversations:
@@ -78,4 +77,4 @@ def merged_trajectories(context: AssetExecutionContext, store: StoreResource) ->
         f"{empty[0]}: no recorded call of its runs made a conversation" if empty else "",
     )
     checks = [generation_flags_consistent(written), no_orphan_tool_results(written)]
-    return MaterializeResult(check_results=checks, metadata=batch_totals(totals, len(partitions)))
+    return MaterializeResult(check_results=checks, metadata=batch_totals(totals, len(partitions)) | metadata.batch())

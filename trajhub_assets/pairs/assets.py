@@ -16,7 +16,7 @@ from trajhub_assets.automation import FOLLOW_ANY_INPUTS
 from trajhub_assets.checks import PAIR_CHECK_SPECS, margin_respected, read_batch
 from trajhub_assets.lineage import reading
 from trajhub_assets.merge.schema import MERGED_TRAJECTORIES, table_to_conversations
-from trajhub_assets.metadata import batch_totals, table
+from trajhub_assets.metadata import PartitionMetadata, batch_totals, table
 from trajhub_assets.pairs.pairs import PairPolicy, preference_pairs
 from trajhub_assets.pairs.preview import no_pairs_reason, preview_rows
 from trajhub_assets.pairs.schema import PREFERENCE_PAIRS
@@ -97,6 +97,7 @@ def preference_pairs_asset(
     store, config = store.get(), project.load()
     policy = PairPolicy.from_config(config.release)
     stats, coverage = Counter(), Counter()
+    metadata = PartitionMetadata(context, len(context.partition_keys))
     for instance in context.partition_keys:
         result = preference_pairs(*instance_inputs(store, instance), policy)
         store.write(PREFERENCE_PAIRS, result.table, {"instance": instance})
@@ -104,9 +105,9 @@ def preference_pairs_asset(
         preview = (
             table(preview_rows(result.table)) if result.table.num_rows else MetadataValue.text(no_pairs_reason(counts))
         )
-        context.add_asset_metadata(
+        metadata.add(
+            instance,
             counts | {"preview": preview, "pairs_per_model": MetadataValue.json(result.stats["model_coverage"])},
-            partition_key=instance,
         )
         stats.update(counts)
         coverage.update(result.stats["model_coverage"])
@@ -114,5 +115,6 @@ def preference_pairs_asset(
     return MaterializeResult(
         check_results=[margin_respected(written, policy.min_margin)],
         metadata=batch_totals(stats, len(context.partition_keys))
-        | {"batch_pairs_per_model": MetadataValue.json(dict(sorted(coverage.items())))},
+        | {"batch_pairs_per_model": MetadataValue.json(dict(sorted(coverage.items())))}
+        | metadata.batch(),
     )

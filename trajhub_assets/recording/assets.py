@@ -12,7 +12,7 @@ from trajhub_assets.checks import RAW_CHECK_SPECS, every_run_has_calls, no_crede
 from trajhub_assets.config import ProjectConfig
 from trajhub_assets.errors import ConfigError, TrajhubError
 from trajhub_assets.lineage import reading
-from trajhub_assets.metadata import batch_totals, table
+from trajhub_assets.metadata import PartitionMetadata, batch_totals, table
 from trajhub_assets.partitions import BATCHED, run_key, run_partitions, run_partitions_of
 from trajhub_assets.progress import Progress, fail_if_all_failed, recording_usage
 from trajhub_assets.recording.attempts import Proxy, run_attempt, runs_preview, runs_summary
@@ -61,6 +61,7 @@ def raw_trajectories(
     store, config = store.get(), project.load()
     tasks = stored_tasks(store)
     partitions = run_partitions_of(context)
+    metadata = PartitionMetadata(context, len(partitions))
     jobs = [
         (partition, attempt) for partition in partitions for attempt in range(config.model(partition["model"]).samples)
     ]
@@ -117,9 +118,8 @@ def raw_trajectories(
             "raw_bytes": loaded.raw_bytes,
             "stored_bytes": loaded.stored_bytes,
         }
-        context.add_asset_metadata(
-            summary | {"runs_table": table(runs_preview(rows))},
-            partition_key=run_key(partition["model"], partition["instance"]),
+        metadata.add(
+            run_key(partition["model"], partition["instance"]), summary | {"runs_table": table(runs_preview(rows))}
         )
         totals.update(summary)
     # After the store has every row and call: a failed run is data, even when all failed.
@@ -138,4 +138,4 @@ def raw_trajectories(
         ),
     ]
     totals["cost_usd"] = round(totals["cost_usd"], 6)
-    return MaterializeResult(check_results=checks, metadata=batch_totals(totals, len(partitions)))
+    return MaterializeResult(check_results=checks, metadata=batch_totals(totals, len(partitions)) | metadata.batch())

@@ -24,7 +24,7 @@ from trajhub_assets.checks import (
 from trajhub_assets.config import JudgeConfig, RewardConfig
 from trajhub_assets.lineage import reading
 from trajhub_assets.merge.schema import MERGED_TRAJECTORIES, table_to_conversations
-from trajhub_assets.metadata import batch_totals, table
+from trajhub_assets.metadata import PartitionMetadata, batch_totals, table
 from trajhub_assets.partitions import BATCHED, model_key, model_name, run_key, run_partitions, run_partitions_of
 from trajhub_assets.progress import Progress, fail_if_all_failed
 from trajhub_assets.recording.resources import ProxyResource
@@ -153,16 +153,19 @@ def rule_rewards(context: AssetExecutionContext, store: StoreResource, project: 
     store, config = store.get(), project.load()
     hits = 0
     partitions = run_partitions_of(context)
+    metadata = PartitionMetadata(context, len(partitions))
     for partition, steps, summary in score_rule_partitions(store, partitions, stored_tasks(store), config.rewards):
-        context.add_asset_metadata(
+        metadata.add(
+            run_key(partition["model"], partition["instance"]),
             {"rule_hits": steps.num_rows, "hits_per_rule": table(hits_per_rule(summary))},
-            partition_key=run_key(partition["model"], partition["instance"]),
         )
         hits += steps.num_rows
     steps, summary = read_batch(store, RULE_STEPS, partitions), read_batch(store, RULE_SUMMARY, partitions)
     return MaterializeResult(
         check_results=[rule_values_in_range(steps, summary), every_rule_hit_has_evidence(steps)],
-        metadata=batch_totals({"rule_hits": hits}, len(partitions)) | {"ruleset_version": RULESET_VERSION},
+        metadata=batch_totals({"rule_hits": hits}, len(partitions))
+        | {"ruleset_version": RULESET_VERSION}
+        | metadata.batch(),
     )
 
 
@@ -201,6 +204,7 @@ def judge_rewards(
     usage, first_error = JudgeUsage(), None
     partitions = run_partitions_of(context)
     progress = Progress(context.log, len(partitions), "partitions judged")
+    metadata = PartitionMetadata(context, len(partitions))
     # One Judge for the batch: the run budget spans it, and the proxy starts on its first miss only.
     with Judge(config.judge, default_cache(store.root), proxy=judge_endpoint(config.judge, proxy)) as judge:
         for partition in partitions:
@@ -216,9 +220,7 @@ def judge_rewards(
             store.write(JUDGE_STEPS, out.steps, partition)
             store.write(JUDGE_SUMMARY, out.summary, partition)
             usage = usage + out.usage
-            context.add_asset_metadata(
-                out.usage.metadata(), partition_key=run_key(partition["model"], partition["instance"])
-            )
+            metadata.add(run_key(partition["model"], partition["instance"]), out.usage.metadata())
             first_error = first_error or next(
                 (
                     f"{row['run_id']}: {row['error']}"
@@ -242,7 +244,9 @@ def judge_rewards(
     check = judge_values_in_range(
         read_batch(store, JUDGE_STEPS, partitions), read_batch(store, JUDGE_SUMMARY, partitions)
     )
-    return MaterializeResult(check_results=[check], metadata=batch_totals(usage.metadata(), len(partitions)))
+    return MaterializeResult(
+        check_results=[check], metadata=batch_totals(usage.metadata(), len(partitions)) | metadata.batch()
+    )
 
 
 @asset(
@@ -262,6 +266,7 @@ def trajectory_rewards_asset(
 ) -> MaterializeResult:
     store, config = store.get(), project.load()
     partitions, rewards = run_partitions_of(context), []
+    metadata = PartitionMetadata(context, len(partitions))
     for partition in partitions:
         rewarded = trajectory_rewards(
             store.read(JUDGE_SUMMARY, partition),
@@ -274,14 +279,15 @@ def trajectory_rewards_asset(
         rewards += partition_rewards
         # One model per partition: its stats are the partition's (none when it has no run).
         stats = (reward_stats(partition_rewards) or [{"runs": 0}])[0]
-        context.add_asset_metadata(
+        metadata.add(
+            run_key(partition["model"], partition["instance"]),
             {k: v for k, v in stats.items() if k != "model"}
             | {"rewards": table(rewards_preview(rewarded), REWARDS_SHOWN)},
-            partition_key=run_key(partition["model"], partition["instance"]),
         )
     written = read_batch(store, TRAJECTORY_REWARDS, partitions)
     return MaterializeResult(
         check_results=[trajectory_rewards_in_range(written)],
         metadata=batch_totals({"runs": written.num_rows}, len(partitions))
-        | {"batch_rewards_per_model": table(reward_stats(rewards))},
+        | {"batch_rewards_per_model": table(reward_stats(rewards))}
+        | metadata.batch(),
     )
