@@ -106,6 +106,7 @@ from trajhub_assets.jobs import (
     release_job,
     reload_catalog_job,
 )
+from trajhub_assets.metadata import PartitionMetadata
 from trajhub_assets.orchestration import run_stage
 from trajhub_assets.partitions import BATCHED as BATCHED_POLICY
 from trajhub_assets.partitions import contiguous_ranges, run_key, run_partitions
@@ -276,11 +277,13 @@ FLOOR_CHECKS = [AssetCheckSpec(name, asset="dagster_floor") for name in ("first"
 
 @asset(partitions_def=run_partitions, backfill_policy=BATCHED_POLICY, check_specs=FLOOR_CHECKS)
 def dagster_floor(context) -> MaterializeResult:  # no annotation: this module defers them
-    """Does nothing but what every stage's body does for Dagster: per-partition metadata and two
-    check results. Its runs cost what Dagster costs per run and per partition (run and plan
-    creation, planned and materialization events): the floor under every stage."""
+    """Does nothing but what every stage's body does for Dagster: its partitions' metadata
+    (metadata.PartitionMetadata) and two check results. Its runs cost what Dagster costs per
+    run and per partition (run and plan creation, planned and materialization events): the
+    floor under every stage."""
+    metadata = PartitionMetadata(context, len(context.partition_keys))
     for key in context.partition_keys:
-        context.add_asset_metadata({"conversations": 1}, partition_key=key)
+        metadata.add(key, {"conversations": 1})
     return MaterializeResult(check_results=[AssetCheckResult(check_name=c.name, passed=True) for c in FLOOR_CHECKS])
 
 
