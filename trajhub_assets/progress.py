@@ -45,10 +45,13 @@ class Progress:
             )
 
     def summary(self) -> str:
+        """Tokens and cost, when the step spends any (merging does not), then the other counts."""
         t = self.totals
-        return f"tokens {int(t['tokens_in']):,} in / {int(t['tokens_out']):,} out, cost ${t['cost_usd']:.4f}" + "".join(
-            f", {k} {int(v)}" for k, v in sorted(t.items()) if k not in ("tokens_in", "tokens_out", "cost_usd")
-        )
+        parts = [f"{k} {int(v)}" for k, v in sorted(t.items()) if k not in ("tokens_in", "tokens_out", "cost_usd")]
+        if t["tokens_in"] or t["tokens_out"] or t["cost_usd"]:
+            spent = f"tokens {int(t['tokens_in']):,} in / {int(t['tokens_out']):,} out, cost ${t['cost_usd']:.4f}"
+            parts.insert(0, spent)
+        return ", ".join(parts) or "nothing counted"
 
 
 def recording_usage(path: Path) -> dict[str, float]:

@@ -24,3 +24,14 @@ def test_slow_items_log_each(caplog):
     for _ in range(3):
         progress.advance()
     assert [line.split(" done")[0] for line in lines(caplog)] == [f"progress: {i}/3 runs" for i in (1, 2, 3)]
+
+
+def test_a_step_that_spends_nothing_does_not_report_tokens_or_cost(caplog):
+    caplog.set_level(logging.INFO)
+    merged = Progress(logging.getLogger("t"), 1, "partitions")
+    merged.advance(calls=6, conversations=2)
+    judged = Progress(logging.getLogger("t"), 1, "partitions judged")
+    judged.advance(tokens_in=640, tokens_out=320, judge_calls=2)
+    merge_line, judge_line = lines(caplog)
+    assert "calls 6, conversations 2" in merge_line and "tokens" not in merge_line and "cost" not in merge_line
+    assert "tokens 640 in / 320 out, cost $0.0000, judge_calls 2" in judge_line

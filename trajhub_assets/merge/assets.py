@@ -56,7 +56,7 @@ def merged_trajectories(context: AssetExecutionContext, store: StoreResource) ->
     store = store.get()
     totals, written, empty = Counter(), [], []
     partitions = run_partitions_of(context)
-    progress = Progress(context.log, len(partitions), "partitions merged")
+    progress = Progress(context.log, len(partitions), "partitions")
     metadata = PartitionMetadata(context, len(partitions))
     for partition in partitions:
         records = rebuild_records(store.read(RAW_CALLS, partition), store.read(MESSAGE_BLOBS, partition))
