@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import given, settings
@@ -705,10 +706,13 @@ def test_instance_lengths_are_the_rules_lengths_of_every_model_read_once(store, 
 
     # Another model's batch: nothing changed, so no file is read again.
     reads = []
-    connect = store.connect
-    monkeypatch.setattr(store, "connect", lambda tables=None: reads.append(1) or connect(tables))
+    real = assets.pq
+    monkeypatch.setattr(
+        assets, "pq", SimpleNamespace(read_table=lambda *a, **kw: reads.append(1) or real.read_table(*a, **kw))
+    )
     assert assets.instance_lengths(store, "i") == expected and reads == []
     # A partition re-merged with other runs: read again, the others still not.
     written = [c for c in written if c["meta"]["model"] != "m-b"] + _stored(store, "m-b", *_run_of("b1", 3))
-    assert assets.instance_lengths(store, "i") == trajectory_lengths(written) and len(reads) == 1
+    assert assets.instance_lengths(store, "i") == trajectory_lengths(written)
+    assert len(reads) == 1
     assert assets.instance_lengths(store, "never-run") == {}

@@ -205,3 +205,15 @@ def test_an_asset_writes_to_object_storage_through_the_store_resource(s3_store, 
     result = materialize([tasks], resources=resources, instance=DagsterInstance.ephemeral())
     assert result.success
     assert s3_store.sql("SELECT count(*) AS n FROM tasks").to_pylist() == [{"n": 8}]
+
+
+def test_instance_lengths_read_every_models_partition_on_object_storage(s3_store):
+    """rule_rewards' median length across models, with the merged partitions on S3."""
+    from trajhub_assets.rewards.assets import instance_lengths
+    from trajhub_assets.rewards.rules import trajectory_lengths
+    from trajhub_assets_tests.test_rules import _run_of, _stored
+
+    written = _stored(s3_store, "m-a", *_run_of("a0", 2, "continuation")) + _stored(s3_store, "m-b", *_run_of("b0", 5))
+    assert instance_lengths(s3_store, "i") == trajectory_lengths(written) == {"a0": 5, "b0": 5}
+    written += _stored(s3_store, "m-c", *_run_of("c0", 1))
+    assert instance_lengths(s3_store, "i") == trajectory_lengths(written)

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator, Mapping
 
 import pyarrow as pa
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 from dagster import AssetExecutionContext, MaterializeResult, asset
 
 from trajhub_assets.automation import FOLLOW_INPUTS, JUDGE_POOL
@@ -95,18 +96,15 @@ def instance_lengths(store: Store, instance: str) -> dict[str, int]:
     files = model_files(store, MERGED_TRAJECTORIES, instance)
     fresh = {path: known[path] for path, version in files.items() if known.get(path, {}).get("version") == version}
     if stale := [path for path in files if path not in fresh]:
-        main_kinds = ", ".join(f"'{kind}'" for kind in MAIN_AGENT_KINDS if kind)
-        with store.connect([]) as con:
-            counted = con.sql(
-                "SELECT filename, coalesce(run_id, '') AS run_id, CAST(coalesce(sum(n_generations) "
-                f"FILTER (kind IS NULL OR kind IN ({main_kinds})), 0) AS BIGINT) AS steps "
-                "FROM read_parquet(?, filename = true, union_by_name = true) GROUP BY ALL",
-                params=[[path if not store.objects else f"s3://{path}" for path in stale]],
-            ).to_arrow_table()
-        for path in stale:
-            fresh[path] = {"version": files[path], "lengths": {}}
-        for row in counted.to_pylist():
-            fresh[row["filename"].removeprefix("s3://")]["lengths"][row["run_id"]] = row["steps"]
+        fs = store.objects.fs if store.objects else LOCAL
+        for path in stale:  # pyarrow, not a DuckDB connection: opening one costs more than the read
+            with fs.open_input_file(path) as file:
+                read = pq.read_table(file, columns=["run_id", "kind", "n_generations"]).to_pydict()
+            lengths: dict[str, int] = {}
+            for run_id, kind, generations in zip(read["run_id"], read["kind"], read["n_generations"], strict=True):
+                steps = (generations or 0) if kind in MAIN_AGENT_KINDS else 0
+                lengths[run_id or ""] = lengths.get(run_id or "", 0) + steps
+            fresh[path] = {"version": files[path], "lengths": lengths}
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_name(f".{uuid.uuid4().hex}.tmp")
         tmp.write_text(json.dumps(fresh, sort_keys=True))
