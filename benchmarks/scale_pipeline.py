@@ -112,6 +112,7 @@ from trajhub_assets.partitions import BATCHED as BATCHED_POLICY
 from trajhub_assets.partitions import contiguous_ranges, run_key, run_partitions
 
 BATCH = 200  # BackfillPolicy.multi_run(max_partitions_per_run=200) in trajhub_assets.partitions
+FULL = 20 * 1000  # the scale, which the targets are for
 PER_RUN_STAGES = ["merged_trajectories", "rule_rewards", "judge_rewards", "trajectory_rewards"]
 RELEASE = ["reward_calibration", "leaderboard", "hf_dataset_release"]
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
@@ -845,11 +846,16 @@ def print_report(
             f"  {stage.name:<44} {rate:7.1f} traj/s = {rate / floor:.2f} x floor; target >= {target:.1f} "
             f"(50/s, or floor/1.5 where the floor is below 75/s): {'met' if rate >= target else 'NOT met'}"
         )
-    release = stages[-1]
+    release, pipeline_s, scale = stages[-1], sum(s.wall_s for s in in_pipeline), FULL / bench.trajectories
     print(
-        f"  release of {bench.trajectories} trajectories: {release.wall_s:.1f} s (target < 300 s); "
-        f"post-agent pipeline {sum(s.wall_s for s in in_pipeline) / 60:.1f} min (target < 30); "
-        f"peak RSS {bench.memory.peak_tree / 1024:.2f} GB (target < 4)"
+        f"  release of {bench.trajectories} trajectories: {release.wall_s:.1f} s; post-agent pipeline "
+        f"{pipeline_s / 60:.1f} min; peak RSS {bench.memory.peak_tree / 1024:.2f} GB"
+        + (
+            f"; at these rates {FULL:,} trajectories would take {release.wall_s * scale / 60:.1f} min to release "
+            f"(target < 5) and {pipeline_s * scale / 60:.0f} min through the pipeline (target < 30)"
+            if scale != 1
+            else " (targets: < 5 min, < 30 min, < 4 GB)"
+        )
     )
     slowest = min(s.trajectories / s.wall_s for s in rated if not s.note.startswith("live"))
     print(
