@@ -36,6 +36,7 @@ from fsspec.implementations.arrow import ArrowFSWrapper
 from trajhub_assets.errors import StoreError
 
 DATA_FILE = "data.parquet"
+_LOCAL = pafs.LocalFileSystem()
 TABLES_URI_ENV = "TRAJHUB_TABLES_URI"
 # A partition value becomes a directory name: no path separators, no '=' (hive), and
 # none of Dagster's multi-partition separators.
@@ -153,6 +154,33 @@ class Store:
         if self.objects:
             return self.objects.uri(name, "**", "*.parquet")
         return str(self.table_dir(name) / "**" / "*.parquet")
+
+    # -- every model's partition of one instance -----------------------------------
+    def instance_glob(self, table: Table, instance: str) -> str:
+        """The files of every model's partition of one instance, as a glob DuckDB reads: only
+        those files, where a view of the whole table lists and opens every partition."""
+        return f"{self.table_dir(table)}/model=*/instance={instance}/*.parquet"
+
+    def instance_files(self, table: Table, instance: str) -> dict[str, str]:
+        """Each model's partition file of one instance (a path for `open_file`) with its version,
+        "<size>:<mtime_ns>": one listing of the table's model directories and one look-up per
+        model, never a listing of every instance."""
+        fs, base = (
+            (self.objects.fs, f"{self.objects.base}/{table.name}")
+            if self.objects
+            else (_LOCAL, str(self.table_dir(table)))
+        )
+        models = [
+            d
+            for d in fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
+            if d.type == pafs.FileType.Directory
+        ]
+        files = fs.get_file_info([f"{d.path}/instance={instance}/{DATA_FILE}" for d in models])
+        return {f.path: f"{f.size}:{f.mtime_ns}" for f in files if f.type == pafs.FileType.File}
+
+    def open_file(self, path: str) -> pa.NativeFile:
+        """A file `instance_files` named, for pyarrow to read."""
+        return (self.objects.fs if self.objects else _LOCAL).open_input_file(path)
 
     def connect(self, tables: list[str] | None = None) -> duckdb.DuckDBPyConnection:
         """An in-memory DuckDB connection with one view per stored table (or per table in

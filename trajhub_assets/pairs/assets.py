@@ -50,12 +50,11 @@ def instance_rows(
 ) -> pa.Table | None:
     """Every model's partition of one instance, in one query over just those files (None when there
     are none): a view of the whole table would list, and open, every partition of every instance."""
-    files = f"{store.table_dir(table)}/model=*/instance={instance}/*.parquet"
     try:
         return con.sql(
             "SELECT * FROM read_parquet(?, hive_partitioning = true, hive_types_autocast = false, "
             f"union_by_name = true) WHERE {where}",
-            params=[files],
+            params=[store.instance_glob(table, instance)],
         ).to_arrow_table()
     except duckdb.IOException:  # no model has that partition yet
         return None

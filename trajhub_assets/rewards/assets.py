@@ -7,7 +7,6 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 
 import pyarrow as pa
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from dagster import AssetExecutionContext, MaterializeResult, asset
 
@@ -44,11 +43,9 @@ from trajhub_assets.rewards.schema import (
     TRAJECTORY_REWARDS,
 )
 from trajhub_assets.rewards.trajectory import trajectory_rewards
-from trajhub_assets.store import DATA_FILE, Store, Table
+from trajhub_assets.store import Store
 from trajhub_assets.tasks.catalog import stored_tasks
 from trajhub_assets.tasks.schema import TASKS
-
-LOCAL = pafs.LocalFileSystem()
 
 
 def run_outcomes(store: Store, partition: dict) -> dict[str, dict]:
@@ -60,22 +57,6 @@ def partition_inputs(store: Store, partition: dict) -> tuple[list[dict], dict[st
     """(conversations, outcomes by run_id) of one (model, instance) partition."""
     conversations = table_to_conversations(store.read(MERGED_TRAJECTORIES, partition), **partition)
     return conversations, run_outcomes(store, partition)
-
-
-def model_files(store: Store, table: Table, instance: str) -> dict[str, str]:
-    """Each model's partition file of one instance (its path for the store's filesystem) with its
-    version, "<size>:<mtime_ns>": one listing of the table's model directories and one look-up per
-    model, never a listing of every instance."""
-    fs, base = (
-        (store.objects.fs, f"{store.objects.base}/{table.name}")
-        if store.objects
-        else (LOCAL, str(store.table_dir(table)))
-    )
-    models = [
-        d for d in fs.get_file_info(pafs.FileSelector(base, allow_not_found=True)) if d.type == pafs.FileType.Directory
-    ]
-    files = fs.get_file_info([f"{d.path}/instance={instance}/{DATA_FILE}" for d in models])
-    return {f.path: f"{f.size}:{f.mtime_ns}" for f in files if f.type == pafs.FileType.File}
 
 
 def instance_lengths(store: Store, instance: str) -> dict[str, int]:
@@ -93,12 +74,11 @@ def instance_lengths(store: Store, instance: str) -> dict[str, int]:
         known = json.loads(cache.read_text())
     except (OSError, ValueError):
         known = {}
-    files = model_files(store, MERGED_TRAJECTORIES, instance)
+    files = store.instance_files(MERGED_TRAJECTORIES, instance)
     fresh = {path: known[path] for path, version in files.items() if known.get(path, {}).get("version") == version}
     if stale := [path for path in files if path not in fresh]:
-        fs = store.objects.fs if store.objects else LOCAL
         for path in stale:  # pyarrow, not a DuckDB connection: opening one costs more than the read
-            with fs.open_input_file(path) as file:
+            with store.open_file(path) as file:
                 read = pq.read_table(file, columns=["run_id", "kind", "n_generations"]).to_pydict()
             lengths: dict[str, int] = {}
             for run_id, kind, generations in zip(read["run_id"], read["kind"], read["n_generations"], strict=True):
