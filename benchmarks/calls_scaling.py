@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from synthetic_runs import load_partition, model_profiles, task_records
+from synthetic_runs import cache_scripted_verdicts, load_partition, model_profiles, task_records
 
 from trajhub_assets.config import JudgeConfig, ReleaseConfig, RewardConfig
 from trajhub_assets.merge.assets import merge_partition
@@ -43,15 +43,9 @@ from trajhub_assets.recording.schema import MESSAGE_BLOBS, RAW_CALLS
 from trajhub_assets.rewards.assets import partition_inputs, score_rule_partitions
 from trajhub_assets.rewards.judge import (
     Judge,
-    JudgeResult,
-    cache_entry,
-    cache_key,
     default_cache,
     judge_partition,
-    plan_partition,
-    read_answer,
 )
-from trajhub_assets.scaffolds.baselines import judge_answer
 from trajhub_assets.store import Store
 from trajhub_assets.tasks.catalog import TaskRecord, stored_tasks, tasks_to_table
 from trajhub_assets.tasks.schema import TASKS
@@ -100,14 +94,9 @@ def fill_judge_cache(store: Store, partitions: list[dict], config: JudgeConfig) 
     tasks, cache, requests = stored_tasks(store), default_cache(store.root), 0
     for p in partitions:
         conversations, outcomes = partition_inputs(store, p)
-        for plan in plan_partition(conversations, tasks[p["instance"]], outcomes, config):
-            for request in plan.requests:
-                body = {"model": config.model, "messages": list(request.messages)}
-                body["response_format"] = request.response_format()
-                verdicts, problems = read_answer(json.dumps(judge_answer(body)), request)
-                entry = cache_entry(config, request, JudgeResult(verdicts, problems, attempts=1))
-                cache.put(cache_key(config.model, config.prompt_version, request.input_hash), entry)
-                requests += 1
+        requests += cache_scripted_verdicts(
+            cache, conversations, tasks[p["instance"]], outcomes, config, "benchmarks/calls_scaling.py (no HTTP)"
+        )
     return requests
 
 

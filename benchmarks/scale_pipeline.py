@@ -93,7 +93,7 @@ from dagster import (
     asset,
     define_asset_job,
 )
-from synthetic_runs import ModelProfile, load_partition, model_profiles, task_records
+from synthetic_runs import ModelProfile, cache_scripted_verdicts, load_partition, model_profiles, task_records
 
 from trajhub_assets.errors import TrajhubError
 from trajhub_assets.jobs import (
@@ -431,38 +431,22 @@ def _fill_judge_cache(job) -> int:
     the Judge keys them: the function the scripted upstream runs, called without HTTP."""
     root, config_path, partition = job
     from trajhub_assets.config import load_config
-    from trajhub_assets.rewards.judge import (
-        JudgeResult,
-        cache_entry,
-        cache_key,
-        default_cache,
-        plan_partition,
-        read_answer,
-    )
-    from trajhub_assets.scaffolds.baselines import judge_answer
+    from trajhub_assets.rewards.judge import default_cache
     from trajhub_assets.store import Store
     from trajhub_assets.tasks.catalog import stored_tasks
 
     store, config = Store(Path(root) / "home"), load_config(config_path)
     if "tasks" not in _TASKS:  # once per worker process
         _TASKS["tasks"] = stored_tasks(store)
-    task = _TASKS["tasks"][partition["instance"]]
-    cache = default_cache(store.root)
     conversations, outcomes = _judge_inputs(store, partition)
-    requests = [r for plan in plan_partition(conversations, task, outcomes, config.judge) for r in plan.requests]
-    for request in requests:
-        body = {
-            "model": config.judge.model,
-            "messages": list(request.messages),
-            "response_format": request.response_format(),
-        }
-        verdicts, problems = read_answer(json.dumps(judge_answer(body)), request)
-        entry = cache_entry(config.judge, request, JudgeResult(verdicts, problems, attempts=1))
-        cache.put(
-            cache_key(config.judge.model, config.judge.prompt_version, request.input_hash),
-            entry | {"filled_by": "benchmarks/scale_pipeline.py (no HTTP)"},
-        )
-    return len(requests)
+    return cache_scripted_verdicts(
+        default_cache(store.root),
+        conversations,
+        _TASKS["tasks"][partition["instance"]],
+        outcomes,
+        config.judge,
+        "benchmarks/scale_pipeline.py (no HTTP)",
+    )
 
 
 _TASKS: dict = {}

@@ -562,3 +562,22 @@ def load_partition(store: Store, scratch: Path, profile: ModelProfile, task: dic
         path.unlink()
     store.write(RUNS, pa.Table.from_pylist([row], schema=RUNS.schema), partition)
     return loaded.calls
+
+
+# -- judge verdicts -------------------------------------------------------------------------
+def cache_scripted_verdicts(
+    cache, conversations: list[dict], task: dict, outcomes: dict, config, filled_by: str
+) -> int:
+    """Cache the demo's scripted judge's verdicts for one partition's judge requests, keyed as
+    the Judge keys them: the function the scripted upstream runs, called without HTTP. Returns
+    the number of requests; a Judge over the partition then finds every one cached."""
+    from trajhub_assets.rewards.judge import JudgeResult, cache_entry, cache_key, plan_partition, read_answer
+    from trajhub_assets.scaffolds.baselines import judge_answer
+
+    requests = [r for plan in plan_partition(conversations, task, outcomes, config) for r in plan.requests]
+    for request in requests:
+        body = {"model": config.model, "messages": list(request.messages), "response_format": request.response_format()}
+        verdicts, problems = read_answer(json.dumps(judge_answer(body)), request)
+        entry = cache_entry(config, request, JudgeResult(verdicts, problems, attempts=1))
+        cache.put(cache_key(config.model, config.prompt_version, request.input_hash), entry | {"filled_by": filled_by})
+    return len(requests)
