@@ -282,14 +282,6 @@ def scan_rows(name: str, rows: Iterable[Mapping], start: int = 0, scanner: Secre
     return (scanner or SecretScanner()).rows(name, rows, start)
 
 
-def scan_table(name: str, table: pa.Table, batch_rows: int = 1024, scanner: SecretScanner | None = None) -> list[Hit]:
-    return (scanner or SecretScanner()).table(name, table, batch_rows)
-
-
-def scan_document(name: str, text: str, scanner: SecretScanner | None = None) -> list[Hit]:
-    return (scanner or SecretScanner()).document(name, text)
-
-
 def scan_tables(
     tables: Mapping[str, pa.Table], documents: Mapping[str, str] | None = None, scanner: SecretScanner | None = None
 ) -> list[Hit]:
