@@ -3,6 +3,7 @@ Hugging Face dataset release. All unpartitioned: they read every partition."""
 
 from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataValue, asset
 
+from trajhub_assets.config import ProjectConfig
 from trajhub_assets.lineage import reading
 from trajhub_assets.merge.schema import MERGED_TRAJECTORIES
 from trajhub_assets.metadata import table
@@ -90,22 +91,11 @@ def hf_dataset_release(
     context: AssetExecutionContext, store: StoreResource, project: ProjectResource
 ) -> MaterializeResult:
     store, config = store.get(), project.load()
-    trajectories = main_trajectories(store) if MERGED_TRAJECTORIES.name in store.table_names() else []
-    if not trajectories:
+    inputs = release_inputs(store, config)
+    if inputs is None:
         raise Failure(
             description=f"no release cut: there is no trajectory to release ({_why_empty(store)})", allow_retries=False
         )
-    inputs = ReleaseInputs(
-        tasks=store.read(TASKS),
-        trajectories=trajectories,
-        trajectory_rewards=_all(store, TRAJECTORY_REWARDS).to_pylist(),
-        step_rewards=_all(store, JUDGE_STEPS).to_pylist(),
-        pairs=_all(store, PREFERENCE_PAIRS).drop_columns(["instance"]),
-        calibration=_calibration(store),
-        models=[{"name": m.name, "scaffold": m.scaffold, "samples": m.samples} for m in config.models],
-        reward_weights=config.rewards.trajectory_weights,
-        pair_policy=vars(PairPolicy.from_config(config.release)),
-    )
     release = build_release(inputs, config.release, store.root)
     url = push_release(release, config.release)
     context.log.info(
@@ -116,6 +106,24 @@ def hf_dataset_release(
     )
     return MaterializeResult(
         metadata=release.metadata() | {"pushed": url or "no", "card": MetadataValue.md(card_body(release.card))}
+    )
+
+
+def release_inputs(store: Store, config: ProjectConfig) -> ReleaseInputs | None:
+    """What hf_dataset_release releases, read from the store (None: no trajectory to release)."""
+    trajectories = main_trajectories(store) if MERGED_TRAJECTORIES.name in store.table_names() else []
+    if not trajectories:
+        return None
+    return ReleaseInputs(
+        tasks=store.read(TASKS),
+        trajectories=trajectories,
+        trajectory_rewards=_all(store, TRAJECTORY_REWARDS).to_pylist(),
+        step_rewards=_all(store, JUDGE_STEPS).to_pylist(),
+        pairs=_all(store, PREFERENCE_PAIRS).drop_columns(["instance"]),
+        calibration=_calibration(store),
+        models=[{"name": m.name, "scaffold": m.scaffold, "samples": m.samples} for m in config.models],
+        reward_weights=config.rewards.trajectory_weights,
+        pair_policy=vars(PairPolicy.from_config(config.release)),
     )
 
 
