@@ -70,9 +70,9 @@ def _distinct_texts(messages: pa.ChunkedArray, suffix: str) -> pa.ListArray:
     return pa.ListArray.from_arrays(messages.offsets, items, type=messages.type, mask=messages.is_null())
 
 
-def copy_partition(store: Store, template: Store, partition: dict, instance: str, k: int) -> int:
-    """Copy k of one template partition under `instance`: run and conversation ids suffixed."""
-    suffix, target = f"~c{k:04d}", {"model": partition["model"], "instance": instance}
+def copy_partition(store: Store, template: Store, partition: dict, target: dict, k: int) -> int:
+    """Copy k of one template partition into `target`: run and conversation ids suffixed."""
+    suffix = f"~c{k:04d}"
     merged = template.read(MERGED_TRAJECTORIES, partition)
     for column in ("run_id", "conversation_id"):
         merged = _with(merged, column, _suffixed(merged[column], suffix))
@@ -98,10 +98,12 @@ def copy_pairs(store: Store, template: Store, instance: str, new: str, k: int) -
     store.write(PREFERENCE_PAIRS, pairs, {"instance": new})
 
 
-def build_template(root: Path, seed: int) -> tuple[Store, list[dict], list[str]]:
+def build_template(
+    root: Path, seed: int, models: int = MODELS, instances: int = TEMPLATE_INSTANCES
+) -> tuple[Store, list[dict], list[str]]:
     """(store, partitions, instance ids): one real run per (model, instance); kept in `root`."""
-    store, profiles = Store(root), model_profiles(MODELS, seed)
-    tasks = task_records(TEMPLATE_INSTANCES)
+    store, profiles = Store(root), model_profiles(models, seed)
+    tasks = task_records(instances)
     instances = [t["instance_id"] for t in tasks]
     partitions = [{"model": p.key, "instance": i} for i in instances for p in profiles]
     if (root / "done").exists():
@@ -135,7 +137,8 @@ def build_store(root: Path, template: Store, partitions: list[dict], instances: 
     for k in range(copies):
         new = {old: tasks[k * len(instances) + i]["instance_id"] for i, old in enumerate(instances)}
         for partition in partitions:
-            runs += copy_partition(store, template, partition, new[partition["instance"]], k)
+            target = {"model": partition["model"], "instance": new[partition["instance"]]}
+            runs += copy_partition(store, template, partition, target, k)
         for old in instances:
             copy_pairs(store, template, old, new[old], k)
     (root / "done").write_text(str(runs))

@@ -1,13 +1,15 @@
 """Release-side assets: reward calibration against human labels, the leaderboard, and the
 Hugging Face dataset release. All unpartitioned: they read every partition."""
 
+from collections.abc import Iterator
+
+import pyarrow.compute as pc
 from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataValue, asset
 
 from trajhub_assets.config import ProjectConfig
 from trajhub_assets.lineage import reading
-from trajhub_assets.merge.schema import MERGED_TRAJECTORIES
+from trajhub_assets.merge.schema import MERGED_TRAJECTORIES, table_to_conversations
 from trajhub_assets.metadata import table
-from trajhub_assets.pairs.assets import main_trajectories
 from trajhub_assets.pairs.pairs import PairPolicy
 from trajhub_assets.pairs.schema import PREFERENCE_PAIRS
 from trajhub_assets.partitions import model_name
@@ -15,7 +17,7 @@ from trajhub_assets.recording.schema import RAW_CALLS, RUNS
 from trajhub_assets.release.calibration import calibrate
 from trajhub_assets.release.leaderboard import leaderboard, run_summary_sql
 from trajhub_assets.release.preview import card_body, definitions_markdown, leaderboard_rows, plots_markdown
-from trajhub_assets.release.release import ReleaseInputs, build_release, push_release
+from trajhub_assets.release.release import ReleaseInputs, RunGroup, build_release, push_release
 from trajhub_assets.release.schema import HUMAN_LABELS, LEADERBOARD, REWARD_CALIBRATION
 from trajhub_assets.resources import ProjectResource, StoreResource
 from trajhub_assets.rewards.schema import JUDGE_STEPS, JUDGE_SUMMARY, TRAJECTORY_REWARDS
@@ -110,21 +112,42 @@ def hf_dataset_release(
 
 
 def release_inputs(store: Store, config: ProjectConfig) -> ReleaseInputs | None:
-    """What hf_dataset_release releases, read from the store (None: no trajectory to release)."""
-    trajectories = main_trajectories(store) if MERGED_TRAJECTORIES.name in store.table_names() else []
-    if not trajectories:
+    """What hf_dataset_release releases, read from the store one partition at a time as the
+    release goes (None: no trajectory to release)."""
+    if (
+        MERGED_TRAJECTORIES.name not in store.table_names()
+        or not store.sql(f"SELECT count(*) AS n FROM {MERGED_TRAJECTORIES.name} WHERE kind = 'main'")["n"][0].as_py()
+    ):
         return None
     return ReleaseInputs(
         tasks=store.read(TASKS),
-        trajectories=trajectories,
-        trajectory_rewards=_all(store, TRAJECTORY_REWARDS).to_pylist(),
-        step_rewards=_all(store, JUDGE_STEPS).to_pylist(),
-        pairs=_all(store, PREFERENCE_PAIRS).drop_columns(["instance"]),
+        runs=_run_groups(store),
+        pairs=(store.read(PREFERENCE_PAIRS, p) for p in sorted(store.partitions(PREFERENCE_PAIRS), key=_instance)),
         calibration=_calibration(store),
         models=[{"name": m.name, "scaffold": m.scaffold, "samples": m.samples} for m in config.models],
         reward_weights=config.rewards.trajectory_weights,
         pair_policy=vars(PairPolicy.from_config(config.release)),
     )
+
+
+def _instance(partition: dict) -> str:
+    return partition["instance"]
+
+
+def _run_groups(store: Store) -> Iterator[RunGroup]:
+    """Each (model, instance)'s main trajectories, rewards and steps, in (model name, instance) order."""
+    partitions = store.partitions(MERGED_TRAJECTORIES)
+    for partition in sorted(partitions, key=lambda p: (model_name(p["model"]), p["instance"])):
+        merged = store.read(MERGED_TRAJECTORIES, partition)
+        merged = merged.filter(pc.equal(merged["kind"], "main"))
+        if merged.num_rows:
+            yield (
+                table_to_conversations(merged, model=model_name(partition["model"]), instance=partition["instance"]),
+                *(
+                    store.read(table, partition).to_pylist() if store.exists(table, partition) else []
+                    for table in (TRAJECTORY_REWARDS, JUDGE_STEPS)
+                ),
+            )
 
 
 def _why_empty(store: Store) -> str:

@@ -258,9 +258,10 @@ class SecretScanner:
             )
         return hits
 
-    def table(self, name: str, table: pa.Table, batch_rows: int = 1024) -> list[Hit]:
-        """Every string anywhere in the table, nested lists and structs included, batch by batch."""
-        hits, start = [], 0
+    def table(self, name: str, table: pa.Table, batch_rows: int = 1024, start: int = 0) -> list[Hit]:
+        """Every string anywhere in the table, nested lists and structs included, batch by batch;
+        rows numbered from `start` (a shard's first row in its config)."""
+        hits = []
         for batch in table.to_batches(max_chunksize=batch_rows):
             hits.extend(self.rows(name, batch.to_pylist(), start))
             start += batch.num_rows

@@ -1,0 +1,83 @@
+"""hf_dataset_release streams shard by shard and writes what the whole-table release wrote.
+
+The store: synthetic runs of benchmarks/synthetic_runs.py (real load, real merge; lengths,
+thinking blocks, tool errors vary per model and instance), copied as benchmarks/release_scaling.py
+copies them, plus a model whose name sorts apart from its partition key ("scale0" sorts after
+"scale/…" by name, before "scale__…" by key) and a run without rewards.
+"""
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import datasets
+import pyarrow as pa
+import pytest
+
+from trajhub_assets.config import ProjectConfig, ReleaseConfig
+from trajhub_assets.release.assets import release_inputs
+from trajhub_assets.release.release import build_release
+from trajhub_assets.rewards.schema import TRAJECTORY_REWARDS
+from trajhub_assets.store import Store
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from release_scaling import build_store, build_template, copy_partition  # noqa: E402
+
+CONFIG = ProjectConfig(tasks=[{"path": "tasks.jsonl"}], release=ReleaseConfig(name="golden", license="mit"))
+ROWS_PER_SHARD = 20  # shards cut inside (model, instance) groups and across them
+# What the whole-table release (before streaming, commit f469c9d) wrote for this store, with the
+# writers below: the data's hash (the version) and the manifest's sha256 (every file's hash:
+# shards, README.md, calibration.md).
+GOLDEN = {
+    "writers": {"datasets": "5.2.0", "pyarrow": "26.0.1"},
+    "version": "sha-3c619a61d410",
+    "manifest_sha256": "95ec2475981f160093af4043bc55566620c26b0eb70deda0ffafdc75becc039d",
+    "rows": {"trajectories": 49, "preferences": 38, "step_rewards": 1113, "tasks": 12},
+}
+
+
+def make_store(root: Path) -> Store:
+    template, partitions, instances = build_template(root / "template", seed=7, models=4, instances=6)
+    build_store(root / "store", template, partitions, instances, n=2 * len(partitions))
+    store = Store(root / "store")
+    apart = {"model": "scale0", "instance": instances[0]}
+    copy_partition(store, template, partitions[1], apart, 9)
+    store.write(TRAJECTORY_REWARDS, TRAJECTORY_REWARDS.schema.empty_table(), apart)  # a run without rewards
+    return store
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Store:
+    return make_store(tmp_path_factory.mktemp("streaming"))
+
+
+def release_of(store: Store, root: Path, rows_per_shard: int = ROWS_PER_SHARD):
+    return build_release(release_inputs(store, CONFIG), CONFIG.release, root, rows_per_shard=rows_per_shard)
+
+
+def test_the_streamed_release_is_the_whole_table_release_byte_for_byte(store, tmp_path):
+    writers = {"datasets": datasets.__version__, "pyarrow": pa.__version__}
+    if writers != GOLDEN["writers"]:
+        pytest.skip(f"golden hashes were recorded with {GOLDEN['writers']}, these writers are {writers}")
+    release = release_of(store, tmp_path)
+    manifest = (release.path / "manifest.json").read_bytes()
+    assert release.rows == GOLDEN["rows"]
+    assert release.version == GOLDEN["version"]
+    assert hashlib.sha256(manifest).hexdigest() == GOLDEN["manifest_sha256"], json.loads(manifest)["files"]
+
+
+if __name__ == "__main__":  # the golden values, printed by the code under test
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        built = release_of(make_store(Path(tmp)), Path(tmp) / "out")
+        print(
+            json.dumps(
+                {
+                    "version": built.version,
+                    "manifest_sha256": hashlib.sha256((built.path / "manifest.json").read_bytes()).hexdigest(),
+                    "rows": built.rows,
+                }
+            )
+        )
