@@ -18,8 +18,11 @@ import pytest
 from trajhub_assets.config import ProjectConfig, ReleaseConfig
 from trajhub_assets.release.assets import release_inputs
 from trajhub_assets.release.release import build_release
+from trajhub_assets.release.secrets import SecretLeakError
 from trajhub_assets.rewards.schema import TRAJECTORY_REWARDS
 from trajhub_assets.store import Store
+from trajhub_assets_tests.test_release import CONFIG as TEST_CONFIG
+from trajhub_assets_tests.test_release import FAKE_KEYS, make_inputs
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from release_scaling import build_store, build_template, copy_partition  # noqa: E402
@@ -81,3 +84,25 @@ if __name__ == "__main__":  # the golden values, printed by the code under test
                 }
             )
         )
+
+
+def test_a_key_in_a_later_shard_is_never_written_and_nothing_is_left(tmp_path, monkeypatch):
+    key = FAKE_KEYS["huggingface"]
+    inputs = make_inputs()
+    (r5,) = [t for trajectories, _, _ in inputs.runs for t in trajectories if t["meta"]["run_id"] == "r5"]
+    r5["messages"][3]["content"] = f"env: HF_TOKEN={key}"
+    written = []  # (config/shard, whether it holds the key)
+    to_parquet = datasets.Dataset.to_parquet
+
+    def recorded(self, path, **options):
+        written.append(("/".join(Path(path).parts[-2:]), key in str(self.data.to_pydict())))
+        return to_parquet(self, path, **options)
+
+    monkeypatch.setattr(datasets.Dataset, "to_parquet", recorded)
+    with pytest.raises(SecretLeakError) as caught:
+        build_release(inputs, TEST_CONFIG, tmp_path, rows_per_shard=2)
+    # rows: m-a r1, m-a r4, m-b r2, m-b r3, m-b r5: the key is row 4, in the third shard
+    assert "trajectories row 4, field messages[3].content: huggingface key" in str(caught.value)
+    assert ("trajectories/part-00000.parquet", False) in written and not any(held for _, held in written)
+    assert "trajectories/part-00002.parquet" not in dict(written)
+    assert list((tmp_path / "releases" / TEST_CONFIG.name).iterdir()) == []  # the staging directory went

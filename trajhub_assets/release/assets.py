@@ -2,6 +2,7 @@
 Hugging Face dataset release. All unpartitioned: they read every partition."""
 
 from collections.abc import Iterator
+from itertools import chain
 
 import pyarrow.compute as pc
 from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataValue, asset
@@ -21,18 +22,16 @@ from trajhub_assets.release.release import ReleaseInputs, RunGroup, build_releas
 from trajhub_assets.release.schema import HUMAN_LABELS, LEADERBOARD, REWARD_CALIBRATION
 from trajhub_assets.resources import ProjectResource, StoreResource
 from trajhub_assets.rewards.schema import JUDGE_STEPS, JUDGE_SUMMARY, TRAJECTORY_REWARDS
-from trajhub_assets.store import Store, Table
+from trajhub_assets.store import Store
 from trajhub_assets.tasks.schema import TASKS
-
-
-def _all(store: Store, table: Table):
-    return store.sql(f"SELECT * FROM {table.name}")
 
 
 def _calibration(store: Store):
     if HUMAN_LABELS.name not in store.table_names():
         return None
-    return calibrate(_all(store, PREFERENCE_PAIRS), store.read(HUMAN_LABELS))
+    # What calibrate reads of a pair: not its messages, which would be every pair's in memory.
+    pairs = store.sql(f"SELECT pair_id, kind, margin FROM {PREFERENCE_PAIRS.name}")
+    return calibrate(pairs, store.read(HUMAN_LABELS))
 
 
 @asset(
@@ -114,24 +113,20 @@ def hf_dataset_release(
 def release_inputs(store: Store, config: ProjectConfig) -> ReleaseInputs | None:
     """What hf_dataset_release releases, read from the store one partition at a time as the
     release goes (None: no trajectory to release)."""
-    if (
-        MERGED_TRAJECTORIES.name not in store.table_names()
-        or not store.sql(f"SELECT count(*) AS n FROM {MERGED_TRAJECTORIES.name} WHERE kind = 'main'")["n"][0].as_py()
-    ):
+    runs = _run_groups(store) if MERGED_TRAJECTORIES.name in store.table_names() else iter(())
+    first = next(runs, None)
+    if first is None:
         return None
+    pairs = sorted(store.partitions(PREFERENCE_PAIRS), key=lambda p: p["instance"])
     return ReleaseInputs(
         tasks=store.read(TASKS),
-        runs=_run_groups(store),
-        pairs=(store.read(PREFERENCE_PAIRS, p) for p in sorted(store.partitions(PREFERENCE_PAIRS), key=_instance)),
+        runs=chain([first], runs),
+        pairs=(store.read(PREFERENCE_PAIRS, p) for p in pairs),
         calibration=_calibration(store),
         models=[{"name": m.name, "scaffold": m.scaffold, "samples": m.samples} for m in config.models],
         reward_weights=config.rewards.trajectory_weights,
         pair_policy=vars(PairPolicy.from_config(config.release)),
     )
-
-
-def _instance(partition: dict) -> str:
-    return partition["instance"]
 
 
 def _run_groups(store: Store) -> Iterator[RunGroup]:

@@ -14,8 +14,13 @@ Layout: <root>/releases/<name>/<version>/{README.md, manifest.json, calibration.
 data/<config>/train-0000k-of-0000n.parquet}. Reproducible: rows are sorted, shards cut at fixed
 row counts, writer options are those of `datasets` (recorded in the manifest with the library
 versions), and nothing in the files depends on the clock; the default version is a hash of the
-data, so the same store gives the same directory, byte for byte. Every text field and the card
-pass the secret scan before anything is written.
+data, so the same store gives the same directory, byte for byte.
+
+Streamed: the inputs come one (model, instance) group at a time, each config's shards are cut
+as its rows arrive and the card's counts are added up on the way, so a release holds about one
+shard per config in memory, not every row. Every shard passes the secret scan before it is
+written (to a staging directory that becomes the release only when nothing was found), and so
+does the card.
 """
 
 from __future__ import annotations
