@@ -1,9 +1,12 @@
 """Release-side assets: reward calibration against human labels, the leaderboard, and the
 Hugging Face dataset release. All unpartitioned: they read every partition."""
 
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from itertools import chain
 
+import pyarrow as pa
 import pyarrow.compute as pc
 from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataValue, asset
 
@@ -129,20 +132,37 @@ def release_inputs(store: Store, config: ProjectConfig) -> ReleaseInputs | None:
     )
 
 
-def _run_groups(store: Store) -> Iterator[RunGroup]:
-    """Each (model, instance)'s main trajectories, rewards and steps, in (model name, instance) order."""
-    partitions = store.partitions(MERGED_TRAJECTORIES)
-    for partition in sorted(partitions, key=lambda p: (model_name(p["model"]), p["instance"])):
-        merged = store.read(MERGED_TRAJECTORIES, partition)
-        merged = merged.filter(pc.equal(merged["kind"], "main"))
-        if merged.num_rows:
-            yield (
-                table_to_conversations(merged, model=model_name(partition["model"]), instance=partition["instance"]),
-                *(
-                    store.read(table, partition).to_pylist() if store.exists(table, partition) else []
-                    for table in (TRAJECTORY_REWARDS, JUDGE_STEPS)
-                ),
-            )
+def _run_groups(store: Store, read_ahead: int = 8) -> Iterator[RunGroup]:
+    """Each (model, instance)'s main trajectories, rewards and steps, in (model name, instance)
+    order. Parquet decodes without the GIL: two threads read the next partitions meanwhile."""
+    partitions = sorted(store.partitions(MERGED_TRAJECTORIES), key=lambda p: (model_name(p["model"]), p["instance"]))
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        reads = deque()
+        for partition in partitions:
+            reads.append((partition, pool.submit(_partition_tables, store, partition)))
+            if len(reads) > read_ahead:
+                yield from _run_group(*reads.popleft())
+        while reads:
+            yield from _run_group(*reads.popleft())
+
+
+def _partition_tables(store: Store, partition: dict) -> list[pa.Table | None]:
+    merged = store.read(MERGED_TRAJECTORIES, partition)
+    scores = [
+        store.read(t, partition) if store.exists(t, partition) else None for t in (TRAJECTORY_REWARDS, JUDGE_STEPS)
+    ]
+    return [merged.filter(pc.equal(merged["kind"], "main")), *scores]
+
+
+def _run_group(partition: dict, read: Future) -> Iterator[RunGroup]:
+    merged, rewards, steps = read.result()
+    if merged.num_rows:
+        model, instance = model_name(partition["model"]), partition["instance"]
+        yield (
+            table_to_conversations(merged, model=model, instance=instance),
+            rewards.to_pylist() if rewards is not None else [],
+            steps.to_pylist() if steps is not None else [],
+        )
 
 
 def _why_empty(store: Store) -> str:

@@ -508,6 +508,7 @@ class _Shards:
 
     def _cut(self, n: int) -> None:
         rows = pa.concat_tables(self.pending)
+        # One chunk, as a slice of one whole table was: page cuts follow chunks, and so do the bytes.
         shard, rest = rows.slice(0, n).combine_chunks(), rows.slice(n)
         self.pending, self.buffered = [rest], rest.num_rows
         self.hits.extend(self.scanner.table(self.name, shard, start=self.rows))
