@@ -14,15 +14,17 @@ from pathlib import Path
 import datasets
 import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from trajhub_assets.config import ProjectConfig, ReleaseConfig
 from trajhub_assets.release.assets import release_inputs
-from trajhub_assets.release.release import build_release
-from trajhub_assets.release.secrets import SecretLeakError
+from trajhub_assets.release.release import build_release, release_tables
+from trajhub_assets.release.secrets import SecretLeakError, SecretScanner
 from trajhub_assets.rewards.schema import TRAJECTORY_REWARDS
 from trajhub_assets.store import Store
 from trajhub_assets_tests.test_release import CONFIG as TEST_CONFIG
-from trajhub_assets_tests.test_release import FAKE_KEYS, make_inputs
+from trajhub_assets_tests.test_release import FAKE_KEYS, make_inputs, thinking_inputs
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from release_scaling import build_store, build_template, copy_partition  # noqa: E402
@@ -68,6 +70,31 @@ def test_the_streamed_release_is_the_whole_table_release_byte_for_byte(store, tm
     assert release.rows == GOLDEN["rows"]
     assert release.version == GOLDEN["version"]
     assert hashlib.sha256(manifest).hexdigest() == GOLDEN["manifest_sha256"], json.loads(manifest)["files"]
+
+
+TABLES = [release_tables(make_inputs()), release_tables(thinking_inputs())]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_the_sparse_scan_finds_what_walking_every_row_finds(data):
+    """The release walks only rows where Arrow finds a key can start; the hits are the same."""
+    tables = data.draw(st.sampled_from(TABLES))
+    name = data.draw(st.sampled_from(["trajectories", "preferences", "tasks"]))
+    rows = tables[name].to_pylist()
+    for _ in range(data.draw(st.integers(0, 3))):
+        row = data.draw(st.sampled_from(rows))
+        key = FAKE_KEYS[data.draw(st.sampled_from(sorted(FAKE_KEYS)))]
+        if name == "tasks":
+            row["system_prompt"] = f"export KEY={key}"
+            continue
+        messages = row["messages" if name == "trajectories" else data.draw(st.sampled_from(["prompt", "chosen"]))]
+        message = data.draw(st.sampled_from(messages))
+        message["content"] = f"{message['content'] or ''} {key}" if data.draw(st.booleans()) else key
+    table = pa.Table.from_pylist(rows, schema=tables[name].schema)
+    start = data.draw(st.integers(0, 5000))
+    walked = SecretScanner().table(name, table, start=start)
+    assert SecretScanner().sparse_table(name, table, start=start) == walked
 
 
 if __name__ == "__main__":  # the golden values, printed by the code under test

@@ -511,7 +511,7 @@ class _Shards:
         # One chunk, as a slice of one whole table was: page cuts follow chunks, and so do the bytes.
         shard, rest = rows.slice(0, n).combine_chunks(), rows.slice(n)
         self.pending, self.buffered = [rest], rest.num_rows
-        self.hits.extend(self.scanner.table(self.name, shard, start=self.rows))
+        self.hits.extend(self.scanner.sparse_table(self.name, shard, start=self.rows))
         self.rows += n
         if not self.hits:
             import datasets
