@@ -165,11 +165,7 @@ class Store:
         """Each model's partition file of one instance (a path for `open_file`) with its version,
         "<size>:<mtime_ns>": one listing of the table's model directories and one look-up per
         model, never a listing of every instance."""
-        fs, base = (
-            (self.objects.fs, f"{self.objects.base}/{table.name}")
-            if self.objects
-            else (_LOCAL, str(self.table_dir(table)))
-        )
+        fs, base = self._filesystem(table)
         models = [
             d
             for d in fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
@@ -177,6 +173,22 @@ class Store:
         ]
         files = fs.get_file_info([f"{d.path}/instance={instance}/{DATA_FILE}" for d in models])
         return {f.path: f"{f.size}:{f.mtime_ns}" for f in files if f.type == pafs.FileType.File}
+
+    def partitions(self, table: Table) -> list[dict[str, str]]:
+        """Every stored partition of the table ({column: value}), from one listing of its files."""
+        fs, base = self._filesystem(table)
+        files = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
+        return [
+            dict(part.split("=", 1) for part in f.path[len(base) + 1 :].split("/")[:-1])
+            for f in files
+            if f.type == pafs.FileType.File and f.base_name == DATA_FILE
+        ]
+
+    def _filesystem(self, table: Table) -> tuple[pafs.FileSystem, str]:
+        """The filesystem the table's files are on, and the table's directory on it."""
+        if self.objects:
+            return self.objects.fs, f"{self.objects.base}/{table.name}"
+        return _LOCAL, str(self.table_dir(table))
 
     def open_file(self, path: str) -> pa.NativeFile:
         """A file `instance_files` named, for pyarrow to read."""

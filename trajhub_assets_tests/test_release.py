@@ -59,7 +59,7 @@ def task(instance_id, category):
     return TaskRecord(record, "tasks.jsonl", 1)
 
 
-def make_inputs(plant=None, shuffle=False):
+def make_inputs(plant=None, shuffle=False, steps_kept=None):
     runs = {
         "inst-1": [
             trajectory("r1", "m-a", 0, ["ls", "pytest"]),
@@ -98,11 +98,11 @@ def make_inputs(plant=None, shuffle=False):
         for a in ("ann", "bob")
     ]
     all_pairs = pa.concat_tables(pairs)
-    return ReleaseInputs(
+    return ReleaseInputs.from_rows(
         tasks=tasks_to_table([task("inst-2", "Memory"), task("inst-1", "SP")]),
         trajectories=trajectories,
         trajectory_rewards=rewards,
-        step_rewards=steps,
+        step_rewards=steps[:steps_kept],
         pairs=all_pairs,
         calibration=calibrate(all_pairs, labels),
         models=[
@@ -184,8 +184,7 @@ def test_same_inputs_give_byte_identical_files(release, tmp_path):
         assert (again.path / name).read_bytes() == (release.path / name).read_bytes()
     reused = build_release(make_inputs(), CONFIG, tmp_path / "other-root", rows_per_shard=4)
     assert reused.reused and reused.path == again.path
-    fewer = make_inputs()
-    fewer = ReleaseInputs(**{**fewer.__dict__, "step_rewards": fewer.step_rewards[:2]})
+    fewer = make_inputs(steps_kept=2)
     with pytest.raises(ReleaseError, match="already holds a different release"):
         build_release(fewer, CONFIG, tmp_path / "other-root", version=again.version, rows_per_shard=4)
 
@@ -272,7 +271,7 @@ def thinking_inputs():
     pairs = pa.concat_tables(
         [preference_pairs(ts, rewards, steps, PairPolicy(min_margin=0.1)).table for ts in (claude, null)]
     )
-    return ReleaseInputs(
+    return ReleaseInputs.from_rows(
         tasks=tasks_to_table([task("inst-1", "SP"), task("inst-2", "Memory")]),
         trajectories=claude + null,
         trajectory_rewards=rewards,
@@ -286,7 +285,7 @@ def test_thinking_parts_extra_and_null_content_survive_into_the_release(tmp_path
     assert any(kind == "google_api_key" for kind, _ in scan_text(LUCKY_SIGNATURE))  # as plain text it would be
     release = build_release(inputs, CONFIG, tmp_path / "root", rows_per_shard=4)
     cache = str(tmp_path / "hf-cache")
-    runs = {t["meta"]["run_id"]: t for t in inputs.trajectories}
+    runs = {t["meta"]["run_id"]: t for trajectories, _, _ in inputs.runs for t in trajectories}
 
     sft = datasets.load_dataset(str(release.path), "trajectories", split="train", cache_dir=cache)
     assert sorted(sft["run_id"]) == sorted(runs)
@@ -304,8 +303,9 @@ def test_thinking_parts_extra_and_null_content_survive_into_the_release(tmp_path
     assert by_run["r3"][2]["content"] is None and by_run["r3"][0]["content"] == "You are a coding agent."
 
     prefs = datasets.load_dataset(str(release.path), "preferences", split="train", cache_dir=cache)
-    assert prefs.num_rows == inputs.pairs.num_rows
-    stored = {r["pair_id"]: r for r in inputs.pairs.to_pylist()}
+    pairs = pa.concat_tables(inputs.pairs)
+    assert prefs.num_rows == pairs.num_rows
+    stored = {r["pair_id"]: r for r in pairs.to_pylist()}
     for row in prefs:
         assert_trl_preference(row)
         for side in ("prompt", "chosen", "rejected"):

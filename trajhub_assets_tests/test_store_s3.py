@@ -98,6 +98,8 @@ def test_write_read_exists_and_query_on_object_storage(s3_store, bucket):
         {"instance": "007", "n": 3}
     ]
     assert s3_store.sql("SELECT sum(x) AS s FROM flat_demo").to_pylist() == [{"s": 6}]
+    s3_store.write(RUNS, rows(1), {"model": "m2", "instance": "008"})
+    assert sorted(s3_store.partitions(RUNS), key=str) == [partition, {"model": "m2", "instance": "008"}]
     # nothing went to the local root's tables
     assert not (s3_store.root / "tables").exists()
 

@@ -1,12 +1,19 @@
 """Release-side assets: reward calibration against human labels, the leaderboard, and the
 Hugging Face dataset release. All unpartitioned: they read every partition."""
 
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from itertools import chain
+
+import pyarrow as pa
+import pyarrow.compute as pc
 from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataValue, asset
 
+from trajhub_assets.config import ProjectConfig
 from trajhub_assets.lineage import reading
-from trajhub_assets.merge.schema import MERGED_TRAJECTORIES
+from trajhub_assets.merge.schema import MERGED_TRAJECTORIES, table_to_conversations
 from trajhub_assets.metadata import table
-from trajhub_assets.pairs.assets import main_trajectories
 from trajhub_assets.pairs.pairs import PairPolicy
 from trajhub_assets.pairs.schema import PREFERENCE_PAIRS
 from trajhub_assets.partitions import model_name
@@ -14,22 +21,20 @@ from trajhub_assets.recording.schema import RAW_CALLS, RUNS
 from trajhub_assets.release.calibration import calibrate
 from trajhub_assets.release.leaderboard import leaderboard, run_summary_sql
 from trajhub_assets.release.preview import card_body, definitions_markdown, leaderboard_rows, plots_markdown
-from trajhub_assets.release.release import ReleaseInputs, build_release, push_release
+from trajhub_assets.release.release import ReleaseInputs, RunGroup, build_release, push_release
 from trajhub_assets.release.schema import HUMAN_LABELS, LEADERBOARD, REWARD_CALIBRATION
 from trajhub_assets.resources import ProjectResource, StoreResource
 from trajhub_assets.rewards.schema import JUDGE_STEPS, JUDGE_SUMMARY, TRAJECTORY_REWARDS
-from trajhub_assets.store import Store, Table
+from trajhub_assets.store import Store
 from trajhub_assets.tasks.schema import TASKS
-
-
-def _all(store: Store, table: Table):
-    return store.sql(f"SELECT * FROM {table.name}")
 
 
 def _calibration(store: Store):
     if HUMAN_LABELS.name not in store.table_names():
         return None
-    return calibrate(_all(store, PREFERENCE_PAIRS), store.read(HUMAN_LABELS))
+    # What calibrate reads of a pair: not its messages, which would be every pair's in memory.
+    pairs = store.sql(f"SELECT pair_id, kind, margin FROM {PREFERENCE_PAIRS.name}")
+    return calibrate(pairs, store.read(HUMAN_LABELS))
 
 
 @asset(
@@ -90,22 +95,11 @@ def hf_dataset_release(
     context: AssetExecutionContext, store: StoreResource, project: ProjectResource
 ) -> MaterializeResult:
     store, config = store.get(), project.load()
-    trajectories = main_trajectories(store) if MERGED_TRAJECTORIES.name in store.table_names() else []
-    if not trajectories:
+    inputs = release_inputs(store, config)
+    if inputs is None:
         raise Failure(
             description=f"no release cut: there is no trajectory to release ({_why_empty(store)})", allow_retries=False
         )
-    inputs = ReleaseInputs(
-        tasks=store.read(TASKS),
-        trajectories=trajectories,
-        trajectory_rewards=_all(store, TRAJECTORY_REWARDS).to_pylist(),
-        step_rewards=_all(store, JUDGE_STEPS).to_pylist(),
-        pairs=_all(store, PREFERENCE_PAIRS).drop_columns(["instance"]),
-        calibration=_calibration(store),
-        models=[{"name": m.name, "scaffold": m.scaffold, "samples": m.samples} for m in config.models],
-        reward_weights=config.rewards.trajectory_weights,
-        pair_policy=vars(PairPolicy.from_config(config.release)),
-    )
     release = build_release(inputs, config.release, store.root)
     url = push_release(release, config.release)
     context.log.info(
@@ -117,6 +111,58 @@ def hf_dataset_release(
     return MaterializeResult(
         metadata=release.metadata() | {"pushed": url or "no", "card": MetadataValue.md(card_body(release.card))}
     )
+
+
+def release_inputs(store: Store, config: ProjectConfig) -> ReleaseInputs | None:
+    """What hf_dataset_release releases, read from the store one partition at a time as the
+    release goes (None: no trajectory to release)."""
+    runs = _run_groups(store) if MERGED_TRAJECTORIES.name in store.table_names() else iter(())
+    first = next(runs, None)
+    if first is None:
+        return None
+    pairs = sorted(store.partitions(PREFERENCE_PAIRS), key=lambda p: p["instance"])
+    return ReleaseInputs(
+        tasks=store.read(TASKS),
+        runs=chain([first], runs),
+        pairs=(store.read(PREFERENCE_PAIRS, p) for p in pairs),
+        calibration=_calibration(store),
+        models=[{"name": m.name, "scaffold": m.scaffold, "samples": m.samples} for m in config.models],
+        reward_weights=config.rewards.trajectory_weights,
+        pair_policy=vars(PairPolicy.from_config(config.release)),
+    )
+
+
+def _run_groups(store: Store, read_ahead: int = 8) -> Iterator[RunGroup]:
+    """Each (model, instance)'s main trajectories, rewards and steps, in (model name, instance)
+    order. Parquet decodes without the GIL: two threads read the next partitions meanwhile."""
+    partitions = sorted(store.partitions(MERGED_TRAJECTORIES), key=lambda p: (model_name(p["model"]), p["instance"]))
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        reads = deque()
+        for partition in partitions:
+            reads.append((partition, pool.submit(_partition_tables, store, partition)))
+            if len(reads) > read_ahead:
+                yield from _run_group(*reads.popleft())
+        while reads:
+            yield from _run_group(*reads.popleft())
+
+
+def _partition_tables(store: Store, partition: dict) -> list[pa.Table | None]:
+    merged = store.read(MERGED_TRAJECTORIES, partition)
+    scores = [
+        store.read(t, partition) if store.exists(t, partition) else None for t in (TRAJECTORY_REWARDS, JUDGE_STEPS)
+    ]
+    return [merged.filter(pc.equal(merged["kind"], "main")), *scores]
+
+
+def _run_group(partition: dict, read: Future) -> Iterator[RunGroup]:
+    merged, rewards, steps = read.result()
+    if merged.num_rows:
+        model, instance = model_name(partition["model"]), partition["instance"]
+        yield (
+            table_to_conversations(merged, model=model, instance=instance),
+            rewards.to_pylist() if rewards is not None else [],
+            steps.to_pylist() if steps is not None else [],
+        )
 
 
 def _why_empty(store: Store) -> str:

@@ -14,8 +14,13 @@ Layout: <root>/releases/<name>/<version>/{README.md, manifest.json, calibration.
 data/<config>/train-0000k-of-0000n.parquet}. Reproducible: rows are sorted, shards cut at fixed
 row counts, writer options are those of `datasets` (recorded in the manifest with the library
 versions), and nothing in the files depends on the clock; the default version is a hash of the
-data, so the same store gives the same directory, byte for byte. Every text field and the card
-pass the secret scan before anything is written.
+data, so the same store gives the same directory, byte for byte.
+
+Streamed: the inputs come one (model, instance) group at a time, each config's shards are cut
+as its rows arrive and the card's counts are added up on the way, so a release holds about one
+shard per config in memory, not every row. Every shard passes the secret scan before it is
+written (to a staging directory that becomes the release only when nothing was found), and so
+does the card.
 """
 
 from __future__ import annotations
@@ -23,13 +28,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import re
 import shutil
 import uuid
-from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,7 +43,7 @@ from trajhub_assets.errors import TrajhubError
 from trajhub_assets.pairs.pairs import chat_message, reward_version, tools_json
 from trajhub_assets.pairs.schema import CHAT_MESSAGE, CHAT_MESSAGE_DOCS, CHAT_MESSAGES, PREFERENCE_PAIRS
 from trajhub_assets.release.calibration import CalibrationReport
-from trajhub_assets.release.secrets import check_no_secrets
+from trajhub_assets.release.secrets import Hit, SecretLeakError, SecretScanner, check_no_secrets
 from trajhub_assets.tasks.schema import CHECKLIST_TYPE
 
 log = logging.getLogger(__name__)
@@ -96,6 +100,12 @@ TASK_SCHEMA = pa.schema(
         pa.field("record_sha256", pa.string()),
     ]
 )
+SCHEMAS = {
+    "trajectories": TRAJECTORY_SCHEMA,
+    "preferences": PREFERENCE_PAIRS.schema,
+    "step_rewards": STEP_REWARD_SCHEMA,
+    "tasks": TASK_SCHEMA,
+}
 CONFIGS = {
     "trajectories": "one row per run: the main conversation as `messages` (SFT) with its reward",
     "preferences": "DPO pairs: `prompt`, `chosen`, `rejected` message lists with the rewards behind them",
@@ -108,26 +118,54 @@ class ReleaseError(TrajhubError):
     """A release cannot be built, stored or pushed as asked."""
 
 
+# One (model, instance)'s runs: main trajectories, trajectory rewards, step rewards.
+RunGroup = tuple[list[dict], list[Mapping], list[Mapping]]
+
+
 @dataclass(frozen=True)
 class ReleaseInputs:
-    """Everything a release is made of, read from the store by the asset.
+    """Everything a release is made of, read from the store by the asset, group by group.
 
-    trajectories: each run's main conversation ({"meta", "tools", "messages"}, as merge returns
-    it, model = the model's name); trajectory_rewards: TRAJECTORY_REWARDS-like rows (run_id,
-    reward, outcome, mean_step_reward or step_mean, checklist_pass_rate, reward_version or the
-    weight_* columns); step_rewards: rows with run_id, step_index, step_reward (conversation_id
-    optional); pairs: PREFERENCE_PAIRS of every instance; tasks: the TASKS table.
+    runs: RunGroups in (model, instance) order, each one (model, instance)'s main
+    conversations ({"meta", "tools", "messages"}, as merge returns them, model = the model's
+    name), their TRAJECTORY_REWARDS-like rows (run_id, reward, outcome, mean_step_reward or
+    step_mean, checklist_pass_rate, reward_version or the weight_* columns) and step reward rows
+    (run_id, step_index, step_reward, conversation_id optional); pairs: PREFERENCE_PAIRS tables
+    in instance order (one per instance); tasks: the TASKS table. A release holds one group of
+    each at a time, never every row.
     """
 
     tasks: pa.Table
-    trajectories: list[dict]
-    trajectory_rewards: list[Mapping]
-    step_rewards: list[Mapping]
-    pairs: pa.Table
+    runs: Iterable[RunGroup]
+    pairs: Iterable[pa.Table]
     calibration: CalibrationReport | None = None
     models: list[Mapping] = field(default_factory=list)  # {name, scaffold, samples}: for the card
     reward_weights: Mapping[str, float] | None = None
     pair_policy: Mapping[str, object] | None = None  # min_margin, max_pairs, ties: for the card
+
+    @classmethod
+    def from_rows(
+        cls,
+        tasks: pa.Table,
+        trajectories: list[dict],
+        trajectory_rewards: list[Mapping],
+        step_rewards: list[Mapping],
+        pairs: pa.Table,
+        **options,
+    ) -> ReleaseInputs:
+        """Inputs held in memory, in any order: grouped by (model, instance), rewards and steps
+        with their run."""
+        groups: dict[tuple[str, str], RunGroup] = {}
+        group_of: dict[str, RunGroup] = {}
+        for t in trajectories:
+            group = groups.setdefault((t["meta"]["model"], t["meta"]["instance"]), ([], [], []))
+            group[0].append(t)
+            group_of[t["meta"]["run_id"]] = group
+        for rows, i in ((trajectory_rewards, 1), (step_rewards, 2)):
+            for row in rows:
+                if row["run_id"] in group_of:
+                    group_of[row["run_id"]][i].append(row)
+        return cls(tasks, [groups[key] for key in sorted(groups)], [pairs], **options)
 
 
 @dataclass
@@ -154,16 +192,17 @@ def _step_positions(messages: list[Mapping]) -> list[int]:
     return [i for i, m in enumerate(messages) if m["role"] == "assistant" and m.get("generation")]
 
 
-def release_tables(inputs: ReleaseInputs) -> dict[str, pa.Table]:
-    """The four configs as Arrow tables with fixed schemas, in a fixed row order."""
-    category = {r["instance_id"]: r["category"] for r in inputs.tasks.select(["instance_id", "category"]).to_pylist()}
-    rewards = {r["run_id"]: r for r in inputs.trajectory_rewards}
+def _run_rows(group: RunGroup, category: Mapping[str, str], released: set[str]) -> tuple[list[dict], list[dict]]:
+    """One group's trajectories and step_rewards rows, each in release order."""
+    group_trajectories, group_rewards, group_steps = group
+    rewards = {r["run_id"]: r for r in group_rewards}
     runs: dict[str, dict] = {}
     trajectories = []
-    for t in inputs.trajectories:
+    for t in group_trajectories:
         meta = t["meta"]
-        if meta["run_id"] in runs:
+        if meta["run_id"] in released:
             raise ReleaseError(f"run {meta['run_id']!r} has two trajectories: pass only its main conversation")
+        released.add(meta["run_id"])
         positions = _step_positions(t["messages"])
         runs[meta["run_id"]] = {"meta": meta, "positions": positions}
         row = rewards.get(meta["run_id"], {})
@@ -189,7 +228,7 @@ def release_tables(inputs: ReleaseInputs) -> dict[str, pa.Table]:
     trajectories.sort(key=lambda r: (r["model"], r["instance_id"], r["attempt"] or 0, r["run_id"]))
 
     steps = []
-    for s in inputs.step_rewards:
+    for s in group_steps:
         run = runs.get(s["run_id"])
         if run is None or (s.get("conversation_id") and s["conversation_id"] != run["meta"].get("conversation_id")):
             continue  # a step of a run or conversation that is not released
@@ -207,14 +246,46 @@ def release_tables(inputs: ReleaseInputs) -> dict[str, pa.Table]:
             }
         )
     steps.sort(key=lambda r: (r["model"], r["instance_id"], r["attempt"] or 0, r["run_id"], r["step_index"]))
+    return trajectories, steps
 
-    pairs = inputs.pairs.select(PREFERENCE_PAIRS.schema.names).cast(PREFERENCE_PAIRS.schema)
-    tasks = inputs.tasks.select(TASK_SCHEMA.names).cast(TASK_SCHEMA)
+
+def release_batches(inputs: ReleaseInputs) -> Iterator[tuple[str, pa.Table]]:
+    """(config, rows) in release order, one input group at a time: the configs' rows with fixed
+    schemas, each config's batches in its fixed row order."""
+    category = {r["instance_id"]: r["category"] for r in inputs.tasks.select(["instance_id", "category"]).to_pylist()}
+    released: set[str] = set()
+    last = None
+    for group in inputs.runs:
+        trajectories, steps = _run_rows(group, category, released)
+        if not trajectories:
+            continue
+        first = (trajectories[0]["model"], trajectories[0]["instance_id"])
+        if last is not None and first <= last:
+            raise ReleaseError(f"release inputs out of order: runs of {first} after those of {last}")
+        last = (trajectories[-1]["model"], trajectories[-1]["instance_id"])
+        yield "trajectories", pa.Table.from_pylist(trajectories, schema=TRAJECTORY_SCHEMA)
+        yield "step_rewards", pa.Table.from_pylist(steps, schema=STEP_REWARD_SCHEMA)
+    last = None
+    for table in inputs.pairs:
+        pairs = table.select(PREFERENCE_PAIRS.schema.names).cast(PREFERENCE_PAIRS.schema)
+        pairs = pairs.sort_by([("instance_id", "ascending"), ("kind", "ascending"), ("pair_id", "ascending")])
+        if not pairs.num_rows:
+            continue
+        first = pairs["instance_id"][0].as_py()
+        if last is not None and first <= last:
+            raise ReleaseError(f"release inputs out of order: pairs of {first!r} after those of {last!r}")
+        last = pairs["instance_id"][-1].as_py()
+        yield "preferences", pairs
+    yield "tasks", inputs.tasks.select(TASK_SCHEMA.names).cast(TASK_SCHEMA).sort_by("instance_id")
+
+
+def release_tables(inputs: ReleaseInputs) -> dict[str, pa.Table]:
+    """The four configs whole, in memory (small releases and tests; build_release streams)."""
+    batches: dict[str, list[pa.Table]] = {name: [] for name in CONFIGS}
+    for name, batch in release_batches(inputs):
+        batches[name].append(batch)
     return {
-        "trajectories": pa.Table.from_pylist(trajectories, schema=TRAJECTORY_SCHEMA),
-        "preferences": pairs.sort_by([("instance_id", "ascending"), ("kind", "ascending"), ("pair_id", "ascending")]),
-        "step_rewards": pa.Table.from_pylist(steps, schema=STEP_REWARD_SCHEMA),
-        "tasks": tasks.sort_by("instance_id"),
+        name: pa.concat_tables(tables) if tables else SCHEMAS[name].empty_table() for name, tables in batches.items()
     }
 
 
@@ -241,16 +312,63 @@ def _markdown_table(header: list[str], rows: Iterable[list]) -> str:
     return "\n".join(lines)
 
 
-def _mean(values: list) -> float | None:
-    known = [v for v in values if v is not None]
-    return sum(known) / len(known) if known else None
+@dataclass
+class CardCounts:
+    """The card's figures, added up batch by batch as the release is written."""
+
+    task_category: dict[str, str | None]
+    rows: Counter = field(default_factory=Counter)
+    trajectories: Counter = field(default_factory=Counter)  # per model
+    reward_sum: dict[str, float] = field(default_factory=dict)  # per model, known rewards only
+    rewarded: Counter = field(default_factory=Counter)
+    steps: Counter = field(default_factory=Counter)
+    as_chosen: Counter = field(default_factory=Counter)
+    as_rejected: Counter = field(default_factory=Counter)
+    categories: set = field(default_factory=set)  # of trajectories, when known
+    trajectories_by_category: Counter = field(default_factory=Counter)
+    pairs_by_category: Counter = field(default_factory=Counter)
+    kinds: Counter = field(default_factory=Counter)
+    versions: set = field(default_factory=set)
+
+    @classmethod
+    def of_tasks(cls, tasks: pa.Table) -> CardCounts:
+        names, categories = tasks.column("instance_id").to_pylist(), tasks.column("category").to_pylist()
+        return cls(dict(zip(names, categories, strict=True)))
+
+    def add(self, name: str, batch: pa.Table) -> None:
+        self.rows[name] += batch.num_rows
+        if name == "trajectories":
+            for t in batch.select(["model", "category", "reward", "reward_version"]).to_pylist():
+                self.trajectories[t["model"]] += 1
+                if t["reward"] is not None:  # summed in row order, as a mean of the whole column would
+                    self.reward_sum[t["model"]] = self.reward_sum.get(t["model"], 0) + t["reward"]
+                    self.rewarded[t["model"]] += 1
+                if t["category"]:
+                    self.categories.add(t["category"])
+                self.trajectories_by_category[t["category"]] += 1
+                if t["reward_version"]:
+                    self.versions.add(t["reward_version"])
+        elif name == "preferences":
+            columns = ["kind", "instance_id", "chosen_model", "rejected_model", "reward_version"]
+            for p in batch.select(columns).to_pylist():
+                self.as_chosen[p["chosen_model"]] += 1
+                self.as_rejected[p["rejected_model"]] += 1
+                self.pairs_by_category[self.task_category.get(p["instance_id"])] += 1
+                self.kinds[p["kind"]] += 1
+                if p["reward_version"]:
+                    self.versions.add(p["reward_version"])
+        elif name == "step_rewards":
+            self.steps.update(batch.column("model").to_pylist())
+
+    def mean_reward(self, model: str) -> float | None:
+        return self.reward_sum[model] / self.rewarded[model] if self.rewarded[model] else None
 
 
-def dataset_card(tables: Mapping[str, pa.Table], config, version: str, inputs: ReleaseInputs) -> str:
+def dataset_card(counts: CardCounts, config, version: str, inputs: ReleaseInputs) -> str:
     """README.md: YAML header (configs, license, task categories, size) and the story of the data."""
     from huggingface_hub import DatasetCardData
 
-    rows = {name: t.num_rows for name, t in tables.items()}
+    rows = {name: counts.rows[name] for name in CONFIGS}
     header = DatasetCardData(
         license=config.license,
         pretty_name=config.name,
@@ -263,36 +381,19 @@ def dataset_card(tables: Mapping[str, pa.Table], config, version: str, inputs: R
         ],
     ).to_yaml()
 
-    traj = tables["trajectories"].to_pylist()
-    pairs = tables["preferences"].select(["kind", "instance_id", "chosen_model", "rejected_model"]).to_pylist()
-    steps = Counter(tables["step_rewards"].column("model").to_pylist())
-    per_model = defaultdict(list)
-    for t in traj:
-        per_model[t["model"]].append(t)
-    as_chosen = Counter(p["chosen_model"] for p in pairs)
-    as_rejected = Counter(p["rejected_model"] for p in pairs)
-    models = sorted(set(per_model) | set(as_chosen) | set(as_rejected))
+    models = sorted(set(counts.trajectories) | set(counts.as_chosen) | set(counts.as_rejected))
     model_rows = [
-        [m, len(per_model[m]), _mean([t["reward"] for t in per_model[m]]), as_chosen[m], as_rejected[m], steps[m]]
+        [m, counts.trajectories[m], counts.mean_reward(m), counts.as_chosen[m], counts.as_rejected[m], counts.steps[m]]
         for m in models
     ]
-    task_category = dict(
-        zip(
-            tables["tasks"].column("instance_id").to_pylist(),
-            tables["tasks"].column("category").to_pylist(),
-            strict=True,
-        )
-    )
-    categories = sorted(set(task_category.values()) | {t["category"] for t in traj if t["category"]})
-    traj_by_cat = Counter(t["category"] for t in traj)
-    pairs_by_cat = Counter(task_category.get(p["instance_id"]) for p in pairs)
+    task_category = counts.task_category
+    categories = sorted(set(task_category.values()) | counts.categories)
     tasks_by_cat = Counter(task_category.values())
-    category_rows = [[c, tasks_by_cat[c], traj_by_cat[c], pairs_by_cat[c]] for c in categories]
-    kinds = Counter(p["kind"] for p in pairs)
-    versions = sorted(
-        {t["reward_version"] for t in traj if t["reward_version"]}
-        | {v for v in tables["preferences"].column("reward_version").to_pylist() if v}
-    )
+    category_rows = [
+        [c, tasks_by_cat[c], counts.trajectories_by_category[c], counts.pairs_by_category[c]] for c in categories
+    ]
+    kinds = counts.kinds
+    versions = sorted(counts.versions)
     weights = ", ".join(f"{k} {v:g}" for k, v in (inputs.reward_weights or {}).items()) or "as configured"
     policy = inputs.pair_policy or {"min_margin": config.min_margin, "max_pairs": config.max_pairs_per_instance}
     calibration = (
@@ -388,22 +489,52 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _write_shards(directory: Path, name: str, table: pa.Table, rows_per_shard: int) -> list[Path]:
-    import datasets
-    from datasets.table import InMemoryTable
+class _Shards:
+    """One config's shards, cut every `rows_per_shard` rows as its batches come: each shard is
+    scanned, then written unless a secret has been found anywhere (the scan goes on, to name every
+    hit). Written as part-<i>.parquet and named train-<i>-of-<n> once n is known."""
 
-    n = max(1, math.ceil(table.num_rows / rows_per_shard))  # an empty config still gets a file
-    paths = []
-    for i in range(n):
-        path = directory / "data" / name / f"{SPLIT}-{i:05d}-of-{n:05d}.parquet"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        shard = table.slice(i * rows_per_shard, rows_per_shard)
-        # A fingerprint given: else `datasets` pickles and hashes the whole shard to make one,
-        # for a transform cache a release never uses (a third of a release's writing time).
-        dataset = datasets.Dataset(InMemoryTable(shard), fingerprint=f"trajhub-{name}-{i}")
-        dataset.to_parquet(str(path), batch_size=ROW_GROUP_ROWS)
-        paths.append(path)
-    return paths
+    def __init__(self, directory: Path, name: str, rows_per_shard: int, scanner: SecretScanner, hits: list[Hit]):
+        self.folder = directory / "data" / name
+        self.name, self.rows_per_shard, self.scanner, self.hits = name, rows_per_shard, scanner, hits
+        self.pending: list[pa.Table] = []
+        self.buffered = self.rows = self.shards = 0
+
+    def add(self, batch: pa.Table) -> None:
+        self.pending.append(batch)
+        self.buffered += batch.num_rows
+        while self.buffered >= self.rows_per_shard:
+            self._cut(self.rows_per_shard)
+
+    def _cut(self, n: int) -> None:
+        rows = pa.concat_tables(self.pending)
+        # One chunk, as a slice of one whole table was: page cuts follow chunks, and so do the bytes.
+        shard, rest = rows.slice(0, n).combine_chunks(), rows.slice(n)
+        self.pending, self.buffered = [rest], rest.num_rows
+        self.hits.extend(self.scanner.sparse_table(self.name, shard, start=self.rows))
+        self.rows += n
+        if not self.hits:
+            import datasets
+            from datasets.table import InMemoryTable
+
+            self.folder.mkdir(parents=True, exist_ok=True)
+            # A fingerprint given: else `datasets` pickles and hashes the whole shard to make one,
+            # for a transform cache a release never uses (a third of a release's writing time).
+            dataset = datasets.Dataset(InMemoryTable(shard), fingerprint=f"trajhub-{self.name}-{self.shards}")
+            dataset.to_parquet(str(self.folder / f"part-{self.shards:05d}.parquet"), batch_size=ROW_GROUP_ROWS)
+        self.shards += 1
+
+    def close(self, schema: pa.Schema) -> int:
+        """Write the last shard (an empty config still gets a file), name them all; the row count."""
+        if self.buffered or not self.shards:
+            self.pending.append(schema.empty_table())
+            self._cut(self.buffered)
+        if not self.hits:
+            for i in range(self.shards):
+                os.replace(
+                    self.folder / f"part-{i:05d}.parquet", self.folder / f"{SPLIT}-{i:05d}-of-{self.shards:05d}.parquet"
+                )
+        return self.rows
 
 
 def _manifest(directory: Path, name: str, version: str, rows: Mapping[str, int]) -> dict:
@@ -459,10 +590,7 @@ def build_release(
         raise ReleaseError(f"release version {version!r}: use letters, digits and . _ + - only")
     if not _VERSION.match(config.name):
         raise ReleaseError(f"release name {config.name!r}: use letters, digits and . _ + - only")
-    tables = release_tables(inputs)
     calibration = inputs.calibration.markdown() if inputs.calibration else None
-    # Scan first: nothing is written when a field holds a key. The card is scanned once built.
-    check_no_secrets(tables, {"calibration.md": calibration} if calibration else None)
 
     releases = Path(root) / "releases" / config.name
     releases.mkdir(parents=True, exist_ok=True)
@@ -470,15 +598,25 @@ def build_release(
     progress = datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()
     try:
-        for name, table in tables.items():
-            _write_shards(staging, name, table, rows_per_shard)
+        # Each shard is scanned before it is written; a hit stops the writing, the rest is still
+        # scanned, and the staging directory goes: nothing is released when a field holds a key.
+        scanner, hits = SecretScanner(), []
+        shards = {name: _Shards(staging, name, rows_per_shard, scanner, hits) for name in CONFIGS}
+        counts = CardCounts.of_tasks(inputs.tasks)
+        for name, batch in release_batches(inputs):
+            shards[name].add(batch)
+            counts.add(name, batch)
+        rows = {name: shards[name].close(SCHEMAS[name]) for name in CONFIGS}
+        hits.sort(key=lambda hit: list(CONFIGS).index(hit.table))  # config by config, as listed
+        hits += scanner.document("calibration.md", calibration) if calibration else []
+        if hits:
+            raise SecretLeakError(hits)
         version = version or data_version(staging)
-        card = dataset_card(tables, config, version, inputs)
-        check_no_secrets({}, {"README.md": card})
+        card = dataset_card(counts, config, version, inputs)
+        check_no_secrets({}, {"README.md": card}, scanner)
         (staging / "README.md").write_text(card, encoding="utf-8")
         if calibration:
             (staging / "calibration.md").write_text(calibration, encoding="utf-8")
-        rows = {name: t.num_rows for name, t in tables.items()}
         manifest = _manifest(staging, config.name, version, rows)
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         target = releases / version

@@ -29,6 +29,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from trajhub_assets.errors import TrajhubError
 
@@ -56,6 +57,9 @@ _START = re.compile(
     r"(?=[aAghsx-])(?=sk-|hf_|AKIA|ASIA|gh[pousr]_|github_pat_|AIza|xox[abposr]-|-----BEGIN"
     r"|(?i:authorization))"
 )
+# _START without its lookaheads, for Arrow's regex engine (RE2): a string it finds nothing in holds
+# no key, so a table's rows without such a string need no walk (SecretScanner.sparse_table).
+_START_ANYWHERE = "sk-|hf_|AKIA|ASIA|gh[pousr]_|github_pat_|AIza|xox[abposr]-|-----BEGIN|(?i:authorization)"
 # The shortest text _SECRET can match (a Slack token: "xoxb-" and 10 more): shorter texts hold no key.
 SHORTEST_MATCH = 15
 # Texts at least this long are searched once per distinct content (keyed by their sha256); a
@@ -258,12 +262,23 @@ class SecretScanner:
             )
         return hits
 
-    def table(self, name: str, table: pa.Table, batch_rows: int = 1024) -> list[Hit]:
-        """Every string anywhere in the table, nested lists and structs included, batch by batch."""
-        hits, start = [], 0
+    def table(self, name: str, table: pa.Table, batch_rows: int = 1024, start: int = 0) -> list[Hit]:
+        """Every string anywhere in the table, nested lists and structs included, batch by batch;
+        rows numbered from `start` (a shard's first row in its config)."""
+        hits = []
         for batch in table.to_batches(max_chunksize=batch_rows):
             hits.extend(self.rows(name, batch.to_pylist(), start))
             start += batch.num_rows
+        return hits
+
+    def sparse_table(self, name: str, table: pa.Table, start: int = 0, batch_rows: int = 1024) -> list[Hit]:
+        """`table`'s hits, walking only the rows that hold a string a key can start in (found by
+        one Arrow regex pass per string column): the other rows hold no key."""
+        hits, numbers = [], rows_with_key_starts(table)
+        for i in range(0, len(numbers), batch_rows):
+            part = numbers[i : i + batch_rows]
+            for number, row in zip(part, table.take(part).to_pylist(), strict=True):
+                hits.extend(self.rows(name, [row], start + number))
         return hits
 
     def document(self, name: str, text: str) -> list[Hit]:
@@ -275,6 +290,35 @@ class SecretScanner:
     def tables(self, tables: Mapping[str, pa.Table], documents: Mapping[str, str] | None = None) -> list[Hit]:
         hits = [hit for name, table in tables.items() for hit in self.table(name, table)]
         return hits + [hit for name, text in (documents or {}).items() for hit in self.document(name, text)]
+
+
+def rows_with_key_starts(table: pa.Table) -> list[int]:
+    """The rows with a string anywhere (nested lists and structs included) in which a key can start."""
+    found: set[int] = set()
+    for column in table.columns:
+        offset = 0
+        for chunk in column.chunks:
+            for rows in _key_starts(chunk):
+                found.update(offset + n for n in rows.to_pylist())
+            offset += len(chunk)
+    return sorted(found)
+
+
+def _key_starts(array: pa.Array, rows: pa.Array | None = None) -> Iterator[pa.Array]:
+    """Row numbers (of the outermost array) of the strings in `array` where a key can start."""
+    kind = array.type
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        found = pc.indices_nonzero(pc.fill_null(pc.match_substring_regex(array, _START_ANYWHERE), False))
+        yield found if rows is None else pc.take(rows, found)
+    elif pa.types.is_struct(kind):
+        for child in array.flatten():
+            yield from _key_starts(child, rows)
+    elif pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        parents = pc.list_parent_indices(array)
+        yield from _key_starts(pc.list_flatten(array), parents if rows is None else pc.take(rows, parents))
+    elif pa.types.is_nested(kind) or pa.types.is_dictionary(kind):  # not read here: every row is walked
+        every = pa.array(range(len(array)), pa.int64())
+        yield every if rows is None else rows
 
 
 # Module-level forms, each with a scanner of its own unless given one.
