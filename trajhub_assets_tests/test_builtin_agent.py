@@ -54,7 +54,7 @@ def test_tool_errors_go_back_to_the_model(toolbox, name, arguments, message):
         toolbox.call(name, arguments)
 
 
-def drive(policy: str, task: dict) -> tuple[list[dict], object]:
+def drive(policy: str, task: dict, seed: int | None = None) -> tuple[list[dict], object]:
     """Let a baseline policy pick each tool call and carry it out with the builtin tools."""
     policies = BaselinePolicies(DEMO)
     with make_sandbox(task, backend="local", limits=Limits(run_timeout=300)) as sandbox:
@@ -63,7 +63,9 @@ def drive(policy: str, task: dict) -> tuple[list[dict], object]:
         for query in task["user_query"]:
             messages.append({"role": "user", "content": query})
             for _ in range(50):
-                message = policies.respond(policy, {"messages": messages})
+                message = policies.respond(
+                    policy, {"messages": messages} | ({"seed": seed} if seed is not None else {})
+                )
                 messages.append(message)
                 if not message.get("tool_calls"):
                     break
@@ -100,3 +102,20 @@ def test_hasty_baseline_repeats_itself_and_skips_the_tests():
 def test_unknown_task_gets_a_plain_answer():
     reply = BaselinePolicies(DEMO).respond("careful", {"messages": [{"role": "user", "content": "hi"}]})
     assert reply == {"role": "assistant", "content": "baseline: this is not a known task."}
+
+
+def _actions(messages: list[dict]) -> list[tuple[str, str]]:
+    return [
+        (m["tool_calls"][0]["function"]["name"], m["tool_calls"][0]["function"]["arguments"])
+        for m in messages
+        if m.get("tool_calls")
+    ]
+
+
+def test_the_explorer_is_seeded_and_its_runs_differ_in_path_and_outcome():
+    runs = {seed: drive("explorer", LRU, seed) for seed in range(8)}
+    assert _actions(drive("explorer", LRU, 3)[0]) == _actions(runs[3][0])  # a seed is one run
+    assert len({tuple(_actions(messages)) for messages, _ in runs.values()}) >= 6
+    assert {outcome.resolved for _, outcome in runs.values()} == {True, False}
+    for messages, _ in runs.values():
+        assert _actions(messages)[-1][0] == "finish" and len(_actions(messages)) <= 11

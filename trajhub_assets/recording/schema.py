@@ -33,6 +33,11 @@ RUNS = Table(
             ("resolved", pa.bool_()),
             ("diff", pa.string()),
             pa.field("error", pa.string(), metadata={"doc": "why the run failed, if it did"}),
+            # Added later (null in older files): a continuation of another run (trajhub_assets/branching)
+            pa.field("kind", pa.string(), metadata={"doc": "null: a run of its own; branch: a continuation"}),
+            pa.field("parent_run_id", pa.string(), metadata={"doc": "a branch: the run it continues"}),
+            pa.field("branch_step", pa.int64(), metadata={"doc": "a branch: the parent's main step it resampled"}),
+            pa.field("branch_sample", pa.int64(), metadata={"doc": "a branch: which of the step's samples"}),
         ]
     ),
 )

@@ -9,6 +9,12 @@ the builtin agent's tools:
   reference fix, runs the tests again, and finishes with a summary.
 - hasty: lists the directory twice, overwrites one file it never read with part of the
   fix, skips the tests, and finishes without a summary.
+- explorer: stochastic. At each step it draws one of the actions that are plausible in the
+  state the conversation shows (look around, read a file of the fix, run the tests, write
+  the whole fix, write part of it, finish), from a generator seeded by the request's `seed`
+  and the step: the same seed and history give the same action, other seeds other runs,
+  some of which fix the task and some not. Branches of one run (trajhub branch) differ
+  through it.
 
 The difference is deliberate: rewards and preference pairs need something real to separate.
 
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import functools
 import json
+import random
 import re
 import shutil
 import subprocess
@@ -31,7 +38,8 @@ import tempfile
 import uuid
 from pathlib import Path
 
-POLICIES = ("careful", "hasty")
+POLICIES = ("careful", "hasty", "explorer")
+EXPLORER_MAX_STEPS = 10  # then it finishes, whatever it drew
 JUDGE = "judge"
 ROUTE_PREFIX = "trajhub-baseline/"  # the proxy's route to the scripted upstream
 ROUTES = (ROUTE_PREFIX, "baseline/")  # the bundled proxy config routes both to it
@@ -83,6 +91,8 @@ class BaselinePolicies:
             return {"role": "assistant", "content": "baseline: this is not a known task."}
         turn = len(users) - 1
         step = sum(m.get("role") == "assistant" for m in messages[users[-1] :])
+        if policy == "explorer":
+            return {"role": "assistant", "content": None, "tool_calls": [self._explorer(task, messages, request)]}
         plan = getattr(self, f"_{policy}")(task, turn)
         if step >= len(plan):
             return {"role": "assistant", "content": "Done."}
@@ -120,6 +130,47 @@ class BaselinePolicies:
             _call("write_file", path=path, content=content),
             _call("finish", summary=""),
         ]
+
+    def _explorer(self, task: dict, messages: list[dict], request: dict) -> dict:
+        """One draw among the actions plausible after what `messages` shows it has done."""
+        done = [
+            (call["function"]["name"], json.loads(call["function"]["arguments"]))
+            for m in messages
+            if m.get("role") == "assistant"
+            for call in m.get("tool_calls") or []
+        ]
+        if len(done) >= EXPLORER_MAX_STEPS:
+            return _call("finish", summary="Stopping here.")
+        tests = task.get("test_command") or "ls"
+        fix = reference_fix(task["workspace_source"], task["reference_patch"])
+        source = Path(task["workspace_source"])
+        unread = [p for p, _ in fix if (source / p).exists() and ("read_file", {"path": p}) not in done]
+        written = [i for i, (name, _) in enumerate(done) if name == "write_file"]
+        unwritten = [(p, c) for p, c in fix if ("write_file", {"path": p, "content": c}) not in done]
+        tested = bool(written) and ("shell", {"command": tests}) in done[written[-1] :]
+        # (weight, tool call): what a model might do next in this state
+        options = [(1, ("shell", {"command": "ls -R"})), (2, ("shell", {"command": tests}))]
+        if unread:
+            options.append((3, ("read_file", {"path": unread[0]})))
+        if unwritten:
+            path, content = unwritten[0]
+            options.append((3, ("write_file", {"path": path, "content": content})))
+            # part of the change: the first line that differs from the file as it is, dropped
+            half_done = _without_first_change(source / path, content)
+            options.append((1, ("write_file", {"path": path, "content": half_done})))
+        if written or len(done) >= 3:  # giving up early is plausible too, if rarely
+            options.append((4 if tested else 1, ("finish", {"summary": "Made the change; see the test output."})))
+        rng = random.Random(f"{request.get('seed', 0)}:{len(done)}")
+        ((name, arguments),) = rng.choices([o for _, o in options], weights=[w for w, _ in options])
+        return _call(name, **arguments)
+
+
+def _without_first_change(path: Path, content: str) -> str:
+    """`content` with its first line that the file at `path` lacks removed: a fix left half done."""
+    before = set(path.read_text().splitlines()) if path.exists() else set()
+    lines = content.splitlines(keepends=True)
+    first = next((i for i, line in enumerate(lines) if line.rstrip("\n") not in before), None)
+    return content if first is None else "".join(lines[:first] + lines[first + 1 :])
 
 
 def _section(prompt: str, title: str, until: str) -> str:

@@ -1,0 +1,126 @@
+"""Branches: a recorded run served again up to a step through the real proxy, then continued
+live, several times; and refused when its prefix no longer reproduces.
+
+The parent is a demo run of the careful baseline (builtin agent, local sandbox, real LiteLLM
+proxy, the scripted upstream); the live model of its branches is the seeded `explorer`
+baseline, so the continuations of one step differ as a sampled model's do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+
+import pytest
+
+from trajhub_assets.branching.branches import (
+    BRANCH_KIND,
+    BranchError,
+    branch_call,
+    branch_seed,
+    run_branch,
+)
+from trajhub_assets.config import DEFAULT_CONFIG, ModelConfig, SandboxConfig, load_config
+from trajhub_assets.merge.merge import merge_calls
+from trajhub_assets.recording.attempts import Proxy, run_attempt
+from trajhub_assets.recording.raw_calls import read_run
+from trajhub_assets.recording.scripted_upstream import reply_from_openai
+from trajhub_assets.replay.masks import mask_value
+from trajhub_assets.replay.recorded import RecordedRun
+from trajhub_assets.scaffolds.baselines import BaselinePolicies, upstream_policy
+from trajhub_assets.tasks.catalog import load_catalog
+
+DEMO = {i.record["instance_id"]: i.record for i in load_catalog(load_config(DEFAULT_CONFIG))}
+TASK = DEMO["demo-lru-eviction"]
+CAREFUL = ModelConfig(name="baseline/careful", route="trajhub-baseline/careful", scaffold="builtin")
+LOCAL = SandboxConfig(backend="local", timeout_s=300)
+STEP = 3  # the careful baseline has listed the files (0), read CHANGELOG.md (1) and lrucache/cache.py (2)
+
+
+def endpoint(proxy) -> Proxy:
+    return Proxy(proxy.url, proxy.url, proxy.master_key)
+
+
+def explorer(policies: BaselinePolicies):
+    """The live model of the branches: the explorer baseline, whatever model was asked for."""
+    return lambda request: reply_from_openai(policies.respond("explorer", request.body))
+
+
+def actions(records: list[dict]) -> list[tuple[str, str]]:
+    """The tool call (name, arguments) each agent call's response made."""
+    out = []
+    for record in sorted(records, key=lambda r: r["seq"]):
+        if record["call_kind"] == "agent" and record["status"] == "ok":
+            (call,) = record["response"]["choices"][0]["message"]["tool_calls"] or [None]
+            out.append((call["function"]["name"], call["function"]["arguments"]) if call else ("text", ""))
+    return out
+
+
+@pytest.fixture(scope="module")
+def parent(proxy, scripted_upstream) -> tuple[RecordedRun, list[dict]]:
+    scripted_upstream.set_script(upstream_policy(BaselinePolicies([TASK])))
+    row = run_attempt(TASK, CAREFUL, 0, endpoint(proxy), LOCAL)
+    assert row["error"] is None and row["resolved"], row
+    records = read_run(proxy.recording(row["run_id"])).records
+    conversations = merge_calls(records, run_id=row["run_id"], model=CAREFUL.key, instance=TASK["instance_id"])
+    return RecordedRun(row["run_id"], records, row, TASK, CAREFUL), conversations
+
+
+def test_branches_share_the_recorded_prefix_and_continue_live(parent, proxy, upstream):
+    recorded, conversations = parent
+    at = branch_call(recorded, conversations, STEP)
+    live = explorer(BaselinePolicies([TASK]))
+    rows, continuations = [], []
+    for sample in range(3):
+        row, policy = run_branch(recorded, STEP, at, sample, endpoint(proxy), LOCAL, upstream.set_script, live)
+        assert row["error"] is None and policy.branched and policy.divergence is None, row
+        assert (row["kind"], row["parent_run_id"], row["branch_step"], row["branch_sample"]) == (
+            BRANCH_KIND,
+            recorded.run_id,
+            STEP,
+            sample,
+        )
+        records = read_run(proxy.recording(row["run_id"])).records
+        # the prefix: the recorded responses, and the same prompts asked for them
+        assert actions(records)[:STEP] == actions(recorded.records)[:STEP]
+        asked, recorded_asked = records[STEP]["request"], recorded.records[STEP]["request"]
+        assert mask_value(asked["messages"]) == mask_value(recorded_asked["messages"])  # a temp path differs
+        assert records[STEP]["request"]["seed"] == branch_seed(recorded.run_id, STEP, sample)
+        rows.append(row)
+        continuations.append(tuple(actions(records)[STEP:]))
+    assert len(set(continuations)) >= 2, continuations  # a seeded policy, three seeds
+    assert continuations[0] != tuple(actions(recorded.records)[STEP:])
+    assert len({row["run_id"] for row in rows}) == 3 and recorded.run_id not in {row["run_id"] for row in rows}
+
+
+def test_a_branch_whose_prefix_no_longer_reproduces_is_refused(parent, proxy, upstream, tmp_path):
+    recorded, conversations = parent
+    workspace = tmp_path / "workspace"
+    shutil.copytree(TASK["workspace_source"], workspace)
+    cache = workspace / "lrucache" / "cache.py"
+    cache.write_text(cache.read_text().replace("class LRUCache:", "# ALTERED\nclass LRUCache:"))
+    altered = dataclasses.replace(recorded, task=dict(TASK, workspace_source=str(workspace)))
+    served = []
+
+    def live(request):
+        served.append(request)
+        return explorer(BaselinePolicies([TASK]))(request)
+
+    at = branch_call(recorded, conversations, STEP)
+    row, policy = run_branch(altered, STEP, at, 0, endpoint(proxy), LOCAL, upstream.set_script, live)
+    assert not policy.branched and served == []  # the live model never saw the altered state
+    seq = recorded.records[STEP]["seq"]  # the request after the read of cache.py carries it
+    assert row["error"].startswith("branch refused: the prefix does not reproduce"), row["error"]
+    assert f"recorded call seq {seq}" in row["error"] and "messages[" in row["error"]
+    assert "# ALTERED" in policy.divergence.actual and "# ALTERED" not in policy.divergence.expected
+    records = read_run(proxy.recording(row["run_id"])).records
+    assert [r["http_status"] for r in records][-1] == 400  # the agent was stopped there
+
+
+def test_a_step_the_run_does_not_have_is_named(parent):
+    recorded, conversations = parent
+    steps = len(actions(recorded.records))
+    with pytest.raises(BranchError, match=f"has {steps} main steps .*no step {steps}"):
+        branch_call(recorded, conversations, steps)
+    assert json.dumps(branch_seed("a", 1, 0)) != json.dumps(branch_seed("a", 1, 1))
