@@ -36,15 +36,6 @@ def named_conversations(table: pa.Table) -> list[dict]:
     return conversations
 
 
-def main_trajectories(store: Store, where: str = "TRUE", params: list | None = None) -> list[dict]:
-    """Each run's main conversation, with meta.model the model's name (not its key)."""
-    table = store.sql(
-        f"SELECT * FROM {MERGED_TRAJECTORIES.name} WHERE kind = 'main' AND {where} ORDER BY model, instance, run_id",
-        params,
-    )
-    return named_conversations(table)
-
-
 def instance_rows(
     con: duckdb.DuckDBPyConnection, store: Store, table: Table, instance: str, where: str = "TRUE"
 ) -> pa.Table | None:
