@@ -44,7 +44,14 @@ import json
 from collections import defaultdict
 
 from trajhub_assets.errors import RecordError
-from trajhub_assets.merge.normalize import Call, argument_defaults, canonical_arguments, message_key, read_call
+from trajhub_assets.merge.normalize import (
+    Call,
+    SharedMessages,
+    argument_defaults,
+    canonical_arguments,
+    message_key,
+    read_call,
+)
 
 SKIPPED_CALL_KINDS = {"count_tokens"}
 SIDE_CALL_KINDS = {"title", "background"}
@@ -103,6 +110,7 @@ def _order(call: Call):
 def _read_calls(records: list[dict], run_id: str | None) -> tuple[list[Call], str | None]:
     """Parse, check the run, skip count_tokens, and count a call logged twice once."""
     by_id: dict[str, Call] = {}
+    shared = SharedMessages()
     for number, record in enumerate(records):
         if not isinstance(record, dict):
             raise RecordError(
@@ -112,7 +120,7 @@ def _read_calls(records: list[dict], run_id: str | None) -> tuple[list[Call], st
             )
         if record.get("call_kind") in SKIPPED_CALL_KINDS:
             continue
-        call = read_call(record, source=f"run {run_id or record.get('run_id')}")
+        call = read_call(record, source=f"run {run_id or record.get('run_id')}", shared=shared)
         record_run = record.get("run_id")
         if run_id is None:
             run_id = record_run
