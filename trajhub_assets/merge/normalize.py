@@ -172,14 +172,16 @@ def argument_defaults(tools: list[dict]) -> dict[str, dict]:
 
 
 def message_key(m: dict, canonical=lambda name, arguments: canonical_arguments(arguments)) -> tuple:
-    calls = m["tool_calls"]
+    calls, parts = m["tool_calls"], m.get("content_parts")
     if calls:
         calls = tuple(
-            (c["id"], c["function"]["name"], canonical(c["function"]["name"], c["function"]["arguments"]))
-            for c in calls
+            [
+                (c["id"], c["function"]["name"], canonical(c["function"]["name"], c["function"]["arguments"]))
+                for c in calls
+            ]
         )
     # Two images with the same caption are different messages; their refs tell them apart.
-    media = tuple(p["ref"] for p in m.get("content_parts") or () if p["ref"] is not None and p["type"] != "tool_use")
+    media = tuple([p["ref"] for p in parts if p["ref"] is not None and p["type"] != "tool_use"]) if parts else ()
     # OpenAI chat has no error flag (None), Anthropic always sends one: a tool result read from
     # either body of one run is the same message.
     return (m["role"], m["content"] or "", calls, m["tool_call_id"], m["name"], bool(m["is_error"]), media)
