@@ -185,22 +185,36 @@ class _SharedLines:
 class _CallDigests:
     """The call id's digest, sha256 of json.dumps([request, response], sort_keys=True,
     ensure_ascii=False), written part by part: the sorted JSON of each message, tool, system
-    block and content block is made once per object, and lines share their repeated parts."""
+    block and content block is made once per object, and lines share their repeated parts.
+
+    A call's JSON begins as the call before's did, up to its history but that call's last
+    message (a client moves its cache breakpoint off it): the hash goes on from there."""
 
     def __init__(self) -> None:
         self._parts: dict[int, tuple[object, bytes]] = {}
         self._last: tuple[object, object, str] | None = None  # the copy of a call is the same objects
+        self._history: int | None = None  # where this call's last message begins in its chunks
+        self._resume: tuple[list[bytes], object] | None = None  # chunks, and the sha256 of them
 
     def digest(self, request, response) -> str:
         last = self._last
         if last is not None and last[0] is request and last[1] is response:
             return last[2]
-        chunks = [b"["]
+        chunks, self._history = [b"["], None
         self._chunks(request, 2, chunks)
         chunks.append(b", ")
         self._chunks(response, 2, chunks)
         chunks.append(b"]")
-        digest = hashlib.sha256(b"".join(chunks)).hexdigest()
+        sha, done = hashlib.sha256(), 0
+        resume = self._resume
+        if resume is not None and chunks[: len(resume[0])] == resume[0]:
+            sha, done = resume[1].copy(), len(resume[0])
+        if self._history is not None and self._history > done:
+            sha.update(b"".join(chunks[done : self._history]))
+            done = self._history
+            self._resume = (chunks[:done], sha.copy())
+        sha.update(b"".join(chunks[done:]))
+        digest = sha.hexdigest()
         self._last = (request, response, digest)
         return digest
 
@@ -212,6 +226,9 @@ class _CallDigests:
             for i, (key, item) in enumerate(sorted(value.items())):
                 out.append((b", " if i else b"") + _encode(json.dumps(key, ensure_ascii=False)) + b": ")
                 self._chunks(item, depth - 1, out)
+                if key == "messages" and depth == 2 and isinstance(item, list) and item:
+                    # its items are one chunk each (depth 0): the last one, its separator, "]"
+                    self._history = len(out) - (3 if len(item) > 1 else 2)
             out.append(b"}")
         elif depth and isinstance(value, list):
             out.append(b"[")
