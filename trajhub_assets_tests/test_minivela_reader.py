@@ -123,6 +123,19 @@ def test_call_digests_are_the_formula_s(messages, system, response, more):
     assert digests.digest([messages], "x") == call_digest([messages], "x")  # not even objects
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 2), st.lists(json_values, max_size=3), json_values), max_size=6))
+def test_call_digests_follow_a_history_whose_last_message_changes(steps):
+    """Each request's history is the one before's, its last k messages sent again otherwise (a
+    client moves its cache breakpoint), then longer: the digests go on from the call before's."""
+    digests, history = _CallDigests(), []
+    for resent, more, response in steps:
+        kept = history[: len(history) - resent] if resent else history
+        history = kept + [{"again": m} for m in history[len(kept) :]] + more
+        request = {"max_tokens": 10, "messages": history, "system": "s"}
+        assert digests.digest(request, response) == call_digest(request, response)
+
+
 def test_read_minivela_equals_parsing_each_line(tmp_path):
     from trajhub_assets_tests.test_secret_scan import write_minivela
 
