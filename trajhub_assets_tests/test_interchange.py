@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import hashlib
 import json
 from pathlib import Path
@@ -475,6 +476,24 @@ def test_minivela_import_keeps_provenance_and_merges(store, minivela_conversatio
     # Importing the same file again replaces its run: same run id, no copy.
     import_files(store, "mini-vela", [RAW])
     assert store.read(RUNS, MV_PARTITION).column("run_id").to_pylist() == [run["run_id"]]
+
+
+def test_an_import_leaves_the_cyclic_collector_as_it_found_it(store, tmp_path):
+    """import_files pauses the collector while it holds the records, and only then."""
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text("{not json\n")
+    assert gc.isenabled()
+    import_files(store, "mini-vela", [RAW])
+    assert gc.isenabled()
+    with pytest.raises(RecordError):
+        import_files(store, "mini-vela", [broken])
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        import_files(store, "mini-vela", [RAW])
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
 
 
 def test_imported_runs_are_scored_by_the_rules(store):

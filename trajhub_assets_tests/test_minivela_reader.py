@@ -123,6 +123,45 @@ def test_call_digests_are_the_formula_s(messages, system, response, more):
     assert digests.digest([messages], "x") == call_digest([messages], "x")  # not even objects
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 2), st.lists(json_values, max_size=3), json_values), max_size=6))
+def test_call_digests_follow_a_history_whose_last_message_changes(steps):
+    """Each request's history is the one before's, its last k messages sent again otherwise (a
+    client moves its cache breakpoint), then longer: the digests go on from the call before's."""
+    digests, history = _CallDigests(), []
+    for resent, more, response in steps:
+        kept = history[: len(history) - resent] if resent else history
+        history = kept + [{"again": m} for m in history[len(kept) :]] + more
+        request = {"max_tokens": 10, "messages": history, "system": "s"}
+        assert digests.digest(request, response) == call_digest(request, response)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 2), st.lists(json_values, max_size=3)), max_size=6))
+def test_blob_tables_of_a_history_whose_last_message_changes_are_those_of_copies(steps):
+    """build_tables takes a history's first message keys from the call before's: the tables
+    equal those of the same records with nothing shared."""
+    records, history = [], []
+    for seq, (resent, more) in enumerate(steps):
+        kept = history[: max(len(history) - resent, 0)]
+        history = kept + [{"again": m} for m in history[len(kept) :]] + more
+        records.append(
+            {
+                "run_id": "m~i~0~abcd1234",
+                "call_id": f"c{seq}",
+                "seq": seq,
+                "started_at": 1.0,
+                "wire_format": "anthropic_messages",
+                "call_kind": "agent",
+                "status": "ok",
+                "request": {"messages": history},
+            }
+        )
+    plain = json.loads(json.dumps(records))
+    for got, want in zip(build_tables(records, "m", "i"), build_tables(plain, "m", "i"), strict=True):
+        assert got.equals(want)
+
+
 def test_read_minivela_equals_parsing_each_line(tmp_path):
     from trajhub_assets_tests.test_secret_scan import write_minivela
 

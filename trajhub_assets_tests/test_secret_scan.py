@@ -100,6 +100,25 @@ def test_same_hits_as_the_scan_it_replaced_shared_or_not(parts, data):
     assert scanner.rows("t", copy.deepcopy(rows), start=3) == expected
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 2), st.booleans(), st.lists(st.booleans(), max_size=3)), max_size=8))
+def test_histories_that_grow_and_resend_their_last_messages_get_the_hits_of_the_old_walk(steps):
+    """Each call's history is the one before's, its last k messages sent again as other objects
+    (a client moves its cache breakpoint, or rewrites them), then new ones; any may hold a key.
+    The shared scan of every call, skipping what it walked clean before, finds what the old walk finds."""
+
+    def text(n: int, key: bool) -> dict:
+        return {"role": "user", "content": f"message {n}: {KEY if key else 'nothing to see in this one'}"}
+
+    scanner, history = SecretScanner(), []
+    for resent, key_in_resent, keys_in_new in steps:
+        kept = history[: max(len(history) - resent, 0)]
+        again = [text(n, key_in_resent) for n in range(len(kept), len(history))]
+        history = kept + again + [text(len(history) + n, key) for n, key in enumerate(keys_in_new)]
+        call = {"request": {"messages": history, "system": "a system prompt long enough"}}
+        assert scanner.rows("calls", [call], shared=True) == reference_scan_rows("calls", [call])
+
+
 def test_a_string_or_a_list_given_alone_keeps_its_path():
     blocks = [{"type": "thinking", "signature": LUCKY_SIGNATURE}, {"type": "thinking", "signature": f"x {KEY}"}]
     scanner = SecretScanner()

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import operator
 import os
 import re
 from collections.abc import Iterable
@@ -185,24 +186,66 @@ class _SharedLines:
 class _CallDigests:
     """The call id's digest, sha256 of json.dumps([request, response], sort_keys=True,
     ensure_ascii=False), written part by part: the sorted JSON of each message, tool, system
-    block and content block is made once per object, and lines share their repeated parts."""
+    block and content block is made once per object, and lines share their repeated parts.
+
+    A call's JSON begins as the call before's did, up to its history but that call's last
+    message (a client moves its cache breakpoint off it): the hash goes on from there."""
 
     def __init__(self) -> None:
         self._parts: dict[int, tuple[object, bytes]] = {}
         self._last: tuple[object, object, str] | None = None  # the copy of a call is the same objects
+        self._history: int | None = None  # where this call's last message begins in its chunks
+        self._resume: tuple[list[bytes], object] | None = None  # chunks, and the sha256 of them
+        self._before: tuple[list, list[bytes]] = ([], [])  # the last history, and its chunks
 
     def digest(self, request, response) -> str:
         last = self._last
         if last is not None and last[0] is request and last[1] is response:
             return last[2]
-        chunks = [b"["]
+        chunks, self._history = [b"["], None
         self._chunks(request, 2, chunks)
         chunks.append(b", ")
         self._chunks(response, 2, chunks)
         chunks.append(b"]")
-        digest = hashlib.sha256(b"".join(chunks)).hexdigest()
+        sha, done = hashlib.sha256(), 0
+        resume = self._resume
+        if resume is not None and chunks[: len(resume[0])] == resume[0]:
+            sha, done = resume[1].copy(), len(resume[0])
+        if self._history is not None and self._history > done:
+            sha.update(b"".join(chunks[done : self._history]))
+            done = self._history
+            self._resume = (chunks[:done], sha.copy())
+        sha.update(b"".join(chunks[done:]))
+        digest = sha.hexdigest()
         self._last = (request, response, digest)
         return digest
+
+    def _history_chunks(self, messages: list, out: list[bytes]) -> None:
+        """The request's messages as _chunks writes a list at depth 1 (a chunk per message, ", "
+        between), the first ones those of the call before when they are its very messages: all
+        of them, or all but its last. Notes where the last message begins (`_history`)."""
+        before, made = self._before
+        n, same = len(before), 0
+        if n <= len(messages) and all(map(operator.is_, messages, before)):
+            same = n
+        elif 1 < n <= len(messages) + 1 and all(map(operator.is_, messages, before[:-1])):
+            same = n - 1
+        start = len(out)
+        out.append(b"[")
+        out.extend(made[: 2 * same - 1] if same else ())
+        parts = self._parts
+        for i in range(same, len(messages)):
+            if i:
+                out.append(b", ")
+            item = messages[i]
+            found = parts.get(id(item))
+            if found is not None and found[0] is item:
+                out.append(found[1])
+            else:
+                self._chunks(item, 0, out)
+        self._before = (list(messages), out[start + 1 :])
+        out.append(b"]")
+        self._history = len(out) - (3 if len(messages) > 1 else 2)  # the last one, its ", ", "]"
 
     def _chunks(self, value, depth: int, out: list[bytes]) -> None:
         """json.dumps(value, sort_keys=True, ensure_ascii=False), encoded, onto `out`: `depth`
@@ -211,7 +254,10 @@ class _CallDigests:
             out.append(b"{")
             for i, (key, item) in enumerate(sorted(value.items())):
                 out.append((b", " if i else b"") + _encode(json.dumps(key, ensure_ascii=False)) + b": ")
-                self._chunks(item, depth - 1, out)
+                if key == "messages" and depth == 2 and isinstance(item, list) and item:
+                    self._history_chunks(item, out)
+                else:
+                    self._chunks(item, depth - 1, out)
             out.append(b"}")
         elif depth and isinstance(value, list):
             out.append(b"[")

@@ -22,12 +22,14 @@ credential, and a partition holding recorded runs is only replaced when asked.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import os
 import time
 import uuid
 from collections.abc import Iterable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -465,6 +467,20 @@ def report_imports(instance, stored: list[StoredPartition]) -> None:
             )
 
 
+@contextmanager
+def _collector_paused():
+    """The import holds every record of every file, millions of objects that make no reference
+    cycles (it leaves no cyclic garbage): the cyclic collector would only walk them again and
+    again, ~15% of the time of a 340 MB import."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def import_files(
     store: Store,
     fmt: str,
@@ -476,7 +492,8 @@ def import_files(
     dagster_instance=None,
 ) -> list[StoredPartition]:
     """read_files → store_runs → report_imports (when a Dagster instance is given)."""
-    stored = store_runs(store, read_files(fmt, paths, model=model, instance=instance), replace=replace)
+    with _collector_paused():
+        stored = store_runs(store, read_files(fmt, paths, model=model, instance=instance), replace=replace)
     if dagster_instance is not None:
         report_imports(dagster_instance, stored)
     return stored

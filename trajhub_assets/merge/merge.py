@@ -44,7 +44,14 @@ import json
 from collections import defaultdict
 
 from trajhub_assets.errors import RecordError
-from trajhub_assets.merge.normalize import Call, argument_defaults, canonical_arguments, message_key, read_call
+from trajhub_assets.merge.normalize import (
+    Call,
+    SharedMessages,
+    argument_defaults,
+    canonical_arguments,
+    message_key,
+    read_call,
+)
 
 SKIPPED_CALL_KINDS = {"count_tokens"}
 SIDE_CALL_KINDS = {"title", "background"}
@@ -100,9 +107,25 @@ def _order(call: Call):
     return (call.seq if call.seq is not None else float("inf"), call.started_at or 0.0, call.call_id)
 
 
+def _share_history(records: list) -> bool:
+    """Whether the calls repeat their history as the same objects (read_minivela's records, or
+    records rebuilt from the store): then SharedMessages reads each message once. Calls that are
+    each their own objects (json.loads of each line) would only pay for its entries."""
+    firsts = set()
+    for record in records:
+        request = record.get("request") if isinstance(record, dict) else None
+        messages = request.get("messages") if isinstance(request, dict) else None
+        if isinstance(messages, list) and messages:
+            if id(messages[0]) in firsts:
+                return True
+            firsts.add(id(messages[0]))
+    return False
+
+
 def _read_calls(records: list[dict], run_id: str | None) -> tuple[list[Call], str | None]:
     """Parse, check the run, skip count_tokens, and count a call logged twice once."""
     by_id: dict[str, Call] = {}
+    shared = SharedMessages() if _share_history(records) else None
     for number, record in enumerate(records):
         if not isinstance(record, dict):
             raise RecordError(
@@ -112,7 +135,7 @@ def _read_calls(records: list[dict], run_id: str | None) -> tuple[list[Call], st
             )
         if record.get("call_kind") in SKIPPED_CALL_KINDS:
             continue
-        call = read_call(record, source=f"run {run_id or record.get('run_id')}")
+        call = read_call(record, source=f"run {run_id or record.get('run_id')}", shared=shared)
         record_run = record.get("run_id")
         if run_id is None:
             run_id = record_run

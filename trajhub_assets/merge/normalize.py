@@ -172,14 +172,16 @@ def argument_defaults(tools: list[dict]) -> dict[str, dict]:
 
 
 def message_key(m: dict, canonical=lambda name, arguments: canonical_arguments(arguments)) -> tuple:
-    calls = m["tool_calls"]
+    calls, parts = m["tool_calls"], m.get("content_parts")
     if calls:
         calls = tuple(
-            (c["id"], c["function"]["name"], canonical(c["function"]["name"], c["function"]["arguments"]))
-            for c in calls
+            [
+                (c["id"], c["function"]["name"], canonical(c["function"]["name"], c["function"]["arguments"]))
+                for c in calls
+            ]
         )
     # Two images with the same caption are different messages; their refs tell them apart.
-    media = tuple(p["ref"] for p in m.get("content_parts") or () if p["ref"] is not None and p["type"] != "tool_use")
+    media = tuple([p["ref"] for p in parts if p["ref"] is not None and p["type"] != "tool_use"]) if parts else ()
     # OpenAI chat has no error flag (None), Anthropic always sends one: a tool result read from
     # either body of one run is the same message.
     return (m["role"], m["content"] or "", calls, m["tool_call_id"], m["name"], bool(m["is_error"]), media)
@@ -211,11 +213,31 @@ def media_reference(block: dict, kind: str) -> tuple[dict, str | None, str | Non
     return fields, media_type, ref
 
 
+class SharedMessages:
+    """The prompt messages a run's calls have read, by the recorded message objects they share
+    (an import's history is one object per message: interchange/minivela.py), so each is
+    normalized once. A message is reused only after the very same earlier messages: then the
+    tool names its results get from them are the same too."""
+
+    def __init__(self) -> None:
+        # (id of the entry before, id of the message) -> entry (message, its read messages, the
+        # tool names it tells later ones); entries keep their message, so ids are not reused.
+        self._entries: dict[tuple[int, int], tuple[object, list[dict], dict]] = {}
+
+    def get(self, before: tuple | None, m: object) -> tuple | None:
+        entry = self._entries.get((id(before), id(m)))
+        return entry if entry is not None and entry[0] is m else None
+
+    def put(self, before: tuple | None, m: object, read: list[dict], names: dict) -> tuple:
+        entry = self._entries[(id(before), id(m))] = (m, read, names)
+        return entry
+
+
 class _Reader:
     """Reads one record; every error names the call and the field."""
 
-    def __init__(self, record: dict, source: str):
-        self.record, self.source = record, source
+    def __init__(self, record: dict, source: str, shared: SharedMessages | None = None):
+        self.record, self.source, self.shared = record, source, shared
         self.body = "request"  # the record field the prompt is read from
         self.call_id = record.get("call_id") if isinstance(record, dict) else None
 
@@ -349,11 +371,21 @@ class _Reader:
             out.append(
                 self.content_message("system", request["system"], f"{self.body}.system", SECTION_SEPARATOR, "system")
             )
+        before = None  # the shared entry of the message before
         for i, m in enumerate(self.expect(request.get("messages", []), list, f"{self.body}.messages")):
+            seen = self.shared.get(before, m) if self.shared is not None else None
+            if seen is not None:
+                before = seen
+                _, read, told = seen
+                names.update(told)
+                out.extend(read)
+                continue
             field = f"{self.body}.messages[{i}]"
             role = self.expect(m, dict, field).get("role")
+            told = {}  # the tool names an assistant message gives the results after it
             if role == "assistant":
-                read = [self.anthropic_assistant(m.get("content"), f"{field}.content", names)]
+                read = [self.anthropic_assistant(m.get("content"), f"{field}.content", told)]
+                names.update(told)
             elif role == "user":
                 read = self.anthropic_user(m.get("content"), f"{field}.content", names)
             elif role == "system":  # Claude Code sends its environment block in place, as a message
@@ -365,6 +397,8 @@ class _Reader:
             if level:
                 read[0]["extra"] = (read[0]["extra"] or {}) | level
             out.extend(read)
+            if self.shared is not None:
+                before = self.shared.put(before, m, read, told)
         return out
 
     def anthropic_responses(self, response: dict) -> list[dict]:
@@ -586,11 +620,13 @@ def upstream_format(record: dict) -> str | None:
     return None
 
 
-def read_call(record: dict, source: str = "calls") -> Call:
+def read_call(record: dict, source: str = "calls", shared: SharedMessages | None = None) -> Call:
     """Normalize one call record; raises RecordError naming the call and the field. The prompt
     and tools come from what the model saw: upstream_request when the proxy translated the
-    call, read in the upstream's format; the response is read as the client got it."""
-    reader = _Reader(record, source)
+    call, read in the upstream's format; the response is read as the client got it. With
+    `shared`, the messages of one run's calls: the Call's prompt messages may be those of an
+    earlier call, the same dicts (read them, do not change them)."""
+    reader = _Reader(record, source, shared)
     reader.expect(record, dict, "record")
     call_id = reader.expect(record.get("call_id"), str, "call_id")
     wire_format = record.get("wire_format")
@@ -620,7 +656,8 @@ def read_call(record: dict, source: str = "calls") -> Call:
         reader.expect(t, dict, f"{reader.body}.tools[{i}]")
     prompt = read_prompt(reader, body)
     for m in prompt + responses:
-        m["extra"] = _ENCODE(m["extra"]) if m["extra"] else None
+        if isinstance(m["extra"], dict):  # a shared message was encoded by the call that read it
+            m["extra"] = _ENCODE(m["extra"]) if m["extra"] else None
     return Call(
         call_id=call_id,
         seq=record.get("seq"),

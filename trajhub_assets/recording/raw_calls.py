@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import operator
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,6 +158,21 @@ class _Blobs:
         # history, interchange/minivela.py) have it encoded and hashed once. The value is kept
         # so that its id is not reused.
         self._seen: dict[int, tuple[object, str]] = {}
+        self._history: tuple[list, list[str]] = ([], [])  # the last list of messages, and its keys
+
+    def add_all(self, kind: str, values: list) -> list[str]:
+        """The keys of a call's messages. A call repeats the history of the call before: its very
+        first messages (all of them, or all but the last, which a client may resend changed) have
+        the keys they had."""
+        before, keys = self._history
+        n, same = len(before), 0
+        if n <= len(values) and all(map(operator.is_, values, before)):
+            same = n
+        elif 1 < n <= len(values) + 1 and all(map(operator.is_, values, before[:-1])):
+            same = n - 1
+        keys = keys[:same] + [self.add(kind, value) for value in values[same:]]
+        self._history = (list(values), keys)
+        return keys
 
     def add(self, kind: str, value) -> str:
         seen = self._seen.get(id(value))
@@ -193,7 +209,7 @@ def _request_parts(request: dict, blobs: _Blobs) -> dict:
         "system_ref": blobs.add("system", request[system]) if system else None,
         "tools_ref": blobs.add("tools", request[_TOOLS_FIELD]) if _TOOLS_FIELD in request else None,
         "conversation_field": conversation,
-        "message_refs": [blobs.add("message", m) for m in request[conversation]] if conversation else None,
+        "message_refs": blobs.add_all("message", request[conversation]) if conversation else None,
     }
 
 

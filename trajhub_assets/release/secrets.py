@@ -24,6 +24,7 @@ leaks what it found. Patterns follow the providers' published key formats; a gen
 from __future__ import annotations
 
 import hashlib
+import operator
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -147,6 +148,9 @@ class SecretScanner:
         # (id, path context) -> (the value, kept alive so its id stays its own; its hits as
         # (path tail, kind, masked)); only for shared=True walks.
         self._values: dict[tuple[int, int], tuple[object, tuple[tuple[str, str, str], ...]]] = {}
+        # (path, context) -> the items of the last list walked there that held no key; for
+        # shared=True walks. A call's history is the one before's, longer: only its new items are walked.
+        self._clean: dict[tuple[str, int], list] = {}
         self.texts_scanned = 0
         self.chars_scanned = 0
         self.reused = 0
@@ -238,7 +242,20 @@ class SecretScanner:
             return
         context = 2 if path.endswith("thinking_blocks") else 0
         values = self._values
-        for i, item in enumerate(value):
+        start, found = 0, len(out)
+        if shared:
+            # The very items at the same places hold the same texts, so no key either: all of
+            # the clean list's, or all but its last (a client resends that one, its cache
+            # breakpoint moved off).
+            clean = self._clean.get((path, context), ())
+            n = len(clean)
+            if n and n <= len(value) and all(map(operator.is_, value, clean)):
+                start = n
+            elif 1 < n <= len(value) + 1 and all(map(operator.is_, value, clean[:-1])):
+                start = n - 1
+            self.reused += start
+        for i in range(start, len(value)):
+            item = value[i]
             if isinstance(item, str):
                 if len(item) >= SHORTEST_MATCH:
                     self._string(item, f"{path}[{i}]", "", out)
@@ -252,6 +269,8 @@ class SecretScanner:
                             out.extend((_join(here, tail), kind, masked) for tail, kind, masked in entry[1])
                         continue
                 self._container(item, f"{path}[{i}]", context, out, shared)
+        if shared and len(out) == found:
+            self._clean[(path, context)] = list(value)
 
     # -- rows, tables, documents --------------------------------------------------------
     def rows(self, name: str, rows: Iterable[Mapping], start: int = 0, *, shared: bool = False) -> list[Hit]:
