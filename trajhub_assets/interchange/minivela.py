@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import operator
 import os
 import re
 from collections.abc import Iterable
 
 from trajhub_assets.errors import RecordError
+from trajhub_assets.shared_history import repeated_prefix
 
 _WHITESPACE = re.compile(r"[ \t\n\r]*")  # json's own
 _SPACE = " \t\n\r"
@@ -225,11 +225,7 @@ class _CallDigests:
         between), the first ones those of the call before when they are its very messages: all
         of them, or all but its last. Notes where the last message begins (`_history`)."""
         before, made = self._before
-        n, same = len(before), 0
-        if n <= len(messages) and all(map(operator.is_, messages, before)):
-            same = n
-        elif 1 < n <= len(messages) + 1 and all(map(operator.is_, messages, before[:-1])):
-            same = n - 1
+        same = repeated_prefix(messages, before)
         start = len(out)
         out.append(b"[")
         out.extend(made[: 2 * same - 1] if same else ())

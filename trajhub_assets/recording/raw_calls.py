@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import operator
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ import pyarrow as pa
 from trajhub_assets.errors import RecordError
 from trajhub_assets.recording.run_id import parse_run_id
 from trajhub_assets.recording.schema import MESSAGE_BLOBS, RAW_CALLS
+from trajhub_assets.shared_history import repeated_prefix
 from trajhub_assets.store import Store
 
 log = logging.getLogger(__name__)
@@ -165,11 +165,7 @@ class _Blobs:
         first messages (all of them, or all but the last, which a client may resend changed) have
         the keys they had."""
         before, keys = self._history
-        n, same = len(before), 0
-        if n <= len(values) and all(map(operator.is_, values, before)):
-            same = n
-        elif 1 < n <= len(values) + 1 and all(map(operator.is_, values, before[:-1])):
-            same = n - 1
+        same = repeated_prefix(values, before)
         keys = keys[:same] + [self.add(kind, value) for value in values[same:]]
         self._history = (list(values), keys)
         return keys

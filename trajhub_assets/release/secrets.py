@@ -24,7 +24,6 @@ leaks what it found. Patterns follow the providers' published key formats; a gen
 from __future__ import annotations
 
 import hashlib
-import operator
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from trajhub_assets.errors import TrajhubError
+from trajhub_assets.shared_history import repeated_prefix
 
 # Order matters where one format is a prefix of another: the first alternative that matches wins.
 PATTERNS: dict[str, str] = {
@@ -247,12 +247,7 @@ class SecretScanner:
             # The very items at the same places hold the same texts, so no key either: all of
             # the clean list's, or all but its last (a client resends that one, its cache
             # breakpoint moved off).
-            clean = self._clean.get((path, context), ())
-            n = len(clean)
-            if n and n <= len(value) and all(map(operator.is_, value, clean)):
-                start = n
-            elif 1 < n <= len(value) + 1 and all(map(operator.is_, value, clean[:-1])):
-                start = n - 1
+            start = repeated_prefix(value, self._clean.get((path, context), ()))
             self.reused += start
         for i in range(start, len(value)):
             item = value[i]
