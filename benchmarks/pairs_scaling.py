@@ -55,6 +55,20 @@ def models_of(index: int, per_instance: int) -> list[int]:
     return [(2 * index + offset) % PROFILES for offset in SAME_CLIENT]
 
 
+def store_scored_partition(store: Store, scratch: Path, profile, task: dict, seed: int) -> dict:
+    """One (model, instance) partition as the pipeline leaves it before pairs: the synthetic run
+    loaded, merged, and given seeded rewards and step rewards. Returns the partition."""
+    partition = {"model": profile.key, "instance": task["instance_id"]}
+    load_partition(store, scratch, profile, task, seed)
+    records = rebuild_records(store.read(RAW_CALLS, partition), store.read(MESSAGE_BLOBS, partition))
+    conversations = merge_partition(records, **partition)
+    store.write(MERGED_TRAJECTORIES, conversations_to_table(conversations), partition)
+    rewards, steps = rewards_of(conversations, random.Random(f"{seed}:{profile.key}:{task['instance_id']}"))
+    store.write(TRAJECTORY_REWARDS, rewards, partition)
+    store.write(JUDGE_STEPS, steps, partition)
+    return partition
+
+
 def rewards_of(conversations: list[dict], rng: random.Random) -> tuple[pa.Table, pa.Table]:
     """Seeded TRAJECTORY_REWARDS and JUDGE_STEPS rows for one partition's main conversations."""
     rewards, steps = [], []
@@ -101,14 +115,7 @@ def build_store(root: Path, tasks: list[dict], per_instance: int, seed: int) -> 
     for index, task in enumerate(tasks):
         for p in models_of(index, per_instance):
             profile = profiles[p]
-            partition = {"model": profile.key, "instance": task["instance_id"]}
-            load_partition(store, root / "scratch", profile, task, seed)
-            records = rebuild_records(store.read(RAW_CALLS, partition), store.read(MESSAGE_BLOBS, partition))
-            conversations = merge_partition(records, **partition)
-            store.write(MERGED_TRAJECTORIES, conversations_to_table(conversations), partition)
-            rewards, steps = rewards_of(conversations, random.Random(f"{seed}:{profile.key}:{task['instance_id']}"))
-            store.write(TRAJECTORY_REWARDS, rewards, partition)
-            store.write(JUDGE_STEPS, steps, partition)
+            store_scored_partition(store, root / "scratch", profile, task, seed)
             ran.setdefault(profile.key, []).append(task["instance_id"])
     return store, ran
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import cProfile
 import json
-import random
 import resource
 import shutil
 import subprocess
@@ -32,16 +31,13 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from pairs_scaling import rewards_of
-from synthetic_runs import load_partition, model_profiles, task_records
+from pairs_scaling import store_scored_partition
+from synthetic_runs import model_profiles, task_records
 
-from trajhub_assets.merge.assets import merge_partition
-from trajhub_assets.merge.schema import MERGED_TRAJECTORIES, conversations_to_table
+from trajhub_assets.merge.schema import MERGED_TRAJECTORIES
 from trajhub_assets.pairs.assets import instance_inputs
 from trajhub_assets.pairs.pairs import PairPolicy, preference_pairs
 from trajhub_assets.pairs.schema import PREFERENCE_PAIRS
-from trajhub_assets.recording.raw_calls import rebuild_records
-from trajhub_assets.recording.schema import MESSAGE_BLOBS, RAW_CALLS
 from trajhub_assets.rewards.schema import JUDGE_STEPS, TRAJECTORY_REWARDS
 from trajhub_assets.store import Store
 from trajhub_assets.tasks.catalog import TaskRecord, tasks_to_table
@@ -111,14 +107,7 @@ def build_template(
     (root / "scratch").mkdir(parents=True, exist_ok=True)
     for task in tasks:
         for profile in profiles:
-            partition = {"model": profile.key, "instance": task["instance_id"]}
-            load_partition(store, root / "scratch", profile, task, seed)
-            records = rebuild_records(store.read(RAW_CALLS, partition), store.read(MESSAGE_BLOBS, partition))
-            conversations = merge_partition(records, **partition)
-            store.write(MERGED_TRAJECTORIES, conversations_to_table(conversations), partition)
-            rewards, steps = rewards_of(conversations, random.Random(f"{seed}:{profile.key}:{task['instance_id']}"))
-            store.write(TRAJECTORY_REWARDS, rewards, partition)
-            store.write(JUDGE_STEPS, steps, partition)
+            store_scored_partition(store, root / "scratch", profile, task, seed)
         pairs = preference_pairs(*instance_inputs(store, task["instance_id"]), PairPolicy(min_margin=0.1))
         store.write(PREFERENCE_PAIRS, pairs.table, {"instance": task["instance_id"]})
     (root / "done").touch()
