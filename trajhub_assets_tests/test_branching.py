@@ -12,27 +12,38 @@ import dataclasses
 import json
 import shutil
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
+import yaml
 
 from trajhub_assets.branching.branches import (
     BRANCH_KIND,
     BranchError,
     branch_call,
     branch_seed,
+    live_policy,
     run_branch,
 )
+from trajhub_assets.branching.schema import BRANCH_MESSAGE_BLOBS, BRANCH_RAW_CALLS
+from trajhub_assets.cli import main
 from trajhub_assets.config import DEFAULT_CONFIG, ModelConfig, SandboxConfig, load_config
+from trajhub_assets.merge.assets import merge_partition
 from trajhub_assets.merge.merge import merge_calls
+from trajhub_assets.merge.schema import MERGED_TRAJECTORIES, conversations_to_table
 from trajhub_assets.recording.attempts import Proxy, run_attempt
-from trajhub_assets.recording.raw_calls import read_run
+from trajhub_assets.recording.raw_calls import load_runs, read_run, rebuild_records
+from trajhub_assets.recording.schema import MESSAGE_BLOBS, RAW_CALLS, RUNS
 from trajhub_assets.recording.scripted_upstream import reply_from_openai
 from trajhub_assets.replay.masks import mask_value
 from trajhub_assets.replay.recorded import RecordedRun
 from trajhub_assets.scaffolds.baselines import BaselinePolicies, upstream_policy
-from trajhub_assets.tasks.catalog import load_catalog
+from trajhub_assets.store import Store
+from trajhub_assets.tasks.catalog import load_catalog, tasks_to_table
+from trajhub_assets.tasks.schema import TASKS
 
-DEMO = {i.record["instance_id"]: i.record for i in load_catalog(load_config(DEFAULT_CONFIG))}
-TASK = DEMO["demo-lru-eviction"]
+DEMO_ITEMS = {i.record["instance_id"]: i for i in load_catalog(load_config(DEFAULT_CONFIG))}
+TASK = DEMO_ITEMS["demo-lru-eviction"].record
 CAREFUL = ModelConfig(name="baseline/careful", route="trajhub-baseline/careful", scaffold="builtin")
 LOCAL = SandboxConfig(backend="local", timeout_s=300)
 STEP = 3  # the careful baseline has listed the files (0), read CHANGELOG.md (1) and lrucache/cache.py (2)
@@ -40,6 +51,17 @@ STEP = 3  # the careful baseline has listed the files (0), read CHANGELOG.md (1)
 
 def endpoint(proxy) -> Proxy:
     return Proxy(proxy.url, proxy.url, proxy.master_key)
+
+
+BRANCH_TABLES = (BRANCH_RAW_CALLS, BRANCH_MESSAGE_BLOBS)
+
+
+def read_run_from_store(store: Store, run_id: str, tables=(RAW_CALLS, MESSAGE_BLOBS)) -> list[dict]:
+    """A run's records as stored (in the recording tables, or the branch tables)."""
+    calls_table, blobs_table = tables
+    (partition,) = [{"model": EXPLORER.key, "instance": TASK["instance_id"]}]
+    calls = store.read(calls_table, partition)
+    return rebuild_records(calls.filter(pc.equal(calls["run_id"], run_id)), store.read(blobs_table, partition))
 
 
 def explorer(policies: BaselinePolicies):
@@ -124,3 +146,66 @@ def test_a_step_the_run_does_not_have_is_named(parent):
     with pytest.raises(BranchError, match=f"has {steps} main steps .*no step {steps}"):
         branch_call(recorded, conversations, steps)
     assert json.dumps(branch_seed("a", 1, 0)) != json.dumps(branch_seed("a", 1, 1))
+
+
+# -- `trajhub branch`: continuations of a stored run, stored -------------------------------
+EXPLORER = ModelConfig(
+    name="baseline/explorer", route="trajhub-baseline/explorer", scaffold="builtin", sampling={"extra": {"seed": 1}}
+)
+
+
+@pytest.fixture
+def stored_explorer_run(proxy, scripted_upstream, tmp_path, monkeypatch) -> tuple[Store, str]:
+    """A run of the explorer baseline stored as raw_trajectories and merged_trajectories store it,
+    in a project whose config has the model; TRAJHUB_HOME and TRAJHUB_CONFIG point at them."""
+    scripted_upstream.set_script(upstream_policy(BaselinePolicies([TASK])))
+    row = run_attempt(TASK, EXPLORER, 0, endpoint(proxy), LOCAL)
+    assert row["error"] is None, row
+    store = Store(tmp_path / "home")
+    partition = {"model": EXPLORER.key, "instance": TASK["instance_id"]}
+    store.write(TASKS, tasks_to_table([DEMO_ITEMS[TASK["instance_id"]]]))
+    store.write(RUNS, pa.Table.from_pylist([row], schema=RUNS.schema), partition)
+    load_runs(store, [proxy.recording(row["run_id"])], EXPLORER.key, TASK["instance_id"])
+    records = read_run(proxy.recording(row["run_id"])).records
+    store.write(MERGED_TRAJECTORIES, conversations_to_table(merge_partition(records, **partition)), partition)
+    config = tmp_path / "project.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "tasks": [{"path": str(DEFAULT_CONFIG.parent / "tasks/demo/tasks.jsonl")}],
+                "models": [EXPLORER.model_dump(exclude_none=True)],
+                "sandbox": LOCAL.model_dump(),
+            }
+        )
+    )
+    monkeypatch.setenv("TRAJHUB_HOME", str(store.root))
+    monkeypatch.setenv("TRAJHUB_CONFIG", str(config))
+    return store, row["run_id"]
+
+
+def test_trajhub_branch_stores_each_continuation_as_a_run_with_its_parent(stored_explorer_run, capsys):
+    store, run_id = stored_explorer_run
+    parent = read_run_from_store(store, run_id)
+    step = min(2, len(actions(parent)) - 1)
+    main(["branch", run_id, "--at", str(step), "--samples", "2"])
+    out = capsys.readouterr().out
+    rows = store.sql("SELECT * FROM branch_runs ORDER BY branch_sample").to_pylist()
+    assert [(r["kind"], r["parent_run_id"], r["branch_step"], r["branch_sample"]) for r in rows] == [
+        (BRANCH_KIND, run_id, step, 0),
+        (BRANCH_KIND, run_id, step, 1),
+    ]
+    assert all(r["error"] is None and r["run_id"] in out for r in rows), out
+    for row in rows:  # every call of a continuation is stored; its prefix is the parent's
+        calls = store.sql("SELECT * FROM branch_raw_calls WHERE run_id = ?", [row["run_id"]])
+        assert calls.num_rows >= step + 1
+        assert actions(read_run_from_store(store, row["run_id"], BRANCH_TABLES))[:step] == actions(parent)[:step]
+    blobs = store.sql("SELECT sha256, count(*) AS n FROM branch_message_blobs GROUP BY ALL HAVING n > 1")
+    assert blobs.num_rows == 0  # the shared prefix's blobs once
+    main(["branch", run_id, "--at", str(step), "--samples", "1"])  # more branches keep the earlier ones
+    assert store.sql("SELECT count(*) AS n FROM branch_runs").to_pylist() == [{"n": 3}]
+    assert store.sql("SELECT count(*) AS n FROM runs").to_pylist() == [{"n": 1}]  # the runs table untouched
+
+
+def test_a_model_of_a_provider_is_not_continued_yet():
+    with pytest.raises(BranchError, match="anthropic/claude-x.*baseline routes"):
+        live_policy(ModelConfig(name="claude", route="anthropic/claude-x", scaffold="claudecode"), [TASK])
