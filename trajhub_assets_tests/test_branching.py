@@ -1,9 +1,10 @@
 """Branches: a recorded run served again up to a step through the real proxy, then continued
 live, several times; and refused when its prefix no longer reproduces.
 
-The parent is a demo run of the careful baseline (builtin agent, local sandbox, real LiteLLM
-proxy, the scripted upstream); the live model of its branches is the seeded `explorer`
-baseline, so the continuations of one step differ as a sampled model's do.
+The parent is a demo run of the careful baseline (builtin agent, real LiteLLM proxy, the
+scripted upstream), in a Docker sandbox and in a local one; the live model of its branches is
+the seeded `explorer` baseline, so the continuations of one step differ as a sampled model's do.
+Claude Code (the real pinned client) is branched the same way, against a scripted model.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ DEMO_ITEMS = {i.record["instance_id"]: i for i in load_catalog(load_config(DEFAU
 TASK = DEMO_ITEMS["demo-lru-eviction"].record
 CAREFUL = ModelConfig(name="baseline/careful", route="trajhub-baseline/careful", scaffold="builtin")
 LOCAL = SandboxConfig(backend="local", timeout_s=300)
+DOCKER = SandboxConfig(backend="docker", timeout_s=300, cpus=1, memory="1g")
 STEP = 3  # the careful baseline has listed the files (0), read CHANGELOG.md (1) and lrucache/cache.py (2)
 
 
@@ -79,23 +81,27 @@ def actions(records: list[dict]) -> list[tuple[str, str]]:
     return out
 
 
-@pytest.fixture(scope="module")
-def parent(proxy, scripted_upstream) -> tuple[RecordedRun, list[dict]]:
+@pytest.fixture(scope="module", params=["docker", "local"])
+def parent(request, proxy, scripted_upstream) -> tuple[RecordedRun, list[dict], SandboxConfig]:
+    sandbox = {"docker": DOCKER, "local": LOCAL}[request.param]
+    if sandbox.backend == "docker":
+        request.getfixturevalue("docker_engine")
     scripted_upstream.set_script(upstream_policy(BaselinePolicies([TASK])))
-    row = run_attempt(TASK, CAREFUL, 0, endpoint(proxy), LOCAL)
+    # The builtin agent calls the model from the host, in either backend: the proxy's host URL.
+    row = run_attempt(TASK, CAREFUL, 0, endpoint(proxy), sandbox)
     assert row["error"] is None and row["resolved"], row
     records = read_run(proxy.recording(row["run_id"])).records
     conversations = merge_calls(records, run_id=row["run_id"], model=CAREFUL.key, instance=TASK["instance_id"])
-    return RecordedRun(row["run_id"], records, row, TASK, CAREFUL), conversations
+    return RecordedRun(row["run_id"], records, row, TASK, CAREFUL), conversations, sandbox
 
 
 def test_branches_share_the_recorded_prefix_and_continue_live(parent, proxy, upstream):
-    recorded, conversations = parent
+    recorded, conversations, sandbox = parent
     at = branch_call(recorded, conversations, STEP)
     live = explorer(BaselinePolicies([TASK]))
     rows, continuations = [], []
     for sample in range(3):
-        row, policy = run_branch(recorded, STEP, at, sample, endpoint(proxy), LOCAL, upstream.set_script, live)
+        row, policy = run_branch(recorded, STEP, at, sample, endpoint(proxy), sandbox, upstream.set_script, live)
         assert row["error"] is None and policy.branched and policy.divergence is None, row
         assert (row["kind"], row["parent_run_id"], row["branch_step"], row["branch_sample"]) == (
             BRANCH_KIND,
@@ -117,7 +123,7 @@ def test_branches_share_the_recorded_prefix_and_continue_live(parent, proxy, ups
 
 
 def test_a_branch_whose_prefix_no_longer_reproduces_is_refused(parent, proxy, upstream, tmp_path):
-    recorded, conversations = parent
+    recorded, conversations, sandbox = parent
     workspace = tmp_path / "workspace"
     shutil.copytree(TASK["workspace_source"], workspace)
     cache = workspace / "lrucache" / "cache.py"
@@ -130,7 +136,7 @@ def test_a_branch_whose_prefix_no_longer_reproduces_is_refused(parent, proxy, up
         return explorer(BaselinePolicies([TASK]))(request)
 
     at = branch_call(recorded, conversations, STEP)
-    row, policy = run_branch(altered, STEP, at, 0, endpoint(proxy), LOCAL, upstream.set_script, live)
+    row, policy = run_branch(altered, STEP, at, 0, endpoint(proxy), sandbox, upstream.set_script, live)
     assert not policy.branched and served == []  # the live model never saw the altered state
     seq = recorded.records[STEP]["seq"]  # the request after the read of cache.py carries it
     assert row["error"].startswith("branch refused: the prefix does not reproduce"), row["error"]
@@ -141,7 +147,7 @@ def test_a_branch_whose_prefix_no_longer_reproduces_is_refused(parent, proxy, up
 
 
 def test_a_step_the_run_does_not_have_is_named(parent):
-    recorded, conversations = parent
+    recorded, conversations, _ = parent
     steps = len(actions(recorded.records))
     with pytest.raises(BranchError, match=f"has {steps} main steps .*no step {steps}"):
         branch_call(recorded, conversations, steps)
@@ -209,3 +215,36 @@ def test_trajhub_branch_stores_each_continuation_as_a_run_with_its_parent(stored
 def test_a_model_of_a_provider_is_not_continued_yet():
     with pytest.raises(BranchError, match="anthropic/claude-x.*baseline routes"):
         live_policy(ModelConfig(name="claude", route="anthropic/claude-x", scaffold="claudecode"), [TASK])
+
+
+# -- Claude Code, the real pinned client -----------------------------------------------------
+def test_claude_code_is_branched_at_a_step_and_refused_when_its_prefix_changed(proxy, upstream, tmp_path):
+    from trajhub_assets.scaffolds import clients, make_scaffold
+    from trajhub_assets_tests.test_scaffolds_cli import agent_policy, make_task
+
+    try:
+        make_scaffold("claudecode").install()
+    except clients.ClientError as error:
+        pytest.fail(f"Claude Code is not installed (scripts/install_clients.sh): {error}")
+    task = make_task(tmp_path)
+    model = ModelConfig(name="scripted/claude", route="scripted-anthropic", scaffold="claudecode")
+    upstream.set_script(agent_policy("claudecode", ("cat README.md", "echo one > one.txt", "echo two > two.txt")))
+    row = run_attempt(task, model, 0, endpoint(proxy), LOCAL)
+    assert row["error"] is None and row["agent_exit_code"] == 0 and "one.txt" in row["diff"], row
+    records = read_run(proxy.recording(row["run_id"])).records
+    recorded = RecordedRun(row["run_id"], records, row, task, model)
+    conversations = merge_calls(records, run_id=row["run_id"], model=model.key, instance=task["instance_id"])
+    at = branch_call(recorded, conversations, 1)  # the call after `cat README.md` ran
+
+    live = agent_policy("claudecode", ("cat README.md", "echo live > live.txt"))
+    branch, policy = run_branch(recorded, 1, at, 0, endpoint(proxy), LOCAL, upstream.set_script, live)
+    assert branch["error"] is None and policy.branched and branch["agent_exit_code"] == 0, branch
+    assert "live.txt" in branch["diff"] and "one.txt" not in branch["diff"]  # the live model's step, not the recorded
+
+    altered_repo = tmp_path / "altered"
+    shutil.copytree(task["workspace_source"], altered_repo)
+    (altered_repo / "README.md").write_text("ALTERED README\n")
+    altered = dataclasses.replace(recorded, task=dict(task, workspace_source=str(altered_repo)))
+    refused, policy = run_branch(altered, 1, at, 1, endpoint(proxy), LOCAL, upstream.set_script, live)
+    assert not policy.branched and refused["error"].startswith("branch refused: the prefix does not reproduce")
+    assert "ALTERED README" in policy.divergence.actual and "messages[" in policy.divergence.path
