@@ -181,6 +181,7 @@ def stored_explorer_run(proxy, scripted_upstream, tmp_path, monkeypatch) -> tupl
                 "tasks": [{"path": str(DEFAULT_CONFIG.parent / "tasks/demo/tasks.jsonl")}],
                 "models": [EXPLORER.model_dump(exclude_none=True)],
                 "sandbox": LOCAL.model_dump(),
+                "branching": {"points": ["even"], "samples": 2, "max_per_run": 1},
             }
         )
     )
@@ -210,6 +211,43 @@ def test_trajhub_branch_stores_each_continuation_as_a_run_with_its_parent(stored
     main(["branch", run_id, "--at", str(step), "--samples", "1"])  # more branches keep the earlier ones
     assert store.sql("SELECT count(*) AS n FROM branch_runs").to_pylist() == [{"n": 3}]
     assert store.sql("SELECT count(*) AS n FROM runs").to_pylist() == [{"n": 1}]  # the runs table untouched
+
+
+def test_the_asset_branches_each_point_once_and_merges_the_continuations(stored_explorer_run):
+    from dagster import DagsterInstance, materialize
+
+    from trajhub_assets.branching.assets import branched_trajectories
+    from trajhub_assets.partitions import run_key
+    from trajhub_assets.resources import ProjectResource, StoreResource
+
+    store, run_id = stored_explorer_run
+    steps = len(actions(read_run_from_store(store, run_id)))
+    instance = DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("models", [EXPLORER.key])
+    instance.add_dynamic_partitions("instances", [TASK["instance_id"]])
+    resources = {"store": StoreResource(root=str(store.root)), "project": ProjectResource()}
+
+    def materialized():
+        result = materialize(
+            [branched_trajectories],
+            instance=instance,
+            resources=resources,
+            partition_key=run_key(EXPLORER.key, TASK["instance_id"]),
+        )
+        assert result.success
+        (event,) = result.asset_materializations_for_node("branched_trajectories")
+        return {k: v.value for k, v in event.metadata.items() if not k.startswith("batch")}
+
+    first = materialized()
+    assert (first["points"], first["continuations"], first["refused"]) == (1, 2, 0), first
+    rows = store.sql("SELECT * FROM branch_runs").to_pylist()
+    assert {(r["parent_run_id"], r["branch_step"]) for r in rows} == {(run_id, round(steps / 2))}
+    merged = store.sql("SELECT DISTINCT run_id FROM branched_trajectories WHERE kind = 'main'").to_pylist()
+    assert sorted(r["run_id"] for r in merged) == sorted(r["run_id"] for r in rows)
+    again = materialized()  # the point is branched: nothing new, what is stored stays
+    kept = first["branch_conversations"]
+    assert (again["points"], again["continuations"], again["branch_conversations"]) == (0, 0, kept)
+    assert store.sql("SELECT count(*) AS n FROM branch_runs").to_pylist() == [{"n": 2}]
 
 
 def test_a_model_of_a_provider_is_not_continued_yet():

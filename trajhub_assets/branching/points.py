@@ -15,7 +15,7 @@ run id order, so a budget spreads over the runs rather than spending itself on t
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass
 
 from trajhub_assets.config import BranchingConfig
@@ -82,11 +82,17 @@ def branch_points(
     judge_rows: Mapping[str, list[Mapping]],
     rule_rows: Mapping[str, list[Mapping]],
     config: BranchingConfig,
+    *,
+    peers: Mapping[str, list[Step]] | None = None,
+    skip: Container[tuple[str, int]] = (),
     budget: int | None = None,
 ) -> list[BranchPoint]:
     """The branch points of runs (run id -> main steps; their judge_steps and rule_steps rows
     by run id): at most `config.max_per_run` per run and `budget` in all (what is left of
-    `config.max_per_release`; None: no limit)."""
+    `config.max_per_release`; None: no limit). `peers`: the instance's other runs, which
+    divergence compares with too; `skip`: (run, step) already branched, which count against
+    their run's share and are not returned."""
+    everyone = {**(peers or {}), **runs}
     chosen: dict[str, list[BranchPoint]] = {}
     for run_id, steps in sorted(runs.items()):
         found: list[tuple[int, str]] = []
@@ -96,7 +102,7 @@ def branch_points(
                     steps, judge_rows.get(run_id, []), rule_rows.get(run_id, []), config.low_reward_below
                 )
             elif kind == "divergence":
-                point = first_divergence(steps, {r: s for r, s in runs.items() if r != run_id})
+                point = first_divergence(steps, {r: s for r, s in everyone.items() if r != run_id})
                 found += [point] if point else []
             else:
                 found += even_steps(len(steps), config.max_per_run)
@@ -104,7 +110,8 @@ def branch_points(
         for step, reason in found:
             if 1 <= step < len(steps) and step not in points and len(points) < config.max_per_run:
                 points[step] = reason
-        chosen[run_id] = [BranchPoint(run_id, step, reason) for step, reason in points.items()]
+        new = [(step, reason) for step, reason in points.items() if (run_id, step) not in skip]
+        chosen[run_id] = [BranchPoint(run_id, step, reason) for step, reason in new]
     rounds = max((len(p) for p in chosen.values()), default=0)
     spread = [points[i] for i in range(rounds) for points in chosen.values() if i < len(points)]
     return spread if budget is None else spread[:budget]

@@ -4,6 +4,7 @@ Their schemas are the recording tables' (runs, raw_calls, message_blobs), so eve
 reads a run reads a branch; a `branch_runs` row names its parent run, step and sample.
 """
 
+from trajhub_assets.merge.schema import MERGED_TRAJECTORIES
 from trajhub_assets.recording.schema import MESSAGE_BLOBS, RAW_CALLS, RUNS
 from trajhub_assets.store import Table
 
@@ -25,4 +26,10 @@ BRANCH_MESSAGE_BLOBS = Table(
     schema=MESSAGE_BLOBS.schema,
     partitioned_by=MESSAGE_BLOBS.partitioned_by,
     description="The continuations' message blobs (as message_blobs).",
+)
+BRANCHED_TRAJECTORIES = Table(
+    "branched_trajectories",
+    schema=MERGED_TRAJECTORIES.schema,
+    partitioned_by=MERGED_TRAJECTORIES.partitioned_by,
+    description="The continuations' conversations, merged as merged_trajectories merges runs.",
 )
