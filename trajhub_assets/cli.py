@@ -288,11 +288,13 @@ def main(argv: list[str] | None = None) -> None:
     load.add_argument("files", nargs="+")
     load.set_defaults(func=cmd_label_import)
 
+    from trajhub_assets.branching.cli import register as register_branching
     from trajhub_assets.interchange.commands import register as register_interchange
     from trajhub_assets.replay.cli import register as register_replay
 
     register_interchange(commands)
     register_replay(commands)
+    register_branching(commands)
 
     args = parser.parse_args(argv)
     try:

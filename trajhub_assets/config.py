@@ -159,6 +159,20 @@ class ReleaseConfig(_Strict):
     replay_sample: int = Field(2, ge=0, description="Runs of each release replayed by release_replay.")
 
 
+class BranchingConfig(_Strict):
+    """Where recorded runs are branched (trajhub_assets/branching) and how many branches they get."""
+
+    points: list[Literal["low_reward", "divergence", "even"]] = Field(
+        ["low_reward", "divergence"],
+        description="low_reward: steps the judge or a rule scored low; divergence: the step where the run "
+        "and another run of its instance first differ; even: evenly spaced steps. In this order of preference.",
+    )
+    samples: int = Field(2, ge=1, description="Continuations sampled from each branch point.")
+    max_per_run: int = Field(2, ge=0, description="Branch points of one run.")
+    max_per_release: int | None = Field(None, ge=0, description="Branch points over every run; null: no limit.")
+    low_reward_below: float = Field(0.5, description="A judged step reward below this is a low_reward point.")
+
+
 class RefreshConfig(_Strict):
     """The nightly refresh (trajhub_assets/automation.py)."""
 
@@ -197,6 +211,7 @@ class ProjectConfig(_Strict):
     judge: JudgeConfig = JudgeConfig()
     rewards: RewardConfig = RewardConfig()
     release: ReleaseConfig = ReleaseConfig()
+    branching: BranchingConfig = BranchingConfig()
     refresh: RefreshConfig = RefreshConfig()
     pools: PoolsConfig = PoolsConfig()
     base_dir: Path = Field(Path("."), exclude=True, description="Directory of the config file.")

@@ -29,6 +29,11 @@ WRITTEN_BY: dict[str, str | None] = {
     "reward_calibration": "reward_calibration",
     "leaderboard": "leaderboard",
     "replays": "release_replay",
+    # `trajhub branch` adds to these too, as `trajhub replay` adds to replays
+    "branch_runs": "branched_trajectories",
+    "branch_raw_calls": "branched_trajectories",
+    "branch_message_blobs": "branched_trajectories",
+    "branched_trajectories": "branched_trajectories",
 }
 
 

@@ -3,6 +3,7 @@ which is what README.md's table section is (a test keeps the two in step)."""
 
 import pyarrow as pa
 
+from trajhub_assets.branching.schema import BRANCH_MESSAGE_BLOBS, BRANCH_RAW_CALLS, BRANCH_RUNS, BRANCHED_TRAJECTORIES
 from trajhub_assets.interchange.schema import IMPORTS
 from trajhub_assets.merge.schema import MERGED_TRAJECTORIES
 from trajhub_assets.pairs.schema import PREFERENCE_PAIRS
@@ -37,6 +38,10 @@ ALL_TABLES = [
     REWARD_CALIBRATION,
     LEADERBOARD,
     REPLAYS,
+    BRANCH_RUNS,
+    BRANCH_RAW_CALLS,
+    BRANCH_MESSAGE_BLOBS,
+    BRANCHED_TRAJECTORIES,
 ]
 
 

@@ -1,9 +1,10 @@
 """Branches: a recorded run served again up to a step through the real proxy, then continued
 live, several times; and refused when its prefix no longer reproduces.
 
-The parent is a demo run of the careful baseline (builtin agent, local sandbox, real LiteLLM
-proxy, the scripted upstream); the live model of its branches is the seeded `explorer`
-baseline, so the continuations of one step differ as a sampled model's do.
+The parent is a demo run of the careful baseline (builtin agent, real LiteLLM proxy, the
+scripted upstream), in a Docker sandbox and in a local one; the live model of its branches is
+the seeded `explorer` baseline, so the continuations of one step differ as a sampled model's do.
+Claude Code (the real pinned client) is branched the same way, against a scripted model.
 """
 
 from __future__ import annotations
@@ -12,34 +13,57 @@ import dataclasses
 import json
 import shutil
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
+import yaml
 
 from trajhub_assets.branching.branches import (
     BRANCH_KIND,
     BranchError,
     branch_call,
     branch_seed,
+    live_policy,
     run_branch,
 )
+from trajhub_assets.branching.schema import BRANCH_MESSAGE_BLOBS, BRANCH_RAW_CALLS
+from trajhub_assets.cli import main
 from trajhub_assets.config import DEFAULT_CONFIG, ModelConfig, SandboxConfig, load_config
+from trajhub_assets.merge.assets import merge_partition
 from trajhub_assets.merge.merge import merge_calls
+from trajhub_assets.merge.schema import MERGED_TRAJECTORIES, conversations_to_table
 from trajhub_assets.recording.attempts import Proxy, run_attempt
-from trajhub_assets.recording.raw_calls import read_run
+from trajhub_assets.recording.raw_calls import load_runs, read_run, rebuild_records
+from trajhub_assets.recording.schema import MESSAGE_BLOBS, RAW_CALLS, RUNS
 from trajhub_assets.recording.scripted_upstream import reply_from_openai
 from trajhub_assets.replay.masks import mask_value
 from trajhub_assets.replay.recorded import RecordedRun
 from trajhub_assets.scaffolds.baselines import BaselinePolicies, upstream_policy
-from trajhub_assets.tasks.catalog import load_catalog
+from trajhub_assets.store import Store
+from trajhub_assets.tasks.catalog import load_catalog, tasks_to_table
+from trajhub_assets.tasks.schema import TASKS
 
-DEMO = {i.record["instance_id"]: i.record for i in load_catalog(load_config(DEFAULT_CONFIG))}
-TASK = DEMO["demo-lru-eviction"]
+DEMO_ITEMS = {i.record["instance_id"]: i for i in load_catalog(load_config(DEFAULT_CONFIG))}
+TASK = DEMO_ITEMS["demo-lru-eviction"].record
 CAREFUL = ModelConfig(name="baseline/careful", route="trajhub-baseline/careful", scaffold="builtin")
 LOCAL = SandboxConfig(backend="local", timeout_s=300)
+DOCKER = SandboxConfig(backend="docker", timeout_s=300, cpus=1, memory="1g")
 STEP = 3  # the careful baseline has listed the files (0), read CHANGELOG.md (1) and lrucache/cache.py (2)
 
 
 def endpoint(proxy) -> Proxy:
     return Proxy(proxy.url, proxy.url, proxy.master_key)
+
+
+BRANCH_TABLES = (BRANCH_RAW_CALLS, BRANCH_MESSAGE_BLOBS)
+
+
+def read_run_from_store(store: Store, run_id: str, tables=(RAW_CALLS, MESSAGE_BLOBS)) -> list[dict]:
+    """A run's records as stored (in the recording tables, or the branch tables)."""
+    calls_table, blobs_table = tables
+    (partition,) = [{"model": EXPLORER.key, "instance": TASK["instance_id"]}]
+    calls = store.read(calls_table, partition)
+    return rebuild_records(calls.filter(pc.equal(calls["run_id"], run_id)), store.read(blobs_table, partition))
 
 
 def explorer(policies: BaselinePolicies):
@@ -57,23 +81,27 @@ def actions(records: list[dict]) -> list[tuple[str, str]]:
     return out
 
 
-@pytest.fixture(scope="module")
-def parent(proxy, scripted_upstream) -> tuple[RecordedRun, list[dict]]:
+@pytest.fixture(scope="module", params=["docker", "local"])
+def parent(request, proxy, scripted_upstream) -> tuple[RecordedRun, list[dict], SandboxConfig]:
+    sandbox = {"docker": DOCKER, "local": LOCAL}[request.param]
+    if sandbox.backend == "docker":
+        request.getfixturevalue("docker_engine")
     scripted_upstream.set_script(upstream_policy(BaselinePolicies([TASK])))
-    row = run_attempt(TASK, CAREFUL, 0, endpoint(proxy), LOCAL)
+    # The builtin agent calls the model from the host, in either backend: the proxy's host URL.
+    row = run_attempt(TASK, CAREFUL, 0, endpoint(proxy), sandbox)
     assert row["error"] is None and row["resolved"], row
     records = read_run(proxy.recording(row["run_id"])).records
     conversations = merge_calls(records, run_id=row["run_id"], model=CAREFUL.key, instance=TASK["instance_id"])
-    return RecordedRun(row["run_id"], records, row, TASK, CAREFUL), conversations
+    return RecordedRun(row["run_id"], records, row, TASK, CAREFUL), conversations, sandbox
 
 
 def test_branches_share_the_recorded_prefix_and_continue_live(parent, proxy, upstream):
-    recorded, conversations = parent
+    recorded, conversations, sandbox = parent
     at = branch_call(recorded, conversations, STEP)
     live = explorer(BaselinePolicies([TASK]))
     rows, continuations = [], []
     for sample in range(3):
-        row, policy = run_branch(recorded, STEP, at, sample, endpoint(proxy), LOCAL, upstream.set_script, live)
+        row, policy = run_branch(recorded, STEP, at, sample, endpoint(proxy), sandbox, upstream.set_script, live)
         assert row["error"] is None and policy.branched and policy.divergence is None, row
         assert (row["kind"], row["parent_run_id"], row["branch_step"], row["branch_sample"]) == (
             BRANCH_KIND,
@@ -95,7 +123,7 @@ def test_branches_share_the_recorded_prefix_and_continue_live(parent, proxy, ups
 
 
 def test_a_branch_whose_prefix_no_longer_reproduces_is_refused(parent, proxy, upstream, tmp_path):
-    recorded, conversations = parent
+    recorded, conversations, sandbox = parent
     workspace = tmp_path / "workspace"
     shutil.copytree(TASK["workspace_source"], workspace)
     cache = workspace / "lrucache" / "cache.py"
@@ -108,7 +136,7 @@ def test_a_branch_whose_prefix_no_longer_reproduces_is_refused(parent, proxy, up
         return explorer(BaselinePolicies([TASK]))(request)
 
     at = branch_call(recorded, conversations, STEP)
-    row, policy = run_branch(altered, STEP, at, 0, endpoint(proxy), LOCAL, upstream.set_script, live)
+    row, policy = run_branch(altered, STEP, at, 0, endpoint(proxy), sandbox, upstream.set_script, live)
     assert not policy.branched and served == []  # the live model never saw the altered state
     seq = recorded.records[STEP]["seq"]  # the request after the read of cache.py carries it
     assert row["error"].startswith("branch refused: the prefix does not reproduce"), row["error"]
@@ -119,8 +147,142 @@ def test_a_branch_whose_prefix_no_longer_reproduces_is_refused(parent, proxy, up
 
 
 def test_a_step_the_run_does_not_have_is_named(parent):
-    recorded, conversations = parent
+    recorded, conversations, _ = parent
     steps = len(actions(recorded.records))
     with pytest.raises(BranchError, match=f"has {steps} main steps .*no step {steps}"):
         branch_call(recorded, conversations, steps)
     assert json.dumps(branch_seed("a", 1, 0)) != json.dumps(branch_seed("a", 1, 1))
+
+
+# -- `trajhub branch`: continuations of a stored run, stored -------------------------------
+EXPLORER = ModelConfig(
+    name="baseline/explorer", route="trajhub-baseline/explorer", scaffold="builtin", sampling={"extra": {"seed": 1}}
+)
+
+
+@pytest.fixture
+def stored_explorer_run(proxy, scripted_upstream, tmp_path, monkeypatch) -> tuple[Store, str]:
+    """A run of the explorer baseline stored as raw_trajectories and merged_trajectories store it,
+    in a project whose config has the model; TRAJHUB_HOME and TRAJHUB_CONFIG point at them."""
+    scripted_upstream.set_script(upstream_policy(BaselinePolicies([TASK])))
+    row = run_attempt(TASK, EXPLORER, 0, endpoint(proxy), LOCAL)
+    assert row["error"] is None, row
+    store = Store(tmp_path / "home")
+    partition = {"model": EXPLORER.key, "instance": TASK["instance_id"]}
+    store.write(TASKS, tasks_to_table([DEMO_ITEMS[TASK["instance_id"]]]))
+    store.write(RUNS, pa.Table.from_pylist([row], schema=RUNS.schema), partition)
+    load_runs(store, [proxy.recording(row["run_id"])], EXPLORER.key, TASK["instance_id"])
+    records = read_run(proxy.recording(row["run_id"])).records
+    store.write(MERGED_TRAJECTORIES, conversations_to_table(merge_partition(records, **partition)), partition)
+    config = tmp_path / "project.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "tasks": [{"path": str(DEFAULT_CONFIG.parent / "tasks/demo/tasks.jsonl")}],
+                "models": [EXPLORER.model_dump(exclude_none=True)],
+                "sandbox": LOCAL.model_dump(),
+                "branching": {"points": ["even"], "samples": 2, "max_per_run": 1},
+            }
+        )
+    )
+    monkeypatch.setenv("TRAJHUB_HOME", str(store.root))
+    monkeypatch.setenv("TRAJHUB_CONFIG", str(config))
+    return store, row["run_id"]
+
+
+def test_trajhub_branch_stores_each_continuation_as_a_run_with_its_parent(stored_explorer_run, capsys):
+    store, run_id = stored_explorer_run
+    parent = read_run_from_store(store, run_id)
+    step = min(2, len(actions(parent)) - 1)
+    main(["branch", run_id, "--at", str(step), "--samples", "2"])
+    out = capsys.readouterr().out
+    rows = store.sql("SELECT * FROM branch_runs ORDER BY branch_sample").to_pylist()
+    assert [(r["kind"], r["parent_run_id"], r["branch_step"], r["branch_sample"]) for r in rows] == [
+        (BRANCH_KIND, run_id, step, 0),
+        (BRANCH_KIND, run_id, step, 1),
+    ]
+    assert all(r["error"] is None and r["run_id"] in out for r in rows), out
+    for row in rows:  # every call of a continuation is stored; its prefix is the parent's
+        calls = store.sql("SELECT * FROM branch_raw_calls WHERE run_id = ?", [row["run_id"]])
+        assert calls.num_rows >= step + 1
+        assert actions(read_run_from_store(store, row["run_id"], BRANCH_TABLES))[:step] == actions(parent)[:step]
+    blobs = store.sql("SELECT sha256, count(*) AS n FROM branch_message_blobs GROUP BY ALL HAVING n > 1")
+    assert blobs.num_rows == 0  # the shared prefix's blobs once
+    main(["branch", run_id, "--at", str(step), "--samples", "1"])  # more branches keep the earlier ones
+    assert store.sql("SELECT count(*) AS n FROM branch_runs").to_pylist() == [{"n": 3}]
+    assert store.sql("SELECT count(*) AS n FROM runs").to_pylist() == [{"n": 1}]  # the runs table untouched
+
+
+def test_the_asset_branches_each_point_once_and_merges_the_continuations(stored_explorer_run):
+    from dagster import DagsterInstance, materialize
+
+    from trajhub_assets.branching.assets import branched_trajectories
+    from trajhub_assets.partitions import run_key
+    from trajhub_assets.resources import ProjectResource, StoreResource
+
+    store, run_id = stored_explorer_run
+    steps = len(actions(read_run_from_store(store, run_id)))
+    instance = DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("models", [EXPLORER.key])
+    instance.add_dynamic_partitions("instances", [TASK["instance_id"]])
+    resources = {"store": StoreResource(root=str(store.root)), "project": ProjectResource()}
+
+    def materialized():
+        result = materialize(
+            [branched_trajectories],
+            instance=instance,
+            resources=resources,
+            partition_key=run_key(EXPLORER.key, TASK["instance_id"]),
+        )
+        assert result.success
+        (event,) = result.asset_materializations_for_node("branched_trajectories")
+        return {k: v.value for k, v in event.metadata.items() if not k.startswith("batch")}
+
+    first = materialized()
+    assert (first["points"], first["continuations"], first["refused"]) == (1, 2, 0), first
+    rows = store.sql("SELECT * FROM branch_runs").to_pylist()
+    assert {(r["parent_run_id"], r["branch_step"]) for r in rows} == {(run_id, round(steps / 2))}
+    merged = store.sql("SELECT DISTINCT run_id FROM branched_trajectories WHERE kind = 'main'").to_pylist()
+    assert sorted(r["run_id"] for r in merged) == sorted(r["run_id"] for r in rows)
+    again = materialized()  # the point is branched: nothing new, what is stored stays
+    kept = first["branch_conversations"]
+    assert (again["points"], again["continuations"], again["branch_conversations"]) == (0, 0, kept)
+    assert store.sql("SELECT count(*) AS n FROM branch_runs").to_pylist() == [{"n": 2}]
+
+
+def test_a_model_of_a_provider_is_not_continued_yet():
+    with pytest.raises(BranchError, match="anthropic/claude-x.*baseline routes"):
+        live_policy(ModelConfig(name="claude", route="anthropic/claude-x", scaffold="claudecode"), [TASK])
+
+
+# -- Claude Code, the real pinned client -----------------------------------------------------
+def test_claude_code_is_branched_at_a_step_and_refused_when_its_prefix_changed(proxy, upstream, tmp_path):
+    from trajhub_assets.scaffolds import clients, make_scaffold
+    from trajhub_assets_tests.test_scaffolds_cli import agent_policy, make_task
+
+    try:
+        make_scaffold("claudecode").install()
+    except clients.ClientError as error:
+        pytest.fail(f"Claude Code is not installed (scripts/install_clients.sh): {error}")
+    task = make_task(tmp_path)
+    model = ModelConfig(name="scripted/claude", route="scripted-anthropic", scaffold="claudecode")
+    upstream.set_script(agent_policy("claudecode", ("cat README.md", "echo one > one.txt", "echo two > two.txt")))
+    row = run_attempt(task, model, 0, endpoint(proxy), LOCAL)
+    assert row["error"] is None and row["agent_exit_code"] == 0 and "one.txt" in row["diff"], row
+    records = read_run(proxy.recording(row["run_id"])).records
+    recorded = RecordedRun(row["run_id"], records, row, task, model)
+    conversations = merge_calls(records, run_id=row["run_id"], model=model.key, instance=task["instance_id"])
+    at = branch_call(recorded, conversations, 1)  # the call after `cat README.md` ran
+
+    live = agent_policy("claudecode", ("cat README.md", "echo live > live.txt"))
+    branch, policy = run_branch(recorded, 1, at, 0, endpoint(proxy), LOCAL, upstream.set_script, live)
+    assert branch["error"] is None and policy.branched and branch["agent_exit_code"] == 0, branch
+    assert "live.txt" in branch["diff"] and "one.txt" not in branch["diff"]  # the live model's step, not the recorded
+
+    altered_repo = tmp_path / "altered"
+    shutil.copytree(task["workspace_source"], altered_repo)
+    (altered_repo / "README.md").write_text("ALTERED README\n")
+    altered = dataclasses.replace(recorded, task=dict(task, workspace_source=str(altered_repo)))
+    refused, policy = run_branch(altered, 1, at, 1, endpoint(proxy), LOCAL, upstream.set_script, live)
+    assert not policy.branched and refused["error"].startswith("branch refused: the prefix does not reproduce")
+    assert "ALTERED README" in policy.divergence.actual and "messages[" in policy.divergence.path

@@ -22,15 +22,33 @@ from __future__ import annotations
 import hashlib
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from trajhub_assets.branching.schema import BRANCH_MESSAGE_BLOBS, BRANCH_RAW_CALLS, BRANCH_RUNS
+from trajhub_assets.config import ModelConfig
 from trajhub_assets.errors import TrajhubError
+from trajhub_assets.merge.schema import MERGED_TRAJECTORIES, table_to_conversations
 from trajhub_assets.recording.attempts import Proxy, run_attempt
-from trajhub_assets.recording.run_id import make_run_id
+from trajhub_assets.recording.raw_calls import build_tables, read_run
+from trajhub_assets.recording.run_id import make_run_id, parse_run_id
 from trajhub_assets.recording.scripted_upstream import Fail, Policy, Reply, ScriptedRequest
 from trajhub_assets.replay.compare import first_difference
 from trajhub_assets.replay.masks import mask_value
-from trajhub_assets.replay.recorded import CallMatcher, RecordedRun, check_replayable, family, reply_for
+from trajhub_assets.replay.recorded import (
+    CallMatcher,
+    RecordedRun,
+    check_replayable,
+    family,
+    load_recorded_run,
+    reply_for,
+)
+from trajhub_assets.replay.service import ReplayService
 from trajhub_assets.rewards.rules import build_run
+from trajhub_assets.scaffolds.baselines import ROUTES, BaselinePolicies, upstream_policy
+from trajhub_assets.store import Store
 
 BRANCH_KIND = "branch"  # the runs row's kind of a continuation
 PROMPT_KEYS = ("system", "messages", "tools")  # what a prefix call must ask again; sampling aside
@@ -135,3 +153,66 @@ def run_branch(
         seq = recorded.records[at]["seq"]
         row["error"] = f"branch refused: the agent stopped before it asked for step {step} (recorded call seq {seq})"
     return row, policy
+
+
+# -- recording branches into the store ------------------------------------------------------
+def live_policy(model: ModelConfig, tasks: list[dict]) -> Policy:
+    """What continues a branch: the run's own model. A baseline is served here by its policy; a
+    provider's model is not yet (its live calls would have to leave through the project's proxy)."""
+    if model.route.startswith(ROUTES):
+        return upstream_policy(BaselinePolicies(tasks))
+    raise BranchError(
+        f"model {model.name!r} (route {model.route}): branches are continued live only for baseline routes "
+        f"({', '.join(ROUTES)}) so far"
+    )
+
+
+def store_branches(store: Store, rows: list[dict], recordings_dir: Path) -> None:
+    """Add the continuations (their `runs` rows and recordings) to their partitions' branch
+    tables, keeping the branches stored before."""
+    by_partition: dict[tuple[str, str], list[dict]] = {}
+    for row in rows:
+        run = parse_run_id(row["run_id"])
+        by_partition.setdefault((run.model_key, run.instance), []).append(row)
+    for (model, instance), new in by_partition.items():
+        partition = {"model": model, "instance": instance}
+        paths = [recordings_dir / f"{row['run_id']}.jsonl" for row in new]
+        records = [record for path in paths if path.exists() for record in read_run(path).records]
+        calls, blobs = build_tables(records, model, instance)
+        runs = pa.Table.from_pylist(new, schema=BRANCH_RUNS.schema)
+        if store.exists(BRANCH_RUNS, partition):
+            runs = pa.concat_tables([store.read(BRANCH_RUNS, partition), runs])
+            calls = pa.concat_tables([store.read(BRANCH_RAW_CALLS, partition), calls])
+            blobs = pa.concat_tables([store.read(BRANCH_MESSAGE_BLOBS, partition), blobs])
+        store.write(BRANCH_RAW_CALLS, calls, partition)
+        store.write(BRANCH_MESSAGE_BLOBS, _unique_blobs(blobs), partition)
+        store.write(BRANCH_RUNS, runs, partition)
+
+
+def _unique_blobs(blobs: pa.Table) -> pa.Table:
+    """Each blob once (they are content-addressed: two continuations share their prefix's)."""
+    seen: set[str] = set()
+    keep = [not (key in seen or seen.add(key)) for key in blobs["sha256"].to_pylist()]
+    return blobs.filter(pa.array(keep, pa.bool_()))
+
+
+def record_branches(store: Store, config, run_id: str, step: int, samples: int) -> list[dict]:
+    """Branch a stored run at main step `step`, `samples` times, and store the continuations."""
+    recorded = load_recorded_run(store, run_id, config)
+    run = parse_run_id(run_id)
+    partition = {"model": run.model_key, "instance": run.instance}
+    if not store.exists(MERGED_TRAJECTORIES, partition):
+        raise BranchError(f"run {run_id}: merged_trajectories {partition} is not materialized: its steps are not known")
+    merged = store.read(MERGED_TRAJECTORIES, partition)
+    conversations = table_to_conversations(merged.filter(pc.equal(merged["run_id"], run_id)))
+    if not conversations:
+        raise BranchError(f"run {run_id}: no conversation of it in merged_trajectories {partition}")
+    at = branch_call(recorded, conversations, step)
+    live = live_policy(recorded.model, [recorded.task])
+    with ReplayService([recorded], store.root, config.sandbox, purpose="branches") as service:
+        rows = [
+            run_branch(recorded, step, at, sample, service.proxy, config.sandbox, service.upstream.set_script, live)[0]
+            for sample in range(samples)
+        ]
+        store_branches(store, rows, service.recordings_dir)
+    return rows

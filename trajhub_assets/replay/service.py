@@ -115,9 +115,9 @@ class ReplayService:
         reports = [service.replay(run) for run in runs]
     """
 
-    def __init__(self, runs: list[RecordedRun], root: str | Path, sandbox: SandboxConfig):
+    def __init__(self, runs: list[RecordedRun], root: str | Path, sandbox: SandboxConfig, purpose: str = "replays"):
         self.runs, self.sandbox = runs, sandbox
-        self.recordings_dir = Path(root) / "replays" / "recordings"
+        self.recordings_dir = Path(root) / purpose / "recordings"  # never what raw_trajectories reads
         self._config = replay_proxy_config(runs)
         self._docker = any((run.row["backend"] or sandbox.backend) == "docker" for run in runs)
         self._tmp: tempfile.TemporaryDirectory | None = None
