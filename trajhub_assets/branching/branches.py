@@ -33,7 +33,7 @@ from trajhub_assets.errors import TrajhubError
 from trajhub_assets.merge.schema import MERGED_TRAJECTORIES, table_to_conversations
 from trajhub_assets.recording.attempts import Proxy, run_attempt
 from trajhub_assets.recording.raw_calls import build_tables, read_run
-from trajhub_assets.recording.run_id import make_run_id, parse_run_id
+from trajhub_assets.recording.run_id import make_run_id, parse_run_id, rows_by_partition
 from trajhub_assets.recording.scripted_upstream import Fail, Policy, Reply, ScriptedRequest
 from trajhub_assets.replay.compare import first_difference
 from trajhub_assets.replay.masks import mask_value
@@ -170,11 +170,7 @@ def live_policy(model: ModelConfig, tasks: list[dict]) -> Policy:
 def store_branches(store: Store, rows: list[dict], recordings_dir: Path) -> None:
     """Add the continuations (their `runs` rows and recordings) to their partitions' branch
     tables, keeping the branches stored before."""
-    by_partition: dict[tuple[str, str], list[dict]] = {}
-    for row in rows:
-        run = parse_run_id(row["run_id"])
-        by_partition.setdefault((run.model_key, run.instance), []).append(row)
-    for (model, instance), new in by_partition.items():
+    for (model, instance), new in rows_by_partition(rows).items():
         partition = {"model": model, "instance": instance}
         paths = [recordings_dir / f"{row['run_id']}.jsonl" for row in new]
         records = [record for path in paths if path.exists() for record in read_run(path).records]

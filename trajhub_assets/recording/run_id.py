@@ -58,6 +58,15 @@ def parse_run_id(run_id: str) -> RunId:
     return RunId(parts[0], parts[1], int(parts[2]), parts[3])
 
 
+def rows_by_partition(rows: list[dict]) -> dict[tuple[str, str], list[dict]]:
+    """Rows with a `run_id`, grouped by their run's (model key, instance)."""
+    grouped: dict[tuple[str, str], list[dict]] = {}
+    for row in rows:
+        run = parse_run_id(row["run_id"])
+        grouped.setdefault((run.model_key, run.instance), []).append(row)
+    return grouped
+
+
 def run_headers(run_id: str) -> dict[str, str]:
     """Extra headers for OpenAI/Anthropic-style clients."""
     return {RUN_HEADER: run_id}

@@ -35,7 +35,7 @@ from trajhub_assets.recording.proxy_process import (
     scripted_upstream_env,
 )
 from trajhub_assets.recording.raw_calls import read_run
-from trajhub_assets.recording.run_id import make_run_id, parse_run_id
+from trajhub_assets.recording.run_id import make_run_id, parse_run_id, rows_by_partition
 from trajhub_assets.recording.scripted_upstream import Policy, ScriptedUpstream
 from trajhub_assets.replay.compare import ReplayReport, compare_run
 from trajhub_assets.replay.recorded import (
@@ -195,11 +195,7 @@ def report_row(report: ReplayReport, release_version: str | None = None) -> dict
 
 def store_reports(store: Store, rows: list[dict]) -> None:
     """Add replay rows to their runs' (model, instance) partitions, keeping earlier replays."""
-    by_partition: dict[tuple[str, str], list[dict]] = {}
-    for row in rows:
-        run = parse_run_id(row["run_id"])
-        by_partition.setdefault((run.model_key, run.instance), []).append(row)
-    for (model, instance), new in by_partition.items():
+    for (model, instance), new in rows_by_partition(rows).items():
         partition = {"model": model, "instance": instance}
         kept = store.read(REPLAYS, partition).to_pylist() if store.exists(REPLAYS, partition) else []
         replaced = {row["replay_run_id"] for row in new}
