@@ -104,24 +104,29 @@ class BranchPolicy:
 
     def __call__(self, request: ScriptedRequest) -> Reply | Fail:
         with self._lock:
-            if self.branched:
-                return self.live(request)
-            if self.divergence is not None:
+            served = None if self.branched else self._prefix(request)
+        # live answers outside the lock: they may be slow, and clients ask concurrently
+        return served if served is not None else self.live(request)
+
+    def _prefix(self, request: ScriptedRequest) -> Reply | Fail | None:
+        """The recorded answer to a request of the prefix, or a refusal; None: this is the
+        branch step's call, and the live model answers from here on."""
+        if self.divergence is not None:
+            return Fail(400, f"{REFUSED}: {self.divergence.text()}")
+        index = self.matcher.match(family(request.wire_format), request.body)
+        if index is None:
+            self.divergence = Divergence(None, "", "(no further recorded call)", str(request.body)[:200])
+            return Fail(400, f"{REFUSED}: {self.divergence.text()}")
+        record = self.records[index]
+        if record["call_kind"] == "agent" or index == self.at:
+            found = first_difference(_prompt(record["request"]), _prompt(request.body))
+            if found is not None:
+                self.divergence = Divergence(record["seq"], *found)
                 return Fail(400, f"{REFUSED}: {self.divergence.text()}")
-            index = self.matcher.match(family(request.wire_format), request.body)
-            if index is None:
-                self.divergence = Divergence(None, "", "(no further recorded call)", str(request.body)[:200])
-                return Fail(400, f"{REFUSED}: {self.divergence.text()}")
-            record = self.records[index]
-            if record["call_kind"] == "agent" or index == self.at:
-                found = first_difference(_prompt(record["request"]), _prompt(request.body))
-                if found is not None:
-                    self.divergence = Divergence(record["seq"], *found)
-                    return Fail(400, f"{REFUSED}: {self.divergence.text()}")
-            if index != self.at:
-                return reply_for(record)
-            self.branched = True
-        return self.live(request)
+        if index != self.at:
+            return reply_for(record)
+        self.branched = True
+        return None
 
 
 def branch_seed(parent_run_id: str, step: int, sample: int) -> int:
