@@ -26,13 +26,14 @@ from trajhub_assets.pairs.assets import instance_inputs
 from trajhub_assets.partitions import BATCHED, run_key, run_partitions, run_partitions_of
 from trajhub_assets.progress import Progress, fail_if_all_failed
 from trajhub_assets.recording.raw_calls import rebuild_records
-from trajhub_assets.recording.schema import RUNS
+from trajhub_assets.recording.schema import MESSAGE_BLOBS, RAW_CALLS, RUNS
 from trajhub_assets.replay.recorded import load_recorded_run
 from trajhub_assets.replay.service import ReplayService
 from trajhub_assets.resources import ProjectResource, StoreResource
-from trajhub_assets.rewards.rules import build_run
+from trajhub_assets.rewards.rules import build_run, group_runs
 from trajhub_assets.rewards.schema import JUDGE_STEPS, RULE_STEPS
 from trajhub_assets.store import Store
+from trajhub_assets.tasks.schema import TASKS
 
 
 def _by_run(rows: list[dict]) -> dict[str, list[dict]]:
@@ -55,22 +56,15 @@ def partition_points(store: Store, config, partition: dict, done: set, budget: i
     if not store.exists(MERGED_TRAJECTORIES, partition):
         return []
     merged = table_to_conversations(store.read(MERGED_TRAJECTORIES, partition))
-    runs = {run_id: build_run(conversations).main_steps for run_id, conversations in _by_meta(merged).items()}
+    runs = {run_id: build_run(conversations).main_steps for run_id, conversations in group_runs(merged).items()}
     peers_conversations, _, judged = instance_inputs(store, partition["instance"])
     peers = {
         run_id: build_run(conversations).main_steps
-        for run_id, conversations in _by_meta(peers_conversations).items()
+        for run_id, conversations in group_runs(peers_conversations).items()
         if run_id not in runs
     }
     rules = store.read(RULE_STEPS, partition).to_pylist() if store.exists(RULE_STEPS, partition) else []
     return branch_points(runs, _by_run(judged), _by_run(rules), config.branching, peers=peers, skip=done, budget=budget)
-
-
-def _by_meta(conversations: list[dict]) -> dict[str, list[dict]]:
-    grouped: dict[str, list[dict]] = {}
-    for conversation in conversations:
-        grouped.setdefault(conversation["meta"]["run_id"], []).append(conversation)
-    return grouped
 
 
 def merge_branches(store: Store, partition: dict) -> list[dict]:
@@ -87,7 +81,7 @@ def merge_branches(store: Store, partition: dict) -> list[dict]:
     partitions_def=run_partitions,
     backfill_policy=BATCHED,
     group_name="branching",
-    **reading(RUNS, MERGED_TRAJECTORIES, RULE_STEPS, JUDGE_STEPS),
+    **reading(TASKS, RUNS, RAW_CALLS, MESSAGE_BLOBS, MERGED_TRAJECTORIES, RULE_STEPS, JUDGE_STEPS),
     kinds={"docker", "parquet"},
     pool=SANDBOX_POOL,
     description="Each recorded run continued live from its branch points (branching in the project "
@@ -112,7 +106,7 @@ def branched_trajectories(
     with service if recorded else nullcontext():  # no point: no proxy started
         for partition, points in plans:
             rows = []
-            merged = _by_meta(table_to_conversations(store.read(MERGED_TRAJECTORIES, partition))) if points else {}
+            merged = group_runs(table_to_conversations(store.read(MERGED_TRAJECTORIES, partition))) if points else {}
             for point in points:
                 run = recorded[point.run_id]
                 at = branch_call(run, merged[point.run_id], point.step)
