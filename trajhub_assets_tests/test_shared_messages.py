@@ -209,3 +209,16 @@ def test_the_comparisons_catch_a_memo_that_ignores_the_history_before(monkeypatc
         lambda lines: merged(read(lines)[0]) != merged(read(lines)[1]),
         settings=settings(max_examples=500, database=None, deadline=None),
     )
+
+
+def test_repeated_prefix_counts_only_the_very_same_objects():
+    from trajhub_assets.shared_history import repeated_prefix
+
+    a, b, c, d = {"m": 1}, {"m": 2}, {"m": 3}, {"m": 4}
+    assert repeated_prefix([a, b, c], [a, b]) == 2  # the history grew
+    assert repeated_prefix([a, b, d], [a, b, c]) == 2  # its last message resent changed
+    assert repeated_prefix([a, b], [a, b, c]) == 2  # ... and nothing new after it
+    assert repeated_prefix([a, dict(b), c], [a, b]) == 1  # an equal copy is not the same object
+    assert repeated_prefix([dict(a), b, c], [a, b, c]) == 0
+    assert repeated_prefix([b, a], [a, b]) == 0 and repeated_prefix([a], []) == 0
+    assert repeated_prefix([a, b, c, d], [a, b, c, d, a]) == 4  # all but the last, however long
