@@ -66,3 +66,10 @@ def test_points_follow_the_configured_preference_without_repeating_a_step():
         (2, "divergence"),
         (4, "low_reward"),
     ]
+
+
+def test_a_step_judged_twice_alike_is_one_point():
+    # the same reward twice for one step, from two judge models: rows equal in what ranks them
+    rows = [row | {"judge_model": model} for model in ("j1", "j2") for row in judged("a", {2: 0.1})]
+    points = branch_points({"a": A}, {"a": rows}, {}, BranchingConfig(points=["low_reward"], max_per_run=2))
+    assert [p.step for p in points] == [2]

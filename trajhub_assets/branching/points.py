@@ -41,13 +41,13 @@ def low_reward_steps(
     """(main step, why) of the steps scored low: judged below `below` (lowest first), then penalised by a rule."""
     number = _step_number(steps)
     judged = sorted(
-        (row["step_reward"], number[key], row)
+        (row["step_reward"], number[key])
         for row in judge_rows
         if row.get("step_reward") is not None
         and row["step_reward"] < below
         and (key := (row["conversation_id"], row["step_index"])) in number
     )
-    found = [(step, f"low_reward: judge step reward {reward:.2f} < {below:g}") for reward, step, _ in judged]
+    found = [(step, f"low_reward: judge step reward {reward:.2f} < {below:g}") for reward, step in judged]
     penalised = sorted(
         (number[key], row["rule_id"])
         for row in rule_rows
