@@ -2,5 +2,7 @@
 
 - branches: which recorded call a step stands for, the BranchPolicy that serves the
   recorded prefix (refusing a prefix that does not reproduce) and then the live model,
-  and `run_branch`, one continuation as a run of its own.
+  `run_branch` (one continuation as a run of its own), storing continuations;
+- points: which steps to branch, within the project file's `branching` budgets;
+- schema: the branch tables; assets: `branched_trajectories`; cli: `trajhub branch`.
 """

@@ -15,7 +15,7 @@ from contextlib import nullcontext
 from dagster import AssetExecutionContext, MaterializeResult, asset
 
 from trajhub_assets.automation import SANDBOX_POOL
-from trajhub_assets.branching.branches import branch_call, live_policy, run_branch, store_branches
+from trajhub_assets.branching.branches import continue_at, store_branches
 from trajhub_assets.branching.points import BranchPoint, branch_points
 from trajhub_assets.branching.schema import BRANCH_MESSAGE_BLOBS, BRANCH_RAW_CALLS, BRANCH_RUNS, BRANCHED_TRAJECTORIES
 from trajhub_assets.lineage import reading
@@ -51,12 +51,14 @@ def branched_points(store: Store) -> set[tuple[str, int]]:
     return {(row["parent_run_id"], row["branch_step"]) for row in rows}
 
 
-def partition_points(store: Store, config, partition: dict, done: set, budget: int | None) -> list[BranchPoint]:
-    """The partition's new branch points: its runs' points (see branching.points) not yet branched."""
-    if not store.exists(MERGED_TRAJECTORIES, partition):
+def partition_points(
+    store: Store, config, partition: dict, merged: dict[str, list[dict]], done: set, budget: int | None
+) -> list[BranchPoint]:
+    """The partition's new branch points (see branching.points) not yet branched, given its
+    merged conversations by run."""
+    if not merged:
         return []
-    merged = table_to_conversations(store.read(MERGED_TRAJECTORIES, partition))
-    runs = {run_id: build_run(conversations).main_steps for run_id, conversations in group_runs(merged).items()}
+    runs = {run_id: build_run(conversations).main_steps for run_id, conversations in merged.items()}
     peers_conversations, _, judged = instance_inputs(store, partition["instance"])
     peers = {
         run_id: build_run(conversations).main_steps
@@ -94,28 +96,34 @@ def branched_trajectories(
     partitions = run_partitions_of(context)
     done = branched_points(store)
     limit = config.branching.max_per_release
-    plans = []
+    plans = []  # (partition, its merged conversations by run, its new points)
     for partition in partitions:
-        budget = None if limit is None else max(0, limit - len(done) - sum(len(p) for _, p in plans))
-        plans.append((partition, partition_points(store, config, partition, done, budget)))
-    recorded = {point.run_id: load_recorded_run(store, point.run_id, config) for _, points in plans for point in points}
+        budget = None if limit is None else max(0, limit - len(done) - sum(len(p) for _, _, p in plans))
+        merged = (
+            group_runs(table_to_conversations(store.read(MERGED_TRAJECTORIES, partition)))
+            if store.exists(MERGED_TRAJECTORIES, partition)
+            else {}
+        )
+        plans.append((partition, merged, partition_points(store, config, partition, merged, done, budget)))
+    recorded = {p.run_id: load_recorded_run(store, p.run_id, config) for _, _, points in plans for p in points}
     totals, failed = Counter(), []
     metadata = PartitionMetadata(context, len(partitions))
     progress = Progress(context.log, len(partitions), "partitions branched")
     service = ReplayService(list(recorded.values()), store.root, config.sandbox, purpose="branches")
     with service if recorded else nullcontext():  # no point: no proxy started
-        for partition, points in plans:
-            rows = []
-            merged = group_runs(table_to_conversations(store.read(MERGED_TRAJECTORIES, partition))) if points else {}
-            for point in points:
-                run = recorded[point.run_id]
-                at = branch_call(run, merged[point.run_id], point.step)
-                live = live_policy(run.model, [run.task])
-                for sample in range(config.branching.samples):
-                    row, _ = run_branch(
-                        run, point.step, at, sample, service.proxy, config.sandbox, service.upstream.set_script, live
-                    )
-                    rows.append(row)
+        for partition, merged, points in plans:
+            rows = [
+                row
+                for point in points
+                for row in continue_at(
+                    recorded[point.run_id],
+                    merged[point.run_id],
+                    point.step,
+                    config.branching.samples,
+                    service,
+                    config.sandbox,
+                )
+            ]
             if rows:
                 store_branches(store, rows, service.recordings_dir)
             conversations = merge_branches(store, partition)
@@ -132,7 +140,7 @@ def branched_trajectories(
             metadata.add(run_key(partition["model"], partition["instance"]), counts)
             totals.update(counts)
             progress.advance(continuations=len(rows))
-    with_points = sum(1 for _, points in plans if points)
+    with_points = sum(1 for _, _, points in plans if points)
     first = failed[0] if failed else ""
     fail_if_all_failed("partitions of this batch with branch points", with_points, len(failed), first)
     return MaterializeResult(metadata=batch_totals(totals, len(partitions)) | metadata.batch())

@@ -11,10 +11,11 @@ answered with HTTP 400 (clients do not retry it, the agent stops) and the branch
 naming the call and where its prompt differs. From the call of step k on, every request
 (side calls too) goes to the live policy.
 
-Each continuation is a run of its own in the parent's (model, instance) partition, so merge,
-rules and judge take it like any run; its `runs` row says `kind = "branch"`, the parent run,
-the step and the sample. Its sampling seed is derived from (parent, step, sample): the same
-branch asks the same way, and a seeded policy (the `explorer` baseline) continues the same.
+Each continuation is a run of its own, with a run id in the parent's (model, instance)
+partition, stored in the branch tables (schema.py: the recording tables' schemas, never
+`runs` itself); its row says `kind = "branch"`, the parent run, the step and the sample. Its
+sampling seed is derived from (parent, step, sample): the same branch asks the same way, and a
+seeded policy (the `explorer` baseline) continues the same.
 """
 
 from __future__ import annotations
@@ -208,12 +209,20 @@ def record_branches(store: Store, config, run_id: str, step: int, samples: int) 
     conversations = table_to_conversations(merged.filter(pc.equal(merged["run_id"], run_id)))
     if not conversations:
         raise BranchError(f"run {run_id}: no conversation of it in merged_trajectories {partition}")
-    at = branch_call(recorded, conversations, step)
-    live = live_policy(recorded.model, [recorded.task])
     with ReplayService([recorded], store.root, config.sandbox, purpose="branches") as service:
-        rows = [
-            run_branch(recorded, step, at, sample, service.proxy, config.sandbox, service.upstream.set_script, live)[0]
-            for sample in range(samples)
-        ]
+        rows = continue_at(recorded, conversations, step, samples, service, config.sandbox)
         store_branches(store, rows, service.recordings_dir)
     return rows
+
+
+def continue_at(
+    recorded: RecordedRun, conversations: list[dict], step: int, samples: int, service: ReplayService, sandbox
+) -> list[dict]:
+    """`samples` continuations of `recorded` (its merged `conversations`) from main step `step`,
+    through a started ReplayService whose runs include it; their `runs` rows."""
+    at = branch_call(recorded, conversations, step)
+    live = live_policy(recorded.model, [recorded.task])
+    return [
+        run_branch(recorded, step, at, sample, service.proxy, sandbox, service.upstream.set_script, live)[0]
+        for sample in range(samples)
+    ]
