@@ -740,7 +740,9 @@ def pairs_stage(bench: Bench) -> StageTiming:
     """preference_pairs: a probe run first; the rest, or a linear extrapolation if over budget."""
     args, ids = bench.args, bench.instance_ids
     probe = ids[: min(args.pairs_probe, len(ids))]
-    pairs = bench.stage(["preference_pairs"], [probe], len(ids))
+    # its own counts while it is printed as done, the stage's once the rest is run or extrapolated
+    pairs = bench.stage(["preference_pairs"], [probe], len(probe), trajectories=len(probe) * len(bench.known))
+    pairs.partitions, pairs.trajectories = len(ids), bench.trajectories
     if len(probe) == len(ids):
         return pairs
     scale = len(ids) / len(probe)
