@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from trajhub_assets.recording.attempts import Proxy
 from trajhub_assets.recording.proxy_process import ProxyProcess, scripted_upstream_env
 from trajhub_assets.recording.scripted_upstream import ScriptedUpstream
 
@@ -38,6 +39,11 @@ class RunningProxy:
 
     def recording(self, run_id: str) -> Path:
         return self.recordings / f"{run_id}.jsonl"
+
+    @property
+    def endpoint(self) -> Proxy:
+        """Where an agent reaches this proxy from the host (the builtin agent, a local sandbox)."""
+        return Proxy(self.url, self.url, self.master_key)
 
 
 def _start(home: Path, upstream: ScriptedUpstream) -> RunningProxy:

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from trajhub_assets.config import ModelConfig, SandboxConfig, load_config
-from trajhub_assets.recording.attempts import Proxy, run_attempt
+from trajhub_assets.recording.attempts import run_attempt
 from trajhub_assets.recording.raw_calls import read_run
 from trajhub_assets.recording.scripted_upstream import Fail, Reply, tool_use_block
 from trajhub_assets.sandbox.docker import LABEL_RUN_ID
@@ -22,7 +22,7 @@ def attempt(proxy, backend="docker", timeout_s=300):
         TASK,
         MODEL,
         0,
-        Proxy(proxy.url, proxy.url, proxy.master_key),
+        proxy.endpoint,
         SandboxConfig(backend=backend, timeout_s=timeout_s, cpus=1, memory="1g"),
     )
 
@@ -63,5 +63,5 @@ def test_a_crashing_agent_is_recorded_as_failed(docker_engine, proxy, upstream):
 @pytest.mark.parametrize("backend", ["local"])
 def test_a_sandbox_that_cannot_start_is_a_row_with_its_error(proxy, upstream, backend):
     broken = dict(TASK, workspace_source="/nonexistent/workspace")
-    row = run_attempt(broken, MODEL, 0, Proxy(proxy.url, proxy.url, proxy.master_key), SandboxConfig(backend=backend))
+    row = run_attempt(broken, MODEL, 0, proxy.endpoint, SandboxConfig(backend=backend))
     assert row["error"].startswith("RecordError") and "workspace_source" in row["error"]

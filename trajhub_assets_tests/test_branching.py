@@ -32,7 +32,7 @@ from trajhub_assets.config import DEFAULT_CONFIG, ModelConfig, SandboxConfig, lo
 from trajhub_assets.merge.assets import merge_partition
 from trajhub_assets.merge.merge import merge_calls
 from trajhub_assets.merge.schema import MERGED_TRAJECTORIES, conversations_to_table
-from trajhub_assets.recording.attempts import Proxy, run_attempt
+from trajhub_assets.recording.attempts import run_attempt
 from trajhub_assets.recording.raw_calls import load_runs, read_run, rebuild_records
 from trajhub_assets.recording.schema import MESSAGE_BLOBS, RAW_CALLS, RUNS
 from trajhub_assets.recording.scripted_upstream import reply_from_openai
@@ -49,10 +49,6 @@ CAREFUL = ModelConfig(name="baseline/careful", route="trajhub-baseline/careful",
 LOCAL = SandboxConfig(backend="local", timeout_s=300)
 DOCKER = SandboxConfig(backend="docker", timeout_s=300, cpus=1, memory="1g")
 STEP = 3  # the careful baseline has listed the files (0), read CHANGELOG.md (1) and lrucache/cache.py (2)
-
-
-def endpoint(proxy) -> Proxy:
-    return Proxy(proxy.url, proxy.url, proxy.master_key)
 
 
 BRANCH_TABLES = (BRANCH_RAW_CALLS, BRANCH_MESSAGE_BLOBS)
@@ -88,7 +84,7 @@ def parent(request, proxy, scripted_upstream) -> tuple[RecordedRun, list[dict], 
         request.getfixturevalue("docker_engine")
     scripted_upstream.set_script(upstream_policy(BaselinePolicies([TASK])))
     # The builtin agent calls the model from the host, in either backend: the proxy's host URL.
-    row = run_attempt(TASK, CAREFUL, 0, endpoint(proxy), sandbox)
+    row = run_attempt(TASK, CAREFUL, 0, proxy.endpoint, sandbox)
     assert row["error"] is None and row["resolved"], row
     records = read_run(proxy.recording(row["run_id"])).records
     conversations = merge_calls(records, run_id=row["run_id"], model=CAREFUL.key, instance=TASK["instance_id"])
@@ -101,7 +97,7 @@ def test_branches_share_the_recorded_prefix_and_continue_live(parent, proxy, ups
     live = explorer(BaselinePolicies([TASK]))
     rows, continuations = [], []
     for sample in range(3):
-        row, policy = run_branch(recorded, STEP, at, sample, endpoint(proxy), sandbox, upstream.set_script, live)
+        row, policy = run_branch(recorded, STEP, at, sample, proxy.endpoint, sandbox, upstream.set_script, live)
         assert row["error"] is None and policy.branched and policy.divergence is None, row
         assert (row["kind"], row["parent_run_id"], row["branch_step"], row["branch_sample"]) == (
             BRANCH_KIND,
@@ -136,7 +132,7 @@ def test_a_branch_whose_prefix_no_longer_reproduces_is_refused(parent, proxy, up
         return explorer(BaselinePolicies([TASK]))(request)
 
     at = branch_call(recorded, conversations, STEP)
-    row, policy = run_branch(altered, STEP, at, 0, endpoint(proxy), sandbox, upstream.set_script, live)
+    row, policy = run_branch(altered, STEP, at, 0, proxy.endpoint, sandbox, upstream.set_script, live)
     assert not policy.branched and served == []  # the live model never saw the altered state
     seq = recorded.records[STEP]["seq"]  # the request after the read of cache.py carries it
     assert row["error"].startswith("branch refused: the prefix does not reproduce"), row["error"]
@@ -165,7 +161,7 @@ def stored_explorer_run(proxy, scripted_upstream, tmp_path, monkeypatch) -> tupl
     """A run of the explorer baseline stored as raw_trajectories and merged_trajectories store it,
     in a project whose config has the model; TRAJHUB_HOME and TRAJHUB_CONFIG point at them."""
     scripted_upstream.set_script(upstream_policy(BaselinePolicies([TASK])))
-    row = run_attempt(TASK, EXPLORER, 0, endpoint(proxy), LOCAL)
+    row = run_attempt(TASK, EXPLORER, 0, proxy.endpoint, LOCAL)
     assert row["error"] is None, row
     store = Store(tmp_path / "home")
     partition = {"model": EXPLORER.key, "instance": TASK["instance_id"]}
@@ -267,7 +263,7 @@ def test_claude_code_is_branched_at_a_step_and_refused_when_its_prefix_changed(p
     task = make_task(tmp_path)
     model = ModelConfig(name="scripted/claude", route="scripted-anthropic", scaffold="claudecode")
     upstream.set_script(agent_policy("claudecode", ("cat README.md", "echo one > one.txt", "echo two > two.txt")))
-    row = run_attempt(task, model, 0, endpoint(proxy), LOCAL)
+    row = run_attempt(task, model, 0, proxy.endpoint, LOCAL)
     assert row["error"] is None and row["agent_exit_code"] == 0 and "one.txt" in row["diff"], row
     records = read_run(proxy.recording(row["run_id"])).records
     recorded = RecordedRun(row["run_id"], records, row, task, model)
@@ -275,7 +271,7 @@ def test_claude_code_is_branched_at_a_step_and_refused_when_its_prefix_changed(p
     at = branch_call(recorded, conversations, 1)  # the call after `cat README.md` ran
 
     live = agent_policy("claudecode", ("cat README.md", "echo live > live.txt"))
-    branch, policy = run_branch(recorded, 1, at, 0, endpoint(proxy), LOCAL, upstream.set_script, live)
+    branch, policy = run_branch(recorded, 1, at, 0, proxy.endpoint, LOCAL, upstream.set_script, live)
     assert branch["error"] is None and policy.branched and branch["agent_exit_code"] == 0, branch
     assert "live.txt" in branch["diff"] and "one.txt" not in branch["diff"]  # the live model's step, not the recorded
 
@@ -283,6 +279,6 @@ def test_claude_code_is_branched_at_a_step_and_refused_when_its_prefix_changed(p
     shutil.copytree(task["workspace_source"], altered_repo)
     (altered_repo / "README.md").write_text("ALTERED README\n")
     altered = dataclasses.replace(recorded, task=dict(task, workspace_source=str(altered_repo)))
-    refused, policy = run_branch(altered, 1, at, 1, endpoint(proxy), LOCAL, upstream.set_script, live)
+    refused, policy = run_branch(altered, 1, at, 1, proxy.endpoint, LOCAL, upstream.set_script, live)
     assert not policy.branched and refused["error"].startswith("branch refused: the prefix does not reproduce")
     assert "ALTERED README" in policy.divergence.actual and "messages[" in policy.divergence.path

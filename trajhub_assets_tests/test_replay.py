@@ -27,7 +27,7 @@ from trajhub_assets.config import (
     SandboxConfig,
     load_config,
 )
-from trajhub_assets.recording.attempts import Proxy, run_attempt
+from trajhub_assets.recording.attempts import run_attempt
 from trajhub_assets.recording.raw_calls import load_runs, read_run
 from trajhub_assets.recording.schema import RUNS
 from trajhub_assets.recording.scripted_upstream import (
@@ -354,15 +354,11 @@ def test_replay_run_ids_are_marked_and_samples_are_stable():
 
 
 # -- the real thing -----------------------------------------------------------------------
-def endpoint(proxy) -> Proxy:
-    return Proxy(proxy.url, proxy.url, proxy.master_key)
-
-
 @pytest.fixture(scope="module")
 def recorded_builtin(docker_engine, proxy, scripted_upstream, tmp_path_factory):
     """A demo run (careful baseline, builtin agent, Docker) stored as raw_trajectories stores it."""
     scripted_upstream.set_script(upstream_policy(BaselinePolicies([TASK])))
-    row = run_attempt(TASK, CAREFUL, 0, endpoint(proxy), DOCKER)
+    row = run_attempt(TASK, CAREFUL, 0, proxy.endpoint, DOCKER)
     assert row["error"] is None and row["resolved"], row
     store = Store(tmp_path_factory.mktemp("replay") / "home")
     partition = {"model": CAREFUL.key, "instance": TASK["instance_id"]}
@@ -380,7 +376,7 @@ def test_an_altered_workspace_names_the_first_divergent_call(recorded_builtin, p
     cache = workspace / "lrucache" / "cache.py"
     cache.write_text(cache.read_text().replace("class LRUCache:", "# ALTERED\nclass LRUCache:"))
     altered = dataclasses.replace(recorded, task=dict(recorded.task, workspace_source=str(workspace)))
-    report = run_replay(altered, endpoint(proxy), proxy.recordings, DOCKER, upstream.set_script)
+    report = run_replay(altered, proxy.endpoint, proxy.recordings, DOCKER, upstream.set_script)
     assert not report.reproduced and report.fidelity < 1.0
     # The careful baseline lists the files, then reads lrucache/cache.py: the request after the
     # read is the first to carry the altered file.
@@ -408,10 +404,10 @@ def test_claude_code_replays_with_fidelity_one(proxy, upstream, tmp_path):
     model = ModelConfig(name="scripted/claude", route="scripted-anthropic", scaffold="claudecode")
     local = SandboxConfig(backend="local", timeout_s=300)
     upstream.set_script(agent_policy("claudecode"))
-    row = run_attempt(task, model, 0, endpoint(proxy), local)
+    row = run_attempt(task, model, 0, proxy.endpoint, local)
     assert row["error"] is None and row["agent_exit_code"] == 0, row
     recorded = RecordedRun(row["run_id"], read_run(proxy.recording(row["run_id"])).records, row, task, model)
-    report = run_replay(recorded, endpoint(proxy), proxy.recordings, local, upstream.set_script)
+    report = run_replay(recorded, proxy.endpoint, proxy.recordings, local, upstream.set_script)
     assert report.reproduced and report.fidelity == 1.0, report.text()
     assert report.recorded_calls >= 3 and report.side_call_differences == 0
     # Claude Code's requests name its session (a uuid) and the workspace's temporary path:
