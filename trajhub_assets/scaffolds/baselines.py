@@ -157,9 +157,9 @@ class BaselinePolicies:
             options.append((3, ("write_file", {"path": path, "content": content})))
             # part of the change: the first line that differs from the file as it is, dropped
             half_done = _without_first_change(source / path, content)
-            options.append((1, ("write_file", {"path": path, "content": half_done})))
+            options.append((2, ("write_file", {"path": path, "content": half_done})))
         if written or len(done) >= 3:  # giving up early is plausible too, if rarely
-            options.append((4 if tested else 1, ("finish", {"summary": "Made the change; see the test output."})))
+            options.append((4 if tested else 2, ("finish", {"summary": "Made the change; see the test output."})))
         rng = random.Random(f"{request.get('seed', 0)}:{len(done)}")
         ((name, arguments),) = rng.choices([o for _, o in options], weights=[w for w, _ in options])
         return _call(name, **arguments)
