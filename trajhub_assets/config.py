@@ -162,6 +162,14 @@ class ReleaseConfig(_Strict):
 class BranchingConfig(_Strict):
     """Where recorded runs are branched (trajhub_assets/branching) and how many branches they get."""
 
+    enabled: bool = Field(
+        False,
+        description="Whether `trajhub run` and `trajhub backfill` branch, score and pair the runs after "
+        "scoring them (job branch_and_score); the branching assets can be materialized by hand either way.",
+    )
+    models: list[str] | None = Field(
+        None, description="Names of the models whose runs are branched; null: every model."
+    )
     points: list[Literal["low_reward", "divergence", "even"]] = Field(
         ["low_reward", "divergence"],
         description="low_reward: steps the judge or a rule scored low; divergence: the step where the run "

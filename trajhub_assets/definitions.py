@@ -10,7 +10,7 @@ import os
 from dagster import AssetSpec, Definitions
 
 from trajhub_assets.automation import automation_sensor, make_release_sensor, nightly_refresh, run_new_partitions
-from trajhub_assets.branching.assets import branched_trajectories
+from trajhub_assets.branching.assets import branch_pairs, branch_rewards, branched_trajectories
 from trajhub_assets.config import ProjectConfig
 from trajhub_assets.errors import ConfigError
 from trajhub_assets.jobs import JOBS
@@ -43,6 +43,8 @@ ASSETS = [
     judge_rewards,
     trajectory_rewards_asset,
     branched_trajectories,
+    branch_rewards,
+    branch_pairs,
     preference_pairs_asset,
     human_labels,
     reward_calibration,

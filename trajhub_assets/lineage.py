@@ -34,6 +34,18 @@ WRITTEN_BY: dict[str, str | None] = {
     "branch_raw_calls": "branched_trajectories",
     "branch_message_blobs": "branched_trajectories",
     "branched_trajectories": "branched_trajectories",
+    **{
+        f"branch_{table}": "branch_rewards"
+        for table in (
+            "rule_steps",
+            "rule_summary",
+            "judge_checks",
+            "judge_steps",
+            "judge_summary",
+            "trajectory_rewards",
+        )
+    },
+    "branch_pairs": "branch_pairs",
 }
 
 

@@ -3,7 +3,19 @@ which is what README.md's table section is (a test keeps the two in step)."""
 
 import pyarrow as pa
 
-from trajhub_assets.branching.schema import BRANCH_MESSAGE_BLOBS, BRANCH_RAW_CALLS, BRANCH_RUNS, BRANCHED_TRAJECTORIES
+from trajhub_assets.branching.schema import (
+    BRANCH_JUDGE_CHECKS,
+    BRANCH_JUDGE_STEPS,
+    BRANCH_JUDGE_SUMMARY,
+    BRANCH_MESSAGE_BLOBS,
+    BRANCH_PAIRS,
+    BRANCH_RAW_CALLS,
+    BRANCH_RULE_STEPS,
+    BRANCH_RULE_SUMMARY,
+    BRANCH_RUNS,
+    BRANCH_TRAJECTORY_REWARDS,
+    BRANCHED_TRAJECTORIES,
+)
 from trajhub_assets.interchange.schema import IMPORTS
 from trajhub_assets.merge.schema import MERGED_TRAJECTORIES
 from trajhub_assets.pairs.schema import PREFERENCE_PAIRS
@@ -42,6 +54,13 @@ ALL_TABLES = [
     BRANCH_RAW_CALLS,
     BRANCH_MESSAGE_BLOBS,
     BRANCHED_TRAJECTORIES,
+    BRANCH_RULE_STEPS,
+    BRANCH_RULE_SUMMARY,
+    BRANCH_JUDGE_CHECKS,
+    BRANCH_JUDGE_STEPS,
+    BRANCH_JUDGE_SUMMARY,
+    BRANCH_TRAJECTORY_REWARDS,
+    BRANCH_PAIRS,
 ]
 
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -26,12 +28,12 @@ from trajhub_assets.branching.branches import (
     live_policy,
     run_branch,
 )
-from trajhub_assets.branching.schema import BRANCH_MESSAGE_BLOBS, BRANCH_RAW_CALLS
+from trajhub_assets.branching.schema import BRANCH_MESSAGE_BLOBS, BRANCH_RAW_CALLS, BRANCHED_TRAJECTORIES
 from trajhub_assets.cli import main
 from trajhub_assets.config import DEFAULT_CONFIG, ModelConfig, SandboxConfig, load_config
 from trajhub_assets.merge.assets import merge_partition
 from trajhub_assets.merge.merge import merge_calls
-from trajhub_assets.merge.schema import MERGED_TRAJECTORIES, conversations_to_table
+from trajhub_assets.merge.schema import MERGED_TRAJECTORIES, conversations_to_table, table_to_conversations
 from trajhub_assets.recording.attempts import run_attempt
 from trajhub_assets.recording.raw_calls import load_runs, read_run, rebuild_records
 from trajhub_assets.recording.schema import MESSAGE_BLOBS, RAW_CALLS, RUNS
@@ -161,7 +163,10 @@ def stored_explorer_run(proxy, scripted_upstream, tmp_path, monkeypatch) -> tupl
     """A run of the explorer baseline stored as raw_trajectories and merged_trajectories store it,
     in a project whose config has the model; TRAJHUB_HOME and TRAJHUB_CONFIG point at them."""
     scripted_upstream.set_script(upstream_policy(BaselinePolicies([TASK])))
-    row = run_attempt(TASK, EXPLORER, 0, proxy.endpoint, LOCAL)
+    # A fixed run id: its branches' seeds derive from it, so what they do is the same every time.
+    row = run_attempt(
+        TASK, EXPLORER, 0, proxy.endpoint, LOCAL, run_id=f"{EXPLORER.key}~{TASK['instance_id']}~0~0000beef"
+    )
     assert row["error"] is None, row
     store = Store(tmp_path / "home")
     partition = {"model": EXPLORER.key, "instance": TASK["instance_id"]}
@@ -244,6 +249,88 @@ def test_the_asset_branches_each_point_once_and_merges_the_continuations(stored_
     kept = first["branch_conversations"]
     assert (again["points"], again["continuations"], again["branch_conversations"]) == (0, 0, kept)
     assert store.sql("SELECT count(*) AS n FROM branch_runs").to_pylist() == [{"n": 2}]
+
+
+def test_branches_are_scored_and_paired_by_tests_then_reward(stored_explorer_run, proxy, monkeypatch):
+    """branched_trajectories, branch_rewards and branch_pairs on one recorded explorer run: every
+    continuation that went live is scored as a run is, and each pair of continuations of the point
+    is ranked by its outcome first, its prompt the shared prefix, its evidence the stored rows."""
+    from dagster import DagsterInstance, materialize
+
+    from trajhub_assets.branching.assets import branch_pairs, branch_rewards, branched_trajectories
+    from trajhub_assets.partitions import run_key
+    from trajhub_assets.recording.resources import ProxyResource
+    from trajhub_assets.resources import ProjectResource, StoreResource
+
+    store, run_id = stored_explorer_run
+    config = Path(os.environ["TRAJHUB_CONFIG"])
+    project = yaml.safe_load(config.read_text())
+    project["branching"] |= {"samples": 4, "max_per_run": 2}
+    config.write_text(yaml.safe_dump(project))
+    instance = DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("models", [EXPLORER.key])
+    instance.add_dynamic_partitions("instances", [TASK["instance_id"]])
+    resources = {
+        "store": StoreResource(root=str(store.root)),
+        "project": ProjectResource(),
+        # the judge (baseline/judge) asks the test's proxy, whose upstream serves the baselines
+        "proxy": ProxyResource(url=proxy.url, master_key=proxy.master_key, recordings_dir=str(proxy.recordings)),
+    }
+    result = materialize(
+        [branched_trajectories, branch_rewards, branch_pairs],
+        instance=instance,
+        resources=resources,
+        partition_key=run_key(EXPLORER.key, TASK["instance_id"]),
+    )
+    assert result.success
+    runs = {r["run_id"]: r for r in store.sql("SELECT * FROM branch_runs").to_pylist()}
+    live = {run for run, row in runs.items() if row["error"] is None}
+    assert len(runs) == 8 and live, runs
+    rewarded = store.sql("SELECT run_id, reward, outcome FROM branch_trajectory_rewards").to_pylist()
+    assert {r["run_id"] for r in rewarded} == live  # every live continuation scored, once
+    judged = store.sql("SELECT DISTINCT run_id FROM branch_judge_steps WHERE step_reward IS NOT NULL").to_pylist()
+    assert {r["run_id"] for r in judged} == live
+    reward = {r["run_id"]: r["reward"] for r in rewarded}
+    hits = store.sql("SELECT run_id, step_index, rule_id, value FROM branch_rule_steps").to_pylist()
+    pairs = store.sql("SELECT * FROM branch_pairs").to_pylist()
+    (event,) = result.asset_materializations_for_node("branch_pairs")
+    assert event.metadata["pairs"].value == len(pairs)
+    merged = store.read(BRANCHED_TRAJECTORIES, {"model": EXPLORER.key, "instance": TASK["instance_id"]})
+    conversations = {
+        c["meta"]["run_id"]: c for c in table_to_conversations(merged.filter(pc.equal(merged["kind"], "main")))
+    }
+    outcome = {run: (bool(runs[run]["resolved"]), runs[run]["tests_passed"] or 0) for run in live}
+    distinct = {json.dumps(actions(read_run_from_store(store, run, BRANCH_TABLES))) for run in live}
+    assert len(distinct) > 1, "the seeded samples should differ"  # else there is nothing to pair
+    assert pairs, str({k: v.value for k, v in event.metadata.items()})[:3000]
+    for pair in pairs:
+        chosen, rejected = pair["chosen_run_id"], pair["rejected_run_id"]
+        assert {chosen, rejected} <= live and pair["parent_run_id"] == run_id
+        if outcome[chosen] != outcome[rejected]:
+            assert pair["basis"] == "tests" and outcome[chosen] > outcome[rejected], pair["pair_id"]
+        else:
+            assert pair["basis"] == "reward" and reward[chosen] - reward[rejected] >= 0.05, pair["pair_id"]
+        for side, run in (("chosen", chosen), ("rejected", rejected)):
+            assert pair[f"{side}_resolved"] == runs[run]["resolved"]
+            assert pair[f"{side}_tests_passed"] == runs[run]["tests_passed"]
+            assert pair[f"{side}_trajectory_reward"] == reward[run]
+        messages = conversations[chosen]["messages"]
+        cut = len(pair["prompt"])
+        assert [m["content"] for m in pair["prompt"]] == [m["content"] for m in messages[:cut]]
+        # the rejected side was served the same prefix: equal but for the sandbox's own paths
+        rejected_prefix = conversations[rejected]["messages"][:cut]
+        assert [mask_value(m["content"]) for m in pair["prompt"]] == [mask_value(m["content"]) for m in rejected_prefix]
+        assert pair["chosen"] != pair["rejected"]
+        if pair["kind"] == "branch_step":  # one assistant turn each: the first where they differ
+            assert [m["role"] for m in pair["chosen"] + pair["rejected"]] == ["assistant", "assistant"]
+            step = pair["chosen_step_index"]
+            held = [h for h in hits if h["run_id"] == chosen and h["step_index"] == step]
+            assert pair["chosen_rule_hits"] == [{k: h[k] for k in ("step_index", "rule_id", "value")} for h in held]
+        else:  # the continuations whole, from the branch step
+            assert pair["kind"] == "branch_continuation" and pair["chosen_step_index"] == pair["branch_step"]
+            assert len(pair["prompt"]) + len(pair["chosen"]) == len(messages)
+    (event,) = result.asset_materializations_for_node("branched_trajectories")
+    assert event.metadata["stored_continuations"].value == 8
 
 
 def test_a_model_of_a_provider_is_not_continued_yet():

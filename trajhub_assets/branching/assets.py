@@ -12,27 +12,48 @@ points. `branching.max_per_release` counts every branch point already stored.
 from collections import Counter
 from contextlib import nullcontext
 
+import pyarrow.compute as pc
 from dagster import AssetExecutionContext, MaterializeResult, asset
 
-from trajhub_assets.automation import SANDBOX_POOL
+from trajhub_assets.automation import JUDGE_POOL, SANDBOX_POOL
+from trajhub_assets.branching.accounting import partition_accounting
 from trajhub_assets.branching.branches import continue_at, store_branches
 from trajhub_assets.branching.points import BranchPoint, branch_points
-from trajhub_assets.branching.schema import BRANCH_MESSAGE_BLOBS, BRANCH_RAW_CALLS, BRANCH_RUNS, BRANCHED_TRAJECTORIES
+from trajhub_assets.branching.schema import (
+    BRANCH_JUDGE_CHECKS,
+    BRANCH_JUDGE_STEPS,
+    BRANCH_JUDGE_SUMMARY,
+    BRANCH_MESSAGE_BLOBS,
+    BRANCH_PAIRS,
+    BRANCH_RAW_CALLS,
+    BRANCH_RULE_STEPS,
+    BRANCH_RULE_SUMMARY,
+    BRANCH_RUNS,
+    BRANCH_TRAJECTORY_REWARDS,
+    BRANCHED_TRAJECTORIES,
+)
 from trajhub_assets.lineage import reading
 from trajhub_assets.merge.assets import merge_partition
 from trajhub_assets.merge.schema import MERGED_TRAJECTORIES, conversations_to_table, table_to_conversations
 from trajhub_assets.metadata import PartitionMetadata, batch_totals
 from trajhub_assets.pairs.assets import instance_inputs
-from trajhub_assets.partitions import BATCHED, run_key, run_partitions, run_partitions_of
+from trajhub_assets.pairs.pairs import PairPolicy
+from trajhub_assets.pairs.pairs import branch_pairs as pair_branches
+from trajhub_assets.partitions import BATCHED, model_name, run_key, run_partitions, run_partitions_of
 from trajhub_assets.progress import Progress, fail_if_all_failed
 from trajhub_assets.recording.raw_calls import rebuild_records
+from trajhub_assets.recording.resources import ProxyResource
 from trajhub_assets.recording.schema import MESSAGE_BLOBS, RAW_CALLS, RUNS
 from trajhub_assets.replay.recorded import load_recorded_run
 from trajhub_assets.replay.service import ReplayService
 from trajhub_assets.resources import ProjectResource, StoreResource
-from trajhub_assets.rewards.rules import build_run, group_runs
+from trajhub_assets.rewards.assets import instance_median_steps, judge_endpoint, judge_headers
+from trajhub_assets.rewards.judge import Judge, JudgeUsage, default_cache, judge_partition
+from trajhub_assets.rewards.rules import RuleContext, build_run, group_runs, rule_tables
 from trajhub_assets.rewards.schema import JUDGE_STEPS, RULE_STEPS
+from trajhub_assets.rewards.trajectory import trajectory_rewards
 from trajhub_assets.store import Store
+from trajhub_assets.tasks.catalog import stored_tasks
 from trajhub_assets.tasks.schema import TASKS
 
 
@@ -56,7 +77,8 @@ def partition_points(
 ) -> list[BranchPoint]:
     """The partition's new branch points (see branching.points) not yet branched, given its
     merged conversations by run."""
-    if not merged:
+    wanted = config.branching.models
+    if not merged or (wanted is not None and model_name(partition["model"]) not in wanted):
         return []
     runs = {run_id: build_run(conversations).main_steps for run_id, conversations in merged.items()}
     peers_conversations, _, judged = instance_inputs(store, partition["instance"])
@@ -135,12 +157,121 @@ def branched_trajectories(
                 "resolved": sum(bool(r["resolved"]) for r in rows),
                 "branch_conversations": len(conversations),
             }
+            # and what every branch stored for the partition (earlier ones too) came to and cost
+            stored, _ = partition_accounting(store, partition)
+            counts |= {f"stored_{k}": v for k, v in stored.items() if k in ("continuations", "live_calls", "tokens_in")}
+            counts |= {"stored_tokens_out": stored["tokens_out"], "stored_cost_usd": round(stored["cost_usd"], 6)}
             if rows and counts["failed"] == len(rows):
                 failed.append(f"{run_key(partition['model'], partition['instance'])}: {rows[0]['error']}")
             metadata.add(run_key(partition["model"], partition["instance"]), counts)
             totals.update(counts)
-            progress.advance(continuations=len(rows))
+            progress.advance(continuations=len(rows), cost_usd=stored["cost_usd"])
     with_points = sum(1 for _, _, points in plans if points)
     first = failed[0] if failed else ""
     fail_if_all_failed("partitions of this batch with branch points", with_points, len(failed), first)
-    return MaterializeResult(metadata=batch_totals(totals, len(partitions)) | metadata.batch())
+    runs_branched = len({p.run_id for _, _, points in plans for p in points})
+    accounting = {
+        "runs_branched": runs_branched,
+        "points_per_branched_run": round(totals["points"] / runs_branched, 3) if runs_branched else 0,
+        "samples_per_point": config.branching.samples,
+    }
+    return MaterializeResult(metadata=batch_totals(totals, len(partitions)) | accounting | metadata.batch())
+
+
+def score_branches(store: Store, partition: dict, task: dict, config, judge: Judge, median: float | None) -> dict:
+    """Score one partition's continuations as rule_rewards, judge_rewards and trajectory_rewards
+    score runs (refused and failed ones are not scored: there is nothing of theirs to score),
+    write the branch reward tables; the judge's usage and the counts."""
+    outcomes = {r["run_id"]: r for r in store.read(BRANCH_RUNS, partition).to_pylist() if r["error"] is None}
+    conversations = [
+        c
+        for c in table_to_conversations(store.read(BRANCHED_TRAJECTORIES, partition), **partition)
+        if c["meta"]["run_id"] in outcomes
+    ]
+    context = RuleContext.from_config(config.rewards, median_steps=median)
+    rule_steps, rule_summary = rule_tables(conversations, outcomes, task, context)
+    judged = judge_partition(conversations, task, outcomes, judge, judge_headers(config.judge, partition["instance"]))
+    rewards = trajectory_rewards(judged.summary, rule_summary, outcomes, config.rewards)
+    for table, rows in (
+        (BRANCH_RULE_STEPS, rule_steps),
+        (BRANCH_RULE_SUMMARY, rule_summary),
+        (BRANCH_JUDGE_CHECKS, judged.checks),
+        (BRANCH_JUDGE_STEPS, judged.steps),
+        (BRANCH_JUDGE_SUMMARY, judged.summary),
+        (BRANCH_TRAJECTORY_REWARDS, rewards),
+    ):
+        store.write(table, rows, partition)
+    errors = [
+        f"{r['run_id']}: {r['error']}" for t in (judged.steps, judged.checks) for r in t.to_pylist() if r["error"]
+    ]
+    counts = {"scored": len(outcomes), "rule_hits": rule_steps.num_rows, "judge_errors": len(errors)}
+    return {"usage": judged.usage, "counts": counts, "first_error": errors[0] if errors else ""}
+
+
+@asset(
+    partitions_def=run_partitions,
+    backfill_policy=BATCHED,
+    group_name="branching",
+    **reading(BRANCHED_TRAJECTORIES, BRANCH_RUNS, MERGED_TRAJECTORIES, TASKS),
+    kinds={"parquet"},
+    pool=JUDGE_POOL,
+    description="The continuations scored as runs are: rules, the judge, and the trajectory reward.",
+)
+def branch_rewards(
+    context: AssetExecutionContext, store: StoreResource, project: ProjectResource, proxy: ProxyResource
+) -> MaterializeResult:
+    store, config = store.get(), project.load()
+    tasks, partitions = stored_tasks(store), run_partitions_of(context)
+    metadata = PartitionMetadata(context, len(partitions))
+    usage, totals, medians, first_error = JudgeUsage(), Counter(), {}, ""
+    with Judge(config.judge, default_cache(store.root), proxy=judge_endpoint(config.judge, proxy)) as judge:
+        for partition in partitions:
+            if not store.exists(BRANCHED_TRAJECTORIES, partition):
+                metadata.add(run_key(partition["model"], partition["instance"]), {"scored": 0})
+                continue
+            instance = partition["instance"]
+            if instance not in medians:  # the recorded runs' median length: a continuation is judged by it too
+                medians[instance] = instance_median_steps(store, instance)
+            scored = score_branches(store, partition, tasks[instance], config, judge, medians[instance])
+            metadata.add(run_key(partition["model"], instance), scored["counts"] | scored["usage"].metadata())
+            usage, first_error = usage + scored["usage"], first_error or scored["first_error"]
+            totals.update(scored["counts"])
+    if judge.budget_reached:
+        context.log.warning(judge.budget_reached)
+    fail_if_all_failed("judge items of this batch's continuations", usage.items, usage.errors, first_error)
+    return MaterializeResult(metadata=batch_totals(dict(totals) | usage.metadata(), len(partitions)) | metadata.batch())
+
+
+@asset(
+    partitions_def=run_partitions,
+    backfill_policy=BATCHED,
+    group_name="branching",
+    **reading(BRANCHED_TRAJECTORIES, BRANCH_RUNS, BRANCH_TRAJECTORY_REWARDS, BRANCH_JUDGE_STEPS, BRANCH_RULE_STEPS),
+    kinds={"parquet"},
+    description="DPO pairs of the continuations of each branch point: their first differing turn "
+    "(branch_step) and their whole continuations (branch_continuation), chosen by tests, then reward.",
+)
+def branch_pairs(context: AssetExecutionContext, store: StoreResource, project: ProjectResource) -> MaterializeResult:
+    store, config = store.get(), project.load()
+    policy = PairPolicy.from_config(config.release)
+    partitions = run_partitions_of(context)
+    metadata, totals = PartitionMetadata(context, len(partitions)), Counter()
+    for partition in partitions:
+        if not store.exists(BRANCH_TRAJECTORY_REWARDS, partition):
+            metadata.add(run_key(partition["model"], partition["instance"]), {"pairs": 0})
+            continue
+        merged = store.read(BRANCHED_TRAJECTORIES, partition)
+        model, instance = model_name(partition["model"]), partition["instance"]
+        result = pair_branches(
+            table_to_conversations(merged.filter(pc.equal(merged["kind"], "main")), model=model, instance=instance),
+            store.read(BRANCH_RUNS, partition).to_pylist(),
+            store.read(BRANCH_TRAJECTORY_REWARDS, partition).to_pylist(),
+            store.read(BRANCH_JUDGE_STEPS, partition).to_pylist(),
+            store.read(BRANCH_RULE_STEPS, partition).to_pylist(),
+            policy,
+        )
+        store.write(BRANCH_PAIRS, result.table, partition)
+        counts = result.stats | {"pairs": result.table.num_rows}
+        metadata.add(run_key(partition["model"], instance), counts)
+        totals.update(counts)
+    return MaterializeResult(metadata=batch_totals(dict(totals), len(partitions)) | metadata.batch())

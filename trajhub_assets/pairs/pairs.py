@@ -42,6 +42,7 @@ reasoning or thinking, which clients regenerate or drop.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -54,9 +55,11 @@ from typing import Literal
 
 import pyarrow as pa
 
+from trajhub_assets.branching.schema import BRANCH_PAIRS
 from trajhub_assets.errors import RecordError
 from trajhub_assets.merge.schema import CONTENT_PART, THINKING_BLOCK
 from trajhub_assets.pairs.schema import PREFERENCE_PAIRS
+from trajhub_assets.replay.masks import mask_value
 
 log = logging.getLogger(__name__)
 
@@ -627,3 +630,130 @@ def preference_pairs(
         pa.Table.from_pylist(rows, schema=PREFERENCE_PAIRS.schema),
         {**dict(stats), "model_coverage": dict(sorted(coverage.items()))},
     )
+
+
+# -- branch pairs ----------------------------------------------------------------------------
+BRANCH_STEP, BRANCH_CONTINUATION = "branch_step", "branch_continuation"
+
+
+def _outcome(row: Mapping) -> tuple[bool, int]:
+    """What ranks two continuations first: resolved, then tests passed."""
+    return bool(row.get("resolved")), row.get("tests_passed") or 0
+
+
+def _evidence(run: _Run, row: Mapping, hits: list[Mapping], steps: range) -> dict:
+    return {
+        "resolved": row.get("resolved"),
+        "tests_passed": row.get("tests_passed"),
+        "tests_total": row.get("tests_total"),
+        "rule_hits": [
+            {"step_index": h["step_index"], "rule_id": h["rule_id"], "value": h["value"]}
+            for h in hits
+            if h["step_index"] is not None and h["step_index"] in steps
+        ],
+    }
+
+
+def _branch_rows(
+    a: _Run, b: _Run, instance: str, point: tuple[str, int], rows: Mapping, hits: Mapping, policy, stats: Counter
+) -> list[dict]:
+    """The branch_step and branch_continuation rows of two continuations of one branch point."""
+    parent, k = point
+    if (oa := _outcome(rows[a.run_id])) != (ob := _outcome(rows[b.run_id])):
+        chosen, rejected, basis = (a, b, "tests") if oa > ob else (b, a, "tests")
+    elif a.reward is None or b.reward is None:
+        stats["skipped_unrewarded"] += 1
+        return []
+    elif (ranked := _rank(a, b, a.reward, b.reward, policy, stats, allow_shorter=False)) is None:
+        return []
+    else:
+        chosen, rejected, basis = ranked
+    if chosen.keys == rejected.keys:
+        stats["skipped_same_actions"] += 1  # outcomes differ (flaky tests?) but the continuations do not
+        return []
+    # Step k's message: at the same index in both, after the recorded prefix both were served.
+    start = {run.run_id: next((i for i, s in run.step_of.items() if s == k), None) for run in (a, b)}
+    start, d = start[chosen.run_id], _divergence(chosen, rejected)
+    if start is None or start != next((i for i, s in rejected.step_of.items() if s == k), None) or d < start:
+        stats["skipped_prefix_differs"] += 1
+        return []
+    version = _same_version(chosen, rejected, instance)
+    at_turn = d in chosen.step_of and d in rejected.step_of and chosen.messages[d - 1]["role"] in PROMPT_END_ROLES
+    if not at_turn:
+        stats["skipped_step_not_a_turn"] += 1  # they first differ in a tool's answer, not the model's
+    out = []
+    for kind, cut, held in (
+        (BRANCH_STEP, d, lambda run: range(run.step_of[d], run.step_of[d] + 1)),
+        (BRANCH_CONTINUATION, start, lambda run: range(k, run.n_steps)),
+    ):
+        if kind == BRANCH_STEP and not at_turn:
+            continue
+        end = cut + 1 if kind == BRANCH_STEP else None
+        pair = _row(
+            kind,
+            instance,
+            chosen,
+            rejected,
+            prompt=chosen.messages[:cut],
+            chosen_msgs=chosen.messages[cut:end],
+            rejected_msgs=rejected.messages[cut:end],
+            rewards=(chosen.reward, rejected.reward),
+            steps=(chosen.step_of[d], rejected.step_of[d]) if kind == BRANCH_STEP else (k, k),
+            prompt_shared=True,
+            basis=basis,
+            version=version,
+            cut=cut,
+        )
+        evidence = {
+            f"{side}_{name}": value
+            for side, run in (("chosen", chosen), ("rejected", rejected))
+            for name, value in _evidence(run, rows[run.run_id], hits.get(run.run_id, []), held(run)).items()
+        }
+        out.append(_in_chat_form(pair) | {"parent_run_id": parent, "branch_step": k} | evidence)
+    return out
+
+
+def branch_pairs(
+    continuations: Iterable[dict],
+    branch_runs: Iterable[Mapping],
+    trajectory_rewards: Iterable[Mapping],
+    step_rewards: Iterable[Mapping],
+    rule_hits: Iterable[Mapping],
+    policy: PairPolicy = PairPolicy(),
+) -> PairResult:
+    """BRANCH_PAIRS rows for one (model, instance): every two continuations of one branch point.
+
+    continuations: their main conversations (as merge returns them); branch_runs: their
+    BRANCH_RUNS rows (parent_run_id, branch_step, resolved, tests_passed, error, ...); rewards as
+    preference_pairs takes them; rule_hits: RULE_STEPS rows. A refused or failed continuation
+    is left out. Chosen is the continuation that resolved the task, else passed more tests, else
+    has the higher trajectory reward by `min_margin` (`basis`: tests or reward). The prompt is the
+    shared prefix (compared after the replay's masks, as the branch verified it; the chosen side's
+    messages): up to their first differing assistant turn for `branch_step` (chosen/rejected:
+    that turn), up to step k for `branch_continuation` (chosen/rejected: the rest of each). Each
+    side's outcome and the rule hits of the steps it holds go in the row.
+    """
+    rows = {row["run_id"]: row for row in branch_runs}
+    continuations = list(continuations)
+    usable = [t for t in continuations if (row := rows.get(t["meta"]["run_id"])) and row.get("error") is None]
+    stats: Counter = Counter(continuations=len(continuations), skipped_failed=len(continuations) - len(usable))
+    instance, runs = _runs(usable, trajectory_rewards, step_rewards)
+    for run in runs:  # compared as the branch's prefix was verified: after the replay's masks (sandbox paths, dates)
+        run.keys = [message_key(mask_value(m)) for m in run.messages]
+    main = {t["meta"]["run_id"]: t["meta"].get("conversation_id") for t in usable}
+    hits: dict[str, list[Mapping]] = {}
+    for hit in rule_hits:
+        if hit["run_id"] in main and hit.get("conversation_id") in (None, main[hit["run_id"]]):
+            hits.setdefault(hit["run_id"], []).append(hit)
+    points: dict[tuple[str, int], list[_Run]] = {}
+    for run in runs:
+        points.setdefault((rows[run.run_id]["parent_run_id"], rows[run.run_id]["branch_step"]), []).append(run)
+    out = []
+    for point, group in sorted(points.items()):
+        stats["points"] += 1
+        for a, b in itertools.combinations(group, 2):  # `samples` per point: a handful
+            out.extend(_branch_rows(a, b, instance, point, rows, hits, policy, stats))
+    for row in out:
+        stats[f"pairs_{row['kind']}"] += 1
+    out.sort(key=lambda r: (r["parent_run_id"], r["branch_step"], r["kind"], r["pair_id"]))
+    return PairResult(pa.Table.from_pylist(out, schema=BRANCH_PAIRS.schema), dict(stats))
