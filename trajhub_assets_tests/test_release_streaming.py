@@ -33,12 +33,12 @@ from release_scaling import build_store, build_template, copy_partition  # noqa:
 CONFIG = ProjectConfig(tasks=[{"path": "tasks.jsonl"}], release=ReleaseConfig(name="golden", license="mit"))
 ROWS_PER_SHARD = 20  # shards cut inside (model, instance) groups and across them
 # What the whole-table release (before streaming, commit f469c9d) wrote for this store, with the
-# writers below: the data's hash (the version) and the manifest's sha256 (every file's hash:
-# shards, README.md, calibration.md).
+# writers below: the data's hash (the version: every shard's hash), and the manifest's sha256
+# (every file's hash: shards, README.md, calibration.md) since the card tells pairs by source.
 GOLDEN = {
     "writers": {"datasets": "5.2.0", "pyarrow": "26.0.1"},
     "version": "sha-3c619a61d410",
-    "manifest_sha256": "95ec2475981f160093af4043bc55566620c26b0eb70deda0ffafdc75becc039d",
+    "manifest_sha256": "a10165c1890907d2c8c27ab9bb1d3e5af39c2c9697286ad637eeb4e2dc7429d4",
     "rows": {"trajectories": 49, "preferences": 38, "step_rewards": 1113, "tasks": 12},
     # every shard's rows, as read back (content_digest): the same whatever writer wrote the bytes
     "content_sha256": "da02b0d6b0256a89e00e2aa6075975eb1df5f8613bf3fab0dcccf6ed23becc81",

@@ -10,6 +10,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataValue, asset
 
+from trajhub_assets.branching.accounting import store_accounting
+from trajhub_assets.branching.schema import BRANCH_PAIRS
 from trajhub_assets.config import ProjectConfig
 from trajhub_assets.lineage import reading
 from trajhub_assets.merge.schema import MERGED_TRAJECTORIES, table_to_conversations
@@ -87,7 +89,9 @@ def leaderboard_asset(context: AssetExecutionContext, store: StoreResource) -> M
 @asset(
     group_name="release",
     kinds={"huggingface"},
-    **reading(TASKS, MERGED_TRAJECTORIES, TRAJECTORY_REWARDS, JUDGE_STEPS, PREFERENCE_PAIRS, HUMAN_LABELS, RUNS),
+    **reading(
+        TASKS, MERGED_TRAJECTORIES, TRAJECTORY_REWARDS, JUDGE_STEPS, PREFERENCE_PAIRS, HUMAN_LABELS, RUNS, BRANCH_PAIRS
+    ),
     description="A versioned Hugging Face dataset (trajectories, preferences, step_rewards, tasks), "
     "byte-identical when rebuilt from the same store; refused if a secret is found.",
 )
@@ -121,6 +125,7 @@ def release_inputs(store: Store, config: ProjectConfig) -> ReleaseInputs | None:
     if first is None:
         return None
     pairs = sorted(store.partitions(PREFERENCE_PAIRS), key=lambda p: p["instance"])
+    branch_pairs = sorted(store.partitions(BRANCH_PAIRS), key=lambda p: (model_name(p["model"]), p["instance"]))
     return ReleaseInputs(
         tasks=store.read(TASKS),
         runs=chain([first], runs),
@@ -129,6 +134,8 @@ def release_inputs(store: Store, config: ProjectConfig) -> ReleaseInputs | None:
         models=[{"name": m.name, "scaffold": m.scaffold, "samples": m.samples} for m in config.models],
         reward_weights=config.rewards.trajectory_weights,
         pair_policy=vars(PairPolicy.from_config(config.release)),
+        branch_pairs=(store.read(BRANCH_PAIRS, p) for p in branch_pairs),
+        branching=store_accounting(store),
     )
 
 

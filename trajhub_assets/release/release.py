@@ -38,7 +38,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
+from trajhub_assets.branching.schema import BRANCH_PAIRS
 from trajhub_assets.errors import TrajhubError
 from trajhub_assets.pairs.pairs import chat_message, reward_version, tools_json
 from trajhub_assets.pairs.schema import CHAT_MESSAGE, CHAT_MESSAGE_DOCS, CHAT_MESSAGES, PREFERENCE_PAIRS
@@ -105,13 +107,27 @@ SCHEMAS = {
     "preferences": PREFERENCE_PAIRS.schema,
     "step_rewards": STEP_REWARD_SCHEMA,
     "tasks": TASK_SCHEMA,
+    "branch_steps": BRANCH_PAIRS.schema,
+    "branch_continuations": BRANCH_PAIRS.schema,
 }
 CONFIGS = {
     "trajectories": "one row per run: the main conversation as `messages` (SFT) with its reward",
     "preferences": "DPO pairs: `prompt`, `chosen`, `rejected` message lists with the rewards behind them",
     "step_rewards": "one row per step of a run's main conversation: the step reward",
     "tasks": "the task records the runs were made from",
+    "branch_steps": "DPO pairs from branches: two continuations of one recorded run from one step, "
+    "`prompt` their shared prefix, `chosen`/`rejected` their first differing assistant turn",
+    "branch_continuations": "the same branches' pairs with the whole of each continuation from the branch step",
 }
+BRANCH_CONFIGS = {"branch_step": "branch_steps", "branch_continuation": "branch_continuations"}  # kind -> config
+# Released only when they hold rows: most projects branch nothing, and `datasets` cannot load a
+# config without data. The other configs are always there, empty or not.
+OPTIONAL_CONFIGS = frozenset(BRANCH_CONFIGS.values())
+
+
+def released_configs(rows: Mapping[str, int]) -> list[str]:
+    """The configs a release has, in CONFIGS order, given each one's row count."""
+    return [name for name in CONFIGS if rows.get(name) or name not in OPTIONAL_CONFIGS]
 
 
 class ReleaseError(TrajhubError):
@@ -142,6 +158,9 @@ class ReleaseInputs:
     models: list[Mapping] = field(default_factory=list)  # {name, scaffold, samples}: for the card
     reward_weights: Mapping[str, float] | None = None
     pair_policy: Mapping[str, object] | None = None  # min_margin, max_pairs, ties: for the card
+    # BRANCH_PAIRS tables in (model, instance) order, and the branches behind them (branch_accounting)
+    branch_pairs: Iterable[pa.Table] = ()
+    branching: Mapping[str, float] | None = None
 
     @classmethod
     def from_rows(
@@ -276,6 +295,12 @@ def release_batches(inputs: ReleaseInputs) -> Iterator[tuple[str, pa.Table]]:
             raise ReleaseError(f"release inputs out of order: pairs of {first!r} after those of {last!r}")
         last = pairs["instance_id"][-1].as_py()
         yield "preferences", pairs
+    for table in inputs.branch_pairs:
+        pairs = table.select(BRANCH_PAIRS.schema.names).cast(BRANCH_PAIRS.schema)
+        order = [(name, "ascending") for name in ("parent_run_id", "branch_step", "pair_id")]
+        for kind, name in BRANCH_CONFIGS.items():
+            if (rows := pairs.filter(pc.equal(pairs["kind"], kind)).sort_by(order)).num_rows:
+                yield name, rows
     yield "tasks", inputs.tasks.select(TASK_SCHEMA.names).cast(TASK_SCHEMA).sort_by("instance_id")
 
 
@@ -328,6 +353,7 @@ class CardCounts:
     trajectories_by_category: Counter = field(default_factory=Counter)
     pairs_by_category: Counter = field(default_factory=Counter)
     kinds: Counter = field(default_factory=Counter)
+    branch_basis: Counter = field(default_factory=Counter)  # tests | reward
     versions: set = field(default_factory=set)
 
     @classmethod
@@ -359,16 +385,36 @@ class CardCounts:
                     self.versions.add(p["reward_version"])
         elif name == "step_rewards":
             self.steps.update(batch.column("model").to_pylist())
+        elif name in SCHEMAS and SCHEMAS[name] is BRANCH_PAIRS.schema:
+            for p in batch.select(["kind", "basis"]).to_pylist():
+                self.kinds[p["kind"]] += 1
+                self.branch_basis[p["basis"]] += 1
 
     def mean_reward(self, model: str) -> float | None:
         return self.reward_sum[model] / self.rewarded[model] if self.rewarded[model] else None
+
+
+def branch_story(branching: Mapping[str, float] | None, basis: Mapping[str, int]) -> str:
+    """The card's account of the branches behind the branch configs."""
+    if not branching or not branching.get("continuations"):
+        return "No run was branched for this release (`branching` in the project file)."
+    b = branching
+    return (
+        f"Branches: {b['points']} branch points of {b['runs_branched']} recorded runs "
+        f"({b['points'] / b['runs_branched']:.2f} per branched run), {b['continuations']} continuations "
+        f"({b['continuations'] / b['points']:.2f} samples per point): {b['resolved']} resolved the task, "
+        f"{b['refused']} were refused (their recorded prefix no longer reproduced), {b['failed'] - b['refused']} "
+        f"failed otherwise; the live calls cost ${b['cost_usd']:.4f}. Each continuation replayed its run's "
+        "recorded steps before the branch step in a fresh sandbox, each prompt verified, then went on "
+        f"live. Branch pairs chosen by tests: {basis.get('tests', 0)}, by reward: {basis.get('reward', 0)}."
+    )
 
 
 def dataset_card(counts: CardCounts, config, version: str, inputs: ReleaseInputs) -> str:
     """README.md: YAML header (configs, license, task categories, size) and the story of the data."""
     from huggingface_hub import DatasetCardData
 
-    rows = {name: counts.rows[name] for name in CONFIGS}
+    rows = {name: counts.rows[name] for name in released_configs(counts.rows)}
     header = DatasetCardData(
         license=config.license,
         pretty_name=config.name,
@@ -376,8 +422,7 @@ def dataset_card(counts: CardCounts, config, version: str, inputs: ReleaseInputs
         tags=["code", "agents", "tool-use", "trajectories", "dpo", "trajhub"],
         size_categories=[size_category(max(rows.values(), default=0))],
         configs=[
-            {"config_name": name, "data_files": [{"split": SPLIT, "path": f"data/{name}/{SPLIT}-*"}]}
-            for name in CONFIGS
+            {"config_name": name, "data_files": [{"split": SPLIT, "path": f"data/{name}/{SPLIT}-*"}]} for name in rows
         ],
     ).to_yaml()
 
@@ -394,6 +439,13 @@ def dataset_card(counts: CardCounts, config, version: str, inputs: ReleaseInputs
     ]
     kinds = counts.kinds
     versions = sorted(counts.versions)
+    pair_sources = [
+        ["trajectory", "preferences", kinds.get("trajectory", 0), "two whole runs of one task"],
+        ["shared prefix", "preferences", kinds.get("step", 0), "the next step of two runs after a prefix they shared"],
+        ["branch", "branch_steps", kinds.get("branch_step", 0), "the first differing turn of two continuations"],
+        ["branch", "branch_continuations", kinds.get("branch_continuation", 0), "two whole continuations"],
+    ]
+    branches = branch_story(inputs.branching, counts.branch_basis)
     weights = ", ".join(f"{k} {v:g}" for k, v in (inputs.reward_weights or {}).items()) or "as configured"
     policy = inputs.pair_policy or {"min_margin": config.min_margin, "max_pairs": config.max_pairs_per_instance}
     calibration = (
@@ -418,7 +470,7 @@ made with trajhub from the recorded LLM calls of agents solving coding tasks.
 
 ## Configs
 
-{_markdown_table(["config", "rows", "what"], [[n, rows[n], CONFIGS[n]] for n in CONFIGS])}
+{_markdown_table(["config", "rows", "what"], [[n, rows[n], CONFIGS[n]] for n in rows])}
 
 ```python
 from datasets import load_dataset
@@ -435,7 +487,11 @@ Every message, in both configs, has these keys (unset ones are null):
 
 {_markdown_table(["key", "what"], message_keys)}
 
-Pairs: {kinds.get("trajectory", 0)} trajectory-level, {kinds.get("step", 0)} step-level.
+Pairs by source:
+
+{_markdown_table(["source", "config", "pairs", "what"], pair_sources)}
+
+{branches}
 
 ## Counts per model
 
@@ -525,8 +581,9 @@ class _Shards:
         self.shards += 1
 
     def close(self, schema: pa.Schema) -> int:
-        """Write the last shard (an empty config still gets a file), name them all; the row count."""
-        if self.buffered or not self.shards:
+        """Write the last shard (an empty config still gets a file, unless it is optional), name
+        them all; the row count."""
+        if self.buffered or not (self.shards or self.name in OPTIONAL_CONFIGS):
             self.pending.append(schema.empty_table())
             self._cut(self.buffered)
         if not self.hits:
@@ -607,6 +664,7 @@ def build_release(
             shards[name].add(batch)
             counts.add(name, batch)
         rows = {name: shards[name].close(SCHEMAS[name]) for name in CONFIGS}
+        rows = {name: rows[name] for name in released_configs(rows)}
         hits.sort(key=lambda hit: list(CONFIGS).index(hit.table))  # config by config, as listed
         hits += scanner.document("calibration.md", calibration) if calibration else []
         if hits:
