@@ -9,6 +9,7 @@ import os
 import sys
 import warnings
 
+from trajhub_assets.branching.schema import BRANCH_PAIRS
 from trajhub_assets.errors import TrajhubError
 from trajhub_assets.pairs.schema import PREFERENCE_PAIRS
 from trajhub_assets.recording.schema import RAW_CALLS, RUNS
@@ -54,6 +55,11 @@ SUMMARIES = [
         PREFERENCE_PAIRS,
         "SELECT kind, count(*) AS pairs, round(avg(margin), 3) AS mean_margin "
         f"FROM {PREFERENCE_PAIRS.name} GROUP BY kind",
+    ),
+    (
+        BRANCH_PAIRS,
+        "SELECT kind, count(*) AS pairs, count(*) FILTER (WHERE basis = 'tests') AS by_tests, "
+        f"count(DISTINCT parent_run_id || ':' || branch_step) AS branch_points FROM {BRANCH_PAIRS.name} GROUP BY kind",
     ),
 ]
 

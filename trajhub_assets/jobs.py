@@ -33,10 +33,17 @@ record_and_score_job = _stage(
     RECORD_AND_SCORE_ASSETS,
     "Run the agents on a batch of (model, instance) partitions, merge and score the runs.",
 )
+# The branching of scored runs (branching.enabled): continuations, their scores, their pairs.
+BRANCH_ASSETS = ["branched_trajectories", "branch_rewards", "branch_pairs"]
+branch_job = _stage(
+    "branch_and_score",
+    BRANCH_ASSETS,
+    "Branch the scored runs of a batch of (model, instance) partitions, score and pair the continuations.",
+)
 # Not "preference_pairs": a job may not share its name with an asset's op.
 build_pairs_job = _stage("build_pairs", ["preference_pairs"], "The preference pairs of a batch of instances.")
 release_job = _stage("cut_release", RELEASE_ASSETS, "Calibration, leaderboard and the Hugging Face dataset release.")
-JOBS = [reload_catalog_job, record_and_score_job, build_pairs_job, release_job]
+JOBS = [reload_catalog_job, record_and_score_job, branch_job, build_pairs_job, release_job]
 
 # Dagster reads a run's partition range from these tags; they have no public constant, and
 # execute_in_process takes a single partition key only.

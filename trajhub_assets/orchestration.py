@@ -27,6 +27,7 @@ from trajhub_assets.jobs import (
     RANGE_START_TAG,
     RECORD_AND_SCORE_ASSETS,
     STAGE_TAG,
+    branch_job,
     build_pairs_job,
     record_and_score_job,
     release_job,
@@ -163,9 +164,22 @@ def run_pipeline(
                     model=models[0] if len(models) == 1 else None,
                 )
             )
+        for models in branched_ranges(config, models_partitions.get_partition_keys(dynamic_partitions_store=instance)):
+            keys = [run_key(models[0], instances[0]), run_key(models[-1], instances[-1])]
+            runs.append(run_stage(instance, branch_job, keys, resources=resources))
         runs.append(run_stage(instance, build_pairs_job, instances, resources=resources))
         runs.append(run_stage(instance, release_job, resources=resources))
     return [run.run_id for run in runs]
+
+
+def branched_ranges(config: ProjectConfig, registered: list[str]) -> list[list[str]]:
+    """The model keys whose runs the pipeline branches (branching.enabled, branching.models), in
+    contiguous ranges of the registered models; none when branching is off."""
+    branching = config.branching
+    if not branching.enabled:
+        return []
+    wanted = [m.key for m in config.models if branching.models is None or m.name in branching.models]
+    return contiguous_ranges(registered, wanted)
 
 
 @dataclass
@@ -206,7 +220,7 @@ def backfill_model(
         return backfill
     ordered = instances_partitions.get_partition_keys(dynamic_partitions_store=instance)
     batches = contiguous_ranges(ordered, backfill.instances, batch_size or BATCHED.max_partitions_per_run)
-    key = backfill.model.key
+    key, config = backfill.model.key, (resources or _defs().resources)["project"].load()
 
     def run(job, keys=None, **tags):
         result = run_stage(instance, job, keys, resources=resources, backfill=backfill.backfill_id, **tags)
@@ -222,6 +236,8 @@ def backfill_model(
     for number, batch in enumerate(batches, start=1):
         log.info("batch %d/%d: %d instances", number, len(batches), len(batch))
         run(record_and_score_job, [run_key(key, batch[0]), run_key(key, batch[-1])], model=key)
+        if branched_ranges(config, [key]):
+            run(branch_job, [run_key(key, batch[0]), run_key(key, batch[-1])], model=key)
     for batch in contiguous_ranges(ordered, backfill.instances, BATCHED.max_partitions_per_run):
         run(build_pairs_job, [batch[0], batch[-1]])
     if release:

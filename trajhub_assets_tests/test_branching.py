@@ -163,10 +163,7 @@ def stored_explorer_run(proxy, scripted_upstream, tmp_path, monkeypatch) -> tupl
     """A run of the explorer baseline stored as raw_trajectories and merged_trajectories store it,
     in a project whose config has the model; TRAJHUB_HOME and TRAJHUB_CONFIG point at them."""
     scripted_upstream.set_script(upstream_policy(BaselinePolicies([TASK])))
-    # A fixed run id: its branches' seeds derive from it, so what they do is the same every time.
-    row = run_attempt(
-        TASK, EXPLORER, 0, proxy.endpoint, LOCAL, run_id=f"{EXPLORER.key}~{TASK['instance_id']}~0~0000beef"
-    )
+    row = run_attempt(TASK, EXPLORER, 0, proxy.endpoint, LOCAL)
     assert row["error"] is None, row
     store = Store(tmp_path / "home")
     partition = {"model": EXPLORER.key, "instance": TASK["instance_id"]}

@@ -10,7 +10,7 @@ import pytest
 from trajhub_assets.errors import RecordError
 from trajhub_assets.merge.merge import merge_calls
 from trajhub_assets.merge.schema import conversations_to_table, table_to_conversations
-from trajhub_assets.pairs.pairs import PairPolicy, preference_pairs
+from trajhub_assets.pairs.pairs import PairPolicy, branch_pairs, preference_pairs
 from trajhub_assets.pairs.schema import PREFERENCE_PAIRS
 
 TOOLS = [
@@ -474,3 +474,76 @@ def test_the_asset_reads_the_main_runs_of_every_model_of_its_instance_only(store
     ]
     assert sorted(r["run_id"] for r in rewards) == ["claude-a@inst-1", "claude-b@inst-1"]
     assert steps == []  # no judge_steps table yet: no step rewards, not an error
+
+
+# -- branch pairs: continuations of one recorded run from one step ---------------------------
+def branch_run(run_id, parent="p", step=1, resolved=True, passed=3, error=None, total=3):
+    return {
+        "run_id": run_id,
+        "parent_run_id": parent,
+        "branch_step": step,
+        "resolved": resolved,
+        "tests_passed": passed,
+        "tests_total": total,
+        "error": error,
+    }
+
+
+def test_branch_pairs_rank_by_tests_before_reward_and_keep_the_evidence():
+    # Three continuations of p at step 1 (after its recorded `ls`); the sandbox path in the system
+    # prompt differs per continuation, as a local sandbox's does: the replay's masks hide it.
+    runs = [
+        trajectory(rid, "m", 0, ["ls", *cmds], system=f"You work in /tmp/trajhub-{rid}/repo.")
+        for rid, cmds in (("b1", ["pytest", "edit"]), ("b2", ["edit half"]), ("b3", ["pytest", "edit", "pytest"]))
+    ]
+    rows = [
+        branch_run("b1", resolved=False, passed=2),
+        branch_run("b2", resolved=True),
+        branch_run("b3", passed=5, total=5),
+    ]
+    # b2 resolved with the lowest reward: the tests win; b2 and b3 both resolved (their runs found
+    # 3 and 5 tests): reward decides
+    rewards = [reward("b1", 0.9), reward("b2", 0.5), reward("b3", 0.7)]
+    hits = [
+        {"run_id": "b2", "conversation_id": "b2-c0", "step_index": 1, "rule_id": "edit_unread_file", "value": -1.0},
+        {"run_id": "b2", "conversation_id": "b2-c0", "step_index": 0, "rule_id": "prefix_rule", "value": -1.0},
+    ]
+    result = branch_pairs(runs, rows, rewards, [], hits, PairPolicy(min_margin=0.1))
+    pairs = {(r["kind"], r["chosen_run_id"], r["rejected_run_id"]): r for r in result.table.to_pylist()}
+    assert set(pairs) == {
+        (kind, chosen, rejected)
+        for kind in ("branch_step", "branch_continuation")
+        for chosen, rejected in (("b2", "b1"), ("b3", "b1"), ("b3", "b2"))
+    }
+    by_tests = pairs[("branch_step", "b2", "b1")]
+    assert by_tests["basis"] == "tests" and by_tests["margin"] < 0  # chosen despite its lower reward
+    assert (by_tests["chosen_resolved"], by_tests["rejected_resolved"]) == (True, False)
+    assert (by_tests["chosen_tests_passed"], by_tests["rejected_tests_passed"]) == (3, 2)
+    assert by_tests["chosen_rule_hits"] == [{"step_index": 1, "rule_id": "edit_unread_file", "value": -1.0}]
+    assert by_tests["prompt"][0]["content"] == "You work in /tmp/trajhub-b2/repo."  # the chosen side's own
+    assert [m["role"] for m in by_tests["prompt"]] == ["system", "user", "assistant", "tool"]
+    assert json.loads(by_tests["chosen"][0]["tool_calls"][0]["function"]["arguments"]) == {"cmd": "edit half"}
+    assert (by_tests["branch_step"], by_tests["parent_run_id"], by_tests["chosen_step_index"]) == (1, "p", 1)
+    assert_trl_preference(by_tests)
+    # b3 and b1 share `pytest` after the branch step: their step pair is the first turn that differs
+    later = pairs[("branch_step", "b3", "b1")]
+    assert later["chosen_step_index"] == 3 and len(later["prompt"]) == 8
+    assert json.loads(later["chosen"][0]["tool_calls"][0]["function"]["arguments"]) == {"cmd": "pytest"}
+    whole = pairs[("branch_continuation", "b3", "b2")]
+    assert whole["basis"] == "reward" and whole["margin"] == pytest.approx(0.2)
+    assert len(whole["prompt"]) == 4 and [m["role"] for m in whole["chosen"]][-1] == "assistant"
+    assert whole["rejected_rule_hits"] == [{"step_index": 1, "rule_id": "edit_unread_file", "value": -1.0}]
+    assert_trl_preference(whole)
+
+
+def test_branch_pairs_leave_out_failed_continuations_and_equal_ones():
+    runs = [trajectory(rid, "m", 0, ["ls", "pytest"]) for rid in ("b1", "b2")]
+    runs.append(trajectory("b3", "m", 0, ["ls", "edit"]))
+    rows = [branch_run("b1"), branch_run("b2", resolved=False), branch_run("b3", error="branch refused: ...")]
+    result = branch_pairs(runs, rows, [reward(r, 0.5) for r in ("b1", "b2", "b3")], [], [], PairPolicy())
+    assert result.table.num_rows == 0
+    assert (result.stats["skipped_failed"], result.stats["skipped_same_actions"]) == (1, 1)
+    # close rewards and the same outcome: no pair either
+    rows = [branch_run("b1"), branch_run("b3")]
+    result = branch_pairs(runs[:1] + runs[2:], rows, [reward("b1", 0.5), reward("b3", 0.52)], [], [], PairPolicy())
+    assert result.table.num_rows == 0 and result.stats["skipped_below_margin"] == 1

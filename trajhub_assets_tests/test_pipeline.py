@@ -232,3 +232,51 @@ def test_two_partitions_materialize_concurrently_without_mixing_calls(tmp_path, 
     rows = store.sql("SELECT model, run_id FROM raw_calls").to_pylist()
     assert {r["model"] for r in rows} == {"baseline__careful", "baseline__hasty"}
     assert all(r["run_id"].startswith(r["model"] + "~") for r in rows)
+
+
+def test_with_branching_enabled_trajhub_run_branches_scores_pairs_and_releases_the_branches(tmp_path, docker_engine):
+    """run_pipeline (what `trajhub run` does) on a project whose config turns branching on for
+    the explorer: the branch_and_score stage runs after scoring, in Docker, and the release's
+    branch configs hold exactly the stored branch pairs, its card the stored branches' figures."""
+    from trajhub_assets.branching.accounting import store_accounting
+    from trajhub_assets.jobs import STAGE_TAG
+    from trajhub_assets.orchestration import run_pipeline
+    from trajhub_assets.release.release import BRANCH_CONFIGS
+
+    config = yaml.safe_load(open(write_project(tmp_path, instances=("demo-csv-quoting", "demo-retry-backoff"))))
+    config["models"].append(
+        {
+            "name": "baseline/explorer",
+            "route": "trajhub-baseline/explorer",
+            "scaffold": "builtin",
+            "sampling": {"extra": {"seed": 7}},
+        }
+    )
+    config["branching"] = {
+        "enabled": True,
+        "models": ["baseline/explorer"],
+        "points": ["even"],
+        "samples": 3,
+        "max_per_run": 1,
+    }
+    (tmp_path / "project.yaml").write_text(yaml.safe_dump(config))
+    res = resources(tmp_path, str(tmp_path / "project.yaml"))
+    instance = DagsterInstance.ephemeral()
+    run_ids = run_pipeline(instance, resources=res)
+    stages = [instance.get_run_by_id(run_id).tags[STAGE_TAG] for run_id in run_ids]
+    assert stages.index("branch_and_score") == stages.index("record_and_score") + 1
+    store = Store(tmp_path / "home")
+    branches = store.sql("SELECT * FROM branch_runs").to_pylist()
+    assert {r["model"] for r in store.sql("SELECT DISTINCT model FROM branch_runs").to_pylist()} == {
+        "baseline__explorer"
+    }
+    assert len(branches) == 2 * 3 and all(r["backend"] == "docker" and r["error"] is None for r in branches)
+    pairs = store.sql("SELECT kind, count(*) AS n FROM branch_pairs GROUP BY kind").to_pylist()
+    (manifest,) = (tmp_path / "home" / "releases").glob("*/*/manifest.json")
+    rows = json.loads(manifest.read_text())["rows"]
+    released = {k: v for k, v in rows.items() if k.startswith("branch_")}
+    assert released == {BRANCH_CONFIGS[p["kind"]]: p["n"] for p in pairs}  # none released when none made
+    card = (manifest.parent / "README.md").read_text()
+    figures = store_accounting(store)
+    assert f"Branches: {figures['points']} branch points of {figures['runs_branched']} recorded runs" in card
+    assert figures["continuations"] == 6 and figures["refused"] == 0

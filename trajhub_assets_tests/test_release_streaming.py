@@ -38,7 +38,7 @@ ROWS_PER_SHARD = 20  # shards cut inside (model, instance) groups and across the
 GOLDEN = {
     "writers": {"datasets": "5.2.0", "pyarrow": "26.0.1"},
     "version": "sha-3c619a61d410",
-    "manifest_sha256": "a10165c1890907d2c8c27ab9bb1d3e5af39c2c9697286ad637eeb4e2dc7429d4",
+    "manifest_sha256": "ac105b570468c594a8e3f3931c1023eef6730a3593051c51cfb42f0227dc3a7c",
     "rows": {"trajectories": 49, "preferences": 38, "step_rewards": 1113, "tasks": 12},
     # every shard's rows, as read back (content_digest): the same whatever writer wrote the bytes
     "content_sha256": "da02b0d6b0256a89e00e2aa6075975eb1df5f8613bf3fab0dcccf6ed23becc81",

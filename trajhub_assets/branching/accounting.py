@@ -13,13 +13,23 @@ from trajhub_assets.merge.schema import table_to_conversations
 from trajhub_assets.rewards.rules import build_run, group_runs
 from trajhub_assets.store import Store
 
-COUNTS = ("points", "continuations", "refused", "failed", "resolved", "live_calls", "tokens_in", "tokens_out")
+COUNTS = (
+    "points",
+    "continuations",
+    "refused",
+    "failed",
+    "resolved",
+    "live_calls",
+    "live_calls_without_cost",  # the proxy knew no price for the model: their cost is unknown, not 0
+    "tokens_in",
+    "tokens_out",
+)
 
 
 def partition_accounting(store: Store, partition: dict) -> tuple[Counter, set[str]]:
     """(the counts of COUNTS and cost_usd, the parent runs branched) of one partition's branches."""
     if not store.exists(BRANCH_RUNS, partition):
-        return Counter(), set()
+        return Counter(dict.fromkeys(COUNTS, 0), cost_usd=0.0), set()
     runs = store.read(BRANCH_RUNS, partition).to_pylist()
     counts = Counter(
         points=len({(r["parent_run_id"], r["branch_step"]) for r in runs}),
@@ -45,11 +55,12 @@ def partition_accounting(store: Store, partition: dict) -> tuple[Counter, set[st
         if call["run_id"] in live:
             counts.update(
                 live_calls=1,
+                live_calls_without_cost=call["cost_usd"] is None,
                 tokens_in=call["input_tokens"] or 0,
                 tokens_out=call["output_tokens"] or 0,
                 cost_usd=call["cost_usd"] or 0.0,
             )
-    return counts, {r["parent_run_id"] for r in runs}
+    return Counter(dict.fromkeys(COUNTS, 0), cost_usd=0.0) + counts, {r["parent_run_id"] for r in runs}
 
 
 def store_accounting(store: Store) -> dict[str, float]:

@@ -159,8 +159,9 @@ def branched_trajectories(
             }
             # and what every branch stored for the partition (earlier ones too) came to and cost
             stored, _ = partition_accounting(store, partition)
-            counts |= {f"stored_{k}": v for k, v in stored.items() if k in ("continuations", "live_calls", "tokens_in")}
-            counts |= {"stored_tokens_out": stored["tokens_out"], "stored_cost_usd": round(stored["cost_usd"], 6)}
+            for name in ("continuations", "live_calls", "live_calls_without_cost", "tokens_in", "tokens_out"):
+                counts[f"stored_{name}"] = stored[name]
+            counts["stored_cost_usd"] = round(float(stored["cost_usd"]), 6)
             if rows and counts["failed"] == len(rows):
                 failed.append(f"{run_key(partition['model'], partition['instance'])}: {rows[0]['error']}")
             metadata.add(run_key(partition["model"], partition["instance"]), counts)
@@ -170,10 +171,10 @@ def branched_trajectories(
     first = failed[0] if failed else ""
     fail_if_all_failed("partitions of this batch with branch points", with_points, len(failed), first)
     runs_branched = len({p.run_id for _, _, points in plans for p in points})
-    accounting = {
-        "runs_branched": runs_branched,
-        "points_per_branched_run": round(totals["points"] / runs_branched, 3) if runs_branched else 0,
-        "samples_per_point": config.branching.samples,
+    accounting = {  # of this batch's new points
+        "batch_runs_branched": runs_branched,
+        "batch_points_per_branched_run": round(totals["points"] / runs_branched, 3) if runs_branched else 0.0,
+        "batch_samples_per_point": config.branching.samples,
     }
     return MaterializeResult(metadata=batch_totals(totals, len(partitions)) | accounting | metadata.batch())
 
@@ -271,7 +272,10 @@ def branch_pairs(context: AssetExecutionContext, store: StoreResource, project: 
             policy,
         )
         store.write(BRANCH_PAIRS, result.table, partition)
-        counts = result.stats | {"pairs": result.table.num_rows}
+        bases = Counter(result.table.filter(pc.equal(result.table["kind"], "branch_continuation"))["basis"].to_pylist())
+        counts = (
+            result.stats | {"pairs": result.table.num_rows} | {f"chosen_by_{b}": bases[b] for b in ("tests", "reward")}
+        )
         metadata.add(run_key(partition["model"], instance), counts)
         totals.update(counts)
     return MaterializeResult(metadata=batch_totals(dict(totals), len(partitions)) | metadata.batch())

@@ -131,8 +131,11 @@ class BranchPolicy:
 
 
 def branch_seed(parent_run_id: str, step: int, sample: int) -> int:
-    """The sampling seed of one continuation: fixed by (parent, step, sample)."""
-    digest = hashlib.sha256(f"{parent_run_id}:{step}:{sample}".encode()).digest()
+    """The sampling seed of one continuation: fixed by (parent, step, sample). The parent is
+    taken without its run id's nonce (model~instance~attempt): the seeds do not change with the
+    recording's random suffix, so a seeded model branches the same way every time (the demo)."""
+    stable = parent_run_id.rsplit("~", 1)[0] if parent_run_id.count("~") == 3 else parent_run_id
+    digest = hashlib.sha256(f"{stable}:{step}:{sample}".encode()).digest()
     return int.from_bytes(digest[:4], "big")
 
 

@@ -634,11 +634,27 @@ def preference_pairs(
 
 # -- branch pairs ----------------------------------------------------------------------------
 BRANCH_STEP, BRANCH_CONTINUATION = "branch_step", "branch_continuation"
+BRANCH_STATS = (
+    "continuations",
+    "points",
+    "skipped_failed",
+    "skipped_unrewarded",
+    "skipped_tie",
+    "skipped_below_margin",
+    "skipped_same_actions",
+    "skipped_prefix_differs",
+    "skipped_step_not_a_turn",
+    f"pairs_{BRANCH_STEP}",
+    f"pairs_{BRANCH_CONTINUATION}",
+)
 
 
-def _outcome(row: Mapping) -> tuple[bool, int]:
-    """What ranks two continuations first: resolved, then tests passed."""
-    return bool(row.get("resolved")), row.get("tests_passed") or 0
+def _outcome(row: Mapping) -> tuple[bool, float]:
+    """What ranks two continuations first: resolved, then (neither resolved) the share of tests
+    passed. Two resolved continuations are equal here, however many tests each one's run found."""
+    if row.get("resolved"):
+        return True, 1.0
+    return False, (row.get("tests_passed") or 0) / row["tests_total"] if row.get("tests_total") else 0.0
 
 
 def _evidence(run: _Run, row: Mapping, hits: list[Mapping], steps: range) -> dict:
@@ -726,8 +742,8 @@ def branch_pairs(
     continuations: their main conversations (as merge returns them); branch_runs: their
     BRANCH_RUNS rows (parent_run_id, branch_step, resolved, tests_passed, error, ...); rewards as
     preference_pairs takes them; rule_hits: RULE_STEPS rows. A refused or failed continuation
-    is left out. Chosen is the continuation that resolved the task, else passed more tests, else
-    has the higher trajectory reward by `min_margin` (`basis`: tests or reward). The prompt is the
+    is left out. Chosen is the continuation that resolved the task, else passed a larger share of
+    its tests, else has the higher trajectory reward by `min_margin` (`basis`: tests or reward). The prompt is the
     shared prefix (compared after the replay's masks, as the branch verified it; the chosen side's
     messages): up to their first differing assistant turn for `branch_step` (chosen/rejected:
     that turn), up to step k for `branch_continuation` (chosen/rejected: the rest of each). Each
@@ -736,7 +752,8 @@ def branch_pairs(
     rows = {row["run_id"]: row for row in branch_runs}
     continuations = list(continuations)
     usable = [t for t in continuations if (row := rows.get(t["meta"]["run_id"])) and row.get("error") is None]
-    stats: Counter = Counter(continuations=len(continuations), skipped_failed=len(continuations) - len(usable))
+    stats: Counter = Counter(dict.fromkeys(BRANCH_STATS, 0))  # every count, zero or not: the UI's rows line up
+    stats.update(continuations=len(continuations), skipped_failed=len(continuations) - len(usable))
     instance, runs = _runs(usable, trajectory_rewards, step_rewards)
     for run in runs:  # compared as the branch's prefix was verified: after the replay's masks (sandbox paths, dates)
         run.keys = [message_key(mask_value(m)) for m in run.messages]

@@ -92,7 +92,8 @@ def leaderboard_asset(context: AssetExecutionContext, store: StoreResource) -> M
     **reading(
         TASKS, MERGED_TRAJECTORIES, TRAJECTORY_REWARDS, JUDGE_STEPS, PREFERENCE_PAIRS, HUMAN_LABELS, RUNS, BRANCH_PAIRS
     ),
-    description="A versioned Hugging Face dataset (trajectories, preferences, step_rewards, tasks), "
+    description="A versioned Hugging Face dataset (trajectories, preferences, step_rewards, tasks, and "
+    "branch_steps and branch_continuations when there are branch pairs), "
     "byte-identical when rebuilt from the same store; refused if a secret is found.",
 )
 def hf_dataset_release(

@@ -385,10 +385,10 @@ class CardCounts:
                     self.versions.add(p["reward_version"])
         elif name == "step_rewards":
             self.steps.update(batch.column("model").to_pylist())
-        elif name in SCHEMAS and SCHEMAS[name] is BRANCH_PAIRS.schema:
-            for p in batch.select(["kind", "basis"]).to_pylist():
-                self.kinds[p["kind"]] += 1
-                self.branch_basis[p["basis"]] += 1
+        elif name in OPTIONAL_CONFIGS:
+            self.kinds.update(batch.column("kind").to_pylist())
+            if name == "branch_continuations":  # one row per pair of continuations compared and kept
+                self.branch_basis.update(batch.column("basis").to_pylist())
 
     def mean_reward(self, model: str) -> float | None:
         return self.reward_sum[model] / self.rewarded[model] if self.rewarded[model] else None
@@ -399,14 +399,27 @@ def branch_story(branching: Mapping[str, float] | None, basis: Mapping[str, int]
     if not branching or not branching.get("continuations"):
         return "No run was branched for this release (`branching` in the project file)."
     b = branching
+    unpriced = b.get("live_calls_without_cost", 0)
+    cost = f"${b['cost_usd']:.4f}" + (
+        f" for the calls with a price; {unpriced} of {b['live_calls']} live calls had none (cost unknown)"
+        if unpriced
+        else ""
+    )
     return (
         f"Branches: {b['points']} branch points of {b['runs_branched']} recorded runs "
         f"({b['points'] / b['runs_branched']:.2f} per branched run), {b['continuations']} continuations "
         f"({b['continuations'] / b['points']:.2f} samples per point): {b['resolved']} resolved the task, "
         f"{b['refused']} were refused (their recorded prefix no longer reproduced), {b['failed'] - b['refused']} "
-        f"failed otherwise; the live calls cost ${b['cost_usd']:.4f}. Each continuation replayed its run's "
-        "recorded steps before the branch step in a fresh sandbox, each prompt verified, then went on "
-        f"live. Branch pairs chosen by tests: {basis.get('tests', 0)}, by reward: {basis.get('reward', 0)}."
+        f"failed otherwise. The live calls cost {cost}.\n\n"
+        "Each continuation replayed its run's recorded steps before the branch step in a fresh "
+        "sandbox, each prompt verified, then went on live. In a branch pair both sides continue the "
+        "same prefix; chosen is the continuation that resolved the task, else passed a larger share "
+        "of its tests, else has the higher trajectory reward by the margin. Of the "
+        f"{sum(basis.values())} pairs of continuations, {basis.get('tests', 0)} were chosen by tests and "
+        f"{basis.get('reward', 0)} by reward (`basis`; each has a `branch_continuations` row, and a "
+        "`branch_steps` row when they first differ in an assistant turn). Each row keeps both sides' "
+        "`resolved`, `tests_passed`, `tests_total` and the `rule_hits` of the steps it holds, and "
+        "`parent_run_id`, `branch_step`."
     )
 
 
@@ -483,11 +496,11 @@ stored as JSON in `tools_json` (their schemas differ too much for one Arrow type
 `json.loads(row["tools_json"])` as `tools` to the chat template. `generated_indices` lists the
 messages the model itself produced (others were sent by the scaffold), for loss masking.
 
-Every message, in both configs, has these keys (unset ones are null):
+Every message, in every config that holds messages, has these keys (unset ones are null):
 
 {_markdown_table(["key", "what"], message_keys)}
 
-Pairs by source:
+### Pairs by source
 
 {_markdown_table(["source", "config", "pairs", "what"], pair_sources)}
 
@@ -514,7 +527,9 @@ Pairs by source:
   the next assistant step after a shared prefix by step reward; margin at least
   {policy.get("min_margin")}, at most {policy.get("max_pairs")} pairs per task and kind,
   spread evenly over models. `prompt_shared` is false where the two runs' first context differed
-  (dates, paths): the chosen run's context is then the prompt.
+  (dates, paths): the chosen run's context is then the prompt. Branch pairs (configs
+  `branch_steps`, `branch_continuations`) compare continuations of one recorded run from one
+  step, by tests first (below).
 - Reward versions in this release: {", ".join(f"`{v}`" for v in versions) or "none"}.
 
 ## Calibration
