@@ -55,6 +55,7 @@ import logging
 import os
 import queue
 import re
+import socket
 import sys
 import threading
 import time
@@ -150,6 +151,7 @@ def _boot_id() -> str | None:
 
 
 CLOCK = _boot_id()
+HOST = socket.gethostname()
 
 
 def recordings_dir() -> Path:
@@ -939,6 +941,7 @@ class TrajectoryLogger(CustomLogger):
             "started_at": started,
             "started_ns": started_ns,
             "clock": CLOCK,
+            "recorded_by": f"{HOST}:{os.getpid()}",  # which replica and worker: several may serve a run
             "ended_at": None,
             "first_token_at": None,
             "endpoint": path,
