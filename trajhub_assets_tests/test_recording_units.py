@@ -295,6 +295,28 @@ def test_a_restarted_proxy_ends_a_half_line_and_its_calls_follow_the_numbered_on
     assert [e.line for e in run.bad_lines] == [4]
 
 
+def test_a_record_appended_after_another_writers_half_line_is_kept(tmp_path):
+    # Two processes append to one run's file; one is killed mid-write, the other, whose file was
+    # open already, appends its next line right after the half line.
+    run_id = "m~i~0~0000abcd"
+    survivor = tl.TrajectoryLogger(tmp_path)
+
+    def write(call_id: str) -> None:
+        record = survivor._new_record(None, {"model": "m"}, "anthropic_messages", time.time(), call_id, headers)
+        asyncio.run(survivor._close(tl._Call(record), {}, None, 200, None))
+
+    headers = {"x-trajhub-run": run_id}
+    write("before")
+    with open(tmp_path / f"{run_id}.jsonl", "ab") as killed:
+        killed.write(b'{"record_version":1,"run_id":"' + run_id.encode() + b'","call_id":"killed","request":{"a')
+    write("after")
+    run = read_run(tmp_path / f"{run_id}.jsonl")
+    assert [r["call_id"] for r in run.records] == ["before", "after"]
+    assert [r["seq"] for r in run.records] == [0, 1]
+    [half] = run.bad_lines
+    assert half.line == 2 and "half a line" in str(half)
+
+
 def test_calls_are_numbered_in_start_order_by_the_hosts_monotonic_clock_else_the_wall_clock():
     def call(call_id, started_at, started_ns, clock="boot-a"):
         return dict(

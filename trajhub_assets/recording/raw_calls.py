@@ -111,6 +111,23 @@ def number_calls(records: list[dict]) -> None:
         record["seq"] = seq
 
 
+_RECORD_START = b'{"record_version":'  # the recorder writes this key first
+
+
+def _after_half_line(raw: bytes) -> dict | None:
+    """The whole record a line ends in, when a line fails to parse because a killed writer left
+    half a line and another process (a worker, a replica) appended right after it."""
+    start = raw.find(_RECORD_START, 1)
+    while start != -1:
+        try:
+            record = json.loads(raw[start:])
+        except ValueError:
+            start = raw.find(_RECORD_START, start + 1)  # that one was inside the half line
+            continue
+        return record if isinstance(record, dict) else None
+    return None
+
+
 def read_run(path: str | Path) -> RunRecords:
     """Every good record of a recordings file, numbered (number_calls) and ordered by seq;
     bad lines become errors."""
@@ -127,8 +144,12 @@ def read_run(path: str | Path) -> RunRecords:
             record = json.loads(raw)
         except ValueError as error:
             why = "truncated (the proxy stopped mid-write)" if truncated else f"not valid JSON ({error})"
+            record = None if truncated else _after_half_line(raw)
+            if record is not None:
+                why = "half a line (its writer was killed mid-write), then a whole record, kept"
             run.bad_lines.append(RecordError(why, source=str(path), line=number))
-            continue
+            if record is None:
+                continue
         try:
             _check(record, str(path), number)
         except RecordError as error:
