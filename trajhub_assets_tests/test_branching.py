@@ -45,7 +45,7 @@ from trajhub_assets.recording.raw_calls import load_runs, read_run, rebuild_reco
 from trajhub_assets.recording.resources import ProxyResource
 from trajhub_assets.recording.run_id import parse_run_id
 from trajhub_assets.recording.schema import MESSAGE_BLOBS, RAW_CALLS, RUNS
-from trajhub_assets.recording.scripted_upstream import ScriptedUpstream, reply_from_openai, thinking_block
+from trajhub_assets.recording.scripted_upstream import Fail, ScriptedUpstream, reply_from_openai, thinking_block
 from trajhub_assets.replay.masks import mask_value
 from trajhub_assets.replay.recorded import RecordedRun
 from trajhub_assets.resources import ProjectResource, StoreResource
@@ -433,21 +433,51 @@ def test_a_provider_model_is_continued_through_the_project_proxy_with_its_own_ke
     assert [r["response"] for r in through] == [s.body for s in served]
 
 
-def test_a_provider_that_is_down_is_named_in_the_continuations_row(provider_run, tmp_path):
-    store, run_id, _, _ = provider_run
-    down = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
-    config = write_project(tmp_path / "down.yaml", acme_explorer(down))
-    with project_proxy(config, tmp_path / "down") as proxy:
-        (row,) = record_branches(store, load_config(config), run_id, 2, 1, proxy)
-    assert row["error"].startswith(f"the live model failed: model 'acme/explorer' (route openai/explorer) at {down}: ")
-    assert "connect" in row["error"].lower(), row["error"]
-    # Nothing recorded is lost: the row is stored with its error, and every call the agent made.
+def test_trajhub_branch_continues_a_provider_model_through_the_proxy_a_run_starts(
+    provider_run, provider, monkeypatch, capsys
+):
+    store, run_id, config, _ = provider_run
+    monkeypatch.setenv("TRAJHUB_HOME", str(store.root))
+    monkeypatch.setenv("TRAJHUB_CONFIG", str(config))
+    main(["branch", run_id, "--at", "2", "--samples", "1"])
+    (row,) = store.sql("SELECT * FROM branch_runs").to_pylist()
+    assert row["error"] is None and row["run_id"] in capsys.readouterr().out, row
+    assert provider.served and {s.request.headers["authorization"] for s in provider.served} == {f"Bearer {ACME_KEY}"}
+    # The proxy `trajhub run` would start recorded them, under the continuation's run id.
+    through = read_run(store.root / "recordings" / f"{row['run_id']}.jsonl").records
+    assert [r["response"] for r in through] == [s.body for s in provider.served]
+
+
+def failed_continuation(store: Store, run_id: str, row: dict, api_base: str) -> str:
+    """The continuation's error, after checking it names the model and its endpoint, and that
+    nothing recorded was lost: the row stored with it, and every call the agent made."""
+    named = f"the live model failed: model 'acme/explorer' (route openai/explorer) at {api_base}: "
+    assert row["error"].startswith(named), row["error"]
     (stored,) = store.sql("SELECT * FROM branch_runs").to_pylist()
     assert stored["error"] == row["error"]
     branch = sorted(read_run_from_store(store, row["run_id"], BRANCH_TABLES), key=lambda r: r["seq"])
     at = parent_call(read_run_from_store(store, run_id), run_id, 2)
     assert [r["status"] for r in branch[:at]] == ["ok"] * at and branch[at:]  # the prefix, then the live calls
     assert all(r["status"] != "ok" for r in branch[at:])
+    return row["error"]
+
+
+def test_a_provider_that_is_down_is_named_in_the_continuations_row(provider_run, tmp_path):
+    store, run_id, _, _ = provider_run
+    down = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
+    config = write_project(tmp_path / "down.yaml", acme_explorer(down))
+    with project_proxy(config, tmp_path / "down") as proxy:
+        (row,) = record_branches(store, load_config(config), run_id, 2, 1, proxy)
+    assert "connect" in failed_continuation(store, run_id, row, down).lower(), row["error"]
+
+
+def test_a_provider_answering_an_error_is_named_in_the_continuations_row(provider_run, provider):
+    store, run_id, config, proxy = provider_run
+    provider.set_script(lambda request: Fail(503, "acme: overloaded, try later"))
+    (row,) = record_branches(store, load_config(config), run_id, 2, 1, proxy)
+    error = failed_continuation(store, run_id, row, f"{provider.url}/v1")
+    assert "HTTP 503" in error and "acme: overloaded, try later" in error, error
+    assert provider.served and all(s.status == 503 for s in provider.served)
 
 
 def test_a_provider_model_needs_a_proxy_to_continue_through():

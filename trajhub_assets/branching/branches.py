@@ -206,7 +206,9 @@ class ProviderPolicy:
     """The live policy of a provider's model: each request, as the agent asked it but for the
     model's route and not streamed, to the project's proxy, whose route for the model
     (recording.routes) calls it at its api_base with its key; the answer's body is served back
-    as it came (the scripted upstream streams it when the agent asked for a stream)."""
+    as it came (the scripted upstream streams it when the agent asked for a stream). That proxy
+    records the calls too, under the continuation's run id (raw_trajectories reads only the
+    files of the runs it started)."""
 
     def __init__(self, model: ModelConfig, proxy: Proxy):
         self.model, self.proxy = model, proxy
