@@ -237,10 +237,12 @@ class ProviderPolicy:
 
 
 def _error_text(response: httpx.Response) -> str:
+    """The error's message as the proxy relayed it (OpenAI and Anthropic shapes), else the body."""
     try:
-        error = response.json().get("error")
+        body = response.json()
     except ValueError:
-        error = None
+        body = None
+    error = body.get("error") if isinstance(body, dict) else None
     message = error.get("message") if isinstance(error, dict) else error
     return str(message or response.text)[:1000]
 
