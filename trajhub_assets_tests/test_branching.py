@@ -518,39 +518,42 @@ def test_claude_code_is_branched_at_a_step_and_refused_when_its_prefix_changed(p
     assert "ALTERED README" in policy.divergence.actual and "messages[" in policy.divergence.path
 
 
-def test_claude_code_on_a_provider_model_is_continued_with_its_thinking_and_its_key(tmp_path, monkeypatch):
-    """Claude Code streams Anthropic messages; the provider's answers (a signed thinking block,
-    text, a tool call, usage) reach it through both proxies, and are stored, as the provider sent them."""
+def thinking(policy):
+    """`policy`, with a signed thinking block ahead of each agent turn, and cached input tokens."""
+
+    def respond(request):
+        reply = policy(request)
+        if request.wire_format == "anthropic_messages" and request.body.get("tools"):
+            signature = f"sig-{request.index}-{len(request.body['messages'])}"
+            reply.blocks = [thinking_block("Which command next?", signature), *reply.blocks]
+            reply.cache_read_tokens = 7
+        return reply
+
+    return respond
+
+
+def branch_at_an_anthropic_provider(tmp_path, monkeypatch, scaffold: str):
+    """A run of `scaffold` on `anthropic/claude-sonnet-4-5` at a scripted Anthropic provider
+    (through the project's proxy), branched at step 1 with that provider live. Returns the
+    continuation's row, its recorded calls in seq order, the branch call's index and what the
+    provider received for the continuation."""
     from trajhub_assets.replay.service import ReplayService
     from trajhub_assets.scaffolds import clients, make_scaffold
     from trajhub_assets_tests.test_scaffolds_cli import agent_policy, make_task
 
     try:
-        make_scaffold("claudecode").install()
+        make_scaffold(scaffold).install()
     except clients.ClientError as error:
-        pytest.fail(f"Claude Code is not installed (scripts/install_clients.sh): {error}")
-
-    def thinking(policy):
-        def respond(request):
-            reply = policy(request)
-            if request.wire_format == "anthropic_messages" and request.body.get("tools"):
-                signature = f"sig-{request.index}-{len(request.body['messages'])}"
-                reply.blocks = [thinking_block("Which command next?", signature), *reply.blocks]
-                reply.cache_read_tokens = 7
-            return reply
-
-        return respond
-
+        pytest.fail(f"{scaffold} is not installed (scripts/install_clients.sh): {error}")
     monkeypatch.setenv("ACME_KEY", ACME_KEY)
     task = make_task(tmp_path)
-    parent_policy = thinking(agent_policy("claudecode", ("cat README.md", "echo one > one.txt")))
-    with ScriptedUpstream(parent_policy) as provider:
+    with ScriptedUpstream(thinking(agent_policy(scaffold, ("cat README.md", "echo one > one.txt")))) as provider:
         model = ModelConfig(
             name="acme/claude",
             route="anthropic/claude-sonnet-4-5",
             api_base=provider.url,
             api_key_env="ACME_KEY",
-            scaffold="claudecode",
+            scaffold=scaffold,
         )
         config = write_project(tmp_path / "project.yaml", model)
         with project_proxy(config, tmp_path / "project") as proxy:
@@ -560,7 +563,7 @@ def test_claude_code_on_a_provider_model_is_continued_with_its_thinking_and_its_
             recorded = RecordedRun(row["run_id"], records, row, task, model)
             conversations = merge_calls(records, run_id=row["run_id"], model=model.key, instance=task["instance_id"])
             at = branch_call(recorded, conversations, 1)  # the call after `cat README.md` ran
-            provider.set_script(thinking(agent_policy("claudecode", ("cat README.md", "echo live > live.txt"))))
+            provider.set_script(thinking(agent_policy(scaffold, ("cat README.md", "echo live > live.txt"))))
             with ReplayService([recorded], tmp_path / "home", LOCAL, purpose="branches") as service:
                 live = live_policy(model, [task], proxy)
                 branch, policy = run_branch(recorded, 1, at, 0, service.proxy, LOCAL, service.upstream.set_script, live)
@@ -569,20 +572,45 @@ def test_claude_code_on_a_provider_model_is_continued_with_its_thinking_and_its_
     assert "one.txt" not in branch["diff"]  # the live model's step, not the recorded one
     served = provider.served
     assert served and all(s.status == 200 for s in served)
-    assert all(call["stream"] for call in calls)  # the agent streamed: served from the provider's whole body
     assert {s.request.headers.get("x-api-key") for s in served} == {ACME_KEY}
+    assert {s.request.body["model"] for s in served} == {"claude-sonnet-4-5"}
     wire = json.dumps([(s.request.headers, s.request.body) for s in served])
-    assert "sk-trajhub-" not in wire and "scripted-" not in wire
+    assert "sk-trajhub-" not in wire and "scripted-" not in wire  # no proxy's key, nor the replay's
+    calls = sorted(calls, key=lambda r: r["seq"])
     # The provider received only what came after the prefix: no call the recording answered.
-    prefix_prompts = {json.dumps(r["request"].get("messages")) for r in sorted(calls, key=lambda r: r["seq"])[:at]}
+    prefix_prompts = {json.dumps(r["request"].get("messages")) for r in calls[:at]}
     assert not prefix_prompts & {json.dumps(s.request.body.get("messages")) for s in served}
-    # Each answer the provider gave is the response the continuation recorded, by its id.
+    assert any(b["type"] == "thinking" for s in served for b in s.body.get("content") or [])
+    return branch, calls, at, served
+
+
+def test_claude_code_on_a_provider_model_is_continued_with_its_thinking_and_its_key(tmp_path, monkeypatch):
+    """Claude Code streams Anthropic messages; the provider's answers (a signed thinking block,
+    text, a tool call, usage) reach it through both proxies, and are stored, as the provider sent them."""
+    _, calls, _, served = branch_at_an_anthropic_provider(tmp_path, monkeypatch, "claudecode")
+    assert all(call["stream"] for call in calls)  # the agent streamed: served from the provider's whole body
     answered = {r["response"]["id"]: r for r in calls if isinstance(r.get("response"), dict) and "id" in r["response"]}
-    messages = [s for s in served if s.request.wire_format == "anthropic_messages"]
-    assert any(b["type"] == "thinking" for s in messages for b in s.body["content"])
-    for received in messages:
+    for received in served:  # each answer the provider gave is the response the continuation recorded, by its id
         call = answered[received.body["id"]]
         assert call["response"]["content"] == received.body["content"]  # thinking, signature and all
         assert call["response"]["usage"]["cache_read_input_tokens"] == received.body["usage"]["cache_read_input_tokens"]
-        assert received.request.body["model"] == "claude-sonnet-4-5"
         assert received.request.body["messages"] == call["request"]["messages"]
+
+
+def test_the_builtin_agent_on_an_anthropic_model_is_continued_through_the_proxys_translation(tmp_path, monkeypatch):
+    """The builtin agent speaks OpenAI chat; the project's proxy translates its live calls to the
+    Anthropic provider and the answers back, as in a normal run: the continuation records the
+    translated answer, every tool call, thought and token of the provider's in it."""
+    _, calls, at, served = branch_at_an_anthropic_provider(tmp_path, monkeypatch, "builtin")
+    live = calls[at:]
+    assert len(live) == len(served) and all(call["wire_format"] == "openai_chat" for call in live)
+    for call, received in zip(live, served, strict=True):
+        message = call["response"]["choices"][0]["message"]
+        blocks = received.body["content"]
+        uses = [(c["id"], c["function"]["name"], json.loads(c["function"]["arguments"])) for c in message["tool_calls"]]
+        assert uses == [(b["id"], b["name"], b["input"]) for b in blocks if b["type"] == "tool_use"]
+        thoughts = [(b["thinking"], b["signature"]) for b in blocks if b["type"] == "thinking"]
+        assert [(b["thinking"], b["signature"]) for b in message["thinking_blocks"]] == thoughts
+        usage, provided = call["response"]["usage"], received.body["usage"]
+        assert usage["completion_tokens"] == provided["output_tokens"]
+        assert usage["prompt_tokens_details"]["cached_tokens"] == provided["cache_read_input_tokens"] == 7
