@@ -39,7 +39,7 @@ from trajhub_assets_tests.shared_data import OCTOCODINGBENCH_TASKS
 RAW, MERGED, RULES = AssetKey("raw_trajectories"), AssetKey("merged_trajectories"), AssetKey("rule_rewards")
 PAIRS = AssetKey("preference_pairs")
 # Models of the bundled config, the one defs reads.
-CAREFUL, HASTY = (model.key for model in load_config().models)
+CAREFUL, HASTY, *_ = (model.key for model in load_config().models)
 
 
 def materialized(instance, asset: str, partition: str | None = None, checks_pass: bool = True) -> None:

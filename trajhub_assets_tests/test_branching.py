@@ -5,6 +5,9 @@ The parent is a demo run of the careful baseline (builtin agent, real LiteLLM pr
 scripted upstream), in a Docker sandbox and in a local one; the live model of its branches is
 the seeded `explorer` baseline, so the continuations of one step differ as a sampled model's do.
 Claude Code (the real pinned client) is branched the same way, against a scripted model.
+A provider's model (its own api_base and key, as a user configures it) is continued through
+the project's proxy; the "provider" is another scripted upstream, and the truth is what it
+received.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import dataclasses
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import pyarrow as pa
@@ -26,6 +30,7 @@ from trajhub_assets.branching.branches import (
     branch_call,
     branch_seed,
     live_policy,
+    record_branches,
     run_branch,
 )
 from trajhub_assets.branching.schema import BRANCH_MESSAGE_BLOBS, BRANCH_RAW_CALLS, BRANCHED_TRAJECTORIES
@@ -34,12 +39,16 @@ from trajhub_assets.config import DEFAULT_CONFIG, ModelConfig, SandboxConfig, lo
 from trajhub_assets.merge.assets import merge_partition
 from trajhub_assets.merge.merge import merge_calls
 from trajhub_assets.merge.schema import MERGED_TRAJECTORIES, conversations_to_table, table_to_conversations
-from trajhub_assets.recording.attempts import run_attempt
+from trajhub_assets.recording.attempts import Proxy, run_attempt
+from trajhub_assets.recording.proxy_process import free_port
 from trajhub_assets.recording.raw_calls import load_runs, read_run, rebuild_records
+from trajhub_assets.recording.resources import ProxyResource
+from trajhub_assets.recording.run_id import parse_run_id
 from trajhub_assets.recording.schema import MESSAGE_BLOBS, RAW_CALLS, RUNS
-from trajhub_assets.recording.scripted_upstream import reply_from_openai
+from trajhub_assets.recording.scripted_upstream import Fail, ScriptedUpstream, reply_from_openai, thinking_block
 from trajhub_assets.replay.masks import mask_value
 from trajhub_assets.replay.recorded import RecordedRun
+from trajhub_assets.resources import ProjectResource, StoreResource
 from trajhub_assets.scaffolds.baselines import BaselinePolicies, upstream_policy
 from trajhub_assets.store import Store
 from trajhub_assets.tasks.catalog import load_catalog, tasks_to_table
@@ -59,7 +68,8 @@ BRANCH_TABLES = (BRANCH_RAW_CALLS, BRANCH_MESSAGE_BLOBS)
 def read_run_from_store(store: Store, run_id: str, tables=(RAW_CALLS, MESSAGE_BLOBS)) -> list[dict]:
     """A run's records as stored (in the recording tables, or the branch tables)."""
     calls_table, blobs_table = tables
-    (partition,) = [{"model": EXPLORER.key, "instance": TASK["instance_id"]}]
+    run = parse_run_id(run_id)
+    partition = {"model": run.model_key, "instance": run.instance}
     calls = store.read(calls_table, partition)
     return rebuild_records(calls.filter(pc.equal(calls["run_id"], run_id)), store.read(blobs_table, partition))
 
@@ -158,6 +168,30 @@ EXPLORER = ModelConfig(
 )
 
 
+def store_run(store: Store, model: ModelConfig, row: dict, recording) -> None:
+    """A recorded run stored as raw_trajectories and merged_trajectories store it."""
+    partition = {"model": model.key, "instance": TASK["instance_id"]}
+    store.write(TASKS, tasks_to_table([DEMO_ITEMS[TASK["instance_id"]]]))
+    store.write(RUNS, pa.Table.from_pylist([row], schema=RUNS.schema), partition)
+    load_runs(store, [recording], model.key, TASK["instance_id"])
+    records = read_run(recording).records
+    store.write(MERGED_TRAJECTORIES, conversations_to_table(merge_partition(records, **partition)), partition)
+
+
+def write_project(path, model: ModelConfig):
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "tasks": [{"path": str(DEFAULT_CONFIG.parent / "tasks/demo/tasks.jsonl")}],
+                "models": [model.model_dump(exclude_none=True)],
+                "sandbox": LOCAL.model_dump(),
+                "branching": {"points": ["even"], "samples": 2, "max_per_run": 1},
+            }
+        )
+    )
+    return path
+
+
 @pytest.fixture
 def stored_explorer_run(proxy, scripted_upstream, tmp_path, monkeypatch) -> tuple[Store, str]:
     """A run of the explorer baseline stored as raw_trajectories and merged_trajectories store it,
@@ -166,23 +200,8 @@ def stored_explorer_run(proxy, scripted_upstream, tmp_path, monkeypatch) -> tupl
     row = run_attempt(TASK, EXPLORER, 0, proxy.endpoint, LOCAL)
     assert row["error"] is None, row
     store = Store(tmp_path / "home")
-    partition = {"model": EXPLORER.key, "instance": TASK["instance_id"]}
-    store.write(TASKS, tasks_to_table([DEMO_ITEMS[TASK["instance_id"]]]))
-    store.write(RUNS, pa.Table.from_pylist([row], schema=RUNS.schema), partition)
-    load_runs(store, [proxy.recording(row["run_id"])], EXPLORER.key, TASK["instance_id"])
-    records = read_run(proxy.recording(row["run_id"])).records
-    store.write(MERGED_TRAJECTORIES, conversations_to_table(merge_partition(records, **partition)), partition)
-    config = tmp_path / "project.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "tasks": [{"path": str(DEFAULT_CONFIG.parent / "tasks/demo/tasks.jsonl")}],
-                "models": [EXPLORER.model_dump(exclude_none=True)],
-                "sandbox": LOCAL.model_dump(),
-                "branching": {"points": ["even"], "samples": 2, "max_per_run": 1},
-            }
-        )
-    )
+    store_run(store, EXPLORER, row, proxy.recording(row["run_id"]))
+    config = write_project(tmp_path / "project.yaml", EXPLORER)
     monkeypatch.setenv("TRAJHUB_HOME", str(store.root))
     monkeypatch.setenv("TRAJHUB_CONFIG", str(config))
     return store, row["run_id"]
@@ -216,14 +235,17 @@ def test_the_asset_branches_each_point_once_and_merges_the_continuations(stored_
 
     from trajhub_assets.branching.assets import branched_trajectories
     from trajhub_assets.partitions import run_key
-    from trajhub_assets.resources import ProjectResource, StoreResource
 
     store, run_id = stored_explorer_run
     steps = len(actions(read_run_from_store(store, run_id)))
     instance = DagsterInstance.ephemeral()
     instance.add_dynamic_partitions("models", [EXPLORER.key])
     instance.add_dynamic_partitions("instances", [TASK["instance_id"]])
-    resources = {"store": StoreResource(root=str(store.root)), "project": ProjectResource()}
+    resources = {
+        "store": StoreResource(root=str(store.root)),
+        "project": ProjectResource(),
+        "proxy": ProxyResource(project=ProjectResource()),  # not started: a baseline continues here
+    }
 
     def materialized():
         result = materialize(
@@ -256,8 +278,6 @@ def test_branches_are_scored_and_paired_by_tests_then_reward(stored_explorer_run
 
     from trajhub_assets.branching.assets import branch_pairs, branch_rewards, branched_trajectories
     from trajhub_assets.partitions import run_key
-    from trajhub_assets.recording.resources import ProxyResource
-    from trajhub_assets.resources import ProjectResource, StoreResource
 
     store, run_id = stored_explorer_run
     config = Path(os.environ["TRAJHUB_CONFIG"])
@@ -330,8 +350,138 @@ def test_branches_are_scored_and_paired_by_tests_then_reward(stored_explorer_run
     assert event.metadata["stored_continuations"].value == 8
 
 
-def test_a_model_of_a_provider_is_not_continued_yet():
-    with pytest.raises(BranchError, match="anthropic/claude-x.*baseline routes"):
+# -- a provider's model: continued live through the project's proxy, with its own key -------
+ACME_KEY = "sk-acme-model-3c9e"  # the model's key, in the variable its api_key_env names
+
+
+def acme_explorer(api_base: str) -> ModelConfig:
+    """The explorer policy served by a "provider" at `api_base`, configured as a user's model."""
+    return EXPLORER.model_copy(
+        update={"name": "acme/explorer", "route": "openai/explorer", "api_base": api_base, "api_key_env": "ACME_KEY"}
+    )
+
+
+def parent_call(records: list[dict], run_id: str, step: int) -> int:
+    """The index of the call that produced main step `step` of a stored run."""
+    run = parse_run_id(run_id)
+    conversations = merge_calls(records, run_id=run_id, model=run.model_key, instance=run.instance)
+    return branch_call(RecordedRun(run_id, records, {}, TASK, EXPLORER), conversations, step)
+
+
+@contextmanager
+def project_proxy(config, tmp_path):
+    """The project's recording proxy as a normal run starts it (ProxyResource), stopped after."""
+    resource = ProxyResource(project=ProjectResource(path=str(config)), recordings_dir=str(tmp_path / "recordings"))
+    try:
+        yield resource
+    finally:
+        resource.teardown_after_execution(None)
+
+
+@pytest.fixture
+def provider(monkeypatch):
+    monkeypatch.setenv("ACME_KEY", ACME_KEY)
+    with ScriptedUpstream(upstream_policy(BaselinePolicies([TASK]))) as server:
+        yield server
+
+
+@pytest.fixture
+def provider_run(provider, tmp_path):
+    """A run of the provider's model, recorded through the project's proxy and stored; then
+    the provider's log is emptied. Yields the store, the run id, the config and the proxy."""
+    model = acme_explorer(f"{provider.url}/v1")
+    config = write_project(tmp_path / "project.yaml", model)
+    with project_proxy(config, tmp_path / "project") as proxy:
+        row = run_attempt(TASK, model, 0, Proxy(proxy.base_url, proxy.base_url, proxy.key), LOCAL)
+        assert row["error"] is None and len(provider.served) >= 3, row
+        store = Store(tmp_path / "home")
+        store_run(store, model, row, proxy.recordings() / f"{row['run_id']}.jsonl")
+        provider.set_script(upstream_policy(BaselinePolicies([TASK])))  # from here: the branch's calls only
+        yield store, row["run_id"], config, proxy
+
+
+def test_a_provider_model_is_continued_through_the_project_proxy_with_its_own_key(provider_run, provider):
+    store, run_id, config, proxy = provider_run
+    parent = read_run_from_store(store, run_id)
+    step = 2
+    (row,) = record_branches(store, load_config(config), run_id, step, 1, proxy)
+    assert row["error"] is None and row["kind"] == BRANCH_KIND and row["route"] == "openai/explorer", row
+    branch = sorted(read_run_from_store(store, row["run_id"], BRANCH_TABLES), key=lambda r: r["seq"])
+    at = parent_call(parent, run_id, step)
+    assert actions(branch)[:step] == actions(parent)[:step]  # the prefix: served from the recording
+    live = branch[at:]
+    served = provider.served
+    # The provider received the live calls, each as the agent asked it, and nothing else.
+    assert len(served) == len(live) >= 1
+    for call, received in zip(live, served, strict=True):
+        assert received.request.path == "/v1/chat/completions" and received.status == 200
+        assert received.request.body["messages"] == call["request"]["messages"]
+        assert received.request.body["tools"] == call["request"]["tools"]
+        assert received.request.body["seed"] == call["request"]["seed"] == branch_seed(run_id, step, 0)
+        assert received.request.body["model"] == "explorer"  # the route's model name at its provider
+        assert received.request.headers["authorization"] == f"Bearer {ACME_KEY}"
+        # What the provider answered is what the continuation stored, to the byte.
+        assert call["response"] == received.body and call["status"] == "ok"
+        assert call["usage"]["output_tokens"] == received.body["usage"]["completion_tokens"]
+    assert served[0].request.body["messages"] == branch[at]["request"]["messages"]  # step k's call, first
+    # Its key and no other: neither proxy's master key, nor the replay's key to its upstream.
+    wire = json.dumps([(s.request.headers, s.request.body) for s in served])
+    assert "sk-trajhub-" not in wire and "scripted-" not in wire and proxy.key not in wire
+    assert actions(branch)[step:] != actions(parent)[step:]  # another seed: the live model's own steps
+    # The project's proxy recorded the live calls too, under the continuation's run id.
+    through = read_run(proxy.recordings() / f"{row['run_id']}.jsonl").records
+    assert [r["response"] for r in through] == [s.body for s in served]
+
+
+def test_trajhub_branch_continues_a_provider_model_through_the_proxy_a_run_starts(
+    provider_run, provider, monkeypatch, capsys
+):
+    store, run_id, config, _ = provider_run
+    monkeypatch.setenv("TRAJHUB_HOME", str(store.root))
+    monkeypatch.setenv("TRAJHUB_CONFIG", str(config))
+    main(["branch", run_id, "--at", "2", "--samples", "1"])
+    (row,) = store.sql("SELECT * FROM branch_runs").to_pylist()
+    assert row["error"] is None and row["run_id"] in capsys.readouterr().out, row
+    assert provider.served and {s.request.headers["authorization"] for s in provider.served} == {f"Bearer {ACME_KEY}"}
+    # The proxy `trajhub run` would start recorded them, under the continuation's run id.
+    through = read_run(store.root / "recordings" / f"{row['run_id']}.jsonl").records
+    assert [r["response"] for r in through] == [s.body for s in provider.served]
+
+
+def failed_continuation(store: Store, run_id: str, row: dict, api_base: str) -> str:
+    """The continuation's error, after checking it names the model and its endpoint, and that
+    nothing recorded was lost: the row stored with it, and every call the agent made."""
+    named = f"the live model failed: model 'acme/explorer' (route openai/explorer) at {api_base}: "
+    assert row["error"].startswith(named), row["error"]
+    (stored,) = store.sql("SELECT * FROM branch_runs").to_pylist()
+    assert stored["error"] == row["error"]
+    branch = sorted(read_run_from_store(store, row["run_id"], BRANCH_TABLES), key=lambda r: r["seq"])
+    at = parent_call(read_run_from_store(store, run_id), run_id, 2)
+    assert [r["status"] for r in branch[:at]] == ["ok"] * at and branch[at:]  # the prefix, then the live calls
+    assert all(r["status"] != "ok" for r in branch[at:])
+    return row["error"]
+
+
+def test_a_provider_that_is_down_is_named_in_the_continuations_row(provider_run, tmp_path):
+    store, run_id, _, _ = provider_run
+    down = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
+    config = write_project(tmp_path / "down.yaml", acme_explorer(down))
+    with project_proxy(config, tmp_path / "down") as proxy:
+        (row,) = record_branches(store, load_config(config), run_id, 2, 1, proxy)
+    assert "connect" in failed_continuation(store, run_id, row, down).lower(), row["error"]
+
+
+def test_a_provider_answering_an_error_is_named_in_the_continuations_row(provider_run, provider):
+    store, run_id, config, proxy = provider_run
+    provider.set_script(lambda request: Fail(503, "acme: overloaded, try later"))
+    (row,) = record_branches(store, load_config(config), run_id, 2, 1, proxy)
+    error = failed_continuation(store, run_id, row, f"{provider.url}/v1")
+    assert "HTTP 503" in error and "acme: overloaded, try later" in error, error
+    assert provider.served and all(s.status == 503 for s in provider.served)
+
+
+def test_a_provider_model_needs_a_proxy_to_continue_through():
+    with pytest.raises(BranchError, match="anthropic/claude-x.*through a proxy, none given"):
         live_policy(ModelConfig(name="claude", route="anthropic/claude-x", scaffold="claudecode"), [TASK])
 
 
@@ -366,3 +516,101 @@ def test_claude_code_is_branched_at_a_step_and_refused_when_its_prefix_changed(p
     refused, policy = run_branch(altered, 1, at, 1, proxy.endpoint, LOCAL, upstream.set_script, live)
     assert not policy.branched and refused["error"].startswith("branch refused: the prefix does not reproduce")
     assert "ALTERED README" in policy.divergence.actual and "messages[" in policy.divergence.path
+
+
+def thinking(policy):
+    """`policy`, with a signed thinking block ahead of each agent turn, and cached input tokens."""
+
+    def respond(request):
+        reply = policy(request)
+        if request.wire_format == "anthropic_messages" and request.body.get("tools"):
+            signature = f"sig-{request.index}-{len(request.body['messages'])}"
+            reply.blocks = [thinking_block("Which command next?", signature), *reply.blocks]
+            reply.cache_read_tokens = 7
+        return reply
+
+    return respond
+
+
+def branch_at_an_anthropic_provider(tmp_path, monkeypatch, scaffold: str):
+    """A run of `scaffold` on `anthropic/claude-sonnet-4-5` at a scripted Anthropic provider
+    (through the project's proxy), branched at step 1 with that provider live. Returns the
+    continuation's row, its recorded calls in seq order, the branch call's index and what the
+    provider received for the continuation."""
+    from trajhub_assets.replay.service import ReplayService
+    from trajhub_assets.scaffolds import clients, make_scaffold
+    from trajhub_assets_tests.test_scaffolds_cli import agent_policy, make_task
+
+    try:
+        make_scaffold(scaffold).install()
+    except clients.ClientError as error:
+        pytest.fail(f"{scaffold} is not installed (scripts/install_clients.sh): {error}")
+    monkeypatch.setenv("ACME_KEY", ACME_KEY)
+    task = make_task(tmp_path)
+    with ScriptedUpstream(thinking(agent_policy(scaffold, ("cat README.md", "echo one > one.txt")))) as provider:
+        model = ModelConfig(
+            name="acme/claude",
+            route="anthropic/claude-sonnet-4-5",
+            api_base=provider.url,
+            api_key_env="ACME_KEY",
+            scaffold=scaffold,
+        )
+        config = write_project(tmp_path / "project.yaml", model)
+        with project_proxy(config, tmp_path / "project") as proxy:
+            row = run_attempt(task, model, 0, Proxy(proxy.base_url, proxy.base_url, proxy.key), LOCAL)
+            assert row["error"] is None and "one.txt" in row["diff"], row
+            records = read_run(proxy.recordings() / f"{row['run_id']}.jsonl").records
+            recorded = RecordedRun(row["run_id"], records, row, task, model)
+            conversations = merge_calls(records, run_id=row["run_id"], model=model.key, instance=task["instance_id"])
+            at = branch_call(recorded, conversations, 1)  # the call after `cat README.md` ran
+            provider.set_script(thinking(agent_policy(scaffold, ("cat README.md", "echo live > live.txt"))))
+            with ReplayService([recorded], tmp_path / "home", LOCAL, purpose="branches") as service:
+                live = live_policy(model, [task], proxy)
+                branch, policy = run_branch(recorded, 1, at, 0, service.proxy, LOCAL, service.upstream.set_script, live)
+                calls = read_run(service.recordings_dir / f"{branch['run_id']}.jsonl").records
+    assert branch["error"] is None and policy.branched and "live.txt" in branch["diff"], branch
+    assert "one.txt" not in branch["diff"]  # the live model's step, not the recorded one
+    served = provider.served
+    assert served and all(s.status == 200 for s in served)
+    assert {s.request.headers.get("x-api-key") for s in served} == {ACME_KEY}
+    assert {s.request.body["model"] for s in served} == {"claude-sonnet-4-5"}
+    wire = json.dumps([(s.request.headers, s.request.body) for s in served])
+    assert "sk-trajhub-" not in wire and "scripted-" not in wire  # no proxy's key, nor the replay's
+    calls = sorted(calls, key=lambda r: r["seq"])
+    # The provider received only what came after the prefix: no call the recording answered.
+    prefix_prompts = {json.dumps(r["request"].get("messages")) for r in calls[:at]}
+    assert not prefix_prompts & {json.dumps(s.request.body.get("messages")) for s in served}
+    assert any(b["type"] == "thinking" for s in served for b in s.body.get("content") or [])
+    return branch, calls, at, served
+
+
+def test_claude_code_on_a_provider_model_is_continued_with_its_thinking_and_its_key(tmp_path, monkeypatch):
+    """Claude Code streams Anthropic messages; the provider's answers (a signed thinking block,
+    text, a tool call, usage) reach it through both proxies, and are stored, as the provider sent them."""
+    _, calls, _, served = branch_at_an_anthropic_provider(tmp_path, monkeypatch, "claudecode")
+    assert all(call["stream"] for call in calls)  # the agent streamed: served from the provider's whole body
+    answered = {r["response"]["id"]: r for r in calls if isinstance(r.get("response"), dict) and "id" in r["response"]}
+    for received in served:  # each answer the provider gave is the response the continuation recorded, by its id
+        call = answered[received.body["id"]]
+        assert call["response"]["content"] == received.body["content"]  # thinking, signature and all
+        assert call["response"]["usage"]["cache_read_input_tokens"] == received.body["usage"]["cache_read_input_tokens"]
+        assert received.request.body["messages"] == call["request"]["messages"]
+
+
+def test_the_builtin_agent_on_an_anthropic_model_is_continued_through_the_proxys_translation(tmp_path, monkeypatch):
+    """The builtin agent speaks OpenAI chat; the project's proxy translates its live calls to the
+    Anthropic provider and the answers back, as in a normal run: the continuation records the
+    translated answer, every tool call, thought and token of the provider's in it."""
+    _, calls, at, served = branch_at_an_anthropic_provider(tmp_path, monkeypatch, "builtin")
+    live = calls[at:]
+    assert len(live) == len(served) and all(call["wire_format"] == "openai_chat" for call in live)
+    for call, received in zip(live, served, strict=True):
+        message = call["response"]["choices"][0]["message"]
+        blocks = received.body["content"]
+        uses = [(c["id"], c["function"]["name"], json.loads(c["function"]["arguments"])) for c in message["tool_calls"]]
+        assert uses == [(b["id"], b["name"], b["input"]) for b in blocks if b["type"] == "tool_use"]
+        thoughts = [(b["thinking"], b["signature"]) for b in blocks if b["type"] == "thinking"]
+        assert [(b["thinking"], b["signature"]) for b in message["thinking_blocks"]] == thoughts
+        usage, provided = call["response"]["usage"], received.body["usage"]
+        assert usage["completion_tokens"] == provided["output_tokens"]
+        assert usage["prompt_tokens_details"]["cached_tokens"] == provided["cache_read_input_tokens"] == 7

@@ -41,8 +41,10 @@ import pytest
 import yaml
 from dagster import DagsterInstance
 
+from trajhub_assets.branching.accounting import live_call_ids
+from trajhub_assets.branching.schema import BRANCH_MESSAGE_BLOBS, BRANCH_RAW_CALLS
 from trajhub_assets.config import load_config
-from trajhub_assets.jobs import build_pairs_job, record_and_score_job, release_job
+from trajhub_assets.jobs import branch_job, build_pairs_job, record_and_score_job, release_job
 from trajhub_assets.orchestration import prepare, run_stage
 from trajhub_assets.partitions import instances_partitions, run_partitions
 from trajhub_assets.recording.raw_calls import rebuild_records
@@ -239,6 +241,8 @@ def write_project(tmp_path: Path, scaffold: str, case: Case, upstream_url: str, 
                 "sandbox": {"backend": case.backend, "timeout_s": 600, "max_concurrent": 1, "cpus": 1, "memory": "2g"},
                 "judge": {"model": "judge", "base_url": judge_url, "api_key_env": JUDGE_KEY_ENV},
                 "release": {"min_margin": 0.0, "replay_sample": 1},
+                # the Anthropic-route scaffolds' run is branched too, continued at the same endpoint
+                "branching": {"points": ["even"], "samples": 2, "max_per_run": 1} if not case.openai_route else {},
             }
         )
     )
@@ -294,7 +298,10 @@ def conformance(request, tmp_path_factory):
         prepare(instance, res)
         keys = run_partitions.get_partition_keys(dynamic_partitions_store=instance)
         run_stage(instance, record_and_score_job, keys, resources=res)
-        recorded = len(upstream.served)  # what the run sent; the replay's calls come after
+        recorded = len(upstream.served)  # what the run sent; its branches' live calls come after
+        if not case.openai_route:
+            run_stage(instance, branch_job, keys, resources=res)
+        branched = len(upstream.served)  # and the replay's calls (none should reach it) after those
         run_stage(
             instance,
             build_pairs_job,
@@ -308,7 +315,8 @@ def conformance(request, tmp_path_factory):
             "scaffold": scaffold,
             "case": case,
             "served": served[:recorded],
-            "replayed": served[recorded:],
+            "branch_served": served[recorded:branched],
+            "replayed": served[branched:],
             "judge": list(judge.served),
             "store": store,
             "home": home,
@@ -975,3 +983,47 @@ def test_the_release_replays_the_run_with_fidelity_one(conformance, run):
     assert replay["recorded_calls"] == replay["matched_calls"] == len(agent_calls)
     assert replay["outcome_differences"] == [] and replay["divergence_path"] is None
     assert conformance["replayed"] == []  # the replay served recorded answers: the endpoint got nothing
+
+
+@pytest.mark.parametrize("conformance", ANTHROPIC_ROUTE, indirect=True)
+def test_a_branch_continues_at_the_models_endpoint_and_is_scored_and_released(conformance, run):
+    """The run branched at a step (job branch_and_score): the prefix is served from the
+    recording, so the endpoint receives only the continuations' live calls, with the model's
+    key and never a master key; each is a live call the continuation recorded, field for field
+    but model and stream (the live model is asked without streaming); what the endpoint answered
+    is what was stored; the continuations are scored and the release's card counts them."""
+    store, case = conformance["store"], conformance["case"]
+    branches = store.sql("SELECT * FROM branch_runs ORDER BY branch_sample").to_pylist()
+    assert [(b["parent_run_id"], b["error"]) for b in branches] == [(run["row"]["run_id"], None)] * 2, branches
+    partition = {"model": run["row"]["model"], "instance": TASK}
+    calls = store.read(BRANCH_RAW_CALLS, partition)
+    live = live_call_ids(store, partition, branches, calls.select(["run_id", "call_id", "seq"]).to_pylist())
+    records = rebuild_records(calls, store.read(BRANCH_MESSAGE_BLOBS, partition))
+    live_records = sorted((r for r in records if r["call_id"] in live), key=lambda r: r["started_at"])
+    received = conformance["branch_served"]
+    assert live_records and received
+    for served in received:
+        assert served.request.headers.get("x-api-key") == case.key and "authorization" not in served.request.headers
+        assert MASTER_KEY_PREFIX not in json.dumps([served.request.headers, served.request.body])
+    differences = []
+    for record, upstream in pair(live_records, received):
+        sent, got = record["request"], upstream.request.body
+        if record["wire_format"] == "openai_chat":  # the builtin agent's calls, translated on the way
+            differences += translation_differences(record, got)
+            continue
+        assert got["stream"] is False and got["model"] == case.route.split("/", 1)[1]
+        for key in sorted((set(sent) | set(got)) - {"model", "stream"}):
+            recorded, sent_on = (json.dumps(body.get(key, "(absent)")) for body in (sent, got))
+            if recorded != sent_on:
+                differences.append(f"seq {record['seq']} {key}: recorded {recorded} != endpoint {sent_on}")
+        if record["response"] is not None:  # the answer stored as the endpoint gave it
+            assert record["response"]["content"] == upstream.body["content"], record["seq"]
+    assert not differences, "\n".join(differences)
+    rewarded = store.sql("SELECT run_id, reward FROM branch_trajectory_rewards").to_pylist()
+    assert {r["run_id"] for r in rewarded} == {b["run_id"] for b in branches}
+    assert all(r["reward"] is not None for r in rewarded)
+    # the scripted model answers a continuation as it answered the run: two equal continuations, no pair
+    (manifest,) = conformance["home"].glob("releases/*/*/manifest.json")
+    assert not any(name.startswith("branch_") for name in json.loads(manifest.read_text())["rows"])
+    card = (manifest.parent / "README.md").read_text()
+    assert "Branches: 1 branch points of 1 recorded runs (1.00 per branched run), 2 continuations" in card

@@ -31,28 +31,19 @@ def partition_accounting(store: Store, partition: dict) -> tuple[Counter, set[st
     if not store.exists(BRANCH_RUNS, partition):
         return Counter(dict.fromkeys(COUNTS, 0), cost_usd=0.0), set()
     runs = store.read(BRANCH_RUNS, partition).to_pylist()
-    counts = Counter(
+    counts = Counter(dict.fromkeys(COUNTS, 0), cost_usd=0.0)  # every key, zero or not (+ would drop zeros)
+    counts.update(
         points=len({(r["parent_run_id"], r["branch_step"]) for r in runs}),
         continuations=len(runs),
         refused=sum(str(r["error"] or "").startswith("branch refused") for r in runs),
         failed=sum(r["error"] is not None for r in runs),
         resolved=sum(bool(r["resolved"]) for r in runs),
     )
-    step = {r["run_id"]: r["branch_step"] for r in runs}
-    first_live = {}
-    if store.exists(BRANCHED_TRAJECTORIES, partition):
-        merged = table_to_conversations(store.read(BRANCHED_TRAJECTORIES, partition))
-        for run_id, conversations in group_runs(merged).items():
-            steps = build_run(conversations).main_steps
-            if run_id in step and step[run_id] < len(steps):
-                first_live[run_id] = steps[step[run_id]].message.get("generated_by")
     calls = store.read(BRANCH_RAW_CALLS, partition)
     calls = calls.select(["run_id", "call_id", "seq", "input_tokens", "output_tokens", "cost_usd"]).to_pylist()
-    live: set[str] = set()
-    for call in sorted(calls, key=lambda c: (c["run_id"], c["seq"])):
-        if call["call_id"] == first_live.get(call["run_id"]):
-            live.add(call["run_id"])
-        if call["run_id"] in live:
+    live = live_call_ids(store, partition, runs, calls)
+    for call in calls:
+        if call["call_id"] in live:
             counts.update(
                 live_calls=1,
                 live_calls_without_cost=call["cost_usd"] is None,
@@ -60,7 +51,7 @@ def partition_accounting(store: Store, partition: dict) -> tuple[Counter, set[st
                 tokens_out=call["output_tokens"] or 0,
                 cost_usd=call["cost_usd"] or 0.0,
             )
-    return Counter(dict.fromkeys(COUNTS, 0), cost_usd=0.0) + counts, {r["parent_run_id"] for r in runs}
+    return counts, {r["parent_run_id"] for r in runs}
 
 
 def store_accounting(store: Store) -> dict[str, float]:
@@ -74,3 +65,25 @@ def store_accounting(store: Store) -> dict[str, float]:
         "cost_usd": round(totals["cost_usd"], 6),
         "runs_branched": len(parents),
     }
+
+
+def live_call_ids(store: Store, partition: dict, runs: list[dict], calls: list[dict]) -> set[str]:
+    """The call ids of the continuations' live calls: from the one that generated main step k,
+    in seq order; `runs` are the partition's BRANCH_RUNS rows, `calls` its BRANCH_RAW_CALLS rows
+    (run_id, call_id, seq)."""
+    step = {r["run_id"]: r["branch_step"] for r in runs}
+    first_live = {}
+    if store.exists(BRANCHED_TRAJECTORIES, partition):
+        merged = table_to_conversations(store.read(BRANCHED_TRAJECTORIES, partition))
+        for run_id, conversations in group_runs(merged).items():
+            steps = build_run(conversations).main_steps
+            if run_id in step and step[run_id] < len(steps):
+                first_live[run_id] = steps[step[run_id]].message.get("generated_by")
+    live_runs: set[str] = set()
+    live: set[str] = set()
+    for call in sorted(calls, key=lambda c: (c["run_id"], c["seq"])):
+        if call["call_id"] == first_live.get(call["run_id"]):
+            live_runs.add(call["run_id"])
+        if call["run_id"] in live_runs:
+            live.add(call["call_id"])
+    return live

@@ -112,7 +112,7 @@ def merge_branches(store: Store, partition: dict) -> list[dict]:
     "file), the recorded prefix served again and verified; the continuations merged.",
 )
 def branched_trajectories(
-    context: AssetExecutionContext, store: StoreResource, project: ProjectResource
+    context: AssetExecutionContext, store: StoreResource, project: ProjectResource, proxy: ProxyResource
 ) -> MaterializeResult:
     store, config = store.get(), project.load()
     partitions = run_partitions_of(context)
@@ -144,6 +144,7 @@ def branched_trajectories(
                     config.branching.samples,
                     service,
                     config.sandbox,
+                    proxy,  # a provider's model continues through it, as its runs did
                 )
             ]
             if rows:

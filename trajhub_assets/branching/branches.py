@@ -9,7 +9,10 @@ messages, tools) after masking, sampling parameters aside, so the sandbox holds 
 the recorded model saw when the live model takes over. A call that asks anything else is
 answered with HTTP 400 (clients do not retry it, the agent stops) and the branch is refused,
 naming the call and where its prompt differs. From the call of step k on, every request
-(side calls too) goes to the live policy.
+(side calls too) goes to the live policy: a baseline's policy, or for a provider's model the
+project's recording proxy, which calls the model at its own api_base with its own key as in a
+normal run (ProviderPolicy). A continuation whose live model answered its last call with an
+error is a row with that error, naming the model and its endpoint.
 
 Each continuation is a run of its own, with a run id in the parent's (model, instance)
 partition, stored in the branch tables (schema.py: the recording tables' schemas, never
@@ -20,11 +23,14 @@ seeded policy (the `explorer` baseline) continues the same.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import httpx
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -34,7 +40,7 @@ from trajhub_assets.errors import TrajhubError
 from trajhub_assets.merge.schema import MERGED_TRAJECTORIES, table_to_conversations
 from trajhub_assets.recording.attempts import Proxy, run_attempt
 from trajhub_assets.recording.raw_calls import build_tables, read_run
-from trajhub_assets.recording.run_id import make_run_id, parse_run_id, rows_by_partition
+from trajhub_assets.recording.run_id import RUN_HEADER, make_run_id, parse_run_id, rows_by_partition
 from trajhub_assets.recording.scripted_upstream import Fail, Policy, Reply, ScriptedRequest
 from trajhub_assets.replay.compare import first_difference
 from trajhub_assets.replay.masks import mask_value
@@ -51,9 +57,20 @@ from trajhub_assets.rewards.rules import build_run
 from trajhub_assets.scaffolds.baselines import ROUTES, BaselinePolicies, upstream_policy
 from trajhub_assets.store import Store
 
+if TYPE_CHECKING:
+    from trajhub_assets.recording.resources import ProxyResource
+
 BRANCH_KIND = "branch"  # the runs row's kind of a continuation
 PROMPT_KEYS = ("system", "messages", "tools")  # what a prefix call must ask again; sampling aside
 REFUSED = "trajhub branch: the prefix does not reproduce"
+# Where the project's proxy serves each kind of request, and the client headers it needs from it.
+PROXY_PATHS = {
+    "anthropic_messages": "/v1/messages",
+    "openai_chat": "/v1/chat/completions",
+    "count_tokens": "/v1/messages/count_tokens",
+}
+FORWARDED_HEADERS = ("anthropic-version", "anthropic-beta", RUN_HEADER)
+LIVE_TIMEOUT_S = 600  # the proxy's own request_timeout (proxy/litellm_config.yaml)
 
 
 class BranchError(TrajhubError):
@@ -95,19 +112,26 @@ class BranchPolicy:
     """A scripted-upstream policy: `recorded`'s responses until the call `at` (an index in its
     records) is asked for, verifying each agent call's prompt on the way; then `live`."""
 
-    def __init__(self, recorded: RecordedRun, at: int, live: Policy):
+    def __init__(self, recorded: RecordedRun, at: int, live: Policy, run_id: str | None = None):
         check_replayable(recorded)
-        self.records, self.at, self.live = recorded.records, at, live
+        self.records, self.at, self.live, self.run_id = recorded.records, at, live, run_id
         self.matcher = CallMatcher(self.records)
         self.branched = False  # the call of the branch step was asked for: live from here on
         self.divergence: Divergence | None = None
+        self.live_failure: str | None = None  # the live model's last answer, when it was an error
         self._lock = threading.Lock()
 
     def __call__(self, request: ScriptedRequest) -> Reply | Fail:
         with self._lock:
             served = None if self.branched else self._prefix(request)
+        if served is not None:
+            return served
         # live answers outside the lock: they may be slow, and clients ask concurrently
-        return served if served is not None else self.live(request)
+        if self.run_id:  # the continuation's run id, which the agent sent the replay proxy
+            request = dataclasses.replace(request, headers={**request.headers, RUN_HEADER: self.run_id})
+        answer = self.live(request)
+        self.live_failure = answer.message if isinstance(answer, Fail) else None
+        return answer
 
     def _prefix(self, request: ScriptedRequest) -> Reply | Fail | None:
         """The recorded answer to a request of the prefix, or a refusal; None: this is the
@@ -145,14 +169,14 @@ def run_branch(
     """One continuation of `recorded` from main step `step` (its call index `at`): `serve`
     installs the BranchPolicy on the upstream behind `proxy`. Returns the continuation's `runs`
     row (an error naming the divergence when the prefix did not reproduce) and the policy."""
-    policy = BranchPolicy(recorded, at, live)
-    serve(policy)
     model = recorded.model
     seed = branch_seed(recorded.run_id, step, sample)
     model = model.model_copy(
         update={"sampling": model.sampling.model_copy(update={"extra": {**model.sampling.extra, "seed": seed}})}
     )
     run_id = make_run_id(model.key, recorded.task["instance_id"], recorded.row["attempt"])
+    policy = BranchPolicy(recorded, at, live, run_id)
+    serve(policy)
     sandbox = sandbox.model_copy(update={"backend": recorded.row["backend"] or sandbox.backend})
     row = run_attempt(recorded.task, model, recorded.row["attempt"], proxy, sandbox, run_id=run_id)
     row |= {"kind": BRANCH_KIND, "parent_run_id": recorded.run_id, "branch_step": step, "branch_sample": sample}
@@ -161,19 +185,66 @@ def run_branch(
     elif not policy.branched:
         seq = recorded.records[at]["seq"]
         row["error"] = f"branch refused: the agent stopped before it asked for step {step} (recorded call seq {seq})"
+    elif policy.live_failure is not None:  # the agent got no answer from the live model at last
+        row["error"] = f"the live model failed: {policy.live_failure}"
     return row, policy
 
 
 # -- recording branches into the store ------------------------------------------------------
-def live_policy(model: ModelConfig, tasks: list[dict]) -> Policy:
+def live_policy(model: ModelConfig, tasks: list[dict], proxy: ProxyResource | None = None) -> Policy:
     """What continues a branch: the run's own model. A baseline is served here by its policy; a
-    provider's model is not yet (its live calls would have to leave through the project's proxy)."""
+    provider's model through `proxy`, the project's recording proxy (a ProxyResource, started on
+    first use), as a normal run's calls are."""
     if model.route.startswith(ROUTES):
         return upstream_policy(BaselinePolicies(tasks))
-    raise BranchError(
-        f"model {model.name!r} (route {model.route}): branches are continued live only for baseline routes "
-        f"({', '.join(ROUTES)}) so far"
-    )
+    if proxy is None:
+        raise BranchError(f"model {model.name!r} (route {model.route}): continued live through a proxy, none given")
+    return ProviderPolicy(model, Proxy(proxy.base_url, proxy.base_url, proxy.key))
+
+
+class ProviderPolicy:
+    """The live policy of a provider's model: each request, as the agent asked it but for the
+    model's route and not streamed, to the project's proxy, whose route for the model
+    (recording.routes) calls it at its api_base with its key; the answer's body is served back
+    as it came (the scripted upstream streams it when the agent asked for a stream). That proxy
+    records the calls too, under the continuation's run id (raw_trajectories reads only the
+    files of the runs it started)."""
+
+    def __init__(self, model: ModelConfig, proxy: Proxy):
+        self.model, self.proxy = model, proxy
+        endpoint = model.api_base or f"{model.route.split('/', 1)[0]}'s default endpoint"
+        self.where = f"model {model.name!r} (route {model.route}) at {endpoint}"
+
+    def __call__(self, request: ScriptedRequest) -> Reply | Fail:
+        body = request.body | {"model": self.model.route}
+        if body.get("stream"):
+            body["stream"] = False
+            body.pop("stream_options", None)  # allowed only on a stream
+        headers = {k: v for k, v in request.headers.items() if k in FORWARDED_HEADERS}
+        url = f"{self.proxy.url_from_host}{PROXY_PATHS[request.wire_format]}"
+        try:
+            response = httpx.post(
+                url, json=body, headers=headers | {"authorization": f"Bearer {self.proxy.key}"}, timeout=LIVE_TIMEOUT_S
+            )
+        except httpx.HTTPError as error:
+            return Fail(502, f"{self.where}: the project's proxy {self.proxy.url_from_host} did not answer: {error!r}")
+        if response.status_code != 200:
+            return Fail(response.status_code, f"{self.where}: HTTP {response.status_code}: {_error_text(response)}")
+        try:
+            return Reply([], body=response.json())
+        except ValueError:
+            return Fail(502, f"{self.where}: the answer is not JSON: {response.text[:200]!r}")
+
+
+def _error_text(response: httpx.Response) -> str:
+    """The error's message as the proxy relayed it (OpenAI and Anthropic shapes), else the body."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    error = body.get("error") if isinstance(body, dict) else None
+    message = error.get("message") if isinstance(error, dict) else error
+    return str(message or response.text)[:1000]
 
 
 def store_branches(store: Store, rows: list[dict], recordings_dir: Path) -> None:
@@ -201,8 +272,11 @@ def _unique_blobs(blobs: pa.Table) -> pa.Table:
     return blobs.filter(pa.array(keep, pa.bool_()))
 
 
-def record_branches(store: Store, config, run_id: str, step: int, samples: int) -> list[dict]:
-    """Branch a stored run at main step `step`, `samples` times, and store the continuations."""
+def record_branches(
+    store: Store, config, run_id: str, step: int, samples: int, proxy: ProxyResource | None = None
+) -> list[dict]:
+    """Branch a stored run at main step `step`, `samples` times, and store the continuations;
+    a provider's model continues through `proxy` (live_policy)."""
     recorded = load_recorded_run(store, run_id, config)
     run = parse_run_id(run_id)
     partition = {"model": run.model_key, "instance": run.instance}
@@ -213,18 +287,25 @@ def record_branches(store: Store, config, run_id: str, step: int, samples: int) 
     if not conversations:
         raise BranchError(f"run {run_id}: no conversation of it in merged_trajectories {partition}")
     with ReplayService([recorded], store.root, config.sandbox, purpose="branches") as service:
-        rows = continue_at(recorded, conversations, step, samples, service, config.sandbox)
+        rows = continue_at(recorded, conversations, step, samples, service, config.sandbox, proxy)
         store_branches(store, rows, service.recordings_dir)
     return rows
 
 
 def continue_at(
-    recorded: RecordedRun, conversations: list[dict], step: int, samples: int, service: ReplayService, sandbox
+    recorded: RecordedRun,
+    conversations: list[dict],
+    step: int,
+    samples: int,
+    service: ReplayService,
+    sandbox,
+    proxy: ProxyResource | None = None,
 ) -> list[dict]:
     """`samples` continuations of `recorded` (its merged `conversations`) from main step `step`,
-    through a started ReplayService whose runs include it; their `runs` rows."""
+    through a started ReplayService whose runs include it, the live model through `proxy`
+    (live_policy); their `runs` rows."""
     at = branch_call(recorded, conversations, step)
-    live = live_policy(recorded.model, [recorded.task])
+    live = live_policy(recorded.model, [recorded.task], proxy)
     return [
         run_branch(recorded, step, at, sample, service.proxy, sandbox, service.upstream.set_script, live)[0]
         for sample in range(samples)

@@ -31,9 +31,17 @@ def register(commands) -> None:
 def cmd_branch(args) -> None:
     from trajhub_assets.branching.branches import record_branches
     from trajhub_assets.config import load_config
+    from trajhub_assets.definitions import environment, environment_resources
+    from trajhub_assets.resources import ProjectResource
     from trajhub_assets.store import Store
 
-    rows = record_branches(Store(), load_config(), args.run_id, args.at, args.samples)
+    config = load_config()
+    # The proxy of a normal run: a provider's model continues through it (started on first use).
+    proxy = environment_resources(ProjectResource(), environment(config))["proxy"]
+    try:
+        rows = record_branches(Store(), config, args.run_id, args.at, args.samples, proxy)
+    finally:
+        proxy.teardown_after_execution(None)
     for row in rows:
         if row["error"]:
             print(f"{row['run_id']}: {row['error']}")

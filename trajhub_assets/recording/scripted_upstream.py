@@ -6,7 +6,9 @@ served in order, or a policy `callable(ScriptedRequest) -> Reply | Fail` (for
 concurrent clients, where order is not fixed). A reply is written once, as ordered
 Anthropic-style content blocks, and rendered in the wire format the caller asked for,
 so a test can compare what the proxy recorded with what this server sent
-(`served[i].body`, the non-stream body equivalent of what went on the wire).
+(`served[i].body`, the non-stream body equivalent of what went on the wire). A reply may
+instead carry a whole response body (`Reply(body=...)`, a live model's answer passed on):
+it is sent as is, or streamed from.
 
 Failures on demand: `Fail(429 | 500 | ...)`, with headers such as `retry-after`; a long
 `delay` (on a Fail or a Reply) is a timeout for the caller; `Reply(break_after=n)` drops a
@@ -52,6 +54,9 @@ class Reply:
     chunk_delay: float = 0.0  # seconds between stream events
     break_after: int | None = None  # streams: drop the connection after this many events
     headers: dict[str, str] | None = None  # non-stream replies: e.g. a price in x-litellm-response-cost
+    # A response body in the wire format asked for, served in place of `blocks`: nothing of
+    # another model's answer (ids, block types, usage fields) is lost on the way.
+    body: dict | None = None
 
 
 @dataclass
@@ -210,7 +215,7 @@ class ScriptedUpstream:
         scripted, step = await self._take(request, "count_tokens")
         if isinstance(step, Fail):
             return await self._fail(scripted, step, "anthropic_messages")
-        body = {"input_tokens": step.input_tokens}
+        body = step.body or {"input_tokens": step.input_tokens}
         self._serve(scripted, 200, False, body)
         return JSONResponse(body)
 
@@ -218,7 +223,7 @@ class ScriptedUpstream:
         scripted, step = await self._take(request, "anthropic_messages")
         if isinstance(step, Fail):
             return await self._fail(scripted, step, "anthropic_messages")
-        message = anthropic_message(step, scripted.body.get("model", ""), f"msg_scripted_{scripted.index}")
+        message = step.body or anthropic_message(step, scripted.body.get("model", ""), f"msg_scripted_{scripted.index}")
         stream = bool(scripted.body.get("stream"))
         self._serve(scripted, 200, stream, message)
         await asyncio.sleep(step.delay)
@@ -230,7 +235,9 @@ class ScriptedUpstream:
         scripted, step = await self._take(request, "openai_chat")
         if isinstance(step, Fail):
             return await self._fail(scripted, step, "openai_chat")
-        completion = openai_completion(step, scripted.body.get("model", ""), f"chatcmpl-scripted-{scripted.index}")
+        completion = step.body or openai_completion(
+            step, scripted.body.get("model", ""), f"chatcmpl-scripted-{scripted.index}"
+        )
         stream = bool(scripted.body.get("stream"))
         self._serve(scripted, 200, stream, completion)
         await asyncio.sleep(step.delay)

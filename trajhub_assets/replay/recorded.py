@@ -73,13 +73,16 @@ def load_recorded_run(store: Store, run_id: str, config: ProjectConfig | None = 
 
 
 def recorded_model(row: dict, config: ProjectConfig | None) -> ModelConfig:
-    """The model as the run used it; sampling comes from the config when it still has the model."""
+    """The model as the run used it; where it is (api_base, api_key_env) and its sampling come
+    from the config when it still has the model (a branch continues it there)."""
     model = ModelConfig(name=row["model_name"], route=row["route"], scaffold=row["scaffold"])
     try:
         configured = config.model(model.name) if config is not None else None
     except ConfigError:
         configured = None
-    return model.model_copy(update={"sampling": configured.sampling}) if configured else model
+    if configured is None:
+        return model
+    return model.model_copy(update={key: getattr(configured, key) for key in ("api_base", "api_key_env", "sampling")})
 
 
 # -- lanes --------------------------------------------------------------------------------
