@@ -2,9 +2,11 @@
 
     python proxy/start_proxy.py --config proxy/litellm_config.yaml --host 127.0.0.1 --port 4000
 
-Takes every `litellm` CLI option. Environment: LITELLM_MASTER_KEY (clients authenticate
-with it), TRAJHUB_RECORDINGS_DIR (or TRAJHUB_HOME) for the recordings, provider keys
-(see env.sh.example).
+Takes every `litellm` CLI option, `--num_workers N` too: every worker records into the same
+recordings directory (trajectory_logger.py keeps no shared counter; calls are ordered when
+read), and so do several proxies on other ports behind one address. Environment:
+LITELLM_MASTER_KEY (clients authenticate with it), TRAJHUB_RECORDINGS_DIR (or TRAJHUB_HOME)
+for the recordings, provider keys (see env.sh.example).
 
 Why a launcher and not plain `litellm --config`: count_tokens calls reach no litellm hook,
 and litellm edits its copy of the request body before any hook sees it. The middleware
@@ -17,6 +19,7 @@ its route's wire format upstream unchanged (litellm's own handlers rewrite it). 
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from pathlib import Path
@@ -51,32 +54,37 @@ class RecordingMiddleware:
         return self.recorder
 
 
-def _reject_multiple_workers(argv: list[str]) -> None:
-    # Each worker would be its own recorder with its own per-run sequence numbers.
-    for index, arg in enumerate(argv):
-        value = (
-            arg.split("=", 1)[1]
-            if arg.startswith("--num_workers=")
-            else (argv[index + 1] if arg == "--num_workers" and index + 1 < len(argv) else None)
-        )
-        if value is not None and value != "1":
-            sys.exit("start_proxy.py: the trajhub recorder needs one worker (--num_workers 1)")
-
-
-def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    _reject_multiple_workers(argv)
-    # `callbacks: trajectory_logger.instance` resolves from here when the config lives elsewhere.
-    sys.path.insert(0, str(HERE))
-    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # never fetch prices at startup
-
+def recording_app():
+    """litellm's app with trajhub's routes and the recorder's middleware added."""
     import forwarding
-    from litellm.proxy.proxy_cli import run_server
     from litellm.proxy.proxy_server import app
 
     forwarding.install(app)  # same wire format: the client's body goes upstream unchanged
     # Innermost (after litellm's gzip middleware): the recorder sees plain response bodies.
     app.user_middleware.append(Middleware(RecordingMiddleware))
+    return app
+
+
+def _run_uvicorn(run, app, workers: int = 1, **options):
+    if workers > 1:
+        # uvicorn spawns each worker as a fresh process that imports the app by name, so the
+        # app changed in this process would reach none of them: name the factory instead.
+        app, options["factory"] = "start_proxy:recording_app", True
+    return run(app, workers=workers, **options)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    # `callbacks: trajectory_logger.instance` resolves from here when the config lives elsewhere;
+    # spawned workers inherit sys.path, so they find it and this module too.
+    sys.path.insert(0, str(HERE))
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # never fetch prices at startup
+
+    import uvicorn
+    from litellm.proxy.proxy_cli import run_server
+
+    recording_app()  # the app litellm serves in this process (one worker; gunicorn forks it)
+    uvicorn.run = functools.partial(_run_uvicorn, uvicorn.run)
     run_server.main(args=argv, prog_name="litellm")
 
 

@@ -4,7 +4,7 @@ The proxy loads it from litellm_config.yaml (`callbacks: trajectory_logger.insta
 is self-contained (litellm and the standard library), so the proxy needs no trajhub or Dagster.
 
 Hooks: proxy-level ones, which see what the client sent and what it got back.
-- async_pre_call_hook opens a call: run id, seq, start time, the client's request.
+- async_pre_call_hook opens a call: run id, start time, the client's request.
 - async_post_call_success_hook closes a non-stream call with the response.
 - async_post_call_streaming_iterator_hook wraps a stream: it notes the first token, feeds
   each chunk to an assembler that rebuilds the non-stream body (content blocks in their
@@ -24,8 +24,17 @@ such a body is recorded as text, or base64, capped at RAW_BODY_CAP.
 `request` is what the client sent; `upstream_request` is what litellm sent upstream when it
 translated the call (null when the upstream got `request` as is, model aside).
 
+Order without a shared counter: the proxy may run as several worker processes and as several
+replicas, all appending to the same run files. No process can number a run's calls, so a
+record carries `seq: null` and its start time twice: `started_at` (wall clock) and `started_ns`
+(CLOCK_MONOTONIC, one clock for every process on the host named by `clock`, its boot id).
+raw_calls.read_run numbers the calls 0..n-1 in start order when it reads the file; a client's
+sequential calls start one after the other, whichever process served each.
+
 Durability: one writer thread serializes every record and writes it with one os.write on
-an O_APPEND file, so lines never interleave and the event loop never does file I/O. The
+an O_APPEND file, so lines never interleave and the event loop never does file I/O. That
+holds across processes too: Linux appends each write(2) to a local file whole, under the
+file's lock (not so on NFS: keep the recordings on a local disk or one volume per host). The
 middleware holds back the last bytes of a response until its call's line is written, so a
 client that saw a call complete finds its record even if the proxy is killed the next
 instant (the line is in the kernel's page cache; TRAJHUB_RECORDER_FSYNC=1 also survives a
@@ -46,6 +55,7 @@ import logging
 import os
 import queue
 import re
+import socket
 import sys
 import threading
 import time
@@ -126,11 +136,22 @@ _BACKGROUND_PROMPT = re.compile(
 )
 
 RAW_BODY_CAP = 64 * 1024  # of a body that is not JSON: enough to see what it was
-_SEQ = re.compile(rb'"seq":(\d+)')
 _BLOCKING_WAIT_S = 0.005  # see _written
 _REMEMBER_CLOSED = 10_000  # enough to outlast any late second firing of a hook
 
 _exchange: contextvars.ContextVar[_Exchange | None] = contextvars.ContextVar("trajhub_exchange", default=None)
+
+
+def _boot_id() -> str | None:
+    """Names this host's monotonic clock: the same in every process and container on it."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:  # not Linux: readers order by the wall clock
+        return None
+
+
+CLOCK = _boot_id()
+HOST = socket.gethostname()
 
 
 def recordings_dir() -> Path:
@@ -255,7 +276,9 @@ class JsonlWriter:
         fd = os.open(self.path(run_id), os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
         size = os.fstat(fd).st_size
         if size and os.pread(fd, 1, size - 1) != b"\n":
-            os.write(fd, b"\n")  # a killed proxy left half a line: end it, so the next stands alone
+            # A killed proxy left half a line: end it, so the next stands alone. (Another process's
+            # line still being written looks the same; the newline then lands after it, a blank line.)
+            os.write(fd, b"\n")
         self._fds[name] = fd
         if len(self._fds) > self._max_open:
             os.close(self._fds.popitem(last=False)[1])
@@ -270,10 +293,10 @@ class _Exchange:
         self.path = path
         self.headers = headers
         self.received_at = time.time()
+        self.received_ns = time.monotonic_ns()
         self.chunks: list[bytes] = []
         self.request: dict | None = None
         self.run_id: str | None = None
-        self.seq: int | None = None
         self.call_id: str | None = None  # set when a hook opened a call for it
         self.closed = False  # a record for this exchange was written
         self.pending: list[Future] = []  # its record's write, not yet confirmed
@@ -737,22 +760,6 @@ class TrajectoryLogger(CustomLogger):
         self.writer = JsonlWriter(directory or recordings_dir(), fsync=os.environ.get("TRAJHUB_RECORDER_FSYNC") == "1")
         self._open: dict[str, _Call] = {}
         self._closed: OrderedDict[str, None] = OrderedDict()  # recently closed call ids
-        self._seq: dict[str, int] = {}
-        self._seq_lock = threading.Lock()
-
-    # -- run id and sequence ----------------------------------------------------------
-    def next_seq(self, run_id: str | None) -> int:
-        name = run_id or UNATTRIBUTED
-        with self._seq_lock:
-            if name not in self._seq:
-                # A restarted proxy continues a run's numbering after the highest seq written.
-                path = self.writer.path(run_id)
-                lines = path.read_bytes().split(b"\n") if path.exists() else []
-                found = (_SEQ.search(line, 0, 600) for line in lines)
-                self._seq[name] = max((int(m.group(1)) + 1 for m in found if m), default=0)
-            seq = self._seq[name]
-            self._seq[name] = seq + 1
-            return seq
 
     # -- HTTP exchanges (from start_proxy.py's middleware) -------------------------------
     async def handle_http(self, app, scope, receive, send) -> None:
@@ -855,7 +862,6 @@ class TrajectoryLogger(CustomLogger):
                 "the request body is empty" if not raw else "the request body must be a JSON object",
             )
         exchange.run_id = find_run_id(exchange.headers, exchange.request)
-        exchange.seq = self.next_seq(exchange.run_id)
 
     def _close_unfinished(self, exchange: _Exchange, response: _HttpResponse, failure: BaseException | None) -> None:
         """Record a request that ended without a recorded response: the client left, or the
@@ -872,7 +878,7 @@ class TrajectoryLogger(CustomLogger):
             exchange.closed = True
             self.writer.submit(dangling.record)
         elif exchange.call_id is None and not exchange.closed:
-            if exchange.seq is None:  # the client left before its body was complete
+            if exchange.request is None:  # the client left before its body was complete
                 self._received(exchange, b"".join(exchange.chunks))
             response.failed(status, error)
             self._close_http(exchange, response)
@@ -923,13 +929,19 @@ class TrajectoryLogger(CustomLogger):
         headers = exchange.headers if exchange is not None else (headers or {})
         path = exchange.path if exchange is not None else (path or "")
         run_id = exchange.run_id if exchange is not None else find_run_id(headers, request)
-        seq = exchange.seq if exchange is not None else self.next_seq(run_id)
+        # Without the middleware `started` is litellm's arrival time: the same instant on the monotonic clock.
+        started_ns = (
+            exchange.received_ns if exchange is not None else time.monotonic_ns() - int((time.time() - started) * 1e9)
+        )
         return {
             "record_version": RECORD_VERSION,
             "run_id": run_id,
             "call_id": call_id,
-            "seq": seq,
+            "seq": None,  # numbered by raw_calls.read_run, in start order (see the module docstring)
             "started_at": started,
+            "started_ns": started_ns,
+            "clock": CLOCK,
+            "recorded_by": f"{HOST}:{os.getpid()}",  # which replica and worker: several may serve a run
             "ended_at": None,
             "first_token_at": None,
             "endpoint": path,

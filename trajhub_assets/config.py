@@ -94,6 +94,7 @@ class SandboxConfig(_Strict):
 class ProxyConfig(_Strict):
     url: str | None = Field(None, description="External proxy; default: start one on loopback.")
     master_key_env: str | None = Field(None, description="Variable holding the external proxy's key.")
+    workers: int = Field(1, ge=1, description="Worker processes of the proxy trajhub starts (--num_workers).")
 
 
 class JudgeConfig(_Strict):

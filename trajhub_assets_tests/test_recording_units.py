@@ -10,6 +10,7 @@ import itertools
 import json
 import os
 import random
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -17,7 +18,7 @@ from hypothesis import strategies as st
 
 from trajhub_assets.errors import RecordError
 from trajhub_assets.recording.proxy_process import PROXY_DIR
-from trajhub_assets.recording.raw_calls import build_tables, load_runs, read_run, rebuild_records
+from trajhub_assets.recording.raw_calls import build_tables, load_runs, number_calls, read_run, rebuild_records
 from trajhub_assets.recording.run_id import claude_code_env, make_run_id, parse_run_id
 from trajhub_assets.recording.schema import MESSAGE_BLOBS, RAW_CALLS
 from trajhub_assets.recording.scripted_upstream import (
@@ -268,21 +269,73 @@ def test_a_hook_that_fires_twice_writes_one_record(tmp_path):
     asyncio.run(scenario())
     records = _lines(tmp_path)
     assert [(r["call_id"], r["status"]) for r in records] == [("call-1", "ok"), ("call-2", "ok"), ("call-3", "error")]
-    assert [r["seq"] for r in records] == [0, 1, 2]
+    assert [r["seq"] for r in records] == [None] * 3  # no counter in the proxy: read_run numbers them
+    assert [r["seq"] for r in read_run(tmp_path / "m~i~0~0000abcd.jsonl").records] == [0, 1, 2]
     assert records[0]["response"] == message and records[1]["response"] == message
     assert records[0]["request_exact"] is False  # no middleware here: litellm's copy of the body
 
 
-def test_a_restarted_proxy_continues_after_the_highest_seq_and_a_half_line(tmp_path):
-    # Calls 0, 1, 5 completed; 2-4 were in flight when the proxy was killed mid-write of 6.
-    path = tmp_path / "m~i~0~0000abcd.jsonl"
-    path.write_text('{"seq":0}\n{"seq":1}\n{"seq":5}\n{"run_id":"m~i~0~0000abcd","seq":6,"requ')
+def test_a_restarted_proxy_ends_a_half_line_and_its_calls_follow_the_numbered_ones(tmp_path):
+    # An older proxy numbered calls 0, 1, 5 (2-4 were in flight) and was killed mid-write of 6.
+    run_id = "m~i~0~0000abcd"
+    path = tmp_path / f"{run_id}.jsonl"
+    numbered = [json.dumps(_record(run_id, seq, [])) for seq in (0, 1, 5)]
+    path.write_text("\n".join(numbered) + f'\n{{"run_id":"{run_id}","seq":6,"requ')
     logger = tl.TrajectoryLogger(tmp_path)
-    assert logger.next_seq("m~i~0~0000abcd") == 7
-    asyncio.run(logger._close(tl._Call(_record("m~i~0~0000abcd", 7, [])), {}, None, 200, None))
+    for call_id in ("late", "early"):  # written out of start order, as two workers might
+        headers = {"x-trajhub-run": run_id}
+        record = logger._new_record(None, {"model": "m"}, "anthropic_messages", time.time(), call_id, headers)
+        record["started_ns"] -= 0 if call_id == "late" else 10**9
+        asyncio.run(logger._close(tl._Call(record), {}, None, 200, None))
     lines = path.read_text().splitlines()
-    assert lines[3] == '{"run_id":"m~i~0~0000abcd","seq":6,"requ'  # the half line stays one bad line
-    assert json.loads(lines[4])["seq"] == 7
+    assert lines[3] == f'{{"run_id":"{run_id}","seq":6,"requ'  # the half line stays one bad line
+    assert [json.loads(line)["seq"] for line in lines[4:]] == [None, None]
+    run = read_run(path)
+    assert [(r["seq"], r["call_id"]) for r in run.records][3:] == [(6, "early"), (7, "late")]
+    assert [e.line for e in run.bad_lines] == [4]
+
+
+def test_a_record_appended_after_another_writers_half_line_is_kept(tmp_path):
+    # Two processes append to one run's file; one is killed mid-write, the other, whose file was
+    # open already, appends its next line right after the half line.
+    run_id = "m~i~0~0000abcd"
+    survivor = tl.TrajectoryLogger(tmp_path)
+
+    def write(call_id: str) -> None:
+        record = survivor._new_record(None, {"model": "m"}, "anthropic_messages", time.time(), call_id, headers)
+        asyncio.run(survivor._close(tl._Call(record), {}, None, 200, None))
+
+    headers = {"x-trajhub-run": run_id}
+    write("before")
+    with open(tmp_path / f"{run_id}.jsonl", "ab") as killed:
+        killed.write(b'{"record_version":1,"run_id":"' + run_id.encode() + b'","call_id":"killed","request":{"a')
+    write("after")
+    run = read_run(tmp_path / f"{run_id}.jsonl")
+    assert [r["call_id"] for r in run.records] == ["before", "after"]
+    assert [r["seq"] for r in run.records] == [0, 1]
+    [half] = run.bad_lines
+    assert half.line == 2 and "half a line" in str(half)
+
+
+def test_calls_are_numbered_in_start_order_by_the_hosts_monotonic_clock_else_the_wall_clock():
+    def call(call_id, started_at, started_ns, clock="boot-a"):
+        return dict(
+            _record("m~i~0~0000abcd", 0, []),
+            call_id=call_id,
+            seq=None,
+            started_at=started_at,
+            started_ns=started_ns,
+            clock=clock,
+        )
+
+    # The wall clock stepped back between b and c; the monotonic clock did not.
+    one_host = [call("c", 100.0, 3), call("a", 105.0, 1), call("b", 106.0, 2), call("d", 101.0, 3)]
+    number_calls(one_host)
+    assert sorted((r["seq"], r["call_id"]) for r in one_host) == [(0, "a"), (1, "b"), (2, "c"), (3, "d")]
+    # Two hosts' monotonic clocks do not compare: the wall clock does.
+    two_hosts = [call("x", 2.0, 1, "boot-a"), call("y", 1.0, 9, "boot-b")]
+    number_calls(two_hosts)
+    assert [(r["call_id"], r["seq"]) for r in two_hosts] == [("x", 1), ("y", 0)]
 
 
 # -- JSONL -> store -> records ------------------------------------------------------------------

@@ -3,7 +3,8 @@
 It listens on loopback unless given another address (sandboxes reach the host on Docker's
 bridge gateway), with a random master key and litellm's offline cost map; its recordings
 go to `recordings_dir` (TRAJHUB_RECORDINGS_DIR) and its own log to `log_path`. Stopping
-it ends its whole process group, which it leads.
+it ends its whole process group, which it leads. `workers` > 1 runs it as that many uvicorn
+worker processes; ProxyReplicas runs several proxies behind one round-robin address.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Self
 
@@ -57,6 +59,8 @@ class ProxyProcess:
         env: dict[str, str] | None = None,
         log_path: str | os.PathLike | None = None,
         host: str = "127.0.0.1",
+        workers: int = 1,
+        master_key: str | None = None,
         startup_timeout: float = 120.0,
     ):
         self.recordings_dir = Path(recordings_dir)
@@ -64,8 +68,9 @@ class ProxyProcess:
         self.extra_env = dict(env or {})
         self.log_path = Path(log_path) if log_path else self.recordings_dir.parent / "logs" / "proxy.log"
         self.host = host
+        self.workers = workers
         self.startup_timeout = startup_timeout
-        self.master_key = f"sk-trajhub-{secrets.token_hex(16)}"
+        self.master_key = master_key or f"sk-trajhub-{secrets.token_hex(16)}"
         self.port = 0
         self.process: subprocess.Popen | None = None
 
@@ -77,6 +82,7 @@ class ProxyProcess:
         self.port = free_port(self.host)
         self.recordings_dir.mkdir(parents=True, exist_ok=True)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         env = dict(
             os.environ,
             **self.extra_env,
@@ -93,6 +99,8 @@ class ProxyProcess:
             self.host,
             "--port",
             str(self.port),
+            "--num_workers",
+            str(self.workers),
         ]
         with open(self.log_path, "ab") as log_file:
             self.process = subprocess.Popen(
@@ -120,7 +128,7 @@ class ProxyProcess:
                     f"last log lines:\n{self.log_tail()}"
                 )
             try:
-                if httpx.get(f"{self.url}/health/liveliness", timeout=2).status_code == 200:
+                if httpx.get(f"{self.url}/health/liveliness", timeout=2).status_code == 200 and self._workers_up():
                     return
             except httpx.HTTPError:
                 pass
@@ -128,6 +136,14 @@ class ProxyProcess:
         raise ProxyError(
             f"the proxy was not healthy after {self.startup_timeout:.0f}s; last log lines:\n{self.log_tail()}"
         )
+
+    def _workers_up(self) -> bool:
+        """Whether every worker has started: one answering is enough for health, not for load."""
+        if self.workers == 1:
+            return True
+        with open(self.log_path, "rb") as log_file:
+            log_file.seek(self._log_start)
+            return log_file.read().count(b"Application startup complete") >= self.workers
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -156,6 +172,82 @@ class ProxyProcess:
         if self.process is not None and self.process.poll() is None:
             self._signal(signal.SIGKILL)
             self.process.wait(15)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+class ProxyReplicas:
+    """Several proxies, one master key, recording into one directory, behind one address
+    (front.py, a round-robin TCP front, as a subprocess). `url` and `master_key` are what a
+    client uses, as with one ProxyProcess."""
+
+    def __init__(
+        self,
+        recordings_dir: str | os.PathLike,
+        replicas: int = 2,
+        *,
+        log_dir: str | os.PathLike,
+        host: str = "127.0.0.1",
+        **options,
+    ):
+        self.log_dir = Path(log_dir)
+        self.host = host
+        self.master_key = key = f"sk-trajhub-{secrets.token_hex(16)}"
+        self.replicas = [
+            ProxyProcess(recordings_dir, log_path=self.log_dir / f"proxy{i}.log", host=host, master_key=key, **options)
+            for i in range(replicas)
+        ]
+        self.recordings_dir = self.replicas[0].recordings_dir
+        self.port = 0
+        self.front: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> ProxyReplicas:
+        try:
+            with ThreadPoolExecutor(len(self.replicas)) as pool:  # each takes seconds to start
+                list(pool.map(ProxyProcess.start, self.replicas))
+            self.port = free_port(self.host)
+            backends = [f"{r.host}:{r.port}" for r in self.replicas]
+            with open(self.log_dir / "front.log", "ab") as log_file:
+                command = [sys.executable, "-m", "trajhub_assets.recording.front", "--host", self.host]
+                self.front = subprocess.Popen(
+                    [*command, "--port", str(self.port), *backends],
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                )
+            self._wait_front()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_front(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.front.poll() is not None:
+                raise ProxyError(f"the front exited ({self.front.returncode}); see {self.log_dir / 'front.log'}")
+            try:
+                if httpx.get(f"{self.url}/health/liveliness", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise ProxyError(f"the front on {self.url} did not answer in {timeout:.0f}s")
+
+    def stop(self) -> None:
+        if self.front is not None and self.front.poll() is None:
+            self.front.terminate()
+            self.front.wait(15)
+        for replica in self.replicas:
+            replica.stop()
 
     def __enter__(self) -> Self:
         return self.start()

@@ -40,7 +40,6 @@ _TOOLS_FIELD = "tools"
 _REQUIRED = {
     "run_id": str,
     "call_id": str,
-    "seq": int,
     "started_at": (int, float),
     "wire_format": str,
     "call_kind": str,
@@ -78,6 +77,9 @@ def _check(record, source: str, line: int) -> None:
                 record_id=record_id,
                 field=name,
             )
+    seq = record.get("seq")
+    if seq is not None and (not isinstance(seq, int) or isinstance(seq, bool)):
+        raise RecordError("not an int or null", source=source, line=line, record_id=record_id, field="seq")
     if record["wire_format"] not in WIRE_FORMATS:
         raise RecordError(
             f"unknown wire format {record['wire_format']!r}",
@@ -88,8 +90,47 @@ def _check(record, source: str, line: int) -> None:
         )
 
 
+def number_calls(records: list[dict]) -> None:
+    """Give each record with `seq: null` its seq, in the order the calls started.
+
+    The proxy's workers and replicas share no counter, so they leave seq to the reader. The
+    numbers follow the highest seq already in the file (recorded by an older, single-process
+    proxy, or imported). Start times from one host's monotonic clock (`clock` is its boot id)
+    are compared as they are; across hosts or a reboot, by the wall clock. The call id
+    breaks ties, so every read numbers the same way."""
+    unnumbered = [r for r in records if r.get("seq") is None]
+    if not unnumbered:
+        return
+    clocks = {r.get("clock") for r in unnumbered}
+    monotonic = (
+        len(clocks) == 1 and None not in clocks and all(isinstance(r.get("started_ns"), int) for r in unnumbered)
+    )
+    start = (lambda r: r["started_ns"]) if monotonic else (lambda r: r["started_at"])
+    first = max((r["seq"] for r in records if r.get("seq") is not None), default=-1) + 1
+    for seq, record in enumerate(sorted(unnumbered, key=lambda r: (start(r), r["call_id"])), start=first):
+        record["seq"] = seq
+
+
+_RECORD_START = b'{"record_version":'  # the recorder writes this key first
+
+
+def _after_half_line(raw: bytes) -> dict | None:
+    """The whole record a line ends in, when a line fails to parse because a killed writer left
+    half a line and another process (a worker, a replica) appended right after it."""
+    start = raw.find(_RECORD_START, 1)
+    while start != -1:
+        try:
+            record = json.loads(raw[start:])
+        except ValueError:
+            start = raw.find(_RECORD_START, start + 1)  # that one was inside the half line
+            continue
+        return record if isinstance(record, dict) else None
+    return None
+
+
 def read_run(path: str | Path) -> RunRecords:
-    """Every good record of a recordings file, ordered by seq; bad lines become errors."""
+    """Every good record of a recordings file, numbered (number_calls) and ordered by seq;
+    bad lines become errors."""
     path = Path(path)
     run = RunRecords(path)
     data = path.read_bytes()
@@ -103,8 +144,12 @@ def read_run(path: str | Path) -> RunRecords:
             record = json.loads(raw)
         except ValueError as error:
             why = "truncated (the proxy stopped mid-write)" if truncated else f"not valid JSON ({error})"
+            record = None if truncated else _after_half_line(raw)
+            if record is not None:
+                why = "half a line (its writer was killed mid-write), then a whole record, kept"
             run.bad_lines.append(RecordError(why, source=str(path), line=number))
-            continue
+            if record is None:
+                continue
         try:
             _check(record, str(path), number)
         except RecordError as error:
@@ -117,6 +162,7 @@ def read_run(path: str | Path) -> RunRecords:
         run.records.append(record)
     if run.duplicates:
         log.warning("%s: skipped %d duplicate call id(s)", path, run.duplicates)
+    number_calls(run.records)
     run.records.sort(key=lambda r: r["seq"])
     return run
 

@@ -69,11 +69,13 @@ class ProxyResource(ConfigurableResource):
                 self._upstream = self._baselines().start()
             upstream = self.scripted_upstream_url or (self._upstream.url if self._upstream else None)
             env = scripted_upstream_env(upstream, f"scripted-{secrets.token_hex(8)}") if upstream else {}
+            settings = self.project.load().proxy if self.project is not None else None
             self._process = ProxyProcess(
                 self.recordings(),
                 config=self._config_file(),
                 env=env,
                 host=self._host,
+                workers=settings.workers if settings is not None else 1,
                 startup_timeout=self.startup_timeout,
             ).start()
         return self._process
