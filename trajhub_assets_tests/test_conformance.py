@@ -42,9 +42,10 @@ import yaml
 from dagster import DagsterInstance
 
 from trajhub_assets.branching.accounting import live_call_ids
-from trajhub_assets.branching.schema import BRANCH_MESSAGE_BLOBS, BRANCH_RAW_CALLS
+from trajhub_assets.branching.schema import BRANCH_MESSAGE_BLOBS, BRANCH_RAW_CALLS, BRANCHED_TRAJECTORIES
 from trajhub_assets.config import load_config
 from trajhub_assets.jobs import branch_job, build_pairs_job, record_and_score_job, release_job
+from trajhub_assets.merge.schema import table_to_conversations
 from trajhub_assets.orchestration import prepare, run_stage
 from trajhub_assets.partitions import instances_partitions, run_partitions
 from trajhub_assets.recording.raw_calls import rebuild_records
@@ -997,7 +998,8 @@ def test_a_branch_continues_at_the_models_endpoint_and_is_scored_and_released(co
     assert [(b["parent_run_id"], b["error"]) for b in branches] == [(run["row"]["run_id"], None)] * 2, branches
     partition = {"model": run["row"]["model"], "instance": TASK}
     calls = store.read(BRANCH_RAW_CALLS, partition)
-    live = live_call_ids(store, partition, branches, calls.select(["run_id", "call_id", "seq"]).to_pylist())
+    merged = table_to_conversations(store.read(BRANCHED_TRAJECTORIES, partition))
+    live = live_call_ids(merged, branches, calls.select(["run_id", "call_id", "seq"]).to_pylist())
     records = rebuild_records(calls, store.read(BRANCH_MESSAGE_BLOBS, partition))
     live_records = sorted((r for r in records if r["call_id"] in live), key=lambda r: r["started_at"])
     received = conformance["branch_served"]

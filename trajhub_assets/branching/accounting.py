@@ -8,6 +8,7 @@ is live. Branch runs with no such call (refused, or stopped before step k) spent
 
 from collections import Counter
 
+from trajhub_assets.branching.branches import is_refused
 from trajhub_assets.branching.schema import BRANCH_RAW_CALLS, BRANCH_RUNS, BRANCHED_TRAJECTORIES
 from trajhub_assets.merge.schema import table_to_conversations
 from trajhub_assets.rewards.rules import build_run, group_runs
@@ -26,22 +27,31 @@ COUNTS = (
 )
 
 
-def partition_accounting(store: Store, partition: dict) -> tuple[Counter, set[str]]:
-    """(the counts of COUNTS and cost_usd, the parent runs branched) of one partition's branches."""
-    if not store.exists(BRANCH_RUNS, partition):
-        return Counter(dict.fromkeys(COUNTS, 0), cost_usd=0.0), set()
-    runs = store.read(BRANCH_RUNS, partition).to_pylist()
+def outcome_counts(runs: list[dict]) -> dict[str, int]:
+    """Points, continuations and how they ended, of BRANCH_RUNS rows."""
+    return {
+        "points": len({(r["parent_run_id"], r["branch_step"]) for r in runs}),
+        "continuations": len(runs),
+        "refused": sum(is_refused(r) for r in runs),
+        "failed": sum(r["error"] is not None for r in runs),
+        "resolved": sum(bool(r["resolved"]) for r in runs),
+    }
+
+
+def partition_accounting(store: Store, partition: dict, merged: list[dict] | None = None) -> tuple[Counter, set[str]]:
+    """(the counts of COUNTS and cost_usd, the parent runs branched) of one partition's branches;
+    `merged`: its branched_trajectories conversations when the caller has them, else read."""
     counts = Counter(dict.fromkeys(COUNTS, 0), cost_usd=0.0)  # every key, zero or not (+ would drop zeros)
-    counts.update(
-        points=len({(r["parent_run_id"], r["branch_step"]) for r in runs}),
-        continuations=len(runs),
-        refused=sum(str(r["error"] or "").startswith("branch refused") for r in runs),
-        failed=sum(r["error"] is not None for r in runs),
-        resolved=sum(bool(r["resolved"]) for r in runs),
-    )
+    if not store.exists(BRANCH_RUNS, partition):
+        return counts, set()
+    runs = store.read(BRANCH_RUNS, partition).to_pylist()
+    counts.update(outcome_counts(runs))
+    if merged is None:
+        exists = store.exists(BRANCHED_TRAJECTORIES, partition)
+        merged = table_to_conversations(store.read(BRANCHED_TRAJECTORIES, partition)) if exists else []
     calls = store.read(BRANCH_RAW_CALLS, partition)
     calls = calls.select(["run_id", "call_id", "seq", "input_tokens", "output_tokens", "cost_usd"]).to_pylist()
-    live = live_call_ids(store, partition, runs, calls)
+    live = live_call_ids(merged, runs, calls)
     for call in calls:
         if call["call_id"] in live:
             counts.update(
@@ -67,18 +77,16 @@ def store_accounting(store: Store) -> dict[str, float]:
     }
 
 
-def live_call_ids(store: Store, partition: dict, runs: list[dict], calls: list[dict]) -> set[str]:
+def live_call_ids(merged: list[dict], runs: list[dict], calls: list[dict]) -> set[str]:
     """The call ids of the continuations' live calls: from the one that generated main step k,
-    in seq order; `runs` are the partition's BRANCH_RUNS rows, `calls` its BRANCH_RAW_CALLS rows
-    (run_id, call_id, seq)."""
+    in seq order; `merged` is a partition's branched_trajectories conversations, `runs` its
+    BRANCH_RUNS rows, `calls` its BRANCH_RAW_CALLS rows (run_id, call_id, seq)."""
     step = {r["run_id"]: r["branch_step"] for r in runs}
     first_live = {}
-    if store.exists(BRANCHED_TRAJECTORIES, partition):
-        merged = table_to_conversations(store.read(BRANCHED_TRAJECTORIES, partition))
-        for run_id, conversations in group_runs(merged).items():
-            steps = build_run(conversations).main_steps
-            if run_id in step and step[run_id] < len(steps):
-                first_live[run_id] = steps[step[run_id]].message.get("generated_by")
+    for run_id, conversations in group_runs(merged).items():
+        steps = build_run(conversations).main_steps
+        if run_id in step and step[run_id] < len(steps):
+            first_live[run_id] = steps[step[run_id]].message.get("generated_by")
     live_runs: set[str] = set()
     live: set[str] = set()
     for call in sorted(calls, key=lambda c: (c["run_id"], c["seq"])):

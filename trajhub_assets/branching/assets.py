@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 from dagster import AssetExecutionContext, MaterializeResult, asset
 
 from trajhub_assets.automation import JUDGE_POOL, SANDBOX_POOL
-from trajhub_assets.branching.accounting import partition_accounting
+from trajhub_assets.branching.accounting import outcome_counts, partition_accounting
 from trajhub_assets.branching.branches import continue_at, store_branches
 from trajhub_assets.branching.points import BranchPoint, branch_points
 from trajhub_assets.branching.schema import (
@@ -150,16 +150,10 @@ def branched_trajectories(
             if rows:
                 store_branches(store, rows, service.recordings_dir)
             conversations = merge_branches(store, partition)
-            counts = {
-                "points": len(points),
-                "continuations": len(rows),
-                "refused": sum(str(r["error"] or "").startswith("branch refused") for r in rows),
-                "failed": sum(r["error"] is not None for r in rows),
-                "resolved": sum(bool(r["resolved"]) for r in rows),
-                "branch_conversations": len(conversations),
-            }
+            # this materialization's new points and continuations (`points` the planned ones)
+            counts = outcome_counts(rows) | {"points": len(points), "branch_conversations": len(conversations)}
             # and what every branch stored for the partition (earlier ones too) came to and cost
-            stored, _ = partition_accounting(store, partition)
+            stored, _ = partition_accounting(store, partition, conversations)
             for name in ("continuations", "live_calls", "live_calls_without_cost", "tokens_in", "tokens_out"):
                 counts[f"stored_{name}"] = stored[name]
             counts["stored_cost_usd"] = round(float(stored["cost_usd"]), 6)
@@ -273,10 +267,7 @@ def branch_pairs(context: AssetExecutionContext, store: StoreResource, project: 
             policy,
         )
         store.write(BRANCH_PAIRS, result.table, partition)
-        bases = Counter(result.table.filter(pc.equal(result.table["kind"], "branch_continuation"))["basis"].to_pylist())
-        counts = (
-            result.stats | {"pairs": result.table.num_rows} | {f"chosen_by_{b}": bases[b] for b in ("tests", "reward")}
-        )
+        counts = result.stats | {"pairs": result.table.num_rows}
         metadata.add(run_key(partition["model"], instance), counts)
         totals.update(counts)
     return MaterializeResult(metadata=batch_totals(dict(totals), len(partitions)) | metadata.batch())

@@ -63,6 +63,7 @@ if TYPE_CHECKING:
 BRANCH_KIND = "branch"  # the runs row's kind of a continuation
 PROMPT_KEYS = ("system", "messages", "tools")  # what a prefix call must ask again; sampling aside
 REFUSED = "trajhub branch: the prefix does not reproduce"
+REFUSED_ROW = "branch refused"  # how a refused continuation's runs row error starts
 # Where the project's proxy serves each kind of request, and the client headers it needs from it.
 PROXY_PATHS = {
     "anthropic_messages": "/v1/messages",
@@ -154,6 +155,11 @@ class BranchPolicy:
         return None
 
 
+def is_refused(row: dict) -> bool:
+    """Whether a continuation's runs row is a refused branch (its prefix did not reproduce)."""
+    return str(row["error"] or "").startswith(REFUSED_ROW)
+
+
 def branch_seed(parent_run_id: str, step: int, sample: int) -> int:
     """The sampling seed of one continuation: fixed by (parent, step, sample). The parent is
     taken without its run id's nonce (model~instance~attempt): the seeds do not change with the
@@ -181,10 +187,10 @@ def run_branch(
     row = run_attempt(recorded.task, model, recorded.row["attempt"], proxy, sandbox, run_id=run_id)
     row |= {"kind": BRANCH_KIND, "parent_run_id": recorded.run_id, "branch_step": step, "branch_sample": sample}
     if policy.divergence is not None:
-        row["error"] = f"branch refused: {REFUSED.removeprefix('trajhub branch: ')} at {policy.divergence.text()}"
+        row["error"] = f"{REFUSED_ROW}: {REFUSED.removeprefix('trajhub branch: ')} at {policy.divergence.text()}"
     elif not policy.branched:
         seq = recorded.records[at]["seq"]
-        row["error"] = f"branch refused: the agent stopped before it asked for step {step} (recorded call seq {seq})"
+        row["error"] = f"{REFUSED_ROW}: the agent stopped before it asked for step {step} (recorded call seq {seq})"
     elif policy.live_failure is not None:  # the agent got no answer from the live model at last
         row["error"] = f"the live model failed: {policy.live_failure}"
     return row, policy

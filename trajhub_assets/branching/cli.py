@@ -29,7 +29,7 @@ def register(commands) -> None:
 
 
 def cmd_branch(args) -> None:
-    from trajhub_assets.branching.branches import record_branches
+    from trajhub_assets.branching.branches import is_refused, record_branches
     from trajhub_assets.config import load_config
     from trajhub_assets.definitions import environment, environment_resources
     from trajhub_assets.resources import ProjectResource
@@ -48,5 +48,5 @@ def cmd_branch(args) -> None:
         else:
             tests = f"{row['tests_passed']}/{row['tests_total']} tests passed" if row["tests_total"] else "no tests"
             print(f"{row['run_id']}: {row['stop_reason']}, {tests}, resolved={row['resolved']}")
-    if all(str(row["error"] or "").startswith("branch refused") for row in rows):
+    if all(is_refused(row) for row in rows):
         sys.exit(REFUSED_EXIT_CODE)

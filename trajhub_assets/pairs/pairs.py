@@ -646,6 +646,8 @@ BRANCH_STATS = (
     "skipped_step_not_a_turn",
     f"pairs_{BRANCH_STEP}",
     f"pairs_{BRANCH_CONTINUATION}",
+    "chosen_by_tests",  # per pair of continuations (each has one branch_continuation row)
+    "chosen_by_reward",
 )
 
 
@@ -657,7 +659,7 @@ def _outcome(row: Mapping) -> tuple[bool, float]:
     return False, (row.get("tests_passed") or 0) / row["tests_total"] if row.get("tests_total") else 0.0
 
 
-def _evidence(run: _Run, row: Mapping, hits: list[Mapping], steps: range) -> dict:
+def _evidence(row: Mapping, hits: list[Mapping], steps: range) -> dict:
     return {
         "resolved": row.get("resolved"),
         "tests_passed": row.get("tests_passed"),
@@ -668,6 +670,10 @@ def _evidence(run: _Run, row: Mapping, hits: list[Mapping], steps: range) -> dic
             if h["step_index"] is not None and h["step_index"] in steps
         ],
     }
+
+
+def _message_of_step(run: _Run, step: int) -> int | None:
+    return next((i for i, s in run.step_of.items() if s == step), None)
 
 
 def _branch_rows(
@@ -688,9 +694,8 @@ def _branch_rows(
         stats["skipped_same_actions"] += 1  # outcomes differ (flaky tests?) but the continuations do not
         return []
     # Step k's message: at the same index in both, after the recorded prefix both were served.
-    start = {run.run_id: next((i for i, s in run.step_of.items() if s == k), None) for run in (a, b)}
-    start, d = start[chosen.run_id], _divergence(chosen, rejected)
-    if start is None or start != next((i for i, s in rejected.step_of.items() if s == k), None) or d < start:
+    start, d = _message_of_step(chosen, k), _divergence(chosen, rejected)
+    if start is None or start != _message_of_step(rejected, k) or d < start:
         stats["skipped_prefix_differs"] += 1
         return []
     version = _same_version(chosen, rejected, instance)
@@ -723,7 +728,7 @@ def _branch_rows(
         evidence = {
             f"{side}_{name}": value
             for side, run in (("chosen", chosen), ("rejected", rejected))
-            for name, value in _evidence(run, rows[run.run_id], hits.get(run.run_id, []), held(run)).items()
+            for name, value in _evidence(rows[run.run_id], hits.get(run.run_id, []), held(run)).items()
         }
         out.append(_in_chat_form(pair) | {"parent_run_id": parent, "branch_step": k} | evidence)
     return out
@@ -772,5 +777,7 @@ def branch_pairs(
             out.extend(_branch_rows(a, b, instance, point, rows, hits, policy, stats))
     for row in out:
         stats[f"pairs_{row['kind']}"] += 1
+        if row["kind"] == BRANCH_CONTINUATION:
+            stats[f"chosen_by_{row['basis']}"] += 1
     out.sort(key=lambda r: (r["parent_run_id"], r["branch_step"], r["kind"], r["pair_id"]))
     return PairResult(pa.Table.from_pylist(out, schema=BRANCH_PAIRS.schema), dict(stats))
