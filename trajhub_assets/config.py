@@ -181,6 +181,10 @@ class BranchingConfig(_Strict):
     max_per_release: int | None = Field(None, ge=0, description="Branch points over every run; null: no limit.")
     low_reward_below: float = Field(0.5, description="A judged step reward below this is a low_reward point.")
 
+    def branches(self, model_name: str) -> bool:
+        """Whether the runs of the model named so are branched (`models`)."""
+        return self.models is None or model_name in self.models
+
 
 class RefreshConfig(_Strict):
     """The nightly refresh (trajhub_assets/automation.py)."""

@@ -178,7 +178,7 @@ def branched_ranges(config: ProjectConfig, registered: list[str]) -> list[list[s
     branching = config.branching
     if not branching.enabled:
         return []
-    wanted = [m.key for m in config.models if branching.models is None or m.name in branching.models]
+    wanted = [m.key for m in config.models if branching.branches(m.name)]
     return contiguous_ranges(registered, wanted)
 
 

@@ -77,8 +77,7 @@ def partition_points(
 ) -> list[BranchPoint]:
     """The partition's new branch points (see branching.points) not yet branched, given its
     merged conversations by run."""
-    wanted = config.branching.models
-    if not merged or (wanted is not None and model_name(partition["model"]) not in wanted):
+    if not merged or not config.branching.branches(model_name(partition["model"])):
         return []
     runs = {run_id: build_run(conversations).main_steps for run_id, conversations in merged.items()}
     peers_conversations, _, judged = instance_inputs(store, partition["instance"])
