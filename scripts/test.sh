@@ -7,11 +7,12 @@ cd "$(dirname "$0")/.."
 scripts/setup_venv.sh test
 if [ "$(id -u)" = 0 ]; then
     bash scripts/docker_setup.sh
-    # test_cluster_settings.py starts a real Postgres and an SSH server in front of dockerd.
-    if [ ! -x /usr/sbin/sshd ] || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+    # test_cluster_settings.py starts a real Postgres and an SSH server in front of dockerd;
+    # test_celery_cluster.py a Postgres and a Redis (the Celery broker).
+    if [ ! -x /usr/sbin/sshd ] || [ ! -x /usr/bin/redis-server ] || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-            openssh-server postgresql >/dev/null
+            openssh-server postgresql redis-server >/dev/null
     fi
 else
     echo "test.sh: not root, so the Docker engine is not installed or started here" >&2

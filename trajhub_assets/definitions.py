@@ -3,15 +3,19 @@
 The environment picks the resources, as hooli-data-eng-pipelines does: `demo` serves the
 scripted baseline models and judge behind the proxy, `local` talks to real providers only.
 $TRAJHUB_ENV names it; by default a project that uses the baselines is the demo.
+$TRAJHUB_EXECUTOR picks the executor of every job: Dagster's default (steps in processes of
+this machine) or `celery` (steps on Celery workers, trajhub_assets/deploy/celery/).
 """
 
 import os
 
-from dagster import AssetSpec, Definitions
+import yaml
+from dagster import AssetSpec, Definitions, ExecutorDefinition
 
 from trajhub_assets.automation import automation_sensor, make_release_sensor, nightly_refresh, run_new_partitions
 from trajhub_assets.branching.assets import branch_pairs, branch_rewards, branched_trajectories
 from trajhub_assets.config import ProjectConfig
+from trajhub_assets.deploy import CELERY_SETTINGS
 from trajhub_assets.errors import ConfigError
 from trajhub_assets.jobs import JOBS
 from trajhub_assets.merge.assets import merged_trajectories
@@ -27,6 +31,7 @@ from trajhub_assets.tasks.assets import partitions_sensor, tasks
 from trajhub_assets.versions import with_code_versions
 
 ENVIRONMENTS = ("demo", "local")
+EXECUTORS = ("default", "celery")
 
 human_labels = AssetSpec(
     "human_labels",
@@ -61,6 +66,19 @@ def environment(config: ProjectConfig) -> str:
     return env
 
 
+def executor() -> ExecutorDefinition | None:
+    """The jobs' executor from $TRAJHUB_EXECUTOR; None is Dagster's default."""
+    name = os.environ.get("TRAJHUB_EXECUTOR") or "default"
+    if name not in EXECUTORS:
+        raise ConfigError(f"TRAJHUB_EXECUTOR={name!r}: one of {', '.join(EXECUTORS)}")
+    if name == "default":
+        return None
+    from dagster_celery import celery_executor  # the `cluster` extra
+
+    # The workers read the same file (dagster-celery worker start -y), so both use one broker.
+    return celery_executor.configured(yaml.safe_load(CELERY_SETTINGS.read_text())["execution"]["config"])
+
+
 def environment_resources(
     project: ProjectResource, env: str, store: StoreResource | None = None, **proxy_settings
 ) -> dict:
@@ -84,6 +102,7 @@ def build_definitions(project: ProjectResource) -> Definitions:
         schedules=[nightly_refresh(config.refresh)],
         sensors=[partitions_sensor, make_release_sensor(config.refresh), automation_sensor],
         resources=environment_resources(project, environment(config)),
+        executor=executor(),
     )
 
 

@@ -4,6 +4,8 @@ Tables go to `MetadataValue.table`, whose cells the UI shows as text: in Markdow
 (`model~instance~0~nonce`) renders struck through, and `|` in a cell breaks the table.
 """
 
+import os
+import socket
 from collections.abc import Mapping, Sequence
 
 from dagster import MetadataValue, TableColumn, TableRecord, TableSchema
@@ -25,8 +27,18 @@ def table(rows: Sequence[Mapping], columns: Sequence[str] | None = None):
 
 def batch_totals(totals: Mapping[str, float], partitions: int) -> dict:
     """A batch's totals, named as such: the run's metadata goes to every partition it made,
-    next to each partition's own counts."""
-    return {"batch_partitions": partitions} | {f"batch_{name}": value for name, value in totals.items()}
+    next to each partition's own counts, with the process that made it (host:pid), which
+    tells Celery workers apart."""
+    return (
+        {"batch_partitions": partitions}
+        | {f"batch_{name}": value for name, value in totals.items()}
+        | {"batch_worker": worker()}
+    )
+
+
+def worker() -> str:
+    """This process as host:pid: where a step ran."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 PER_PARTITION_LIMIT = 50  # runs over more partitions (backfill batches) record batch totals only

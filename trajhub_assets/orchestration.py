@@ -15,7 +15,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dagster import AssetKey, DagsterInstance, Definitions, ExecuteInProcessResult, JobDefinition
+from dagster import (
+    AssetKey,
+    DagsterInstance,
+    Definitions,
+    ExecuteInProcessResult,
+    JobDefinition,
+    JobExecutionResult,
+    execute_job,
+)
+from dagster._core.definitions.reconstruct import ReconstructableRepository
 
 from trajhub_assets.automation import apply_pool_limits
 from trajhub_assets.config import ModelConfig, ProjectConfig
@@ -88,7 +97,7 @@ def run_stage(
     model: str | None = None,
     backfill: str | None = None,
     run_config: Mapping = QUIET,
-) -> ExecuteInProcessResult:
+) -> ExecuteInProcessResult | JobExecutionResult:
     """One run of `job`, one of jobs.py's (or of `selection`, some of its assets), over the partition
     range from keys[0] to keys[-1] when given, with the code location's resources unless `resources`
     replace them; tagged with its model and backfill when it has them."""
@@ -105,13 +114,23 @@ def run_stage(
         f" ({', '.join(selection)})" if selection else "",
         f" over {keys[0]} .. {keys[-1]}" if keys else "",
     )
-    result = _job_def(job.name, resources).execute_in_process(
-        instance=instance,
-        tags=tags,
-        run_config=run_config,
-        raise_on_error=False,
-        asset_selection=[AssetKey(name) for name in selection] if selection else None,
-    )
+    job_def = _job_def(job.name, resources)
+    assets = [AssetKey(name) for name in selection] if selection else None
+    if job_def.executor_def.name == "celery":
+        # Steps run in Celery workers, which rebuild the job from the code location by name
+        # (resources replaced by a caller make an in-process job, which never gets here).
+        code_location = ReconstructableRepository.for_module("trajhub_assets.definitions", "defs")
+        result = execute_job(
+            code_location.get_reconstructable_job(job.name),
+            instance,
+            run_config=run_config,
+            tags=tags,
+            asset_selection=assets,
+        )
+    else:
+        result = job_def.execute_in_process(
+            instance=instance, tags=tags, run_config=run_config, raise_on_error=False, asset_selection=assets
+        )
     if not result.success:
         raise TrajhubError(f"{job.name} failed (run {result.run_id}): {first_failure(result)}")
     return result

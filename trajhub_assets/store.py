@@ -190,6 +190,12 @@ class Store:
             return self.objects.fs, f"{self.objects.base}/{table.name}"
         return _LOCAL, str(self.table_dir(table))
 
+    def size(self, path: Path | str) -> int:
+        """Bytes of a file `write` returned (a local path or an s3:// object)."""
+        if self.objects:
+            return self.objects.fs.get_file_info(self.objects._key(str(path))).size
+        return Path(path).stat().st_size
+
     def open_file(self, path: str) -> pa.NativeFile:
         """A file `instance_files` named, for pyarrow to read."""
         return (self.objects.fs if self.objects else _LOCAL).open_input_file(path)

@@ -4,7 +4,11 @@ import pytest
 
 from trajhub_assets.store import Store
 
-pytest_plugins = ["trajhub_assets_tests.fixtures_proxy", "trajhub_assets_tests.fixtures_docker"]
+pytest_plugins = [
+    "trajhub_assets_tests.fixtures_proxy",
+    "trajhub_assets_tests.fixtures_docker",
+    "trajhub_assets_tests.fixtures_services",
+]
 
 
 @pytest.fixture

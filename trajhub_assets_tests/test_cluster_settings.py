@@ -13,7 +13,6 @@
 
 import copy
 import getpass
-import glob
 import json
 import os
 import re
@@ -26,7 +25,6 @@ import tomllib
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import psycopg
 import pytest
 import yaml
 from dagster import DagsterInstance, materialize
@@ -48,7 +46,6 @@ from trajhub_assets.sandbox.images import DEMO_IMAGE
 from trajhub_assets.tasks.assets import tasks
 
 REPO = Path(__file__).resolve().parents[1]
-PG_PASSWORD = "pg-" + os.urandom(8).hex()
 
 
 def env_file(path: Path) -> dict[str, str]:
@@ -519,90 +516,3 @@ def test_a_sandbox_runs_on_the_docker_host_the_project_names(docker_over_ssh):
         result = box.exec("python3 hello.py", timeout=60)
     assert (result.returncode, result.stdout.strip()) == (0, "hello from the remote engine")
     assert "Accepted publickey" in sshd_log.read_text()
-
-
-# -- a real Postgres ---------------------------------------------------------------------
-
-
-def _postgres_binary(name: str) -> str:
-    found = shutil.which(name) or next(iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True)), None)
-    if found is None:
-        pytest.fail(f"PostgreSQL's {name} is missing: scripts/test.sh installs postgresql")
-    return found
-
-
-@pytest.fixture(scope="module")
-def postgres():
-    """A PostgreSQL server on loopback with password auth and a `dagster` database; the
-    environment a Dagster pod gets from trajhub.env and dagster-postgresql-secret."""
-    user = "postgres" if os.geteuid() == 0 else None  # postgres refuses to run as root
-    workdir = Path(tempfile.mkdtemp(prefix="trajhub-pg-"))
-    password_file = workdir / "password"
-    password_file.write_text(PG_PASSWORD + "\n")
-    if user:
-        for path in (workdir, password_file):
-            shutil.chown(path, user)
-    init = subprocess.run(
-        [
-            _postgres_binary("initdb"),
-            "-D",
-            str(workdir / "data"),
-            "-U",
-            "dagster",
-            f"--pwfile={password_file}",
-            "--auth=scram-sha-256",
-            "-E",
-            "UTF8",
-        ],
-        user=user,
-        capture_output=True,
-        text=True,
-    )
-    assert init.returncode == 0, f"initdb failed: {init.stderr[-2000:]}"
-    port = _free_port()
-    log = workdir / "postgres.log"
-    server = subprocess.Popen(
-        [
-            _postgres_binary("postgres"),
-            "-D",
-            str(workdir / "data"),
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-            "-k",
-            str(workdir),
-        ],
-        user=user,
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with psycopg.connect(
-                    host="127.0.0.1",
-                    port=port,
-                    user="dagster",
-                    password=PG_PASSWORD,
-                    dbname="postgres",
-                    autocommit=True,
-                ) as con:
-                    con.execute("CREATE DATABASE dagster")
-                break
-            except psycopg.OperationalError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"PostgreSQL did not start: {log.read_text()[-2000:]}")
-                time.sleep(0.1)
-        yield {
-            "DAGSTER_PG_HOST": "127.0.0.1",
-            "DAGSTER_PG_PORT": str(port),
-            "DAGSTER_PG_DB": "dagster",
-            "DAGSTER_PG_USERNAME": "dagster",
-            "DAGSTER_PG_PASSWORD": PG_PASSWORD,
-        }
-    finally:
-        server.terminate()
-        server.wait(30)
-        shutil.rmtree(workdir, ignore_errors=True)

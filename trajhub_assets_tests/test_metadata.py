@@ -1,5 +1,8 @@
 """The plain functions behind the assets' metadata in the Dagster UI (no Dagster run needed)."""
 
+import os
+import socket
+
 import pyarrow as pa
 
 from trajhub_assets.merge.assets import conversations_summary
@@ -25,6 +28,7 @@ def test_batch_totals_are_named_as_such():
         "batch_partitions": 16,
         "batch_runs": 32,
         "batch_calls": 186,
+        "batch_worker": f"{socket.gethostname()}:{os.getpid()}",
     }
 
 

@@ -90,6 +90,7 @@ def test_write_read_exists_and_query_on_object_storage(s3_store, bucket):
     path = s3_store.write(RUNS, rows(3), partition)
     assert path == f"s3://{bucket}/trajhub/tables/runs_demo/model=baseline__careful/instance=007/data.parquet"
     assert s3_store.exists(RUNS, partition)
+    assert s3_store.size(path) == len(objects(s3_store)[path.removeprefix("s3://")]) > 0
     assert s3_store.read(RUNS, partition).equals(rows(3))
     s3_store.write(FLAT, pa.table({"x": [1, 2, 3]}))
     assert s3_store.table_names() == ["flat_demo", "runs_demo"]

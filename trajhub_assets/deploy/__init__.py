@@ -1,4 +1,6 @@
-"""Cluster settings: what moves trajhub from one machine to a Kubernetes cluster.
+"""Cluster settings: what moves trajhub from one machine to a cluster, in two profiles.
+
+Kubernetes (dagster-k8s): each run is a pod, its steps run in it.
 
 - `dagster.yaml`: the Dagster instance (Postgres storage, K8sRunLauncher, run queue and
   pool limits, run monitoring), mounted as $DAGSTER_HOME/dagster.yaml in every Dagster pod.
@@ -8,11 +10,20 @@
 - `Dockerfile`: the image of the code server, webserver, daemon and run pods.
 - `k8s/`: Kubernetes manifests, applied with `kubectl apply -k trajhub_assets/deploy/k8s`.
 
-Asset code is the same as on one machine; only these settings differ. Nothing here is
-imported by the code location; trajhub_assets_tests/test_cluster_settings.py loads them.
+Celery (dagster-celery), in `celery/`: each step of a run goes to a Celery worker over Redis.
+- `celery/dagster.yaml`: the instance of every process (Postgres storage, paths per process).
+- `celery/celery.yaml`: broker, backend and delivery settings, read by the code location
+  (TRAJHUB_EXECUTOR=celery, definitions.py) and by each `dagster-celery worker start -y`.
+- `celery/project.yaml`: the project file (tables on S3, one shared proxy, one Docker engine).
+- `celery/worker.env.example`: the environment every worker and the launching machine have.
+
+Asset code is the same as on one machine; only these settings differ. The code location
+reads only celery/celery.yaml; test_cluster_settings.py and test_celery_cluster.py load the rest.
 """
 
 from pathlib import Path
 
 DEPLOY_DIR = Path(__file__).resolve().parent
 K8S_DIR = DEPLOY_DIR / "k8s"
+CELERY_DIR = DEPLOY_DIR / "celery"
+CELERY_SETTINGS = CELERY_DIR / "celery.yaml"

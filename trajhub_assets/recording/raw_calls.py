@@ -383,7 +383,7 @@ def load_runs(store: Store, paths: Sequence[str | Path], model_key: str, instanc
         runs=len(runs),
         bad_lines=sum(len(run.bad_lines) for run in runs),
         raw_bytes=sum(Path(p).stat().st_size for p in paths),
-        stored_bytes=sum(p.stat().st_size for p in written),
+        stored_bytes=sum(store.size(p) for p in written),  # a path, or an s3:// object
     )
     raise_for_bad_lines(runs)
     return result

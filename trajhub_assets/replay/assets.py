@@ -60,7 +60,11 @@ def release_replay(context: AssetExecutionContext, store: StoreResource, project
     store, config = store.get(), project.load()
     release = _release_dir(context, store.root, config.release.name)
     recorded, unreplayable = [], {}
-    for run_id in sample_runs(release_run_ids(release), config.release.replay_sample):
+    # replay_sample 0 reads nothing of the release: it may have been built on another worker.
+    sampled = (
+        sample_runs(release_run_ids(release), config.release.replay_sample) if config.release.replay_sample else []
+    )
+    for run_id in sampled:
         try:
             run = load_recorded_run(store, run_id, config)
             check_replayable(run)

@@ -1,0 +1,320 @@
+"""The Celery profile (trajhub_assets/deploy/celery/) run for real on this machine.
+
+Redis (broker and result backend), PostgreSQL (Dagster's storage), an S3 API server (the
+tables), one recording proxy and two `dagster-celery` workers, each a process with its own
+working directory, DAGSTER_HOME and TRAJHUB_HOME; they share only those services and the
+proxy's recordings directory (what the proxy writes, each worker reads its runs' files). The
+launching machine is a third such process: `trajhub run` with TRAJHUB_EXECUTOR=celery, the
+README's command. The demo's two deterministic baselines over its 8 tasks are run once so and
+once by `trajhub run` on one machine, and the two stores must hold the same data.
+
+TRAJHUB_CLUSTER_SANDBOX=local runs the sandboxes as local processes (where Docker is busy);
+the default is the profile's: one Docker engine for every worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from contextlib import contextmanager
+from pathlib import Path
+
+import pyarrow.fs as pafs
+import pytest
+import yaml
+from dagster import AssetKey, DagsterInstance
+
+from trajhub_assets.config import DEFAULT_CONFIG, load_config
+from trajhub_assets.deploy import CELERY_DIR, CELERY_SETTINGS
+from trajhub_assets.jobs import RECORD_AND_SCORE_ASSETS
+from trajhub_assets.partitions import run_key
+from trajhub_assets.recording.proxy_process import ProxyProcess, scripted_upstream_env
+from trajhub_assets.recording.schema import RUNS
+from trajhub_assets.recording.scripted_upstream import ScriptedUpstream
+from trajhub_assets.scaffolds.baselines import BaselinePolicies, upstream_policy
+from trajhub_assets.store import Store
+from trajhub_assets.tasks.catalog import load_catalog, table_to_records, tasks_to_table
+
+pytestmark = pytest.mark.cluster
+
+BIN = Path(sys.executable).parent
+BACKEND = os.environ.get("TRAJHUB_CLUSTER_SANDBOX", "docker")
+MODELS = ("careful", "hasty")
+S3_KEYS = {"AWS_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": "AKIATESTCLUSTER", "AWS_SECRET_ACCESS_KEY": "not-a-secret"}
+
+
+def write_project(path: Path, proxy_url: str | None) -> Path:
+    """deploy/celery/project.yaml with the demo's tasks, two baselines and judge, and the
+    sandbox backend of this test; proxy_url None: a proxy of its own (one machine)."""
+    project = yaml.safe_load((CELERY_DIR / "project.yaml").read_text())
+    project["tasks"] = [{"path": str(DEFAULT_CONFIG.parent / "tasks/demo/tasks.jsonl")}]
+    project["models"] = [
+        {"name": f"baseline/{name}", "route": f"trajhub-baseline/{name}", "scaffold": "builtin"} for name in MODELS
+    ]
+    project["judge"] = {"model": "baseline/judge"}
+    project["sandbox"] |= {"backend": BACKEND, "cpus": 1, "memory": "1g", "timeout_s": 300}
+    project["proxy"] = {"url": proxy_url, "master_key_env": "LITELLM_MASTER_KEY"} if proxy_url else {}
+    project["release"] |= {"name": "cluster-demo", "min_margin": 0.01}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(project))
+    return path
+
+
+def clean_environ() -> dict[str, str]:
+    """This process's environment without any trajhub, Dagster or S3 setting; the venv's
+    commands first (dagster-celery starts `celery`)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TRAJHUB_", "DAGSTER_", "AWS_"))}
+    return env | {"PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}"}
+
+
+@pytest.fixture(scope="module")
+def services(redis, postgres, s3_server, tmp_path_factory, request):
+    """The cluster's shared services, and the environment every process of it gets."""
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's line per request
+    bucket = f"trajhub-{uuid.uuid4().hex[:8]}"
+    pafs.S3FileSystem(endpoint_override=s3_server, allow_bucket_creation=True, **_s3_credentials()).create_dir(bucket)
+    shared = tmp_path_factory.mktemp("proxy")
+    host = "127.0.0.1"
+    if BACKEND == "docker":
+        request.getfixturevalue("docker_engine")
+        from trajhub_assets.sandbox.docker import bridge_gateway
+
+        host = bridge_gateway(None)  # sandboxes reach the proxy at host.docker.internal
+    config = load_config(write_project(shared / "project.yaml", "http://unused"))
+    upstream = ScriptedUpstream(
+        upstream_policy(BaselinePolicies(table_to_records(tasks_to_table(load_catalog(config)))))
+    ).start()
+    proxy = ProxyProcess(
+        shared / "recordings", env=scripted_upstream_env(upstream.url, "sk-upstream-cluster"), host=host
+    ).start()
+    try:
+        yield {
+            "proxy_url": proxy.url,
+            "recordings": proxy.recordings_dir,
+            "env": {
+                "TRAJHUB_EXECUTOR": "celery",
+                "TRAJHUB_CELERY_BROKER": f"{redis.url}/0",
+                "TRAJHUB_CELERY_BACKEND": f"{redis.url}/1",
+                **postgres,
+                "TRAJHUB_TABLES_URI": f"s3://{bucket}/tables",
+                "AWS_ENDPOINT_URL": s3_server,
+                **S3_KEYS,
+                "LITELLM_MASTER_KEY": proxy.master_key,
+                "TRAJHUB_RECORDINGS_DIR": str(proxy.recordings_dir),
+            },
+            "redis": redis,
+        }
+    finally:
+        proxy.stop()
+        upstream.stop()
+
+
+def _s3_credentials() -> dict:
+    return {"access_key": S3_KEYS["AWS_ACCESS_KEY_ID"], "secret_key": S3_KEYS["AWS_SECRET_ACCESS_KEY"]}
+
+
+def node(services, workdir: Path) -> dict[str, str]:
+    """The environment of one process of the cluster, with its own directories and its own
+    copies of dagster.yaml and the project file."""
+    (workdir / "dagster").mkdir(parents=True, exist_ok=True)
+    shutil.copy(CELERY_DIR / "dagster.yaml", workdir / "dagster" / "dagster.yaml")
+    project = write_project(workdir / "project.yaml", services["proxy_url"])
+    return (
+        clean_environ()
+        | services["env"]
+        | {
+            "DAGSTER_HOME": str(workdir / "dagster"),
+            "TRAJHUB_HOME": str(workdir / "home"),
+            "TRAJHUB_CONFIG": str(project),
+        }
+    )
+
+
+class Worker:
+    """`dagster-celery worker start`, as deploy/celery's README steps start one: one step at a
+    time (solo pool), so the step runs in the worker's own process."""
+
+    def __init__(self, name: str, workdir: Path, env: dict[str, str]):
+        self.name, self.workdir, self.env = name, workdir, env
+        self.log = workdir / "worker.log"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> Worker:
+        command = [str(BIN / "dagster-celery"), "worker", "start", "-A", "dagster_celery.app"]
+        command += ["-y", str(CELERY_SETTINGS), "-n", self.name, "--", "--pool=solo"]
+        with self.log.open("a") as log:
+            self.process = subprocess.Popen(
+                command, cwd=self.workdir, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        deadline = time.monotonic() + 120
+        while f"{self.name}@" not in self.log.read_text() or " ready." not in self.log.read_text():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"worker {self.name} did not start: {self.log.read_text()[-3000:]}")
+            time.sleep(0.5)
+        return self
+
+    @property
+    def pid(self) -> int:
+        """The celery process under `dagster-celery worker start`: where its steps run."""
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text().split()
+        assert len(children) == 1, f"worker {self.name}: expected one celery process, found {children}"
+        return int(children[0])
+
+    def stop(self, sig=signal.SIGTERM) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, sig)
+        try:
+            self.process.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(30)
+
+
+@contextmanager
+def workers(services, root: Path, count: int):
+    started = []
+    try:
+        for number in range(1, count + 1):
+            workdir = root / f"worker{number}"
+            started.append(Worker(f"worker{number}", workdir, node(services, workdir)).start())
+        yield started
+    finally:
+        for worker in started:
+            worker.stop()
+
+
+def trajhub(env: dict[str, str], *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    done = subprocess.run([str(BIN / "trajhub"), *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=1800)
+    assert done.returncode == 0, f"trajhub {' '.join(args)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
+    return done
+
+
+@contextmanager
+def environment(env: dict[str, str]):
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in env.items():
+            patch.setenv(key, value)
+        yield
+
+
+# -- the two runs ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def single_machine(tmp_path_factory):
+    """`trajhub run` on one machine: its own proxy, SQLite, local tables."""
+    root = tmp_path_factory.mktemp("single")
+    env = clean_environ() | {
+        "TRAJHUB_HOME": str(root / "home"),
+        "TRAJHUB_CONFIG": str(write_project(root / "p.yaml", None)),
+    }
+    started = time.monotonic()
+    trajhub(env, "run", cwd=root)
+    return {"store": Store(root / "home", tables_uri=""), "seconds": time.monotonic() - started}
+
+
+@pytest.fixture(scope="module")
+def cluster(services, tmp_path_factory):
+    """`trajhub run` with TRAJHUB_EXECUTOR=celery from a launching machine, two workers."""
+    root = tmp_path_factory.mktemp("cluster")
+    launcher = node(services, root / "launcher")
+    with workers(services, root, 2) as started:
+        pids = {worker.pid: worker.name for worker in started}
+        begun = time.monotonic()
+        trajhub(launcher, "run", cwd=root / "launcher")
+        seconds = time.monotonic() - begun
+        logs = {worker.name: worker.log.read_text() for worker in started}
+    with environment(services["env"] | {"DAGSTER_HOME": launcher["DAGSTER_HOME"]}):
+        store = Store(root / "launcher" / "home")
+        instance = DagsterInstance.from_config(launcher["DAGSTER_HOME"])
+        yield {"store": store, "instance": instance, "pids": pids, "logs": logs, "seconds": seconds}
+        instance.dispose()
+
+
+def materializations(instance: DagsterInstance, asset: str) -> list:
+    return list(instance.fetch_materializations(AssetKey(asset), limit=10_000).records)
+
+
+def test_steps_ran_on_both_workers_and_each_partition_once(cluster):
+    instance, pids = cluster["instance"], cluster["pids"]
+    partitions = {run_key(p["model"], p["instance"]) for p in cluster["store"].partitions(RUNS)}
+    assert len(partitions) == len(MODELS) * 8
+    ran_on = Counter()
+    for asset in RECORD_AND_SCORE_ASSETS:
+        records = materializations(instance, asset)
+        made = Counter(r.partition_key for r in records)
+        assert set(made) == partitions, asset
+        assert set(made.values()) == {1}, f"{asset}: a partition materialized more than once: {made}"
+        for record in records:
+            host, pid = record.asset_materialization.metadata["batch_worker"].value.rsplit(":", 1)
+            assert int(pid) in pids, f"{asset} ran in {host}:{pid}, not in a worker {pids}"
+            ran_on[pids[int(pid)]] += 1
+    assert set(ran_on) == {"worker1", "worker2"}, f"steps ran on {dict(ran_on)} only"
+    for name, log in cluster["logs"].items():
+        assert "Task execute_plan" in log and "succeeded" in log, f"{name} ran no step:\n{log[-2000:]}"
+
+
+# The values that differ between any two runs of the same deterministic baselines: the run id's
+# nonce, clocks and durations. Everything else must be equal.
+NONCE = re.compile(r"(~\d+)~[0-9a-f]{8}\b")
+VOLATILE = re.compile(r"(^|_)(ts|at|time|timestamp|started|ended|seconds|latency|duration|ms|s)$|_at$|_time|elapsed")
+
+
+def _plain(value):
+    if isinstance(value, str):
+        return NONCE.sub(r"\1", value)
+    if isinstance(value, dict):
+        return tuple(sorted((k, _plain(v)) for k, v in value.items()))
+    if isinstance(value, list):
+        return tuple(_plain(v) for v in value)
+    return value
+
+
+def normalized(store: Store, table: str) -> dict[str, list]:
+    """Each lasting column of the table: its values, in the order of the sorted rows."""
+    data = store.sql(f"SELECT * FROM {table}")
+    columns = sorted(c for c in data.column_names if not VOLATILE.search(c))
+    rows = sorted(tuple(repr(_plain(row[c])) for c in columns) for row in data.select(columns).to_pylist())
+    return {c: [row[i] for row in rows] for i, c in enumerate(columns)}
+
+
+def test_the_store_holds_what_a_single_machine_run_holds(cluster, single_machine):
+    mine, theirs = cluster["store"], single_machine["store"]
+    assert mine.objects is not None and theirs.objects is None  # S3 against local files
+    assert set(mine.table_names()) == set(theirs.table_names())
+    differ = {}
+    for table in sorted(theirs.table_names()):
+        a, b = normalized(mine, table), normalized(theirs, table)
+        if a != b:
+            differ[table] = sorted(c for c in set(a) | set(b) if sorted(a.get(c, [])) != sorted(b.get(c, [])))
+    assert not differ, f"tables whose columns differ from the single-machine run's: {differ}"
+
+
+def test_every_call_is_recorded_and_stored(cluster, services):
+    store = cluster["store"]
+    stored = Counter(store.sql("SELECT run_id FROM raw_calls").column("run_id").to_pylist())
+    runs = store.sql("SELECT run_id FROM runs").column("run_id").to_pylist()
+    assert len(runs) == len(MODELS) * 8
+    for run_id in runs:
+        recorded = (services["recordings"] / f"{run_id}.jsonl").read_text().splitlines()
+        assert stored[run_id] == len(recorded) > 0, run_id
+
+
+def test_the_release_is_the_one_a_single_machine_builds_from_the_same_store(cluster, single_machine, tmp_path):
+    from trajhub_assets.release.assets import release_inputs
+    from trajhub_assets.release.release import build_release
+
+    (record,) = materializations(cluster["instance"], "hf_dataset_release")
+    version = record.asset_materialization.metadata["version"].value
+    config = load_config(write_project(tmp_path / "p.yaml", None))
+    rebuilt = build_release(release_inputs(cluster["store"], config), config.release, tmp_path)
+    assert rebuilt.version == version
