@@ -4,10 +4,12 @@ The environment picks the resources, as hooli-data-eng-pipelines does: `demo` se
 scripted baseline models and judge behind the proxy, `local` talks to real providers only.
 $TRAJHUB_ENV names it; by default a project that uses the baselines is the demo.
 $TRAJHUB_EXECUTOR picks the executor of every job: Dagster's default (steps in processes of
-this machine) or `celery` (steps on Celery workers, trajhub_assets/deploy/celery/).
+this machine) or `celery` (steps on Celery workers, with the settings of
+$TRAJHUB_CELERY_SETTINGS, by default trajhub_assets/deploy/celery/celery.yaml).
 """
 
 import os
+from pathlib import Path
 
 import yaml
 from dagster import AssetSpec, Definitions, ExecutorDefinition
@@ -76,7 +78,8 @@ def executor() -> ExecutorDefinition | None:
     from dagster_celery import celery_executor  # the `cluster` extra
 
     # The workers read the same file (dagster-celery worker start -y), so both use one broker.
-    return celery_executor.configured(yaml.safe_load(CELERY_SETTINGS.read_text())["execution"]["config"])
+    settings = Path(os.environ.get("TRAJHUB_CELERY_SETTINGS") or CELERY_SETTINGS)
+    return celery_executor.configured(yaml.safe_load(settings.read_text())["execution"]["config"])
 
 
 def environment_resources(

@@ -39,7 +39,7 @@ from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage, Postgr
 from kubernetes.client import ApiClient
 
 from trajhub_assets.config import DEFAULT_CONFIG, load_config
-from trajhub_assets.deploy import DEPLOY_DIR, K8S_DIR
+from trajhub_assets.deploy import CELERY_DIR, CELERY_SETTINGS, DEPLOY_DIR, K8S_DIR
 from trajhub_assets.resources import ProjectResource, StoreResource
 from trajhub_assets.sandbox import Limits, make_sandbox
 from trajhub_assets.sandbox.images import DEMO_IMAGE
@@ -516,3 +516,52 @@ def test_a_sandbox_runs_on_the_docker_host_the_project_names(docker_over_ssh):
         result = box.exec("python3 hello.py", timeout=60)
     assert (result.returncode, result.stdout.strip()) == (0, "hello from the remote engine")
     assert "Accepted publickey" in sshd_log.read_text()
+
+
+# -- the Celery profile (deploy/celery/; run for real by test_celery_cluster.py) -----------
+
+
+def test_celery_settings_load_as_the_workers_and_the_code_location_load_them(monkeypatch, postgres, tmp_path):
+    from dagster_celery.cli import get_validated_config
+    from dagster_celery.executor import CeleryExecutor
+
+    from trajhub_assets.definitions import executor
+    from trajhub_assets.errors import ConfigError
+
+    example = env_file(CELERY_DIR / "worker.env.example")
+    for key, value in example.items():
+        monkeypatch.setenv(key, value)
+    for key, value in postgres.items():
+        monkeypatch.setenv(key, value)
+    # A worker's `dagster-celery worker start -y celery.yaml`: the executor's own schema.
+    worker = get_validated_config(str(CELERY_SETTINGS))
+    assert (worker["broker"], worker["backend"]) == (
+        example["TRAJHUB_CELERY_BROKER"],
+        example["TRAJHUB_CELERY_BACKEND"],
+    )
+    assert worker["config_source"]["task_acks_late"] and worker["config_source"]["task_reject_on_worker_lost"]
+    app = CeleryExecutor.for_cli(**{k: worker[k] for k in ("broker", "backend", "config_source")}).app_args()
+    assert app["config_source"].broker_transport_options["visibility_timeout"] >= 1800  # > a batch of runs
+    # The code location: TRAJHUB_EXECUTOR picks it, with the same file.
+    assert executor().name == "celery"
+    monkeypatch.setenv("TRAJHUB_EXECUTOR", "dask")
+    with pytest.raises(ConfigError, match="TRAJHUB_EXECUTOR='dask'"):
+        executor()
+    monkeypatch.delenv("TRAJHUB_EXECUTOR")
+    assert executor() is None
+    # The instance every process opens: Postgres, with paths each process resolves itself.
+    home = tmp_path / "dagster"
+    home.mkdir()
+    shutil.copy(CELERY_DIR / "dagster.yaml", home / "dagster.yaml")
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    with DagsterInstance.get() as instance:
+        assert isinstance(instance.run_storage, PostgresRunStorage)
+        # what a worker gets with each step: the variable, resolved there, not this path
+        artifacts = yaml.safe_load(instance.get_ref().local_artifact_storage_data.config_yaml)
+        assert artifacts == {"base_dir": {"env": "DAGSTER_HOME"}}
+        assert instance.get_concurrency_config().pool_config.default_pool_limit == 2
+    # The project file validates, with the tables' place left to the environment.
+    config = load_config(CELERY_DIR / "project.yaml")
+    assert config.sandbox.backend == "docker" and config.proxy.url and config.proxy.master_key_env in example
+    assert config.release.replay_sample == 0  # a release stays in one worker's TRAJHUB_HOME
+    assert example["TRAJHUB_TABLES_URI"].startswith("s3://")
