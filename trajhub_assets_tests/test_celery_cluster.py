@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -274,6 +275,7 @@ MASKS = [
     (re.compile(r"\bcall_[0-9a-f]{12}\b"), "call_<id>"),
     (re.compile(r" in \d+\.\d+s\b"), " in <t>s"),
     (re.compile(r"\bat 0x[0-9a-f]+"), "at 0x<address>"),  # a Python object's repr in a traceback
+    (re.compile(r"\bchatcmpl-scripted-\d+"), "chatcmpl-<n>"),  # the scripted upstream counts its replies
     (re.compile(r"/tmp/trajhub-[^/\s\"']+"), "<workspace>"),  # a local sandbox's directory
     (re.compile(r'"(created|\w+_at|\w*time\w*|\w+_ms|\w+_s)": ?-?[\d.]+(e-?\d+)?'), r'"\1": <t>'),  # clocks in JSON
 ]
@@ -311,10 +313,12 @@ def test_the_store_holds_what_a_single_machine_run_holds(cluster, single_machine
     for table in sorted(theirs.table_names()):
         a, b = normalized(mine, table), normalized(theirs, table)
         for column in sorted(set(a) | set(b)):
-            pairs = zip(sorted(a.get(column, [])), sorted(b.get(column, [])), strict=False)
-            first = next(((x, y) for x, y in pairs if x != y), None)
-            if first is not None or len(a.get(column, [])) != len(b.get(column, [])):
-                differ[f"{table}.{column}"] = _first_difference(*first) if first else "row counts"
+            only_mine = sorted((Counter(a.get(column, [])) - Counter(b.get(column, []))).elements())
+            only_theirs = sorted((Counter(b.get(column, [])) - Counter(a.get(column, []))).elements())
+            if only_mine or only_theirs:
+                differ[f"{table}.{column}"] = f"{len(only_mine)} values only here, {len(only_theirs)} only there: " + (
+                    _first_difference(only_mine[0], only_theirs[0]) if only_mine and only_theirs else ""
+                )
     assert not differ, f"columns that differ from the single-machine run's: {differ}"
 
 
@@ -403,9 +407,10 @@ def test_a_worker_killed_mid_step_leaves_the_step_to_the_other(services, tmp_pat
             run_id, pid = step_started(instance, "raw_trajectories", started, before)
             victim = next(w for w in started if w.pid == pid)
             survivor = next(w for w in started if w is not victim)
-            time.sleep(3)  # well into the step: sandboxes started, calls recorded
+            wait_for_sandboxes(pid)  # well into the step: sandboxes started, calls recorded
             victim.stop(signal.SIGKILL)
             finished(backfill)
+            assert not sandboxes_of(pid), "the killed worker's sandboxes were left behind"
             assert instance.get_run_by_id(run_id).is_success
             records = [r for r in materializations(instance, "raw_trajectories") if r.run_id == run_id]
             assert len(records) == 8 and len({r.partition_key for r in records}) == 8
@@ -419,6 +424,32 @@ def test_a_worker_killed_mid_step_leaves_the_step_to_the_other(services, tmp_pat
                 assert stored[run] == len((services["recordings"] / f"{run}.jsonl").read_text().splitlines()) > 0
             instance.dispose()
         assert "Task execute_plan" in survivor.log.read_text()
+
+
+def sandboxes_of(pid: int) -> list[str]:
+    """The Docker sandboxes the process `pid` of this host made (none with local sandboxes)."""
+    if BACKEND != "docker":
+        return []
+    from trajhub_assets.sandbox.docker import LABEL_HOST, LABEL_PID, connect
+
+    client = connect()
+    try:
+        found = client.containers.list(all=True, filters={"label": [f"{LABEL_PID}={pid}"]})
+        return [c.name for c in found if c.labels.get(LABEL_HOST) == socket.gethostname()]
+    finally:
+        client.close()
+
+
+def wait_for_sandboxes(pid: int, timeout: float = 120) -> None:
+    """Until the step in `pid` runs sandboxes (Docker), or for 3 s (local sandboxes)."""
+    if BACKEND != "docker":
+        time.sleep(3)
+        return
+    deadline = time.monotonic() + timeout
+    while not sandboxes_of(pid):
+        if time.monotonic() > deadline:
+            pytest.fail(f"the step in {pid} started no sandbox in {timeout} s")
+        time.sleep(0.5)
 
 
 def step_started(
