@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Quick start 2: set up, then run the whole test suite.
+# Quick start 2: set up, then run the test suite (`-m cluster`: the Celery cluster lane).
 # As root (CI, a fresh machine) it also installs and starts the Docker engine; the
 # Docker tests fail under CI=true when no engine can run, and say so loudly elsewhere.
 set -euo pipefail

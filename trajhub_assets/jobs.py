@@ -22,8 +22,12 @@ RELEASE_ASSETS = ["reward_calibration", "leaderboard", "hf_dataset_release", "re
 STAGE_TAG, MODEL_TAG, BACKFILL_TAG = "trajhub/stage", "trajhub/model", "trajhub/backfill"
 
 
+STAGE_ASSETS: dict[str, list[str]] = {}  # job name -> the assets it materializes
+
+
 def _stage(name: str, selection: list[str], description: str):
     # The tag goes on every run of the job: from the CLI, the schedule, a sensor or the UI.
+    STAGE_ASSETS[name] = selection
     return define_asset_job(name, selection=selection, description=description, tags={STAGE_TAG: name})
 
 
@@ -45,9 +49,10 @@ build_pairs_job = _stage("build_pairs", ["preference_pairs"], "The preference pa
 release_job = _stage("cut_release", RELEASE_ASSETS, "Calibration, leaderboard and the Hugging Face dataset release.")
 JOBS = [reload_catalog_job, record_and_score_job, branch_job, build_pairs_job, release_job]
 
-# Dagster reads a run's partition range from these tags; they have no public constant, and
-# execute_in_process takes a single partition key only.
+# Dagster reads a run's partition range from these tags, or its one partition from the last;
+# they have no public constant, and execute_in_process takes a single partition key only.
 RANGE_START_TAG, RANGE_END_TAG = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
+PARTITION_TAG = "dagster/partition"
 
 # A run that has started and not finished (a suspended one too): what the release waits for.
 IN_PROGRESS = [

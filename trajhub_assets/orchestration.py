@@ -18,10 +18,13 @@ from pathlib import Path
 from dagster import (
     AssetKey,
     DagsterInstance,
+    DagsterRun,
     Definitions,
     ExecuteInProcessResult,
     JobDefinition,
     JobExecutionResult,
+    PartitionKeyRange,
+    RunsFilter,
     execute_job,
 )
 from dagster._core.definitions.reconstruct import ReconstructableRepository
@@ -31,10 +34,13 @@ from trajhub_assets.config import ModelConfig, ProjectConfig
 from trajhub_assets.errors import TrajhubError
 from trajhub_assets.jobs import (
     BACKFILL_TAG,
+    IN_PROGRESS,
     MODEL_TAG,
+    PARTITION_TAG,
     RANGE_END_TAG,
     RANGE_START_TAG,
     RECORD_AND_SCORE_ASSETS,
+    STAGE_ASSETS,
     STAGE_TAG,
     branch_job,
     build_pairs_job,
@@ -50,6 +56,7 @@ from trajhub_assets.tasks.schema import TASKS
 log = logging.getLogger(__name__)
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}  # Dagster's steps log at DEBUG
+WRITER_WAIT_S = 3600  # how long a run waits for another run writing the same partitions
 
 
 def _defs() -> Definitions:
@@ -97,10 +104,12 @@ def run_stage(
     model: str | None = None,
     backfill: str | None = None,
     run_config: Mapping = QUIET,
+    wait_s: float = WRITER_WAIT_S,
 ) -> ExecuteInProcessResult | JobExecutionResult:
     """One run of `job`, one of jobs.py's (or of `selection`, some of its assets), over the partition
     range from keys[0] to keys[-1] when given, with the code location's resources unless `resources`
-    replace them; tagged with its model and backfill when it has them."""
+    replace them; tagged with its model and backfill when it has them. It starts once no other
+    run is writing any of the same assets' partitions (waiting up to `wait_s`)."""
     tags = {}  # the job's own tags add trajhub/stage
     if model:
         tags[MODEL_TAG] = model
@@ -116,6 +125,7 @@ def run_stage(
     )
     job_def = _job_def(job.name, resources)
     assets = [AssetKey(name) for name in selection] if selection else None
+    wait_for_writers(instance, job_def, selection or STAGE_ASSETS[job.name], keys, wait_s)
     if job_def.executor_def.name == "celery":
         # Steps run in Celery workers, which rebuild the job from the code location by name
         # (resources replaced by a caller make an in-process job, which never gets here).
@@ -134,6 +144,56 @@ def run_stage(
     if not result.success:
         raise TrajhubError(f"{job.name} failed (run {result.run_id}): {first_failure(result)}")
     return result
+
+
+def wait_for_writers(
+    instance: DagsterInstance, job_def: JobDefinition, assets: list[str], keys: list[str] | None, wait_s: float
+) -> None:
+    """Until no unfinished run materializes any of `assets` for a partition in keys[0]..keys[-1]
+    (any, for an unpartitioned job). Two runs writing one partition at once could leave its tables
+    from different runs; one after the other, the last writer's tables replace the first's whole.
+    A TrajhubError after `wait_s` names the run in the way."""
+    deadline, said = time.monotonic() + wait_s, None
+    while (writer := _writer_of(instance, job_def, {AssetKey(a) for a in assets}, keys)) is not None:
+        what = f"run {writer.run_id} ({writer.job_name}, {writer.status.value}) is writing some of the same partitions"
+        if time.monotonic() > deadline:
+            raise TrajhubError(
+                f"{job_def.name}: {what}, still after {wait_s:.0f} s; if its process is gone, terminate it in "
+                "the Dagster UI (Runs, Terminate) and start this again"
+            )
+        if writer.run_id != said:
+            log.info("%s waits: %s", job_def.name, what)
+            said = writer.run_id
+        time.sleep(min(2.0, wait_s / 10))
+
+
+def _writer_of(
+    instance: DagsterInstance, job_def: JobDefinition, assets: set, keys: list[str] | None
+) -> DagsterRun | None:
+    mine = None  # the partitions of keys[0]..keys[-1], listed only when some run writes the same assets
+    for run in instance.get_runs(RunsFilter(statuses=IN_PROGRESS)):
+        theirs = run.asset_selection or {AssetKey(a) for a in STAGE_ASSETS.get(run.job_name, [])}
+        if not theirs & assets:
+            continue
+        if not keys or not job_def.partitions_def:
+            return run
+        if mine is None:
+            mine = set(_keys_in(job_def, keys[0], keys[-1], instance))
+        if RANGE_START_TAG in run.tags:
+            writing = set(_keys_in(job_def, run.tags[RANGE_START_TAG], run.tags[RANGE_END_TAG], instance))
+        elif PARTITION_TAG in run.tags:
+            writing = {run.tags[PARTITION_TAG]}
+        else:
+            return run  # these assets, with no partitions said: it may write any
+        if mine & writing:
+            return run
+    return None
+
+
+def _keys_in(job_def: JobDefinition, start: str, end: str, instance: DagsterInstance) -> list[str]:
+    return job_def.partitions_def.get_partition_keys_in_range(
+        PartitionKeyRange(start, end), dynamic_partitions_store=instance
+    )
 
 
 def first_failure(result: ExecuteInProcessResult) -> str:

@@ -14,6 +14,7 @@ the default is the profile's: one Docker engine for every worker.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -532,3 +533,56 @@ def test_redis_restarted_mid_run_then_a_rerun_finishes_the_rest(services, tmp_pa
 
 def instances(store: Store) -> list[str]:
     return store.sql("SELECT instance_id FROM tasks").column("instance_id").to_pylist()
+
+
+def test_a_second_run_of_the_same_partitions_waits_then_replaces_them_whole(services, tmp_path):
+    """Two launchers backfill one model; the second starts while the first runs raw_trajectories.
+    Its run waits until the first's has ended (it says for which run), then runs the same
+    partitions: every table then holds the second's runs only, each partition whole (the same
+    run ids in the runs, the calls, the conversations and every reward table)."""
+    extra = fresh_bucket(services)
+    launchers = [node(services, tmp_path / f"launcher{n}") | extra for n in (1, 2)]
+    with workers(services, tmp_path, 2, extra) as started:
+        trajhub(launchers[0], "run", "--catalog-only", cwd=tmp_path / "launcher1")
+        with environment(services["env"] | extra | {"DAGSTER_HOME": launchers[0]["DAGSTER_HOME"]}):
+            instance = DagsterInstance.from_config(launchers[0]["DAGSTER_HOME"])
+            before = {run.run_id for run in instance.get_runs()}
+            backfill = ["backfill", "--model", "baseline/careful", "--no-release"]
+            first = start_trajhub(launchers[0], *backfill, cwd=tmp_path / "launcher1")
+            first_run, _ = step_started(instance, "raw_trajectories", started, before)
+            second = start_trajhub(launchers[1], *backfill, cwd=tmp_path / "launcher2")
+            finished(first)
+            finished(second)
+            said = second.log_path.read_text()
+            assert f"record_and_score waits: run {first_run} (record_and_score, STARTED)" in said, said[-3000:]
+            records = [instance.get_run_record_by_id(r.run_id) for r in instance.get_runs() if r.run_id not in before]
+            [then] = [
+                r for r in records if r.dagster_run.job_name == "record_and_score" and r.dagster_run.run_id != first_run
+            ]
+            first_ended = instance.get_run_record_by_id(first_run).end_time
+            assert then.start_time >= first_ended and then.dagster_run.is_success
+            instance.dispose()
+    with environment(services["env"] | extra):
+        store = Store(tmp_path / "launcher1" / "home")
+        runs = set(store.sql("SELECT run_id FROM runs").column("run_id").to_pylist())
+        assert len(runs) == 8
+        for table in RUN_TABLES:
+            assert set(store.sql(f"SELECT DISTINCT run_id FROM {table}").column("run_id").to_pylist()) == runs, table
+        stored = Counter(store.sql("SELECT run_id FROM raw_calls").column("run_id").to_pylist())
+    for run in runs:
+        recorded = [json.loads(line) for line in (services["recordings"] / f"{run}.jsonl").read_text().splitlines()]
+        assert stored[run] == len(recorded) > 0
+        assert min(r["started_at"] for r in recorded) >= then.start_time, f"{run} is the first launcher's"
+
+
+# The tables of one run partition, each row naming its run.
+RUN_TABLES = [
+    "raw_calls",
+    "merged_trajectories",
+    "rule_steps",
+    "rule_summary",
+    "judge_checks",
+    "judge_steps",
+    "judge_summary",
+    "trajectory_rewards",
+]

@@ -3,10 +3,21 @@ their stage, model and backfill (local sandboxes, an ephemeral Dagster instance)
 
 import pytest
 import yaml
-from dagster import DagsterInstance, RunsFilter
+from dagster import AssetKey, DagsterInstance, DagsterRun, DagsterRunStatus, RunsFilter
 
-from trajhub_assets.jobs import BACKFILL_TAG, MODEL_TAG, STAGE_TAG
-from trajhub_assets.orchestration import backfill_model, run_pipeline, submit_backfill
+from trajhub_assets.errors import TrajhubError
+from trajhub_assets.jobs import (
+    BACKFILL_TAG,
+    MODEL_TAG,
+    PARTITION_TAG,
+    RANGE_END_TAG,
+    RANGE_START_TAG,
+    STAGE_TAG,
+    build_pairs_job,
+    record_and_score_job,
+)
+from trajhub_assets.orchestration import backfill_model, run_pipeline, run_stage, submit_backfill
+from trajhub_assets.partitions import run_key
 from trajhub_assets_tests.test_pipeline import resources, write_project
 
 
@@ -48,3 +59,32 @@ def test_missing_finds_nothing_left_and_a_submitted_backfill_carries_the_tags(pi
     [stored] = instance.get_backfills()
     assert stored.backfill_id == backfill.backfill_id
     assert stored.tags[MODEL_TAG] == "baseline__careful" and stored.tags[BACKFILL_TAG] == backfill.backfill_id
+
+
+def test_a_stage_waits_for_a_run_writing_the_same_partitions_then_runs(pipeline):
+    instance, res, _ = pipeline
+    hasty, careful = run_key("baseline__hasty", "demo-lru-eviction"), run_key("baseline__careful", "demo-lru-eviction")
+    writing = {RANGE_START_TAG: hasty, RANGE_END_TAG: hasty}
+    other = instance.add_run(DagsterRun(job_name="record_and_score", status=DagsterRunStatus.STARTED, tags=writing))
+    with pytest.raises(TrajhubError, match=rf"run {other.run_id} \(record_and_score, STARTED\) is writing .* 1 s"):
+        run_stage(instance, record_and_score_job, [hasty, hasty], resources=res, wait_s=1)
+    # The same partitions by Dagster's one-partition tag, or a run of some of the same assets from the UI.
+    ui = instance.add_run(
+        DagsterRun(
+            job_name="__ASSET_JOB",
+            status=DagsterRunStatus.STARTING,
+            asset_selection=frozenset({AssetKey("rule_rewards")}),
+            tags={PARTITION_TAG: hasty},
+        )
+    )
+    instance.report_run_canceled(other)
+    with pytest.raises(TrajhubError, match=rf"run {ui.run_id} \(__ASSET_JOB, STARTING\)"):
+        run_stage(instance, record_and_score_job, [hasty, hasty], resources=res, wait_s=1)
+    # Not in the way: other partitions of the same assets, or other assets.
+    run_stage(
+        instance, record_and_score_job, [careful, careful], resources=res, selection=["raw_trajectories"], wait_s=30
+    )
+    run_stage(instance, build_pairs_job, ["demo-lru-eviction"], resources=res, wait_s=30)
+    instance.report_run_canceled(ui)
+    result = run_stage(instance, record_and_score_job, [hasty, hasty], resources=res, wait_s=1)
+    assert result.success
