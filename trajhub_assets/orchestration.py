@@ -26,6 +26,7 @@ from dagster import (
     PartitionKeyRange,
     RunsFilter,
     execute_job,
+    partition_loading_context,
 )
 from dagster._core.definitions.reconstruct import ReconstructableRepository
 
@@ -191,9 +192,8 @@ def _writer_of(
 
 
 def _keys_in(job_def: JobDefinition, start: str, end: str, instance: DagsterInstance) -> list[str]:
-    return job_def.partitions_def.get_partition_keys_in_range(
-        PartitionKeyRange(start, end), dynamic_partitions_store=instance
-    )
+    with partition_loading_context(dynamic_partitions_store=instance):  # the instances are dynamic
+        return job_def.partitions_def.get_partition_keys_in_range(PartitionKeyRange(start, end))
 
 
 def first_failure(result: ExecuteInProcessResult) -> str:

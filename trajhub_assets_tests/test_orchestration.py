@@ -88,3 +88,13 @@ def test_a_stage_waits_for_a_run_writing_the_same_partitions_then_runs(pipeline)
     instance.report_run_canceled(ui)
     result = run_stage(instance, record_and_score_job, [hasty, hasty], resources=res, wait_s=1)
     assert result.success
+    # A stage over the instances (their partitions are dynamic, and not a product of two).
+    task = "demo-lru-eviction"
+    pairs = instance.add_run(
+        DagsterRun(
+            job_name="build_pairs", status=DagsterRunStatus.STARTED, tags={RANGE_START_TAG: task, RANGE_END_TAG: task}
+        )
+    )
+    with pytest.raises(TrajhubError, match=rf"run {pairs.run_id} \(build_pairs, STARTED\)"):
+        run_stage(instance, build_pairs_job, [task, task], resources=res, wait_s=1)
+    instance.report_run_canceled(pairs)
