@@ -3,7 +3,7 @@
 Redis (broker and result backend), PostgreSQL (Dagster's storage), an S3 API server (the
 tables), one recording proxy and two `dagster-celery` workers, each a process with its own
 working directory, DAGSTER_HOME and TRAJHUB_HOME; they share only those services and the
-proxy's recordings directory (what the proxy writes, each worker reads its runs' files). The
+proxy (each worker fetches its runs' recordings from the proxy's /trajhub/recordings route). The
 launching machine is a third such process: `trajhub run` with TRAJHUB_EXECUTOR=celery, the
 README's command. The demo's two deterministic baselines over its 8 tasks are run once so and
 once by `trajhub run` on one machine, and the two stores must hold the same data.
@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -27,6 +28,7 @@ import time
 import uuid
 from collections import Counter
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.fs as pafs
@@ -37,6 +39,7 @@ from dagster import AssetKey, DagsterInstance
 from trajhub_assets.config import DEFAULT_CONFIG, load_config
 from trajhub_assets.deploy import CELERY_DIR, CELERY_SETTINGS
 from trajhub_assets.jobs import RECORD_AND_SCORE_ASSETS
+from trajhub_assets.lineage import WRITTEN_BY
 from trajhub_assets.partitions import run_key
 from trajhub_assets.recording.proxy_process import ProxyProcess, scripted_upstream_env
 from trajhub_assets.recording.schema import RUNS
@@ -63,7 +66,7 @@ def write_project(path: Path, proxy_url: str | None) -> Path:
     ]
     project["judge"] = {"model": "baseline/judge"}
     project["sandbox"] |= {"backend": BACKEND, "cpus": 1, "memory": "1g", "timeout_s": 300}
-    project["proxy"] = {"url": proxy_url, "master_key_env": "LITELLM_MASTER_KEY"} if proxy_url else {}
+    project["proxy"] = project["proxy"] | {"url": proxy_url} if proxy_url else {}  # keys: as the profile names them
     project["release"] |= {"name": "cluster-demo", "min_margin": 0.01}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(project))
@@ -94,9 +97,9 @@ def services(redis, postgres, s3_server, tmp_path_factory, request):
     upstream = ScriptedUpstream(
         upstream_policy(BaselinePolicies(table_to_records(tasks_to_table(load_catalog(config)))))
     ).start()
-    proxy = ProxyProcess(
-        shared / "recordings", env=scripted_upstream_env(upstream.url, "sk-upstream-cluster"), host=host
-    ).start()
+    recordings_key = secrets.token_hex(24)
+    env = scripted_upstream_env(upstream.url, "sk-upstream-cluster") | {"TRAJHUB_RECORDINGS_KEY": recordings_key}
+    proxy = ProxyProcess(shared / "recordings", env=env, host=host).start()
     try:
         yield {
             "proxy_url": proxy.url,
@@ -110,7 +113,7 @@ def services(redis, postgres, s3_server, tmp_path_factory, request):
                 "AWS_ENDPOINT_URL": s3_server,
                 **S3_KEYS,
                 "LITELLM_MASTER_KEY": proxy.master_key,
-                "TRAJHUB_RECORDINGS_DIR": str(proxy.recordings_dir),
+                "TRAJHUB_RECORDINGS_KEY": recordings_key,  # each worker fetches its runs' recordings
             },
             "redis": redis,
         }
@@ -239,7 +242,7 @@ def cluster(services, tmp_path_factory):
     with environment(services["env"] | {"DAGSTER_HOME": launcher["DAGSTER_HOME"]}):
         store = Store(root / "launcher" / "home")
         instance = DagsterInstance.from_config(launcher["DAGSTER_HOME"])
-        yield {"store": store, "instance": instance, "pids": pids, "logs": logs, "seconds": seconds}
+        yield {"store": store, "instance": instance, "pids": pids, "logs": logs, "seconds": seconds, "root": root}
         instance.dispose()
 
 
@@ -278,7 +281,8 @@ MASKS = [
     (re.compile(r"\bat 0x[0-9a-f]+"), "at 0x<address>"),  # a Python object's repr in a traceback
     (re.compile(r"\bchatcmpl-scripted-\d+"), "chatcmpl-<n>"),  # the scripted upstream counts its replies
     (re.compile(r"/tmp/trajhub-[^/\s\"']+"), "<workspace>"),  # a local sandbox's directory
-    (re.compile(r'"(created|\w+_at|\w*time\w*|\w+_ms|\w+_s)": ?-?[\d.]+(e-?\d+)?'), r'"\1": <t>'),  # clocks in JSON
+    (re.compile(r'"(created|\w+_at|\w*time\w*|\w+_ms|\w+_s|\w+_ns)": ?-?[\d.]+(e-?\d+)?'), r'"\1": <t>'),  # clocks
+    (re.compile(r'"recorded_by": ?"[^"]*"'), '"recorded_by": <process>'),  # the proxy's host:pid
 ]
 VOLATILE = re.compile(
     r"(^|_)(ts|at|time|timestamp|started|ended|seconds|latency|duration|ms|s)$|_at$|_time|elapsed"
@@ -329,13 +333,23 @@ def _first_difference(x: str, y: str) -> str:
 
 
 def test_every_call_is_recorded_and_stored(cluster, services):
-    store = cluster["store"]
-    stored = Counter(store.sql("SELECT run_id FROM raw_calls").column("run_id").to_pylist())
-    runs = store.sql("SELECT run_id FROM runs").column("run_id").to_pylist()
+    runs = every_call_stored(cluster["store"], services["recordings"])
     assert len(runs) == len(MODELS) * 8
-    for run_id in runs:
-        recorded = (services["recordings"] / f"{run_id}.jsonl").read_text().splitlines()
-        assert stored[run_id] == len(recorded) > 0, run_id
+    # Each from the proxy, by the worker that made the run, into its own home.
+    fetched = {path.stem: path for path in cluster["root"].glob("worker*/home/recordings/*.jsonl")}
+    assert set(fetched) == set(runs)
+    for run_id, path in fetched.items():
+        assert path.read_bytes() == (services["recordings"] / path.name).read_bytes(), run_id
+
+
+def every_call_stored(store: Store, recordings: Path) -> dict[str, list[dict]]:
+    """Each stored run's recorded calls, once each asserted stored."""
+    stored = Counter(store.sql("SELECT run_id FROM raw_calls").column("run_id").to_pylist())
+    calls = {}
+    for run_id in store.sql("SELECT run_id FROM runs").column("run_id").to_pylist():
+        calls[run_id] = [json.loads(line) for line in (recordings / f"{run_id}.jsonl").read_text().splitlines()]
+        assert stored[run_id] == len(calls[run_id]) > 0, run_id
+    return calls
 
 
 def test_the_release_is_the_one_a_single_machine_builds_from_the_same_store(cluster, single_machine, tmp_path):
@@ -385,6 +399,37 @@ def finished(process: subprocess.Popen, timeout: float = 1200) -> None:
     assert returncode == 0, f"{process.args}: exit {returncode}\n{process.log_path.read_text()[-5000:]}"
 
 
+@dataclass
+class Underway:
+    """A backfill started from a launcher, its run's raw_trajectories started on a worker."""
+
+    instance: DagsterInstance
+    launcher: dict[str, str]
+    workers: list[Worker]
+    backfill: subprocess.Popen
+    run_id: str
+    pid: int  # of the worker running raw_trajectories
+    before: set[str]  # the runs there were before it
+
+
+@contextmanager
+def backfill_underway(services, root: Path, model: str, extra: dict[str, str]):
+    """Two workers, the catalog loaded, then `trajhub backfill --model <model> --no-release`
+    until a worker starts its raw_trajectories; in the launcher's environment."""
+    launcher = node(services, root / "launcher") | extra
+    with workers(services, root, 2, extra) as started:
+        trajhub(launcher, "run", "--catalog-only", cwd=root / "launcher")
+        with environment(services["env"] | extra | {"DAGSTER_HOME": launcher["DAGSTER_HOME"]}):
+            instance = DagsterInstance.from_config(launcher["DAGSTER_HOME"])
+            before = {run.run_id for run in instance.get_runs()}
+            backfill = start_trajhub(launcher, "backfill", "--model", model, "--no-release", cwd=root / "launcher")
+            run_id, pid = step_started(instance, "raw_trajectories", started, before)
+            try:
+                yield Underway(instance, launcher, started, backfill, run_id, pid, before)
+            finally:
+                instance.dispose()
+
+
 def test_a_worker_killed_mid_step_leaves_the_step_to_the_other(services, tmp_path):
     """SIGKILL of the worker running raw_trajectories: its step's message was never acknowledged,
     so Redis hands it to the other worker after the visibility timeout (30 s here, in a copy of
@@ -396,34 +441,19 @@ def test_a_worker_killed_mid_step_leaves_the_step_to_the_other(services, tmp_pat
     transport |= {"visibility_timeout": 30, "unacked_restore_interval": 5, "unacked_restore_throttle": 1}
     (tmp_path / "celery.yaml").write_text(yaml.safe_dump(settings))
     extra = fresh_bucket(services) | {"TRAJHUB_CELERY_SETTINGS": str(tmp_path / "celery.yaml")}
-    launcher = node(services, tmp_path / "launcher") | extra
-    with workers(services, tmp_path, 2, extra) as started:
-        trajhub(launcher, "run", "--catalog-only", cwd=tmp_path / "launcher")
-        with environment(services["env"] | extra | {"DAGSTER_HOME": launcher["DAGSTER_HOME"]}):
-            instance = DagsterInstance.from_config(launcher["DAGSTER_HOME"])
-            before = {run.run_id for run in instance.get_runs()}
-            backfill = start_trajhub(
-                launcher, "backfill", "--model", "baseline/careful", "--no-release", cwd=tmp_path / "launcher"
-            )
-            run_id, pid = step_started(instance, "raw_trajectories", started, before)
-            victim = next(w for w in started if w.pid == pid)
-            survivor = next(w for w in started if w is not victim)
-            wait_for_sandboxes(pid)  # well into the step: sandboxes started, calls recorded
-            victim.stop(signal.SIGKILL)
-            finished(backfill)
-            assert not sandboxes_of(pid), "the killed worker's sandboxes were left behind"
-            assert instance.get_run_by_id(run_id).is_success
-            records = [r for r in materializations(instance, "raw_trajectories") if r.run_id == run_id]
-            assert len(records) == 8 and len({r.partition_key for r in records}) == 8
-            workers_of = {r.asset_materialization.metadata["batch_worker"].value.rsplit(":", 1)[1] for r in records}
-            assert workers_of == {str(survivor.pid)}
-            store = Store(tmp_path / "launcher" / "home")
-            stored = Counter(store.sql("SELECT run_id FROM raw_calls").column("run_id").to_pylist())
-            runs = store.sql("SELECT run_id FROM runs").column("run_id").to_pylist()
-            assert len(runs) == 8
-            for run in runs:
-                assert stored[run] == len((services["recordings"] / f"{run}.jsonl").read_text().splitlines()) > 0
-            instance.dispose()
+    with backfill_underway(services, tmp_path, "baseline/careful", extra) as underway:
+        victim = next(w for w in underway.workers if w.pid == underway.pid)
+        survivor = next(w for w in underway.workers if w is not victim)
+        wait_for_sandboxes(victim.pid)  # well into the step: sandboxes started, calls recorded
+        victim.stop(signal.SIGKILL)
+        finished(underway.backfill)
+        assert not sandboxes_of(victim.pid), "the killed worker's sandboxes were left behind"
+        assert underway.instance.get_run_by_id(underway.run_id).is_success
+        records = [r for r in materializations(underway.instance, "raw_trajectories") if r.run_id == underway.run_id]
+        assert len(records) == 8 and len({r.partition_key for r in records}) == 8
+        workers_of = {r.asset_materialization.metadata["batch_worker"].value.rsplit(":", 1)[1] for r in records}
+        assert workers_of == {str(survivor.pid)}
+        assert len(every_call_stored(Store(tmp_path / "launcher" / "home"), services["recordings"])) == 8
         assert "Task execute_plan" in survivor.log.read_text()
 
 
@@ -502,33 +532,22 @@ def test_redis_restarted_mid_run_then_a_rerun_finishes_the_rest(services, tmp_pa
     held are gone. The run either completes (the worker stores its result in the new Redis) or
     fails saying why; `trajhub backfill --missing` then runs what is left, and every partition
     ends up stored once per run that kept it."""
-    extra = fresh_bucket(services)
-    launcher = node(services, tmp_path / "launcher") | extra
-    with workers(services, tmp_path, 2, extra) as started:
-        trajhub(launcher, "run", "--catalog-only", cwd=tmp_path / "launcher")
-        with environment(services["env"] | extra | {"DAGSTER_HOME": launcher["DAGSTER_HOME"]}):
-            instance = DagsterInstance.from_config(launcher["DAGSTER_HOME"])
-            before = {run.run_id for run in instance.get_runs()}
-            backfill = start_trajhub(
-                launcher, "backfill", "--model", "baseline/hasty", "--no-release", cwd=tmp_path / "launcher"
-            )
-            run_id, _ = step_started(instance, "raw_trajectories", started, before)
-            time.sleep(2)
-            services["redis"].restart()
-            returncode = ended(backfill, 900)
-            out = backfill.log_path.read_text()
-            run = instance.get_run_by_id(run_id)
-            if returncode != 0:
-                assert run.is_failure and f"record_and_score failed (run {run_id})" in out, out[-3000:]
-            rerun = trajhub(
-                launcher, "backfill", "--model", "baseline/hasty", "--missing", "--no-release", cwd=tmp_path
-            )
-            hasty = {run_key("baseline__hasty", i) for i in instances(Store(tmp_path / "launcher" / "home"))}
-            assert len(hasty) == 8
-            for asset in RECORD_AND_SCORE_ASSETS:
-                assert hasty <= instance.get_materialized_partitions(AssetKey(asset)), asset
-            instance.dispose()
-        print(f"redis restart: the first run {'completed' if returncode == 0 else 'failed'}; {rerun.stdout[-300:]}")
+    with backfill_underway(services, tmp_path, "baseline/hasty", fresh_bucket(services)) as underway:
+        time.sleep(2)
+        services["redis"].restart()
+        returncode = ended(underway.backfill, 900)
+        out = underway.backfill.log_path.read_text()
+        if returncode != 0:
+            run = underway.instance.get_run_by_id(underway.run_id)
+            assert run.is_failure and f"record_and_score failed (run {underway.run_id})" in out, out[-3000:]
+        rerun = trajhub(
+            underway.launcher, "backfill", "--model", "baseline/hasty", "--missing", "--no-release", cwd=tmp_path
+        )
+        hasty = {run_key("baseline__hasty", i) for i in instances(Store(tmp_path / "launcher" / "home"))}
+        assert len(hasty) == 8
+        for asset in RECORD_AND_SCORE_ASSETS:
+            assert hasty <= underway.instance.get_materialized_partitions(AssetKey(asset)), asset
+    print(f"redis restart: the first run {'completed' if returncode == 0 else 'failed'}; {rerun.stdout[-300:]}")
 
 
 def instances(store: Store) -> list[str]:
@@ -541,48 +560,28 @@ def test_a_second_run_of_the_same_partitions_waits_then_replaces_them_whole(serv
     partitions: every table then holds the second's runs only, each partition whole (the same
     run ids in the runs, the calls, the conversations and every reward table)."""
     extra = fresh_bucket(services)
-    launchers = [node(services, tmp_path / f"launcher{n}") | extra for n in (1, 2)]
-    with workers(services, tmp_path, 2, extra) as started:
-        trajhub(launchers[0], "run", "--catalog-only", cwd=tmp_path / "launcher1")
-        with environment(services["env"] | extra | {"DAGSTER_HOME": launchers[0]["DAGSTER_HOME"]}):
-            instance = DagsterInstance.from_config(launchers[0]["DAGSTER_HOME"])
-            before = {run.run_id for run in instance.get_runs()}
-            backfill = ["backfill", "--model", "baseline/careful", "--no-release"]
-            first = start_trajhub(launchers[0], *backfill, cwd=tmp_path / "launcher1")
-            first_run, _ = step_started(instance, "raw_trajectories", started, before)
-            second = start_trajhub(launchers[1], *backfill, cwd=tmp_path / "launcher2")
-            finished(first)
-            finished(second)
-            said = second.log_path.read_text()
-            assert f"record_and_score waits: run {first_run} (record_and_score, STARTED)" in said, said[-3000:]
-            records = [instance.get_run_record_by_id(r.run_id) for r in instance.get_runs() if r.run_id not in before]
-            [then] = [
-                r for r in records if r.dagster_run.job_name == "record_and_score" and r.dagster_run.run_id != first_run
-            ]
-            first_ended = instance.get_run_record_by_id(first_run).end_time
-            assert then.start_time >= first_ended and then.dagster_run.is_success
-            instance.dispose()
-    with environment(services["env"] | extra):
-        store = Store(tmp_path / "launcher1" / "home")
-        runs = set(store.sql("SELECT run_id FROM runs").column("run_id").to_pylist())
-        assert len(runs) == 8
+    with backfill_underway(services, tmp_path, "baseline/careful", extra) as first:
+        second_launcher = node(services, tmp_path / "launcher2") | extra
+        second = start_trajhub(
+            second_launcher, "backfill", "--model", "baseline/careful", "--no-release", cwd=tmp_path / "launcher2"
+        )
+        finished(first.backfill)
+        finished(second)
+        said = second.log_path.read_text()
+        assert f"record_and_score waits: run {first.run_id} (record_and_score, STARTED)" in said, said[-3000:]
+        runs = [r for r in first.instance.get_runs() if r.run_id not in first.before]
+        [then] = [r for r in runs if r.job_name == "record_and_score" and r.run_id != first.run_id]
+        then = first.instance.get_run_record_by_id(then.run_id)
+        assert then.start_time >= first.instance.get_run_record_by_id(first.run_id).end_time
+        assert then.dagster_run.is_success
+        store = Store(tmp_path / "launcher" / "home")
+        calls = every_call_stored(store, services["recordings"])
+        assert len(calls) == 8
         for table in RUN_TABLES:
-            assert set(store.sql(f"SELECT DISTINCT run_id FROM {table}").column("run_id").to_pylist()) == runs, table
-        stored = Counter(store.sql("SELECT run_id FROM raw_calls").column("run_id").to_pylist())
-    for run in runs:
-        recorded = [json.loads(line) for line in (services["recordings"] / f"{run}.jsonl").read_text().splitlines()]
-        assert stored[run] == len(recorded) > 0
-        assert min(r["started_at"] for r in recorded) >= then.start_time, f"{run} is the first launcher's"
+            assert set(store.sql(f"SELECT DISTINCT run_id FROM {table}").column("run_id").to_pylist()) == set(calls)
+        for run, recorded in calls.items():
+            assert min(r["started_at"] for r in recorded) >= then.start_time, f"{run} is the first launcher's"
 
 
-# The tables of one run partition, each row naming its run.
-RUN_TABLES = [
-    "raw_calls",
-    "merged_trajectories",
-    "rule_steps",
-    "rule_summary",
-    "judge_checks",
-    "judge_steps",
-    "judge_summary",
-    "trajectory_rewards",
-]
+# The tables of one run partition whose rows name their run (message_blobs' rows are content).
+RUN_TABLES = [t for t, asset in WRITTEN_BY.items() if asset in RECORD_AND_SCORE_ASSETS and t != "message_blobs"]
