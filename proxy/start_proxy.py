@@ -57,9 +57,11 @@ class RecordingMiddleware:
 def recording_app():
     """litellm's app with trajhub's routes and the recorder's middleware added."""
     import forwarding
+    import recordings
     from litellm.proxy.proxy_server import app
 
     forwarding.install(app)  # same wire format: the client's body goes upstream unchanged
+    recordings.install(app)  # a run's recordings file, for workers on other machines
     # Innermost (after litellm's gzip middleware): the recorder sees plain response bodies.
     app.user_middleware.append(Middleware(RecordingMiddleware))
     return app

@@ -95,6 +95,11 @@ class ProxyConfig(_Strict):
     url: str | None = Field(None, description="External proxy; default: start one on loopback.")
     master_key_env: str | None = Field(None, description="Variable holding the external proxy's key.")
     workers: int = Field(1, ge=1, description="Worker processes of the proxy trajhub starts (--num_workers).")
+    recordings_key_env: str | None = Field(
+        None,
+        description="Variable holding the external proxy's recordings key (TRAJHUB_RECORDINGS_KEY): runs' "
+        "recordings are then fetched from the proxy, not read from a shared TRAJHUB_RECORDINGS_DIR.",
+    )
 
 
 class JudgeConfig(_Strict):

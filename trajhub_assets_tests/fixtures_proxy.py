@@ -24,6 +24,7 @@ class RunningProxy:
     process: ProxyProcess
     home: Path  # TRAJHUB_HOME of this proxy: recordings/ and logs/ live under it
     upstream_key: str  # the key the proxy sends upstream: must never be recorded
+    recordings_key: str  # the key of its /trajhub/recordings route (proxy/recordings.py)
 
     @property
     def url(self) -> str:
@@ -47,12 +48,11 @@ class RunningProxy:
 
 
 def _start(home: Path, upstream: ScriptedUpstream) -> RunningProxy:
-    upstream_key = f"sk-upstream-{secrets.token_hex(16)}"
-    process = ProxyProcess(
-        home / "recordings", log_path=home / "logs" / "proxy.log", env=scripted_upstream_env(upstream.url, upstream_key)
-    )
+    upstream_key, recordings_key = f"sk-upstream-{secrets.token_hex(16)}", secrets.token_hex(24)
+    env = scripted_upstream_env(upstream.url, upstream_key) | {"TRAJHUB_RECORDINGS_KEY": recordings_key}
+    process = ProxyProcess(home / "recordings", log_path=home / "logs" / "proxy.log", env=env)
     process.start()
-    return RunningProxy(process, home, upstream_key)
+    return RunningProxy(process, home, upstream_key, recordings_key)
 
 
 @pytest.fixture(scope="session")

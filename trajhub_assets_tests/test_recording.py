@@ -577,6 +577,45 @@ def test_proxy_resource_takes_an_external_proxy_from_the_project(proxy, tmp_path
     assert (resource.base_url, resource.key, resource.port) == (proxy.url, proxy.master_key, proxy.process.port)
 
 
+def test_a_worker_elsewhere_fetches_a_runs_recordings_with_the_recordings_key_only(
+    proxy, upstream, tmp_path, monkeypatch
+):
+    upstream.set_script([say("hi")])
+    run_id, never = make_run_id("scripted-model", "fetched", 0), make_run_id("scripted-model", "never", 0)
+    assert post(proxy, "/v1/chat/completions", chat_body("hi"), run_id).status_code == 200
+    route = f"{proxy.url}/trajhub/recordings"
+    for key in (None, proxy.master_key, "wrong"):  # the agents in the sandboxes hold the master key
+        assert (
+            httpx.get(f"{route}/{run_id}", headers={"authorization": f"Bearer {key}"} if key else {}).status_code == 401
+        )
+    key = {"authorization": f"Bearer {proxy.recordings_key}"}
+    assert httpx.get(f"{route}/{run_id}", headers=key).content == proxy.recording(run_id).read_bytes()
+    assert httpx.get(f"{route}/{never}", headers=key).status_code == 404
+    for outside in (".hidden", "..%2F..%2Fetc%2Fpasswd", "run%00id"):
+        assert httpx.get(f"{route}/{outside}", headers=key).status_code in (400, 404), outside
+    # A worker's resource: the file fetched into its own recordings directory, whole.
+    config = tmp_path / "project.yaml"
+    config.write_text(
+        f"tasks: [{{path: tasks.jsonl}}]\nproxy: {{url: '{proxy.url}', master_key_env: TEST_PROXY_KEY, "
+        "recordings_key_env: TEST_RECORDINGS_KEY}\n"
+    )
+    monkeypatch.setenv("TEST_PROXY_KEY", proxy.master_key)
+    monkeypatch.setenv("TEST_RECORDINGS_KEY", proxy.recordings_key)
+    worker = ProxyResource(project=ProjectResource(path=str(config)), recordings_dir=str(tmp_path / "worker"))
+    fetched = worker.recording(run_id)
+    assert fetched == tmp_path / "worker" / f"{run_id}.jsonl"
+    assert fetched.read_bytes() == proxy.recording(run_id).read_bytes()
+    assert read_run(fetched).records[0]["run_id"] == run_id
+    assert not worker.recording(never).exists()  # a run that made no call
+    monkeypatch.setenv("TEST_RECORDINGS_KEY", proxy.master_key)
+    with pytest.raises(ProxyError, match="HTTP 401: the recordings key is required"):
+        worker.recording(run_id)
+    monkeypatch.delenv("TEST_RECORDINGS_KEY")
+    with pytest.raises(ProxyError, match="recordings_key_env: the recordings key of .* is not set"):
+        worker.recording(run_id)
+    assert sorted(p.name for p in (tmp_path / "worker").iterdir()) == [f"{run_id}.jsonl"]  # no partial file left
+
+
 def test_baseline_routes_reach_the_scripted_upstream(proxy, upstream):
     upstream.set_script(lambda request: say(request.body["model"]))
     run_id = make_run_id("baseline__careful", "routes", 0)
@@ -630,7 +669,7 @@ def test_no_credential_anywhere_under_trajhub_home(proxy, upstream, tmp_path):
 
     run = parse_run_id(run_id)
     load_runs(Store(proxy.home), [proxy.recording(run_id)], run.model_key, run.instance)
-    secrets = [proxy.master_key, proxy.upstream_key, body_secret]
+    secrets = [proxy.master_key, proxy.upstream_key, proxy.recordings_key, body_secret]
     checked = 0
     for path in proxy.home.rglob("*"):
         if not path.is_file():

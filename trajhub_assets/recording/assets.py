@@ -82,7 +82,8 @@ def raw_trajectories(
         row = run_attempt(
             tasks[partition["instance"]], config.model(partition["model"]), attempt, endpoint, config.sandbox
         )
-        usage = recording_usage(proxy.recordings() / f"{row['run_id']}.jsonl")
+        recording = proxy.recording(row["run_id"])  # fetched here when the proxy is on another machine
+        usage = recording_usage(recording)
         progress.advance(
             f"{row['run_id']}: {row['stop_reason']}, {row['tests_passed']}/{row['tests_total']} "
             f"tests passed" + (f", error: {row['error']}" if row["error"] else ""),
@@ -90,7 +91,7 @@ def raw_trajectories(
             resolved=row["resolved"],
             **usage,
         )
-        return partition, row, usage
+        return partition, row, usage, recording
 
     context.log.info(
         "%d attempts over %d partitions, %d at a time", len(jobs), len(partitions), config.sandbox.max_concurrent
@@ -109,11 +110,11 @@ def raw_trajectories(
 
     totals = Counter()
     for partition in partitions:
-        rows = [row for p, row, _ in results if p == partition]
+        rows = [row for p, row, _, _ in results if p == partition]
         store.write(RUNS, pa.Table.from_pylist(rows, schema=RUNS.schema), partition)
-        files = [proxy.recordings() / f"{row['run_id']}.jsonl" for row in rows]
-        loaded = load_runs(store, [f for f in files if f.exists()], partition["model"], partition["instance"])
-        summary = runs_summary(rows, [usage for p, _, usage in results if p == partition]) | {
+        files = [recording for p, _, _, recording in results if p == partition and recording.exists()]
+        loaded = load_runs(store, files, partition["model"], partition["instance"])
+        summary = runs_summary(rows, [usage for p, _, usage, _ in results if p == partition]) | {
             "calls": loaded.calls,
             "raw_bytes": loaded.raw_bytes,
             "stored_bytes": loaded.stored_bytes,
@@ -123,7 +124,7 @@ def raw_trajectories(
         )
         totals.update(summary)
     # After the store has every row and call: a failed run is data, even when all failed.
-    failed = [row for _, row, _ in results if row["error"] is not None]
+    failed = [row for _, row, _, _ in results if row["error"] is not None]
     fail_if_all_failed(
         "runs of this batch",
         len(results),

@@ -2,7 +2,9 @@
 
 With no external URL (`url`, or the project's `proxy.url`) it starts the real proxy on
 first use in a run (random master key, offline cost map) and stops it when the run ends;
-with one it uses that proxy, whose recordings directory must be shared with this process.
+with one it uses that proxy, and reads each run's recordings from the directory it shares with
+that proxy or, when the project names a recordings key (`proxy.recordings_key_env`), fetches
+them from the proxy's /trajhub/recordings route into this machine's recordings directory.
 """
 
 from __future__ import annotations
@@ -10,8 +12,9 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import quote, urlparse
 
+import httpx
 from dagster import ConfigurableResource, InitResourceContext
 from pydantic import PrivateAttr
 
@@ -50,6 +53,15 @@ class ProxyResource(ConfigurableResource):
             return Path(self.recordings_dir)
         explicit = os.environ.get("TRAJHUB_RECORDINGS_DIR")
         return Path(explicit) if explicit else home() / "recordings"
+
+    def recording(self, run_id: str) -> Path:
+        """The run's recordings file on this machine (absent: the run made no call)."""
+        path = self.recordings() / f"{run_id}.jsonl"
+        url, _ = self._external()
+        settings = self.project.load().proxy if self.project is not None else None
+        if url and settings is not None and settings.recordings_key_env:
+            _fetch_recording(url, os.environ.get(settings.recordings_key_env), run_id, path)
+        return path
 
     def _external(self) -> tuple[str | None, str | None]:
         """(url, key) of an external proxy, or (None, None) to start our own."""
@@ -142,3 +154,28 @@ class ProxyResource(ConfigurableResource):
         if self._upstream is not None:
             self._upstream.stop()
             self._upstream = None
+
+
+def _fetch_recording(url: str, key: str | None, run_id: str, path: Path) -> None:
+    """Copy the proxy's file of `run_id` to `path` whole (a temporary name, then a rename)."""
+    if not key:
+        raise ProxyError(f"proxy.recordings_key_env: the recordings key of {url} is not set in this environment")
+    address = f"{url.rstrip('/')}/trajhub/recordings/{quote(run_id, safe='')}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+    try:
+        with httpx.stream("GET", address, headers={"authorization": f"Bearer {key}"}, timeout=120) as response:
+            if response.status_code == 404:
+                return  # the run made no call
+            if response.status_code != 200:
+                raise ProxyError(
+                    f"{address}: HTTP {response.status_code}: {response.read()[:300].decode(errors='replace')}"
+                )
+            with partial.open("wb") as out:
+                for chunk in response.iter_bytes():
+                    out.write(chunk)
+        os.replace(partial, path)
+    except httpx.HTTPError as error:
+        raise ProxyError(f"{address}: the recordings of run {run_id} could not be fetched: {error}") from None
+    finally:
+        partial.unlink(missing_ok=True)
