@@ -314,6 +314,8 @@ def test_proxy_deployment_matches_proxy_dockerfile():
     listens = int(re.search(r'"--port", "(\d+)"', PROXY_DOCKERFILE).group(1))
     uid = int(re.search(r"^USER (\d+)", PROXY_DOCKERFILE, re.M).group(1))
     recordings = dockerfile_env(PROXY_DOCKERFILE, "TRAJHUB_RECORDINGS_DIR")
+    copied = re.search(r"^COPY (.+) \./$", PROXY_DOCKERFILE, re.M).group(1).split()
+    assert {p.name for p in (REPO / "proxy").glob("*.py")} <= set(copied)  # every module start_proxy imports
 
     deployment = resource("Deployment", "trajhub-proxy")
     spec = deployment["spec"]["template"]["spec"]
