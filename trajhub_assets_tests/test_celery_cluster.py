@@ -444,10 +444,10 @@ def test_a_worker_killed_mid_step_leaves_the_step_to_the_other(services, tmp_pat
     with backfill_underway(services, tmp_path, "baseline/careful", extra) as underway:
         victim = next(w for w in underway.workers if w.pid == underway.pid)
         survivor = next(w for w in underway.workers if w is not victim)
-        wait_for_sandboxes(victim.pid)  # well into the step: sandboxes started, calls recorded
-        victim.stop(signal.SIGKILL)
+        wait_for_sandboxes(underway.pid)  # well into the step: sandboxes started, calls recorded
+        victim.stop(signal.SIGKILL)  # its pid is gone from /proc now: underway.pid names it
         finished(underway.backfill)
-        assert not sandboxes_of(victim.pid), "the killed worker's sandboxes were left behind"
+        assert not sandboxes_of(underway.pid), "the killed worker's sandboxes were left behind"
         assert underway.instance.get_run_by_id(underway.run_id).is_success
         records = [r for r in materializations(underway.instance, "raw_trajectories") if r.run_id == underway.run_id]
         assert len(records) == 8 and len({r.partition_key for r in records}) == 8
