@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from dagster import AssetExecutionContext, MaterializeResult, asset
 
@@ -17,7 +18,6 @@ from trajhub_assets.checks import (
     TRAJECTORY_CHECK_SPECS,
     every_rule_hit_has_evidence,
     judge_values_in_range,
-    read_batch,
     rule_values_in_range,
     trajectory_rewards_in_range,
 )
@@ -129,19 +129,21 @@ def score_rule_partitions(
 )
 def rule_rewards(context: AssetExecutionContext, store: StoreResource, project: ProjectResource) -> MaterializeResult:
     store, config = store.get(), project.load()
-    hits = 0
     partitions = run_partitions_of(context)
     metadata = PartitionMetadata(context, len(partitions))
+    written_steps, written_summaries = [], []  # what the checks look at: the tables just written
     for partition, steps, summary in score_rule_partitions(store, partitions, stored_tasks(store), config.rewards):
-        metadata.add(
-            run_key(partition["model"], partition["instance"]),
-            {"rule_hits": steps.num_rows, "hits_per_rule": table(hits_per_rule(summary))},
-        )
-        hits += steps.num_rows
-    steps, summary = read_batch(store, RULE_STEPS, partitions), read_batch(store, RULE_SUMMARY, partitions)
+        if metadata.per_partition:
+            metadata.add(
+                run_key(partition["model"], partition["instance"]),
+                {"rule_hits": steps.num_rows, "hits_per_rule": table(hits_per_rule(summary))},
+            )
+        written_steps.append(steps)
+        written_summaries.append(summary)
+    steps, summary = pa.concat_tables(written_steps), pa.concat_tables(written_summaries)
     return MaterializeResult(
         check_results=[rule_values_in_range(steps, summary), every_rule_hit_has_evidence(steps)],
-        metadata=batch_totals({"rule_hits": hits}, len(partitions))
+        metadata=batch_totals({"rule_hits": steps.num_rows}, len(partitions))
         | {"ruleset_version": RULESET_VERSION}
         | metadata.batch(),
     )
@@ -183,6 +185,7 @@ def judge_rewards(
     partitions = run_partitions_of(context)
     progress = Progress(context.log, len(partitions), "partitions judged")
     metadata = PartitionMetadata(context, len(partitions))
+    written_steps, written_summaries = [], []  # what the check looks at: the tables just written
     # One Judge for the batch: the run budget spans it, and the proxy starts on its first miss only.
     with Judge(config.judge, default_cache(store.root), proxy=judge_endpoint(config.judge, proxy)) as judge:
         for partition in partitions:
@@ -197,14 +200,17 @@ def judge_rewards(
             store.write(JUDGE_CHECKS, out.checks, partition)
             store.write(JUDGE_STEPS, out.steps, partition)
             store.write(JUDGE_SUMMARY, out.summary, partition)
+            written_steps.append(out.steps)
+            written_summaries.append(out.summary)
             usage = usage + out.usage
             metadata.add(run_key(partition["model"], partition["instance"]), out.usage.metadata())
             first_error = first_error or next(
                 (
                     f"{row['run_id']}: {row['error']}"
                     for judged in (out.steps, out.checks)
-                    for row in judged.to_pylist()
-                    if row.get("error")
+                    for row in judged.filter(pc.fill_null(pc.not_equal(judged["error"], ""), False))
+                    .select(["run_id", "error"])
+                    .to_pylist()
                 ),
                 None,
             )
@@ -219,9 +225,7 @@ def judge_rewards(
     if judge.budget_reached:
         context.log.warning(judge.budget_reached)
     fail_if_all_failed("judge items of this batch", usage.items, usage.errors, first_error or "")
-    check = judge_values_in_range(
-        read_batch(store, JUDGE_STEPS, partitions), read_batch(store, JUDGE_SUMMARY, partitions)
-    )
+    check = judge_values_in_range(pa.concat_tables(written_steps), pa.concat_tables(written_summaries))
     return MaterializeResult(
         check_results=[check], metadata=batch_totals(usage.metadata(), len(partitions)) | metadata.batch()
     )
@@ -243,7 +247,7 @@ def trajectory_rewards_asset(
     context: AssetExecutionContext, store: StoreResource, project: ProjectResource
 ) -> MaterializeResult:
     store, config = store.get(), project.load()
-    partitions, rewards = run_partitions_of(context), []
+    partitions, rewards, written = run_partitions_of(context), [], []
     metadata = PartitionMetadata(context, len(partitions))
     for partition in partitions:
         rewarded = trajectory_rewards(
@@ -253,6 +257,7 @@ def trajectory_rewards_asset(
             config.rewards,
         )
         store.write(TRAJECTORY_REWARDS, rewarded, partition)
+        written.append(rewarded)  # what the check looks at
         partition_rewards = [(model_name(partition["model"]), r["reward"]) for r in rewarded.to_pylist()]
         rewards += partition_rewards
         # One model per partition: its stats are the partition's (none when it has no run).
@@ -262,7 +267,7 @@ def trajectory_rewards_asset(
             {k: v for k, v in stats.items() if k != "model"}
             | {"rewards": table(rewards_preview(rewarded), REWARDS_SHOWN)},
         )
-    written = read_batch(store, TRAJECTORY_REWARDS, partitions)
+    written = pa.concat_tables(written)
     return MaterializeResult(
         check_results=[trajectory_rewards_in_range(written)],
         metadata=batch_totals({"runs": written.num_rows}, len(partitions))
