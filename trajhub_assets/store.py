@@ -116,8 +116,11 @@ class Store:
         path = self.partition_file(table, partition)
         return self.objects.exists(path) if self.objects else path.exists()
 
-    def read(self, table: Table, partition: Mapping[str, str] | None = None) -> pa.Table:
-        """One partition (or an unpartitioned table) with the table's declared schema."""
+    def read(
+        self, table: Table, partition: Mapping[str, str] | None = None, columns: list[str] | None = None
+    ) -> pa.Table:
+        """One partition (or an unpartitioned table) with the table's declared schema, or only
+        its `columns` (a wide table's few columns decode in a fraction of the time)."""
         path = self.partition_file(table, partition)
         try:
             if self.objects:
@@ -133,12 +136,13 @@ class Store:
             ) from None
         # ParquetFile reads a single file in half the time of read_table's dataset machinery;
         # a file written under an older schema still goes through read_table, which fills and casts.
-        data = pq.ParquetFile(source).read()
-        if data.schema.equals(table.schema):
+        data = pq.ParquetFile(source).read(columns=columns)
+        schema = table.schema if columns is None else pa.schema([table.schema.field(c) for c in columns])
+        if data.schema.equals(schema):
             return data
         if isinstance(source, pa.BufferReader):
             source.seek(0)
-        return pq.read_table(source, schema=table.schema)
+        return pq.read_table(source, schema=table.schema, columns=columns)
 
     def table_names(self) -> list[str]:
         if self.objects:

@@ -119,3 +119,13 @@ def test_a_partition_written_under_an_older_schema_reads_with_nulls_for_new_colu
     older.parent.mkdir(parents=True)
     pa.parquet.write_table(pa.table({"attempt": [1, 2]}), older)  # before `text` was declared
     assert store.read(RUNS, partition).to_pylist() == [{"attempt": 1, "text": None}, {"attempt": 2, "text": None}]
+
+
+def test_reading_some_columns_of_a_partition(store):
+    partition = {"model": "m", "instance": "a"}
+    store.write(RUNS, rows(2, "x"), partition)
+    assert store.read(RUNS, partition, ["text"]).equals(pa.table({"text": ["x", "x"]}))
+    older = {"model": "m", "instance": "b"}
+    store.partition_file(RUNS, older).parent.mkdir(parents=True)
+    pa.parquet.write_table(pa.table({"attempt": [1]}), store.partition_file(RUNS, older))  # before `text`
+    assert store.read(RUNS, older, ["text", "attempt"]).to_pylist() == [{"text": None, "attempt": 1}]
