@@ -708,7 +708,7 @@ def test_instance_lengths_are_the_rules_lengths_of_every_model_read_once(store, 
     reads = []
     real = assets.pq
     monkeypatch.setattr(
-        assets, "pq", SimpleNamespace(read_table=lambda *a, **kw: reads.append(1) or real.read_table(*a, **kw))
+        assets, "pq", SimpleNamespace(ParquetFile=lambda *a, **kw: reads.append(1) or real.ParquetFile(*a, **kw))
     )
     assert assets.instance_lengths(store, "i") == expected and reads == []
     # A partition re-merged with other runs: read again, the others still not.
@@ -716,3 +716,19 @@ def test_instance_lengths_are_the_rules_lengths_of_every_model_read_once(store, 
     assert assets.instance_lengths(store, "i") == trajectory_lengths(written)
     assert len(reads) == 1
     assert assets.instance_lengths(store, "never-run") == {}
+
+
+def test_the_outcome_columns_read_are_the_fields_the_rewards_use():
+    """run_outcomes reads only OUTCOME_COLUMNS of `runs`: a rule, the judge's prompt or the
+    trajectory reward that read another field of the outcome would see nothing."""
+    import inspect
+    import re
+
+    from trajhub_assets.recording.schema import RUNS
+    from trajhub_assets.rewards import assets, judge, trajectory
+
+    used = set()
+    for module in (rules, judge, trajectory):
+        used |= set(re.findall(r"""outcome(?: or \{\}\))?(?:\.get\(|\[)["'](\w+)["']""", inspect.getsource(module)))
+    assert used == set(assets.OUTCOME_COLUMNS) - {"run_id"}
+    assert set(assets.OUTCOME_COLUMNS) <= set(RUNS.schema.names)

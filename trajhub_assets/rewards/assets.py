@@ -47,10 +47,24 @@ from trajhub_assets.store import Store
 from trajhub_assets.tasks.catalog import stored_tasks
 from trajhub_assets.tasks.schema import TASKS
 
+# What the rules, the judge's prompt and the trajectory reward read of a run's outcome: `runs`
+# has 27 columns, and reading these few takes half the time (test_rules holds the list to them).
+OUTCOME_COLUMNS = [
+    "run_id",
+    "tests_total",
+    "tests_passed",
+    "tests_failed",
+    "test_exit_code",
+    "timed_out",
+    "agent_exit_code",
+    "diff",
+]
+
 
 def run_outcomes(store: Store, partition: dict) -> dict[str, dict]:
-    """The `runs` rows of one (model, instance) partition by run_id."""
-    return {row["run_id"]: row for row in store.read(RUNS, partition).to_pylist()}
+    """The outcome (OUTCOME_COLUMNS of its `runs` row) of each run of one (model, instance)
+    partition, by run_id."""
+    return {row["run_id"]: row for row in store.read(RUNS, partition, OUTCOME_COLUMNS).to_pylist()}
 
 
 def partition_inputs(store: Store, partition: dict) -> tuple[list[dict], dict[str, dict]]:
@@ -78,8 +92,8 @@ def instance_lengths(store: Store, instance: str) -> dict[str, int]:
     fresh = {path: known[path] for path, version in files.items() if known.get(path, {}).get("version") == version}
     if stale := [path for path in files if path not in fresh]:
         for path in stale:  # pyarrow, not a DuckDB connection: opening one costs more than the read
-            with store.open_file(path) as file:
-                read = pq.read_table(file, columns=["run_id", "kind", "n_generations"]).to_pydict()
+            with store.open_file(path) as file:  # ParquetFile: half the time of read_table's dataset machinery
+                read = pq.ParquetFile(file).read(columns=["run_id", "kind", "n_generations"]).to_pydict()
             lengths: dict[str, int] = {}
             for run_id, kind, generations in zip(read["run_id"], read["kind"], read["n_generations"], strict=True):
                 steps = (generations or 0) if kind in MAIN_AGENT_KINDS else 0
