@@ -13,7 +13,7 @@ from dagster import (
 )
 
 from trajhub_assets.automation import FOLLOW_ANY_INPUTS
-from trajhub_assets.checks import PAIR_CHECK_SPECS, margin_respected, read_batch
+from trajhub_assets.checks import PAIR_CHECK_SPECS, margin_respected
 from trajhub_assets.lineage import reading
 from trajhub_assets.merge.schema import MERGED_TRAJECTORIES, table_to_conversations
 from trajhub_assets.metadata import PartitionMetadata, batch_totals, table
@@ -88,22 +88,26 @@ def preference_pairs_asset(
     policy = PairPolicy.from_config(config.release)
     stats, coverage = Counter(), Counter()
     metadata = PartitionMetadata(context, len(context.partition_keys))
+    written = []  # what the check looks at: the tables just written
     for instance in context.partition_keys:
         result = preference_pairs(*instance_inputs(store, instance), policy)
         store.write(PREFERENCE_PAIRS, result.table, {"instance": instance})
+        written.append(result.table)
         counts = {k: v for k, v in result.stats.items() if isinstance(v, int)} | {"pairs": result.table.num_rows}
-        preview = (
-            table(preview_rows(result.table)) if result.table.num_rows else MetadataValue.text(no_pairs_reason(counts))
-        )
-        metadata.add(
-            instance,
-            counts | {"preview": preview, "pairs_per_model": MetadataValue.json(result.stats["model_coverage"])},
-        )
+        if metadata.per_partition:
+            preview = (
+                table(preview_rows(result.table))
+                if result.table.num_rows
+                else MetadataValue.text(no_pairs_reason(counts))
+            )
+            metadata.add(
+                instance,
+                counts | {"preview": preview, "pairs_per_model": MetadataValue.json(result.stats["model_coverage"])},
+            )
         stats.update(counts)
         coverage.update(result.stats["model_coverage"])
-    written = read_batch(store, PREFERENCE_PAIRS, [{"instance": i} for i in context.partition_keys])
     return MaterializeResult(
-        check_results=[margin_respected(written, policy.min_margin)],
+        check_results=[margin_respected(pa.concat_tables(written), policy.min_margin)],
         metadata=batch_totals(stats, len(context.partition_keys))
         | {"batch_pairs_per_model": MetadataValue.json(dict(sorted(coverage.items())))}
         | metadata.batch(),
