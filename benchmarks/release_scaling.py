@@ -14,6 +14,7 @@ seconds, peak RSS and MB per 1,000 trajectories, then the last line
 Z: seconds per trajectory at the largest size over the same at the smallest (about 1 when linear).
 
     python benchmarks/release_scaling.py [--sizes 2000 20000] [--work DIR] [--profile FILE]
+    python benchmarks/release_scaling.py --release STORE   # an existing store, e.g. the 20 x 1,000 run's
 """
 
 from __future__ import annotations
@@ -164,7 +165,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--work", type=Path, default=None, help="keep the stores here (reused when present)")
     parser.add_argument("--profile", type=Path, default=None, help="cProfile stats of the largest release")
-    parser.add_argument("--release", type=Path, default=None, help=argparse.SUPPRESS)  # the child process
+    # Also how each size's child process is run.
+    parser.add_argument(
+        "--release",
+        type=Path,
+        default=None,
+        metavar="STORE",
+        help="only release the store at STORE (e.g. scale_pipeline.py --root R's R/home) and print its figures",
+    )
     args = parser.parse_args()
     if args.release:
         print(json.dumps(release(args.release, args.profile)))
