@@ -243,11 +243,17 @@ class ProxyReplicas:
         raise ProxyError(f"the front on {self.url} did not answer in {timeout:.0f}s")
 
     def stop(self) -> None:
-        if self.front is not None and self.front.poll() is None:
-            self.front.terminate()
-            self.front.wait(15)
-        for replica in self.replicas:
-            replica.stop()
+        try:
+            if self.front is not None and self.front.poll() is None:
+                self.front.terminate()
+                try:
+                    self.front.wait(15)
+                except subprocess.TimeoutExpired:  # CI saw one outlive SIGTERM by 15 s, under load
+                    self.front.kill()
+                    self.front.wait(15)
+        finally:
+            for replica in self.replicas:
+                replica.stop()
 
     def __enter__(self) -> Self:
         return self.start()
