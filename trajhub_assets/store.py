@@ -197,7 +197,7 @@ class Store:
     def size(self, path: Path | str) -> int:
         """Bytes of a file `write` returned (a local path or an s3:// object)."""
         if self.objects:
-            return self.objects.fs.get_file_info(self.objects._key(str(path))).size
+            return self.objects.size(str(path))
         return Path(path).stat().st_size
 
     def open_file(self, path: str) -> pa.NativeFile:
@@ -314,6 +314,9 @@ class ObjectStore:
 
     def exists(self, uri: str) -> bool:
         return self.fs.get_file_info(self._key(uri)).type == pafs.FileType.File
+
+    def size(self, uri: str) -> int:
+        return self.fs.get_file_info(self._key(uri)).size
 
     def table_names(self) -> list[str]:
         files = self.fs.get_file_info(pafs.FileSelector(self.base, recursive=True, allow_not_found=True))
