@@ -18,6 +18,7 @@ import httpx
 from dagster import ConfigurableResource, InitResourceContext
 from pydantic import PrivateAttr
 
+from trajhub_assets.config import ProxyConfig
 from trajhub_assets.recording.proxy_process import (
     DEFAULT_CONFIG,
     ProxyError,
@@ -54,11 +55,15 @@ class ProxyResource(ConfigurableResource):
         explicit = os.environ.get("TRAJHUB_RECORDINGS_DIR")
         return Path(explicit) if explicit else home() / "recordings"
 
+    def _settings(self) -> ProxyConfig | None:
+        """The project's `proxy:` section, when this resource has a project."""
+        return self.project.load().proxy if self.project is not None else None
+
     def recording(self, run_id: str) -> Path:
         """The run's recordings file on this machine (absent: the run made no call)."""
         path = self.recordings() / f"{run_id}.jsonl"
         url, _ = self._external()
-        settings = self.project.load().proxy if self.project is not None else None
+        settings = self._settings()
         if url and settings is not None and settings.recordings_key_env:
             _fetch_recording(url, os.environ.get(settings.recordings_key_env), run_id, path)
         return path
@@ -67,7 +72,7 @@ class ProxyResource(ConfigurableResource):
         """(url, key) of an external proxy, or (None, None) to start our own."""
         if self.url:
             return self.url, self.master_key
-        settings = self.project.load().proxy if self.project is not None else None
+        settings = self._settings()
         if settings is not None and settings.url:
             key = os.environ.get(settings.master_key_env) if settings.master_key_env else None
             return settings.url, self.master_key or key
@@ -81,7 +86,7 @@ class ProxyResource(ConfigurableResource):
                 self._upstream = self._baselines().start()
             upstream = self.scripted_upstream_url or (self._upstream.url if self._upstream else None)
             env = scripted_upstream_env(upstream, f"scripted-{secrets.token_hex(8)}") if upstream else {}
-            settings = self.project.load().proxy if self.project is not None else None
+            settings = self._settings()
             self._process = ProxyProcess(
                 self.recordings(),
                 config=self._config_file(),
