@@ -8,10 +8,11 @@ them. A failed run raises TrajhubError; progress is logged, and printing is the 
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -155,7 +156,10 @@ def wait_for_writers(
     from different runs; one after the other, the last writer's tables replace the first's whole.
     A TrajhubError after `wait_s` names the run in the way."""
     deadline, said = time.monotonic() + wait_s, None
-    while (writer := _writer_of(instance, job_def, {AssetKey(a) for a in assets}, keys)) is not None:
+    writing = {AssetKey(a) for a in assets}
+    # The partitions of keys[0]..keys[-1], listed once and only if some run writes the same assets.
+    mine = functools.cache(lambda: set(_keys_in(job_def, keys[0], keys[-1], instance)))
+    while (writer := _writer_of(instance, job_def, writing, keys, mine)) is not None:
         what = f"run {writer.run_id} ({writer.job_name}, {writer.status.value}) is writing some of the same partitions"
         if time.monotonic() > deadline:
             raise TrajhubError(
@@ -169,24 +173,21 @@ def wait_for_writers(
 
 
 def _writer_of(
-    instance: DagsterInstance, job_def: JobDefinition, assets: set, keys: list[str] | None
+    instance: DagsterInstance, job_def: JobDefinition, assets: set, keys: list[str] | None, mine: Callable[[], set]
 ) -> DagsterRun | None:
-    mine = None  # the partitions of keys[0]..keys[-1], listed only when some run writes the same assets
     for run in instance.get_runs(RunsFilter(statuses=IN_PROGRESS)):
         theirs = run.asset_selection or {AssetKey(a) for a in STAGE_ASSETS.get(run.job_name, [])}
         if not theirs & assets:
             continue
         if not keys or not job_def.partitions_def:
             return run
-        if mine is None:
-            mine = set(_keys_in(job_def, keys[0], keys[-1], instance))
         if RANGE_START_TAG in run.tags:
             writing = set(_keys_in(job_def, run.tags[RANGE_START_TAG], run.tags[RANGE_END_TAG], instance))
         elif PARTITION_TAG in run.tags:
             writing = {run.tags[PARTITION_TAG]}
         else:
             return run  # these assets, with no partitions said: it may write any
-        if mine & writing:
+        if mine() & writing:
             return run
     return None
 
