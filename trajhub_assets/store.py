@@ -36,6 +36,10 @@ from fsspec.implementations.arrow import ArrowFSWrapper
 from trajhub_assets.errors import StoreError
 
 DATA_FILE = "data.parquet"
+# A partition file is small and read whole, often: zstd's per-column cost made up most of
+# reading and writing one (LZ4 reads a merged partition in ~60% of the time, for ~25% more bytes).
+# Readers (pyarrow, DuckDB) take either codec, so files written before stay readable.
+COMPRESSION = "lz4"
 _LOCAL = pafs.LocalFileSystem()
 TABLES_URI_ENV = "TRAJHUB_TABLES_URI"
 # A partition value becomes a directory name: no path separators, no '=' (hive), and
@@ -105,7 +109,7 @@ class Store:
         # The temporary name is hidden from the '*.parquet' glob readers use.
         tmp = target.parent / f".{uuid.uuid4().hex}.tmp"
         try:
-            pq.write_table(data, tmp, compression="zstd")
+            pq.write_table(data, tmp, compression=COMPRESSION)
             os.replace(tmp, target)
         finally:
             tmp.unlink(missing_ok=True)
@@ -298,7 +302,7 @@ class ObjectStore:
         # One PUT replaces the object whole (a multipart upload too, when it completes), so
         # unlike a local file there is no temporary name to rename.
         buffer = pa.BufferOutputStream()
-        pq.write_table(data, buffer, compression="zstd")
+        pq.write_table(data, buffer, compression=COMPRESSION)
         with self.fs.open_output_stream(self._key(uri), compression=None) as out:
             out.write(buffer.getvalue())
 
