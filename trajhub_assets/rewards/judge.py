@@ -60,7 +60,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
@@ -310,11 +310,11 @@ def step_id(step: Step) -> str:
     return f"{step.conversation_id}#{step.index}"
 
 
-def _step_end(step: Step, messages: list[dict]) -> int:
-    """One past the last message of the step: its assistant message and its tool results."""
-    answered = [
-        i for i, m in enumerate(messages) if i > step.message_index and any(m is r for r in step.results.values())
-    ]
+def _step_end(step: Step, positions: Mapping[int, int]) -> int:
+    """One past the last message of the step: its assistant message and its tool results.
+    `positions`: the index of each message of the step's conversation, by id() (its results are
+    those message objects)."""
+    answered = [positions[id(r)] for r in step.results.values() if positions.get(id(r), -1) > step.message_index]
     return max(answered, default=step.message_index) + 1
 
 
@@ -325,10 +325,11 @@ def step_requests(
     of at most `max_steps` steps and `max_chars` characters of rendered step messages."""
     by_id = {c["meta"]["conversation_id"]: c for c in conversations}
     rendered = {cid: [render_message(i, m) for i, m in enumerate(c["messages"])] for cid, c in by_id.items()}
+    positions = {cid: {id(m): i for i, m in enumerate(c["messages"])} for cid, c in by_id.items()}
     chunks: list[list[Step]] = [[]]
     size, ends = 0, {}  # characters shown in the current chunk; where it ends per conversation
     for step in run.steps:
-        blocks, end = rendered[step.conversation_id], _step_end(step, by_id[step.conversation_id]["messages"])
+        blocks, end = rendered[step.conversation_id], _step_end(step, positions[step.conversation_id])
         cost = sum(len(b) + 2 for b in blocks[ends.get(step.conversation_id, step.message_index) : end])
         if chunks[-1] and (len(chunks[-1]) >= max_steps or size + cost > max_chars):
             chunks.append([])
@@ -345,7 +346,7 @@ def step_requests(
         for cid in dict.fromkeys(s.conversation_id for s in steps):
             own = [s for s in steps if s.conversation_id == cid]
             blocks, begin = rendered[cid], own[0].message_index
-            end = max(_step_end(s, by_id[cid]["messages"]) for s in own)
+            end = max(_step_end(s, positions[cid]) for s in own)
             before = render_transcript(blocks[:begin]) if begin else ""
             shown = "\n\n".join(part for part in (before, "\n\n".join(blocks[begin:end])) if part)
             sections.append(f"=== conversation {cid} ({by_id[cid]['meta'].get('kind')}) ===\n{shown}")

@@ -27,6 +27,7 @@ tool kinds and error markers, which decide what a call is.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import json
@@ -504,13 +505,14 @@ def forbidden_patterns(task: dict, context: RuleContext) -> list[tuple[str, str]
     return list(unique.items())
 
 
-def _tokens(command: str) -> list[str]:
+@functools.lru_cache(maxsize=8192)  # each command is matched against every pattern, runs repeat commands
+def _tokens(command: str) -> tuple[str, ...]:
     try:
         lexer = shlex.shlex(command, posix=True, punctuation_chars=True)
         lexer.whitespace_split = True
-        return list(lexer)
+        return tuple(lexer)
     except ValueError:  # unbalanced quotes: a plain split is good enough to look for commands
-        return command.split()
+        return tuple(command.split())
 
 
 def command_matches(command: str, pattern: str) -> bool:
@@ -522,7 +524,7 @@ def command_matches(command: str, pattern: str) -> bool:
     if not wanted:
         return False
     segment: list[str] = []
-    for token in _tokens(command.replace("\n", " ; ")) + [";"]:
+    for token in [*_tokens(command.replace("\n", " ; ")), ";"]:
         if token not in _SHELL_OPERATORS:
             segment.append(token)
             continue
@@ -537,7 +539,7 @@ def command_matches(command: str, pattern: str) -> bool:
     return False
 
 
-def _segment_matches(segment: list[str], wanted: list[str]) -> bool:
+def _segment_matches(segment: list[str], wanted: tuple[str, ...]) -> bool:
     for start, token in enumerate(segment):
         if token == wanted[0]:
             rest = iter(segment[start + 1 :])
@@ -609,7 +611,7 @@ def score_rules(
 def summarize_rules(rows: list[dict], conversations: list[dict], rules: Iterable[Rule] | None = None) -> list[dict]:
     """RULE_SUMMARY rows for one run from its RULE_STEPS rows."""
     rules = list(rules if rules is not None else RULES.values())
-    run = build_run(conversations)
+    run, version = build_run(conversations), ruleset_version(rules)
     mine = [r for r in rows if r["run_id"] == run.run_id]
     return [
         {
@@ -621,7 +623,7 @@ def summarize_rules(rows: list[dict], conversations: list[dict], rules: Iterable
             "hits": sum(1 for row in mine if row["rule_id"] == r.id),
             "value": float(sum(row["value"] for row in mine if row["rule_id"] == r.id)),
             "n_steps": len(run.main_steps),
-            "ruleset_version": ruleset_version(rules),
+            "ruleset_version": version,
         }
         for r in rules
     ]
