@@ -109,7 +109,10 @@ class Store:
         # The temporary name is hidden from the '*.parquet' glob readers use.
         tmp = target.parent / f".{uuid.uuid4().hex}.tmp"
         try:
-            pq.write_table(data, tmp, compression=COMPRESSION)
+            # Through a buffer: the Parquet writer hands over many small pieces (each page and its
+            # header), each one a system call when written straight to the file (~0.2 ms a file).
+            with _LOCAL.open_output_stream(str(tmp)) as raw, pa.BufferedOutputStream(raw, 1 << 20) as out:
+                pq.write_table(data, out, compression=COMPRESSION)
             os.replace(tmp, target)
         finally:
             tmp.unlink(missing_ok=True)
